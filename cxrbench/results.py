@@ -1,0 +1,96 @@
+"""The result schema ``cxrbench.result/1``: build, save (atomically), load and validate.
+
+Top-level keys (all documented in README "Result file"):
+``schema, cxrbench_version, git_hash, created, protocol{name, version}, samples{path, n, sha256},
+reference{name, split, n, sha256}, train_reference (or null), extractors{name: spec}, metrics{key: {value,
+ci, higher_is_better, n_gen, n_ref, real_vs_real, ...}}, metric_versions{name: version}, config, timings,
+device, seeds, versions, comparable, warnings, skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .generator import atomic_write_bytes
+
+SCHEMA = "cxrbench.result/1"
+REQUIRED = (
+    "schema", "cxrbench_version", "protocol", "samples", "reference", "extractors", "metrics", "config",
+    "comparable",
+)
+METRIC_REQUIRED = ("value", "ci", "higher_is_better", "n_gen", "n_ref", "real_vs_real")
+
+
+class Result(dict):
+    """A result is a plain JSON dict with helpers; ``Result(json.load(f))`` round-trips exactly."""
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        return self["metrics"]
+
+    def value(self, key: str) -> float | None:
+        return self["metrics"][key]["value"]
+
+    def to_json(self) -> str:
+        return json.dumps(self, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        validate(self)
+        atomic_write_bytes(path, self.to_json().encode())
+        return Path(path)
+
+
+def _json_default(o: Any):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def validate(d: dict, source: str = "result") -> None:
+    """Refuse anything that is not a complete ``cxrbench.result/1`` (a clear message, not a KeyError)."""
+    if not isinstance(d, dict):
+        raise DataError(f"{source}: not a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise DataError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+    missing = [k for k in REQUIRED if k not in d]
+    if missing:
+        raise DataError(f"{source}: missing keys {missing}")
+    if not isinstance(d["metrics"], dict):
+        raise DataError(f"{source}: 'metrics' must be an object")
+    for key, m in d["metrics"].items():
+        if not isinstance(m, dict):
+            raise DataError(f"{source}: metric {key!r} must be an object")
+        gone = [k for k in METRIC_REQUIRED if k not in m]
+        if gone:
+            raise DataError(f"{source}: metric {key!r} lacks {gone}")
+        v = m["value"]
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+            raise DataError(f"{source}: metric {key!r} has a non-numeric value {v!r}")
+        if not isinstance(m["higher_is_better"], bool):
+            raise DataError(f"{source}: metric {key!r}: higher_is_better must be true or false")
+
+
+def load(path: str | os.PathLike) -> Result:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such result file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    validate(d, str(path))
+    return Result(d)
