@@ -91,4 +91,8 @@ METRICS = Registry(
 
 GENERATORS = Registry("generator", "cxrbench.generators")
 
+# Trainable models that are not generators (the MoCo representation model): same ``Config`` /
+# ``train(dataset, config, out_dir)`` / ``save_pretrained`` / ``from_pretrained`` contract, no ``sample``.
+REPRESENTATIONS = Registry("representation model", "cxrbench.representations")
+
 PROTOCOLS = Registry("protocol", "cxrbench.protocols")

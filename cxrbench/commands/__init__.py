@@ -1,0 +1,3 @@
+"""One module per CLI subcommand. Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; ``cxrbench/cli.py`` lists the module names in ``COMMANDS`` and imports them lazily.
+"""
