@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,15 +40,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # torch names the zip's inner folder after the file: saving under the final name (in a temporary folder
+    # beside it) makes identical weights give identical bytes, hence the same sha256, on every save
+    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        torch.save(obj, tmpdir / path.name)
+        os.replace(tmpdir / path.name, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 class PretrainedMixin:

@@ -78,6 +78,7 @@ EXTRACTORS = Registry(
         "xrv-classifier": "cxrbench.features.xrv:XRVClassifierExtractor",
         "pixels": "cxrbench.features.pixels:PixelStatsExtractor",
         "random-conv": "cxrbench.features.random_conv:RandomConvExtractor",
+        "moco": "cxrbench.features.moco:MoCoExtractor",
     },
 )
 
@@ -86,6 +87,7 @@ METRICS = Registry(
     "cxrbench.metrics",
     {
         "fid": "cxrbench.metrics.fid:FID",
+        "rrs_moco": "cxrbench.metrics.rrs:RRS",
     },
 )
 
