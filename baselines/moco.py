@@ -77,7 +77,7 @@ class Config:
     temperature: float = 0.2
     bn_splits: int = 4  # BatchNorm chunks standing in for MoCo's per-GPU shuffle BN
     # clustering term (seed 002): L = L_moco + lambda_kmeans * L_kmeans
-    lambda_kmeans: float = 0.1
+    lambda_kmeans: float = 0.5
     num_clusters: int = 8  # k-means K; with labels, at most this many label groups
     use_labels: bool = True  # False: learned k-means even when the dataset has labels
     kmeans_iters: int = 3  # Lloyd iterations per step, warm-started from the previous centroids

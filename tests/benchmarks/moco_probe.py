@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from cxrbench.features.base import bn_recalibrate  # noqa: E402
 from cxrbench.features.moco import MoCoExtractor  # noqa: E402
 from cxrbench.harness import EvalConfig  # noqa: E402
 from cxrbench.metrics.base import EvalContext, FeatureSet  # noqa: E402
+from cxrbench.metrics.fid import fid_from_features  # noqa: E402
 from cxrbench.metrics.rrs import RRS  # noqa: E402
 from cxrbench.seeding import seed_everything, torch_generator  # noqa: E402
 
@@ -108,10 +110,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=0.06)
     p.add_argument("--lambda-kmeans", type=float, default=0.5, help="lambda of the clustering runs")
-    p.add_argument("--random-seeds", type=int, default=3)
+    p.add_argument("--random-seeds", type=int, default=3, help="random-init baselines")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per trained model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="plain,labels,kmeans", help="which trained models (comma-separated)")
     args = p.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     if not (args.data / "labels.csv").is_file():
         log(f"{args.data}: not found (set CXRBENCH_SHARED_DATA or --data)")
         return 2
@@ -124,7 +128,8 @@ def main() -> int:
         "labels": dataclasses.replace(base, lambda_kmeans=args.lambda_kmeans, use_labels=True),
         "kmeans": dataclasses.replace(base, lambda_kmeans=args.lambda_kmeans, use_labels=False),
     }
-    runs = {k: v for k, v in runs.items() if k in args.runs.split(",")}
+    runs = {f"{k}_s{seed}": dataclasses.replace(v, seed=seed) for k, v in runs.items() if k in args.runs.split(",")
+            for seed in range(args.seeds)}
 
     ds_tr, x_tr, pn_tr, nf_tr = load_split(args.data, "NonAugmentedTrain", args.image_size)
     _, x_te, pn_te, nf_te = load_split(args.data, "ValData", args.image_size)
@@ -152,9 +157,11 @@ def main() -> int:
         with open(args.out / name / "loss.csv") as f:
             hist = list(csv.DictReader(f))
         r = evaluate_model(model)
-        r.update(train_infonce_first20=float(np.mean([float(h["loss_moco"]) for h in hist[:20]])),
-                 train_infonce_last20=float(np.mean([float(h["loss_moco"]) for h in hist[-20:]])),
-                 train_s=round(time.time() - t, 1))
+        # the queue starts as random vectors (an easy loss): compare the 40 steps after it is full with the last 40
+        full = cfg.queue_size // cfg.batch_size
+        loss = [float(h["loss_moco"]) for h in hist]
+        r.update(train_infonce_after_fill=float(np.mean(loss[full : full + 40])),
+                 train_infonce_last40=float(np.mean(loss[-40:])), train_s=round(time.time() - t, 1))
         summary["runs"][name] = r
         models[name] = model
         log(f"{name}: {r}")
@@ -171,8 +178,8 @@ def main() -> int:
     for s in (0.02, 0.05, 0.1):
         variants[f"noise sigma={s}"] = (x_te[gen_idx] + s * noise).clamp(0, 1)
     spaces = {}
-    if "plain" in models:
-        spaces["moco (plain, trained)"] = MoCoExtractor(model=models["plain"])
+    if "plain_s0" in models:
+        spaces["moco (plain, trained)"] = MoCoExtractor(model=models["plain_s0"])
     seed_everything(0)
     rnd = MoCoCXR(base)
     bn_recalibrate(rnd.encoder_q.backbone, rnd.preprocess(x_tr[:256]))
@@ -180,11 +187,15 @@ def main() -> int:
     summary["rrs"] = {}
     for sname, ext in spaces.items():
         feats = lambda x: torch.cat([ext.extract(x[i : i + 256]) for i in range(0, len(x), 256)]).double().numpy()  # noqa: E731
-        f_ref = feats(x_te[ref_idx])
+        f_ref, f_src = feats(x_te[ref_idx]), feats(x_te[gen_idx])
+        src_ids = [f"src_{i}" for i in range(len(gen_idx))]
         out = {}
         for vname, xv in variants.items():
-            value, rvr = rrs(feats(xv), f_ref, ref_ids)
-            out[vname] = value
+            f = feats(xv)
+            value, rvr = rrs(f, f_ref, ref_ids)
+            out[f"nearest: {vname}"] = value
+            out[f"paired with source: {vname}"] = rrs(f, f_src, src_ids, sources=src_ids)[0]
+            out[f"fid_moco: {vname}"] = fid_from_features(f, f_ref)
         out["real_vs_real (reference halves)"] = rvr
         # paired: a mild geometric + photometric change of an image vs a different image
         mild = augment(x_te[ref_idx], dataclasses.replace(base, crop_scale=(0.9, 1.0), rotation_deg=3.0,
@@ -199,20 +210,20 @@ def main() -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     rs = [r["probe_auroc"] for r in summary["random"]]
     print(f"linear probe AUROC, Pneumonia vs No Finding (train {keep_tr.sum()} / held-out {keep_te.sum()} images, "
-          f"{args.image_size} px, resnet18 width {args.width}):")
-    print(f"  random init ({len(rs)} seeds)       {np.mean(rs):.4f}  (min {min(rs):.4f}, max {max(rs):.4f})")
+          f"{args.image_size} px, resnet18 width {args.width}, {args.steps} steps):")
+    print(f"  random init ({len(rs)} seeds)        {np.mean(rs):.4f}  (min {min(rs):.4f}, max {max(rs):.4f})")
     for name, r in summary["runs"].items():
         print(f"  trained: {name:<22} {r['probe_auroc']:.4f}  (C={r['probe_C']:g})")
-    print("contrastive loss (InfoNCE, 256 held-out images, in-batch negatives; log 256 = 5.545):")
-    print(f"  random init                   {np.mean([r['eval_infonce'] for r in summary['random']]):.3f}")
+    print("contrastive loss (InfoNCE, 256 held-out images, two fixed views, in-batch negatives; log 256 = 5.545):")
+    print(f"  random init ({len(rs)} seeds)        {np.mean([r['eval_infonce'] for r in summary['random']]):.3f}")
     for name, r in summary["runs"].items():
-        print(f"  trained: {name:<20} {r['eval_infonce']:.3f}   training curve (queue {base.queue_size}): "
-              f"{r['train_infonce_first20']:.3f} (first 20 steps) -> {r['train_infonce_last20']:.3f} (last 20), "
-              f"{r['train_s']} s")
+        print(f"  trained: {name:<22} {r['eval_infonce']:.3f}   training InfoNCE (queue {base.queue_size}): "
+              f"{r['train_infonce_after_fill']:.3f} (40 steps after the queue fills) -> "
+              f"{r['train_infonce_last40']:.3f} (last 40), {r['train_s']} s")
     for sname, out in summary["rrs"].items():
         print(f"RRS (1 - cos), {sname}:")
         for k, v in out.items():
-            print(f"  {k:<34} {v:.4f}")
+            print(f"  {k:<42} {v:.4f}")
     print(f"wall time {summary['wall_s']} s; summary in {args.out / 'summary.json'}")
     return 0
 
