@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from cxrbench.errors import CxrbenchError, DataError, UsageError
 from cxrbench.generator import PretrainedMixin, atomic_torch_save, atomic_write_bytes
+from cxrbench.harness import resolve_device
 from cxrbench.labels import LABELS
 from cxrbench.seeding import seed_everything, torch_generator
 
@@ -382,13 +383,13 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        device = _resolve_device(device)
+        device = torch.device(resolve_device(device))
         ckpt_path = out / "checkpoint.pt"
         seed_everything(config.seed)
         model = cls(config)
 
         images, groups, group_names = _load_dataset(dataset, config)
-        label_mode = config.use_labels and bool(group_names)
+        label_mode = config.use_labels and len(group_names) >= 2  # one group has nothing to be pulled from
         if len(images) < config.batch_size:
             raise DataError(
                 f"moco: the dataset has {len(images)} images, fewer than batch_size={config.batch_size}; "
@@ -437,6 +438,7 @@ class MoCoCXR(PretrainedMixin, nn.Module):
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['pos_acc']:.2f}")
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < end:
                 _save_checkpoint(ckpt_path, model, opt, history, step + 1)
+                _save_loss_curve(out, history)
         bar.close()
         if end > start or not ckpt_path.is_file():
             _save_checkpoint(ckpt_path, model, opt, history, end)
@@ -449,16 +451,6 @@ class MoCoCXR(PretrainedMixin, nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # trainer helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def _load_dataset(dataset, config: Config) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

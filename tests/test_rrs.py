@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from baselines.moco import Config, MoCoCXR
+from cxrbench.cli import main
 from cxrbench.errors import DataError
 from cxrbench.features.base import bn_recalibrate
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.harness import EvalConfig, evaluate
+from cxrbench.harness import EvalConfig
 from cxrbench.metrics import rrs
 from cxrbench.metrics.base import EvalContext, FeatureSet
 from cxrbench.metrics.bootstrap import real_vs_real_split
@@ -101,15 +102,33 @@ def test_nearest_cosine_agrees_with_brute_force():
     assert v.extra["per_image"]["matched"] == [f"ref_{j:03d}.png" for j in full.argmax(1)]
 
 
-def test_real_vs_real_is_one_half_against_the_other():
+def test_real_vs_real_is_leave_one_out_across_patients():
     rng = np.random.default_rng(1)
     r = rng.normal(size=(40, 6)).astype(np.float32)  # as features are stored
     pids = [f"p{i // 2}" for i in range(40)]
+    r[1] = r[0] * 3  # the same patient twice: must not count as each other's neighbour
     v = compute(feature_set("gen", rng.normal(size=(10, 6))), feature_set("ref", r, patient_ids=pids), seed=3)
+    rn = r / np.linalg.norm(r, axis=1, keepdims=True)
+    sim = rn.astype(np.float64) @ rn.T.astype(np.float64)
+    same = np.array(pids)[:, None] == np.array(pids)[None, :]
+    expected = float((1 - np.where(same, -np.inf, sim).max(1)).mean())
+    assert v.real_vs_real == pytest.approx(expected, abs=1e-6)
+    # without patient ids only the image itself is left out: the copy at row 1 is row 0's neighbour
+    v_img = compute(feature_set("gen", rng.normal(size=(10, 6))), feature_set("ref", r), seed=3)
+    assert v_img.real_vs_real < v.real_vs_real
     a, b = real_vs_real_split(40, 3, pids)
-    sim, _ = rrs.nearest_cosine(r[a], r[b])
-    assert v.real_vs_real == pytest.approx(float((1 - sim).mean()), abs=1e-9)
-    assert v.extra["real_vs_real_n"] == [len(a), len(b)]
+    sim_ab, _ = rrs.nearest_cosine(r[a], r[b])
+    assert v.extra["real_vs_real_halves"] == pytest.approx(float((1 - sim_ab).mean()), abs=1e-9)
+
+
+def test_real_vs_real_matches_new_real_images_on_average():
+    # held-out draws of the reference distribution score like the leave-one-out floor, halves score above it
+    rng = np.random.default_rng(5)
+    centre = rng.normal(size=16)
+    draw = lambda n: centre + rng.normal(size=(n, 16))  # noqa: E731
+    v = compute(feature_set("gen", draw(400)), feature_set("ref", draw(400)), n_bootstrap=200)
+    assert v.ci[0] <= v.real_vs_real <= v.ci[1]
+    assert v.extra["real_vs_real_halves"] > v.ci[1]
 
 
 def test_sources_match_ids_paths_and_unique_file_names():
@@ -138,7 +157,7 @@ def test_large_sets_store_a_histogram_not_per_image_scores(monkeypatch):
     assert len(v.extra["histogram"]["edges"]) == rrs.HIST_BINS + 1
 
 
-def test_rrs_and_fid_in_moco_space_through_the_harness(tmp_path):
+def test_rrs_and_fid_in_moco_space_through_the_cli(tmp_path):
     torch.manual_seed(0)
     model = MoCoCXR(Config(image_size=32, width=8, feature_dim=16, queue_size=32, batch_size=16, bn_splits=2))
     bn_recalibrate(model.encoder_q.backbone, model.preprocess(synthetic_cxr(32, 32, seed=123)))
@@ -149,15 +168,17 @@ def test_rrs_and_fid_in_moco_space_through_the_harness(tmp_path):
     samples = write_pngs(tmp_path / "samples", recon, prefix="s")
     pd.DataFrame({"path": [f"s_{i:04d}.png" for i in range(8)], "source": [f"r_{i:04d}.png" for i in range(8)]}
                  ).to_csv(samples / "manifest.csv", index=False)
-    cfg = EvalConfig(extractors=("moco",), metrics=("rrs_moco", "fid"), moco_checkpoint=str(tmp_path / "moco"),
-                     n_bootstrap=20, cache_dir=str(tmp_path / "cache"), progress=False, num_workers=0)
-    res = evaluate(samples, ref, config=cfg)
+    out = tmp_path / "result.json"
+    rc = main(["evaluate", "--samples", str(samples), "--reference", str(ref), "--extractors", "moco",
+               "--moco-checkpoint", str(tmp_path / "moco"), "--n-bootstrap", "20", "--num-workers", "0",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
     m = res["metrics"]
-    assert set(m) == {"rrs_moco", "fid_moco"}
+    assert {"rrs_moco", "fid_moco"} <= set(m)  # every metric runs by default; these two in MoCo space
     assert m["rrs_moco"]["mode"] == "paired" and m["rrs_moco"]["higher_is_better"] is False
     assert res["extractors"]["moco"]["weights"] == MoCoExtractor(weights=tmp_path / "moco").weights_id
     # the per-image scores follow the samples' order and name their sources
     per = m["rrs_moco"]["per_image"]
     assert [p.replace("s_", "r_") for p in per["ids"]] == per["matched"]
     assert m["rrs_moco"]["value"] < m["rrs_moco"]["real_vs_real"]
-    json.dumps(res)  # the result stays plain JSON

@@ -6,9 +6,13 @@
 - Unpaired mode otherwise: each sample against its nearest reference image by cosine similarity, found in
   blocks (never an N x M matrix in memory).
 
-The value is the mean per-image score with a bootstrap CI over the samples. ``real_vs_real`` is the
-unpaired score of one reference half against the other: the distance from a real image to the nearest
-*other* real image, the floor a generator that does not copy its training images should approach. The
+The value is the mean per-image score with a bootstrap CI over the samples. ``real_vs_real`` is the score
+of real images that are not in the reference: each reference image against its nearest *other* reference
+image (leave-one-out; another patient's when patient ids are known), the level a generator that does not
+copy its training images should approach. Not the usual two halves: a nearest-neighbour distance shrinks
+as the candidate set grows, so half against half (M/2 candidates) sits above what new real images reach
+against all M (measured on Kermany ValData in a trained MoCo space: 0.0199 for halves, 0.0166 for held-out
+real images); the halves value stays in ``real_vs_real_halves``. The
 per-image scores go into the result (``per_image``: ids, scores and the matched reference image) up to
 ``PER_IMAGE_MAX`` samples, a histogram beyond that.
 """
@@ -34,26 +38,40 @@ def unit_rows(x) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def nearest_cosine(a, b, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest_cosine(a, b, *, block: int = 1024, groups_a=None, groups_b=None) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``a``: the highest cosine similarity to a row of ``b`` and that row's index.
 
-    Works on ``block x block`` tiles, so memory stays ~``8 * block**2`` bytes whatever N and M are.
+    ``groups_a`` / ``groups_b`` (integer ids, e.g. patients) exclude the pairs whose ids are equal: with
+    ``a is b`` and ``groups = arange(n)`` this is the leave-one-out nearest neighbour. Works on
+    ``block x block`` tiles, so memory stays ~``8 * block**2`` bytes whatever N and M are.
     """
     a, b = unit_rows(a), unit_rows(b)
     if len(b) == 0:
         raise DataError("nearest-neighbour cosine: the reference set is empty")
     best = np.full(len(a), -np.inf)
-    arg = np.zeros(len(a), dtype=np.int64)
+    arg = np.full(len(a), -1, dtype=np.int64)
     for s in range(0, len(a), block):
         rows = slice(s, s + block)
         for t in range(0, len(b), block):
             sim = a[rows] @ b[t : t + block].T
+            if groups_a is not None:
+                sim[np.asarray(groups_a)[rows, None] == np.asarray(groups_b)[None, t : t + block]] = -np.inf
             j = sim.argmax(1)
             v = sim[np.arange(len(j)), j]
             better = v > best[rows]
             best[rows] = np.where(better, v, best[rows])
             arg[rows] = np.where(better, j + t, arg[rows])
     return best, arg
+
+
+def leave_one_out_score(r, patient_ids=None) -> float | None:
+    """Mean ``1 - cos`` from each reference image to its nearest *other* reference image (another patient's,
+    when patients are known): the level a set of new real images reaches against the same reference."""
+    groups = np.arange(len(r)) if patient_ids is None else np.unique(np.asarray(patient_ids, dtype=str),
+                                                                      return_inverse=True)[1]
+    sim, _ = nearest_cosine(r, r, groups_a=groups, groups_b=groups)
+    ok = np.isfinite(sim)  # a patient alone in the reference has no neighbour of another patient: skipped
+    return float(np.clip(1.0 - sim[ok], 0.0, 2.0).mean()) if ok.any() else None
 
 
 def paired_cosine(a, b) -> np.ndarray:
@@ -129,13 +147,15 @@ class RRS(Metric):
         seed = getattr(cfg, "seed", 0)
         ci = bootstrap_ci(lambda idx: float(scores[idx].mean()), len(scores),
                           n_boot=getattr(cfg, "n_bootstrap", 100), seed=seed)
+        rvr = leave_one_out_score(r, ctx.ref.patient_ids)
         a, b = real_vs_real_split(len(r), seed, ctx.ref.patient_ids)
-        rvr = None
+        halves = None
         if min(len(a), len(b)) >= 1:
-            rvr = float(np.clip(1.0 - nearest_cosine(r[a], r[b])[0], 0.0, 2.0).mean())
+            halves = float(np.clip(1.0 - nearest_cosine(r[a], r[b])[0], 0.0, 2.0).mean())
 
         extra = {"mode": mode, "std": float(scores.std()), "median": float(np.median(scores)),
-                 "real_vs_real_n": [int(len(a)), int(len(b))]}
+                 "real_vs_real_method": "leave-one-out nearest reference image (other patient)",
+                 "real_vs_real_halves": halves, "real_vs_real_n": [int(len(a)), int(len(b))]}
         if len(scores) <= PER_IMAGE_MAX:
             extra["per_image"] = {
                 "ids": list(ctx.gen.ids),
