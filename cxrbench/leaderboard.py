@@ -7,8 +7,9 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
     card         the validated model card (see cxrbench.card)
     protocol     {name, version}: copied from the result
     comparable   false when any extractor ran with random weights (copied from the result)
-    samples      {n, sha256, files: [{path, sha256}, ...]}: the sample set by content; ``sha256`` is the
-                 sha256 over the sorted per-file sha256s, as in the result
+    samples      {n, sha256, files: [{path, sha256}, ...], side_files: [...]}: the sample set by content;
+                 ``sha256`` is the sha256 over the sorted per-file sha256s (as in the result); side_files
+                 are labels.csv / manifest.csv, which feed the label metrics
     weights      {extractor: weights id}: the sha256 of each extractor's weights file (or random:<seed>)
     result       the full ``cxrbench.result/1`` the numbers come from
 
@@ -57,7 +58,12 @@ def set_sha256(file_hashes: list[str]) -> str:
 
 
 def make_entry(
-    result: dict, card: ModelCard, files: list[tuple[str, str]], weights: dict[str, str]
+    result: dict,
+    card: ModelCard,
+    files: list[tuple[str, str]],
+    weights: dict[str, str],
+    *,
+    side_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Bundle a computed result with its card and the provenance ``verify`` needs."""
     results.validate(result)
@@ -72,6 +78,7 @@ def make_entry(
             "n": len(files),
             "sha256": result["samples"]["sha256"],
             "files": [{"path": p, "sha256": h} for p, h in sorted(files)],
+            "side_files": [{"path": p, "sha256": h} for p, h in sorted((side_files or {}).items())],
         },
         "weights": dict(sorted(weights.items())),
         "result": dict(result),
@@ -121,18 +128,19 @@ def validate_entry(d: Any, source: str = "entry") -> None:
     if not isinstance(d["comparable"], bool) or d["comparable"] != res["comparable"]:
         raise DataError(f"{source}: 'comparable' must be true/false and equal the result's")
     s = d["samples"]
-    if not isinstance(s, dict) or not isinstance(s.get("files"), list):
-        raise DataError(f"{source}: 'samples' must hold a 'files' list of {{path, sha256}}")
-    seen = set()
-    for f in s["files"]:
-        if not isinstance(f, dict) or set(f) != {"path", "sha256"}:
-            raise DataError(f"{source}: every samples.files item must be {{path, sha256}}, got {f!r}")
-        safe_relpath(f["path"], source)
-        if not isinstance(f["sha256"], str) or not _HEX64.match(f["sha256"]):
-            raise DataError(f"{source}: {f['path']!r} has a malformed sha256 {f['sha256']!r}")
-        if f["path"] in seen:
-            raise DataError(f"{source}: sample path {f['path']!r} is listed twice")
-        seen.add(f["path"])
+    if not isinstance(s, dict) or not isinstance(s.get("files"), list) or not isinstance(s.get("side_files"), list):
+        raise DataError(f"{source}: 'samples' must hold 'files' and 'side_files' lists of {{path, sha256}}")
+    for listing in ("files", "side_files"):
+        seen = set()
+        for f in s[listing]:
+            if not isinstance(f, dict) or set(f) != {"path", "sha256"}:
+                raise DataError(f"{source}: every samples.{listing} item must be {{path, sha256}}, got {f!r}")
+            safe_relpath(f["path"], source)
+            if not isinstance(f["sha256"], str) or not _HEX64.match(f["sha256"]):
+                raise DataError(f"{source}: {f['path']!r} has a malformed sha256 {f['sha256']!r}")
+            if f["path"] in seen:
+                raise DataError(f"{source}: sample path {f['path']!r} is listed twice")
+            seen.add(f["path"])
     if s.get("n") != len(s["files"]):
         raise DataError(f"{source}: samples.n = {s.get('n')!r} but {len(s['files'])} files are listed")
     if s.get("sha256") != set_sha256([f["sha256"] for f in s["files"]]):

@@ -20,8 +20,6 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--entries", type=Path, default=None, help="entries folder (default: OUT/entries)")
     parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="output folder (default: leaderboard)")
     parser.add_argument(
