@@ -10,8 +10,9 @@ Evaluates --samples with the entry's config (extractors, metrics, seeds, weights
 every metric, in its own direction (higher_is_better), with the entry. A metric regresses when it is worse
 by more than the allowed amount: --tolerance auto (default) allows the two runs' noise, sqrt(h1^2 + h2^2)
 with h the half-width of each bootstrap 95% CI; a number allows that absolute amount; X% allows X percent
-of the entry's value. Exit 0: no regression; 1: a table of what regressed and by how much; 2: usage error
-(bad flags, or the entry cannot be compared: different weights or reference).
+of the entry's value. Exit 0: no regression; 1: a table of what regressed and by how much; 2: the check
+could not run (bad flags, unreadable entry or samples, missing weights, or an entry that cannot be compared
+here: different weights or reference).
 
 examples:
   cxrbench check --samples samples/ --against leaderboard/entries/ddpm-64.json
@@ -37,6 +38,18 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..errors import CxrbenchError
+
+    try:
+        return _run(args)
+    except CxrbenchError as e:
+        # In CI, exit 1 must mean "regressed" and nothing else: a comparison that could not run (missing
+        # entry, unreadable samples, absent weights) is exit 2.
+        e.exit_code = 2
+        raise
+
+
+def _run(args) -> int:
     import sys
 
     from ..compare import Tolerance, format_table
