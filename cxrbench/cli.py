@@ -13,6 +13,10 @@ from .errors import CxrbenchError
 COMMANDS = {
     "evaluate": "evaluate",
     "ls": "ls",
+    "submit": "submit",
+    "verify": "verify",
+    "check": "check",
+    "leaderboard": "leaderboard",
 }
 
 

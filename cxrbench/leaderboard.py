@@ -432,20 +432,20 @@ def render(
     md: list[str] = [
         "# cxrbench leaderboard",
         "",
-        f"Rendered by `cxrbench leaderboard` from {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; "
+        (f"Rendered by `cxrbench leaderboard` from {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; "
         "do not edit by hand. Every number was computed by cxrbench from the submitted samples "
         "(`cxrbench verify` re-checks an entry). Only entries with the same protocol name and version, "
         "computed with real pretrained weights, are ranked against each other; ↑ higher is better, "
-        "↓ lower is better; brackets are bootstrap 95% CIs.",
+        "↓ lower is better; brackets are bootstrap 95% CIs."),
         "",
     ]
     body: list[str] = [
         "<h1>cxrbench leaderboard</h1>",
-        f'<p class="note">{len(entries)} entr{"y" if len(entries) == 1 else "ies"}. Every number was computed '
+        (f'<p class="note">{len(entries)} entr{"y" if len(entries) == 1 else "ies"}. Every number was computed '
         "by cxrbench from the submitted samples (<code>cxrbench verify</code> re-checks an entry). Only entries "
         "with the same protocol name and version, computed with real pretrained weights, are ranked against each "
         "other. Click a column header to sort (first click: best first). &uarr; higher is better, &darr; lower is "
-        "better; brackets are bootstrap 95% CIs.</p>",
+        "better; brackets are bootstrap 95% CIs.</p>"),
     ]
     if not groups:
         md.append("No entries yet: add one with `cxrbench submit`.")

@@ -173,13 +173,14 @@ def check(
     samples: str | os.PathLike,
     *,
     metrics: list[str] | None = None,
-    tolerance: Tolerance = Tolerance("auto"),
+    tolerance: Tolerance | None = None,
     reference: str | None = None,
     **local,
 ) -> tuple[list[CheckRow], dict]:
     """Evaluate ``samples`` with the entry's config; one ``CheckRow`` per selected metric key."""
     from .harness import evaluate
 
+    tolerance = tolerance or Tolerance("auto")
     keys = select_keys(entry["result"]["metrics"], metrics)
     config = config_from_entry(entry, **local)
     if metrics:  # compute only the metrics that produce the selected keys

@@ -6,10 +6,11 @@ import copy
 import math
 
 import pytest
-from leaderboard_helpers import fake_entry
 
 from cxrbench.compare import Tolerance, file_differences, regressions, verify_differences
 from cxrbench.errors import UsageError
+
+from .leaderboard_helpers import fake_entry
 
 
 def metric(value, hib, ci=None):

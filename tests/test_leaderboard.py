@@ -9,10 +9,11 @@ import random
 from html.parser import HTMLParser
 
 import pytest
-from leaderboard_helpers import fake_entry
 
 from cxrbench.errors import DataError
 from cxrbench.leaderboard import group_entries, load_entries, rank, render, validate_entry
+
+from .leaderboard_helpers import fake_entry
 
 
 class Tables(HTMLParser):

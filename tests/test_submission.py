@@ -10,10 +10,11 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_pngs
 
 from cxrbench.cli import main
 from cxrbench.synthetic import synthetic_cxr
+
+from .conftest import write_pngs
 
 N, SIZE = 32, 32
 CARD = """\

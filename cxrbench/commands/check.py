@@ -65,7 +65,7 @@ def _run(args) -> int:
     if args.weights:
         local["weights"] = args.weights
     rows, _ = check(entry, args.samples, metrics=args.metrics, tolerance=tolerance, reference=args.reference, **local)
-    g = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    g = lambda v: "-" if v is None else f"{v:.4g}"
     table = [
         [r.key, "higher" if r.higher_is_better else "lower", g(r.entry), g(r.new),
          "-" if r.worse_by is None else f"{r.worse_by:+.4g}", g(r.allowed),
