@@ -180,8 +180,8 @@ def load_entry(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: no such entry file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder; pass an entry file (leaderboard/entries/NAME.json)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     validate_entry(d, str(path))
     return d
 
@@ -192,15 +192,15 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
     root = folder.resolve()
-    out, by_slug = [], {}
+    out = []
     for p in sorted(folder.glob("*.json")):
         if p.resolve().parent != root:
             raise DataError(f"{p}: links outside {folder}; entries must be plain files in the folder")
         e = load_entry(p)
+        # One file per model, named by `cxrbench submit` from the card: a renamed or copied entry is refused.
+        if p.name != f"{e['slug']}.json":
+            raise DataError(f"{p}: holds the entry of {e['name']!r}, which `cxrbench submit` names {e['slug']}.json")
         e["_file"] = p.name
-        if e["slug"] in by_slug:
-            raise DataError(f"{p} and {folder / by_slug[e['slug']]}: two entries for model {e['slug']!r}")
-        by_slug[e["slug"]] = p.name
         out.append(e)
     return sorted(out, key=lambda e: e["slug"])
 
@@ -223,10 +223,6 @@ class Group:
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{self.protocol}-v{self.version}")
-
-    @property
-    def metric_keys(self) -> list[str]:
-        return sorted(self.directions)
 
 
 def group_entries(entries: list[dict]) -> list[Group]:
@@ -453,14 +449,14 @@ def render(
     links = {e["slug"]: _rel_link(Path(entries_dir) / e.get("_file", f"{e['slug']}.json"), out) for e in entries}
 
     for g in groups:
-        keys = g.metric_keys
-        key = rank_by if rank_by in g.directions else default_rank_key(keys)
-        hib = g.directions.get(key, False)
         md += [f"## Protocol `{g.protocol}` v{_md(g.version)}", ""]
         body.append(f'<h2 id="{_h(g.slug)}">Protocol <code>{_h(g.protocol)}</code> v{_h(g.version)}</h2>')
         for section, rows_e in (("ranked", g.ranked), ("unranked", g.unranked)):
             if not rows_e:
                 continue
+            keys = sorted({k for e in rows_e for k in e["result"]["metrics"]})  # columns this table has values for
+            key = rank_by if rank_by in keys else default_rank_key(keys)
+            hib = g.directions.get(key, False)
             if section == "ranked":
                 ranked = rank(rows_e, key, hib) if key else [(None, e) for e in rows_e]
                 md.append(f"Ranked by `{key}` ({_arrow(hib)} {'higher' if hib else 'lower'} is better).")

@@ -45,7 +45,7 @@ def board():
         fake_entry("Alpha", {"fid_x": (10.0, False), "prec_x": (0.9, True)}),
         fake_entry("Beta", {"fid_x": (4.0, False), "prec_x": (0.5, True)}),
         fake_entry("Gamma", {"fid_x": (7.0, False), "prec_x": (0.7, True)}),
-        fake_entry("Random", {"fid_x": (0.5, False), "prec_x": (0.99, True)}, comparable=False),
+        fake_entry("Random", {"fid_x": (0.5, False), "prec_x": (0.99, True), "rc": (1.0, False)}, comparable=False),
         fake_entry("Next", {"fid_x": (1.0, False), "prec_x": (0.95, True)}, protocol=("default", 2)),
     ]
 
@@ -82,7 +82,8 @@ def test_rendered_tables_follow_direction_and_keep_versions_and_random_weights_a
     t = Tables((tmp_path / "index.html").read_text()).tables
     assert set(t) == {"default-v1-ranked", "default-v1-unranked", "default-v2-ranked"}
     assert t["default-v1-ranked"]["rows"] == ["beta", "gamma", "alpha"]  # ranked by fid_x, ascending
-    assert t["default-v1-ranked"]["keys"][0] == "rank"
+    assert t["default-v1-ranked"]["keys"] == ["rank", "model", "n", "fid_x", "prec_x"]
+    assert t["default-v1-unranked"]["keys"] == ["model", "n", "fid_x", "prec_x", "rc"]  # columns per table
     # comparable: false is listed apart, without a rank column, even though its numbers look best
     assert t["default-v1-unranked"]["rows"] == ["random"] and "rank" not in t["default-v1-unranked"]["keys"]
     assert t["default-v2-ranked"]["rows"] == ["next"]  # protocol v2 never shares a table with v1
@@ -163,9 +164,16 @@ def test_untrusted_entries_are_refused(tmp_path, tamper, match):
     assert "a.json" in str(err.value)
 
 
-def test_two_entries_for_one_model_are_refused(tmp_path):
+def test_entries_must_be_named_by_their_card(tmp_path):
     e = fake_entry("A", {"fid_x": (1.0, False)})
     (tmp_path / "a.json").write_text(json.dumps(e))
-    (tmp_path / "a-copy.json").write_text(json.dumps(e))
-    with pytest.raises(DataError, match="two entries for model 'a'"):
+    assert [x["slug"] for x in load_entries(tmp_path)] == ["a"]
+    (tmp_path / "a-copy.json").write_text(json.dumps(e))  # a second entry for the same model
+    with pytest.raises(DataError, match=r"a-copy.json: holds the entry of 'A', which `cxrbench submit` names a.json"):
+        load_entries(tmp_path)
+
+
+def test_deeply_nested_json_is_a_clean_error(tmp_path):
+    (tmp_path / "a.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match="not valid JSON"):
         load_entries(tmp_path)
