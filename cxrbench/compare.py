@@ -170,5 +170,6 @@ def regressions(old_metrics: dict, new_metrics: dict, keys: list[str], tolerance
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain fixed-width text table (stdout is read by people and by CI logs)."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    def line(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -422,6 +422,24 @@ def render(
     Stale ``plots/*.svg`` files (from entries since removed) are deleted: ``plots/`` belongs to the renderer.
     """
     out = Path(out_dir)
+    files = build(entries, out_dir=out, entries_dir=entries_dir, rank_by=rank_by)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_dir = out / "plots"
+    if plot_dir.is_dir():
+        for stale in sorted(plot_dir.glob("*.svg")):
+            if f"plots/{stale.name}" not in files:
+                stale.unlink()
+    for name, data in files.items():
+        write_public(out / name, data)
+    return [out / name for name in files]
+
+
+def build(
+    entries: list[dict], *, out_dir: str | os.PathLike, entries_dir: str | os.PathLike, rank_by: str | None = None
+) -> dict[str, bytes]:
+    """The leaderboard's files as ``{path relative to out_dir: bytes}`` (README.md, index.html first, then
+    plots/*.svg), without writing anything; links to entry files are relative to ``out_dir``."""
+    out = Path(out_dir)
     entries = sorted(entries, key=lambda e: e["slug"])  # input order must not change a byte
     groups = group_entries(entries)
     plots: dict[str, bytes] = {}
@@ -516,8 +534,9 @@ def render(
                 md.append("| " + " | ".join(cells_md) + " |")
                 trs.append(f'<tr data-slug="{e["slug"]}">' + "".join(tds) + "</tr>")
             md.append("")
+            cls = "sortable" if section == "ranked" else "sortable unranked"
             body.append(
-                f'<div class="scroll"><table id="{_h(tid)}" class="sortable{" unranked" if section != "ranked" else ""}">'
+                f'<div class="scroll"><table id="{_h(tid)}" class="{cls}">'
                 f"<thead><tr>{''.join(th)}</tr></thead><tbody>\n" + "\n".join(trs) + "\n</tbody></table></div>"
             )
             # Per-metric plots, in the table's order (best first for the ranked section).
@@ -541,7 +560,9 @@ def render(
             if imgs_md:
                 md += ["<details><summary>Plots</summary>", "", *imgs_md, "", "</details>", ""]
                 body.append(
-                    '<details open><summary>Plots</summary><div class="plots">' + "".join(imgs_html) + "</div></details>"
+                    '<details open><summary>Plots</summary><div class="plots">'
+                    + "".join(imgs_html)
+                    + "</div></details>"
                 )
 
     if entries:
@@ -572,16 +593,8 @@ def render(
         + "\n".join(body)
         + f"\n<script>{_JS}</script>\n</body></html>\n"
     )
-    written = []
-    out.mkdir(parents=True, exist_ok=True)
-    plot_dir = out / "plots"
-    if plot_dir.is_dir():
-        for stale in sorted(plot_dir.glob("*.svg")):
-            if f"plots/{stale.name}" not in plots:
-                stale.unlink()
-    for name, data in sorted(plots.items()):
-        write_public(out / name, data)
-        written.append(out / name)
-    write_public(out / "README.md", ("\n".join(md).rstrip() + "\n").encode())
-    write_public(out / "index.html", page.encode())
-    return [out / "README.md", out / "index.html", *written]
+    return {
+        "README.md": ("\n".join(md).rstrip() + "\n").encode(),
+        "index.html": page.encode(),
+        **dict(sorted(plots.items())),
+    }

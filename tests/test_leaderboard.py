@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
 from cxrbench.errors import DataError
-from cxrbench.leaderboard import group_entries, load_entries, rank, render, validate_entry
+from cxrbench.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
 
 from .leaderboard_helpers import fake_entry
 
@@ -92,7 +94,8 @@ def test_rendered_tables_follow_direction_and_keep_versions_and_random_weights_a
     assert md.index("[Next]") > v2 and v1 < md.index("[Beta]") < md.index("[Gamma]") < md.index("[Alpha]") < v2
     assert "| 1 | [Random]" not in md and md.index("[Random]") > md.index("Not ranked")
     # arrows come from the entries: fid_x lower, prec_x higher
-    assert "fid\\_x ↓" in md and "prec\\_x ↑" in md and 'data-key="prec_x" data-hib="1"' in (tmp_path / "index.html").read_text()
+    assert "fid\\_x ↓" in md and "prec\\_x ↑" in md
+    assert 'data-key="prec_x" data-hib="1"' in (tmp_path / "index.html").read_text()
 
 
 def test_rank_by_another_metric_uses_its_direction(tmp_path):
@@ -177,3 +180,18 @@ def test_deeply_nested_json_is_a_clean_error(tmp_path):
     (tmp_path / "a.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(DataError, match="not valid JSON"):
         load_entries(tmp_path)
+
+
+def test_committed_leaderboard_is_rendered_from_the_committed_entries():
+    """leaderboard/README.md and index.html are outputs: re-render after adding an entry, never edit by hand."""
+    board = Path(__file__).resolve().parents[1] / "leaderboard"
+    files = build(load_entries(board / "entries"), out_dir=board, entries_dir=board / "entries")
+    # Plots are compared by presence only: their bytes depend on the matplotlib version.
+    def strip(b):
+        return re.sub(rb"data:image/svg\+xml;base64,[A-Za-z0-9+/=]*", b"", b)
+    for name in ("README.md", "index.html"):
+        assert strip((board / name).read_bytes()) == strip(files[name]), (
+            f"leaderboard/{name} is stale: run `cxrbench leaderboard`"
+        )
+    on_disk = {p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file() and "entries" not in p.parts}
+    assert on_disk == set(files)

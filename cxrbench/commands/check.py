@@ -59,13 +59,14 @@ def _run(args) -> int:
 
     tolerance = Tolerance.parse(args.tolerance)  # bad flags fail before any work
     entry = load_entry(args.against)
-    local = local_from_args(args)
-    if args.no_cache:
-        local["use_cache"] = False
-    if args.weights:
-        local["weights"] = args.weights
-    rows, _ = check(entry, args.samples, metrics=args.metrics, tolerance=tolerance, reference=args.reference, **local)
-    g = lambda v: "-" if v is None else f"{v:.4g}"
+    rows, _ = check(
+        entry, args.samples, metrics=args.metrics, tolerance=tolerance, reference=args.reference,
+        **local_from_args(args),
+    )
+
+    def g(v):
+        return "-" if v is None else f"{v:.4g}"
+
     table = [
         [r.key, "higher" if r.higher_is_better else "lower", g(r.entry), g(r.new),
          "-" if r.worse_by is None else f"{r.worse_by:+.4g}", g(r.allowed),

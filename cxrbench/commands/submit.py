@@ -36,10 +36,16 @@ def add_local_arguments(p) -> None:
 
 
 def local_from_args(args) -> dict:
-    return {
+    """``EvalConfig`` overrides from this machine's flags; None keeps the entry's (or the default) value."""
+    out = {
         "device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers,
-        "cache_dir": args.cache_dir, "progress": not args.quiet,
+        "cache_dir": args.cache_dir, "progress": not args.quiet, "weights": getattr(args, "weights", None),
     }
+    if getattr(args, "no_cache", False):
+        out["use_cache"] = False
+    if getattr(args, "use_cache", False):
+        out["use_cache"] = True
+    return out
 
 
 def add_arguments(p) -> None:
@@ -74,9 +80,9 @@ def run(args) -> int:
     card = load_card(args.card)  # a bad card fails before any work
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
     config = EvalConfig(
-        extractors=args.extractors, metrics=args.metrics, weights=args.weights, seed=args.seed,
-        n_bootstrap=args.n_bootstrap, use_cache=not args.no_cache, reference_split=args.reference_split,
-        train_reference=args.train_reference, protocol=args.protocol, **local,
+        extractors=args.extractors, metrics=args.metrics, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        reference_split=args.reference_split, train_reference=args.train_reference, protocol=args.protocol,
+        **local,
     )
     path, entry = submit(args.samples, args.reference, card, args.out, config=config, force=args.force)
     print(format_table(entry["result"]))

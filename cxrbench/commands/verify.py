@@ -44,12 +44,9 @@ def run(args) -> int:
     if not (args.rtol >= 0 and args.atol >= 0):
         raise UsageError("--rtol and --atol must be >= 0")
     entry = load_entry(args.entry)
-    local = local_from_args(args)
-    if args.use_cache:
-        local["use_cache"] = True
-    if args.weights:
-        local["weights"] = args.weights
-    rows, result = verify(entry, args.samples, reference=args.reference, rtol=args.rtol, atol=args.atol, **local)
+    rows, result = verify(
+        entry, args.samples, reference=args.reference, rtol=args.rtol, atol=args.atol, **local_from_args(args)
+    )
     if rows:
         print(format_table(["what", "entry", "recomputed", "note"], [list(r) for r in rows]))
         if result is None:
