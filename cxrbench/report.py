@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .results import Result, validate
+from .results import validate
 
 GRID_IMAGES = 16  # images per grid (4 x 4)
 N_PAIRS = 6  # memorization pairs shown
@@ -453,4 +453,4 @@ def load_and_write(path: str | os.PathLike, out_dir: str | os.PathLike, *, seed:
     return write_report(load(path), out_dir, base_dir=path.resolve().parent, seed=seed)
 
 
-__all__ = ["write_report", "load_and_write", "render_html", "render_markdown", "metric_rows", "Result"]
+__all__ = ["write_report", "load_and_write", "render_html", "render_markdown", "metric_rows"]
