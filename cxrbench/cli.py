@@ -13,6 +13,7 @@ from .errors import CxrbenchError
 COMMANDS = {
     "evaluate": "evaluate",
     "ls": "ls",
+    "report": "report",
 }
 
 
