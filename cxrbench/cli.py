@@ -14,6 +14,8 @@ COMMANDS = {
     "evaluate": "evaluate",
     "ls": "ls",
     "report": "report",
+    "train": "train",
+    "sample": "sample",
 }
 
 
