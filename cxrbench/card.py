@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 CONDITIONING = ("unconditional", "labels", "text", "image")
 # A name becomes a file name (entries/<slug>.json) and an HTML anchor: keep it to a safe alphabet.

@@ -13,6 +13,9 @@ from .errors import CxrbenchError
 COMMANDS = {
     "evaluate": "evaluate",
     "ls": "ls",
+    "report": "report",
+    "train": "train",
+    "sample": "sample",
     "submit": "submit",
     "verify": "verify",
     "check": "check",

@@ -44,6 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
     p.add_argument("--out", help="write the result JSON here (atomically)")
+    p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -94,5 +95,10 @@ def run(args) -> int:
     if args.out:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
+    if args.report:
+        from ..report import write_report
+
+        paths = write_report(result, args.report)
+        print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)
     print(result.to_json() if args.json else format_table(result))
     return 0
