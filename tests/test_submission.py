@@ -179,3 +179,19 @@ def test_check_usage_errors_exit_2(world, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse: --against missing
         main(["check", "--samples", str(world["samples"])])
     assert e.value.code == 2
+
+
+def test_entry_config_is_type_checked_and_machine_fields_are_local(world):
+    from cxrbench.errors import DataError
+    from cxrbench.submission import config_from_entry
+
+    e = json.loads(world["entry"].read_text())
+    e["result"]["config"].update(cache_dir="/submitter/cache", device="cuda:3", weights="/submitter/weights")
+    cfg = config_from_entry(e, cache_dir="/here")
+    assert cfg.cache_dir == "/here" and cfg.device == "auto" and cfg.weights == "auto"
+    assert cfg.extractors == ("random-conv",) and cfg.n_bootstrap == 50  # the evaluation itself is the entry's
+    for field, bad in [("extractors", "random-conv"), ("n_bootstrap", "50"), ("seed", 1.5), ("metrics", [1])]:
+        broken = json.loads(world["entry"].read_text())
+        broken["result"]["config"][field] = bad
+        with pytest.raises(DataError, match=f"config.{field}"):
+            config_from_entry(broken)
