@@ -111,6 +111,16 @@ def test_same_seeds_same_numbers_and_seeds_redraw(cache_dir):
     assert len(set(a.metrics["aug_real_auroc"].extra["per_seed"])) > 1
     c = augment(real, syn, config=_cfg(cache_dir, seed=7))
     assert c.details["test_ids"] != a.details["test_ids"]
+    # features handed in by a caller (the harness path) give the same numbers as extracting them here
+    from cxrbench.features.cache import FeatureCache
+    from cxrbench.harness import EvalConfig, build_extractors, extract_features
+
+    ecfg = EvalConfig(extractors=("random-conv",), weights="random", progress=False, num_workers=0)
+    ex = build_extractors(["random-conv"], ecfg, "cpu")
+    fr = extract_features(real, ex, ecfg, FeatureCache(cache_dir), "cpu", "r")[0]["random-conv"]
+    fs = extract_features(syn, ex, ecfg, FeatureCache(cache_dir), "cpu", "s")[0]["random-conv"]
+    d = augment(real, syn, config=_cfg(cache_dir), real_features=fr, synthetic_features=fs)
+    assert {k: v.to_dict() for k, v in d.metrics.items()} == {k: v.to_dict() for k, v in a.metrics.items()}
 
 
 def _train_test_real(n_train: int, n_test: int, seed: int):

@@ -371,9 +371,12 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     specs: dict[str, dict] = {}
 
     def features(src, given, role):
-        nonlocal extractors
         if given is not None:
-            return np.asarray(given, dtype=np.float32)
+            given = np.asarray(given, dtype=np.float32)
+            if given.ndim != 2 or len(given) != len(src):
+                raise UsageError(f"{role}_features: expected ({len(src)}, D) rows in {src.name}'s canonical order, "
+                                 f"got shape {given.shape}")
+            return given
         if not extractors:
             extractors.update(build_extractors([cfg.extractor], ecfg, device))
         f, bad = extract_features(src, extractors, ecfg, cache, device, desc=f"{role} features")
