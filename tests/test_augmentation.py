@@ -258,3 +258,29 @@ def test_registered_protocol_and_cli_result(tmp_path, cache_dir, capsys):
     rc = main(argv[:-4] + ["--task", "Foo vs No Finding", "--out", str(bad)])
     err = capsys.readouterr().err
     assert rc != 0 and "unknown label 'Foo'" in err and "Traceback" not in err and not bad.exists()
+
+
+def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cache_dir):
+    """`evaluate --protocol augmentation` reuses the harness's features and gives the protocol's own numbers."""
+    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.registry import PROTOCOLS
+
+    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
+    imgs, y, _ = _train_test_real(40, 40, seed=80)
+    write_pngs(real_dir, imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
+                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
+    syn_imgs, ys = _task_images(40, seed=81)
+    write_pngs(syn_dir, syn_imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
+                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    cfg = EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=50,
+                     cache_dir=cache_dir, progress=False, num_workers=0, protocol="augmentation",
+                     augment_task="Pneumonia vs No Finding", augment_n_real=40, augment_n_test=30, augment_seeds=3)
+    res = evaluate(syn_dir, real_dir, config=cfg)
+    assert res["protocol"]["name"] == "augmentation" and "fid_random-conv" in res["metrics"]
+    direct = PROTOCOLS.get("augmentation")().run(
+        str(real_dir), str(syn_dir), task="Pneumonia vs No Finding",
+        config=_cfg(cache_dir, n_real=40, n_test=30, n_bootstrap=50))
+    for key, v in direct.items():
+        assert res["metrics"][key] == json.loads(json.dumps(v.to_dict())), key
