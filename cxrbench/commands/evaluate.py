@@ -76,7 +76,10 @@ def format_table(result) -> str:
         rvr = m.get("real_vs_real")
         rows.append((
             key, "-" if v is None else f"{v:.4g}", "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]",
-            "-" if rvr is None else f"{rvr:.4g}", "higher" if m["higher_is_better"] else "lower",
+            "-" if rvr is None else f"{rvr:.4g}" + (
+                f" (vs {m['value_at_real_vs_real_n']:.4g} at that N)" if m.get("value_at_real_vs_real_n") is not None
+                else ""),
+            "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
