@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from metric_helpers import context, feature_set
 
 from cxrbench.metrics.diversity import MSSSIM, pair_ms_ssim, random_pairs, to_square
 from cxrbench.synthetic import synthetic_cxr
+
+from .metric_helpers import context, feature_set
 
 
 def images_set(name, imgs):

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from metric_helpers import context, feature_set
 
 from cxrbench.metrics.fd_inf import FDInf, fd_inf, nested_stats
 from cxrbench.metrics.fid import frechet_distance, gaussian_stats
+
+from .metric_helpers import context, feature_set
 
 
 def test_nested_statistics_equal_gaussian_stats_of_each_prefix():

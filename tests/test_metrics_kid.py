@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from metric_helpers import context, feature_set
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from cxrbench.metrics.kid import KID, kid, mmd2_unbiased
+
+from .metric_helpers import context, feature_set
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from metric_helpers import context, feature_set
 from scipy import stats
 
 from cxrbench.features.pixels import FEATURE_NAMES
@@ -15,6 +14,8 @@ from cxrbench.metrics.ks import (
     ks_pvalues_fast,
     ks_statistics,
 )
+
+from .metric_helpers import context, feature_set
 
 
 def test_bh_matches_scipy_adjusted_pvalues():

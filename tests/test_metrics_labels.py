@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from metric_helpers import context, feature_set
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
@@ -16,6 +15,8 @@ from cxrbench.metrics.labels import (
     label_mae,
     requested_labels,
 )
+
+from .metric_helpers import context, feature_set
 
 NAMES = [f"L{i}" for i in range(18)]
 

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from metric_helpers import context, feature_set, thumbnails
 
 from cxrbench.metrics.memorization import Memorization
 from cxrbench.synthetic import synthetic_cxr
+
+from .metric_helpers import context, feature_set, thumbnails
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from metric_helpers import context, feature_set
 from prdc import compute_prdc
 
 from cxrbench.metrics import knn
 from cxrbench.metrics.prdc import PRDC, prdc
+
+from .metric_helpers import context, feature_set
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from metric_helpers import context, feature_set, shared_data
 from PIL import Image
 
 from cxrbench.features.pixels import PixelStatsExtractor
 from cxrbench.metrics.bootstrap import real_vs_real_split
 from cxrbench.registry import METRICS
+
+from .metric_helpers import context, feature_set, shared_data
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from metric_helpers import context, feature_set, thumbnails
 
 from cxrbench.features.pixels import PixelStatsExtractor
 from cxrbench.metrics.base import Metric
 from cxrbench.registry import METRICS
 from cxrbench.synthetic import synthetic_cxr
+
+from .metric_helpers import context, feature_set, thumbnails
 
 SUITE = ["kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_labels", "ks_pixels", "labels",
          "label_adherence", "ms_ssim"]
