@@ -15,8 +15,8 @@ CLI, TOML protocols and the API all set them through the one config object.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,8 +50,9 @@ class MetricSettings:
     #: Benjamini-Hochberg false discovery rate for the KS batteries
     ks_q: float = 0.05
     #: MS-SSIM: random pairs per set and the common side length images are resized to
-    ms_ssim_pairs: int = 1000
-    ms_ssim_size: int = 256
+    #: (500 pairs at 192 px cost about a fifth of the CPU time of 1000 pairs at 256 px)
+    ms_ssim_pairs: int = 500
+    ms_ssim_size: int = 192
     #: largest query x reference distance block for kNN, in elements
     knn_budget: int = 2**24
 

@@ -7,9 +7,10 @@ collapsed generator approaches 1. A value well above the reference's signals mod
 it unstructured noise, so read it next to the reference value (``extra["gap"]`` = samples - reference).
 
 Size: 5-scale MS-SSIM with an 11-pixel window needs a side above 160 px. Every image is brought to
-``size`` x ``size`` (256) before comparison: short side resized (bilinear, antialiased) to ``size``, then a
-centre crop, so smaller images are *upsampled* (the standard scales and weights stay comparable across
-inputs) and images of different native sizes can be paired. The CI resamples the generated pairs.
+``size`` x ``size`` (``ms_ssim_size``, 192) before comparison: short side resized (bilinear,
+antialiased) to ``size``, then a centre crop. Smaller images are therefore *upsampled* (rather than
+compared at fewer scales: the standard scales and weights stay comparable across inputs), and images of
+different native sizes can be paired. The CI resamples the generated pairs.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _load(fs: FeatureSet, idx: list[int], size: int, device) -> torch.Tensor:
     return torch.cat(out)
 
 
-def pair_ms_ssim(fs: FeatureSet, pairs: np.ndarray, *, size: int = 256, device="cpu") -> np.ndarray:
+def pair_ms_ssim(fs: FeatureSet, pairs: np.ndarray, *, size: int = 192, device="cpu") -> np.ndarray:
     """MS-SSIM of every pair of ``fs``'s images (decoded ``PAIR_CHUNK`` pairs at a time)."""
     if size <= 160:
         raise ValueError(f"5-scale MS-SSIM needs a side above 160 px, got size={size}")

@@ -2,10 +2,11 @@
 infinite generated set.
 
 FD computed from ``n`` generated rows is biased upward by roughly ``b / n``. ``fd_inf`` takes one seeded
-permutation of the generated rows, computes the FD of its first ``n`` rows (nested subsets: the fit is
-smooth and running sums give every subset's statistics in one pass) for ``points`` sizes evenly spaced from ``min_fraction * N`` to ``N`` against the full
-reference statistics, fits ``FD = FD_inf + b / n`` by least squares and reports the intercept. The
-reference-size bias is not removed (the reference is fixed).
+permutation of the generated rows and computes the FD of its first ``n`` rows against the full reference
+statistics for ``points`` sizes evenly spaced from ``min_fraction * N`` to ``N`` (nested subsets: the fit
+is smooth, and running sums give every subset's statistics in one pass). It fits ``FD = FD_inf + b / n``
+by least squares and reports the intercept. The reference-size bias is not removed (the reference is
+fixed).
 
 Bootstrap: a replicate computes FD_inf on the *distinct* rows of the resample (about 63% of N). FD_inf
 removes the dependence on the set size, while duplicated rows would bias the covariance; the price is a
