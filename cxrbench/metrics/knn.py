@@ -1,8 +1,9 @@
 """Exact k-nearest-neighbour queries in chunks: never an N x N matrix in memory.
 
 Every query walks blocks of at most ``budget`` query-by-reference distances (default 2**24 elements, a
-64 MB float32 block; with the top-k merge and comparison temporaries the peak stays near 4 blocks, about
-256 MB), so PRDC and memorization on 50k x 50k features fit in a few hundred MB on any device.
+64 MB float32 block; the addmm input and output, the top-k merge and comparison temporaries hold a few
+blocks at once), so the working memory does not grow with N: measured on CPU, PRDC on 20k x 20k 64-d
+features raised peak RSS by 370 MB, where one 20k x 20k float32 matrix alone would be 1.5 GB.
 
 Distances are Euclidean, computed as ``|a|^2 + |b|^2 - 2 a.b`` with one matmul per block. Both sets are
 first centred on the reference mean (distances do not change; the squared norms shrink, so float32 loses
