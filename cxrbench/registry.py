@@ -86,6 +86,16 @@ METRICS = Registry(
     "cxrbench.metrics",
     {
         "fid": "cxrbench.metrics.fid:FID",
+        "fd_inf": "cxrbench.metrics.fd_inf:FDInf",
+        "kid": "cxrbench.metrics.kid:KID",
+        "prdc": "cxrbench.metrics.prdc:PRDC",
+        "memorization": "cxrbench.metrics.memorization:Memorization",
+        "ks_features": "cxrbench.metrics.ks:KSFeatures",
+        "ks_labels": "cxrbench.metrics.ks:KSLabels",
+        "ks_pixels": "cxrbench.metrics.ks:KSPixels",
+        "labels": "cxrbench.metrics.labels:LabelDistribution",
+        "label_adherence": "cxrbench.metrics.labels:LabelAdherence",
+        "ms_ssim": "cxrbench.metrics.diversity:MSSSIM",
     },
 )
 
