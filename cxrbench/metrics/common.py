@@ -76,20 +76,12 @@ def bootstrap_interval(
     lower: float | None = None,
     upper: float | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of ``stat`` over ``n`` generated rows, shifted to centre on ``value``."""
-    reps: list[float] = []
-
-    def record(idx):
-        v = float(stat(idx))
-        reps.append(v)
-        return v
-
-    ci = bootstrap_ci(record, n, n_boot=st.n_bootstrap if n_boot is None else n_boot, seed=st.seed, alpha=st.alpha)
-    finite = np.asarray(reps)[np.isfinite(reps)]
-    if ci is None or finite.size == 0 or not np.isfinite(value):
+    """Bootstrap CI of ``stat`` over ``n`` generated rows, centred on ``value``, clamped to the metric's range."""
+    ci = bootstrap_ci(stat, n, n_boot=st.n_bootstrap if n_boot is None else n_boot, seed=st.seed, alpha=st.alpha,
+                      value=value if np.isfinite(value) else None)
+    if ci is None:
         return ci
-    shift = value - float(np.median(finite))
-    lo, hi = ci[0] + shift, ci[1] + shift
+    lo, hi = ci
     if lower is not None:
         lo, hi = max(lo, lower), max(hi, lower)
     if upper is not None:

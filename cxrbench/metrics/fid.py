@@ -150,7 +150,7 @@ class FID(Metric):
             value = frechet_distance(mu_r, s_r, mu_g, s_g, sqrt_sigma1=sqrt_r)
 
             stat = BootstrapFD(g64, mu_r, s_r, sqrt_r)
-            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed, value=value)
             a, b = real_vs_real_split(r.shape[0], cfg.seed, ctx.ref.patient_ids)
             rvr = fid_from_features(r[a], r[b]) if min(len(a), len(b)) >= 2 else None
             # FID is biased upwards at small N (strongly when N < D), and the floor's halves are smaller than
