@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -78,9 +79,12 @@ def _load_pillow(path: Path, data: bytes) -> np.ndarray:
             im.load()
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow refuses before we can read the size: say it is too large, not that it is unreadable
+        raise DataError(f"{path}: image too large to decode safely ({e}); downsample it first") from None
+    except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); remove it or re-export it") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise DataError(f"{path}: truncated or corrupt image ({e}); remove it or re-export it") from None
 
     mode = im.mode
