@@ -133,6 +133,9 @@ def _load_dicom(path: Path, data: bytes) -> np.ndarray:
     arr = (arr - lo) / (hi - lo)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         arr = 1.0 - arr
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        # e.g. BitsStored smaller than the values actually stored: refuse rather than clip silently
+        raise DataError(f"{path}: pixel values outside the range BitsStored={bits} allows; fix the DICOM header")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
