@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
 import warnings
 from pathlib import Path
 
@@ -84,8 +83,10 @@ def _load_pillow(path: Path, data: bytes) -> np.ndarray:
         raise DataError(f"{path}: image too large to decode safely ({e}); downsample it first") from None
     except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); remove it or re-export it") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise DataError(f"{path}: truncated or corrupt image ({e}); remove it or re-export it") from None
+    except Exception as e:  # Pillow's format plugins raise many types on corrupt input (TypeError for a TIFF
+        # without dimensions, struct.error, EOFError, ...): every one is a bad file, never a crash
+        why = f"{e.__class__.__name__}: {e}"
+        raise DataError(f"{path}: truncated or corrupt image ({why}); remove it or re-export it") from None
 
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
