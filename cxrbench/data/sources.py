@@ -112,7 +112,7 @@ def _check_label_values(df, csv_path: Path) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{csv_path}: label column {c!r} holds {col.iloc[i]!r} (row {i + 2}); use 1/0, or leave it blank "
+                f"{csv_path}: label column {c!r} holds {str(col.iloc[i])!r} (row {i + 2}); use 1/0, or leave it blank "
                 "for unknown (map uncertain values such as -1 explicitly)"
             )
         df[c] = num.astype("float64")
