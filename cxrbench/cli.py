@@ -16,6 +16,10 @@ COMMANDS = {
     "report": "report",
     "train": "train",
     "sample": "sample",
+    "submit": "submit",
+    "verify": "verify",
+    "check": "check",
+    "leaderboard": "leaderboard",
 }
 
 
