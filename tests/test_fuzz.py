@@ -5,6 +5,7 @@ correct value (a finite float32 image in [0, 1]; a table aligned row for row wit
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from cxrbench.data.sources import _align_table, _read_csv
 from cxrbench.errors import DataError
 from cxrbench.labels import LABELS
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CXRBENCH_FUZZ_EXAMPLES=5000 for a long hunt; the default keeps the suite fast
+FUZZ = settings(max_examples=int(os.environ.get("CXRBENCH_FUZZ_EXAMPLES", 150)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 SUFFIXES = [".png", ".jpg", ".tif", ".bmp", ".dcm"]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -117,22 +118,26 @@ def _load_pillow(path: Path, data: bytes) -> np.ndarray:
 def _load_dicom(path: Path, data: bytes) -> np.ndarray:
     import pydicom
 
-    try:
+    try:  # header values are parsed lazily, so a broken one fails on access: read them all in here
         ds = pydicom.dcmread(io.BytesIO(data))
         raw = ds.pixel_array
+        bits = int(getattr(ds, "BitsStored", raw.dtype.itemsize * 8))
+        signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        monochrome1 = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
     except Exception as e:  # pydicom raises many types for broken files
         raise DataError(f"{path}: unreadable DICOM ({e.__class__.__name__}: {e}); re-export it") from None
     if raw.ndim != 2:
         raise DataError(f"{path}: DICOM with {raw.ndim} dimensions {raw.shape}; expected one 2-D grayscale frame")
-    bits = int(getattr(ds, "BitsStored", raw.dtype.itemsize * 8))
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    if not 1 <= bits <= 32 or not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise DataError(f"{path}: DICOM header has BitsStored={bits}, RescaleSlope={slope}, "
+                        f"RescaleIntercept={intercept}; expected 1-32 bits and finite rescale values")
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     arr = raw.astype(np.float64) * slope + intercept
     lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
     arr = (arr - lo) / (hi - lo)
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+    if monochrome1:
         arr = 1.0 - arr
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
         # e.g. BitsStored smaller than the values actually stored: refuse rather than clip silently
