@@ -18,7 +18,7 @@ from cxrbench.errors import DataError
 from cxrbench.labels import LABELS
 
 # CXRBENCH_FUZZ_EXAMPLES=5000 for a long hunt; the default keeps the suite fast
-FUZZ = settings(max_examples=int(os.environ.get("CXRBENCH_FUZZ_EXAMPLES", 150)), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("CXRBENCH_FUZZ_EXAMPLES", 80)), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 SUFFIXES = [".png", ".jpg", ".tif", ".bmp", ".dcm"]
 
