@@ -56,7 +56,11 @@ class EvalConfig:
     train_reference: str | None = None
     moco_checkpoint: str | None = None
     skip_bad: bool = False
-    protocol: str = "default"
+    protocol: str = "default"  # "default", or a registered protocol run after the metrics ("augmentation")
+    augment_task: str | None = None  # protocol augmentation: "A vs B"; labels come from the reference
+    augment_n_real: int = 1000
+    augment_n_test: int = 300
+    augment_seeds: int = 3
     progress: bool = True
 
     def resolved(self, **over) -> "EvalConfig":
@@ -336,6 +340,8 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
+        if config.protocol != "default":
+            _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
     duplicates = {r: _duplicates(sets[r]) for r in sets}
     for role, src in sets.items():
@@ -372,11 +378,41 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights and config.protocol == "default",
+        comparable=not random_weights,
         not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights],
         warnings=notes,
     )
     return result
+
+
+def _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:
+    """A registered multi-step protocol on the same sets and cached features; its metrics join the result."""
+    from .registry import PROTOCOLS
+
+    proto = PROTOCOLS.get(config.protocol)()
+    if config.protocol == "augmentation":
+        from .protocols.augmentation import AugmentConfig
+
+        if not config.augment_task:
+            raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
+        emb = next((e for e in config.extractors if specs[e].get("kind") == "embedding"), None)
+        if emb is None:
+            raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
+        acfg = AugmentConfig(
+            n_real=config.augment_n_real, n_test=config.augment_n_test, seeds=config.augment_seeds, seed=config.seed,
+            extractor=emb, weights=config.weights, weights_seed=config.weights_seed, device=device,
+            batch_size=config.batch_size, num_workers=config.num_workers, cache_dir=config.cache_dir,
+            use_cache=config.use_cache, n_bootstrap=config.n_bootstrap, progress=config.progress,
+        )
+        values = proto.run(
+            sets["reference"].subset(keep["reference"]), sets["samples"].subset(keep["samples"]),
+            task=config.augment_task, config=acfg, real_features=feats["reference"][emb][keep["reference"]],
+            synthetic_features=feats["samples"][emb][keep["samples"]],
+        )
+    else:
+        values = proto.run(ctx)
+    metric_versions[f"protocol:{proto.name}"] = proto.version
+    metrics.update({k: v.to_dict() for k, v in values.items()})
 
 
 def _duplicates(src: ImageSource) -> list[list[str]]:

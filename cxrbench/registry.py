@@ -95,4 +95,10 @@ GENERATORS = Registry("generator", "cxrbench.generators")
 # ``train(dataset, config, out_dir)`` / ``save_pretrained`` / ``from_pretrained`` contract, no ``sample``.
 REPRESENTATIONS = Registry("representation model", "cxrbench.representations")
 
-PROTOCOLS = Registry("protocol", "cxrbench.protocols")
+PROTOCOLS = Registry(
+    "protocol",
+    "cxrbench.protocols",
+    {
+        "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
+    },
+)

@@ -45,6 +45,11 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
+    p.add_argument("--protocol", default=d.protocol, help="default | augmentation (downstream classifier gain)")
+    p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
+    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
+    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
+    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds)
     p.add_argument("--out", help="write the result JSON here (atomically)")
     p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
@@ -60,6 +65,8 @@ def config_from_args(args):
         cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
+        protocol=args.protocol, augment_task=args.augment_task, augment_n_real=args.augment_n_real,
+        augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds,
     )
 
 
