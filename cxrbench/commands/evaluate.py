@@ -61,7 +61,8 @@ def config_from_args(args):
 
     return EvalConfig(
         extractors=args.extractors, metrics=args.metrics, weights=args.weights, device=args.device,
-        batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
+        n_bootstrap=args.n_bootstrap,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
