@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
+                   help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap, splits and subsets")
     p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
@@ -59,7 +61,8 @@ def config_from_args(args):
 
     return EvalConfig(
         extractors=args.extractors, metrics=args.metrics, weights=args.weights, device=args.device,
-        batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
+        n_bootstrap=args.n_bootstrap,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,

@@ -54,13 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(run_dir: str | Path, device):
+    from ..generator import read_json_object
     from ..registry import GENERATORS
 
     run_dir = Path(run_dir)
     cfg = run_dir / "config.json"
     if not cfg.is_file():
         raise DataError(f"{cfg}: missing; {run_dir} is not a trained model folder (train one with cxrbench train)")
-    name = json.loads(cfg.read_text()).get("generator")
+    name = read_json_object(cfg).get("generator")
     if not name:
         raise DataError(f"{cfg}: names no generator; was it written by save_pretrained?")
     model = GENERATORS.get(name).from_pretrained(run_dir)
