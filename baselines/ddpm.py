@@ -84,8 +84,9 @@ def make_unet(cfg, *, in_channels: int = 1, class_conditional: bool = False) -> 
     )
 
 
-def make_schedulers(cfg) -> tuple[DDPMScheduler, DDIMScheduler]:
-    kw = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, clip_sample=True)
+def make_schedulers(cfg, *, clip: bool = True) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """Training (noising) and sampling schedulers; ``clip``: predicted x0 clipped to [-1, 1] (pixels, not latents)."""
+    kw = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, clip_sample=clip)
     return DDPMScheduler(**kw), DDIMScheduler(**kw, timestep_spacing="trailing")
 
 
@@ -102,14 +103,14 @@ def denoise_loss(eps_fn: Callable, x0: torch.Tensor, noise_scheduler: DDPMSchedu
 
 
 def ddim_loop(eps_fn: Callable, shape, scheduler: DDIMScheduler, steps: int, *, seed, device) -> torch.Tensor:
-    """Deterministic DDIM from seeded noise; returns x0 in [-1, 1]. ``eps_fn(x_t, t_batch)`` predicts noise."""
+    """Deterministic DDIM from seeded noise; returns x0. ``eps_fn(x_t, t_batch)`` predicts noise."""
     g = torch_generator(seed) if seed is not None else None
     x = torch.randn(shape, generator=g).to(device)
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
         tb = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         x = scheduler.step(eps_fn(x, tb), int(t), x, eta=0.0).prev_sample
-    return x.clamp(-1, 1)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,5 +172,6 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         self.eval()
         size = self.config.image_size
         x = ddim_loop(eps_fn, (n, 1, size, size), self.sampler, steps or self.config.sample_steps, seed=seed, device=dev)
+        x = x.clamp(-1, 1)
         self.train(was_training)
         return ((x + 1) / 2).float().clamp(0, 1)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines import ddpm
+from baselines import ddpm, ldm
 from baselines.trainer import Batch
+from cxrbench.errors import DataError, UsageError
 from cxrbench.labels import LABELS
 from tests.generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -46,3 +47,87 @@ def test_ddpm_dropped_labels_are_label_independent():
     b = model.label_embedding(torch.ones(3, len(LABELS)), dropped)
     assert torch.equal(a, b)
     assert not torch.equal(a, model.label_embedding(torch.zeros(3, len(LABELS)), ~dropped))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# latent diffusion
+
+
+def tiny_ldm(**kw):
+    return ldm.LDMConfig(
+        image_size=16, ae_channels=(8, 16), latent_channels=4, block_out_channels=(8, 16), norm_groups=8,
+        text_dim=16, num_train_timesteps=100, sample_steps=2, batch_size=4, label_bank_size=8, **kw,
+    )
+
+
+class TestLDM(GeneratorTesterMixin):
+    name = "ldm"
+
+    def config(self):
+        return tiny_ldm()
+
+
+def test_prompt_round_trip_and_errors():
+    for labels in ([], ["Edema"], ["Effusion", "Pleural_Thickening", "No Finding"]):
+        y = torch.zeros(len(LABELS))
+        for lab in labels:
+            y[LABELS.index(lab)] = 1
+        for pos in (None, "top left", "center", "bottom right"):
+            got_y, got_pos = ldm.parse_prompt(ldm.make_prompt(y, pos))
+            assert torch.equal(got_y, y) and got_pos == pos
+    y, pos = ldm.parse_prompt("Chest X-ray,  EDEMA , pleural   thickening,bottom right")
+    assert pos == "bottom right" and y[LABELS.index("Edema")] == 1 and y[LABELS.index("Pleural_Thickening")] == 1
+    with pytest.raises(UsageError, match="known labels: atelectasis.*positions: top left"):
+        ldm.parse_prompt("chest x-ray, broken arm")
+    with pytest.raises(UsageError, match="at most one position"):
+        ldm.parse_prompt("chest x-ray, edema, top left, bottom right")
+
+
+def test_position_of_box_grid():
+    # the box centre picks the cell; the grid is row-major in image coordinates
+    assert ldm.position_of_box(0, 0, 10, 10) == "top left"
+    assert ldm.position_of_box(1000, 0, 24, 10) == "top right"
+    assert ldm.position_of_box(500, 500, 24, 24) == "center"
+    assert ldm.position_of_box(0, 900, 100, 124) == "bottom left"
+    assert ldm.position_of_box(600, 700, 400, 300) == "bottom right"  # centre (800, 850)
+    table = ldm.bbox_positions()
+    assert len(table) > 800 and set(table.values()) <= set(ldm.POSITIONS)
+
+
+def test_prompts_condition_sampling():
+    torch.manual_seed(0)
+    model = ldm.LDM(tiny_ldm()).eval()
+    plain = model.sample(2, prompts="chest x-ray, effusion", seed=0)
+    placed = model.sample(2, prompts="chest x-ray, effusion, bottom right", seed=0)
+    other = model.sample(2, prompts="chest x-ray, effusion, top left", seed=0)
+    assert torch.equal(plain, model.sample(2, prompts=["chest x-ray, effusion"] * 2, seed=0))
+    assert not torch.equal(plain, placed) and not torch.equal(placed, other)
+    # labels build the same prompts as text does
+    y = torch.zeros(2, len(LABELS))
+    y[:, LABELS.index("Effusion")] = 1
+    assert torch.equal(plain, model.sample(2, labels=y, seed=0))
+    with pytest.raises(UsageError, match="known labels"):
+        model.sample(2, prompts="chest x-ray, fracture", seed=0)
+
+
+def test_ldm_training_uses_positions(tmp_path):
+    # a labels.csv position column reaches the training prompts through LDM.train's dataset wrapper
+    from cxrbench.data import ImageFolder
+    from cxrbench.synthetic import synthetic_cxr
+    from tests.conftest import write_pngs
+
+    write_pngs(tmp_path / "imgs", synthetic_cxr(4, 16, seed=0))
+    rows = ["path,Edema,position", "img_0000.png,1,top left", "img_0001.png,0,", "img_0002.png,1,center",
+            "img_0003.png,0,bottom right"]
+    (tmp_path / "imgs" / "labels.csv").write_text("\n".join(rows) + "\n")
+    folder = ImageFolder(tmp_path / "imgs")
+    ds = ldm.with_positions(folder)
+    labels = torch.stack([ds[i][1] for i in range(4)])
+    prompts = dict(zip(folder.ids, ldm.LDM(tiny_ldm()).prompts_for(labels)))
+    assert prompts == {
+        "img_0000.png": "chest x-ray, edema, top left", "img_0001.png": "chest x-ray",
+        "img_0002.png": "chest x-ray, edema, center", "img_0003.png": "chest x-ray, bottom right",
+    }
+    (tmp_path / "imgs" / "labels.csv").write_text("path,position\nimg_0000.png,upper left\n")
+    with pytest.raises(DataError, match="unknown position"):
+        ldm.with_positions(ImageFolder(tmp_path / "imgs"))

@@ -26,6 +26,7 @@ examples:
   cxrbench sample runs/lsgan32 --n 1000 --out samples/lsgan32
   cxrbench sample runs/fs --n 200 --out samples/fs-edema --labels "Edema,Effusion"
   cxrbench sample runs/fs --n 500 --out samples/fs-like-test --labels-csv test/labels.csv --bit-depth 16
+  cxrbench sample runs/ldm --n 16 --out samples/ldm-effusion --prompt "chest x-ray, effusion, bottom right"
   cxrbench sample runs/pggan --n 64 --out samples/pneumonia --optimize-toward Pneumonia --weights random
 """
 
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", default=None, help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
     g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
+    g.add_argument("--prompt", default=None, help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
@@ -170,6 +172,10 @@ def run(args) -> int:
         for lab in parse_label_names(args.labels):
             vec[LABELS.index(lab)] = 1.0
         labels = np.tile(vec, (n, 1))
+    if args.prompt is not None:
+        if not hasattr(model, "parse_prompt"):
+            raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
+        labels = np.tile(model.parse_prompt(args.prompt)[0].numpy(), (n, 1))  # the manifest's requested labels
     if args.optimize_toward:
         if labels is not None and not conditional:
             raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
@@ -201,6 +207,8 @@ def run(args) -> int:
             imgs, _ = model.optimize_toward(
                 target[0], m, classifier=classifier, steps=args.opt_steps, lr=args.opt_lr, seed=seed, labels=lab
             )
+        elif args.prompt is not None:
+            imgs = model.sample(m, prompts=args.prompt, seed=seed)
         else:
             imgs = model.sample(m, labels=lab, seed=seed)
         if imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
@@ -214,6 +222,8 @@ def run(args) -> int:
                 row.update({c: int(v) for c, v in zip(label_columns, lab[i].tolist())})
             if args.optimize_toward:
                 row[target[0]] = 1  # requested of the classifier-guided sample
+            if args.prompt is not None:
+                row["prompt"] = args.prompt
             row["seed"] = seed
             rows.append(row)
         bar.update(m)
@@ -222,6 +232,8 @@ def run(args) -> int:
     columns = ["path"] + label_columns
     if args.optimize_toward and target[0] not in columns:
         columns.append(target[0])
+    if args.prompt is not None:
+        columns.append("prompt")
     columns.append("seed")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
