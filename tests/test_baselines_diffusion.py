@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines import ddpm, ldm
+from baselines import ddpm, diffusevae, ldm
 from baselines.trainer import Batch
-from cxrbench.errors import DataError, UsageError
+from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.labels import LABELS
 from tests.generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -131,3 +131,79 @@ def test_ldm_training_uses_positions(tmp_path):
     (tmp_path / "imgs" / "labels.csv").write_text("path,position\nimg_0000.png,upper left\n")
     with pytest.raises(DataError, match="unknown position"):
         ldm.with_positions(ImageFolder(tmp_path / "imgs"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DiffuseVAE
+
+
+def tiny_diffusevae(**kw):
+    return diffusevae.DiffuseVAEConfig(
+        image_size=16, vae_channels=(8, 16), vae_z_dim=8, block_out_channels=(8, 16), layers_per_block=1,
+        attention=False, norm_groups=8, num_train_timesteps=100, sample_steps=2, batch_size=4, **kw,
+    )
+
+
+class TestDiffuseVAE(GeneratorTesterMixin):
+    name = "diffusevae"
+
+    def config(self):
+        return tiny_diffusevae(rep_lambda=0.5)
+
+
+def test_representation_term_changes_the_loss():
+    images = LabelledImages(4, 16, seed=1).images
+    runs = {}
+    for lam in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = diffusevae.DiffuseVAE(tiny_diffusevae(rep_lambda=lam))
+        opts = model.configure_optimizers()
+        torch.manual_seed(1)
+        logged = model.training_step(Batch(images, torch.zeros(4, len(LABELS))), opts, 0)
+        runs[lam] = (logged, model.unet.conv_in.weight.detach().clone())
+    (plain, w0), (rep, w1) = runs[0.0], runs[0.5]
+    assert "rep" not in plain and rep["rep"] > 0
+    assert rep["diffusion"] == pytest.approx(plain["diffusion"])  # same init, same noise: the term is extra
+    assert rep["loss"] == pytest.approx(plain["loss"] + 0.5 * rep["rep"], rel=1e-5)
+    assert not torch.equal(w0, w1)  # and its gradient reaches the UNet
+
+
+def test_representation_encoders():
+    x = LabelledImages(3, 32, seed=0).images
+    a, b = diffusevae.load_representation("random"), diffusevae.load_representation("random")
+    assert torch.equal(a(x), b(x)) and a(x).shape == (3, 512)
+    assert not torch.equal(a(x), diffusevae.load_representation("random:1")(x))
+    assert not any(p.requires_grad for p in a.parameters())
+    with pytest.raises(WeightsError, match="cxrbench train moco"):
+        diffusevae.load_representation("/nonexistent/moco")
+    # the encoder is not part of the saved model
+    model = diffusevae.DiffuseVAE(tiny_diffusevae(rep_lambda=1.0))
+    model.representation(torch.device("cpu"))
+    assert not any(k.startswith("_rep") for k in model.state_dict())
+
+
+def test_reconstruct_cli_writes_paired_manifest(tmp_path):
+    import pandas as pd
+
+    from cxrbench.cli import main
+    from cxrbench.synthetic import synthetic_cxr
+    from tests.conftest import write_pngs
+
+    torch.manual_seed(0)
+    model = diffusevae.DiffuseVAE(tiny_diffusevae())
+    model.save_pretrained(tmp_path / "run")
+    write_pngs(tmp_path / "src" / "sub", synthetic_cxr(3, 16, seed=0))
+    argv = ["sample", str(tmp_path / "run"), "--reconstruct", str(tmp_path / "src"), "--out", str(tmp_path / "rec")]
+    assert main(argv + ["--batch-size", "1"]) == 0
+    man = pd.read_csv(tmp_path / "rec" / "manifest.csv")
+    assert sorted(man["source"]) == [f"sub/img_{i:04d}.png" for i in range(3)]
+    from cxrbench.data import ImageFolder, load_image
+    from cxrbench.data.transforms import CXRTransform
+
+    # each written image is the model's reconstruction of the source it names
+    folder = ImageFolder(tmp_path / "src", transform=CXRTransform(image_size=16))
+    for _, row in man.iterrows():
+        src = folder[folder.ids.index(row["source"])][0][None]
+        want = model.reconstruct(src, seed=int(row["seed"]))[0, 0].numpy()
+        got = load_image(tmp_path / "rec" / row["path"])
+        assert abs(got - want).max() <= 1 / 255 + 1e-6
