@@ -171,7 +171,8 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         was_training = self.training
         self.eval()
         size = self.config.image_size
-        x = ddim_loop(eps_fn, (n, 1, size, size), self.sampler, steps or self.config.sample_steps, seed=seed, device=dev)
+        steps = steps or self.config.sample_steps
+        x = ddim_loop(eps_fn, (n, 1, size, size), self.sampler, steps, seed=seed, device=dev)
         x = x.clamp(-1, 1)
         self.train(was_training)
         return ((x + 1) / 2).float().clamp(0, 1)

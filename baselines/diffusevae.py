@@ -57,7 +57,8 @@ class DiffuseVAEConfig:
     def __post_init__(self):
         VAEConfig(image_size=self.image_size, channels=tuple(self.vae_channels))  # its size check
         if self.image_size % (2 ** (len(self.block_out_channels) - 1)):
-            raise ValueError(f"image_size {self.image_size} must be a multiple of 2**{len(self.block_out_channels) - 1}")
+            n = len(self.block_out_channels) - 1
+            raise ValueError(f"image_size {self.image_size} must be a multiple of 2**{n} (UNet downsamplings)")
         if self.rep_lambda < 0:
             raise ValueError("rep_lambda must be >= 0")
 

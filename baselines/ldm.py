@@ -87,7 +87,8 @@ class LDMConfig:
         if self.image_size % (2 ** (len(self.ae_channels) - 1) * 2 ** (len(self.block_out_channels) - 1)):
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by the autoencoder's and the UNet's "
-                f"downsampling (ae_channels {tuple(self.ae_channels)}, block_out_channels {tuple(self.block_out_channels)})"
+                f"downsampling (ae_channels {tuple(self.ae_channels)}, "
+                f"block_out_channels {tuple(self.block_out_channels)})"
             )
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
@@ -289,7 +290,9 @@ class LDM(LabelBankMixin, Trainable, Generator):
     def _build_pretrained(self, folder: Path) -> None:
         for sub in ("vae", "unet", "text_encoder", "tokenizer"):
             if not (folder / sub).is_dir():
-                raise WeightsError(f"{folder / sub}: missing; pretrained_dir must be a diffusers Stable Diffusion folder")
+                raise WeightsError(
+                    f"{folder / sub}: missing; pretrained_dir must be a diffusers Stable Diffusion folder"
+                )
         self.autoencoder = AutoencoderKL.from_pretrained(folder / "vae").requires_grad_(False)
         self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
         self.text_encoder = CLIPTextEncoder(folder)

@@ -207,3 +207,23 @@ def test_reconstruct_cli_writes_paired_manifest(tmp_path):
         want = model.reconstruct(src, seed=int(row["seed"]))[0, 0].numpy()
         got = load_image(tmp_path / "rec" / row["path"])
         assert abs(got - want).max() <= 1 / 255 + 1e-6
+
+
+def test_sample_cli_prompt(tmp_path):
+    import pandas as pd
+
+    from cxrbench.cli import main
+    from cxrbench.data import load_image
+
+    torch.manual_seed(0)
+    model = ldm.LDM(tiny_ldm()).eval()
+    model.save_pretrained(tmp_path / "run")
+    prompt = "chest x-ray, effusion, bottom right"
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--prompt", prompt, "--out", str(tmp_path / "s")]) == 0
+    man = pd.read_csv(tmp_path / "s" / "manifest.csv")
+    assert (man["prompt"] == prompt).all() and (man["Effusion"] == 1).all() and (man["Edema"] == 0).all()
+    want = model.sample(2, prompts=prompt, seed=int(man["seed"][0]))
+    for i, row in man.iterrows():
+        assert abs(load_image(tmp_path / "s" / row["path"]) - want[i, 0].numpy()).max() <= 1 / 255 + 1e-6
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--prompt", "chest x-ray, fracture",
+                 "--out", str(tmp_path / "bad")]) != 0

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
     g.add_argument("--reconstruct", metavar="DIR", default=None,
                    help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
-    g.add_argument("--prompt", default=None, help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
+    g.add_argument("--prompt", default=None,
+                   help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
@@ -126,6 +127,16 @@ def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
+    from ..generator import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
 
 
 def build_classifier(name: str, weights: str | None, device):
@@ -240,11 +251,7 @@ def run(args) -> int:
     if args.prompt is not None:
         columns.append("prompt")
     columns.append("seed")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
+    write_manifest(out, columns, rows)
     info = {
         "model": model.name,
         "run": str(Path(args.run).resolve()),
@@ -293,11 +300,7 @@ def run_reconstruct(args, model, out: Path) -> int:
             rows.append({"path": rel, "source": str(src.ids[start + i]), "seed": seed})
         bar.update(m)
     bar.close()
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["path", "source", "seed"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
+    write_manifest(out, ["path", "source", "seed"], rows)
     info = {"model": model.name, "run": str(Path(args.run).resolve()), "n": n, "seed": args.seed,
             "batch_size": args.batch_size, "bit_depth": args.bit_depth,
             "reconstruct": str(Path(args.reconstruct).resolve())}
