@@ -298,6 +298,10 @@ class LDM(LabelBankMixin, Trainable, Generator):
         self.text_encoder = CLIPTextEncoder(folder)
         self.latent_std.fill_(1.0 / self.autoencoder.config.scaling_factor)
 
+    def on_train_start(self, dataset) -> None:
+        # the label bank holds the 15 label columns; WithPositions adds a 16th
+        LabelBankMixin.on_train_start(self, dataset.dataset if isinstance(dataset, WithPositions) else dataset)
+
     # --- image <-> latent ----------------------------------------------------------------------------------
     @property
     def pretrained(self) -> bool:

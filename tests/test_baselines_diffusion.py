@@ -128,6 +128,13 @@ def test_ldm_training_uses_positions(tmp_path):
         "img_0000.png": "chest x-ray, edema, top left", "img_0001.png": "chest x-ray",
         "img_0002.png": "chest x-ray, edema, center", "img_0003.png": "chest x-ray, bottom right",
     }
+    # and LDM.train takes such a folder through the shared trainer
+    from baselines.trainer import TrainOptions
+    from cxrbench.data.transforms import CXRTransform
+
+    train_set = ImageFolder(tmp_path / "imgs", transform=CXRTransform(image_size=16))
+    model = ldm.LDM.train(train_set, tiny_ldm(), tmp_path / "run", options=TrainOptions(steps=1, progress=False))
+    assert model.label_bank[:, LABELS.index("Edema")].sum() > 0
     (tmp_path / "imgs" / "labels.csv").write_text("path,position\nimg_0000.png,upper left\n")
     with pytest.raises(DataError, match="unknown position"):
         ldm.with_positions(ImageFolder(tmp_path / "imgs"))
