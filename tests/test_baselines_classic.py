@@ -12,7 +12,7 @@ from torch import nn
 
 from baselines import gmvae, lsgan, pggan, vae
 from cxrbench.errors import UsageError, WeightsError
-from generator_contract import GeneratorTesterMixin, LabelledImages
+from .generator_contract import GeneratorTesterMixin, LabelledImages
 
 
 def count(module: nn.Module) -> int:

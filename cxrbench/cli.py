@@ -1,0 +1,64 @@
+"""``cxrbench`` command line: parse, call the library, print. One module per subcommand in ``commands/``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import CxrbenchError
+
+# subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)
+COMMANDS = {
+    "evaluate": "evaluate",
+    "ls": "ls",
+    "report": "report",
+    "train": "train",
+    "sample": "sample",
+    "submit": "submit",
+    "verify": "verify",
+    "check": "check",
+    "leaderboard": "leaderboard",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        print(f"cxrbench: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cxrbench", description="Evaluate generative chest X-ray models.")
+    parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f".commands.{module}", __package__)
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           epilog=getattr(mod, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CxrbenchError as e:
+        print(f"cxrbench {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cxrbench {args.command}: interrupted; finished feature chunks are cached and will be reused",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``cxrbench evaluate``: every metric of a samples set against a reference, one pass over the images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+HELP = "evaluate generated images against a reference set"
+EPILOG = """examples:
+  # two halves of one real folder (a noise-floor check), offline with seeded random weights
+  cxrbench evaluate --samples ../shared/data/nih1000_64px --samples-split half0 \\
+      --reference ../shared/data/nih1000_64px --reference-split half1 --weights random
+  # generated PNGs against NIH ChestX-ray14 (images under $CXRBENCH_DATA/nih-cxr14), JSON result + table
+  cxrbench evaluate --samples samples/ --reference nih-cxr14 --reference-split test --out result.json
+  # only FID with the XRV extractor, on GPU
+  cxrbench evaluate --samples samples.npz --reference real/ --extractors xrv --metrics fid --device cuda
+"""
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def add_arguments(p) -> None:
+    from ..harness import EvalConfig
+
+    d = EvalConfig()
+    p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
+    p.add_argument("--reference", required=True, help="folder, .npz array, or a name: nih-cxr14, chexpert")
+    p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
+    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
+    p.add_argument("--train-reference", help="the generator's training images (for memorization)")
+    p.add_argument("--extractors", type=_csv, default=d.extractors, help=f"default {','.join(d.extractors)}")
+    p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
+    p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (offline smoke "
+                   "test, not comparable) | a folder holding the weights files")
+    p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap, splits and subsets")
+    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
+    p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
+    p.add_argument("--out", help="write the result JSON here (atomically)")
+    p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
+    p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args):
+    from ..harness import EvalConfig
+
+    return EvalConfig(
+        extractors=args.extractors, metrics=args.metrics, weights=args.weights, device=args.device,
+        batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
+        reference_split=args.reference_split, train_reference=args.train_reference,
+        moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
+    )
+
+
+def format_table(result) -> str:
+    rows = [("metric", "value", "95% CI", "real-vs-real", "better", "n gen/ref")]
+    for key, m in result["metrics"].items():
+        v = m["value"]
+        ci = m.get("ci")
+        rvr = m.get("real_vs_real")
+        rows.append((
+            key, "-" if v is None else f"{v:.4g}", "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]",
+            "-" if rvr is None else f"{rvr:.4g}", "higher" if m["higher_is_better"] else "lower",
+            f"{m['n_gen']}/{m['n_ref']}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    s = result["samples"]
+    head = f"samples {s['path']} ({s['n_used']} images) vs reference {result['reference']['path']} " \
+           f"({result['reference']['n_used']} images), device {result['device']}"
+    tail = []
+    if not result["comparable"]:
+        tail.append("NOT COMPARABLE: " + "; ".join(result.get("not_comparable_because", [])))
+    for name, why in result.get("skipped_metrics", {}).items():
+        tail.append(f"skipped {name}: {why}")
+    for w in result.get("warnings", []):
+        tail.append(f"warning: {w}")
+    return "\n".join([head, *lines, *tail])
+
+
+def run(args) -> int:
+    from ..harness import evaluate
+
+    result = evaluate(args.samples, args.reference, config=config_from_args(args))
+    if args.out:
+        result.save(args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.report:
+        from ..report import write_report
+
+        paths = write_report(result, args.report)
+        print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)
+    print(result.to_json() if args.json else format_table(result))
+    return 0

@@ -1,0 +1,25 @@
+"""``cxrbench ls``: what is registered (built in, bundled baselines and outside plug-ins)."""
+
+from __future__ import annotations
+
+HELP = "list registered feature extractors, metrics, generators and protocols"
+EPILOG = "example:\n  cxrbench ls\n"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("what", nargs="?", choices=["extractors", "metrics", "generators", "representations",
+                                              "protocols"], help="only this registry")
+
+
+def run(args) -> int:
+    from ..registry import EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REPRESENTATIONS
+
+    regs = {"extractors": EXTRACTORS, "metrics": METRICS, "generators": GENERATORS,
+            "representations": REPRESENTATIONS, "protocols": PROTOCOLS}
+    for name, reg in regs.items():
+        if args.what and args.what != name:
+            continue
+        print(f"{name}:")
+        for n in reg.names():
+            print(f"  {n}")
+    return 0

@@ -1,0 +1,216 @@
+"""Image sets: a folder of images, an array file, or a named reference, with labels and manifests.
+
+Every set is put in a canonical order (by file sha256, then relative path), so the features of a set, the
+set's hash and every metric are independent of directory listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+from ..labels import LABELS, canonical_label
+from .io import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
+
+SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
+
+
+@dataclass
+class ImageSource:
+    """An ordered image set. ``ids`` are paths relative to ``root`` (or ``array[i]`` for arrays)."""
+
+    name: str  # what the user gave: a path or a reference name
+    root: Path | None
+    ids: list[str]
+    hashes: list[str]
+    kind: str = "folder"  # folder | array | named
+    split: str = "all"
+    labels: object = None  # pandas.DataFrame aligned with ids (LABELS columns + extras), or None
+    manifest: object = None  # pandas.DataFrame aligned with ids (samples' manifest.csv), or None
+    patient_ids: list[str] | None = None
+    ignored: list[str] = field(default_factory=list)  # files present but not images
+    _array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the set: sha256 over the sorted per-image sha256s (order and names do not matter)."""
+        return hashlib.sha256("\n".join(sorted(self.hashes)).encode()).hexdigest()
+
+    def path(self, i: int) -> Path | None:
+        return None if self.root is None or self._array is not None else self.root / self.ids[i]
+
+    def load(self, i: int) -> np.ndarray:
+        if self._array is not None:
+            return self._array[i]
+        return load_image(self.root / self.ids[i])
+
+    def subset(self, idx) -> "ImageSource":
+        idx = [int(i) for i in idx]
+        pick = lambda df: None if df is None else df.iloc[idx].reset_index(drop=True)  # noqa: E731
+        return ImageSource(
+            name=self.name, root=self.root, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
+            kind=self.kind, split=self.split, labels=pick(self.labels), manifest=pick(self.manifest),
+            patient_ids=None if self.patient_ids is None else [self.patient_ids[i] for i in idx],
+            ignored=list(self.ignored), _array=None if self._array is None else self._array[idx],
+        )
+
+    def describe(self) -> dict:
+        return {"path": self.name, "kind": self.kind, "split": self.split, "n": len(self), "sha256": self.sha256}
+
+    def label_matrix(self) -> np.ndarray | None:
+        """(N, 15) float32 in LABELS order, NaN where unknown; None without labels."""
+        if self.labels is None:
+            return None
+        out = np.full((len(self), len(LABELS)), np.nan, dtype=np.float32)
+        for j, lab in enumerate(LABELS):
+            if lab in self.labels.columns:
+                out[:, j] = self.labels[lab].to_numpy(dtype=np.float32, na_value=np.nan)
+        return out
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable CSV ({e.__class__.__name__}: {e})") from None
+
+
+def _align_table(df, ids: list[str], csv_path: Path, root: Path):
+    """Rows of ``df`` (first column = path relative to ``root``) in the order of ``ids``; label columns canonical."""
+    df = df.copy()
+    key = "path" if "path" in df.columns else df.columns[0]
+    rel = []
+    for p in df[key].astype(str):
+        q = os.path.normpath(p)
+        if os.path.isabs(q) or q.startswith(".."):
+            raise DataError(f"{csv_path}: path {p!r} leaves the folder; use paths relative to {root}")
+        rel.append(Path(q).as_posix())
+    df[key] = rel
+    if df[key].duplicated().any():
+        dup = df[key][df[key].duplicated()].iloc[0]
+        raise DataError(f"{csv_path}: path {dup!r} is listed twice")
+    df = df.set_index(key)
+    rename = {}
+    for c in df.columns:
+        lab = canonical_label(str(c))
+        if lab is not None and lab != c and lab not in df.columns:
+            rename[c] = lab
+    df = df.rename(columns=rename)
+    return df.reindex(ids).reset_index().rename(columns={"index": "path", key: "path"})
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[str]]:
+    images, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            rel = Path(os.path.relpath(os.path.join(dirpath, fn), root)).as_posix()
+            if fn.startswith(".") or fn.lower() in SIDE_FILES:
+                continue
+            (images if Path(fn).suffix.lower() in IMAGE_SUFFIXES else ignored).append(rel)
+    return images, ignored
+
+
+def _hash_files(paths: list[Path], workers: int = 8) -> list[str]:
+    def one(p: Path) -> str:
+        try:
+            return sha256_file(p)
+        except OSError as e:
+            raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(one, paths))
+
+
+def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples") -> ImageSource:
+    root = Path(path)
+    images, ignored = scan_folder(root)
+    if not images:
+        extra = f" (found {len(ignored)} other files, e.g. {ignored[0]})" if ignored else ""
+        raise DataError(
+            f"{root}: no images found{extra}; cxrbench reads {', '.join(sorted(IMAGE_SUFFIXES))} files "
+            f"(or pass a .npy/.npz array as --{role})"
+        )
+    hashes = _hash_files([root / p for p in images])
+    order = sorted(range(len(images)), key=lambda i: (hashes[i], images[i]))
+    ids = [images[i] for i in order]
+    src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored)
+    for fn, attr in (("labels.csv", "labels"), ("manifest.csv", "manifest")):
+        p = root / fn
+        if p.is_file():
+            setattr(src, attr, _align_table(_read_csv(p), ids, p, root))
+    if src.labels is None and src.manifest is not None:
+        # a samples manifest's requested labels double as the set's labels
+        src.labels = src.manifest
+    table = src.labels
+    if table is not None and "patient_id" in table.columns and table["patient_id"].notna().all():
+        src.patient_ids = [str(p) for p in table["patient_id"]]
+    return src
+
+
+def open_array(path: str | os.PathLike) -> ImageSource:
+    arr = load_array_file(path)
+    hashes = [sha256_bytes(a.tobytes() + str(a.shape).encode()) for a in arr]
+    order = sorted(range(len(arr)), key=lambda i: (hashes[i], i))
+    return ImageSource(
+        name=str(path), root=Path(path).parent, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
+        kind="array", _array=arr[order],
+    )
+
+
+def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> ImageSource:
+    """``half0``/``half1``: deterministic (patient-wise when known) halves; other values: labels.csv ``split``."""
+    if split in (None, "", "all"):
+        return src
+    if split in ("half0", "half1"):
+        from ..metrics.bootstrap import real_vs_real_split
+
+        a, b = real_vs_real_split(len(src), seed, src.patient_ids)
+        out = src.subset(a if split == "half0" else b)
+    else:
+        if src.labels is None or "split" not in src.labels.columns:
+            raise UsageError(
+                f"{src.name}: split {split!r} needs a 'split' column in labels.csv; use half0/half1 otherwise"
+            )
+        col = src.labels["split"].astype(str)
+        idx = np.flatnonzero(col.to_numpy() == split)
+        if len(idx) == 0:
+            raise UsageError(f"{src.name}: no images with split {split!r}; splits present: {sorted(set(col))}")
+        out = src.subset(idx)
+    out.split = split
+    return out
+
+
+def open_source(spec, *, split: str | None = None, role: str = "samples", seed: int = 0) -> ImageSource:
+    """A folder, a ``.npy``/``.npz`` array, a named reference, or an ``ImageSource``; then the split."""
+    if isinstance(spec, ImageSource):
+        return select_split(spec, split, seed=seed)
+    s = str(spec)
+    p = Path(s)
+    if p.is_dir():
+        src = open_folder(p, role=role)
+    elif p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES:
+        src = open_array(p)
+    elif p.is_file():
+        raise DataError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
+    else:
+        from .references import REFERENCES, open_reference
+
+        if s in REFERENCES:
+            return open_reference(s, split=split, seed=seed)
+        raise DataError(
+            f"{s}: no such folder or file for --{role}"
+            + (f"; named references: {', '.join(sorted(REFERENCES))}" if role == "reference" else "")
+        )
+    return select_split(src, split, seed=seed)

@@ -1,0 +1,388 @@
+"""``evaluate(samples, reference)``: one pass of feature extraction, then every metric.
+
+Each image set is processed in chunks (canonical order). For every chunk whose features are not all in the
+cache, the images are decoded once (DataLoader workers) and fed to every extractor still missing for that
+chunk in the same loop; derived extractors (the XRV classifier head) are computed from their base
+extractor's features. Finished chunks are cached as they complete, so an interrupted run resumes where it
+stopped. Metrics are then pure functions of the cached features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data.sources import ImageSource, open_source
+from .errors import DataError, UsageError
+from .features.cache import FeatureCache, chunk_key
+from .metrics.base import EvalContext, FeatureSet, MetricValue
+from .registry import EXTRACTORS, METRICS
+from .results import SCHEMA, Result
+
+PROTOCOL_VERSION = "1"
+DEFAULT_EXTRACTORS = ("inception", "xrv", "xrv-classifier", "pixels")
+
+
+@dataclass
+class EvalConfig:
+    """Every knob of an evaluation; the CLI flags mirror these fields and the resolved copy goes in results."""
+
+    extractors: tuple[str, ...] = DEFAULT_EXTRACTORS
+    metrics: tuple[str, ...] | None = None  # None: every registered metric whose inputs are available
+    weights: str = "auto"  # auto | random | a folder of weights files
+    weights_seed: int = 0
+    device: str = "auto"
+    batch_size: int = 32
+    num_workers: int | None = None  # None: min(4, CPU count); 0 decodes in the main process
+    chunk_size: int = 512
+    seed: int = 0
+    n_bootstrap: int = 100
+    cache_dir: str | None = None
+    use_cache: bool = True
+    samples_split: str | None = None
+    reference_split: str | None = None
+    train_reference: str | None = None
+    moco_checkpoint: str | None = None
+    skip_bad: bool = False
+    protocol: str = "default"
+    progress: bool = True
+
+    def resolved(self, **over) -> "EvalConfig":
+        return dataclasses.replace(self, **over)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device auto or cpu")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Decodes one image; a failure is returned (with its message), not raised, so all bad files are listed."""
+
+    def __init__(self, src: ImageSource):
+        self.src = src
+
+    def __len__(self):
+        return len(self.src)
+
+    def __getitem__(self, i):
+        try:
+            return i, torch.from_numpy(self.src.load(i)), None
+        except DataError as e:
+            return i, None, str(e)
+
+
+def _collate(batch):
+    return batch
+
+
+def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.nn.Module]:
+    out = {}
+    for name in names:
+        cls = EXTRACTORS.get(name)
+        kwargs = {"seed": config.weights_seed, "device": device}
+        if name == "moco":
+            kwargs["weights"] = config.moco_checkpoint or ("random" if config.weights == "random" else None)
+            if kwargs["weights"] is None:
+                raise UsageError("extractor 'moco' needs --moco-checkpoint DIR (a folder saved by `cxrbench train moco`)")
+        else:
+            kwargs["weights"] = config.weights
+        out[name] = cls(**kwargs)
+    return out
+
+
+def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cache: FeatureCache, device: str,
+                     desc: str) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    """Features of every image of ``src`` for every extractor; returns (features, bad images)."""
+    n = len(src)
+    base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
+    derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
+    for k, e in derived.items():
+        if e.derived_from not in base:
+            raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
+    specs = {k: e.spec() for k, e in extractors.items()}
+    feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
+    chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
+    todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
+    for ci, (s, t) in enumerate(chunks):
+        hashes = src.hashes[s:t]
+        for k in list(base) + list(derived):
+            got = cache.get(chunk_key(hashes, specs[k]))
+            if got is not None and got.shape == (t - s, extractors[k].num_features):
+                feats[k][s:t] = got
+            else:
+                need = k if k in base else extractors[k].derived_from
+                todo.setdefault(ci, [])
+                if need not in todo[ci]:
+                    todo[ci].append(need)
+
+    bad: list[tuple[int, str]] = []
+    if todo:
+        batches = []
+        for ci in sorted(todo):
+            s, t = chunks[ci]
+            batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
+        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
+        if src._array is not None or sum(len(b) for b in batches) < 64:
+            workers = 0  # arrays are in memory; tiny sets do not repay worker start-up
+        loader = torch.utils.data.DataLoader(
+            _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+            pin_memory=device.startswith("cuda"), persistent_workers=False,
+        )
+        bar = _progress(sum(len(b) for b in batches), desc, config.progress)
+        chunk_of = lambda i: i // config.chunk_size  # noqa: E731
+        for batch in loader:
+            ci = chunk_of(batch[0][0])
+            good = [(i, img) for i, img, err in batch if err is None]
+            bad += [(i, err) for i, img, err in batch if err is not None]
+            # group by shape: mixed sizes are resized by each extractor's own preprocess
+            groups: dict[tuple, list] = {}
+            for i, img in good:
+                groups.setdefault(tuple(img.shape), []).append((i, img))
+            for items in groups.values():
+                idx = [i for i, _ in items]
+                x = torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True)
+                for k in todo[ci]:
+                    f = base[k].extract(x)
+                    feats[k][idx] = f.cpu().numpy()
+                    for dk, de in derived.items():
+                        if de.derived_from == k:
+                            feats[dk][idx] = de.from_features(f).cpu().numpy()
+            bar.update(len(batch))
+            last = batch[-1][0]
+            s, t = chunks[ci]
+            if last == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
+                for k in list(base) + list(derived):
+                    src_k = k if k in base else derived[k].derived_from
+                    if src_k in todo[ci]:
+                        cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
+        bar.close()
+    if not bad:
+        # images that failed in an earlier run are NaN rows in the cache
+        nan_rows = np.zeros(n, dtype=bool)
+        for k in base:
+            nan_rows |= np.isnan(feats[k]).all(1)
+        bad = [(int(i), f"{src.path(int(i)) or src.ids[int(i)]}: could not be decoded (cached failure)")
+               for i in np.flatnonzero(nan_rows)]
+    return feats, sorted(bad)
+
+
+def _git_hash() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / ".git").exists():
+            return None
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "cxrbench": __version__}
+    for pkg in ("torch", "torchvision", "torchxrayvision", "numpy", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _feature_set(name: str, src: ImageSource, feats: dict, keep: np.ndarray) -> FeatureSet:
+    sub = src.subset(keep) if len(keep) != len(src) else src
+
+    def load_images(indices):
+        return [torch.from_numpy(sub.load(int(i))).unsqueeze(0) for i in indices]
+
+    return FeatureSet(
+        name=name, ids=sub.ids, hashes=sub.hashes, features={k: v[keep] for k, v in feats.items()},
+        labels=sub.labels, manifest=sub.manifest, patient_ids=sub.patient_ids, load_images=load_images,
+    )
+
+
+def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
+    names = list(config.metrics) if config.metrics else METRICS.names()
+    plan, skipped = [], {}
+    for name in names:
+        m = METRICS.get(name)()
+        missing = [e for e in m.requires_extractors if e not in config.extractors]
+        if missing:
+            if config.metrics:
+                raise UsageError(f"metric {name!r} needs extractor(s) {missing}; add them to --extractors")
+            skipped[name] = f"needs extractor(s) {', '.join(missing)} (add to --extractors)"
+            continue
+        if m.per_extractor and not any(
+            getattr(EXTRACTORS.get(e), "kind", "") == "embedding" for e in config.extractors
+        ):
+            skipped[name] = "needs an embedding extractor"
+            continue
+        plan.append(m)
+    return plan, skipped
+
+
+def evaluate(samples, reference, *, config: EvalConfig | None = None, train_reference=None) -> Result:
+    """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
+
+    ``samples`` / ``reference`` are folders, ``.npy``/``.npz`` arrays, named references (``nih-cxr14``) or
+    ``ImageSource`` objects. Returns a ``Result`` (``cxrbench.result/1``).
+    """
+    config = config or EvalConfig()
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    config = config.resolved(extractors=tuple(config.extractors), metrics=tuple(config.metrics) if config.metrics else None)
+    if config.n_bootstrap < 0 or config.batch_size < 1 or config.chunk_size < 1:
+        raise UsageError("--batch-size and chunk size must be >= 1 and --n-bootstrap >= 0")
+    for e in config.extractors:
+        if e not in EXTRACTORS:
+            EXTRACTORS.get(e)  # raises: unknown names fail before any work, listing the known ones
+    plan, skipped_metrics = _metric_plan(config)
+
+    train_reference = train_reference if train_reference is not None else config.train_reference
+    sets = {
+        "samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed),
+        "reference": open_source(reference, split=config.reference_split, role="reference", seed=config.seed),
+    }
+    if train_reference is not None:
+        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed)
+    t_hash = time.perf_counter() - t0
+
+    extractors = build_extractors(config.extractors, config, device)
+    cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
+    feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
+    for role, src in sets.items():
+        f, bad = extract_features(src, extractors, config, cache, device, desc=f"{role} features")
+        if bad and not config.skip_bad:
+            shown = "; ".join(msg for _, msg in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise DataError(
+                f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
+                "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
+            )
+        bad_idx = {i for i, _ in bad}
+        keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
+        skipped_files[role] = [src.ids[i] for i, _ in bad]
+        feats[role] = f
+        if len(keep[role]) < 2:
+            raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
+    t_extract = time.perf_counter() - t1
+
+    fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
+    specs = {k: e.spec() for k, e in extractors.items()}
+    for k, e in extractors.items():
+        if e.feature_names:
+            specs[k]["feature_names"] = list(e.feature_names)
+    ctx = EvalContext(gen=fsets["samples"], ref=fsets["reference"], train=fsets.get("train"), extractors=specs,
+                      config=config, device=device)
+    metrics: dict[str, dict] = {}
+    metric_versions, metric_times, notes = {}, {}, []
+    t2 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in plan:
+            reason = m.skip_reason(ctx) if hasattr(m, "skip_reason") else None
+            if reason:
+                skipped_metrics[m.name] = reason
+                continue
+            tm = time.perf_counter()
+            values: dict[str, MetricValue] = m.compute(ctx)
+            metric_times[m.name] = round(time.perf_counter() - tm, 3)
+            metric_versions[m.name] = m.version
+            for key, v in values.items():
+                metrics[key] = v.to_dict()
+        notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    t_metrics = time.perf_counter() - t2
+
+    random_weights = [k for k, s in specs.items() if str(s["weights"]).startswith("random")]
+    result = Result(
+        schema=SCHEMA,
+        cxrbench_version=__version__,
+        git_hash=_git_hash(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        protocol={"name": config.protocol, "version": PROTOCOL_VERSION},
+        samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
+                 "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
+                 "duplicates": _duplicates(sets["samples"])},
+        reference={**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
+                   "skipped_files": skipped_files["reference"]},
+        train_reference=None if "train" not in sets else {**sets["train"].describe(),
+                                                          "skipped_files": skipped_files["train"]},
+        extractors=specs,
+        metrics=dict(sorted(metrics.items())),
+        metric_versions=metric_versions,
+        skipped_metrics=skipped_metrics,
+        config={**dataclasses.asdict(config), "device_resolved": device},
+        timings={"hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
+                 "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times},
+        cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
+               "corrupt_entries_recomputed": len(cache.corrupt)},
+        device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        seeds={"seed": config.seed, "weights_seed": config.weights_seed},
+        versions=_versions(),
+        comparable=not random_weights and config.protocol == "default",
+        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights],
+        warnings=notes,
+    )
+    return result
+
+
+def _duplicates(src: ImageSource) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for i, h in enumerate(src.hashes):
+        groups.setdefault(h, []).append(src.ids[i])
+    return [v for v in groups.values() if len(v) > 1][:50]
+
+
+def images_source(images, name: str = "generator") -> ImageSource:
+    """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
+    from .data.io import array_to_images, sha256_bytes
+
+    arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
+    hashes = [sha256_bytes(a.tobytes() + str(a.shape).encode()) for a in arr]
+    order = sorted(range(len(arr)), key=lambda i: (hashes[i], i))
+    return ImageSource(name=name, root=None, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
+                       kind="array", _array=arr[order])
+
+
+@torch.no_grad()
+def evaluate_generator(generator, n: int, reference, *, config: EvalConfig | None = None, labels=None,
+                       seed: int = 0, batch_size: int = 64) -> Result:
+    """Sample ``n`` images from ``generator`` (anything with ``sample(n, labels=, seed=)``) and evaluate them.
+
+    For use inside a training loop: nothing is written to disk except the feature cache.
+    """
+    chunks = []
+    for b, s in enumerate(range(0, n, batch_size)):
+        k = min(batch_size, n - s)
+        lab = None if labels is None else labels[s : s + k]
+        chunks.append(generator.sample(k, labels=lab, seed=seed + b).float().cpu())
+    imgs = torch.cat(chunks)
+    return evaluate(images_source(imgs, name=f"{type(generator).__name__} samples"), reference, config=config)

@@ -1,0 +1,160 @@
+"""Frechet distance between Gaussians fitted to features, and the registered ``fid`` metric.
+
+The trace term ``Tr((S1^1/2 S2 S1^1/2)^1/2)`` is computed from the eigenvalues of the symmetric product
+``S1^1/2 S2 S1^1/2`` (``eigvalsh``), in float64: no complex ``sqrtm`` round-off, and the same answer as
+scipy's ``sqrtm`` formula to ~1e-10 relative on well-conditioned covariances.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .base import EvalContext, Metric, MetricValue
+from .bootstrap import bootstrap_ci, real_vs_real_split
+
+
+def _as64(x, device=None) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float64, device=device)
+
+
+def gaussian_stats(features, *, weights: np.ndarray | None = None, device=None):
+    """Mean and (unbiased) covariance of ``(N, D)`` features in float64, as torch tensors.
+
+    ``weights`` (counts per row, as a bootstrap resample gives) avoid materialising the resampled matrix.
+    """
+    x = _as64(features, device)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise DataError(f"Frechet distance needs at least 2 feature vectors, got shape {tuple(x.shape)}")
+    if weights is None:
+        mu = x.mean(0)
+        xc = x - mu
+        return mu, xc.T @ xc / (x.shape[0] - 1)
+    w = _as64(weights, x.device)
+    n = w.sum()
+    mu = (w[:, None] * x).sum(0) / n
+    xc = x - mu
+    return mu, (xc * w[:, None]).T @ xc / (n - 1)
+
+
+def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
+    # LAPACK's syevd through numpy is ~3x faster than torch's CPU eigvalsh for D=2048 (measured here).
+    if m.device.type == "cpu":
+        return torch.from_numpy(np.linalg.eigvalsh(m.numpy()))
+    return torch.linalg.eigvalsh(m)
+
+
+def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
+    if s.device.type == "cpu":
+        evals, evecs = (torch.from_numpy(a) for a in np.linalg.eigh(s.numpy()))
+    else:
+        evals, evecs = torch.linalg.eigh(s)
+    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+
+
+def trace_sqrt_product(sigma1, sigma2, *, sqrt_sigma1: torch.Tensor | None = None) -> float:
+    """``Tr((S1 S2)^1/2)`` via the eigenvalues of the symmetric PSD matrix ``S1^1/2 S2 S1^1/2``."""
+    s1 = _as64(sigma1)
+    s2 = _as64(sigma2, device=s1.device)
+    r = _sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
+    m = r @ s2.to(r.device) @ r
+    ev = _eigvalsh((m + m.T) / 2)
+    return float(ev.clamp(min=0).sqrt().sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, sqrt_sigma1: torch.Tensor | None = None) -> float:
+    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)`` in float64."""
+    mu1, s1 = _as64(mu1), _as64(sigma1)
+    mu2, s2 = _as64(mu2, mu1.device), _as64(sigma2, mu1.device)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise DataError(f"feature dimensions differ: {tuple(mu1.shape)} vs {tuple(mu2.shape)}")
+    diff = mu1 - mu2
+    tr = trace_sqrt_product(s1, s2, sqrt_sigma1=sqrt_sigma1)
+    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr)
+
+
+class BootstrapFD:
+    """FD between a fixed reference and weighted resamples of the generated set, without refitting.
+
+    With ``A = S_r^1/2`` and ``Y = X_g A``, a resample with counts ``w`` has ``A S_b A`` equal to the
+    weighted covariance of ``Y``, so ``Y`` is computed once. Its non-zero eigenvalues are those of the
+    ``k x k`` weighted, centred Gram matrix over the ``k`` distinct rows drawn, which is cheaper than the
+    ``D x D`` problem whenever ``k < D`` (N = 2000, D = 2048: ~10x per replicate).
+    """
+
+    def __init__(self, gen, mu_r: torch.Tensor, s_r: torch.Tensor, sqrt_r: torch.Tensor):
+        self.x = _as64(gen, mu_r.device)
+        self.n, self.d = self.x.shape
+        self.mu_r, self.tr_r = mu_r, float(torch.trace(s_r))
+        self.y = self.x @ sqrt_r
+        self.sq = (self.x * self.x).sum(1)
+        self._gram = None
+
+    def __call__(self, idx: np.ndarray) -> float:
+        w_np = np.bincount(idx, minlength=self.n).astype(np.float64)
+        w = torch.from_numpy(w_np).to(self.x.device)
+        n = w.sum()
+        mu_b = (w @ self.x) / n
+        tr_b = float((w @ self.sq - n * (mu_b @ mu_b)) / (n - 1))
+        diff = self.mu_r - mu_b
+        keep = torch.from_numpy(np.flatnonzero(w_np)).to(self.x.device)
+        if len(keep) < self.d:
+            if self._gram is None:
+                self._gram = self.y @ self.y.T
+            g = self._gram[keep][:, keep]
+            wk = w[keep]
+            gw = (self._gram[keep] @ w) / n  # <y_i, m> for kept rows, m = weighted mean of Y
+            mm = float(w @ (self._gram @ w)) / float(n) ** 2
+            k = (g - gw[:, None] - gw[None, :] + mm) * torch.sqrt(wk[:, None] * wk[None, :]) / (n - 1)
+        else:
+            m = (w @ self.y) / n
+            yc = self.y - m
+            k = (yc * w[:, None]).T @ yc / (n - 1)
+        tr_sqrt = float(_eigvalsh((k + k.T) / 2).clamp(min=0).sqrt().sum())
+        return float(diff @ diff) + self.tr_r + tr_b - 2 * tr_sqrt
+
+
+def fid_from_features(f1, f2) -> float:
+    mu1, s1 = gaussian_stats(f1)
+    mu2, s2 = gaussian_stats(f2)
+    return frechet_distance(mu1, s1, mu2, s2)
+
+
+class FID(Metric):
+    name = "fid"
+    version = "1"
+    outputs = {"fid": False}
+    per_extractor = True
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        out = {}
+        cfg = ctx.config
+        dev = ctx.device if ctx.device != "mps" else "cpu"  # mps has no float64
+        for ext in ctx.embedding_extractors():
+            g = ctx.gen.features[ext]
+            r = ctx.ref.features[ext]
+            n_gen, d = g.shape
+            if n_gen < d or r.shape[0] < d:
+                warnings.warn(
+                    f"fid_{ext}: {n_gen} samples / {r.shape[0]} reference images for {d}-d features; "
+                    "the covariance is rank-deficient and FID is biased upwards (compare only at equal N)",
+                    stacklevel=2,
+                )
+            mu_r, s_r = gaussian_stats(r, device=dev)
+            sqrt_r = _sqrtm_psd(s_r)  # reused by every bootstrap replicate: S_r^1/2 S_g S_r^1/2
+            g64 = _as64(g, dev)
+            mu_g, s_g = gaussian_stats(g64)
+            value = frechet_distance(mu_r, s_r, mu_g, s_g, sqrt_sigma1=sqrt_r)
+
+            stat = BootstrapFD(g64, mu_r, s_r, sqrt_r)
+            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+            a, b = real_vs_real_split(r.shape[0], cfg.seed, ctx.ref.patient_ids)
+            rvr = fid_from_features(r[a], r[b]) if min(len(a), len(b)) >= 2 else None
+            out[f"fid_{ext}"] = MetricValue(
+                value=value, higher_is_better=False, ci=ci, n_gen=n_gen, n_ref=r.shape[0], real_vs_real=rvr,
+                extra={"real_vs_real_n": [int(len(a)), int(len(b))]},
+            )
+        return out

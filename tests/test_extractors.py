@@ -1,0 +1,97 @@
+"""Feature extractors agree with the peer implementations loaded with the same weights."""
+
+import pytest
+import torch
+
+from cxrbench.synthetic import synthetic_cxr
+
+
+@pytest.fixture(scope="module")
+def inception():
+    from cxrbench.features.inception import InceptionV3Extractor
+
+    return InceptionV3Extractor(weights="random", seed=0)
+
+
+def test_inception_matches_torch_fidelity(inception, tmp_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from cxrbench.features.inception import InceptionV3Extractor
+
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(inception.net.state_dict(), path)
+    ours = InceptionV3Extractor(weights=str(tmp_path))  # resolves the file name in the folder
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    imgs = synthetic_cxr(3, 80, seed=4)
+    u8 = (imgs * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(ours.extract(imgs), theirs(u8)[0], atol=1e-4, rtol=0)
+    assert len(ours.weights_id) == 64  # sha256 of the loaded file
+
+
+def test_tf1_resize_matches_torch_fidelity():
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from cxrbench.features.inception import resize_bilinear_tf1
+
+    x = torch.rand(2, 3, 37, 53) * 255
+    ref = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+    torch.testing.assert_close(resize_bilinear_tf1(x, 299), ref, atol=1e-4, rtol=0)
+
+
+def test_random_inception_is_seeded_and_well_scaled(inception):
+    from cxrbench.features.inception import InceptionV3Extractor
+
+    x = synthetic_cxr(4, 64, seed=1)
+    f = inception.extract(x)
+    assert 1e-2 < f.std() < 10 and torch.isfinite(f).all()
+    torch.testing.assert_close(InceptionV3Extractor(weights="random", seed=0).extract(x), f)
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_xrv_matches_torchxrayvision_densenet(tmp_path, as_module):
+    import torchxrayvision as xrv
+
+    from cxrbench.features.xrv import XRVDenseNetExtractor
+
+    torch.manual_seed(5)
+    ref = xrv.models.DenseNet(weights=None).eval()
+    path = tmp_path / "w.pt"
+    torch.save(ref if as_module else ref.state_dict(), path)  # xrv publishes pickled modules
+    ours = XRVDenseNetExtractor(weights=str(path))
+    x = synthetic_cxr(2, 224, seed=2)
+    with torch.no_grad():
+        want = ref.features2(x * 2048 - 1024)  # xrv.utils.normalize to [-1024, 1024] at 224 px
+    torch.testing.assert_close(ours.extract(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_xrv_refuses_a_pickle_with_code(tmp_path):
+    import os
+
+    from cxrbench.errors import WeightsError
+    from cxrbench.features.xrv import XRVDenseNetExtractor
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match="evil.pt"):
+        XRVDenseNetExtractor(weights=str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_extractors_are_eval_only():
+    from cxrbench.features.random_conv import RandomConvExtractor
+
+    with pytest.raises(RuntimeError, match="eval-only"):
+        RandomConvExtractor().train()
+
+
+def test_missing_weights_message_names_file_and_folder(tmp_path, monkeypatch):
+    from cxrbench.errors import WeightsError
+    from cxrbench.features.inception import InceptionV3Extractor
+
+    monkeypatch.delenv("CXRBENCH_WEIGHTS", raising=False)
+    with pytest.raises(WeightsError) as e:
+        InceptionV3Extractor(weights=str(tmp_path))
+    assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value) and str(tmp_path) in str(e.value)

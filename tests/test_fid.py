@@ -1,0 +1,101 @@
+"""Frechet distance: independent implementations, identities, the bootstrap shortcut, monotonicity."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
+from cxrbench.metrics.fid import BootstrapFD, _sqrtm_psd, fid_from_features, frechet_distance, gaussian_stats
+
+
+def _scipy_fd(a, b):
+    m1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    m2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("d,n", [(8, 200), (64, 300), (256, 600)])
+def test_agrees_with_scipy_sqrtm(d, n):
+    rng = np.random.default_rng(d)
+    a = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)
+    b = rng.normal(size=(n, d)) * 1.3 + 0.2
+    ours, ref = fid_from_features(a, b), _scipy_fd(a, b)
+    assert abs(ours - ref) / ref < 1e-6
+
+
+def test_agrees_with_torchmetrics():
+    from torchmetrics.image.fid import _compute_fid
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 32)), rng.normal(size=(300, 32)) + 0.5
+    mu1, s1 = gaussian_stats(a)
+    mu2, s2 = gaussian_stats(b)
+    ref = float(_compute_fid(mu1, s1, mu2, s2))
+    assert abs(fid_from_features(a, b) - ref) / ref < 1e-6
+
+
+def test_identity_and_symmetry():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16)) * 2
+    assert abs(fid_from_features(a, a)) < 1e-8
+    assert abs(fid_from_features(a, b) - fid_from_features(b, a)) < 1e-8 * fid_from_features(a, b)
+
+
+def test_refuses_a_single_vector():
+    from cxrbench.errors import DataError
+
+    with pytest.raises(DataError, match="at least 2"):
+        fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("n,d", [(50, 64), (300, 32)])  # Gram path (distinct rows < D) and D x D path
+def test_bootstrap_shortcut_equals_refitting(n, d):
+    rng = np.random.default_rng(3)
+    ref, gen = rng.normal(size=(400, d)), rng.normal(size=(n, d)) * 1.2 + 0.1
+    mu_r, s_r = gaussian_stats(ref)
+    fd = BootstrapFD(gen, mu_r, s_r, _sqrtm_psd(s_r))
+    for seed in range(3):
+        idx = np.random.default_rng(seed).integers(0, n, n)
+        assert abs(fd(idx) - fid_from_features(ref, gen[idx])) < 1e-6 * fid_from_features(ref, gen[idx])
+
+
+def test_bootstrap_ci_brackets_the_statistic():
+    x = np.random.default_rng(0).normal(size=500)
+    lo, hi = bootstrap_ci(lambda idx: float(x[idx].mean()), len(x), n_boot=200, seed=0)
+    assert lo < x.mean() < hi
+    assert hi - lo < 0.3
+
+
+def test_real_vs_real_split_is_patient_wise_and_deterministic():
+    pids = [f"p{i // 3}" for i in range(60)]
+    a, b = real_vs_real_split(60, seed=4, patient_ids=pids)
+    assert not {pids[i] for i in a} & {pids[i] for i in b}
+    assert len(a) + len(b) == 60 and abs(len(a) - len(b)) <= 3
+    a2, _ = real_vs_real_split(60, seed=4, patient_ids=pids)
+    np.testing.assert_array_equal(a, a2)
+
+
+def test_fid_grows_with_distribution_shift_random_conv():
+    from cxrbench.features.random_conv import RandomConvExtractor
+    from cxrbench.synthetic import synthetic_cxr
+
+    ext = RandomConvExtractor(seed=0)
+    ref = ext.extract(synthetic_cxr(200, 32, 0.0, seed=10)).numpy()
+    fids = [fid_from_features(ref, ext.extract(synthetic_cxr(200, 32, s, seed=11)).numpy())
+            for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert all(x < y for x, y in zip(fids, fids[1:])), fids
+
+
+def test_fid_ci_contains_the_point_estimate():
+    """Resampling with replacement inflates FID; the bias-corrected interval still brackets the estimate."""
+    from cxrbench.metrics.fid import BootstrapFD
+
+    rng = np.random.default_rng(7)
+    ref, gen = rng.normal(size=(300, 32)), rng.normal(size=(40, 32)) + 0.05
+    mu_r, s_r = gaussian_stats(ref)
+    fd = BootstrapFD(gen, mu_r, s_r, _sqrtm_psd(s_r))
+    value = fd(np.arange(40))
+    lo, hi = bootstrap_ci(fd, 40, n_boot=100, seed=0)
+    assert lo <= value <= hi
