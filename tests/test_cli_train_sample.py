@@ -140,7 +140,7 @@ class PneumoniaFromBrightness(nn.Module):
     kind = "probabilities"
     feature_names = ["No Finding", "Pneumonia"]
 
-    def __init__(self, weights=None):
+    def __init__(self, **kwargs):  # weights=, device=, as extractors are built
         super().__init__()
 
     def preprocess(self, x):
@@ -167,3 +167,15 @@ def test_optimize_toward_a_class(tmp_path, folder):
     with pytest.raises(UsageError, match="optimize-toward"):
         call(sample_cmd, [vae_run, "--n", 1, "--out", tmp_path / "v", "--optimize-toward", "Pneumonia",
                           "--classifier", "test-brightness"])
+
+
+@pytest.mark.slow  # builds two random-weight DenseNet121s (BatchNorm calibration at 224 px): ~30 s on 2 CPUs
+def test_xrv_classifier_guidance_is_differentiable_in_the_image():
+    # the derived xrv-classifier is composed with the xrv DenseNet so gradients reach the pixels
+    clf = sample_cmd.build_classifier("xrv-classifier", "random", "cpu")
+    assert "Pneumonia" in clf.feature_names
+    x = synthetic_cxr(1, 16, seed=0).requires_grad_(True)
+    p = clf(x)
+    assert p.shape == (1, 18) and ((p >= 0) & (p <= 1)).all()
+    (grad,) = torch.autograd.grad(p[0, clf.feature_names.index("Pneumonia")], x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
