@@ -143,14 +143,15 @@ def load_imagenet_features(features: nn.Module, name: str, path: str | Path) -> 
     except Exception as e:
         raise WeightsError(f"{path}: cannot be loaded as a plain state dict ({e.__class__.__name__})") from e
     # old torchvision DenseNet files name "norm.1" what the module calls "norm1" (as torchvision remaps)
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
     state = {pattern.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in state.items()}
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     target = features[0] if name == "densenet121" else features
     try:
         target.load_state_dict(feats)
     except RuntimeError as e:
-        raise WeightsError(f"{path}: not a torchvision {name} state dict ({str(e).splitlines()[0]})") from e
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise WeightsError(f"{path}: not a torchvision {name} state dict ({detail})") from e
 
 
 class FeatureEncoder(nn.Module):

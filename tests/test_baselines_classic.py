@@ -107,11 +107,11 @@ def test_gmvae_parameter_counts_match_seed_table5():
         return sum(m.bias.numel() for m in dec.convs if isinstance(m, nn.ConvTranspose2d))
 
     cfg1 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V4"])
-    dec1 = gmvae.Decoder(cfg1, cfg1.z_dim)
+    dec1 = gmvae.Decoder(cfg1, 1)  # the z -> map layer is not counted; keep it small
     assert conv_weights(dec1) == 1_920 and conv_biases(dec1) == 6 + 3 + 3 + 3
     assert dec1.shape == (14, 14, 14)  # Table 2's input volume 14 x 14 x 14
     cfg2 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V5"])
-    dec2 = gmvae.Decoder(cfg2, cfg2.z_dim)
+    dec2 = gmvae.Decoder(cfg2, 1)
     assert conv_weights(dec2) == 172_800 and conv_biases(dec2) == 64 + 32 + 16 + 3
     assert dec2.shape == (128, 14, 14)  # Table 3's input volume
 
@@ -130,12 +130,15 @@ def test_gmvae_parameter_counts_match_seed_table5():
 
 
 def test_gmvae_variants_build_at_224():
-    for name in ("GMVAE V8", "FS-GMVAE V3"):
-        cls = gmvae.FSGMVAE if name.startswith("FS") else gmvae.GMVAE
-        model = cls(cls.Config(**gmvae.VARIANTS[name]))
-        qm, qv = model.encoder(torch.rand(1, 1, 224, 224))
-        assert qm.shape == qv.shape == (1, model.config.z_dim) and (qv > 0).all()
-        assert model.z_pre.shape == (2 * model.config.k, model.config.z_dim)
+    v3 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V3"])
+    enc = gmvae.FeatureEncoder(v3)
+    assert enc.head.in_features == 512 * 7 * 7  # no transition: VGG16's 512 x 7 x 7 map, flattened
+    assert enc.head.out_features == 2 * 1000  # mean and variance of z
+    x = gmvae.Decoder(v3, 1000)(torch.randn(2, 1000))
+    assert x.shape == (2, 3, 224, 224) and x.min() >= 0 and x.max() <= 1
+    v6 = gmvae.FeatureEncoder(gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V6"]))
+    qm, qv = v6(torch.rand(1, 1, 224, 224))
+    assert qm.shape == qv.shape == (1, 2000) and (qv > 0).all()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,19 +169,29 @@ def test_gmvae_mixture_log_density_matches_torch_distributions():
 
 
 def test_gmvae_encoder_weights_from_a_local_file_only(tmp_path):
-    cfg = gmvae.GMVAEConfig(image_size=32, encoder="vgg16", transition=True, z_dim=4, k=2, decoder="decoder1",
-                            encoder_weights=str(tmp_path / "missing.pth"))
+    cfg = gmvae.GMVAEConfig(image_size=32, encoder="densenet121", transition=True, z_dim=4, k=2,
+                            decoder="decoder1", encoder_weights=str(tmp_path / "missing.pth"))
     model = gmvae.GMVAE(cfg)
     with pytest.raises(WeightsError, match="missing.pth"):
         model.on_train_start(None)
-    # a torchvision-layout state dict (keys "features.N.weight") loads into the features
-    source = gmvae.FeatureEncoder(cfg).features
-    path = tmp_path / "vgg16.pth"
-    torch.save({f"features.{k}": v for k, v in source.state_dict().items()}, path)
+    # a torchvision DenseNet121 file: whole-model keys, and the old "norm.1" spelling torchvision remaps
+    torch.manual_seed(1)
+    source = gmvae.FeatureEncoder(cfg).features[0]
+    state = {}
+    for k, v in source.state_dict().items():
+        k = k.replace("denselayer1.norm1", "denselayer1.norm.1").replace("denselayer1.conv2", "denselayer1.conv.2")
+        state[f"features.{k}"] = v
+    state["classifier.weight"] = torch.zeros(1000, 1024)
+    assert any("norm.1" in k for k in state)
+    path = tmp_path / "densenet121.pth"
+    torch.save(state, path)
     model = gmvae.GMVAE(gmvae.GMVAEConfig(**{**vars(cfg), "encoder_weights": str(path)}))
     model.on_train_start(None)
-    assert all(torch.equal(a, b) for a, b in zip(model.encoder.features.state_dict().values(),
-                                                 source.state_dict().values()))
+    got, want = model.encoder.features[0].state_dict(), source.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    torch.save({"features.0.weight": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="not a torchvision densenet121"):
+        model.on_train_start(None)
 
 
 def test_fs_gmvae_label_bank_holds_training_labels():

@@ -140,17 +140,38 @@ def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
     atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
 
 
-def build_classifier(name: str, weights: str | None, device):
+class ImageClassifier:
+    """Images ``(N, 1, H, W)`` in [0, 1] -> class probabilities, differentiable in the images.
+
+    Wraps a registered probabilities extractor; a derived one (``xrv-classifier``, which maps cached ``xrv``
+    features through its head) is composed with the embedding extractor it is derived from.
+    """
+
+    def __init__(self, clf, base=None):
+        self.clf, self.base = clf, base
+        self.feature_names = list(clf.feature_names or [])
+
+    def __call__(self, x):
+        if self.base is None:
+            return self.clf.forward(self.clf.preprocess(x))
+        return self.clf.from_features(self.base.forward(self.base.preprocess(x)))
+
+
+def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
     from ..registry import EXTRACTORS
 
-    cls = EXTRACTORS.get(name)
-    try:
-        clf = cls(weights=weights) if weights is not None else cls()
-    except TypeError:
-        raise UsageError(f"classifier {name!r} cannot be built with weights={weights!r}") from None
+    def make(n):
+        cls = EXTRACTORS.get(n)
+        try:
+            return cls(weights=weights or "auto", device=str(device))
+        except TypeError:
+            raise UsageError(f"classifier {n!r} cannot be built with weights={weights!r}") from None
+
+    clf = make(name)
     if getattr(clf, "kind", "probabilities") != "probabilities":
         raise UsageError(f"--classifier {name!r} gives {clf.kind} features, not class probabilities")
-    return clf.to(device).eval()
+    base_name = getattr(clf, "derived_from", None)
+    return ImageClassifier(clf, make(base_name) if base_name else None)
 
 
 def run(args) -> int:
