@@ -11,8 +11,16 @@ from .errors import CxrbenchError
 
 # subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)
 COMMANDS = {
+    "augment": "augment",
     "evaluate": "evaluate",
     "ls": "ls",
+    "report": "report",
+    "train": "train",
+    "sample": "sample",
+    "submit": "submit",
+    "verify": "verify",
+    "check": "check",
+    "leaderboard": "leaderboard",
 }
 
 

@@ -1,0 +1,329 @@
+"""Gaussian-mixture VAE (``gmvae``) and its label-conditioned variant (``fs-gmvae``) of seed 003.
+
+Seed 003 (Kumar & Triana, section 4, 5.1, Tables 2-5) trains GMVAEs (Dilokthanakul et al.; the CS236
+formulation) on CXR14 with an ImageNet feature encoder:
+
+- encoder: the convolutional features of VGG16 (512 x 7 x 7 at 224 px) or DenseNet121 (1024 x 7 x 7), fed
+  the grey image replicated to 3 channels, optionally ImageNet-normalised ("Normalize Blue" in Table 4);
+  torchvision architectures, random init by default, ImageNet weights only from a local file
+  (``encoder_weights``: a torchvision state dict, e.g. ``vgg16-397923af.pth``), loaded when training starts;
+- optional transition layer (after Mao et al.): Conv2d 1x1 (features -> 300), BatchNorm(300), ReLU,
+  MaxPool(7) (here adaptive max pooling to 1x1, which is MaxPool(7) at 224 px and works at any size),
+  Linear(300 -> 2z); without it the feature map is flattened into Linear(-> 2z). The seed says "output
+  desired z dimension"; a VAE needs a mean and a variance, so the layer gives both (CS236:
+  ``gaussian_parameters`` splits 2z into mean and softplus variance);
+- decoders: "decoder1" (Table 2: ConvTranspose2d k=4 s=2 p=1, 14->6->3->3->3 channels from a 14 x 14 map)
+  and "decoder2" (Table 3: 128->64->32->16->3 from a 128 x 14 x 14 map), both preceded by a Linear layer
+  from z to the input map that the tables do not show (nor count), with LeakyReLU(0.2) between the
+  transposed convolutions (the tables give no activations; ReLU dies in decoder1's 3-channel layers and
+  cuts the output off from z) and a sigmoid at the end; and "linear" ("Linear Layers" of FS-GMVAE V1/V2, unspecified in
+  the seed): Linear(z, 512) -> ReLU -> Linear(512, S*S) -> sigmoid, one channel. The convolutional
+  decoders output 3 channels, as the seed trained on 3-channel images; the loss compares them with the
+  replicated grey image and ``sample`` averages them back to one channel;
+- prior: a uniform mixture of K Gaussians with learned means and variances (CS236 ``z_pre``);
+  KL(q(z|x) || p(z)) is the single-sample estimate log q(z|x) - log p(z);
+- loss: MSE reconstruction (mean over pixels, as for the seed's VAE) + beta * KL; Adam lr 1e-4, batch 64;
+- ``fs-gmvae`` concatenates the label vector y (15 NIH labels + No Finding, 0/1) to z before the decoder
+  ("the label y = [1, 0, 1, ...] as a positional token in the Z space"), so it samples conditionally.
+
+Table 4's variants are in ``VARIANTS`` (``GMVAE.Config(**VARIANTS["GMVAE V8"])``). Parameter counts
+(Table 5, which counts only convolution *weights*, no biases): VGG16 features 14,714,688; decoder1 1,920
+weights (+15 biases); decoder2 172,800 weights (+115 biases); both checked in the tests. DenseNet121
+features have 6,953,856. For CPU runs and tests ``encoder="conv"`` is a small VGG-style stack
+(``conv_channels``, one 3x3 conv + ReLU + max-pool per entry).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from cxrbench.errors import UsageError, WeightsError
+from cxrbench.generator import Generator
+from cxrbench.labels import LABELS
+from cxrbench.seeding import torch_generator
+
+from .trainer import Batch, LabelBankMixin, Trainable, label_matrix
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DECODER_CHANNELS = {"decoder1": (14, 6, 3, 3, 3), "decoder2": (128, 64, 32, 16, 3)}
+
+# Table 4. "Normalize Blue" = ImageNet normalisation; "Linear Layers" = the "linear" decoder.
+VARIANTS = {
+    "FS-GMVAE V1": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="linear"),
+    "FS-GMVAE V2": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=False, encoder="vgg16", decoder="linear"),
+    "FS-GMVAE V3": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
+    "GMVAE V3": dict(z_dim=1000, k=50, transition=False, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
+    "GMVAE V4": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
+    "GMVAE V5": dict(z_dim=1000, k=50, transition=False, imagenet_normalize=True, encoder="vgg16", decoder="decoder2"),
+    "GMVAE V6": dict(z_dim=2000, k=300, transition=True, imagenet_normalize=True, encoder="densenet121",
+                     decoder="decoder2"),
+    "GMVAE V7": dict(z_dim=2000, k=300, transition=False, imagenet_normalize=False, encoder="vgg16",
+                     decoder="decoder2"),
+    "GMVAE V8": dict(z_dim=2000, k=300, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="decoder2"),
+}
+
+
+@dataclass
+class GMVAEConfig:
+    image_size: int = 224
+    encoder: str = "vgg16"  # vgg16 | densenet121 | conv
+    encoder_weights: str = ""  # local torchvision ImageNet state dict for vgg16/densenet121; "" = random init
+    freeze_encoder: bool = False  # Table 5's "encoder in eval"
+    conv_channels: tuple[int, ...] = (32, 64, 128)  # encoder="conv" only
+    imagenet_normalize: bool = True
+    transition: bool = True
+    transition_channels: int = 300
+    z_dim: int = 1000
+    k: int = 50
+    decoder: str = "decoder2"  # decoder1 | decoder2 | linear
+    linear_hidden: int = 512
+    beta: float = 0.002  # as the seed's VAE; the seed gives none for the GMVAE
+    lr: float = 1e-4
+    batch_size: int = 64
+    label_bank_size: int = 1024  # fs-gmvae: training label vectors kept to draw unrequested labels from
+
+    def __post_init__(self):
+        if self.encoder not in ("vgg16", "densenet121", "conv"):
+            raise ValueError(f"encoder must be vgg16, densenet121 or conv, got {self.encoder!r}")
+        if self.decoder not in ("decoder1", "decoder2", "linear"):
+            raise ValueError(f"decoder must be decoder1, decoder2 or linear, got {self.decoder!r}")
+        if self.decoder != "linear" and self.image_size % 16:
+            raise ValueError(f"{self.decoder} upsamples 16x: image_size must be a multiple of 16, got {self.image_size}")
+        if self.encoder != "conv" and self.image_size < 32:
+            raise ValueError(f"{self.encoder} pools 32x: image_size must be at least 32, got {self.image_size}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# networks
+
+
+def _torchvision_features(name: str) -> tuple[nn.Module, int]:
+    if name == "vgg16":
+        # only VGG16's features (building the whole net allocates its 120M-parameter classifier), with
+        # the initialisation torchvision.models.VGG gives them
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        return features, 512
+    net = torchvision.models.densenet121(weights=None)
+    # torchvision's DenseNet applies ReLU after its features in forward(); keep it with the features
+    return nn.Sequential(net.features, nn.ReLU()), 1024
+
+
+def _conv_features(channels) -> tuple[nn.Module, int]:
+    layers, c_in = [], 3
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2)]
+        c_in = c
+    return nn.Sequential(*layers), c_in
+
+
+def load_imagenet_features(features: nn.Module, name: str, path: str | Path) -> None:
+    """Load a torchvision ImageNet state dict (whole model) from a local file into ``features``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"{path}: encoder weights not found; place the torchvision {name} ImageNet state dict "
+            f"(e.g. {'vgg16-397923af.pth' if name == 'vgg16' else 'densenet121-a639ec97.pth'}) there, "
+            "or set encoder_weights = \"\" for random init"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot be loaded as a plain state dict ({e.__class__.__name__})") from e
+    # old torchvision DenseNet files name "norm.1" what the module calls "norm1" (as torchvision remaps)
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    state = {pattern.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in state.items()}
+    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    target = features[0] if name == "densenet121" else features
+    try:
+        target.load_state_dict(feats)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise WeightsError(f"{path}: not a torchvision {name} state dict ({detail})") from e
+
+
+class FeatureEncoder(nn.Module):
+    """Grey image -> 3 channels -> CNN features -> (transition) -> mean and variance of q(z|x)."""
+
+    def __init__(self, cfg: GMVAEConfig):
+        super().__init__()
+        self.normalize = cfg.imagenet_normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if cfg.encoder == "conv":
+            self.features, c_feat = _conv_features(cfg.conv_channels)
+            pools = len(cfg.conv_channels)
+        else:
+            self.features, c_feat = _torchvision_features(cfg.encoder)
+            pools = 5
+        side = max(cfg.image_size // 2**pools, 1)
+        if cfg.transition:
+            t = cfg.transition_channels
+            self.transition = nn.Sequential(
+                nn.Conv2d(c_feat, t, 1), nn.BatchNorm2d(t), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten()
+            )
+            self.head = nn.Linear(t, 2 * cfg.z_dim)
+        else:
+            self.transition = nn.Flatten()
+            self.head = nn.Linear(c_feat * side * side, 2 * cfg.z_dim)
+
+    def forward(self, x):
+        x = x.expand(-1, 3, -1, -1)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        h = self.head(self.transition(self.features(x)))
+        m, v = h.chunk(2, dim=1)
+        return m, F.softplus(v) + 1e-8
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: GMVAEConfig, in_dim: int):
+        super().__init__()
+        s = cfg.image_size
+        if cfg.decoder == "linear":
+            self.shape = (1, s, s)
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, cfg.linear_hidden), nn.ReLU(), nn.Linear(cfg.linear_hidden, s * s), nn.Sigmoid()
+            )
+            self.convs = None
+            return
+        chans = DECODER_CHANNELS[cfg.decoder]
+        self.shape = (chans[0], s // 16, s // 16)
+        self.net = nn.Linear(in_dim, chans[0] * (s // 16) ** 2)
+        layers = []
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1))
+            # LeakyReLU: with 3-channel layers (decoder1) a plain ReLU dies at init and cuts z off
+            layers.append(nn.LeakyReLU(0.2) if i < len(chans) - 2 else nn.Sigmoid())
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z):
+        x = self.net(z).view(-1, *self.shape)
+        return x if self.convs is None else self.convs(x)
+
+
+def log_normal(x, m, v):
+    """log N(x; m, diag(v)), summed over the last dimension."""
+    return -0.5 * (math.log(2 * math.pi) + v.log() + (x - m).pow(2) / v).sum(-1)
+
+
+def log_normal_mixture(z, m, v):
+    """log of a uniform mixture: z (B, D); m, v (K, D) -> (B,)."""
+    return torch.logsumexp(log_normal(z[:, None, :], m[None], v[None]), dim=1) - math.log(m.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+
+
+class GMVAE(Trainable, Generator):
+    name = "gmvae"
+    Config = GMVAEConfig
+    label_dim = 0  # fs-gmvae: the label vector concatenated to z
+
+    def __init__(self, config: GMVAEConfig):
+        super().__init__(config)
+        c = config
+        self.encoder = FeatureEncoder(c)
+        self.decoder = Decoder(c, c.z_dim + self.label_dim)
+        # mixture prior: K means and (softplus) variances, CS236's initialisation
+        self.z_pre = nn.Parameter(torch.randn(2 * c.k, c.z_dim) / math.sqrt(c.k * c.z_dim))
+        if c.freeze_encoder:
+            self.encoder.features.requires_grad_(False)
+
+    def prior(self):
+        m, v = self.z_pre.chunk(2, dim=0)
+        return m, F.softplus(v) + 1e-8
+
+    def on_train_start(self, dataset) -> None:
+        if self.config.encoder_weights:
+            if self.config.encoder == "conv":
+                raise UsageError("encoder_weights apply to vgg16/densenet121 encoders, not encoder = \"conv\"")
+            load_imagenet_features(self.encoder.features, self.config.encoder, self.config.encoder_weights)
+
+    def decode(self, z, labels=None):
+        if self.label_dim:
+            z = torch.cat([z, labels.to(z)], dim=1)
+        return self.decoder(z)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        qm, qv = self.encoder(x)
+        z = qm + qv.sqrt() * torch.randn_like(qm)
+        x_hat = self.decode(z, labels)
+        rec = F.mse_loss(x_hat, x.expand_as(x_hat))
+        pm, pv = self.prior()
+        kl = (log_normal(z, qm, qv) - log_normal_mixture(z, pm, pv)).mean()
+        return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl}
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return {"adam": torch.optim.Adam(params, lr=self.config.lr)}
+
+    def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+        if self.config.freeze_encoder:
+            self.encoder.features.eval()  # frozen: BatchNorm statistics stay as loaded
+        labels = torch.nan_to_num(batch.labels, nan=0.0) if self.label_dim else None
+        losses = self.loss(batch.images, labels)
+        opt = optimizers["adam"]
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    def _check_labels(self, n, labels, seed):
+        if labels is not None:
+            raise UsageError(f"{self.name} is unconditional: sample without labels")
+        return None
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels=None, seed: int | None = None) -> torch.Tensor:
+        labels = self._check_labels(n, labels, seed)
+        dev = next(self.parameters()).device
+        g = torch_generator(seed) if seed is not None else None
+        comp = torch.randint(0, self.config.k, (n,), generator=g)
+        eps = torch.randn(n, self.config.z_dim, generator=g)
+        m, v = self.prior()
+        z = m[comp.to(dev)] + v[comp.to(dev)].sqrt() * eps.to(dev)
+        was_training = self.training
+        self.eval()
+        x = self.decode(z, None if labels is None else labels.to(dev))
+        self.train(was_training)
+        return x.mean(dim=1, keepdim=True).float().clamp(0, 1)
+
+
+@dataclass
+class FSGMVAEConfig(GMVAEConfig):
+    decoder: str = "linear"  # FS-GMVAE V1/V2 of Table 4
+
+
+class FSGMVAE(LabelBankMixin, GMVAE):
+    """GMVAE whose decoder sees [z, y]: y is the 15-label vector (LABELS order), so sampling is conditional."""
+
+    name = "fs-gmvae"
+    Config = FSGMVAEConfig
+    conditional = True
+    label_dim = len(LABELS)
+
+    def __init__(self, config: FSGMVAEConfig):
+        super().__init__(config)
+        self.register_buffer("label_bank", torch.zeros(config.label_bank_size, len(LABELS)))
+
+    def on_train_start(self, dataset) -> None:
+        GMVAE.on_train_start(self, dataset)
+        LabelBankMixin.on_train_start(self, dataset)
+
+    def _check_labels(self, n, labels, seed):
+        # no labels requested: draw them from the training label distribution (the label bank)
+        return self.draw_labels(n, seed=seed) if labels is None else label_matrix(labels, n)

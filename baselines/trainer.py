@@ -1,0 +1,448 @@
+"""The small shared trainer every bundled baseline uses, and the interface it drives.
+
+The interface (one for every baseline; DDPM, DiffuseVAE and LDM plug into it the same way)::
+
+    @dataclass
+    class MyConfig:                    # architecture + optimisation hyperparameters; JSON-able values
+        image_size: int = 64           # side of the square (1, S, S) training images
+        batch_size: int = 64
+        lr: float = 1e-4
+        ...
+
+    class MyModel(Trainable, Generator):
+        name = "my-model"              # the name it is registered under (cxrbench.generators entry point)
+        Config = MyConfig
+
+        def __init__(self, config): ...                       # builds the networks; no I/O
+        def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+        def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+            # one optimisation step on ``batch.images`` (B, 1, S, S) in [0, 1] and ``batch.labels``
+            # (B, 15) in LABELS order, NaN where unknown. It does its own zero_grad / backward / step
+            # (a GAN alternates several updates) and returns scalar losses for the log.
+        def sample(self, n, *, labels=None, seed=None) -> torch.Tensor: ...   # (n, 1, S, S) in [0, 1]
+        # optional: on_train_start(dataset) runs once before the first step of a fresh run
+        # (a conditional model fills its label bank from the training labels there)
+
+    model = MyModel.train(dataset, MyModel.Config(image_size=32), "runs/x",
+                          options=TrainOptions(steps=1000, max_minutes=5), device="auto")
+
+``Model.train(dataset, config, out_dir, *, options=None, device="auto", log=None)`` on the *class* builds a
+seeded model and calls :func:`fit`; on an *instance*, ``model.train(mode)`` stays ``nn.Module.train``.
+``dataset[i]`` returns ``(image (1, S, S) float32 in [0, 1], labels (15,) float32)``, as
+``cxrbench.data.ImageFolder`` with a ``CXRTransform`` does (a bare image tensor is accepted too).
+
+What :func:`fit` does:
+- seeding: ``options.seed`` seeds the model init and every random draw; batch order is a function of
+  (seed, epoch) only, so a resumed run takes exactly the batches the uninterrupted run would have;
+- resumable checkpoints: ``out_dir/checkpoint.pt`` (weights, optimiser states, step, epoch position, RNG
+  state, loss log) every ``checkpoint_every`` steps and at the end; calling again with the same config
+  continues from it (a larger ``steps`` trains further); a different config is refused;
+- budgets: ``steps`` and/or ``epochs`` (whichever ends first) and ``max_minutes`` of wall clock per call;
+- device ``"auto"``: cuda > mps > cpu;
+- progress on stderr (tqdm); the loss log as ``out_dir/losses.csv`` (step, epoch, elapsed_s, one column
+  per loss, averaged over ``log_every`` steps) and a summary ``out_dir/train_state.json``;
+- at the end the model folder itself: ``out_dir/config.json`` + ``out_dir/model.pt`` (``save_pretrained``),
+  which ``cxrbench sample out_dir`` and ``Model.from_pretrained(out_dir)`` read.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cxrbench.errors import CxrbenchError, DataError, UsageError
+from cxrbench.generator import atomic_torch_save, atomic_write_bytes
+from cxrbench.labels import LABELS
+from cxrbench.seeding import seed_everything, torch_generator
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "cxrbench.checkpoint/1"
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (B, 1, S, S) float32 in [0, 1]
+    labels: torch.Tensor  # (B, 15) float32, LABELS order, NaN = unknown
+
+
+@dataclass
+class TrainOptions:
+    """How long and how to train; the model's own ``Config`` says what is trained."""
+
+    steps: int | None = None  # total optimisation steps (a resumed run counts the steps already done)
+    epochs: float | None = None  # total passes over the data; with ``steps``, whichever ends first
+    max_minutes: float | None = None  # wall-clock budget of this call
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    num_workers: int = 0
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# devices, configs
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def config_to_dict(config) -> dict:
+    """JSON form of a config dataclass (tuples become lists), for comparisons and files."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_overrides(config_cls, overrides: dict[str, Any], *, source: str = "config", base=None):
+    """``config_cls`` defaults (or ``base``) with ``overrides`` applied; unknown keys and wrong types refused.
+
+    Lists become tuples where the field's default is a tuple (TOML and JSON have no tuples) and ints
+    become floats where the default is a float.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown key(s) {', '.join(unknown)} for {config_cls.__qualname__}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    base = base if base is not None else config_cls()
+    values = {}
+    for key, value in overrides.items():
+        default = getattr(base, key)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and value is not None:
+            # bool is an int subclass: check it both ways so that `beta = true` is caught
+            bad = not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool)
+            if bad:
+                raise UsageError(
+                    f"{source}: {key} = {value!r} should be a {type(default).__name__} "
+                    f"(default {default!r})"
+                )
+        values[key] = value
+    try:
+        return dataclasses.replace(base, **values)
+    except (ValueError, TypeError) as e:  # a Config.__post_init__ check
+        raise UsageError(f"{source}: {e}") from e
+
+
+def load_config_file(path: str | Path, config_cls, *, base=None):
+    """A TOML file of overrides of ``config_cls``'s fields (top-level keys only)."""
+    path = Path(path)
+    try:
+        overrides = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    return config_from_overrides(config_cls, overrides, source=str(path), base=base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# labels for conditional models
+
+
+def label_matrix(labels, n: int, *, num_labels: int = len(LABELS)) -> torch.Tensor:
+    """Validate requested labels: a ``(n, num_labels)`` 0/1 tensor (NaN, "unknown", counts as absent)."""
+    lab = torch.as_tensor(labels, dtype=torch.float32)
+    if lab.ndim == 1:
+        lab = lab.unsqueeze(0).expand(n, -1)
+    if lab.shape != (n, num_labels):
+        raise UsageError(
+            f"labels must have shape ({n}, {num_labels}) (one 0/1 column per label in LABELS order), "
+            f"got {tuple(lab.shape)}"
+        )
+    return torch.nan_to_num(lab, nan=0.0).clamp(0.0, 1.0)
+
+
+class LabelBankMixin:
+    """For conditional models: a bank of training label vectors to draw from when no labels are requested.
+
+    The model registers a ``label_bank`` buffer ``(label_bank_size, 15)``; ``on_train_start`` fills it with
+    the label vectors of a seeded random subset of the training set, so it is saved with the weights.
+    """
+
+    def on_train_start(self, dataset) -> None:
+        bank = self.label_bank
+        n = len(dataset)
+        idx = torch.randperm(n, generator=torch_generator(0))[: bank.shape[0]]
+        rows = []
+        for i in idx.tolist():
+            item = dataset[i]
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                rows = []
+                break
+            rows.append(torch.as_tensor(item[1], dtype=torch.float32))
+        if not rows or torch.stack(rows).isnan().all():
+            raise DataError(
+                f"{self.name} is conditional and needs training labels: give a folder with labels.csv "
+                "or --labels CSV (columns named as in cxrbench.labels.LABELS)"
+            )
+        lab = torch.nan_to_num(torch.stack(rows), nan=0.0)
+        reps = math.ceil(bank.shape[0] / len(lab))
+        bank.copy_(lab.repeat(reps, 1)[: bank.shape[0]])
+
+    def draw_labels(self, n: int, *, seed: int | None = None) -> torch.Tensor:
+        """``n`` label vectors drawn (with replacement) from the training label bank."""
+        g = torch_generator(seed) if seed is not None else None
+        idx = torch.randint(0, self.label_bank.shape[0], (n,), generator=g)
+        return self.label_bank.detach().cpu()[idx].clone()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the class-level ``train``
+
+
+class _TrainDescriptor:
+    """``Model.train(dataset, config, out_dir, ...)`` trains a new model; ``model.train(mode)`` is nn.Module's."""
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return lambda dataset, config=None, out_dir=None, **kw: _train_new(cls, dataset, config, out_dir, **kw)
+        return nn.Module.train.__get__(obj, cls)
+
+
+def _train_new(cls, dataset, config, out_dir, *, options: TrainOptions | None = None, device="auto", log=None):
+    if out_dir is None:
+        raise UsageError("train needs an output folder (out_dir)")
+    options = options or TrainOptions()
+    config = config if config is not None else cls.Config()
+    seed_everything(options.seed)  # the weight init is part of the seeded run
+    return fit(cls(config), dataset, out_dir, options=options, device=device, log=log)
+
+
+class Trainable:
+    """Mixin giving a baseline the class-level ``train(dataset, config, out_dir, ...)`` that drives :func:`fit`."""
+
+    train = _TrainDescriptor()
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, optimizers: dict, step: int) -> dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _collate(items):
+    if isinstance(items[0], torch.Tensor):
+        images = torch.stack(items)
+        return images, torch.full((len(items), len(LABELS)), float("nan"))
+    images = torch.stack([it[0] for it in items])
+    labels = torch.stack([torch.as_tensor(it[1], dtype=torch.float32) for it in items])
+    return images, labels
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    # batch order depends on (seed, epoch) only: resuming mid-epoch replays the same permutation
+    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return torch.randperm(n, generator=torch_generator(s))
+
+
+def _write_log_csv(path: Path, records: list[dict]) -> None:
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(records)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    model,
+    dataset,
+    out_dir: str | Path,
+    *,
+    options: TrainOptions | None = None,
+    device: str | torch.device = "auto",
+    log: Callable[[dict], None] | None = None,
+):
+    """Train ``model`` (a :class:`Trainable`) on ``dataset``; resumes from ``out_dir/checkpoint.pt`` if present."""
+    options = options or TrainOptions()
+    if options.steps is None and options.epochs is None:
+        raise UsageError("set a training budget: steps (--steps N) or epochs (--epochs E)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    cfg = model.config
+    n = len(dataset)
+    if n == 0:
+        raise DataError(f"{out}: the training set is empty")
+    batch_size = min(int(cfg.batch_size), n)
+    steps_per_epoch = n // batch_size
+    total = math.inf
+    if options.steps is not None:
+        total = int(options.steps)
+    if options.epochs is not None:
+        total = min(total, math.ceil(options.epochs * steps_per_epoch))
+
+    model.to(dev)
+    optimizers = model.configure_optimizers()
+    step, epoch, pos, elapsed_before = 0, 0, 0, 0.0
+    records: list[dict] = []
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        except Exception as e:
+            raise CxrbenchError(f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart") from e
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CxrbenchError(f"{ckpt_path}: not a cxrbench training checkpoint; delete it to restart")
+        if ckpt.get("generator") != model.name or ckpt.get("config") != config_to_dict(cfg):
+            raise UsageError(
+                f"{ckpt_path}: holds a checkpoint of {ckpt.get('generator')!r} with a different config; "
+                "use a new --out folder, or the same config to resume"
+            )
+        model.load_state_dict(ckpt["model"])
+        for k, opt in optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][k])
+        step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["pos"])
+        elapsed_before = float(ckpt["elapsed_s"])
+        records = list(ckpt["log"])
+        _set_rng_state(ckpt["rng"])
+    elif hasattr(model, "on_train_start"):
+        model.on_train_start(dataset)
+
+    def save_checkpoint():
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "generator": model.name,
+                "config": config_to_dict(cfg),
+                "step": step,
+                "epoch": epoch,
+                "pos": pos,
+                "elapsed_s": elapsed_before + (time.monotonic() - t0),
+                "model": model.state_dict(),
+                "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
+                "rng": _rng_state(),
+                "log": records,
+            },
+            ckpt_path,
+        )
+        _write_log_csv(out / "losses.csv", records)
+
+    t0 = time.monotonic()
+    deadline = t0 + options.max_minutes * 60 if options.max_minutes is not None else math.inf
+    out_of_time = False
+    acc: dict[str, list[float]] = {}
+    bar = tqdm(
+        total=None if math.isinf(total) else total,
+        initial=step,
+        desc=f"train {model.name}",
+        disable=not options.progress,
+        dynamic_ncols=True,
+    )
+    checked_size = False
+    model.train(True)
+    while step < total:
+        if time.monotonic() >= deadline:
+            out_of_time = True
+            break
+        order = _epoch_order(n, options.seed, epoch)[pos * batch_size : steps_per_epoch * batch_size]
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=order.tolist(),
+            num_workers=options.num_workers,
+            collate_fn=_collate,
+            drop_last=True,
+            # its own generator: a DataLoader otherwise draws a base seed from the global RNG per epoch,
+            # and a resumed run (one more loader) would then diverge from the uninterrupted one
+            generator=torch_generator(options.seed),
+        )
+        for images, labels in loader:
+            if not checked_size:
+                checked_size = True
+                want = (1, cfg.image_size, cfg.image_size)
+                if tuple(images.shape[1:]) != want:
+                    raise DataError(
+                        f"training images are {tuple(images.shape[1:])} but {model.name} is configured for "
+                        f"{want}; resize them (cxrbench train --image-size {cfg.image_size}) or change image_size"
+                    )
+            losses = model.training_step(Batch(images.to(dev), labels.to(dev)), optimizers, step)
+            step += 1
+            pos += 1
+            for k, v in losses.items():
+                acc.setdefault(k, []).append(float(v))
+            if step % options.log_every == 0 or step >= total:
+                rec = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3)}
+                rec.update({k: float(np.mean(v)) for k, v in acc.items()})
+                acc = {}
+                records.append(rec)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k not in ("step", "epoch", "elapsed_s")})
+                if log is not None:
+                    log(rec)
+            bar.update(1)
+            if step % options.checkpoint_every == 0:
+                save_checkpoint()
+            if step >= total:
+                break
+            if time.monotonic() >= deadline:
+                out_of_time = True
+                break
+        if out_of_time:
+            break
+        if pos >= steps_per_epoch:
+            epoch, pos = epoch + 1, 0
+    bar.close()
+    model.train(False)
+    save_checkpoint()
+    model.save_pretrained(out)
+    state = {
+        "generator": model.name,
+        "step": step,
+        "epoch": epoch,
+        "stopped_because": (
+            "max_minutes" if step < total else "steps" if options.steps is not None and step >= options.steps else "epochs"
+        ),
+        "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3),
+        "device": str(dev),
+        "n_train": n,
+        "options": dataclasses.asdict(options),
+        "config": config_to_dict(cfg),
+    }
+    atomic_write_bytes(out / "train_state.json", json.dumps(state, indent=2, sort_keys=True).encode())
+    return model

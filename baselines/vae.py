@@ -1,0 +1,155 @@
+"""VAE of seed 003 (Kumar & Triana, "Generating Synthetic Chest X-Rays with generative modeling").
+
+Architecture (seed Figure 4), at the seed's configuration ``image_size=128``:
+
+- encoder: five VGG-style blocks of two 3x3 convolutions (stride 1, padding 1, with bias) and LeakyReLU(0.2),
+  each followed by MaxPool(2, 2); channels 32, 64, 128, 256, 512 -> a 512 x 4 x 4 map;
+- mean and log-variance: two ``Linear(512*4*4, z)`` layers, ``z = 512``;
+- decoder: ``Linear(z, 512*4*4)``, then ConvTranspose2d(k=4, s=2, p=1) 512->256->128->64->32 each with
+  BatchNorm and ReLU, then ConvTranspose2d 32->1 and a sigmoid (the image contract is [0, 1]);
+- loss: MSE reconstruction (mean over pixels, as the seed states "MSE between tensors") + beta * KL
+  (summed over z, mean over the batch); beta is a config (seed: 1, 0.1, 0.002); Adam lr 1e-4, batch 64.
+
+Parameter counts at the seed configuration, computed from the built model (tests/test_baselines_classic.py):
+
+- encoder 4,711,648: exactly the seed's Table 5. The OCR'd Figure 4 marks only the 256-channel block "x 2";
+  the stated total is met exactly when *every* block has two convolutions (as in VGG16, which the seed says
+  it took as inspiration), so that is what is built (``convs_per_block=2``).
+- mean + logvar 8,389,632: exactly Table 5 (2 x (8192 x 512 + 512)); the 512 x 4 x 4 map fixes the input
+  to 128 px (the seed resized to 224 for its other models; 224 px would give a 512 x 7 x 7 map).
+- decoder 6,989,729 = 4,202,496 (the z -> 512x4x4 linear layer) + 2,787,233 (the transposed-convolution
+  stack of Figure 4, BatchNorm(256/128/64/32) after each: the OCR repeats "BatchNorm2D (256)" where the
+  layer has 128/64/32 channels). The seed states 11,184,033, which is 4,194,304 = 512 x 8192 more: exactly
+  one further bias-free 512 -> 8192 weight matrix that the figure does not show. The seed's own total
+  (32,674,945) also counts the mean/logvar layers twice (4,711,648 + 11,184,033 + 2 x 8,389,632), so the
+  difference is most likely a double count as well; we build the decoder the figure describes.
+
+For other image sizes the same blocks apply (``image_size`` must be a multiple of 2**len(channels)); the
+tiny test configs use fewer, narrower blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrbench.errors import UsageError
+from cxrbench.generator import Generator
+from cxrbench.seeding import torch_generator
+
+from .trainer import Batch, Trainable
+
+
+@dataclass
+class VAEConfig:
+    image_size: int = 128
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    convs_per_block: int = 2
+    z_dim: int = 512
+    beta: float = 0.002  # seed: 1, 0.1, 0.002; the smallest collapses the posterior least
+    lr: float = 1e-4
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.image_size % (2 ** len(self.channels)):
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of 2**{len(self.channels)} "
+                f"(one max-pool per block of channels {tuple(self.channels)})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# networks
+
+
+class Encoder(nn.Module):
+    def __init__(self, channels, convs_per_block: int):
+        super().__init__()
+        layers, c_in = [], 1
+        for c in channels:
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(c_in, c, 3, 1, 1), nn.LeakyReLU(0.2)]
+                c_in = c
+            layers.append(nn.MaxPool2d(2, 2))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).flatten(1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, channels, z_dim: int, map_size: int):
+        super().__init__()
+        chans = list(channels)[::-1]
+        self.shape = (chans[0], map_size, map_size)
+        self.fc = nn.Linear(z_dim, chans[0] * map_size * map_size)
+        layers = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(chans[-1], 1, 4, 2, 1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(self.fc(z).view(-1, *self.shape))
+
+
+def gaussian_kl(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, the closed form of the seed's section 3.1."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model
+
+
+class VAE(Trainable, Generator):
+    name = "vae"
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        c = config
+        map_size = c.image_size // 2 ** len(c.channels)
+        flat = c.channels[-1] * map_size * map_size
+        self.encoder = Encoder(c.channels, c.convs_per_block)
+        self.fc_mu = nn.Linear(flat, c.z_dim)
+        self.fc_logvar = nn.Linear(flat, c.z_dim)
+        self.decoder = Decoder(c.channels, c.z_dim, map_size)
+
+    def encode(self, x):
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        rec = F.mse_loss(self.decoder(z), x)
+        kl = gaussian_kl(mu, logvar).mean()
+        return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl}
+
+    def configure_optimizers(self):
+        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+        opt = optimizers["adam"]
+        losses = self.loss(batch.images)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels=None, seed: int | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise UsageError("vae is unconditional: sample without labels")
+        dev = next(self.parameters()).device
+        g = torch_generator(seed) if seed is not None else None
+        z = torch.randn(n, self.config.z_dim, generator=g).to(dev)
+        was_training = self.training
+        self.eval()
+        x = self.decoder(z)
+        self.train(was_training)
+        return x.float().clamp(0, 1)

@@ -1,0 +1,331 @@
+"""``cxrbench sample RUN``: draw images from a trained model folder into PNGs plus ``manifest.csv``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+
+HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
+
+EPILOG = """\
+OUT receives 00000.png, 00001.png, ... and manifest.csv with columns path, one 0/1 column per label the
+model was given (LABELS order: the 14 NIH findings and No Finding), and seed. The folder evaluates
+directly with `cxrbench evaluate`. A conditional model given no labels draws label vectors from its
+training labels (they are written to the manifest too). Images are deterministic given --seed and
+--batch-size.
+
+examples:
+  cxrbench sample runs/lsgan32 --n 1000 --out samples/lsgan32
+  cxrbench sample runs/fs --n 200 --out samples/fs-edema --labels "Edema,Effusion"
+  cxrbench sample runs/fs --n 500 --out samples/fs-like-test --labels-csv test/labels.csv --bit-depth 16
+  cxrbench sample runs/ldm --n 16 --out samples/ldm-effusion --prompt "chest x-ray, effusion, bottom right"
+  cxrbench sample runs/diffusevae --reconstruct ../shared/data/nih1000_64px/images/test --out samples/dvae-rec
+  cxrbench sample runs/pggan --n 64 --out samples/pneumonia --optimize-toward Pneumonia --weights random
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("run", help="trained model folder (config.json + model.pt), e.g. the --out of cxrbench train")
+    p.add_argument("--n", type=int, default=None, help="number of images (default: the rows of --labels-csv)")
+    p.add_argument("--out", required=True, help="folder to write PNGs and manifest.csv into")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", default=None, help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
+    g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
+    g.add_argument("--reconstruct", metavar="DIR", default=None,
+                   help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
+    g.add_argument("--prompt", default=None,
+                   help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="write into an OUT that already holds a manifest")
+    o = p.add_argument_group("latent optimisation toward a class (seed 004; unconditional pggan)")
+    o.add_argument("--optimize-toward", metavar="LABEL", default=None,
+                   help="optimise each latent so that the classifier finds LABEL")
+    o.add_argument("--classifier", default="xrv-classifier", help="registered probabilities extractor to guide with")
+    o.add_argument("--weights", default=None, help="classifier weights: a path, or 'random' (offline smoke runs)")
+    o.add_argument("--opt-steps", type=int, default=100, help="Adam steps on the latents")
+    o.add_argument("--opt-lr", type=float, default=0.05)
+
+
+def load_model(run_dir: str | Path, device):
+    from ..generator import read_json_object
+    from ..registry import GENERATORS
+
+    run_dir = Path(run_dir)
+    cfg = run_dir / "config.json"
+    if not cfg.is_file():
+        raise DataError(f"{cfg}: missing; {run_dir} is not a trained model folder (train one with cxrbench train)")
+    name = read_json_object(cfg).get("generator")
+    if not name:
+        raise DataError(f"{cfg}: names no generator; was it written by save_pretrained?")
+    model = GENERATORS.get(name).from_pretrained(run_dir)
+    return model.to(device).eval()
+
+
+def parse_label_names(text: str) -> list[str]:
+    from ..labels import LABELS, canonical_label
+
+    names = []
+    for raw in text.split(","):
+        if not raw.strip():
+            continue
+        lab = canonical_label(raw)
+        if lab is None:
+            raise UsageError(f"--labels: unknown label {raw.strip()!r}; known labels: {', '.join(LABELS)}")
+        names.append(lab)
+    return names
+
+
+def read_label_csv(path: str | Path):
+    """Label vectors (rows, 15) from a CSV whose label columns use LABELS names (NaN/empty -> 0)."""
+    import pandas as pd
+
+    from ..labels import LABELS, canonical_label
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: labels CSV not found") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot be read as CSV ({e.__class__.__name__})") from None
+    cols = {canonical_label(str(c)): c for c in df.columns if canonical_label(str(c)) is not None}
+    if not cols:
+        raise DataError(f"{path}: no label columns; name columns as in cxrbench.labels.LABELS ({', '.join(LABELS)})")
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    out = np.zeros((len(df), len(LABELS)), dtype=np.float32)
+    for j, lab in enumerate(LABELS):
+        if lab in cols:
+            vals = pd.to_numeric(df[cols[lab]], errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isnan(vals) & ~np.isin(vals, (0.0, 1.0))
+            if bad.any():
+                raise DataError(f"{path}: column {cols[lab]!r} must hold 0/1 (or empty), found {vals[bad][0]!r}")
+            out[:, j] = np.nan_to_num(vals, nan=0.0)
+    return out
+
+
+def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
+    """One (H, W) float image in [0, 1] -> grayscale PNG bytes (8- or 16-bit), rounded to nearest."""
+    from PIL import Image
+
+    if bit_depth == 16:
+        pil = Image.fromarray(np.round(image * 65535).astype(np.uint16))
+    else:
+        pil = Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L")
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
+    from ..generator import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
+
+
+class ImageClassifier:
+    """Images ``(N, 1, H, W)`` in [0, 1] -> class probabilities, differentiable in the images.
+
+    Wraps a registered probabilities extractor; a derived one (``xrv-classifier``, which maps cached ``xrv``
+    features through its head) is composed with the embedding extractor it is derived from.
+    """
+
+    def __init__(self, clf, base=None):
+        self.clf, self.base = clf, base
+        self.feature_names = list(clf.feature_names or [])
+
+    def __call__(self, x):
+        if self.base is None:
+            return self.clf.forward(self.clf.preprocess(x))
+        return self.clf.from_features(self.base.forward(self.base.preprocess(x)))
+
+
+def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
+    from ..registry import EXTRACTORS
+
+    def make(n):
+        cls = EXTRACTORS.get(n)
+        try:
+            return cls(weights=weights or "auto", device=str(device))
+        except TypeError:
+            raise UsageError(f"classifier {n!r} cannot be built with weights={weights!r}") from None
+
+    clf = make(name)
+    if getattr(clf, "kind", "probabilities") != "probabilities":
+        raise UsageError(f"--classifier {name!r} gives {clf.kind} features, not class probabilities")
+    base_name = getattr(clf, "derived_from", None)
+    return ImageClassifier(clf, make(base_name) if base_name else None)
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from baselines.trainer import resolve_device
+
+    from ..generator import atomic_write_bytes
+    from ..labels import LABELS
+
+    out = Path(args.out)
+    if (out / "manifest.csv").exists() and not args.overwrite:
+        raise UsageError(f"{out}: already holds samples (manifest.csv); choose a new --out or pass --overwrite")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    device = resolve_device(args.device)
+    model = load_model(args.run, device)
+    if args.reconstruct is not None:
+        return run_reconstruct(args, model, out)
+    conditional = bool(getattr(model, "conditional", False))
+
+    # the label vector of each image, or None (unconditional)
+    labels = None
+    label_columns: list[str] = []
+    if args.labels_csv:
+        labels = read_label_csv(args.labels_csv)
+        n = args.n if args.n is not None else len(labels)
+        labels = np.resize(labels, (n, len(LABELS)))  # rows repeat when N exceeds the CSV
+    else:
+        n = args.n
+    if n is None or n < 1:
+        raise UsageError("--n: give the number of images (at least 1)")
+    if args.labels is not None:
+        vec = np.zeros(len(LABELS), dtype=np.float32)
+        for lab in parse_label_names(args.labels):
+            vec[LABELS.index(lab)] = 1.0
+        labels = np.tile(vec, (n, 1))
+    if args.prompt is not None:
+        if not hasattr(model, "parse_prompt"):
+            raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
+        labels = np.tile(model.parse_prompt(args.prompt)[0].numpy(), (n, 1))  # the manifest's requested labels
+    if args.optimize_toward:
+        if labels is not None and not conditional:
+            raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
+        if not hasattr(model, "optimize_toward"):
+            raise UsageError(f"{model.name} does not support --optimize-toward (pggan does)")
+        target = parse_label_names(args.optimize_toward)
+        if len(target) != 1:
+            raise UsageError("--optimize-toward: give exactly one label")
+        classifier = build_classifier(args.classifier, args.weights, device)
+    if labels is not None and not conditional:
+        raise UsageError(
+            f"{model.name} is unconditional: drop --labels/--labels-csv"
+            + (" (or use --optimize-toward LABEL)" if hasattr(model, "optimize_toward") else "")
+        )
+    if conditional and labels is None:
+        labels = model.draw_labels(n, seed=args.seed).numpy()
+    if labels is not None:
+        label_columns = list(LABELS)
+
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(n - 1)))
+    rows = []
+    bar = tqdm(total=n, desc=f"sample {model.name}", dynamic_ncols=True, file=sys.stderr)
+    for b, start in enumerate(range(0, n, args.batch_size)):
+        m = min(args.batch_size, n - start)
+        seed = args.seed * 1_000_003 + b  # one seed per batch: a batch is reproducible on its own
+        lab = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels[start : start + m]))
+        if args.optimize_toward:
+            imgs, _ = model.optimize_toward(
+                target[0], m, classifier=classifier, steps=args.opt_steps, lr=args.opt_lr, seed=seed, labels=lab
+            )
+        elif args.prompt is not None:
+            imgs = model.sample(m, prompts=args.prompt, seed=seed)
+        else:
+            imgs = model.sample(m, labels=lab, seed=seed)
+        if imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
+            raise DataError(f"{model.name}.sample returned {tuple(imgs.shape)} {imgs.dtype}, not ({m}, 1, H, W) float32")
+        arr = imgs.detach().cpu().clamp(0, 1).numpy()[:, 0]
+        for i in range(m):
+            rel = f"{start + i:0{width}d}.png"
+            atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))
+            row = {"path": rel}
+            if lab is not None:
+                row.update({c: int(v) for c, v in zip(label_columns, lab[i].tolist())})
+            if args.optimize_toward:
+                row[target[0]] = 1  # requested of the classifier-guided sample
+            if args.prompt is not None:
+                row["prompt"] = args.prompt
+            row["seed"] = seed
+            rows.append(row)
+        bar.update(m)
+    bar.close()
+
+    columns = ["path"] + label_columns
+    if args.optimize_toward and target[0] not in columns:
+        columns.append(target[0])
+    if args.prompt is not None:
+        columns.append("prompt")
+    columns.append("seed")
+    write_manifest(out, columns, rows)
+    info = {
+        "model": model.name,
+        "run": str(Path(args.run).resolve()),
+        "n": n,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "bit_depth": args.bit_depth,
+        "optimize_toward": args.optimize_toward,
+        "classifier": args.classifier if args.optimize_toward else None,
+    }
+    atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
+    print(out)
+    return 0
+
+
+def run_reconstruct(args, model, out: Path) -> int:
+    """Paired mode: one reconstruction per source image, manifest columns path, source (relative to DIR), seed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data import ImageFolder
+    from ..data.transforms import CXRTransform
+    from ..generator import atomic_write_bytes
+
+    if not hasattr(model, "reconstruct"):
+        raise UsageError(f"{model.name} has no paired reconstruction mode (diffusevae has); drop --reconstruct")
+    if args.optimize_toward:
+        raise UsageError("--reconstruct and --optimize-toward do not combine")
+    size = model.config.image_size
+    src = ImageFolder(args.reconstruct, transform=CXRTransform(image_size=size))
+    n = len(src) if args.n is None else min(args.n, len(src))
+    if n < 1:
+        raise UsageError(f"--reconstruct {args.reconstruct}: no images to reconstruct")
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(n - 1)))
+    rows = []
+    bar = tqdm(total=n, desc=f"reconstruct {model.name}", dynamic_ncols=True, file=sys.stderr)
+    for b, start in enumerate(range(0, n, args.batch_size)):
+        m = min(args.batch_size, n - start)
+        seed = args.seed * 1_000_003 + b
+        batch = torch.stack([src[i][0] for i in range(start, start + m)])
+        arr = model.reconstruct(batch, seed=seed).detach().cpu().clamp(0, 1).numpy()[:, 0]
+        for i in range(m):
+            rel = f"{start + i:0{width}d}.png"
+            atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))
+            rows.append({"path": rel, "source": str(src.ids[start + i]), "seed": seed})
+        bar.update(m)
+    bar.close()
+    write_manifest(out, ["path", "source", "seed"], rows)
+    info = {"model": model.name, "run": str(Path(args.run).resolve()), "n": n, "seed": args.seed,
+            "batch_size": args.batch_size, "bit_depth": args.bit_depth,
+            "reconstruct": str(Path(args.reconstruct).resolve())}
+    atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
+    print(out)
+    return 0

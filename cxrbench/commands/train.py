@@ -1,0 +1,129 @@
+"""``cxrbench train NAME``: train a registered generator (or representation model) on an image folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+
+HELP = "train a reference generator (vae, gmvae, fs-gmvae, lsgan, pggan, ...) on a folder of images"
+
+EPILOG = """\
+The model folder (--out) ends up holding config.json + model.pt (sample it with `cxrbench sample`),
+checkpoint.pt (run the same command again to resume, or with a larger --steps to train further),
+losses.csv, train_state.json and train_info.json. A --config TOML file holds overrides of the model's
+Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
+
+examples:
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --image-size 32 --out runs/lsgan32 --steps 2000
+  cxrbench train vae --data ../shared/data/nih1000_64px --image-size 64 --out runs/vae --config vae.toml \\
+      --max-minutes 10 --steps 100000
+  cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
+  cxrbench train moco --data ../shared/data/nih1000_64px --image-size 64 --out runs/moco --epochs 5
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("name", help="registered model name (cxrbench.generators or cxrbench.representations)")
+    p.add_argument("--data", required=True, help="folder of training images (labels.csv inside is used if present)")
+    p.add_argument("--labels", default=None, help="labels CSV (first column path, one column per label)")
+    p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
+    p.add_argument("--out", required=True, help="model folder to write (and resume from)")
+    p.add_argument("--config", default=None, help="TOML file of Config overrides")
+    p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
+    p.add_argument("--epochs", type=float, default=None, help="total passes over the data (with --steps: first hit)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall clock (resumable)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the Config's batch_size")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--equalize", action="store_true", help="histogram equalisation (seed 000/003 preprocessing)")
+    p.add_argument("--no-crop", action="store_true", help="squash to a square instead of resize + center crop")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_model(name: str):
+    """``name`` in GENERATORS, else in REPRESENTATIONS (``cxrbench train moco``)."""
+    from ..registry import GENERATORS, REPRESENTATIONS
+
+    for registry in (GENERATORS, REPRESENTATIONS):
+        if name in registry:
+            return registry.get(name)
+    raise UsageError(
+        f"unknown model {name!r}; generators: {', '.join(GENERATORS.names()) or '(none)'}; "
+        f"representation models: {', '.join(REPRESENTATIONS.names()) or '(none)'}"
+    )
+
+
+def build_config(cls, args) -> object:
+    from baselines.trainer import config_from_overrides, load_config_file
+
+    config = load_config_file(args.config, cls.Config) if args.config else cls.Config()
+    flags = {}
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    for field, value in (("image_size", args.image_size), ("batch_size", args.batch_size)):
+        if value is None:
+            continue
+        if field not in names:
+            raise UsageError(f"--{field.replace('_', '-')}: {cls.__name__}'s Config has no {field}")
+        flags[field] = value
+    return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
+
+
+def run(args) -> int:
+    from baselines.trainer import TrainOptions, config_to_dict
+    from cxrbench.data import ImageFolder
+    from cxrbench.data.transforms import CXRTransform
+    from cxrbench.generator import atomic_write_bytes
+
+    cls = resolve_model(args.name)
+    config = build_config(cls, args)
+    size = getattr(config, "image_size", None)
+    if size is None:
+        raise UsageError(f"{args.name}: its Config has no image_size; cannot choose the training resolution")
+    transform = CXRTransform(image_size=size, crop=not args.no_crop, equalize=args.equalize)
+    dataset = ImageFolder(args.data, labels_csv=args.labels, transform=transform)
+    options = TrainOptions(
+        steps=args.steps,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        num_workers=args.num_workers,
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "model": args.name,
+        "data": str(Path(args.data).resolve()),
+        "labels": str(Path(args.labels).resolve()) if args.labels else None,
+        "n_images": len(dataset),
+        "transform": transform.spec(),
+        "config": config_to_dict(config),
+    }
+    atomic_write_bytes(out / "train_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
+    # the same call for every model; pass only the keywords its train() takes (an outside model may
+    # implement train(dataset, config, out_dir) without the trainer's options)
+    kwargs = {"options": options, "device": args.device}
+    params = inspect.signature(cls.train).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    cls.train(dataset, config, out, **kwargs)
+    state_path = out / "train_state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        print(
+            f"{args.name}: {state['step']} steps ({state['stopped_because']}), {state['elapsed_s'] / 60:.1f} min -> {out}",
+            file=sys.stderr,
+        )
+    print(out)
+    return 0

@@ -1,0 +1,306 @@
+"""Seed 003/004 baselines: the shared generator contract on tiny configs, parameter counts at the seed
+configurations (built, counted, no forward pass), and model-specific identities."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines import gmvae, lsgan, pggan, vae
+from cxrbench.errors import UsageError, WeightsError
+from .generator_contract import GeneratorTesterMixin, LabelledImages
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the contract, per registered baseline
+
+
+class TestVAE(GeneratorTesterMixin):
+    name = "vae"
+
+    def config(self):
+        return vae.VAEConfig(image_size=16, channels=(8, 16), z_dim=8, batch_size=4)
+
+
+class TestGMVAE(GeneratorTesterMixin):
+    name = "gmvae"
+
+    def config(self):
+        return gmvae.GMVAEConfig(
+            image_size=16, encoder="conv", conv_channels=(8, 16), transition=True, transition_channels=8,
+            z_dim=8, k=3, decoder="decoder1", batch_size=4,
+        )
+
+
+class TestFSGMVAE(GeneratorTesterMixin):
+    name = "fs-gmvae"
+
+    def config(self):
+        return gmvae.FSGMVAEConfig(
+            image_size=16, encoder="conv", conv_channels=(8, 16), transition=False, z_dim=8, k=3,
+            decoder="linear", linear_hidden=32, batch_size=4, label_bank_size=8,
+        )
+
+
+class TestLSGAN(GeneratorTesterMixin):
+    name = "lsgan"
+
+    def config(self):
+        return lsgan.LSGANConfig(image_size=16, z_dim=8, width=8, max_channels=16, batch_size=4)
+
+
+class TestPGGAN(GeneratorTesterMixin):
+    name = "pggan"
+    train_steps = 4  # phase_steps=1: level 0, fade 8 px, stable 8 px, fade 16 px
+
+    def config(self):
+        return pggan.PGGANConfig(
+            image_size=16, z_dim=8, fmap_base=32, fmap_max=16, phase_steps=1, batch_size=4, ema_decay=0.5
+        )
+
+
+class TestPGGANConditional(TestPGGAN):
+    def config(self):
+        return pggan.PGGANConfig(
+            image_size=16, z_dim=8, fmap_base=32, fmap_max=16, phase_steps=1, batch_size=4, ema_decay=0.5,
+            conditional=True, label_bank_size=8,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parameter counts at the seed configurations (seed 003 Table 5)
+
+
+def test_lsgan_parameter_counts_match_seed_table5():
+    model = lsgan.LSGAN(lsgan.LSGANConfig())  # z = 100, 128 px, no conv biases
+    assert count(model.discriminator) == 2_795_904
+    assert count(model.generator) == 3_606_976
+    assert count(model) == 6_402_880
+    assert not any(m.bias is not None for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
+def test_vae_parameter_counts_at_seed_configuration():
+    model = vae.VAE(vae.VAEConfig())
+    assert count(model.encoder) == 4_711_648  # Table 5, exactly
+    assert count(model.fc_mu) + count(model.fc_logvar) == 8_389_632  # Table 5, exactly
+    # decoder: the z -> 512x4x4 layer plus Figure 4's stack; Table 5's 11,184,033 is one bias-free
+    # 512 x 8192 matrix more (documented deviation in baselines/vae.py)
+    assert count(model.decoder.fc) == 512 * 8192 + 8192
+    assert count(model.decoder.net) == 2_787_233
+    assert count(model.decoder) == 11_184_033 - 512 * 8192
+
+
+def test_gmvae_parameter_counts_match_seed_table5():
+    # Table 5 counts convolution weights only; the tables' biases are listed separately (Tables 2-3)
+    def conv_weights(dec):
+        return sum(m.weight.numel() for m in dec.convs if isinstance(m, nn.ConvTranspose2d))
+
+    def conv_biases(dec):
+        return sum(m.bias.numel() for m in dec.convs if isinstance(m, nn.ConvTranspose2d))
+
+    cfg1 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V4"])
+    dec1 = gmvae.Decoder(cfg1, 1)  # the z -> map layer is not counted; keep it small
+    assert conv_weights(dec1) == 1_920 and conv_biases(dec1) == 6 + 3 + 3 + 3
+    assert dec1.shape == (14, 14, 14)  # Table 2's input volume 14 x 14 x 14
+    cfg2 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V5"])
+    dec2 = gmvae.Decoder(cfg2, 1)
+    assert conv_weights(dec2) == 172_800 and conv_biases(dec2) == 64 + 32 + 16 + 3
+    assert dec2.shape == (128, 14, 14)  # Table 3's input volume
+
+    vgg = gmvae.FeatureEncoder(gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V8"]))
+    assert count(vgg.features) == 14_714_688  # "VGG16 Features Encoder"
+    # "Total: 14,716,608 - 14,887,488": the features plus either decoder's convolution weights
+    assert count(vgg.features) + conv_weights(dec1) == 14_716_608
+    assert count(vgg.features) + conv_weights(dec2) == 14_887_488
+    # transition: 1x1 conv 512 -> 300, BatchNorm(300), Linear(300 -> 2 z)
+    assert count(vgg.transition) == 512 * 300 + 300 + 2 * 300
+    assert count(vgg.head) == 300 * 2 * 2000 + 2 * 2000
+
+    dense = gmvae.FeatureEncoder(gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V6"]))
+    assert count(dense.features) == 6_953_856  # torchvision DenseNet121 features
+    assert dense.transition[0].in_channels == 1024
+
+
+def test_gmvae_variants_build_at_224():
+    v3 = gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V3"])
+    enc = gmvae.FeatureEncoder(v3)
+    assert enc.head.in_features == 512 * 7 * 7  # no transition: VGG16's 512 x 7 x 7 map, flattened
+    assert enc.head.out_features == 2 * 1000  # mean and variance of z
+    x = gmvae.Decoder(v3, 1000)(torch.randn(2, 1000))
+    assert x.shape == (2, 3, 224, 224) and x.min() >= 0 and x.max() <= 1
+    v6 = gmvae.FeatureEncoder(gmvae.GMVAEConfig(**gmvae.VARIANTS["GMVAE V6"]))
+    qm, qv = v6(torch.rand(1, 1, 224, 224))
+    assert qm.shape == qv.shape == (1, 2000) and (qv > 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VAE / GMVAE identities
+
+
+def test_vae_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    want = torch.distributions.kl_divergence(q, p).sum(1)
+    assert torch.allclose(vae.gaussian_kl(mu, logvar), want, atol=1e-5)
+
+
+def test_gmvae_mixture_log_density_matches_torch_distributions():
+    torch.manual_seed(0)
+    k, d = 4, 6
+    m, v = torch.randn(k, d), torch.rand(k, d) + 0.1
+    z = torch.randn(9, d)
+    mix = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(k)),
+        torch.distributions.Independent(torch.distributions.Normal(m, v.sqrt()), 1),
+    )
+    assert torch.allclose(gmvae.log_normal_mixture(z, m, v), mix.log_prob(z), atol=1e-4)
+    # one component: the mixture is that Gaussian
+    assert torch.allclose(gmvae.log_normal_mixture(z, m[:1], v[:1]), gmvae.log_normal(z, m[0], v[0]), atol=1e-5)
+
+
+def test_gmvae_encoder_weights_from_a_local_file_only(tmp_path):
+    cfg = gmvae.GMVAEConfig(image_size=32, encoder="densenet121", transition=True, z_dim=4, k=2,
+                            decoder="decoder1", encoder_weights=str(tmp_path / "missing.pth"))
+    model = gmvae.GMVAE(cfg)
+    with pytest.raises(WeightsError, match="missing.pth"):
+        model.on_train_start(None)
+    # a torchvision DenseNet121 file: whole-model keys, and the old "norm.1" spelling torchvision remaps
+    torch.manual_seed(1)
+    source = gmvae.FeatureEncoder(cfg).features[0]
+    state = {}
+    for k, v in source.state_dict().items():
+        k = k.replace("denselayer1.norm1", "denselayer1.norm.1").replace("denselayer1.conv2", "denselayer1.conv.2")
+        state[f"features.{k}"] = v
+    state["classifier.weight"] = torch.zeros(1000, 1024)
+    assert any("norm.1" in k for k in state)
+    path = tmp_path / "densenet121.pth"
+    torch.save(state, path)
+    model = gmvae.GMVAE(gmvae.GMVAEConfig(**{**vars(cfg), "encoder_weights": str(path)}))
+    model.on_train_start(None)
+    got, want = model.encoder.features[0].state_dict(), source.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    torch.save({"features.0.weight": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="not a torchvision densenet121"):
+        model.on_train_start(None)
+
+
+def test_fs_gmvae_label_bank_holds_training_labels():
+    cfg = TestFSGMVAE().config()
+    model = gmvae.FSGMVAE(cfg)
+    ds = LabelledImages(6, cfg.image_size, seed=2)
+    model.on_train_start(ds)
+    rows = {tuple(r.tolist()) for r in ds.labels}
+    assert all(tuple(r.tolist()) in rows for r in model.draw_labels(20, seed=0))
+    assert torch.equal(model.draw_labels(5, seed=1), model.draw_labels(5, seed=1))
+
+
+def test_conditional_model_without_labels_in_data_is_refused():
+    from cxrbench.errors import DataError
+
+    cfg = TestFSGMVAE().config()
+    with pytest.raises(DataError, match="labels"):
+        gmvae.FSGMVAE(cfg).on_train_start([(torch.rand(1, 16, 16), torch.full((15,), float("nan")))] * 3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PGGAN identities
+
+
+def test_pggan_schedule_grows_to_full_resolution():
+    model = pggan.PGGAN(pggan.PGGANConfig(image_size=32, fmap_base=32, fmap_max=16, z_dim=8, phase_steps=10))
+    levels = [model.schedule(s) for s in range(80)]
+    assert levels[0] == (0, 1.0)
+    assert all(b[0] >= a[0] for a, b in zip(levels, levels[1:]))  # never shrinks
+    assert all(0.0 <= a <= 1.0 for _, a in levels)
+    first_full = next(s for s, (lv, a) in enumerate(levels) if lv == 3 and a == 1.0)
+    assert first_full == 2 * 3 * 10  # stabilise 4 px, then fade in + stabilise each of 3 levels
+    assert levels[15] == (1, 0.5)  # halfway through the first fade-in
+
+
+def test_pggan_fade_in_starts_as_the_level_below():
+    torch.manual_seed(0)
+    cfg = pggan.PGGANConfig(image_size=16, fmap_base=32, fmap_max=16, z_dim=8)
+    G, D = pggan.PGGenerator(cfg, 0), pggan.PGDiscriminator(cfg, 0)
+    z = torch.randn(4, 8)
+    for lv in (1, 2):
+        # alpha = 0: the new level contributes nothing yet
+        low = F.interpolate(G(z, lv - 1, 1.0), scale_factor=2, mode="nearest")
+        assert torch.allclose(G(z, lv, 0.0), low, atol=1e-6)
+        x = torch.randn(4, 1, 4 * 2**lv, 4 * 2**lv)
+        assert torch.allclose(D(x, lv, 0.0), D(F.avg_pool2d(x, 2), lv - 1, 1.0), atol=1e-5)
+        assert not torch.allclose(G(z, lv, 1.0), low, atol=1e-3)
+
+
+def test_minibatch_stddev_feature_is_the_group_std():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 2, 2)
+    y = pggan.minibatch_stddev(x, group=4)
+    assert y.shape == (8, 4, 2, 2)
+    groups = x.view(4, 2, 3, 2, 2)  # member j of every group shares index j % 2
+    want = groups.std(dim=0, unbiased=False).mean(dim=(1, 2, 3))
+    assert torch.allclose(y[:, 3, 0, 0], want.repeat(4), atol=1e-5)
+    assert torch.equal(y[:, :3], x)
+
+
+def test_pggan_pixel_norm_gives_unit_mean_square():
+    x = torch.randn(5, 16, 3, 3) * 7
+    assert torch.allclose(pggan.pixel_norm(x).pow(2).mean(dim=1), torch.ones(5, 3, 3), atol=1e-4)
+
+
+class BrightnessClassifier(nn.Module):
+    """p("Bright") = sigmoid(20 (mean intensity - 0.5)): a differentiable stand-in for the XRV classifier."""
+
+    feature_names = ["Dark", "Bright"]
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.sigmoid(-20 * (m - 0.5)), torch.sigmoid(20 * (m - 0.5))], dim=1)
+
+
+def test_pggan_latent_optimisation_raises_the_class_probability():
+    torch.manual_seed(0)
+    cfg = pggan.PGGANConfig(image_size=16, fmap_base=32, fmap_max=16, z_dim=8, ema_decay=0.0)
+    model = pggan.PGGAN(cfg).eval()
+    model.level.fill_(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clf = BrightnessClassifier()
+    plain = model.sample(6, seed=0)
+    for target in ("Bright", "dark"):
+        images, info = model.optimize_toward(target, 6, classifier=clf, steps=30, lr=0.1, seed=0)
+        assert images.shape == plain.shape and images.min() >= 0 and images.max() <= 1
+        assert info["log_p_end"] > info["log_p_start"]
+        sign = 1 if target == "Bright" else -1
+        assert sign * (images.mean() - plain.mean()) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # only z moved
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(UsageError, match="Dark, Bright"):
+        model.optimize_toward("Pneumonia", 2, classifier=clf, steps=1)
+
+
+def test_pggan_samples_before_full_resolution_have_the_target_size():
+    cfg = pggan.PGGANConfig(image_size=32, fmap_base=32, fmap_max=16, z_dim=8, ema_decay=0.0)
+    model = pggan.PGGAN(cfg).eval()
+    x = model.sample(2, seed=0)  # level 0: 4 px upsampled
+    assert x.shape == (2, 1, 32, 32)
+    assert torch.equal(x[:, :, ::8, ::8].repeat_interleave(8, 2).repeat_interleave(8, 3), x)
+
+
+def test_lsgan_takes_three_generator_steps_per_discriminator_step():
+    cfg = TestLSGAN().config()
+    model = lsgan.LSGAN(cfg)
+    opts = model.configure_optimizers()
+    model.training_step(TestLSGAN().batch(), opts, 0)
+    g_state = opts["g"].state[next(iter(model.generator.parameters()))]
+    d_state = opts["d"].state[next(iter(model.discriminator.parameters()))]
+    assert int(g_state["step"]) == 3 and int(d_state["step"]) == 1
+    assert math.isclose(opts["g"].param_groups[0]["lr"], 2e-4) and opts["g"].param_groups[0]["betas"][0] == 0.5

@@ -1,0 +1,197 @@
+"""Leaderboard rules: direction-aware ranking, one table per protocol version, random-weight entries apart,
+byte-stable rendering, and untrusted entries refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from cxrbench.errors import DataError
+from cxrbench.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
+
+from .leaderboard_helpers import fake_entry
+
+
+class Tables(HTMLParser):
+    """table id -> {"keys": [th data-key...], "rows": [tr data-slug...], "sorted": (key, aria-sort) or None}."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.tables, self._cur = {}, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._cur = self.tables.setdefault(a["id"], {"keys": [], "rows": [], "sorted": None})
+        elif tag == "th" and self._cur is not None:
+            self._cur["keys"].append(a["data-key"])
+            if "aria-sort" in a:
+                self._cur["sorted"] = (a["data-key"], a["aria-sort"])
+        elif tag == "tr" and self._cur is not None and "data-slug" in a:
+            self._cur["rows"].append(a["data-slug"])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._cur = None
+
+
+def board():
+    return [
+        fake_entry("Alpha", {"fid_x": (10.0, False), "prec_x": (0.9, True)}),
+        fake_entry("Beta", {"fid_x": (4.0, False), "prec_x": (0.5, True)}),
+        fake_entry("Gamma", {"fid_x": (7.0, False), "prec_x": (0.7, True)}),
+        fake_entry("Random", {"fid_x": (0.5, False), "prec_x": (0.99, True), "rc": (1.0, False)}, comparable=False),
+        fake_entry("Next", {"fid_x": (1.0, False), "prec_x": (0.95, True)}, protocol=("default", 2)),
+    ]
+
+
+def test_rank_honours_each_metrics_direction():
+    es = board()[:3]
+    by_fid = [e["slug"] for _, e in rank(es, "fid_x", False)]
+    by_prec = [e["slug"] for _, e in rank(es, "prec_x", True)]
+    assert by_fid == sorted(by_fid, key=lambda s: {e["slug"]: e for e in es}[s]["result"]["metrics"]["fid_x"]["value"])
+    assert by_fid == ["beta", "gamma", "alpha"]  # lower is better: ascending
+    assert by_prec == ["alpha", "gamma", "beta"]  # higher is better: descending
+    # Flipping the declared direction in the entries flips the order: nothing is hard-coded.
+    flipped = copy.deepcopy(es)
+    for e in flipped:
+        e["result"]["metrics"]["fid_x"]["higher_is_better"] = True
+    g = group_entries(flipped)[0]
+    assert g.directions["fid_x"] is True
+    assert [e["slug"] for _, e in rank(flipped, "fid_x", g.directions["fid_x"])] == by_fid[::-1]
+
+
+def test_ties_share_a_rank_and_missing_values_come_last():
+    es = [
+        fake_entry("A", {"m": (1.0, False)}),
+        fake_entry("B", {"m": (1.0, False)}),
+        fake_entry("C", {"m": (2.0, False)}),
+        fake_entry("D", {"other": (2.0, False)}),
+    ]
+    assert [(r, e["slug"]) for r, e in rank(es, "m", False)] == [(1, "a"), (1, "b"), (3, "c"), (None, "d")]
+
+
+def test_rendered_tables_follow_direction_and_keep_versions_and_random_weights_apart(tmp_path):
+    es = board()
+    render(es, tmp_path, entries_dir=tmp_path / "entries")
+    t = Tables((tmp_path / "index.html").read_text()).tables
+    assert set(t) == {"default-v1-ranked", "default-v1-unranked", "default-v2-ranked"}
+    assert t["default-v1-ranked"]["rows"] == ["beta", "gamma", "alpha"]  # ranked by fid_x, ascending
+    assert t["default-v1-ranked"]["keys"] == ["rank", "model", "n", "fid_x", "prec_x"]
+    assert t["default-v1-unranked"]["keys"] == ["model", "n", "fid_x", "prec_x", "rc"]  # columns per table
+    # comparable: false is listed apart, without a rank column, even though its numbers look best
+    assert t["default-v1-unranked"]["rows"] == ["random"] and "rank" not in t["default-v1-unranked"]["keys"]
+    assert t["default-v2-ranked"]["rows"] == ["next"]  # protocol v2 never shares a table with v1
+    md = (tmp_path / "README.md").read_text()
+    v1, v2 = md.index("## Protocol `default` v1"), md.index("## Protocol `default` v2")
+    assert md.index("[Next]") > v2 and v1 < md.index("[Beta]") < md.index("[Gamma]") < md.index("[Alpha]") < v2
+    assert "| 1 | [Random]" not in md and md.index("[Random]") > md.index("Not ranked")
+    # arrows come from the entries: fid_x lower, prec_x higher
+    assert "fid\\_x ↓" in md and "prec\\_x ↑" in md
+    assert 'data-key="prec_x" data-hib="1"' in (tmp_path / "index.html").read_text()
+
+
+def test_rank_by_another_metric_uses_its_direction(tmp_path):
+    render(board(), tmp_path, entries_dir=tmp_path / "entries", rank_by="prec_x")
+    t = Tables((tmp_path / "index.html").read_text()).tables
+    assert t["default-v1-ranked"]["rows"] == ["alpha", "gamma", "beta"]
+
+
+def test_rendering_is_byte_stable(tmp_path):
+    es = board()
+    entries_dir = tmp_path / "entries"
+    entries_dir.mkdir()
+    for e in es:
+        (entries_dir / f"{e['slug']}.json").write_text(json.dumps(e))
+    a, b = tmp_path / "a", tmp_path / "b"
+    render(load_entries(entries_dir), a, entries_dir=entries_dir)
+    shuffled = load_entries(entries_dir)
+    random.Random(0).shuffle(shuffled)  # input order must not matter either
+    render(shuffled, b, entries_dir=entries_dir)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) > 2
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    # re-rendering after removing an entry drops its stale plots
+    (entries_dir / "next.json").unlink()
+    render(load_entries(entries_dir), a, entries_dir=entries_dir)
+    assert not list((a / "plots").glob("default-v2-*"))
+
+
+def test_card_text_is_escaped(tmp_path):
+    e = fake_entry("Evil", {"fid_x": (1.0, False)})
+    e["card"]["training_data"] = '<script>alert(1)</script> | [x](javascript:1)'
+    validate_entry(e)
+    render([e], tmp_path, entries_dir=tmp_path / "entries")
+    page = (tmp_path / "index.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    md = (tmp_path / "README.md").read_text()
+    assert "<script>" not in md and "\\[x\\]" in md
+
+
+def test_directions_must_agree_within_a_protocol():
+    a = fake_entry("A", {"m": (1.0, False)})
+    b = fake_entry("B", {"m": (2.0, True)})
+    with pytest.raises(DataError, match="disagree on the direction of 'm'"):
+        group_entries([a, b])
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (lambda e: e["samples"]["files"][0].update(path="../../etc/passwd"), "escapes the samples folder"),
+        (lambda e: e["samples"]["files"][0].update(path="/etc/passwd"), "escapes the samples folder"),
+        (lambda e: e["samples"]["files"][0].update(sha256="0" * 64), "does not match its file list"),
+        (lambda e: e["result"]["metrics"]["fid_x"].update(value="NaN"), "non-numeric"),
+        (lambda e: e.update(comparable=not e["comparable"]), "comparable"),
+        (lambda e: e["protocol"].update(version=9), "differs from the result"),
+        (lambda e: e.update(schema="cxrbench.entry/0"), "schema"),
+        (lambda e: e["card"].update(url="javascript:alert(1)"), "'url'"),
+        (lambda e: e["result"]["metrics"].update({"<b>": e["result"]["metrics"]["fid_x"]}), "not a plain name"),
+    ],
+)
+def test_untrusted_entries_are_refused(tmp_path, tamper, match):
+    e = fake_entry("A", {"fid_x": (1.0, False)})
+    tamper(e)
+    (tmp_path / "a.json").write_text(json.dumps(e))
+    with pytest.raises(DataError, match=match) as err:
+        load_entries(tmp_path)
+    assert "a.json" in str(err.value)
+
+
+def test_entries_must_be_named_by_their_card(tmp_path):
+    e = fake_entry("A", {"fid_x": (1.0, False)})
+    (tmp_path / "a.json").write_text(json.dumps(e))
+    assert [x["slug"] for x in load_entries(tmp_path)] == ["a"]
+    (tmp_path / "a-copy.json").write_text(json.dumps(e))  # a second entry for the same model
+    with pytest.raises(DataError, match=r"a-copy.json: holds the entry of 'A', which `cxrbench submit` names a.json"):
+        load_entries(tmp_path)
+
+
+def test_deeply_nested_json_is_a_clean_error(tmp_path):
+    (tmp_path / "a.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_entries(tmp_path)
+
+
+def test_committed_leaderboard_is_rendered_from_the_committed_entries():
+    """leaderboard/README.md and index.html are outputs: re-render after adding an entry, never edit by hand."""
+    board = Path(__file__).resolve().parents[1] / "leaderboard"
+    files = build(load_entries(board / "entries"), out_dir=board, entries_dir=board / "entries")
+    # Plots are compared by presence only: their bytes depend on the matplotlib version.
+    def strip(b):
+        return re.sub(rb"data:image/svg\+xml;base64,[A-Za-z0-9+/=]*", b"", b)
+    for name in ("README.md", "index.html"):
+        assert strip((board / name).read_bytes()) == strip(files[name]), (
+            f"leaderboard/{name} is stale: run `cxrbench leaderboard`"
+        )
+    on_disk = {p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file() and "entries" not in p.parts}
+    assert on_disk == set(files)
