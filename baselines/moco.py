@@ -9,7 +9,8 @@ toward the centroid of its group, so that images of the same kind (same findings
   2-layer projection MLP. One device has no cross-GPU "shuffle BN", so keys are computed on a shuffled batch
   in ``bn_splits`` chunks (BatchNorm statistics per chunk), which removes the same shortcut.
 - Backbone: a torchvision ResNet (``weights=None``: nothing is downloaded) with a 1-channel stem and an
-  optional narrower width for CPU runs. The embedding used by ``cxrbench`` is the pooled backbone output.
+  optional narrower width for CPU runs. The embedding used by ``cxrbench`` is the pooled backbone output
+  (``encode`` / ``embed``); the projection head only serves training, as in MoCo's linear evaluation.
 - Augmentations that suit X-rays, on single-channel tensors and batched: random resized crop, small rotation
   and translation (one affine warp), brightness and contrast as torchvision's ColorJitter does them; no hue,
   and no horizontal flip by default (the heart is on the left: a flipped chest is not a plausible chest).
@@ -22,23 +23,20 @@ toward the centroid of its group, so that images of the same kind (same findings
   most frequent kept); otherwise spherical k-means over the queued keys learns ``num_clusters`` centroids,
   warm-started every step. ``lambda_kmeans = 0`` is plain MoCo v2.
 
-Train with ``MoCoCXR.train(dataset, config, out_dir)`` (``cxrbench train moco``, or
-``python -m baselines.moco --data DIR --out DIR``); ``out_dir`` then holds ``config.json`` + ``model.pt``
-(the folder the ``moco`` feature extractor loads), ``checkpoint.pt`` (resumable), ``loss.csv``, ``loss.png``.
+Training runs on the shared trainer (``baselines.trainer.fit``: seeded, resumable checkpoints, step/epoch/
+wall-clock budgets, ``losses.csv``): ``MoCoCXR.train(dataset, config, out_dir, options=TrainOptions(...))`` or
+``cxrbench train moco --data DIR --image-size N --out DIR --steps N``. ``out_dir`` then holds ``config.json``
++ ``model.pt`` (the folder the ``moco`` feature extractor loads: ``--moco-checkpoint DIR``), ``checkpoint.pt``,
+``losses.csv``, ``loss.png`` and ``clusters.json`` (which groups the clustering term used).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
-import dataclasses
 import io
 import json
-import logging
 import math
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,15 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-from tqdm import tqdm
 
-from cxrbench.errors import CxrbenchError, DataError, UsageError
-from cxrbench.generator import PretrainedMixin, atomic_torch_save, atomic_write_bytes
-from cxrbench.harness import resolve_device
+from cxrbench.generator import PretrainedMixin, atomic_write_bytes
 from cxrbench.labels import LABELS
-from cxrbench.seeding import seed_everything, torch_generator
+from cxrbench.seeding import torch_generator
 
-log = logging.getLogger(__name__)
+from .trainer import Batch, Trainable, _TrainDescriptor
 
 # ---------------------------------------------------------------------------------------------------------
 # config
@@ -68,7 +63,6 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4,
 @dataclass
 class Config:
     image_size: int = 224
-    seed: int = 0
     arch: str = "resnet18"
     #: channels of the first stage (torchvision: 64); 16 or 32 make CPU runs practical
     width: int = 64
@@ -82,11 +76,12 @@ class Config:
     num_clusters: int = 8  # k-means K; with labels, at most this many label groups
     use_labels: bool = True  # False: learned k-means even when the dataset has labels
     kmeans_iters: int = 3  # Lloyd iterations per step, warm-started from the previous centroids
-    # optimisation (MoCo v2: SGD, momentum 0.9, weight decay 1e-4, cosine schedule)
+    # optimisation (MoCo v2: SGD, momentum 0.9, weight decay 1e-4, cosine schedule); the step budget and the
+    # seed are the trainer's (TrainOptions / --steps / --seed)
     batch_size: int = 64
-    steps: int = 5000
     lr: float = 0.03
     weight_decay: float = 1e-4
+    schedule_steps: int = 0  # length of the cosine learning-rate decay in steps; 0 keeps lr constant
     # augmentations
     crop_scale: tuple[float, float] = (0.4, 1.0)
     rotation_deg: float = 10.0
@@ -94,24 +89,19 @@ class Config:
     brightness: float = 0.2
     contrast: float = 0.2
     hflip_prob: float = 0.0
-    # bookkeeping
-    checkpoint_every: int = 250
-    num_workers: int = 0  # for decoding the dataset once, before training
 
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)  # JSON / TOML give lists
         if self.arch not in ARCHS:
-            raise CxrbenchError(f"moco: unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.width < 1 or self.image_size < 8 or self.batch_size < 2 or self.steps < 0:
-            raise CxrbenchError("moco: width >= 1, image_size >= 8, batch_size >= 2 and steps >= 0 are needed")
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.width < 1 or self.image_size < 8 or self.batch_size < 2 or self.schedule_steps < 0:
+            raise ValueError("width >= 1, image_size >= 8, batch_size >= 2 and schedule_steps >= 0 are needed")
         if self.batch_size % self.bn_splits or self.batch_size // self.bn_splits < 2:
-            raise CxrbenchError(
-                f"moco: batch_size {self.batch_size} must split into bn_splits={self.bn_splits} chunks of >= 2"
-            )
+            raise ValueError(f"batch_size {self.batch_size} must split into bn_splits={self.bn_splits} chunks of >= 2")
         if self.queue_size < self.batch_size:
-            raise CxrbenchError(f"moco: queue_size {self.queue_size} must be >= batch_size {self.batch_size}")
+            raise ValueError(f"queue_size {self.queue_size} must be >= batch_size {self.batch_size}")
         if self.lambda_kmeans < 0 or self.num_clusters < 1:
-            raise CxrbenchError("moco: lambda_kmeans >= 0 and num_clusters >= 1 are needed")
+            raise ValueError("lambda_kmeans >= 0 and num_clusters >= 1 are needed")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,8 +149,9 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x * 2 - 1
 
 
-def augment(x: torch.Tensor, config: Config, g: torch.Generator) -> torch.Tensor:
-    """One random view of each image in ``x`` (N, 1, H, W) in [0, 1]; the randomness comes from ``g`` (CPU)."""
+def augment(x: torch.Tensor, config: Config, g: torch.Generator | None = None) -> torch.Tensor:
+    """One random view of each image in ``x`` (N, 1, H, W) in [0, 1]; parameters are drawn on the CPU from
+    ``g`` (the global RNG when None, which the trainer seeds and checkpoints)."""
     n = x.shape[0]
 
     def u(lo, hi):
@@ -212,25 +203,30 @@ class _Encoder(nn.Module):
         return F.normalize(self.head(self.backbone(x)), dim=1)
 
 
-class _TrainDescriptor:
-    """``MoCoCXR.train(dataset, config, out_dir)`` on the class (the cxrbench training contract), while
-    ``model.train(mode)`` on an instance stays ``nn.Module.train`` (which ``model.eval()`` calls)."""
+class _TrainAndPlot(_TrainDescriptor):
+    """``MoCoCXR.train(...)`` is the trainer's, then draws ``loss.png`` and writes ``clusters.json``."""
 
-    def __init__(self, fit):
-        self.fit = fit
-        self.__doc__ = fit.__doc__
+    def __get__(self, obj, cls):
+        train = super().__get__(obj, cls)
+        if obj is not None:
+            return train
 
-    def __get__(self, obj, cls=None):
-        if obj is None:
-            return types.MethodType(self.fit, cls)
-        return types.MethodType(nn.Module.train, obj)
+        def train_and_plot(dataset, config=None, out_dir=None, **kw):
+            model = train(dataset, config, out_dir, **kw)
+            out = Path(out_dir)
+            atomic_write_bytes(out / "clusters.json", json.dumps(model.clustering(), indent=2).encode())
+            _plot_losses(out / "losses.csv", out / "loss.png")
+            return model
+
+        return train_and_plot
 
 
-class MoCoCXR(PretrainedMixin, nn.Module):
-    """MoCo v2 + clustering loss. ``embed(images)`` gives the representation cxrbench evaluates in."""
+class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
+    """MoCo v2 + clustering loss. ``encode`` / ``embed`` give the representation cxrbench evaluates in."""
 
     name = "moco"
     Config = Config
+    train = _TrainAndPlot()
 
     def __init__(self, config: Config):
         super().__init__()
@@ -240,13 +236,15 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         q, f, k = config.queue_size, config.feature_dim, config.num_clusters
-        g = torch_generator(config.seed + 1)
-        self.register_buffer("queue", F.normalize(torch.randn(q, f, generator=g), dim=1))
+        self.register_buffer("queue", F.normalize(torch.randn(q, f), dim=1))
         self.register_buffer("queue_group", torch.full((q,), -1, dtype=torch.long))  # label group per key
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))  # keys enqueued so far (<= q)
         self.register_buffer("centroids", torch.zeros(k, f))
         self.register_buffer("centroids_ready", torch.zeros(k, dtype=torch.bool))
+        # label groups: the set of positive findings that defines each group (filled by on_train_start)
+        self.register_buffer("group_findings", torch.zeros(k, len(LABELS), dtype=torch.bool))
+        self.register_buffer("num_groups", torch.zeros((), dtype=torch.long))
 
     @property
     def num_features(self) -> int:
@@ -257,19 +255,65 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         """Image contract ``(N, 1, H, W)`` in [0, 1] -> the backbone's input (square, [-1, 1])."""
         return normalize(to_square(images, self.config.image_size))
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(N, D)`` of images ``(N, 1, H, W)`` in [0, 1], differentiable in the
+        images (seed 002's representation loss for DiffuseVAE backpropagates through it); call in eval mode."""
+        return self.encoder_q.backbone(self.preprocess(images))
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Image contract ``(N, 1, H, W)`` in [0, 1] -> pooled backbone features ``(N, D)`` (eval mode)."""
+        """``encode`` in eval mode without gradients, on the model's device."""
         backbone = self.encoder_q.backbone
         was_training = backbone.training
         backbone.eval()
-        device = next(backbone.parameters()).device
-        out = backbone(self.preprocess(images.to(device, torch.float32)))
+        out = self.encode(images.to(next(backbone.parameters()).device, torch.float32))
         backbone.train(was_training)
         return out
 
+    # --- clustering groups ---------------------------------------------------------------------------------
+    def on_train_start(self, dataset) -> None:
+        """Label groups from the training labels: each distinct set of positive findings is a group, the
+        ``num_clusters`` most frequent kept (ties by name); fewer than two groups means learned k-means."""
+        labels = _dataset_labels(dataset)
+        if labels is None or not self.config.use_labels:
+            return
+        known = ~labels.isnan().all(1)
+        pos = (labels > 0.5)[known]
+        if len(pos) == 0:
+            return
+        patterns, counts = torch.unique(pos, dim=0, return_counts=True)
+        order = sorted(range(len(patterns)), key=lambda i: (-int(counts[i]), _group_name(patterns[i])))
+        keep = order[: self.config.num_clusters]
+        self.group_findings.zero_()
+        self.group_findings[: len(keep)] = patterns[keep]
+        self.num_groups.fill_(len(keep))
+
+    @property
+    def label_mode(self) -> bool:
+        return int(self.num_groups) >= 2
+
+    def groups_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """Group index of each label vector ``(B, 15)`` (-1: unlabelled, or a set of findings not kept)."""
+        k = int(self.num_groups)
+        out = torch.full((labels.shape[0],), -1, dtype=torch.long, device=labels.device)
+        if k == 0:
+            return out
+        pos = labels > 0.5
+        match = (pos[:, None, :] == self.group_findings[None, :k, :].to(labels.device)).all(-1)  # (B, k)
+        hit = match.any(1) & ~labels.isnan().all(1)
+        out[hit] = match.float().argmax(1)[hit]
+        return out
+
+    def clustering(self) -> dict:
+        """What the clustering term used: ``{"mode": "labels"|"kmeans"|"off", "groups": [...]}``."""
+        if self.config.lambda_kmeans == 0:
+            return {"mode": "off", "groups": []}
+        if self.label_mode:
+            return {"mode": "labels", "groups": [_group_name(p) for p in self.group_findings[: int(self.num_groups)]]}
+        return {"mode": "kmeans", "groups": [], "k": self.config.num_clusters}
+
     # --- one training step ------------------------------------------------------------------------------
-    def _keys(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _keys(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Key embeddings with shuffled BatchNorm chunks, returned in the original order."""
         perm = torch.randperm(x.shape[0], generator=g).to(x.device)
         chunks = x[perm].tensor_split(self.config.bn_splits)
@@ -277,7 +321,7 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         return k[torch.argsort(perm)]
 
     @torch.no_grad()
-    def _update_centroids(self, keys: torch.Tensor, groups: torch.Tensor, g: torch.Generator,
+    def _update_centroids(self, keys: torch.Tensor, groups: torch.Tensor, g: torch.Generator | None,
                           label_mode: bool) -> None:
         """Centroids from the queued keys plus this batch's: group means (labels) or spherical k-means."""
         n = int(self.queue_len)
@@ -325,11 +369,12 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         self.queue_ptr.fill_((int(self.queue_ptr) + b) % q)
         self.queue_len.fill_(min(q, int(self.queue_len) + b))
 
-    def training_loss(self, images: torch.Tensor, groups: torch.Tensor, g: torch.Generator,
-                      *, label_mode: bool) -> dict[str, torch.Tensor]:
+    def training_loss(self, images: torch.Tensor, groups: torch.Tensor, *, label_mode: bool,
+                      g: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Losses for one batch of images (N, 1, S, S) in [0, 1]; ``groups`` is -1 where unknown.
 
-        Draws both views and the key shuffle from ``g``; updates the centroids (not the queue).
+        Draws both views and the key shuffle from ``g`` (the global RNG when None); updates the centroids,
+        not the queue (the caller enqueues ``keys`` after the optimiser step).
         """
         cfg = self.config
         view_q = normalize(augment(images, cfg, g))
@@ -371,220 +416,74 @@ class MoCoCXR(PretrainedMixin, nn.Module):
         logits = a @ b.T / self.config.temperature
         return float(F.cross_entropy(logits, torch.arange(len(a), device=device)))
 
-    # --- training ----------------------------------------------------------------------------------------
-    @_TrainDescriptor
-    def train(cls, dataset, config: Config, out_dir, *, device: str = "auto", stop_after: int | None = None,
-              progress: bool = True) -> "MoCoCXR":
-        """Train on ``dataset`` (items ``(image (1, H, W) in [0, 1], label vector)``), writing to ``out_dir``.
+    # --- the trainer's interface ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        return {"sgd": torch.optim.SGD(self.encoder_q.parameters(), lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)}
 
-        Resumes from ``out_dir/checkpoint.pt`` when present (the config must match). ``stop_after`` ends this
-        call after that many steps in total (a time-sliced job); a later call continues. Writes ``config.json``
-        + ``model.pt`` (the trained model), ``loss.csv`` and ``loss.png``; returns the model in eval mode.
-        """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        device = torch.device(resolve_device(device))
-        ckpt_path = out / "checkpoint.pt"
-        seed_everything(config.seed)
-        model = cls(config)
-
-        images, groups, group_names = _load_dataset(dataset, config)
-        label_mode = config.use_labels and len(group_names) >= 2  # one group has nothing to be pulled from
-        if len(images) < config.batch_size:
-            raise DataError(
-                f"moco: the dataset has {len(images)} images, fewer than batch_size={config.batch_size}; "
-                "lower batch_size or add images"
-            )
-        model.to(device)
-        opt = torch.optim.SGD(model.encoder_q.parameters(), lr=config.lr, momentum=0.9,
-                              weight_decay=config.weight_decay)
-        history: list[dict] = []
-        start = 0
-        if ckpt_path.is_file():
-            state = _load_checkpoint(ckpt_path, config, device)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            history, start = state["history"], int(state["step"])
-            log.info("moco: resuming %s at step %d", ckpt_path, start)
-        meta = {"groups": group_names if label_mode else [], "n_images": len(images), "clustering":
-                "labels" if label_mode else "kmeans"}
-        atomic_write_bytes(out / "train_info.json", json.dumps(meta, indent=2).encode())
-
-        end = config.steps if stop_after is None else min(config.steps, stop_after)
-        steps_per_epoch = len(images) // config.batch_size
-        nn.Module.train(model, True)
-        bar = tqdm(total=config.steps, initial=start, desc="moco", file=sys.stderr, disable=not progress,
-                   dynamic_ncols=True)
-        for step in range(start, end):
-            # batch and augmentations are functions of (seed, step): a resumed run repeats them exactly
-            epoch, i = divmod(step, steps_per_epoch)
-            perm = torch.randperm(len(images), generator=torch_generator(config.seed * 1_000_003 + epoch))
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            g = torch_generator(config.seed * 1_000_003 + 7919 * (step + 1))
-            x = images[idx].to(device, torch.float32) / 255
-            lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, config.steps)))
-            for pg in opt.param_groups:
-                pg["lr"] = lr
-            out_step = model.training_loss(x, groups[idx].to(device), g, label_mode=label_mode)
-            opt.zero_grad(set_to_none=True)
-            out_step["loss"].backward()
-            opt.step()
-            model._enqueue(out_step["keys"], groups[idx].to(device))
-            row = {"step": step + 1, "lr": lr, **{k: float(v.detach()) for k, v in out_step.items() if k != "keys"}}
-            if not math.isfinite(row["loss"]):
-                raise CxrbenchError(f"moco: loss became {row['loss']} at step {step + 1}; lower lr (now {config.lr})")
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['pos_acc']:.2f}")
-            if (step + 1) % config.checkpoint_every == 0 and step + 1 < end:
-                _save_checkpoint(ckpt_path, model, opt, history, step + 1)
-                _save_loss_curve(out, history)
-        bar.close()
-        if end > start or not ckpt_path.is_file():
-            _save_checkpoint(ckpt_path, model, opt, history, end)
-        _save_loss_curve(out, history)
-        model.eval()
-        model.save_pretrained(out)
-        return model
+    def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+        c, opt = self.config, optimizers["sgd"]
+        lr = c.lr
+        if c.schedule_steps:
+            lr = c.lr * 0.5 * (1 + math.cos(math.pi * min(step, c.schedule_steps) / c.schedule_steps))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        groups = self.groups_of(batch.labels)
+        out = self.training_loss(batch.images, groups, label_mode=self.label_mode)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        self._enqueue(out["keys"], groups)
+        return {"lr": lr, **{k: float(v.detach()) for k, v in out.items() if k != "keys"}}
 
 
 # ---------------------------------------------------------------------------------------------------------
-# trainer helpers
+# helpers
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _load_dataset(dataset, config: Config) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode every image once to uint8 ``(N, 1, S, S)`` in memory, plus a label group per image.
-
-    A group is a distinct set of positive findings (``"No Finding"``, ``"Pneumonia"``, ``"Effusion+Mass"``);
-    the ``num_clusters`` most frequent are kept (ties by name), other images get group -1 (no pull).
-    """
-    n = len(dataset)
-    if n == 0:
-        raise DataError("moco: the training dataset is empty; point --data at a folder of images")
-    images = torch.empty((n, 1, config.image_size, config.image_size), dtype=torch.uint8)
-    patterns: list[str | None] = []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.num_workers)
-    for i, (img, label) in enumerate(tqdm(loader, total=n, desc="decode", file=sys.stderr, leave=False)):
-        img = torch.as_tensor(img, dtype=torch.float32)
-        if img.ndim != 3 or img.shape[0] != 1:
-            raise DataError(f"moco: dataset item {i} is {tuple(img.shape)}, expected (1, H, W)")
-        images[i] = (to_square(img[None], config.image_size)[0] * 255).round().clamp(0, 255).to(torch.uint8)
-        patterns.append(_label_pattern(label))
-    counts: dict[str, int] = {}
-    for p in patterns:
-        if p is not None:
-            counts[p] = counts.get(p, 0) + 1
-    names = sorted(counts, key=lambda p: (-counts[p], p))[: config.num_clusters]
-    index = {p: j for j, p in enumerate(names)}
-    groups = torch.tensor([index.get(p, -1) if p is not None else -1 for p in patterns], dtype=torch.long)
-    return images, groups, names
+def _dataset_labels(dataset) -> torch.Tensor | None:
+    """``(N, 15)`` label vectors of a training set, NaN where unknown; None when it has no labels."""
+    source = getattr(dataset, "source", None)
+    if source is not None and hasattr(source, "label_matrix"):  # cxrbench ImageFolder: no image decoding
+        lm = source.label_matrix()
+        return None if lm is None else torch.as_tensor(np.asarray(lm), dtype=torch.float32)
+    rows = []
+    for i in range(len(dataset)):  # any other dataset: its items' label vectors
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            return None
+        rows.append(torch.as_tensor(item[1], dtype=torch.float32).reshape(-1))
+    return torch.stack(rows) if rows else None
 
 
-def _label_pattern(label) -> str | None:
-    if label is None:
-        return None
-    v = np.asarray(label, dtype=np.float64).ravel()
-    if v.size == 0 or np.isnan(v).all():
-        return None
-    names = LABELS if v.size == len(LABELS) else [f"label_{j}" for j in range(v.size)]
-    pos = [nm for nm, x in zip(names, v) if np.isfinite(x) and x > 0.5]
-    return "+".join(pos) if pos else "(none)"
+def _group_name(findings: torch.Tensor) -> str:
+    names = [LABELS[j] for j in torch.nonzero(findings).flatten().tolist()]
+    return "+".join(names) if names else "(no positive finding)"
 
 
-def _save_checkpoint(path: Path, model: MoCoCXR, opt, history: list[dict], step: int) -> None:
-    atomic_torch_save(
-        {"step": step, "config": dataclasses.asdict(model.config), "model": model.state_dict(),
-         "optimizer": opt.state_dict(), "history": history},
-        path,
-    )
-
-
-def _load_checkpoint(path: Path, config: Config, device) -> dict:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise CxrbenchError(f"{path}: cannot be loaded ({e.__class__.__name__}); delete it to start over") from e
-    saved = Config(**state["config"])
-    if saved != config:
-        diff = {k: (v, getattr(config, k)) for k, v in dataclasses.asdict(saved).items() if getattr(config, k) != v}
-        raise CxrbenchError(
-            f"{path}: was trained with a different config {diff} (saved, requested); "
-            "use a new output folder or delete the checkpoint to start over"
-        )
-    return state
-
-
-def _save_loss_curve(out: Path, history: list[dict]) -> None:
-    if not history:
+def _plot_losses(csv_path: Path, png_path: Path) -> None:
+    if not csv_path.is_file():
         return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_bytes(out / "loss.csv", buf.getvalue().encode())
-
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in history]
+    steps = [float(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("loss", "total"), ("loss_moco", "InfoNCE"), ("loss_kmeans", "clustering")):
-        ax.plot(steps, [r[key] for r in history], label=label, lw=1)
+        if key in rows[0]:
+            ax.plot(steps, [float(r[key]) for r in rows], label=label, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100)
     plt.close(fig)
-    atomic_write_bytes(out / "loss.png", png.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# command line (until `cxrbench train moco` exists): python -m baselines.moco --data DIR --out DIR
-# ---------------------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m baselines.moco",
-        description="Train the MoCo-CXR representation model (seed 002).",
-        epilog="example:\n  python -m baselines.moco --data ../shared/data/kermany_pediatric_covid_skytells "
-        "--out runs/moco --image-size 64 --set width=32 steps=300",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", required=True, help="image folder (with labels.csv for label groups)")
-    parser.add_argument("--labels", default=None, help="labels CSV (default: DATA/labels.csv when present)")
-    parser.add_argument("--out", required=True, help="output folder (resumes when it holds checkpoint.pt)")
-    parser.add_argument("--image-size", type=int, default=Config.image_size)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides (JSON values)")
-    args = parser.parse_args(argv)
-    from cxrbench.data import ImageFolder
-
-    try:
-        overrides = {}
-        for kv in args.set:
-            key, _, value = kv.partition("=")
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
-        fields = {f.name for f in dataclasses.fields(Config)}
-        if set(overrides) - fields:
-            raise UsageError(f"moco: unknown config keys {sorted(set(overrides) - fields)}; known: {sorted(fields)}")
-        config = Config(image_size=args.image_size, **overrides)
-        dataset = ImageFolder(args.data, labels_csv=args.labels)
-        MoCoCXR.train(dataset, config, args.out, device=args.device)
-    except CxrbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(Path(args.out) / "model.pt")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    atomic_write_bytes(png_path, buf.getvalue())

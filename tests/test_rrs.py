@@ -170,12 +170,12 @@ def test_rrs_and_fid_in_moco_space_through_the_cli(tmp_path):
                  ).to_csv(samples / "manifest.csv", index=False)
     out = tmp_path / "result.json"
     rc = main(["evaluate", "--samples", str(samples), "--reference", str(ref), "--extractors", "moco",
-               "--moco-checkpoint", str(tmp_path / "moco"), "--n-bootstrap", "20", "--num-workers", "0",
+               "--metrics", "rrs_moco,fid", "--moco-checkpoint", str(tmp_path / "moco"), "--n-bootstrap", "20", "--num-workers", "0",
                "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
     assert rc == 0
     res = json.loads(out.read_text())
     m = res["metrics"]
-    assert {"rrs_moco", "fid_moco"} <= set(m)  # every metric runs by default; these two in MoCo space
+    assert set(m) == {"rrs_moco", "fid_moco"}
     assert m["rrs_moco"]["mode"] == "paired" and m["rrs_moco"]["higher_is_better"] is False
     assert res["extractors"]["moco"]["weights"] == MoCoExtractor(weights=tmp_path / "moco").weights_id
     # the per-image scores follow the samples' order and name their sources

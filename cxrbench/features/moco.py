@@ -40,7 +40,7 @@ class MoCoExtractor(FeatureExtractor):
         elif weights is not None and str(weights) == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = cls(cls.Config(seed=seed))
+                model = cls(cls.Config())
             batch = synthetic_cxr(16, model.config.image_size, seed=seed)
             bn_recalibrate(model.encoder_q.backbone, model.preprocess(batch))
             self.weights_id = f"random:{seed}"

@@ -144,9 +144,10 @@ class RRS(Metric):
         scores = np.clip(scores, 0.0, 2.0)  # rounding can leave -1e-16 for identical embeddings
 
         cfg = ctx.config
-        seed = getattr(cfg, "seed", 0)
+        seed = cfg.seed
+        value = float(scores.mean())
         ci = bootstrap_ci(lambda idx: float(scores[idx].mean()), len(scores),
-                          n_boot=getattr(cfg, "n_bootstrap", 100), seed=seed)
+                          n_boot=cfg.n_bootstrap, seed=seed, value=value)
         rvr = leave_one_out_score(r, ctx.ref.patient_ids)
         a, b = real_vs_real_split(len(r), seed, ctx.ref.patient_ids)
         halves = None
@@ -154,8 +155,9 @@ class RRS(Metric):
             halves = float(np.clip(1.0 - nearest_cosine(r[a], r[b])[0], 0.0, 2.0).mean())
 
         extra = {"mode": mode, "std": float(scores.std()), "median": float(np.median(scores)),
-                 "real_vs_real_method": "leave-one-out nearest reference image (other patient)",
-                 "real_vs_real_halves": halves, "real_vs_real_n": [int(len(a)), int(len(b))]}
+                 "real_vs_real_method": "leave-one-out: nearest other reference image"
+                 + (" of another patient" if ctx.ref.patient_ids is not None else ""),
+                 "real_vs_real_halves": halves, "real_vs_real_halves_n": [int(len(a)), int(len(b))]}
         if len(scores) <= PER_IMAGE_MAX:
             extra["per_image"] = {
                 "ids": list(ctx.gen.ids),
@@ -166,6 +168,6 @@ class RRS(Metric):
             counts, edges = np.histogram(scores, bins=HIST_BINS, range=(0.0, max(float(scores.max()), 1e-12)))
             extra["histogram"] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
         return {
-            "rrs_moco": MetricValue(value=float(scores.mean()), higher_is_better=False, ci=ci, n_gen=len(scores),
+            "rrs_moco": MetricValue(value=value, higher_is_better=False, ci=ci, n_gen=len(scores),
                                     n_ref=len(r), real_vs_real=rvr, extra=extra)
         }

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from baselines.moco import Config, MoCoCXR, augment, to_square  # noqa: E402
+from baselines.trainer import TrainOptions  # noqa: E402
 from cxrbench.data import ImageFolder  # noqa: E402
 from cxrbench.features.base import bn_recalibrate  # noqa: E402
 from cxrbench.features.moco import MoCoExtractor  # noqa: E402
@@ -58,11 +59,25 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+class MemorySet(torch.utils.data.Dataset):
+    """Decoded, resized images and their label vectors, so that training does not decode every epoch."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
 def load_split(data: Path, split: str, size: int):
     ds = ImageFolder(data, split=split)
     imgs = torch.stack([to_square(ds[i][0][None], size)[0] for i in range(len(ds))])
     lab = ds.labels
-    return ds, imgs, lab["Pneumonia"].to_numpy(float), lab["No Finding"].to_numpy(float)
+    train_set = MemorySet(imgs, torch.stack([ds[i][1] for i in range(len(ds))]))
+    return train_set, imgs, lab["Pneumonia"].to_numpy(float), lab["No Finding"].to_numpy(float)
 
 
 @torch.no_grad()
@@ -121,15 +136,14 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    base = Config(image_size=args.image_size, width=args.width, batch_size=64, steps=args.steps, lr=args.lr,
-                  queue_size=1024, momentum=0.99, checkpoint_every=100, num_clusters=8)
+    base = Config(image_size=args.image_size, width=args.width, batch_size=64, lr=args.lr, schedule_steps=args.steps,
+                  queue_size=1024, momentum=0.99, num_clusters=8)
     runs = {
         "plain": dataclasses.replace(base, lambda_kmeans=0.0),
         "labels": dataclasses.replace(base, lambda_kmeans=args.lambda_kmeans, use_labels=True),
         "kmeans": dataclasses.replace(base, lambda_kmeans=args.lambda_kmeans, use_labels=False),
     }
-    runs = {f"{k}_s{seed}": dataclasses.replace(v, seed=seed) for k, v in runs.items() if k in args.runs.split(",")
-            for seed in range(args.seeds)}
+    runs = {f"{k}_s{seed}": (v, seed) for k, v in runs.items() if k in args.runs.split(",") for seed in range(args.seeds)}
 
     ds_tr, x_tr, pn_tr, nf_tr = load_split(args.data, "NonAugmentedTrain", args.image_size)
     _, x_te, pn_te, nf_te = load_split(args.data, "ValData", args.image_size)
@@ -145,16 +159,17 @@ def main() -> int:
 
     for seed in range(args.random_seeds):
         seed_everything(seed)
-        rnd = MoCoCXR(dataclasses.replace(base, seed=seed))
+        rnd = MoCoCXR(base)
         bn_recalibrate(rnd.encoder_q.backbone, rnd.preprocess(x_tr[torch.randperm(len(x_tr))[:256]]))
         summary["random"].append(evaluate_model(rnd))
         log(f"random seed {seed}: {summary['random'][-1]}")
 
     models = {}
-    for name, cfg in runs.items():
+    for name, (cfg, seed) in runs.items():
         t = time.time()
-        model = MoCoCXR.train(ds_tr, cfg, args.out / name, device="cpu")
-        with open(args.out / name / "loss.csv") as f:
+        options = TrainOptions(steps=args.steps, seed=seed, checkpoint_every=100, log_every=1)
+        model = MoCoCXR.train(ds_tr, cfg, args.out / name, options=options, device="cpu")
+        with open(args.out / name / "losses.csv") as f:
             hist = list(csv.DictReader(f))
         r = evaluate_model(model)
         # the queue starts as random vectors (an easy loss): compare the 40 steps after it is full with the last 40
