@@ -226,12 +226,11 @@ def test_extractor_without_a_checkpoint_names_the_fix(tmp_path, monkeypatch):
 
 def test_random_extractor_is_seeded_and_well_scaled():
     x = synthetic_cxr(4, 64, seed=3)
-    a = MoCoExtractor(weights="random", seed=0).extract(x)
-    b = MoCoExtractor(weights="random", seed=0).extract(x)
-    assert torch.equal(a, b) and a.shape == (4, 512)
+    ext = MoCoExtractor(weights="random", seed=0)
+    a, b = ext.extract(x), MoCoExtractor(weights="random", seed=0).extract(x)
+    assert torch.equal(a, b) and a.shape == (4, 512) and ext.weights_id == "random:0"
     # BatchNorm statistics from synthetic radiographs keep random-init features O(1)
     assert 0.05 < float(a.std()) < 20 and torch.isfinite(a).all()
-    assert MoCoExtractor(weights="random", seed=0).weights_id == "random:0"
 
 
 def test_cxrbench_train_moco_from_a_folder(tmp_path):

@@ -170,7 +170,8 @@ def test_rrs_and_fid_in_moco_space_through_the_cli(tmp_path):
                  ).to_csv(samples / "manifest.csv", index=False)
     out = tmp_path / "result.json"
     rc = main(["evaluate", "--samples", str(samples), "--reference", str(ref), "--extractors", "moco",
-               "--metrics", "rrs_moco,fid", "--moco-checkpoint", str(tmp_path / "moco"), "--n-bootstrap", "20", "--num-workers", "0",
+               "--metrics", "rrs_moco,fid", "--moco-checkpoint", str(tmp_path / "moco"), "--n-bootstrap", "20",
+               "--num-workers", "0",
                "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
     assert rc == 0
     res = json.loads(out.read_text())
