@@ -60,7 +60,8 @@ DECODER_CHANNELS = {"decoder1": (14, 6, 3, 3, 3), "decoder2": (128, 64, 32, 16, 
 VARIANTS = {
     "FS-GMVAE V1": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="linear"),
     "FS-GMVAE V2": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=False, encoder="vgg16", decoder="linear"),
-    "FS-GMVAE V3": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
+    "FS-GMVAE V3": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16",
+                        decoder="decoder1"),
     "GMVAE V3": dict(z_dim=1000, k=50, transition=False, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
     "GMVAE V4": dict(z_dim=1000, k=50, transition=True, imagenet_normalize=True, encoder="vgg16", decoder="decoder1"),
     "GMVAE V5": dict(z_dim=1000, k=50, transition=False, imagenet_normalize=True, encoder="vgg16", decoder="decoder2"),
@@ -97,7 +98,9 @@ class GMVAEConfig:
         if self.decoder not in ("decoder1", "decoder2", "linear"):
             raise ValueError(f"decoder must be decoder1, decoder2 or linear, got {self.decoder!r}")
         if self.decoder != "linear" and self.image_size % 16:
-            raise ValueError(f"{self.decoder} upsamples 16x: image_size must be a multiple of 16, got {self.image_size}")
+            raise ValueError(
+                f"{self.decoder} upsamples 16x: image_size must be a multiple of 16, got {self.image_size}"
+            )
         if self.encoder != "conv" and self.image_size < 32:
             raise ValueError(f"{self.encoder} pools 32x: image_size must be at least 32, got {self.image_size}")
 
@@ -143,7 +146,10 @@ def load_imagenet_features(features: nn.Module, name: str, path: str | Path) -> 
     except Exception as e:
         raise WeightsError(f"{path}: cannot be loaded as a plain state dict ({e.__class__.__name__})") from e
     # old torchvision DenseNet files name "norm.1" what the module calls "norm1" (as torchvision remaps)
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+        r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+    )
     state = {pattern.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in state.items()}
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     target = features[0] if name == "densenet121" else features

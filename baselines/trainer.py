@@ -327,7 +327,9 @@ def fit(
         try:
             ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
         except Exception as e:
-            raise CxrbenchError(f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart") from e
+            raise CxrbenchError(
+                f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart"
+            ) from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CxrbenchError(f"{ckpt_path}: not a cxrbench training checkpoint; delete it to restart")
         if ckpt.get("generator") != model.name or ckpt.get("config") != config_to_dict(cfg):
@@ -375,6 +377,17 @@ def fit(
         disable=not options.progress,
         dynamic_ncols=True,
     )
+    def flush_log():
+        if not acc:
+            return
+        rec = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3)}
+        rec.update({k: float(np.mean(v)) for k, v in acc.items()})
+        acc.clear()
+        records.append(rec)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k not in ("step", "epoch", "elapsed_s")})
+        if log is not None:
+            log(rec)
+
     checked_size = False
     model.train(True)
     while step < total:
@@ -408,13 +421,7 @@ def fit(
             for k, v in losses.items():
                 acc.setdefault(k, []).append(float(v))
             if step % options.log_every == 0 or step >= total:
-                rec = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3)}
-                rec.update({k: float(np.mean(v)) for k, v in acc.items()})
-                acc = {}
-                records.append(rec)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k not in ("step", "epoch", "elapsed_s")})
-                if log is not None:
-                    log(rec)
+                flush_log()
             bar.update(1)
             if step % options.checkpoint_every == 0:
                 save_checkpoint()
@@ -427,6 +434,7 @@ def fit(
             break
         if pos >= steps_per_epoch:
             epoch, pos = epoch + 1, 0
+    flush_log()  # the steps since the last record (a run stopped by max_minutes)
     bar.close()
     model.train(False)
     save_checkpoint()
@@ -436,7 +444,9 @@ def fit(
         "step": step,
         "epoch": epoch,
         "stopped_because": (
-            "max_minutes" if step < total else "steps" if options.steps is not None and step >= options.steps else "epochs"
+            "max_minutes" if step < total
+            else "steps" if options.steps is not None and step >= options.steps
+            else "epochs"
         ),
         "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3),
         "device": str(dev),

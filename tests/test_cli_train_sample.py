@@ -39,7 +39,7 @@ def folder(tmp_path_factory):
     imgs = synthetic_cxr(8, 24, seed=0)[:, 0].numpy()
     rows = []
     for i, im in enumerate(imgs):
-        Image.fromarray(np.round(im * 255).astype(np.uint8), mode="L").save(root / f"{i}.png")
+        Image.fromarray(np.round(im * 255).astype(np.uint8)).save(root / f"{i}.png")
         rows.append({"path": f"{i}.png", "Edema": i % 2, "Effusion": int(i < 3), "No Finding": int(i >= 6)})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
@@ -179,3 +179,24 @@ def test_xrv_classifier_guidance_is_differentiable_in_the_image():
     assert p.shape == (1, 18) and ((p >= 0) & (p <= 1)).all()
     (grad,) = torch.autograd.grad(p[0, clf.feature_names.index("Pneumonia")], x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_sample_output_evaluates_directly(tmp_path, folder):
+    from cxrbench.cli import main
+    from cxrbench.data import open_source
+
+    out = train(tmp_path, folder, "fs-gmvae", FS_TOML, "--steps", 1)
+    samples = tmp_path / "samples"
+    assert main(["sample", str(out), "--n", "6", "--out", str(samples), "--labels", "Edema"]) == 0
+    result_path = tmp_path / "result.json"
+    rc = main(["evaluate", "--samples", str(samples), "--reference", str(folder), "--extractors", "random-conv",
+               "--metrics", "fid", "--weights", "random", "--n-bootstrap", "0", "--num-workers", "0",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(result_path), "--quiet"])
+    assert rc == 0
+    result = json.loads(result_path.read_text())
+    assert result["samples"]["n"] == 6 and np.isfinite(result["metrics"]["fid_random-conv"]["value"])
+    # the manifest's requested labels are what the harness sees as the samples' labels
+    src = open_source(samples)
+    assert src.manifest is not None
+    lab = src.label_matrix()
+    assert (lab[:, LABELS.index("Edema")] == 1).all() and (np.nan_to_num(lab).sum(1) == 1).all()

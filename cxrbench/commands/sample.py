@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=None, help="number of images (default: the rows of --labels-csv)")
     p.add_argument("--out", required=True, help="folder to write PNGs and manifest.csv into")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", default=None, help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
+    g.add_argument("--labels", default=None,
+                   help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
     g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
     g.add_argument("--reconstruct", metavar="DIR", default=None,
                    help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
@@ -124,7 +125,7 @@ def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
     if bit_depth == 16:
         pil = Image.fromarray(np.round(image * 65535).astype(np.uint16))
     else:
-        pil = Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L")
+        pil = Image.fromarray(np.round(image * 255).astype(np.uint8))  # 2-D uint8: mode L
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
@@ -250,7 +251,9 @@ def run(args) -> int:
         else:
             imgs = model.sample(m, labels=lab, seed=seed)
         if imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
-            raise DataError(f"{model.name}.sample returned {tuple(imgs.shape)} {imgs.dtype}, not ({m}, 1, H, W) float32")
+            raise DataError(
+                f"{model.name}.sample returned {tuple(imgs.shape)} {imgs.dtype}, not ({m}, 1, H, W) float32"
+            )
         arr = imgs.detach().cpu().clamp(0, 1).numpy()[:, 0]
         for i in range(m):
             rel = f"{start + i:0{width}d}.png"

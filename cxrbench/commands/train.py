@@ -121,9 +121,8 @@ def run(args) -> int:
     state_path = out / "train_state.json"
     if state_path.is_file():
         state = json.loads(state_path.read_text())
-        print(
-            f"{args.name}: {state['step']} steps ({state['stopped_because']}), {state['elapsed_s'] / 60:.1f} min -> {out}",
-            file=sys.stderr,
-        )
+        minutes = state["elapsed_s"] / 60
+        print(f"{args.name}: {state['step']} steps ({state['stopped_because']}), {minutes:.1f} min -> {out}",
+              file=sys.stderr)
     print(out)
     return 0
