@@ -14,6 +14,7 @@ COMMANDS = {
     "augment": "augment",
     "evaluate": "evaluate",
     "ls": "ls",
+    "stats": "stats",
     "report": "report",
     "train": "train",
     "sample": "sample",

@@ -287,10 +287,16 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     plan, skipped_metrics = _metric_plan(config)
 
     train_reference = train_reference if train_reference is not None else config.train_reference
-    sets = {
-        "samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed),
-        "reference": open_source(reference, split=config.reference_split, role="reference", seed=config.seed),
-    }
+    from .reference_stats import check_specs, is_reference_stats, load_reference_stats
+
+    ref_stats = None
+    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed)}
+    if not isinstance(reference, ImageSource) and is_reference_stats(reference):
+        ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
+        if config.protocol != "default":
+            raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
+    else:
+        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed)
     if train_reference is not None:
         sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed)
     t_hash = time.perf_counter() - t0
@@ -319,6 +325,9 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
 
     fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
     specs = {k: e.spec() for k, e in extractors.items()}
+    if ref_stats is not None:
+        check_specs(reference, ref_stats, specs)
+        fsets["reference"] = FeatureSet(name="reference", ids=[], hashes=[], features={}, stats=ref_stats["stats"])
     for k, e in extractors.items():
         if e.feature_names:
             specs[k]["feature_names"] = list(e.feature_names)
@@ -331,6 +340,8 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         warnings.simplefilter("always")
         for m in plan:
             reason = m.skip_reason(ctx) if hasattr(m, "skip_reason") else None
+            if ref_stats is not None and not m.accepts_reference_stats:
+                reason = "the reference is saved statistics (mean/covariance); this metric needs its images"
             if reason:
                 skipped_metrics[m.name] = reason
                 continue
@@ -362,8 +373,10 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
                  "duplicates": duplicates["samples"]},
-        reference={**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
-                   "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]},
+        reference=({**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
+                    "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]}
+                   if ref_stats is None else
+                   {**ref_stats["meta"]["reference"], "kind": "statistics", "statistics_file": str(reference)}),
         train_reference=None if "train" not in sets else {**sets["train"].describe(),
                                                           "skipped_files": skipped_files["train"]},
         extractors=specs,

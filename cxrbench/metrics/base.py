@@ -58,6 +58,8 @@ class FeatureSet:
     manifest: Any = None  # pandas.DataFrame aligned with ids (samples only), or None
     patient_ids: list[str] | None = None
     load_images: Callable[[list[int]], Any] | None = None  # indices -> (k, 1, H, W) float32 tensor list
+    #: reference given as cached statistics: extractor -> {"mu", "sigma", "n", "real_vs_real", ...}
+    stats: dict[str, dict] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,6 +86,8 @@ class Metric:
     per_extractor: ClassVar[bool] = False
     #: extractors this metric needs even if the user did not ask for them (e.g. "xrv-classifier")
     requires_extractors: ClassVar[tuple[str, ...]] = ()
+    #: can run when the reference is given as saved statistics (mean/covariance) rather than images
+    accepts_reference_stats: ClassVar[bool] = False
 
     def output_keys(self, extractors: list[str]) -> dict[str, bool]:
         if not self.per_extractor:

@@ -128,6 +128,7 @@ class FID(Metric):
     version = "1"
     outputs = {"fid": False}
     per_extractor = True
+    accepts_reference_stats = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         out = {}
@@ -135,15 +136,21 @@ class FID(Metric):
         dev = ctx.device if ctx.device != "mps" else "cpu"  # mps has no float64
         for ext in ctx.embedding_extractors():
             g = ctx.gen.features[ext]
-            r = ctx.ref.features[ext]
             n_gen, d = g.shape
-            if n_gen < d or r.shape[0] < d:
+            cached = (ctx.ref.stats or {}).get(ext) if ext not in ctx.ref.features else None
+            if cached is not None:  # reference given as statistics (`cxrbench stats`)
+                mu_r, s_r = _as64(cached["mu"], dev), _as64(cached["sigma"], dev)
+                n_ref = int(cached["n"])
+            else:
+                r = ctx.ref.features[ext]
+                n_ref = r.shape[0]
+                mu_r, s_r = gaussian_stats(r, device=dev)
+            if n_gen < d or n_ref < d:
                 warnings.warn(
-                    f"fid_{ext}: {n_gen} samples / {r.shape[0]} reference images for {d}-d features; "
+                    f"fid_{ext}: {n_gen} samples / {n_ref} reference images for {d}-d features; "
                     "the covariance is rank-deficient and FID is biased upwards (compare only at equal N)",
                     stacklevel=2,
                 )
-            mu_r, s_r = gaussian_stats(r, device=dev)
             sqrt_r = _sqrtm_psd(s_r)  # reused by every bootstrap replicate: S_r^1/2 S_g S_r^1/2
             g64 = _as64(g, dev)
             mu_g, s_g = gaussian_stats(g64)
@@ -151,6 +158,13 @@ class FID(Metric):
 
             stat = BootstrapFD(g64, mu_r, s_r, sqrt_r)
             ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed, value=value)
+            if cached is not None:
+                out[f"fid_{ext}"] = MetricValue(
+                    value=value, higher_is_better=False, ci=ci, n_gen=n_gen, n_ref=n_ref,
+                    real_vs_real=cached.get("real_vs_real"),
+                    extra={"real_vs_real_n": cached.get("real_vs_real_n"), "reference_from_statistics": True},
+                )
+                continue
             a, b = real_vs_real_split(r.shape[0], cfg.seed, ctx.ref.patient_ids)
             rvr = fid_from_features(r[a], r[b]) if min(len(a), len(b)) >= 2 else None
             # FID is biased upwards at small N (strongly when N < D), and the floor's halves are smaller than
