@@ -330,6 +330,8 @@ def fit(
             raise CxrbenchError(
                 f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart"
             ) from e
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CxrbenchError(f"{ckpt_path}: not a cxrbench training checkpoint; delete it to restart")
         if ckpt.get("generator") != model.name or ckpt.get("config") != config_to_dict(cfg):
             raise UsageError(
                 f"{ckpt_path}: holds a checkpoint of {ckpt.get('generator')!r} with a different config; "

@@ -11,6 +11,7 @@ from .errors import CxrbenchError
 
 # subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)
 COMMANDS = {
+    "augment": "augment",
     "evaluate": "evaluate",
     "ls": "ls",
     "report": "report",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,16 +50,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # torch names the zip's inner folder after the file: saving under the final name (in a temporary folder
+    # beside it) makes identical weights give identical bytes, hence the same sha256, on every save
+    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, _PUBLIC_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        torch.save(obj, tmpdir / path.name)
+        os.chmod(tmpdir / path.name, _PUBLIC_MODE)
+        os.replace(tmpdir / path.name, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``; anything else is a CxrbenchError naming the file."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CxrbenchError(f"{path}: not readable JSON ({e}); re-save the model folder") from None
+    if not isinstance(meta, dict):
+        raise CxrbenchError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    return meta
 
 
 class PretrainedMixin:
@@ -85,17 +96,27 @@ class PretrainedMixin:
         for p in (cfg_path, weights_path):
             if not p.is_file():
                 raise CxrbenchError(f"{p}: missing; a saved model folder holds config.json and model.pt")
-        meta = json.loads(cfg_path.read_text())
+        meta = read_json_object(cfg_path)
+        config = meta.get("config", {})
+        if not isinstance(config, dict):
+            raise CxrbenchError(f"{cfg_path}: 'config' must be an object of {cls.name} Config fields")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
-        unknown = set(meta.get("config", {})) - fields
+        unknown = set(config) - fields
         if unknown:
             raise CxrbenchError(f"{cfg_path}: unknown config keys {sorted(unknown)} for {cls.name}")
-        model = cls(cls.Config(**meta.get("config", {})))
+        try:
+            model = cls(cls.Config(**config))
+        except (TypeError, ValueError) as e:
+            raise CxrbenchError(f"{cfg_path}: config does not build a {cls.name} ({e})") from None
         try:
             state = torch.load(weights_path, map_location=map_location, weights_only=True)
         except Exception as e:  # a pickle with code in it, or a truncated file
-            raise CxrbenchError(f"{weights_path}: cannot be loaded as plain weights ({e.__class__.__name__})") from e
-        model.load_state_dict(state)
+            raise CxrbenchError(f"{weights_path}: cannot be loaded as plain weights ({e.__class__.__name__})") from None
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:  # other shapes / keys, or not a state dict at all
+            first = str(e).strip().splitlines()[0][:200]
+            raise CxrbenchError(f"{weights_path}: does not match {cfg_path.name} ({first})") from None
         model.eval()
         return model
 

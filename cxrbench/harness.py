@@ -56,7 +56,11 @@ class EvalConfig:
     train_reference: str | None = None
     moco_checkpoint: str | None = None
     skip_bad: bool = False
-    protocol: str = "default"
+    protocol: str = "default"  # "default", or a registered protocol run after the metrics ("augmentation")
+    augment_task: str | None = None  # protocol augmentation: "A vs B"; labels come from the reference
+    augment_n_real: int = 1000
+    augment_n_test: int = 300
+    augment_seeds: int = 3
     progress: bool = True
 
     def resolved(self, **over) -> "EvalConfig":
@@ -184,14 +188,30 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                     if src_k in todo[ci]:
                         cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
         bar.close()
-    if not bad:
-        # images that failed in an earlier run are NaN rows in the cache
-        nan_rows = np.zeros(n, dtype=bool)
-        for k in base:
-            nan_rows |= np.isnan(feats[k]).all(1)
-        bad = [(int(i), f"{src.path(int(i)) or src.ids[int(i)]}: could not be decoded (cached failure)")
-               for i in np.flatnonzero(nan_rows)]
+    # Images that failed in an earlier (perhaps interrupted) run are NaN rows in cached chunks; they must be
+    # listed even when this run found other bad images in the chunks it computed.
+    # An extractor that returns NaN/Inf for a decodable image is listed too, rather than poisoning a metric.
+    known = {i for i, _ in bad}
+    for k in extractors:
+        failed = np.isnan(feats[k]).all(1)
+        nonfinite = ~np.isfinite(feats[k]).all(1) & ~failed
+        for i in np.flatnonzero(failed | nonfinite):
+            if int(i) not in known:
+                known.add(int(i))
+                bad.append((int(i), _failure_message(src, int(i), None if failed[i] else k)))
     return feats, sorted(bad)
+
+
+def _failure_message(src: ImageSource, i: int, extractor: str | None) -> str:
+    """Why row ``i`` has no finite features; a failure cached by an earlier run is decoded again for its reason."""
+    where = src.path(i) or src.ids[i]
+    if extractor is not None:
+        return f"{where}: extractor {extractor} gave NaN/Inf features"
+    try:
+        src.load(i)
+    except DataError as e:
+        return str(e)
+    return f"{where}: could not be decoded in an earlier run (cached failure); clear the cache to retry"
 
 
 def _git_hash() -> str | None:
@@ -280,8 +300,10 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
     for role, src in sets.items():
         f, bad = extract_features(src, extractors, config, cache, device, desc=f"{role} features")
-        if bad and not config.skip_bad:
-            shown = "; ".join(msg for _, msg in bad[:5])
+        messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
+        if messages and not config.skip_bad:
+            bad = messages  # for the message below: unreadable files first, then undecodable ones
+            shown = "; ".join(bad[:5])
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
             raise DataError(
                 f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
@@ -289,7 +311,7 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
             )
         bad_idx = {i for i, _ in bad}
         keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
-        skipped_files[role] = [src.ids[i] for i, _ in bad]
+        skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
         feats[role] = f
         if len(keep[role]) < 2:
             raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
@@ -318,7 +340,16 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
+        if config.protocol != "default":
+            _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    duplicates = {r: _duplicates(sets[r]) for r in sets}
+    for role, src in sets.items():
+        notes += [f"{role}: {x}" for x in src.notes]
+        if duplicates[role]:
+            extra = sum(len(g) - 1 for g in duplicates[role])
+            notes.append(f"{role}: {extra} image(s) are byte-identical copies of others (e.g. "
+                         f"{' = '.join(duplicates[role][0][:3])}); they count as separate images in every metric")
     t_metrics = time.perf_counter() - t2
 
     random_weights = [k for k, s in specs.items() if str(s["weights"]).startswith("random")]
@@ -330,9 +361,9 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         protocol={"name": config.protocol, "version": PROTOCOL_VERSION},
         samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
-                 "duplicates": _duplicates(sets["samples"])},
+                 "duplicates": duplicates["samples"]},
         reference={**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
-                   "skipped_files": skipped_files["reference"]},
+                   "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]},
         train_reference=None if "train" not in sets else {**sets["train"].describe(),
                                                           "skipped_files": skipped_files["train"]},
         extractors=specs,
@@ -347,11 +378,41 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights and config.protocol == "default",
+        comparable=not random_weights,
         not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights],
         warnings=notes,
     )
     return result
+
+
+def _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:
+    """A registered multi-step protocol on the same sets and cached features; its metrics join the result."""
+    from .registry import PROTOCOLS
+
+    proto = PROTOCOLS.get(config.protocol)()
+    if config.protocol == "augmentation":
+        from .protocols.augmentation import AugmentConfig
+
+        if not config.augment_task:
+            raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
+        emb = next((e for e in config.extractors if specs[e].get("kind") == "embedding"), None)
+        if emb is None:
+            raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
+        acfg = AugmentConfig(
+            n_real=config.augment_n_real, n_test=config.augment_n_test, seeds=config.augment_seeds, seed=config.seed,
+            extractor=emb, weights=config.weights, weights_seed=config.weights_seed, device=device,
+            batch_size=config.batch_size, num_workers=config.num_workers, cache_dir=config.cache_dir,
+            use_cache=config.use_cache, n_bootstrap=config.n_bootstrap, progress=config.progress,
+        )
+        values = proto.run(
+            sets["reference"].subset(keep["reference"]), sets["samples"].subset(keep["samples"]),
+            task=config.augment_task, config=acfg, real_features=feats["reference"][emb][keep["reference"]],
+            synthetic_features=feats["samples"][emb][keep["samples"]],
+        )
+    else:
+        values = proto.run(ctx)
+    metric_versions[f"protocol:{proto.name}"] = proto.version
+    metrics.update({k: v.to_dict() for k, v in values.items()})
 
 
 def _duplicates(src: ImageSource) -> list[list[str]]:

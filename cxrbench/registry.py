@@ -78,6 +78,7 @@ EXTRACTORS = Registry(
         "xrv-classifier": "cxrbench.features.xrv:XRVClassifierExtractor",
         "pixels": "cxrbench.features.pixels:PixelStatsExtractor",
         "random-conv": "cxrbench.features.random_conv:RandomConvExtractor",
+        "moco": "cxrbench.features.moco:MoCoExtractor",
     },
 )
 
@@ -86,6 +87,17 @@ METRICS = Registry(
     "cxrbench.metrics",
     {
         "fid": "cxrbench.metrics.fid:FID",
+        "fd_inf": "cxrbench.metrics.fd_inf:FDInf",
+        "kid": "cxrbench.metrics.kid:KID",
+        "prdc": "cxrbench.metrics.prdc:PRDC",
+        "memorization": "cxrbench.metrics.memorization:Memorization",
+        "ks_features": "cxrbench.metrics.ks:KSFeatures",
+        "ks_labels": "cxrbench.metrics.ks:KSLabels",
+        "ks_pixels": "cxrbench.metrics.ks:KSPixels",
+        "labels": "cxrbench.metrics.labels:LabelDistribution",
+        "label_adherence": "cxrbench.metrics.labels:LabelAdherence",
+        "ms_ssim": "cxrbench.metrics.diversity:MSSSIM",
+        "rrs_moco": "cxrbench.metrics.rrs:RRS",
     },
 )
 
@@ -95,4 +107,10 @@ GENERATORS = Registry("generator", "cxrbench.generators")
 # ``train(dataset, config, out_dir)`` / ``save_pretrained`` / ``from_pretrained`` contract, no ``sample``.
 REPRESENTATIONS = Registry("representation model", "cxrbench.representations")
 
-PROTOCOLS = Registry("protocol", "cxrbench.protocols")
+PROTOCOLS = Registry(
+    "protocol",
+    "cxrbench.protocols",
+    {
+        "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
+    },
+)

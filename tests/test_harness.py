@@ -194,3 +194,12 @@ def test_fid_monotone_in_blur_and_noise_on_real_images(extractor, tmp_path):
                       config=cfg).value(key) for s in (0, 0.03, 0.06, 0.09, 0.12)]
     assert all(a < b for a, b in zip(blur, blur[1:])), blur
     assert all(a < b for a, b in zip(noise, noise[1:])), noise
+
+
+def test_fid_floor_is_compared_like_for_like(synthetic_folders, fast_config):
+    """Same distribution: the matched-N FID sits near the real-vs-real floor; shifted: far above it."""
+    same = evaluate(synthetic_folders["real_a"], synthetic_folders["real_b"], config=fast_config)
+    diff = evaluate(synthetic_folders["shifted"], synthetic_folders["real_b"], config=fast_config)
+    s, d = same["metrics"]["fid_random-conv"], diff["metrics"]["fid_random-conv"]
+    assert s["value_at_real_vs_real_n"] < 2 * s["real_vs_real"]
+    assert d["value_at_real_vs_real_n"] > 3 * d["real_vs_real"]

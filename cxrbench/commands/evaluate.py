@@ -37,12 +37,19 @@ def add_arguments(p) -> None:
     p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
+                   help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap, splits and subsets")
     p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
+    p.add_argument("--protocol", default=d.protocol, help="default | augmentation (downstream classifier gain)")
+    p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
+    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
+    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
+    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds)
     p.add_argument("--out", help="write the result JSON here (atomically)")
     p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
@@ -54,10 +61,13 @@ def config_from_args(args):
 
     return EvalConfig(
         extractors=args.extractors, metrics=args.metrics, weights=args.weights, device=args.device,
-        batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
+        n_bootstrap=args.n_bootstrap,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
+        protocol=args.protocol, augment_task=args.augment_task, augment_n_real=args.augment_n_real,
+        augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds,
     )
 
 
@@ -69,7 +79,10 @@ def format_table(result) -> str:
         rvr = m.get("real_vs_real")
         rows.append((
             key, "-" if v is None else f"{v:.4g}", "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]",
-            "-" if rvr is None else f"{rvr:.4g}", "higher" if m["higher_is_better"] else "lower",
+            "-" if rvr is None else f"{rvr:.4g}" + (
+                f" (vs {m['value_at_real_vs_real_n']:.4g} at that N)" if m.get("value_at_real_vs_real_n") is not None
+                else ""),
+            "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -26,6 +26,8 @@ examples:
   cxrbench sample runs/lsgan32 --n 1000 --out samples/lsgan32
   cxrbench sample runs/fs --n 200 --out samples/fs-edema --labels "Edema,Effusion"
   cxrbench sample runs/fs --n 500 --out samples/fs-like-test --labels-csv test/labels.csv --bit-depth 16
+  cxrbench sample runs/ldm --n 16 --out samples/ldm-effusion --prompt "chest x-ray, effusion, bottom right"
+  cxrbench sample runs/diffusevae --reconstruct ../shared/data/nih1000_64px/images/test --out samples/dvae-rec
   cxrbench sample runs/pggan --n 64 --out samples/pneumonia --optimize-toward Pneumonia --weights random
 """
 
@@ -40,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", default=None,
                    help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
     g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
+    g.add_argument("--reconstruct", metavar="DIR", default=None,
+                   help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
+    g.add_argument("--prompt", default=None,
+                   help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
@@ -55,13 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(run_dir: str | Path, device):
+    from ..generator import read_json_object
     from ..registry import GENERATORS
 
     run_dir = Path(run_dir)
     cfg = run_dir / "config.json"
     if not cfg.is_file():
         raise DataError(f"{cfg}: missing; {run_dir} is not a trained model folder (train one with cxrbench train)")
-    name = json.loads(cfg.read_text()).get("generator")
+    name = read_json_object(cfg).get("generator")
     if not name:
         raise DataError(f"{cfg}: names no generator; was it written by save_pretrained?")
     model = GENERATORS.get(name).from_pretrained(run_dir)
@@ -124,6 +131,16 @@ def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
     return buf.getvalue()
 
 
+def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
+    from ..generator import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
+
+
 class ImageClassifier:
     """Images ``(N, 1, H, W)`` in [0, 1] -> class probabilities, differentiable in the images.
 
@@ -174,6 +191,8 @@ def run(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     device = resolve_device(args.device)
     model = load_model(args.run, device)
+    if args.reconstruct is not None:
+        return run_reconstruct(args, model, out)
     conditional = bool(getattr(model, "conditional", False))
 
     # the label vector of each image, or None (unconditional)
@@ -192,6 +211,10 @@ def run(args) -> int:
         for lab in parse_label_names(args.labels):
             vec[LABELS.index(lab)] = 1.0
         labels = np.tile(vec, (n, 1))
+    if args.prompt is not None:
+        if not hasattr(model, "parse_prompt"):
+            raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
+        labels = np.tile(model.parse_prompt(args.prompt)[0].numpy(), (n, 1))  # the manifest's requested labels
     if args.optimize_toward:
         if labels is not None and not conditional:
             raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
@@ -224,6 +247,8 @@ def run(args) -> int:
                 target[0], m, classifier=classifier, steps=args.opt_steps, lr=args.opt_lr, seed=seed, labels=lab
             )
             log_p.append((m, opt_info["log_p_start"], opt_info["log_p_end"]))
+        elif args.prompt is not None:
+            imgs = model.sample(m, prompts=args.prompt, seed=seed)
         else:
             imgs = model.sample(m, labels=lab, seed=seed)
         if imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
@@ -239,6 +264,8 @@ def run(args) -> int:
                 row.update({c: int(v) for c, v in zip(label_columns, lab[i].tolist())})
             if args.optimize_toward:
                 row[target[0]] = 1  # requested of the classifier-guided sample
+            if args.prompt is not None:
+                row["prompt"] = args.prompt
             row["seed"] = seed
             rows.append(row)
         bar.update(m)
@@ -247,12 +274,10 @@ def run(args) -> int:
     columns = ["path"] + label_columns
     if args.optimize_toward and target[0] not in columns:
         columns.append(target[0])
+    if args.prompt is not None:
+        columns.append("prompt")
     columns.append("seed")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(out / "manifest.csv", buf.getvalue().encode())
+    write_manifest(out, columns, rows)
     info = {
         "model": model.name,
         "run": str(Path(args.run).resolve()),
@@ -267,6 +292,48 @@ def run(args) -> int:
         total = sum(k for k, _, _ in log_p)
         info["log_p_start"] = sum(k * a for k, a, _ in log_p) / total
         info["log_p_end"] = sum(k * b for k, _, b in log_p) / total
+    atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
+    print(out)
+    return 0
+
+
+def run_reconstruct(args, model, out: Path) -> int:
+    """Paired mode: one reconstruction per source image, manifest columns path, source (relative to DIR), seed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data import ImageFolder
+    from ..data.transforms import CXRTransform
+    from ..generator import atomic_write_bytes
+
+    if not hasattr(model, "reconstruct"):
+        raise UsageError(f"{model.name} has no paired reconstruction mode (diffusevae has); drop --reconstruct")
+    if args.optimize_toward:
+        raise UsageError("--reconstruct and --optimize-toward do not combine")
+    size = model.config.image_size
+    src = ImageFolder(args.reconstruct, transform=CXRTransform(image_size=size))
+    n = len(src) if args.n is None else min(args.n, len(src))
+    if n < 1:
+        raise UsageError(f"--reconstruct {args.reconstruct}: no images to reconstruct")
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(n - 1)))
+    rows = []
+    bar = tqdm(total=n, desc=f"reconstruct {model.name}", dynamic_ncols=True, file=sys.stderr)
+    for b, start in enumerate(range(0, n, args.batch_size)):
+        m = min(args.batch_size, n - start)
+        seed = args.seed * 1_000_003 + b
+        batch = torch.stack([src[i][0] for i in range(start, start + m)])
+        arr = model.reconstruct(batch, seed=seed).detach().cpu().clamp(0, 1).numpy()[:, 0]
+        for i in range(m):
+            rel = f"{start + i:0{width}d}.png"
+            atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))
+            rows.append({"path": rel, "source": str(src.ids[start + i]), "seed": seed})
+        bar.update(m)
+    bar.close()
+    write_manifest(out, ["path", "source", "seed"], rows)
+    info = {"model": model.name, "run": str(Path(args.run).resolve()), "n": n, "seed": args.seed,
+            "batch_size": args.batch_size, "bit_depth": args.bit_depth,
+            "reconstruct": str(Path(args.reconstruct).resolve())}
     atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
     print(out)
     return 0

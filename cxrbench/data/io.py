@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -78,10 +79,15 @@ def _load_pillow(path: Path, data: bytes) -> np.ndarray:
             im.load()
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow refuses before we can read the size: say it is too large, not that it is unreadable
+        raise DataError(f"{path}: image too large to decode safely ({e}); downsample it first") from None
+    except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); remove it or re-export it") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: truncated or corrupt image ({e}); remove it or re-export it") from None
+    except Exception as e:  # Pillow's format plugins raise many types on corrupt input (TypeError for a TIFF
+        # without dimensions, struct.error, EOFError, ...): every one is a bad file, never a crash
+        why = f"{e.__class__.__name__}: {e}"
+        raise DataError(f"{path}: truncated or corrupt image ({why}); remove it or re-export it") from None
 
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -112,23 +118,30 @@ def _load_pillow(path: Path, data: bytes) -> np.ndarray:
 def _load_dicom(path: Path, data: bytes) -> np.ndarray:
     import pydicom
 
-    try:
+    try:  # header values are parsed lazily, so a broken one fails on access: read them all in here
         ds = pydicom.dcmread(io.BytesIO(data))
         raw = ds.pixel_array
+        bits = int(getattr(ds, "BitsStored", raw.dtype.itemsize * 8))
+        signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        monochrome1 = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
     except Exception as e:  # pydicom raises many types for broken files
         raise DataError(f"{path}: unreadable DICOM ({e.__class__.__name__}: {e}); re-export it") from None
     if raw.ndim != 2:
         raise DataError(f"{path}: DICOM with {raw.ndim} dimensions {raw.shape}; expected one 2-D grayscale frame")
-    bits = int(getattr(ds, "BitsStored", raw.dtype.itemsize * 8))
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    if not 1 <= bits <= 32 or not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise DataError(f"{path}: DICOM header has BitsStored={bits}, RescaleSlope={slope}, "
+                        f"RescaleIntercept={intercept}; expected 1-32 bits and finite rescale values")
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     arr = raw.astype(np.float64) * slope + intercept
     lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
     arr = (arr - lo) / (hi - lo)
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+    if monochrome1:
         arr = 1.0 - arr
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        # e.g. BitsStored smaller than the values actually stored: refuse rather than clip silently
+        raise DataError(f"{path}: pixel values outside the range BitsStored={bits} allows; fix the DICOM header")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class ImageSource:
     manifest: object = None  # pandas.DataFrame aligned with ids (samples' manifest.csv), or None
     patient_ids: list[str] | None = None
     ignored: list[str] = field(default_factory=list)  # files present but not images
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, message): cannot be read
+    notes: list[str] = field(default_factory=list)  # things about the set the result should warn about
     _array: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -60,7 +63,8 @@ class ImageSource:
             name=self.name, root=self.root, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
             kind=self.kind, split=self.split, labels=pick(self.labels), manifest=pick(self.manifest),
             patient_ids=None if self.patient_ids is None else [self.patient_ids[i] for i in idx],
-            ignored=list(self.ignored), _array=None if self._array is None else self._array[idx],
+            ignored=list(self.ignored), unreadable=list(self.unreadable), notes=list(self.notes),
+            _array=None if self._array is None else self._array[idx],
         )
 
     def describe(self) -> dict:
@@ -86,17 +90,47 @@ def _read_csv(path: Path):
         raise DataError(f"{path}: not a readable CSV ({e.__class__.__name__}: {e})") from None
 
 
-def _align_table(df, ids: list[str], csv_path: Path, root: Path):
+def _relative(p: str, csv_path: Path, column: str, root: str) -> str:
+    """``p`` as a normalised relative path; refuses absolute paths and any that climb out with ``..``."""
+    q = os.path.normpath(p.replace("\\", "/"))  # CSVs written on Windows use backslashes
+    if os.path.isabs(q) or q == ".." or q.startswith("../") or re.match(r"[A-Za-z]:", q):
+        raise DataError(f"{csv_path}: {column} {p!r} leaves its folder; use paths relative to {root}")
+    return Path(q).as_posix()
+
+
+def _check_label_values(df, csv_path: Path) -> None:
+    """Label columns must hold 0/1 (or probabilities in [0, 1]); blank means unknown. Anything else is refused
+    rather than read as a number it is not (e.g. CheXpert's -1 "uncertain", or "yes")."""
+    import pandas as pd
+
+    for c in df.columns:
+        if canonical_label(str(c)) is None:
+            continue
+        col = df[c]
+        num = pd.to_numeric(col, errors="coerce")
+        bad = (col.notna() & num.isna()) | ~(num.isna() | ((num >= 0) & (num <= 1)))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{csv_path}: label column {c!r} holds {str(col.iloc[i])!r} (row {i + 2}); use 1/0, or leave it blank "
+                "for unknown (map uncertain values such as -1 explicitly)"
+            )
+        df[c] = num.astype("float64")
+
+
+def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str] | None = None):
     """Rows of ``df`` (first column = path relative to ``root``) in the order of ``ids``; label columns canonical."""
     df = df.copy()
+    if len(df.columns) == 0:
+        raise DataError(f"{csv_path}: no columns; the first column must be 'path'")
     key = "path" if "path" in df.columns else df.columns[0]
-    rel = []
-    for p in df[key].astype(str):
-        q = os.path.normpath(p)
-        if os.path.isabs(q) or q.startswith(".."):
-            raise DataError(f"{csv_path}: path {p!r} leaves the folder; use paths relative to {root}")
-        rel.append(Path(q).as_posix())
-    df[key] = rel
+    if df[key].isna().any():
+        raise DataError(f"{csv_path}: row {int(np.flatnonzero(df[key].isna().to_numpy())[0]) + 2} has no path")
+    df[key] = [_relative(str(p), csv_path, "path", root) for p in df[key]]
+    if "source" in df.columns:  # a manifest's source image: relative to the reference folder, never outside it
+        for p in df["source"].dropna():
+            _relative(str(p), csv_path, "source", "the reference folder")
+    _check_label_values(df, csv_path)
     if df[key].duplicated().any():
         dup = df[key][df[key].duplicated()].iloc[0]
         raise DataError(f"{csv_path}: path {dup!r} is listed twice")
@@ -107,6 +141,14 @@ def _align_table(df, ids: list[str], csv_path: Path, root: Path):
         if lab is not None and lab != c and lab not in df.columns:
             rename[c] = lab
     df = df.rename(columns=rename)
+    if notes is not None:
+        listed = set(df.index)
+        stray = sorted(listed - set(ids))
+        unlisted = sum(1 for i in ids if i not in listed)
+        if stray:
+            notes.append(f"{csv_path.name}: {len(stray)} row(s) name no image in the folder (e.g. {stray[0]}); ignored")
+        if unlisted:
+            notes.append(f"{csv_path.name}: {unlisted} of {len(ids)} image(s) have no row; their labels are unknown")
     return df.reindex(ids).reset_index().rename(columns={"index": "path", key: "path"})
 
 
@@ -122,12 +164,15 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
     return images, ignored
 
 
-def _hash_files(paths: list[Path], workers: int = 8) -> list[str]:
-    def one(p: Path) -> str:
+def _hash_files(paths: list[Path], workers: int = 8) -> list[str | DataError]:
+    """sha256 of each file; a file that cannot be read (symlink loop, dangling link, I/O error) gives its
+    DataError in place, so that every such file is listed, not just the first."""
+
+    def one(p: Path) -> str | DataError:
         try:
             return sha256_file(p)
         except OSError as e:
-            raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
+            return DataError(f"{p}: cannot be read ({e.strerror or e})")
 
     with ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(one, paths))
@@ -143,13 +188,16 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
             f"(or pass a .npy/.npz array as --{role})"
         )
     hashes = _hash_files([root / p for p in images])
-    order = sorted(range(len(images)), key=lambda i: (hashes[i], images[i]))
+    unreadable = [(images[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
+    ok = [i for i, h in enumerate(hashes) if not isinstance(h, DataError)]
+    order = sorted(ok, key=lambda i: (hashes[i], images[i]))
     ids = [images[i] for i in order]
-    src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored)
+    src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored,
+                      unreadable=unreadable)
     for fn, attr in (("labels.csv", "labels"), ("manifest.csv", "manifest")):
         p = root / fn
         if p.is_file():
-            setattr(src, attr, _align_table(_read_csv(p), ids, p, root))
+            setattr(src, attr, _align_table(_read_csv(p), ids, p, root, src.notes))
     if src.labels is None and src.manifest is not None:
         # a samples manifest's requested labels double as the set's labels
         src.labels = src.manifest

@@ -90,5 +90,13 @@ class Metric:
             return dict(self.outputs)
         return {f"{k}_{e}": v for e in extractors for k, v in self.outputs.items()}
 
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        """Why this metric cannot run on ``ctx`` (no ``--train-reference``, no manifest labels ...), or None.
+
+        The harness asks before ``compute`` and records the metric under ``skipped`` with this reason;
+        ``compute`` on such a context returns ``{}``.
+        """
+        return None
+
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:  # pragma: no cover - interface
         raise NotImplementedError

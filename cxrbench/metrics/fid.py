@@ -150,11 +150,17 @@ class FID(Metric):
             value = frechet_distance(mu_r, s_r, mu_g, s_g, sqrt_sigma1=sqrt_r)
 
             stat = BootstrapFD(g64, mu_r, s_r, sqrt_r)
-            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed, value=value)
             a, b = real_vs_real_split(r.shape[0], cfg.seed, ctx.ref.patient_ids)
             rvr = fid_from_features(r[a], r[b]) if min(len(a), len(b)) >= 2 else None
+            # FID is biased upwards at small N (strongly when N < D), and the floor's halves are smaller than
+            # the sets compared: FID of len(a) generated images against the same half b is the like-for-like
+            # number to hold against the floor.
+            k = min(len(a), n_gen)
+            sub = np.random.default_rng(cfg.seed).choice(n_gen, size=k, replace=False)
+            matched = fid_from_features(g[sub], r[b]) if rvr is not None and k >= 2 else None
             out[f"fid_{ext}"] = MetricValue(
                 value=value, higher_is_better=False, ci=ci, n_gen=n_gen, n_ref=r.shape[0], real_vs_real=rvr,
-                extra={"real_vs_real_n": [int(len(a)), int(len(b))]},
+                extra={"real_vs_real_n": [int(len(a)), int(len(b))], "value_at_real_vs_real_n": matched},
             )
         return out

@@ -1,0 +1,159 @@
+"""``cxrbench augment``: the downstream augmentation-gain protocol (does adding synthetic images help?)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+HELP = "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real"
+EPILOG = """examples:
+  # offline smoke run with seeded random xrv features and a linear probe (numbers not comparable)
+  cxrbench augment --real ../shared/data/kermany_pediatric_covid_skytells --synthetic samples/ \\
+      --task "Pneumonia vs No Finding" --n-real 400 --n-test 300 --weights random --out aug.json
+  # seed 001's setting on GPU, DenseNet121 fine-tuning, with a figure
+  cxrbench augment --real nih/ --real-labels nih/labels.csv --synthetic samples/ \\
+      --synthetic-labels samples/manifest.csv --task "Edema vs No Finding" --n-real 1000 --n-test 300 \\
+      --seeds 3 --classifier densenet --device cuda --figure aug.png --out aug.json
+"""
+
+
+def _int_or_none(s: str):
+    return None if s in ("", "none", "None") else int(s)
+
+
+def add_arguments(p) -> None:
+    from ..protocols.augmentation import CLASSIFIERS, AugmentConfig
+
+    d = AugmentConfig()
+    p.add_argument("--real", required=True, help="folder of real images with labels.csv (or --real-labels)")
+    p.add_argument("--real-labels", help="labels CSV for --real (first column: path relative to the folder)")
+    p.add_argument("--synthetic", required=True, help="folder (or .npy/.npz array) of generated images")
+    p.add_argument("--synthetic-labels", help="manifest.csv with one column per label (default: the folder's "
+                   "manifest.csv; absent: labels from the XRV classifier, noted in the result)")
+    p.add_argument("--task", default=d.task, help=f"'A vs B' with label names (default {d.task!r})")
+    p.add_argument("--n-real", type=int, default=d.n_real, help=f"N real training images (default {d.n_real})")
+    p.add_argument("--n-test", type=int, default=d.n_test, help=f"held-out real test images (default {d.n_test})")
+    p.add_argument("--n-synthetic", type=_int_or_none, default=None, help="K synthetic images added in "
+                   "`augmented` (default N)")
+    p.add_argument("--test-split", help="draw the test set only from images whose labels.csv split is this value")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"training seeds (default {d.seeds}; use >= 3)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the test draw and the bootstrap")
+    p.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier,
+                   help="linear probe on frozen features (CPU default), small CNN (64 px), DenseNet121 fine-tuning")
+    p.add_argument("--extractor", default=d.extractor, help=f"frozen features for the linear probe (default {d.extractor})")
+    p.add_argument("--weights", default=d.weights, help="auto | random (offline, not comparable) | a weights folder")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="cnn / densenet epochs (default 15 / 5)")
+    p.add_argument("--lr", type=float, default=None, help="cnn / densenet learning rate (default 1e-3 / 1e-4)")
+    p.add_argument("--image-size", type=int, default=None, help="cnn / densenet input size (default 64 / 224)")
+    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap)
+    p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--out", help="write the result JSON (cxrbench.result/1) here")
+    p.add_argument("--figure", "--report", dest="figure", help="write a PNG figure of the per-mode scores here")
+    p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args):
+    from ..protocols.augmentation import AugmentConfig
+
+    return AugmentConfig(
+        task=args.task, n_real=args.n_real, n_test=args.n_test, n_synthetic=args.n_synthetic, seeds=args.seeds,
+        seed=args.seed, test_split=args.test_split, classifier=args.classifier, extractor=args.extractor,
+        weights=args.weights, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, n_bootstrap=args.n_bootstrap, epochs=args.epochs,
+        lr=args.lr, image_size=args.image_size, progress=not args.quiet,
+    )
+
+
+def build_result(outcome, config, *, seconds: float):
+    """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
+    from datetime import datetime, timezone
+
+    from .. import __version__
+    from ..harness import _git_hash, _versions
+    from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
+    from ..results import SCHEMA, Result
+
+    random_w = [k for k, s in outcome.extractors.items() if str(s.get("weights", "")).startswith("random")]
+    if config.classifier == "densenet" and config.weights == "random":
+        random_w.append("densenet: random initialisation")
+    return Result(
+        schema=SCHEMA, cxrbench_version=__version__, git_hash=_git_hash(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        protocol={"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION},
+        samples={**outcome.synthetic.describe(), "n_used": sum(outcome.details["synthetic_usable"].values()),
+                 "skipped_files": [], "ignored_files": outcome.synthetic.ignored[:100]},
+        reference={**outcome.real.describe(), "n_used": outcome.details["n_test"] + outcome.details["real_pool"]["n"],
+                   "skipped_files": []},
+        train_reference=None,
+        extractors=outcome.extractors,
+        metrics={k: v.to_dict() for k, v in sorted(outcome.metrics.items())},
+        metric_versions={PROTOCOL_NAME: PROTOCOL_VERSION},
+        skipped_metrics={},
+        config={**dataclasses.asdict(config), "device_resolved": outcome.device},
+        timings={"total_s": round(seconds, 3)},
+        cache=outcome.cache,
+        device=outcome.device,
+        seeds={"seed": config.seed, "training_seeds": outcome.details["training_seeds"],
+               "weights_seed": config.weights_seed},
+        versions=_versions(),
+        comparable=not random_w,
+        not_comparable_because=[f"{k}: random weights" if ":" not in k else k for k in random_w],
+        warnings=list(outcome.notes),
+        augmentation=outcome.details,
+    )
+
+
+def format_table(result) -> str:
+    d = result["augmentation"]
+    m = result["metrics"]
+    rows = [("mode", "n real", "n syn", "AUROC", "95% CI", "seed std", "accuracy", "95% CI")]
+    for mode in ("real", "mixed", "augmented", "synthetic"):
+        a, c = m[f"aug_{mode}_auroc"], m[f"aug_{mode}_accuracy"]
+        rows.append((mode, str(a["n_train_real"]), str(a["n_train_synthetic"]), f"{a['value']:.3f}", _ci(a),
+                     "-" if a["std_over_seeds"] is None else f"{a['std_over_seeds']:.3f}", f"{c['value']:.3f}", _ci(c)))
+    for key in ("gain", "mixed_delta"):
+        a, c = m[f"aug_{key}_auroc"], m[f"aug_{key}_accuracy"]
+        rows.append((key, "", "", f"{a['value']:+.3f}", _ci(a, "+"),
+                     "-" if a["std_over_seeds"] is None else f"{a['std_over_seeds']:.3f}", f"{c['value']:+.3f}",
+                     _ci(c, "+")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    t = d["task"]
+    head = (f"{t['positive']} vs {t['negative']}: {d['classifier']} classifier, {len(d['training_seeds'])} seeds, "
+            f"{d['n_test']} real test images ({result['reference']['path']}), synthetic {result['samples']['path']} "
+            f"(labels from {d['synthetic_label_source']}), device {result['device']}")
+    tail = []
+    if not result["comparable"]:
+        tail.append("NOT COMPARABLE: " + "; ".join(result["not_comparable_because"]))
+    tail += [f"note: {w}" for w in result["warnings"]]
+    return "\n".join([head, *lines, *tail])
+
+
+def _ci(m, sign="") -> str:
+    ci = m.get("ci")
+    return "-" if not ci else f"[{ci[0]:{sign}.3f}, {ci[1]:{sign}.3f}]"
+
+
+def run(args) -> int:
+    from ..protocols.augmentation import augment, figure
+
+    cfg = config_from_args(args)
+    t0 = time.perf_counter()
+    outcome = augment(args.real, args.synthetic, config=cfg, real_labels=args.real_labels,
+                      synthetic_labels=args.synthetic_labels)
+    result = build_result(outcome, cfg, seconds=time.perf_counter() - t0)
+    if args.out:
+        result.save(args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.figure:
+        figure(outcome, args.figure)
+        print(f"wrote {args.figure}", file=sys.stderr)
+    print(result.to_json() if args.json else format_table(result))
+    return 0

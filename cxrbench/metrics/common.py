@@ -1,0 +1,143 @@
+"""Knobs of the metric suite in one dataclass, and the small helpers every metric module shares.
+
+``bootstrap_interval`` is ``bootstrap.bootstrap_ci`` re-centred on the point estimate: resampling with
+replacement leaves about 63% distinct rows, which moves set-level statistics (coverage and recall drop,
+distances such as KID or the label MAE rise), so a plain percentile interval can miss the value it is
+meant to bracket. The interval keeps the bootstrap's width and shape and is shifted so that the replicates'
+median sits on the estimate (then clipped to the metric's range); statistics that are plain means of
+per-sample values (precision, density, memorization) have no such shift.
+
+``MetricSettings.from_config(ctx.config)`` takes every field that the run's config also has under the
+same name (``EvalConfig.seed``, ``EvalConfig.n_bootstrap``, ...) and the defaults below for the rest, so the
+CLI, TOML protocols and the API all set them through the one config object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+from .base import EvalContext, FeatureSet
+from .bootstrap import bootstrap_ci
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    seed: int = 0
+    #: bootstrap replicates for the 95% CI over the generated set
+    n_bootstrap: int = 100
+    alpha: float = 0.05
+    #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    #: subsets whose kernel blocks the bootstrap reweights (4 MB each at subset size 1000)
+    kid_boot_subsets: int = 100
+    #: FD_inf: FD at fd_inf_points subset sizes from fd_inf_min_fraction * N to N, fit against 1/N
+    fd_inf_points: int = 15
+    fd_inf_min_fraction: float = 0.2
+    #: each FD_inf replicate costs fd_inf_points eigen-decompositions, so it gets fewer replicates
+    fd_inf_n_bootstrap: int = 20
+    #: PRDC neighbourhood size (Naeem et al.)
+    prdc_k: int = 5
+    #: candidate balls kept per reference point for the exact-to-e^-K recall/coverage bootstrap
+    prdc_boot_candidates: int = 32
+    #: memorization: percentile of held-out-real-to-train distances used as the "too close" threshold
+    memorization_percentile: float = 5.0
+    #: Benjamini-Hochberg false discovery rate for the KS batteries
+    ks_q: float = 0.05
+    #: MS-SSIM: random pairs per set and the common side length images are resized to
+    #: (500 pairs at 192 px cost about a fifth of the CPU time of 1000 pairs at 256 px)
+    ms_ssim_pairs: int = 500
+    ms_ssim_size: int = 192
+    #: largest query x reference distance block for kNN, in elements
+    knn_budget: int = 2**24
+
+    @classmethod
+    def from_config(cls, config) -> MetricSettings:
+        if isinstance(config, cls):
+            return config
+        if config is None:
+            return cls()
+        found = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)}
+        return cls(**found)
+
+
+def bootstrap_interval(
+    stat: Callable[[np.ndarray], float],
+    n: int,
+    value: float,
+    st: MetricSettings,
+    *,
+    n_boot: int | None = None,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> tuple[float, float] | None:
+    """Bootstrap CI of ``stat`` over ``n`` generated rows, centred on ``value``, clamped to the metric's range."""
+    ci = bootstrap_ci(stat, n, n_boot=st.n_bootstrap if n_boot is None else n_boot, seed=st.seed, alpha=st.alpha,
+                      value=value if np.isfinite(value) else None)
+    if ci is None:
+        return ci
+    lo, hi = ci
+    if lower is not None:
+        lo, hi = max(lo, lower), max(hi, lower)
+    if upper is not None:
+        lo, hi = min(lo, upper), min(hi, upper)
+    return float(lo), float(hi)
+
+
+def float64_device(device) -> str:
+    """The device for float64 work: MPS has no float64, so it falls back to the CPU."""
+    return "cpu" if str(device).startswith("mps") else str(device)
+
+
+def features_of(fs: FeatureSet, extractor: str) -> np.ndarray:
+    """``(N, D)`` features of one set, or a DataError naming the set and the missing extractor."""
+    try:
+        x = fs.features[extractor]
+    except KeyError:
+        raise DataError(
+            f"{fs.name}: no {extractor!r} features (have {sorted(fs.features)}); "
+            f"run the evaluation with --extractors including {extractor}"
+        ) from None
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise DataError(f"{fs.name}: {extractor!r} features must be (N, D), got shape {x.shape}")
+    return x
+
+
+def dimension_names(ctx: EvalContext, extractor: str, d: int) -> list[str]:
+    """Names of an extractor's output dimensions.
+
+    Taken from the extractor spec's ``feature_names`` when it carries them; the 18-output XRV classifier
+    falls back to torchxrayvision's ``default_pathologies`` (the output order of its DenseNet heads),
+    ``pixels`` to its statistic names; anything else is ``dim_<i>``.
+    """
+    names = (ctx.extractors.get(extractor) or {}).get("feature_names")
+    if names and len(names) == d:
+        return list(names)
+    if extractor == "xrv-classifier" and d == 18:
+        import torchxrayvision as xrv
+
+        return list(xrv.datasets.default_pathologies)
+    if extractor == "pixels":
+        from ..features.pixels import FEATURE_NAMES
+
+        if d == len(FEATURE_NAMES):
+            return list(FEATURE_NAMES)
+    return [f"dim_{i}" for i in range(d)]
+
+
+def missing_features(ctx: EvalContext, extractors, sets=("gen", "ref")) -> str | None:
+    """A skip reason when some set lacks some extractor's features, else None."""
+    for s in sets:
+        fs = getattr(ctx, s)
+        if fs is None:
+            return f"no {s} set"
+        for e in extractors:
+            if e not in fs.features:
+                return f"{fs.name} has no {e!r} features"
+    return None

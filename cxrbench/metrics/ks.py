@@ -1,0 +1,191 @@
+"""Two-sample Kolmogorov-Smirnov batteries with Benjamini-Hochberg control (seed 000's "future work").
+
+One KS test per dimension (scipy ``ks_2samp``, two-sided; exact p for small sets, asymptotic for large),
+then Benjamini-Hochberg at false-discovery rate ``q`` (0.05) across the dimensions. Three batteries:
+
+- ``ks_features_<extractor>``: every dimension of an embedding;
+- ``ks_labels``: the XRV classifier's 18 pathology probabilities;
+- ``ks_pixels``: per-image intensity statistics (the ``pixels`` extractor).
+
+The value is the fraction of dimensions rejected (lower is better; 0 means no dimension tells the sets
+apart); ``extra`` holds the median and maximum D, the dimension with the largest D by name and, for
+batteries of at most 64 dimensions, every dimension's D, p and decision.
+
+Bootstrap replicates recompute every D on the resampled generated set with a vectorised KS statistic
+(the same ECDF comparison as scipy, checked against it in the tests) and take p from the closed-form
+Kolmogorov limit with Stephens' correction (``ks_pvalues_fast``; scipy's own asymptotic p costs
+milliseconds per value), so 100 replicates of a 2048-dimensional battery stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .base import EvalContext, Metric, MetricValue
+from .bootstrap import real_vs_real_split
+from .common import (
+    MetricSettings,
+    bootstrap_interval,
+    dimension_names,
+    features_of,
+    float64_device,
+    missing_features,
+)
+
+#: batteries up to this many dimensions list every dimension in ``extra["dims"]``
+MAX_LISTED_DIMS = 64
+
+
+def benjamini_hochberg(p, q: float = 0.05) -> np.ndarray:
+    """Boolean rejections controlling the false discovery rate at ``q`` (Benjamini & Hochberg 1995)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p, kind="stable")
+    below = p[order] <= q * np.arange(1, m + 1) / m
+    reject = np.zeros(m, dtype=bool)
+    if below.any():
+        reject[order[: np.nonzero(below)[0].max() + 1]] = True
+    return reject
+
+
+def ks_statistics(x, y, *, device: str | torch.device = "cpu", budget: int = 2**24) -> np.ndarray:
+    """Two-sample KS statistic D of every column, vectorised (scipy's ECDF comparison, side='right')."""
+    x = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), device=device, dtype=torch.float64)
+    n1, n2 = len(x), len(y)
+    cols = max(1, budget // (n1 + n2))
+    out = np.empty(x.shape[1])
+    for c in range(0, x.shape[1], cols):
+        xs = x[:, c : c + cols].T.contiguous().sort(1).values
+        ys = y[:, c : c + cols].T.contiguous().sort(1).values
+        both = torch.cat([xs, ys], 1)
+        f1 = torch.searchsorted(xs, both, right=True).double() / n1
+        f2 = torch.searchsorted(ys, both, right=True).double() / n2
+        out[c : c + cols] = (f1 - f2).abs().amax(1).cpu().numpy()
+    return out
+
+
+def ks_pvalues_fast(d, n1: int, n2: int) -> np.ndarray:
+    """Two-sided p-values from the Kolmogorov limit with Stephens' small-sample correction.
+
+    ``kstwobign.sf((sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D)`` with ``en = n1 n2 / (n1 + n2)``: closed form
+    and vectorised, within a few percent of scipy's ``method="asymp"`` (the exact ``kstwo`` distribution at
+    ``en``, which costs milliseconds per value) for p above 1e-6 (checked in the tests).
+    """
+    en = n1 * n2 / (n1 + n2)
+    return np.clip(stats.kstwobign.sf((np.sqrt(en) + 0.12 + 0.11 / np.sqrt(en)) * np.asarray(d)), 0.0, 1.0)
+
+
+@dataclass
+class KSResult:
+    d: np.ndarray
+    p: np.ndarray
+    rejected: np.ndarray
+    names: list[str]
+
+    @property
+    def fraction(self) -> float:
+        return float(self.rejected.mean())
+
+    def extra(self, q: float) -> dict:
+        worst = int(np.argmax(self.d))
+        e = {
+            "median_d": float(np.median(self.d)),
+            "max_d": float(self.d[worst]),
+            "worst": self.names[worst],
+            "worst_p": float(self.p[worst]),
+            "n_tests": int(self.d.size),
+            "n_rejected": int(self.rejected.sum()),
+            "q": q,
+        }
+        if self.d.size <= MAX_LISTED_DIMS:
+            e["dims"] = {n: {"d": float(d), "p": float(p), "rejected": bool(r)}
+                         for n, d, p, r in zip(self.names, self.d, self.p, self.rejected)}
+        return e
+
+
+def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> KSResult:
+    """scipy ``ks_2samp`` on every column, Benjamini-Hochberg across columns."""
+    gen, ref = np.asarray(gen, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if gen.shape[1] != ref.shape[1]:
+        raise ValueError(f"feature dimensions differ: {gen.shape[1]} vs {ref.shape[1]}")
+    r = stats.ks_2samp(gen, ref, axis=0)
+    d, p = np.atleast_1d(r.statistic), np.atleast_1d(r.pvalue)
+    names = names or [f"dim_{i}" for i in range(gen.shape[1])]
+    return KSResult(d, p, benjamini_hochberg(p, q), list(names))
+
+
+def ks_metric_value(gen, ref, names, *, st: MetricSettings, device, patient_ids=None) -> MetricValue:
+    """The battery as a MetricValue: bootstrap CI of the rejected fraction and the real-vs-real floor."""
+    res = ks_battery(gen, ref, names, q=st.ks_q)
+
+    def replicate(idx):
+        d = ks_statistics(gen[idx], ref, device=float64_device(device))
+        return float(benjamini_hochberg(ks_pvalues_fast(d, len(idx), len(ref)), st.ks_q).mean())
+
+    ci = bootstrap_interval(replicate, len(gen), res.fraction, st, lower=0.0, upper=1.0)
+    a, b = real_vs_real_split(len(ref), st.seed, patient_ids)
+    rvr = ks_battery(ref[a], ref[b], names, q=st.ks_q).fraction
+    return MetricValue(res.fraction, False, ci, len(gen), len(ref), rvr, extra=res.extra(st.ks_q))
+
+
+class KSFeatures(Metric):
+    name = "ks_features"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_features": False}
+    per_extractor = True
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        st = MetricSettings.from_config(ctx.config)
+        out = {}
+        for e in ctx.embedding_extractors():
+            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
+            out[f"ks_features_{e}"] = ks_metric_value(
+                gen, ref, dimension_names(ctx, e, gen.shape[1]), st=st, device=ctx.device,
+                patient_ids=ctx.ref.patient_ids,
+            )
+        return out
+
+
+class _KSOne(Metric):
+    """A battery over one non-embedding extractor's named outputs."""
+
+    extractor: ClassVar[str] = ""
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        return missing_features(ctx, [self.extractor])
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        if self.skip_reason(ctx):
+            return {}
+        st = MetricSettings.from_config(ctx.config)
+        gen, ref = features_of(ctx.gen, self.extractor), features_of(ctx.ref, self.extractor)
+        keep = ~(np.isnan(gen).any(0) | np.isnan(ref).any(0))  # e.g. a pathology the head does not predict
+        names = [n for n, k in zip(dimension_names(ctx, self.extractor, gen.shape[1]), keep) if k]
+        (key,) = self.outputs
+        value = ks_metric_value(gen[:, keep], ref[:, keep], names, st=st, device=ctx.device,
+                                patient_ids=ctx.ref.patient_ids)
+        return {key: value}
+
+
+class KSLabels(_KSOne):
+    name = "ks_labels"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_labels": False}
+    requires_extractors = ("xrv-classifier",)
+    extractor = "xrv-classifier"
+
+
+class KSPixels(_KSOne):
+    name = "ks_pixels"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_pixels": False}
+    requires_extractors = ("pixels",)
+    extractor = "pixels"

@@ -1,0 +1,104 @@
+"""Memorization: how many generated images sit closer to a training image than real unseen images do.
+
+For every generated image, the distance to its nearest training image (``--train-reference``, the
+generator's training set); for every held-out real image (the evaluation reference, which must not
+overlap the training set), the same. The threshold is the ``percentile``-th (5th) percentile of the
+held-out distances; ``memorization`` is the fraction of generated images strictly below it.
+
+A generator that never copies gives the base rate ``percentile / 100`` (0.05): the real held-out images
+themselves are below their own 5th percentile 5% of the time. A set in which a fraction ``c`` are copies
+of training images and the rest behave like unseen real images gives ``c + (1 - c) * 0.05``, so
+``extra["excess"] = (rate - 0.05) / 0.95`` estimates the copied fraction ``c`` directly. The noise floor
+(``real_vs_real``) takes the threshold from one half of the reference and the rate from the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from . import knn
+from .base import EvalContext, Metric, MetricValue
+from .bootstrap import real_vs_real_split
+from .common import MetricSettings, bootstrap_interval, features_of
+
+
+@dataclass
+class MemorizationResult:
+    rate: float
+    excess: float
+    threshold: float
+    gen_dist: np.ndarray  # (N_gen,) distance to the nearest training row
+    gen_nearest: np.ndarray  # (N_gen,) index of that training row
+    heldout_dist: np.ndarray  # (N_ref,)
+    base_rate: float
+
+
+def memorization(
+    gen,
+    heldout,
+    train,
+    *,
+    percentile: float = 5.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    budget: int = knn.DEFAULT_BUDGET,
+) -> MemorizationResult:
+    kw = dict(device=device, dtype=dtype, budget=budget)
+    d_gen, i_gen = knn.nearest(gen, train, **kw)
+    d_held, _ = knn.nearest(heldout, train, **kw)
+    threshold = float(np.percentile(d_held, percentile))
+    rate = float((d_gen < threshold).mean())
+    base = percentile / 100.0
+    return MemorizationResult(rate, (rate - base) / (1 - base), threshold, d_gen, i_gen, d_held, base)
+
+
+class Memorization(Metric):
+    name = "memorization"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"memorization": False}
+    per_extractor = True
+    #: closest generated-to-training pairs listed in extra (shown in the report)
+    n_closest: ClassVar[int] = 10
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        if ctx.train is None:
+            return "needs the generator's training images (--train-reference)"
+        if len(ctx.ref) < 20:
+            return f"needs at least 20 held-out reference images for a 5th-percentile threshold, got {len(ctx.ref)}"
+        return None
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        if self.skip_reason(ctx):
+            return {}
+        st = MetricSettings.from_config(ctx.config)
+        out = {}
+        for e in ctx.embedding_extractors():
+            gen, ref, train = (features_of(s, e) for s in (ctx.gen, ctx.ref, ctx.train))
+            res = memorization(gen, ref, train, percentile=st.memorization_percentile, device=ctx.device,
+                               budget=st.knn_budget)
+            below = res.gen_dist < res.threshold
+            ci = bootstrap_interval(lambda idx: float(below[idx].mean()), len(gen), res.rate, st, lower=0.0, upper=1.0)
+            a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
+            rvr = float((res.heldout_dist[b] < np.percentile(res.heldout_dist[a], st.memorization_percentile)).mean())
+            # a reference that overlaps the training set drags the threshold to 0: say so
+            tiny = 1e-6 * max(float(np.median(res.heldout_dist)), 1e-12)
+            closest = np.argsort(res.gen_dist, kind="stable")[: self.n_closest]
+            extra = {
+                "excess": res.excess,
+                "base_rate": res.base_rate,
+                "threshold": res.threshold,
+                "exact_copies": float((res.gen_dist <= tiny).mean()),
+                "reference_in_train": float((res.heldout_dist <= tiny).mean()),
+                "n_train": len(train),
+                "closest_pairs": [
+                    {"sample": ctx.gen.ids[j], "train": ctx.train.ids[res.gen_nearest[j]],
+                     "distance": float(res.gen_dist[j])}
+                    for j in closest
+                ],
+            }
+            out[f"memorization_{e}"] = MetricValue(res.rate, False, ci, len(gen), len(ref), rvr, extra=extra)
+        return out

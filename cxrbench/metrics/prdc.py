@@ -1,0 +1,129 @@
+"""Precision, recall, density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics").
+
+With ``r_real(i)`` the distance from real point i to its k-th nearest other real point, and ``r_gen(j)``
+the same within the generated set (k = 5):
+
+- precision: fraction of generated points inside at least one real ball ``B(real_i, r_real(i))``;
+- recall: fraction of real points inside at least one generated ball ``B(gen_j, r_gen(j))``;
+- density: mean number of real balls containing a generated point, divided by k (1 on identical sets in
+  expectation; above 1 when samples crowd the dense regions);
+- coverage: fraction of real points whose own ball contains at least one generated point.
+
+All neighbour queries go through ``knn.py`` (chunked, never N x N). Balls are closed (``<=``; the prdc
+package uses ``<``, identical except on exact ties).
+
+Bootstrap over the generated set: precision and density are means of per-generated-point values, so a
+replicate averages the resampled values exactly. Recall and coverage ask, per real point, whether any
+present generated point falls in a ball; the ``boot_candidates`` best candidates of each real point are
+stored once and a replicate checks which are present (exact unless all of them are absent, probability
+about e^-K). Generated radii stay at their full-set values: resampling with replacement would put copies at
+distance 0 and collapse them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from . import knn
+from .base import EvalContext, Metric, MetricValue
+from .bootstrap import real_vs_real_split
+from .common import MetricSettings, bootstrap_interval, features_of
+
+
+@dataclass
+class PRDCResult:
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    #: per generated point: number of real balls containing it
+    gen_counts: np.ndarray
+    #: per real point: candidate generated indices (K,) and whether each one's ball contains the real point
+    recall_cand: np.ndarray
+    recall_hit: np.ndarray
+    #: per real point: its nearest generated indices (K,) and whether each lies inside the real ball
+    cover_cand: np.ndarray
+    cover_hit: np.ndarray
+    k: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"precision": self.precision, "recall": self.recall, "density": self.density,
+                "coverage": self.coverage}
+
+    def resampled(self, idx: np.ndarray) -> dict[str, float]:
+        """The four values when the generated set is replaced by its rows ``idx`` (with repetition)."""
+        present = np.zeros(len(self.gen_counts), dtype=bool)
+        present[idx] = True
+        c = self.gen_counts[idx]
+        return {
+            "precision": float((c > 0).mean()),
+            "density": float(c.mean() / self.k),
+            "recall": float((self.recall_hit & present[self.recall_cand]).any(1).mean()),
+            "coverage": float((self.cover_hit & present[self.cover_cand]).any(1).mean()),
+        }
+
+
+def prdc(
+    real,
+    gen,
+    *,
+    k: int = 5,
+    boot_candidates: int = 32,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    budget: int = knn.DEFAULT_BUDGET,
+) -> PRDCResult:
+    kw = dict(device=device, dtype=dtype, budget=budget)
+    if len(real) <= k or len(gen) <= k:
+        raise ValueError(f"PRDC with k={k} needs more than {k} points per set, got {len(real)} and {len(gen)}")
+    r_real = knn.kth_radii(real, k, **kw)
+    r_gen = knn.kth_radii(gen, k, **kw)
+    gen_counts = knn.ball_counts(gen, real, r_real, **kw)
+    kc = min(boot_candidates, len(gen))
+    # recall: balls B(gen_j, r_gen(j)) containing real_i most deeply, i.e. smallest d / r_gen(j)
+    ratio, recall_cand = knn.knn(real, gen, kc, scale=np.maximum(r_gen, 1e-30), **kw)
+    recall_hit = ratio <= 1.0
+    dist, cover_cand = knn.knn(real, gen, kc, **kw)
+    cover_hit = dist <= r_real[:, None]
+    return PRDCResult(
+        precision=float((gen_counts > 0).mean()),
+        recall=float(recall_hit[:, 0].mean()),
+        density=float(gen_counts.mean() / k),
+        coverage=float(cover_hit[:, 0].mean()),
+        gen_counts=gen_counts, recall_cand=recall_cand, recall_hit=recall_hit,
+        cover_cand=cover_cand, cover_hit=cover_hit, k=k,
+    )
+
+
+class PRDC(Metric):
+    name = "prdc"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
+    per_extractor = True
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        k = MetricSettings.from_config(ctx.config).prdc_k
+        if len(ctx.gen) <= k or len(ctx.ref) <= 2 * k + 1:
+            return f"PRDC with k={k} needs more than {k} generated and {2 * k + 1} reference images"
+        return None
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        if self.skip_reason(ctx):
+            return {}
+        st = MetricSettings.from_config(ctx.config)
+        kw = dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=ctx.device, budget=st.knn_budget)
+        out = {}
+        for e in ctx.embedding_extractors():
+            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
+            res = prdc(ref, gen, **kw)
+            a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
+            rvr = prdc(ref[a], ref[b], **kw).as_dict()
+            for key, value in res.as_dict().items():
+                ci = bootstrap_interval(lambda idx, key=key: res.resampled(idx)[key], len(gen), value, st,
+                                        lower=0.0, upper=None if key == "density" else 1.0)
+                out[f"{key}_{e}"] = MetricValue(value, True, ci, len(gen), len(ref), rvr[key], extra={"k": st.prdc_k})
+        return out

@@ -1,0 +1,572 @@
+"""Downstream augmentation gain (seed 001 Table I, seed 003): do synthetic images help a real classifier?
+
+A binary task ``"A vs B"`` (label names, ``No Finding`` allowed) is learned from four training sets and
+tested on the same held-out real images:
+
+``real``       N real images                      ``mixed``      N/2 real + N/2 synthetic (seed 001)
+``augmented``  the N real images + K synthetic    ``synthetic``  N synthetic images only
+
+Every training set is class-balanced. The test set is drawn once (patient-disjoint from the training pool
+when patient ids exist; exact file copies of test images are removed from the pool too); each seed redraws
+the training subsets and re-initialises the classifier. Reported per mode: accuracy and AUROC (mean over
+seeds, bootstrap CI over test images, per-seed values and their std); and the paired differences
+``aug_gain_*`` (augmented - real) and ``aug_mixed_delta_*`` (mixed - real), whose CIs resample the same test
+images for both modes and average over seeds.
+
+Classifiers: ``linear`` (logistic regression on frozen features, extracted once through the harness and its
+feature cache), ``cnn`` (a small CNN on 64 px images) and ``densenet`` (torchxrayvision DenseNet121
+fine-tuned; published weights when ``weights`` finds them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data.sources import ImageSource, _align_table, _read_csv, open_source
+from ..errors import DataError, UsageError
+from ..labels import LABELS, NO_FINDING, canonical_label
+from ..metrics.base import MetricValue
+from ..metrics.bootstrap import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_NAME = "augmentation"
+PROTOCOL_VERSION = "1"
+MODES = ("real", "mixed", "augmented", "synthetic")
+CLASSIFIERS = ("linear", "cnn", "densenet")
+#: output key -> higher_is_better (the leaderboard reads this, never a hard-coded direction)
+OUTPUTS = {
+    **{f"aug_{m}_{s}": True for m in MODES for s in ("auroc", "accuracy")},
+    "aug_gain_auroc": True, "aug_gain_accuracy": True,
+    "aug_mixed_delta_auroc": True, "aug_mixed_delta_accuracy": True,
+}
+
+
+@dataclass
+class AugmentConfig:
+    """Every knob of the protocol; ``cxrbench augment`` flags mirror these fields."""
+
+    task: str = "Edema vs No Finding"
+    n_real: int = 1000
+    n_test: int = 300
+    n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
+    seeds: int = 3
+    seed: int = 0  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
+    test_split: str | None = None  # draw the test set from labels.csv `split` == this value only
+    classifier: str = "linear"
+    extractor: str = "xrv"  # frozen features for `linear`
+    weights: str = "auto"  # auto | random | a folder of weights files (extractor, and densenet init)
+    weights_seed: int = 0
+    device: str = "auto"
+    batch_size: int = 32
+    num_workers: int | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    n_bootstrap: int = 200
+    c: float = 1.0  # inverse L2 strength of the linear probe (features are standardised first)
+    epochs: int | None = None  # cnn / densenet; None: 15 (cnn), 5 (densenet)
+    lr: float | None = None  # None: 1e-3 (cnn), 1e-4 (densenet)
+    image_size: int | None = None  # None: 64 (cnn), 224 (densenet)
+    progress: bool = True
+
+
+@dataclass
+class AugmentOutcome:
+    metrics: dict[str, MetricValue]
+    details: dict = field(default_factory=dict)  # sizes, per-seed tables, label sources
+    notes: list[str] = field(default_factory=list)
+    extractors: dict[str, dict] = field(default_factory=dict)
+    real: ImageSource | None = None
+    synthetic: ImageSource | None = None
+    device: str = "cpu"
+    cache: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- task + labels
+
+def parse_task(task: str) -> tuple[str, str]:
+    """``"A vs B"`` -> (positive label A, negative label B), NIH spelling."""
+    parts = [p.strip() for p in task.replace(" VS ", " vs ").split(" vs ")]
+    if len(parts) != 2 or not all(parts):
+        raise UsageError(f"--task {task!r}: expected 'A vs B', e.g. 'Edema vs No Finding'")
+    out = []
+    for p in parts:
+        lab = canonical_label(p)
+        if lab is None:
+            raise UsageError(f"--task {task!r}: unknown label {p!r}; known labels: {', '.join(LABELS)}")
+        out.append(lab)
+    if out[0] == out[1]:
+        raise UsageError(f"--task {task!r}: the two classes must differ")
+    return out[0], out[1]
+
+
+def binary_labels(matrix: np.ndarray, pos: str, neg: str) -> np.ndarray:
+    """1 (pos), 0 (neg) or -1 (neither, or both: left out) from an (N, 15) LABELS-order matrix (NaN unknown)."""
+    a = matrix[:, LABELS.index(pos)] == 1
+    b = matrix[:, LABELS.index(neg)] == 1
+    return np.where(a & ~b, 1, np.where(b & ~a, 0, -1)).astype(np.int64)
+
+
+def _attach_labels(src: ImageSource, csv: str | None, role: str) -> None:
+    if csv is None:
+        return
+    from pathlib import Path
+
+    p = Path(csv)
+    if not p.is_file():
+        raise DataError(f"{p}: no such labels file for --{role}-labels")
+    if src.root is None or src._array is not None:
+        raise UsageError(f"--{role}-labels needs --{role} to be a folder (array files carry no paths)")
+    table = _align_table(_read_csv(p), src.ids, p, src.root)
+    if "manifest" in p.name:
+        src.manifest = table
+    src.labels = table
+
+
+def _has_task_columns(src: ImageSource, pos: str, neg: str) -> bool:
+    return src.labels is not None and pos in src.labels.columns and neg in src.labels.columns
+
+
+def _classifier_labels(probs: np.ndarray, names: list[str], pos: str, neg: str) -> np.ndarray:
+    """Task labels from XRV classifier probabilities (> 0.5 = present; No Finding = nothing present)."""
+    col = {canonical_label(n) or n: j for j, n in enumerate(names)}
+    present = probs > 0.5
+
+    def has(lab):
+        if lab == NO_FINDING:
+            return ~present.any(1)
+        if lab not in col:
+            raise UsageError(f"the XRV classifier has no output for {lab!r}; give --synthetic-labels (a manifest.csv)")
+        return present[:, col[lab]]
+
+    a, b = has(pos), has(neg)
+    return np.where(a & ~b, 1, np.where(b & ~a, 0, -1)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- splits
+
+def _take_balanced(rng: np.random.Generator, idx: np.ndarray, y: np.ndarray, n: int, what: str,
+                   counts_hint: str) -> np.ndarray:
+    """``n`` indices from ``idx`` (n//2 of class 0, the rest of class 1), without replacement."""
+    want = {0: n // 2, 1: n - n // 2}
+    out = []
+    for cls, k in want.items():
+        pool = idx[y[idx] == cls]
+        if len(pool) < k:
+            raise DataError(
+                f"{what}: needs {k} images of class {cls} but has {len(pool)} ({counts_hint}); "
+                "lower --n-real / --n-test / --n-synthetic or add images"
+            )
+        out.append(rng.permutation(pool)[:k])
+    return np.concatenate(out)
+
+
+def _head(idx: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """The first n//2 class-0 and n - n//2 class-1 entries of a balanced draw (the same split as above)."""
+    return np.concatenate([idx[y[idx] == 0][: n // 2], idx[y[idx] == 1][: n - n // 2]])
+
+
+def _test_split(src: ImageSource, y: np.ndarray, cfg: AugmentConfig, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(test indices, training-pool indices): balanced test, patient-disjoint, no file copies across."""
+    usable = np.flatnonzero(y >= 0)
+    candidates = usable
+    if cfg.test_split is not None:
+        if src.labels is None or "split" not in src.labels.columns:
+            raise UsageError(f"{src.name}: --test-split needs a 'split' column in the real labels")
+        in_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
+        if not in_split.any():
+            raise UsageError(f"{src.name}: no images with split {cfg.test_split!r}; splits present: "
+                             f"{sorted(set(src.labels['split'].astype(str)))}")
+        candidates = usable[in_split[usable]]
+    patients = src.patient_ids or [f"img:{i}" for i in range(len(src))]
+    groups: dict[str, list[int]] = {}
+    for i in candidates:
+        groups.setdefault(str(patients[i]), []).append(int(i))
+    order = sorted(groups, key=lambda p: hashlib.sha256(f"{cfg.seed}:{p}".encode()).hexdigest())
+    quota = {0: cfg.n_test // 2, 1: cfg.n_test - cfg.n_test // 2}
+    test: list[int] = []
+    for p in order:
+        imgs = groups[p]
+        need = {c: sum(1 for i in imgs if y[i] == c) for c in (0, 1)}
+        if all(need[c] <= quota[c] for c in (0, 1)):
+            test += imgs
+            for c in (0, 1):
+                quota[c] -= need[c]
+        if quota[0] == 0 and quota[1] == 0:
+            break
+    if quota[0] or quota[1]:
+        counts = {c: int((y[candidates] == c).sum()) for c in (0, 1)}
+        raise DataError(
+            f"{src.name}: cannot draw {cfg.n_test} balanced test images for {names[0]} vs {names[1]}; "
+            f"{counts[1]} {names[0]} and {counts[0]} {names[1]} images available for the test set; lower --n-test"
+        )
+    test_arr = np.sort(np.array(test, dtype=np.int64))
+    test_patients = {str(patients[i]) for i in test_arr}
+    test_hashes = {src.hashes[i] for i in test_arr}
+    in_test_split = np.zeros(len(src), dtype=bool)
+    if cfg.test_split is not None:
+        in_test_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
+    pool = np.array([i for i in usable if str(patients[i]) not in test_patients and src.hashes[i] not in test_hashes
+                     and not in_test_split[i]], dtype=np.int64)
+    return test_arr, pool
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count 1/2); NaN when only one class is present."""
+    y = np.asarray(y)
+    n1 = int((y == 1).sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    # average ranks of tied scores (what scipy.stats.rankdata does, without its per-call overhead)
+    _, inv, counts = np.unique(np.asarray(s), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def accuracy(y: np.ndarray, s: np.ndarray) -> float:
+    return float(((s > 0.5).astype(np.int64) == y).mean())
+
+
+STATS = {"auroc": auroc, "accuracy": accuracy}
+
+
+# --------------------------------------------------------------------------------------------- classifiers
+
+def _fit_linear(x_tr, y_tr, x_te, *, seed: int, cfg: AugmentConfig) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_tr)
+    clf = LogisticRegression(C=cfg.c, max_iter=5000, random_state=seed)
+    clf.fit(scaler.transform(x_tr), y_tr)
+    return clf.predict_proba(scaler.transform(x_te))[:, 1]
+
+
+class SmallCNN(torch.nn.Module):
+    """Four stride-2 conv blocks, global average pool, one logit: a from-scratch baseline at 64 px."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        layers, c = [], 1
+        for k in (width, 2 * width, 4 * width, 4 * width):
+            layers += [torch.nn.Conv2d(c, k, 3, stride=2, padding=1), torch.nn.BatchNorm2d(k), torch.nn.ReLU()]
+            c = k
+        self.body = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.head = torch.nn.Linear(c, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x * 2 - 1)).squeeze(1)
+
+
+class _XRVBinary(torch.nn.Module):
+    """torchxrayvision DenseNet121 body (published weights when available) with a fresh one-logit head."""
+
+    def __init__(self, weights: str, seed: int):
+        super().__init__()
+        from ..features.xrv import build_densenet
+
+        self.net, self.weights_id, _ = build_densenet(weights, seed)
+        torch.manual_seed(seed)
+        self.head = torch.nn.Linear(1024, 1)
+
+    def forward(self, x):
+        return self.head(self.net.features2(x * 2048.0 - 1024.0)).squeeze(1)
+
+
+def _fit_torch(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, *, seed: int, cfg: AugmentConfig,
+               device: str) -> np.ndarray:
+    from ..seeding import torch_generator
+
+    dense = cfg.classifier == "densenet"
+    epochs = cfg.epochs if cfg.epochs is not None else (5 if dense else 15)
+    lr = cfg.lr if cfg.lr is not None else (1e-4 if dense else 1e-3)
+    torch.manual_seed(seed)
+    model = (_XRVBinary(cfg.weights, seed) if dense else SmallCNN()).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch_generator(seed)
+    yt = torch.as_tensor(y_tr, dtype=torch.float32)
+    bs = cfg.batch_size
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_tr), generator=g)
+        for b in range(0, len(perm), bs):
+            j = perm[b : b + bs]
+            if len(j) < 2:  # BatchNorm cannot train on one image
+                continue
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(x_tr[j].to(device)), yt[j].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = [torch.sigmoid(model(x_te[b : b + 2 * bs].to(device))).cpu() for b in range(0, len(x_te), 2 * bs)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _load_images(src: ImageSource, idx: np.ndarray, size: int) -> torch.Tensor:
+    """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize."""
+    import torch.nn.functional as F
+
+    from ..features.xrv import center_crop_square
+
+    out = torch.empty(len(idx), 1, size, size)
+    for k, i in enumerate(idx):
+        x = center_crop_square(torch.from_numpy(src.load(int(i)))[None, None].float())
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[k] = x[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- protocol
+
+def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels: str | None = None,
+            synthetic_labels: str | None = None, real_features: np.ndarray | None = None,
+            synthetic_features: np.ndarray | None = None) -> AugmentOutcome:
+    """Run the protocol; ``real`` / ``synthetic`` are folders, arrays or ``ImageSource``s.
+
+    ``real_features`` / ``synthetic_features`` (rows in each source's canonical order) skip extraction for
+    the linear probe, e.g. when the harness has already extracted them.
+    """
+    from ..harness import EvalConfig, build_extractors, extract_features, resolve_device
+    from ..features.cache import FeatureCache
+
+    cfg = config or AugmentConfig()
+    if cfg.classifier not in CLASSIFIERS:
+        raise UsageError(f"--classifier {cfg.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
+    if cfg.seeds < 1 or cfg.n_real < 4 or cfg.n_test < 4 or (cfg.n_synthetic is not None and cfg.n_synthetic < 2):
+        raise UsageError("--seeds must be >= 1, --n-real and --n-test >= 4, --n-synthetic >= 2")
+    if cfg.seeds < 3:
+        log.warning("augmentation: %d seed(s); the protocol asks for >= 3 to show seed-to-seed spread", cfg.seeds)
+    pos, neg = parse_task(cfg.task)
+    device = resolve_device(cfg.device)
+    notes: list[str] = []
+
+    real_src = open_source(real, role="real")
+    syn_src = open_source(synthetic, role="synthetic")
+    _attach_labels(real_src, real_labels, "real")
+    _attach_labels(syn_src, synthetic_labels, "synthetic")
+    if not _has_task_columns(real_src, pos, neg):
+        have = [] if real_src.labels is None else [c for c in real_src.labels.columns if c in LABELS]
+        raise DataError(f"{real_src.name}: the real images need labels for {pos!r} and {neg!r} (labels.csv in the "
+                        f"folder or --real-labels CSV); label columns found: {have or 'none'}")
+    y_real = binary_labels(real_src.label_matrix(), pos, neg)
+
+    ecfg = EvalConfig(extractors=(cfg.extractor,), weights=cfg.weights, weights_seed=cfg.weights_seed, device=device,
+                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir,
+                      use_cache=cfg.use_cache, progress=cfg.progress)
+    cache = FeatureCache(cfg.cache_dir, enabled=cfg.use_cache)
+    extractors: dict = {}
+    specs: dict[str, dict] = {}
+
+    def features(src, given, role):
+        if given is not None:
+            given = np.asarray(given, dtype=np.float32)
+            if given.ndim != 2 or len(given) != len(src):
+                raise UsageError(f"{role}_features: expected ({len(src)}, D) rows in {src.name}'s canonical order, "
+                                 f"got shape {given.shape}")
+            return given
+        if not extractors:
+            extractors.update(build_extractors([cfg.extractor], ecfg, device))
+        f, bad = extract_features(src, extractors, ecfg, cache, device, desc=f"{role} features")
+        if bad:
+            raise DataError(f"{len(bad)} unreadable image(s) in {role} {src.name}: {bad[0][1]}; remove them")
+        return f[cfg.extractor]
+
+    # synthetic labels: manifest / labels table, else the XRV classifier
+    if _has_task_columns(syn_src, pos, neg):
+        y_syn = binary_labels(syn_src.label_matrix(), pos, neg)
+        label_source = "manifest"
+    else:
+        lcfg = dataclasses.replace(ecfg, extractors=("xrv", "xrv-classifier"))
+        lx = build_extractors(["xrv", "xrv-classifier"], lcfg, device)
+        f, bad = extract_features(syn_src, lx, lcfg, cache, device, desc="synthetic labels (xrv-classifier)")
+        if bad:
+            raise DataError(f"{len(bad)} unreadable image(s) in synthetic {syn_src.name}: {bad[0][1]}; remove them")
+        y_syn = _classifier_labels(f["xrv-classifier"], lx["xrv-classifier"].feature_names, pos, neg)
+        label_source = "xrv-classifier"
+        specs["xrv-classifier"] = lx["xrv-classifier"].spec()
+        weights_note = " (RANDOM weights: these labels are meaningless)" if cfg.weights == "random" else ""
+        notes.append(f"synthetic labels were not given (no {pos!r}/{neg!r} columns in a manifest.csv); they come "
+                     f"from the XRV classifier (probability > 0.5 = present, No Finding = nothing present)"
+                     f"{weights_note}")
+
+    test, pool = _test_split(real_src, y_real, cfg, (pos, neg))
+    n, k = cfg.n_real, cfg.n_synthetic if cfg.n_synthetic is not None else cfg.n_real
+    syn_usable = np.flatnonzero(y_syn >= 0)
+    hint_real = f"real pool after the test draw: {int((y_real[pool] == 1).sum())} {pos}, {int((y_real[pool] == 0).sum())} {neg}"
+    hint_syn = f"synthetic: {int((y_syn == 1).sum())} {pos}, {int((y_syn == 0).sum())} {neg}, " \
+               f"{int((y_syn < 0).sum())} neither/both (labels from {label_source})"
+
+    # inputs of the classifier: frozen features, or images
+    if cfg.classifier == "linear":
+        x_real = features(real_src, real_features, "real")
+        x_syn = features(syn_src, synthetic_features, "synthetic")
+        if extractors:
+            specs[cfg.extractor] = extractors[cfg.extractor].spec()
+        else:
+            specs[cfg.extractor] = {"name": cfg.extractor, "given": "features passed in by the caller"}
+    else:
+        size = cfg.image_size or (224 if cfg.classifier == "densenet" else 64)
+        x_real = torch.zeros(len(real_src), 1, size, size)
+        x_syn = torch.zeros(len(syn_src), 1, size, size)
+        # only decode images that can be used
+        keep_real = np.union1d(test, pool)
+        x_real[keep_real] = _load_images(real_src, keep_real, size)
+        x_syn[syn_usable] = _load_images(syn_src, syn_usable, size)
+
+    def fit(x_tr, y_tr, x_te, seed):
+        if cfg.classifier == "linear":
+            return _fit_linear(x_tr, y_tr, x_te, seed=seed, cfg=cfg)
+        return _fit_torch(x_tr, y_tr, x_te, seed=seed, cfg=cfg, device=device)
+
+    def cat(a, b):
+        return np.concatenate([a, b]) if isinstance(a, np.ndarray) else torch.cat([a, b])
+
+    y_test = y_real[test]
+    x_test = x_real[test]
+    scores: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    sizes: dict[str, dict] = {}
+    from tqdm.auto import tqdm
+    import sys
+
+    for s in tqdm(range(cfg.seeds), desc="augmentation seeds", disable=not cfg.progress, file=sys.stderr, leave=False):
+        seed = cfg.seed + 1 + s
+        rng = np.random.default_rng(seed)
+        r = _take_balanced(rng, pool, y_real, n, f"{real_src.name} (real training pool)", hint_real)
+        syn_n = _take_balanced(rng, syn_usable, y_syn, max(n, k), f"{syn_src.name} (synthetic)", hint_syn)
+        # nested draws: mixed's halves come from the same real / synthetic draws, augmented adds K of the
+        # synthetic draw to exactly the `real` set
+        half_r, half_s = _head(r, y_real, n // 2), _head(syn_n, y_syn, n - n // 2)
+        syn_k, syn_only = _head(syn_n, y_syn, k), _head(syn_n, y_syn, n)
+        train = {
+            "real": (r, np.array([], dtype=np.int64)),
+            "mixed": (half_r, half_s),
+            "augmented": (r, syn_k),
+            "synthetic": (np.array([], dtype=np.int64), syn_only),
+        }
+        for m, (ri, si) in train.items():
+            x_tr = cat(x_real[ri], x_syn[si])
+            y_tr = np.concatenate([y_real[ri], y_syn[si]])
+            scores[m].append(fit(x_tr, y_tr, x_test, seed))
+            sizes[m] = {"n_real": int(len(ri)), "n_synthetic": int(len(si))}
+
+    metrics: dict[str, MetricValue] = {}
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    nt = len(test)
+    for m in MODES:
+        for sname, fn in STATS.items():
+            vals = [fn(y_test, sc) for sc in scores[m]]
+            per_seed.setdefault(m, {})[sname] = vals
+            ci = bootstrap_ci(lambda idx, m=m, fn=fn: float(np.mean([fn(y_test[idx], sc[idx]) for sc in scores[m]])),
+                              nt, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+            metrics[f"aug_{m}_{sname}"] = MetricValue(
+                value=float(np.mean(vals)), higher_is_better=True, ci=ci, n_gen=sizes[m]["n_synthetic"], n_ref=nt,
+                extra={"per_seed": vals, "std_over_seeds": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                       "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"]},
+            )
+    for key, mode in (("gain", "augmented"), ("mixed_delta", "mixed")):
+        for sname, fn in STATS.items():
+            diffs = [a - b for a, b in zip(per_seed[mode][sname], per_seed["real"][sname])]
+
+            def paired(idx, mode=mode, fn=fn):
+                return float(np.mean([fn(y_test[idx], a[idx]) - fn(y_test[idx], b[idx])
+                                      for a, b in zip(scores[mode], scores["real"])]))
+
+            metrics[f"aug_{key}_{sname}"] = MetricValue(
+                value=float(np.mean(diffs)), higher_is_better=True,
+                ci=bootstrap_ci(paired, nt, n_boot=cfg.n_bootstrap, seed=cfg.seed),
+                n_gen=sizes[mode]["n_synthetic"], n_ref=nt,
+                extra={"per_seed": diffs, "std_over_seeds": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
+                       "definition": f"{mode} minus real, paired bootstrap over the same test images, mean over seeds"},
+            )
+
+    details = {
+        "task": {"positive": pos, "negative": neg, "string": cfg.task},
+        "classifier": cfg.classifier,
+        "synthetic_label_source": label_source,
+        "n_test": nt, "test_class_counts": {pos: int((y_test == 1).sum()), neg: int((y_test == 0).sum())},
+        "real_pool": {"n": int(len(pool)), pos: int((y_real[pool] == 1).sum()), neg: int((y_real[pool] == 0).sum())},
+        "patient_disjoint": real_src.patient_ids is not None,
+        "synthetic_usable": {pos: int((y_syn == 1).sum()), neg: int((y_syn == 0).sum())},
+        "training_sizes": sizes,
+        "training_seeds": [cfg.seed + 1 + s for s in range(cfg.seeds)],
+        "per_seed": per_seed,
+        "test_ids": [real_src.ids[i] for i in test],
+    }
+    if real_src.patient_ids is None:
+        notes.append("the real images have no patient ids: the test set is image-disjoint, not patient-disjoint")
+    cache_info = {"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses}
+    return AugmentOutcome(metrics=metrics, details=details, notes=notes, extractors=specs, real=real_src,
+                          synthetic=syn_src, device=device, cache=cache_info)
+
+
+def run_augmentation(real, synthetic, *, task: str, config: AugmentConfig | None = None, **kwargs) -> dict[str, MetricValue]:
+    """The ``aug_*`` metrics for the harness (``cxrbench evaluate --protocol augmentation``).
+
+    ``kwargs`` go to :func:`augment` (``real_labels``, ``synthetic_labels``, ``real_features``,
+    ``synthetic_features``). Notes (e.g. labels from the XRV classifier) are emitted as warnings, which the
+    harness records in the result.
+    """
+    import warnings
+
+    cfg = dataclasses.replace(config or AugmentConfig(), task=task)
+    out = augment(real, synthetic, config=cfg, **kwargs)
+    for note in out.notes:
+        warnings.warn(f"augmentation: {note}", UserWarning, stacklevel=2)
+    return out.metrics
+
+
+class AugmentationProtocol:
+    """Registry entry ``PROTOCOLS["augmentation"]``: metadata plus :func:`run_augmentation`."""
+
+    name = PROTOCOL_NAME
+    version = PROTOCOL_VERSION
+    outputs = OUTPUTS
+    Config = AugmentConfig
+
+    def run(self, real, synthetic, *, task: str, config: AugmentConfig | None = None, **kwargs):
+        return run_augmentation(real, synthetic, task=task, config=config, **kwargs)
+
+
+def figure(outcome: AugmentOutcome, path) -> None:
+    """Per-mode AUROC and accuracy: one dot per seed, mean with the bootstrap 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, stat in zip(axes, ("auroc", "accuracy")):
+        for j, m in enumerate(MODES):
+            mv = outcome.metrics[f"aug_{m}_{stat}"]
+            seeds = mv.extra["per_seed"]
+            ax.scatter(np.full(len(seeds), j) + np.linspace(-0.12, 0.12, len(seeds)), seeds, s=14, alpha=0.6,
+                       color="tab:gray", zorder=2)
+            lo, hi = mv.ci if mv.ci else (mv.value, mv.value)
+            ax.errorbar([j], [mv.value], yerr=[[mv.value - lo], [hi - mv.value]], fmt="o", color="tab:blue",
+                        capsize=4, zorder=3)
+        ax.axhline(outcome.metrics[f"aug_real_{stat}"].value, color="tab:blue", lw=0.8, ls="--")
+        ax.set_xticks(range(len(MODES)), MODES)
+        ax.set_ylabel(stat.upper() if stat == "auroc" else stat)
+        g = outcome.metrics[f"aug_gain_{stat}"]
+        ci = f" [{g.ci[0]:+.3f}, {g.ci[1]:+.3f}]" if g.ci else ""
+        ax.set_title(f"gain (augmented - real) {g.value:+.3f}{ci}", fontsize=9)
+    t = outcome.details["task"]
+    fig.suptitle(f"{t['positive']} vs {t['negative']}: {outcome.details['classifier']} classifier, "
+                 f"{len(outcome.metrics['aug_real_auroc'].extra['per_seed'])} seeds, "
+                 f"{outcome.details['n_test']} real test images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

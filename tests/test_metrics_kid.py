@@ -1,0 +1,79 @@
+"""KID: agreement with torchmetrics on the same features, identities, and the reweighting bootstrap."""
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from cxrbench.metrics.kid import KID, kid, mmd2_unbiased
+
+from .metric_helpers import context, feature_set
+
+
+@pytest.fixture(scope="module")
+def feats():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(120, 24)).astype(np.float32), (rng.normal(size=(120, 24)) * 1.3 + 0.2).astype(np.float32)
+
+
+def torchmetrics_kid(a, b, subset_size, subsets, seed=0):
+    torch.manual_seed(seed)
+    with pytest.warns(UserWarning):  # torchmetrics warns that it buffers features
+        m = KernelInceptionDistance(feature=torch.nn.Identity(), subset_size=subset_size, subsets=subsets)
+    m.update(torch.as_tensor(a, dtype=torch.float64), real=True)
+    m.update(torch.as_tensor(b, dtype=torch.float64), real=False)
+    mean, std = m.compute()
+    return float(mean), float(std)
+
+
+def test_whole_set_agrees_with_torchmetrics(feats):
+    a, b = feats
+    expected, _ = torchmetrics_kid(a, b, subset_size=len(a), subsets=1)
+    assert mmd2_unbiased(torch.as_tensor(b), torch.as_tensor(a)) == pytest.approx(expected, rel=1e-9)
+    res = kid(b, a, subset_size=len(a), n_subsets=3)
+    assert res.mean == pytest.approx(expected, rel=1e-9) and res.std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_subset_average_agrees_with_torchmetrics(feats):
+    a, b = feats
+    ours = kid(b, a, subset_size=40, n_subsets=200, seed=1)
+    theirs, std = torchmetrics_kid(a, b, subset_size=40, subsets=200)
+    # two independent averages of 200 subset estimates of the same expectation
+    assert abs(ours.mean - theirs) < 4 * np.hypot(ours.std, std) / np.sqrt(200)
+    assert ours.std == pytest.approx(std, rel=0.3)
+
+
+def test_identical_distribution_gives_about_zero(feats):
+    a, b = feats
+    same = kid(a[:60], a[60:], subset_size=60, n_subsets=20)
+    diff = kid(b, a, subset_size=60, n_subsets=20)
+    assert abs(same.mean) < 0.1 * diff.mean
+
+
+def test_reweighting_is_the_u_statistic_of_the_resampled_multiset(feats):
+    a, b = feats
+    res = kid(b, a, subset_size=len(a), n_subsets=1, keep=1)
+    assert res.reweighted(np.ones(len(b))) == pytest.approx(res.mean, rel=1e-6)
+    counts = np.random.default_rng(2).multinomial(len(b), np.full(len(b), 1 / len(b)))
+    sub = res.kept[0]
+    x = torch.as_tensor(b, dtype=torch.float64)[torch.as_tensor(np.repeat(sub.gen_idx, counts[sub.gen_idx]))]
+    y = torch.as_tensor(a, dtype=torch.float64)
+
+    def k(p, q):
+        return (p @ q.T / p.shape[1] + 1) ** 3
+
+    w, m = len(x), len(y)
+    kxx, kyy = k(x, x), k(y, y)
+    direct = ((kxx.sum() - kxx.trace()) / (w * (w - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+              - 2 * k(x, y).mean())
+    assert res.reweighted(counts) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_metric_value_std_ci_and_floor(feats):
+    a, b = feats
+    ctx = context(feature_set("samples", {"e": b}), feature_set("reference", {"e": a}), kid_subset_size=50,
+                  kid_subsets=20)
+    v = KID().compute(ctx)["kid_e"]
+    assert v.extra["std"] > 0 and v.extra["subset_size"] == 50
+    assert v.ci[0] <= v.value <= v.ci[1]
+    assert abs(v.real_vs_real) < v.value

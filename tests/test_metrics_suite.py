@@ -1,0 +1,84 @@
+"""The whole suite on one synthetic context: declared keys, JSON-ready values, monotone response to shift."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrbench.features.pixels import PixelStatsExtractor
+from cxrbench.metrics.base import Metric
+from cxrbench.registry import METRICS
+from cxrbench.synthetic import synthetic_cxr
+
+from .metric_helpers import context, feature_set, thumbnails
+
+SUITE = ["kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_labels", "ks_pixels", "labels",
+         "label_adherence", "ms_ssim"]
+PIXELS = PixelStatsExtractor()
+
+
+def classifier(images):
+    """A fixed weight-free stand-in for the XRV classifier: 18 'probabilities' from thumbnail contrasts."""
+    t = thumbnails(images, 6).astype(np.float64)
+    w = np.random.default_rng(0).normal(size=(t.shape[1], 18))
+    z = (t - 0.45) @ w
+    return 1 / (1 + np.exp(-z / z.std()))
+
+
+def make_set(name, images, **kw):
+    feats = {"thumb": thumbnails(images), "pixels": PIXELS.extract(images).numpy(),
+             "xrv-classifier": classifier(images)}
+    return feature_set(name, feats, images=images, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return make_set("reference", synthetic_cxr(240, 32, seed=1))
+
+
+@pytest.fixture(scope="module")
+def train():
+    return make_set("train", synthetic_cxr(200, 32, seed=2))
+
+
+def test_every_metric_emits_exactly_its_declared_keys(reference, train):
+    gen = make_set("samples", synthetic_cxr(150, 32, shift=0.3, seed=3))
+    ctx = context(gen, reference, train, ms_ssim_pairs=6, ms_ssim_size=168, n_bootstrap=10)
+    for name in SUITE:
+        m = METRICS.get(name)()
+        assert isinstance(m, Metric) and m.name == name
+        out = m.compute(ctx)
+        if m.skip_reason(ctx):
+            assert out == {}
+            continue
+        assert set(out) == set(m.output_keys(ctx.embedding_extractors())), name
+        for key, v in out.items():
+            assert v.higher_is_better == m.outputs[key.removesuffix("_thumb")]
+            assert v.ci is not None and v.ci[0] <= v.value <= v.ci[1], key
+            json.dumps(v.to_dict(), allow_nan=False)
+    assert METRICS.get("label_adherence")().skip_reason(ctx)  # unconditional samples
+
+
+def test_requirements_are_declared():
+    assert METRICS.get("ks_labels").requires_extractors == ("xrv-classifier",)
+    assert METRICS.get("labels").requires_extractors == ("xrv-classifier",)
+    assert METRICS.get("ks_pixels").requires_extractors == ("pixels",)
+
+
+def test_distances_grow_and_fidelity_falls_with_distribution_shift(reference):
+    keys = {"kid": "kid_thumb", "fd_inf": "fd_inf_thumb", "ks_features": "ks_features_thumb",
+            "ks_pixels": "ks_pixels", "labels": "label_js", "prdc": "precision_thumb"}
+    series = {k: [] for k in keys.values()}
+    for shift in (0.0, 0.4, 0.8, 1.6):
+        gen = make_set("samples", synthetic_cxr(150, 32, shift=shift, seed=4))
+        ctx = context(gen, reference, n_bootstrap=0, kid_subsets=20)
+        for name, key in keys.items():
+            series[key].append(METRICS.get(name)().compute(ctx)[key].value)
+    for key, vals in series.items():
+        d = np.diff(vals)
+        if key == "precision_thumb":
+            assert (d <= 0).all() and vals[-1] < 0.5 * vals[0], (key, vals)
+        elif key.startswith("ks"):
+            assert (d >= 0).all() and vals[-1] > vals[0], (key, vals)  # a fraction: may saturate at 1
+        else:
+            assert (d > 0).all(), (key, vals)
