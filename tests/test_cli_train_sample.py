@@ -163,6 +163,8 @@ def test_optimize_toward_a_class(tmp_path, folder):
     bright = np.mean([read_png(guided / p).mean() for p in m["path"]])
     base = np.mean([read_png(plain / p).mean() for p in m["path"]])
     assert bright > base
+    info = json.loads((guided / "sample_info.json").read_text())
+    assert info["optimize_toward"] == "Pneumonia" and info["log_p_end"] > info["log_p_start"]
     vae_run = train(tmp_path, folder, "vae", VAE_TOML, "--steps", 1)
     with pytest.raises(UsageError, match="optimize-toward"):
         call(sample_cmd, [vae_run, "--n", 1, "--out", tmp_path / "v", "--optimize-toward", "Pneumonia",

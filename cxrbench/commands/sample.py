@@ -236,16 +236,17 @@ def run(args) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(n - 1)))
-    rows = []
+    rows, log_p = [], []
     bar = tqdm(total=n, desc=f"sample {model.name}", dynamic_ncols=True, file=sys.stderr)
     for b, start in enumerate(range(0, n, args.batch_size)):
         m = min(args.batch_size, n - start)
         seed = args.seed * 1_000_003 + b  # one seed per batch: a batch is reproducible on its own
         lab = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels[start : start + m]))
         if args.optimize_toward:
-            imgs, _ = model.optimize_toward(
+            imgs, opt_info = model.optimize_toward(
                 target[0], m, classifier=classifier, steps=args.opt_steps, lr=args.opt_lr, seed=seed, labels=lab
             )
+            log_p.append((m, opt_info["log_p_start"], opt_info["log_p_end"]))
         elif args.prompt is not None:
             imgs = model.sample(m, prompts=args.prompt, seed=seed)
         else:
@@ -284,9 +285,13 @@ def run(args) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "bit_depth": args.bit_depth,
-        "optimize_toward": args.optimize_toward,
+        "optimize_toward": target[0] if args.optimize_toward else None,
         "classifier": args.classifier if args.optimize_toward else None,
     }
+    if log_p:  # mean log p(target | image) over the images, before and after optimising the latents
+        total = sum(k for k, _, _ in log_p)
+        info["log_p_start"] = sum(k * a for k, a, _ in log_p) / total
+        info["log_p_end"] = sum(k * b for k, _, b in log_p) / total
     atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
     print(out)
     return 0
