@@ -25,7 +25,7 @@ from ..seeding import numpy_rng
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import real_vs_real_split
 from .common import MetricSettings, bootstrap_interval, features_of, float64_device
-from .fid import _sqrtm_psd, frechet_distance, gaussian_stats
+from .fid import BootstrapFD, _sqrtm_psd, frechet_distance, gaussian_stats
 
 
 def nested_stats(x: torch.Tensor, sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,8 +69,14 @@ def fd_inf(
         sqrt_ref = _sqrtm_psd(sigma_r)
     x = torch.as_tensor(np.asarray(gen) if not torch.is_tensor(gen) else gen, dtype=torch.float64, device=mu_r.device)
     perm = torch.as_tensor(numpy_rng(seed).permutation(n), device=x.device)
-    fds = np.array([frechet_distance(mu_r, sigma_r, mu, cov, sqrt_sigma1=sqrt_ref)
-                    for mu, cov in nested_stats(x[perm], sizes)])
+    if int(sizes[0]) < x.shape[1]:
+        # subsets smaller than the feature dimension: BootstrapFD solves each as an s x s Gram eigenproblem
+        # (same FD; D = 2048 and N = 500: ~15 small problems instead of 15 of size 2048)
+        fd_of = BootstrapFD(x[perm], mu_r, sigma_r, sqrt_ref)
+        fds = np.array([fd_of(np.arange(int(k))) for k in sizes])
+    else:
+        fds = np.array([frechet_distance(mu_r, sigma_r, mu, cov, sqrt_sigma1=sqrt_ref)
+                        for mu, cov in nested_stats(x[perm], sizes)])
     slope, intercept = np.polyfit(1.0 / sizes, fds, 1)
     return float(intercept), {"sizes": sizes.tolist(), "fd": fds.tolist(), "slope": float(slope)}
 

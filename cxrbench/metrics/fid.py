@@ -101,7 +101,7 @@ class BootstrapFD:
         tr_b = float((w @ self.sq - n * (mu_b @ mu_b)) / (n - 1))
         diff = self.mu_r - mu_b
         keep = torch.from_numpy(np.flatnonzero(w_np)).to(self.x.device)
-        if len(keep) < self.d:
+        if len(keep) < self.d and self.n <= 8192:  # the N x N Gram matrix stays below 512 MB
             if self._gram is None:
                 self._gram = self.y @ self.y.T
             g = self._gram[keep][:, keep]
