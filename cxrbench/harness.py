@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from .data.sources import ImageSource, open_source
+from .distributed import DistContext, from_env
 from .errors import DataError, UsageError
 from .features.cache import FeatureCache, chunk_key
 from .metrics.base import EvalContext, FeatureSet, MetricValue
@@ -123,8 +124,13 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
 
 
 def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cache: FeatureCache, device: str,
-                     desc: str) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
-    """Features of every image of ``src`` for every extractor; returns (features, bad images)."""
+                     desc: str, dist: DistContext | None = None) -> tuple[dict[str, np.ndarray] | None, list]:
+    """Features of every image of ``src`` for every extractor; returns (features, bad images).
+
+    Under ``dist`` (several ranks) each rank looks up and extracts only its own chunks; rank 0 gathers them
+    and returns everything, the other ranks return ``(None, [])``.
+    """
+    dist = dist or DistContext()
     n = len(src)
     base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
     derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
@@ -135,7 +141,10 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
     feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
     chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
     todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
-    for ci, (s, t) in enumerate(chunks):
+    mine = [ci for ci in range(len(chunks)) if dist.owns(ci)]
+    hits0, misses0 = cache.hits, cache.misses
+    for ci in mine:
+        s, t = chunks[ci]
         hashes = src.hashes[s:t]
         for k in list(base) + list(derived):
             got = cache.get(chunk_key(hashes, specs[k]))
@@ -160,7 +169,7 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
             pin_memory=device.startswith("cuda"), persistent_workers=False,
         )
-        bar = _progress(sum(len(b) for b in batches), desc, config.progress)
+        bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size  # noqa: E731
         for batch in loader:
             ci = chunk_of(batch[0][0])
@@ -188,6 +197,22 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                     if src_k in todo[ci]:
                         cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
         bar.close()
+    if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
+        payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
+                   "bad": bad, "hits": cache.hits - hits0, "misses": cache.misses - misses0}
+        gathered = dist.gather(payload)
+        if not dist.is_main:
+            return None, []
+        for r, p in enumerate(gathered):
+            if r == 0:
+                continue
+            for ci, fk in p["chunks"].items():
+                s, t = chunks[ci]
+                for k, v in fk.items():
+                    feats[k][s:t] = v
+            bad += p["bad"]
+            cache.hits += p["hits"]
+            cache.misses += p["misses"]
     # Images that failed in an earlier (perhaps interrupted) run are NaN rows in cached chunks; they must be
     # listed even when this run found other bad images in the chunks it computed.
     # An extractor that returns NaN/Inf for a decodable image is listed too, rather than poisoning a metric.
@@ -278,6 +303,15 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     config = config or EvalConfig()
     t0 = time.perf_counter()
     device = resolve_device(config.device)
+    dist, device = from_env(device)
+    try:
+        return _evaluate(samples, reference, config, train_reference, device, dist, t0)
+    finally:
+        dist.close()
+
+
+def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
+              t0: float) -> Result | None:
     config = config.resolved(extractors=tuple(config.extractors), metrics=tuple(config.metrics) if config.metrics else None)
     if config.n_bootstrap < 0 or config.batch_size < 1 or config.chunk_size < 1:
         raise UsageError("--batch-size and chunk size must be >= 1 and --n-bootstrap >= 0")
@@ -298,23 +332,17 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     extractors = build_extractors(config.extractors, config, device)
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
+    extracted = {}
     for role, src in sets.items():
-        f, bad = extract_features(src, extractors, config, cache, device, desc=f"{role} features")
-        messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
-        if messages and not config.skip_bad:
-            bad = messages  # for the message below: unreadable files first, then undecodable ones
-            shown = "; ".join(bad[:5])
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise DataError(
-                f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
-                "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
-            )
-        bad_idx = {i for i, _ in bad}
-        keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
-        skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
-        feats[role] = f
-        if len(keep[role]) < 2:
-            raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
+        extracted[role] = extract_features(src, extractors, config, cache, device, desc=f"{role} features", dist=dist)
+        if dist.active:
+            continue  # every rank runs every set's collectives before rank 0 may stop on bad images
+        _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
+    if not dist.is_main:
+        return None  # rank 0 holds the gathered features, computes the metrics and writes the result
+    if dist.active:
+        for role, src in sets.items():
+            _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
     t_extract = time.perf_counter() - t1
 
     fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
@@ -370,8 +398,9 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         metrics=dict(sorted(metrics.items())),
         metric_versions=metric_versions,
         skipped_metrics=skipped_metrics,
-        config={**dataclasses.asdict(config), "device_resolved": device},
-        timings={"hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
+        config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
+                "distributed_backend": dist.backend},
+        timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
                  "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times},
         cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
                "corrupt_entries_recomputed": len(cache.corrupt)},
@@ -383,6 +412,25 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         warnings=notes,
     )
     return result
+
+
+def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
+    """Refuse a set with bad images (unless --skip-bad); record its features and which rows are kept."""
+    messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
+    if messages and not config.skip_bad:
+        bad = messages  # for the message below: unreadable files first, then undecodable ones
+        shown = "; ".join(bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(
+            f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
+            "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
+        )
+    bad_idx = {i for i, _ in bad}
+    keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
+    skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
+    feats[role] = f
+    if len(keep[role]) < 2:
+        raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
 
 
 def _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:

@@ -14,6 +14,8 @@ EPILOG = """examples:
   cxrbench evaluate --samples samples/ --reference nih-cxr14 --reference-split test --out result.json
   # only FID with the XRV extractor, on GPU
   cxrbench evaluate --samples samples.npz --reference real/ --extractors xrv --metrics fid --device cuda
+  # shard extraction over 4 GPUs (rank 0 gathers the features, computes the metrics and prints)
+  torchrun --nproc_per_node 4 -m cxrbench evaluate --samples samples/ --reference nih-cxr14 --out result.json
 """
 
 
@@ -105,6 +107,8 @@ def run(args) -> int:
     from ..harness import evaluate
 
     result = evaluate(args.samples, args.reference, config=config_from_args(args))
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     if args.out:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
