@@ -9,6 +9,7 @@ stopped. Metrics are then pure functions of the cached features.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -63,6 +64,7 @@ class EvalConfig:
     augment_n_test: int = 300
     augment_seeds: int = 3
     progress: bool = True
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
 
     def resolved(self, **over) -> "EvalConfig":
         return dataclasses.replace(self, **over)
@@ -108,6 +110,52 @@ def _collate(batch):
     return batch
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str, device: str):
+    """TF32 switches for the run, restored afterwards (fp32 turns off cuDNN's default TF32 convolutions)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if not device.startswith("cuda"):
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.no_grad()
+def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``e.extract(x)`` with channels_last on CUDA and bf16 autocast for the network forward when asked.
+
+    Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
+    back float32. Extractors without parameters (pixel statistics) always run in float32.
+    """
+    p = next(iter(e.parameters()), None)
+    if p is None:
+        return e.extract(x)
+    z = e.preprocess(x.to(p.device, torch.float32))
+    if p.device.type == "cuda" and z.ndim == 4:
+        z = z.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        f = e.forward(z)
+    return f.float()
+
+
+def extractor_spec(e, config: EvalConfig) -> dict:
+    """``e.spec()``, plus the precision when it is not fp32 (so reduced-precision features never share a cache
+    entry with fp32 ones, and fp32 keys are unchanged)."""
+    spec = e.spec()
+    if config.precision != "fp32" and next(iter(e.parameters()), None) is not None:
+        spec["precision"] = config.precision
+    return spec
+
+
 def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.nn.Module]:
     out = {}
     for name in names:
@@ -120,6 +168,8 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         else:
             kwargs["weights"] = config.weights
         out[name] = cls(**kwargs)
+        if device.startswith("cuda"):
+            out[name].to(memory_format=torch.channels_last)  # cuDNN's fast NHWC kernels
     return out
 
 
@@ -137,7 +187,7 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
     for k, e in derived.items():
         if e.derived_from not in base:
             raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
-    specs = {k: e.spec() for k, e in extractors.items()}
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
     chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
     todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
@@ -183,7 +233,8 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                 idx = [i for i, _ in items]
                 x = torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True)
                 for k in todo[ci]:
-                    f = base[k].extract(x)
+                    with precision_scope(config.precision, device):
+                        f = run_extractor(base[k], x, config.precision)
                     feats[k][idx] = f.cpu().numpy()
                     for dk, de in derived.items():
                         if de.derived_from == k:
@@ -225,6 +276,65 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                 known.add(int(i))
                 bad.append((int(i), _failure_message(src, int(i), None if failed[i] else k)))
     return feats, sorted(bad)
+
+
+def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | None:
+    """Mean and covariance of every embedding extractor's features over ``source``, streamed.
+
+    Features are never held: each batch goes through every extractor and into a ``RunningMoments`` on the
+    device (float64), so the memory is ``D^2`` per extractor whatever the number of images. This is how the
+    FID statistics of a large reference are made (``RunningMoments.save`` writes the ``.npz``). Under
+    torchrun each rank takes every ``WORLD_SIZE``-th batch and rank 0 merges the accumulators; other ranks
+    get ``None``. Returns ``{extractor: RunningMoments}``.
+    """
+    from .metrics.moments import RunningMoments
+
+    config = config or EvalConfig()
+    device = resolve_device(config.device)
+    dist, device = from_env(device)
+    try:
+        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed)
+        if src.unreadable and not config.skip_bad:
+            raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
+                            "fix or remove them, or pass --skip-bad")
+        nets = {k: e for k, e in build_extractors(config.extractors, config, device).items()
+                if e.kind == "embedding" and getattr(e, "derived_from", None) is None}
+        if not nets:
+            raise UsageError("reference statistics need an embedding extractor (inception, xrv, ...)")
+        acc = {k: RunningMoments(e.num_features, device=device) for k, e in nets.items()}
+        n, bs = len(src), config.batch_size
+        batches = [list(range(b, min(b + bs, n))) for i, b in enumerate(range(0, n, bs)) if dist.owns(i)]
+        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
+        loader = torch.utils.data.DataLoader(
+            _Decode(src), batch_sampler=batches, num_workers=0 if src._array is not None else workers,
+            collate_fn=_collate, pin_memory=device.startswith("cuda"),
+        )
+        bar = _progress(sum(map(len, batches)), "reference statistics", config.progress and dist.is_main)
+        with precision_scope(config.precision, device):
+            for batch in loader:
+                for i, img, err in batch:
+                    if err is not None and not config.skip_bad:
+                        raise DataError(f"{err}. Fix or remove it, or pass --skip-bad")
+                groups: dict[tuple, list] = {}
+                for i, img, err in batch:
+                    if err is None:
+                        groups.setdefault(tuple(img.shape), []).append(img)
+                for imgs in groups.values():
+                    x = torch.stack(imgs).unsqueeze(1).to(device, non_blocking=True)
+                    for k, e in nets.items():
+                        acc[k].update(run_extractor(e, x, config.precision))
+                bar.update(len(batch))
+        bar.close()
+        if dist.active:
+            gathered = dist.gather({k: m.to("cpu") for k, m in acc.items()})
+            if not dist.is_main:
+                return None
+            for other in gathered[1:]:
+                for k, m in other.items():
+                    acc[k].merge(m)
+        return acc
+    finally:
+        dist.close()
 
 
 def _failure_message(src: ImageSource, i: int, extractor: str | None) -> str:
@@ -313,6 +423,8 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
 def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
               t0: float) -> Result | None:
     config = config.resolved(extractors=tuple(config.extractors), metrics=tuple(config.metrics) if config.metrics else None)
+    if config.precision not in PRECISIONS:
+        raise UsageError(f"--precision {config.precision}: expected one of {', '.join(PRECISIONS)}")
     if config.n_bootstrap < 0 or config.batch_size < 1 or config.chunk_size < 1:
         raise UsageError("--batch-size and chunk size must be >= 1 and --n-bootstrap >= 0")
     for e in config.extractors:
@@ -346,7 +458,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     t_extract = time.perf_counter() - t1
 
     fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
-    specs = {k: e.spec() for k, e in extractors.items()}
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     for k, e in extractors.items():
         if e.feature_names:
             specs[k]["feature_names"] = list(e.feature_names)
@@ -407,8 +519,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights,
-        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights],
+        comparable=not random_weights and config.precision == "fp32",
+        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + (
+            [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
         warnings=notes,
     )
     return result
