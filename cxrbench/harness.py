@@ -9,6 +9,7 @@ stopped. Metrics are then pure functions of the cached features.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -25,6 +26,7 @@ import torch
 
 from . import __version__
 from .data.sources import ImageSource, open_source
+from .distributed import DistContext, from_env
 from .errors import DataError, UsageError
 from .features.cache import FeatureCache, chunk_key
 from .metrics.base import EvalContext, FeatureSet, MetricValue
@@ -62,6 +64,7 @@ class EvalConfig:
     augment_n_test: int = 300
     augment_seeds: int = 3
     progress: bool = True
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
 
     def resolved(self, **over) -> "EvalConfig":
         return dataclasses.replace(self, **over)
@@ -107,6 +110,52 @@ def _collate(batch):
     return batch
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str, device: str):
+    """TF32 switches for the run, restored afterwards (fp32 turns off cuDNN's default TF32 convolutions)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if not device.startswith("cuda"):
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.no_grad()
+def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``e.extract(x)`` with channels_last on CUDA and bf16 autocast for the network forward when asked.
+
+    Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
+    back float32. Extractors without parameters (pixel statistics) always run in float32.
+    """
+    p = next(iter(e.parameters()), None)
+    if p is None:
+        return e.extract(x)
+    z = e.preprocess(x.to(p.device, torch.float32))
+    if p.device.type == "cuda" and z.ndim == 4:
+        z = z.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        f = e.forward(z)
+    return f.float()
+
+
+def extractor_spec(e, config: EvalConfig) -> dict:
+    """``e.spec()``, plus the precision when it is not fp32 (so reduced-precision features never share a cache
+    entry with fp32 ones, and fp32 keys are unchanged)."""
+    spec = e.spec()
+    if config.precision != "fp32" and next(iter(e.parameters()), None) is not None:
+        spec["precision"] = config.precision
+    return spec
+
+
 def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.nn.Module]:
     out = {}
     for name in names:
@@ -119,23 +168,33 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         else:
             kwargs["weights"] = config.weights
         out[name] = cls(**kwargs)
+        if device.startswith("cuda"):
+            out[name].to(memory_format=torch.channels_last)  # cuDNN's fast NHWC kernels
     return out
 
 
 def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cache: FeatureCache, device: str,
-                     desc: str) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
-    """Features of every image of ``src`` for every extractor; returns (features, bad images)."""
+                     desc: str, dist: DistContext | None = None) -> tuple[dict[str, np.ndarray] | None, list]:
+    """Features of every image of ``src`` for every extractor; returns (features, bad images).
+
+    Under ``dist`` (several ranks) each rank looks up and extracts only its own chunks; rank 0 gathers them
+    and returns everything, the other ranks return ``(None, [])``.
+    """
+    dist = dist or DistContext()
     n = len(src)
     base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
     derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
     for k, e in derived.items():
         if e.derived_from not in base:
             raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
-    specs = {k: e.spec() for k, e in extractors.items()}
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
     chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
     todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
-    for ci, (s, t) in enumerate(chunks):
+    mine = [ci for ci in range(len(chunks)) if dist.owns(ci)]
+    hits0, misses0 = cache.hits, cache.misses
+    for ci in mine:
+        s, t = chunks[ci]
         hashes = src.hashes[s:t]
         for k in list(base) + list(derived):
             got = cache.get(chunk_key(hashes, specs[k]))
@@ -160,7 +219,7 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
             pin_memory=device.startswith("cuda"), persistent_workers=False,
         )
-        bar = _progress(sum(len(b) for b in batches), desc, config.progress)
+        bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size  # noqa: E731
         for batch in loader:
             ci = chunk_of(batch[0][0])
@@ -174,7 +233,8 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                 idx = [i for i, _ in items]
                 x = torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True)
                 for k in todo[ci]:
-                    f = base[k].extract(x)
+                    with precision_scope(config.precision, device):
+                        f = run_extractor(base[k], x, config.precision)
                     feats[k][idx] = f.cpu().numpy()
                     for dk, de in derived.items():
                         if de.derived_from == k:
@@ -188,6 +248,22 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                     if src_k in todo[ci]:
                         cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
         bar.close()
+    if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
+        payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
+                   "bad": bad, "hits": cache.hits - hits0, "misses": cache.misses - misses0}
+        gathered = dist.gather(payload)
+        if not dist.is_main:
+            return None, []
+        for r, p in enumerate(gathered):
+            if r == 0:
+                continue
+            for ci, fk in p["chunks"].items():
+                s, t = chunks[ci]
+                for k, v in fk.items():
+                    feats[k][s:t] = v
+            bad += p["bad"]
+            cache.hits += p["hits"]
+            cache.misses += p["misses"]
     # Images that failed in an earlier (perhaps interrupted) run are NaN rows in cached chunks; they must be
     # listed even when this run found other bad images in the chunks it computed.
     # An extractor that returns NaN/Inf for a decodable image is listed too, rather than poisoning a metric.
@@ -200,6 +276,65 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                 known.add(int(i))
                 bad.append((int(i), _failure_message(src, int(i), None if failed[i] else k)))
     return feats, sorted(bad)
+
+
+def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | None:
+    """Mean and covariance of every embedding extractor's features over ``source``, streamed.
+
+    Features are never held: each batch goes through every extractor and into a ``RunningMoments`` on the
+    device (float64), so the memory is ``D^2`` per extractor whatever the number of images. This is how the
+    FID statistics of a large reference are made (``RunningMoments.save`` writes the ``.npz``). Under
+    torchrun each rank takes every ``WORLD_SIZE``-th batch and rank 0 merges the accumulators; other ranks
+    get ``None``. Returns ``{extractor: RunningMoments}``.
+    """
+    from .metrics.moments import RunningMoments
+
+    config = config or EvalConfig()
+    device = resolve_device(config.device)
+    dist, device = from_env(device)
+    try:
+        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed)
+        if src.unreadable and not config.skip_bad:
+            raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
+                            "fix or remove them, or pass --skip-bad")
+        nets = {k: e for k, e in build_extractors(config.extractors, config, device).items()
+                if e.kind == "embedding" and getattr(e, "derived_from", None) is None}
+        if not nets:
+            raise UsageError("reference statistics need an embedding extractor (inception, xrv, ...)")
+        acc = {k: RunningMoments(e.num_features, device=device) for k, e in nets.items()}
+        n, bs = len(src), config.batch_size
+        batches = [list(range(b, min(b + bs, n))) for i, b in enumerate(range(0, n, bs)) if dist.owns(i)]
+        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
+        loader = torch.utils.data.DataLoader(
+            _Decode(src), batch_sampler=batches, num_workers=0 if src._array is not None else workers,
+            collate_fn=_collate, pin_memory=device.startswith("cuda"),
+        )
+        bar = _progress(sum(map(len, batches)), "reference statistics", config.progress and dist.is_main)
+        with precision_scope(config.precision, device):
+            for batch in loader:
+                for i, img, err in batch:
+                    if err is not None and not config.skip_bad:
+                        raise DataError(f"{err}. Fix or remove it, or pass --skip-bad")
+                groups: dict[tuple, list] = {}
+                for i, img, err in batch:
+                    if err is None:
+                        groups.setdefault(tuple(img.shape), []).append(img)
+                for imgs in groups.values():
+                    x = torch.stack(imgs).unsqueeze(1).to(device, non_blocking=True)
+                    for k, e in nets.items():
+                        acc[k].update(run_extractor(e, x, config.precision))
+                bar.update(len(batch))
+        bar.close()
+        if dist.active:
+            gathered = dist.gather({k: m.to("cpu") for k, m in acc.items()})
+            if not dist.is_main:
+                return None
+            for other in gathered[1:]:
+                for k, m in other.items():
+                    acc[k].merge(m)
+        return acc
+    finally:
+        dist.close()
 
 
 def _failure_message(src: ImageSource, i: int, extractor: str | None) -> str:
@@ -278,7 +413,18 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     config = config or EvalConfig()
     t0 = time.perf_counter()
     device = resolve_device(config.device)
+    dist, device = from_env(device)
+    try:
+        return _evaluate(samples, reference, config, train_reference, device, dist, t0)
+    finally:
+        dist.close()
+
+
+def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
+              t0: float) -> Result | None:
     config = config.resolved(extractors=tuple(config.extractors), metrics=tuple(config.metrics) if config.metrics else None)
+    if config.precision not in PRECISIONS:
+        raise UsageError(f"--precision {config.precision}: expected one of {', '.join(PRECISIONS)}")
     if config.n_bootstrap < 0 or config.batch_size < 1 or config.chunk_size < 1:
         raise UsageError("--batch-size and chunk size must be >= 1 and --n-bootstrap >= 0")
     for e in config.extractors:
@@ -304,27 +450,21 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
     extractors = build_extractors(config.extractors, config, device)
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
+    extracted = {}
     for role, src in sets.items():
-        f, bad = extract_features(src, extractors, config, cache, device, desc=f"{role} features")
-        messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
-        if messages and not config.skip_bad:
-            bad = messages  # for the message below: unreadable files first, then undecodable ones
-            shown = "; ".join(bad[:5])
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise DataError(
-                f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
-                "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
-            )
-        bad_idx = {i for i, _ in bad}
-        keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
-        skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
-        feats[role] = f
-        if len(keep[role]) < 2:
-            raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
+        extracted[role] = extract_features(src, extractors, config, cache, device, desc=f"{role} features", dist=dist)
+        if dist.active:
+            continue  # every rank runs every set's collectives before rank 0 may stop on bad images
+        _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
+    if not dist.is_main:
+        return None  # rank 0 holds the gathered features, computes the metrics and writes the result
+    if dist.active:
+        for role, src in sets.items():
+            _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
     t_extract = time.perf_counter() - t1
 
     fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
-    specs = {k: e.spec() for k, e in extractors.items()}
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     if ref_stats is not None:
         check_specs(reference, ref_stats, specs)
         fsets["reference"] = FeatureSet(name="reference", ids=[], hashes=[], features={}, stats=ref_stats["stats"])
@@ -383,19 +523,40 @@ def evaluate(samples, reference, *, config: EvalConfig | None = None, train_refe
         metrics=dict(sorted(metrics.items())),
         metric_versions=metric_versions,
         skipped_metrics=skipped_metrics,
-        config={**dataclasses.asdict(config), "device_resolved": device},
-        timings={"hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
+        config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
+                "distributed_backend": dist.backend},
+        timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
                  "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times},
         cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
                "corrupt_entries_recomputed": len(cache.corrupt)},
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights,
-        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights],
+        comparable=not random_weights and config.precision == "fp32",
+        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + (
+            [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
         warnings=notes,
     )
     return result
+
+
+def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
+    """Refuse a set with bad images (unless --skip-bad); record its features and which rows are kept."""
+    messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
+    if messages and not config.skip_bad:
+        bad = messages  # for the message below: unreadable files first, then undecodable ones
+        shown = "; ".join(bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(
+            f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
+            "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
+        )
+    bad_idx = {i for i, _ in bad}
+    keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
+    skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
+    feats[role] = f
+    if len(keep[role]) < 2:
+        raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
 
 
 def _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:

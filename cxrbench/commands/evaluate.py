@@ -14,6 +14,8 @@ EPILOG = """examples:
   cxrbench evaluate --samples samples/ --reference nih-cxr14 --reference-split test --out result.json
   # only FID with the XRV extractor, on GPU
   cxrbench evaluate --samples samples.npz --reference real/ --extractors xrv --metrics fid --device cuda
+  # shard extraction over 4 GPUs (rank 0 gathers the features, computes the metrics and prints)
+  torchrun --nproc_per_node 4 -m cxrbench evaluate --samples samples/ --reference nih-cxr14 --out result.json
 """
 
 
@@ -37,6 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=d.precision,
+                   help="extractor forward precision; anything but fp32 marks the result not comparable")
     p.add_argument("--chunk-size", type=int, default=d.chunk_size,
                    help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
@@ -67,7 +71,7 @@ def config_from_args(args):
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
         protocol=args.protocol, augment_task=args.augment_task, augment_n_real=args.augment_n_real,
-        augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds,
+        augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
     )
 
 
@@ -105,6 +109,8 @@ def run(args) -> int:
     from ..harness import evaluate
 
     result = evaluate(args.samples, args.reference, config=config_from_args(args))
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     if args.out:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
