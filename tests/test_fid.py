@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
-from cxrbench.metrics.fid import BootstrapFD, _sqrtm_psd, fid_from_features, frechet_distance, gaussian_stats
+from cxrbench.metrics.fid import BootstrapFD, sqrtm_psd, fid_from_features, frechet_distance, gaussian_stats
 
 
 def _scipy_fd(a, b):
@@ -55,7 +55,7 @@ def test_bootstrap_shortcut_equals_refitting(n, d):
     rng = np.random.default_rng(3)
     ref, gen = rng.normal(size=(400, d)), rng.normal(size=(n, d)) * 1.2 + 0.1
     mu_r, s_r = gaussian_stats(ref)
-    fd = BootstrapFD(gen, mu_r, s_r, _sqrtm_psd(s_r))
+    fd = BootstrapFD(gen, mu_r, s_r, sqrtm_psd(s_r))
     for seed in range(3):
         idx = np.random.default_rng(seed).integers(0, n, n)
         assert abs(fd(idx) - fid_from_features(ref, gen[idx])) < 1e-6 * fid_from_features(ref, gen[idx])
@@ -95,7 +95,7 @@ def test_fid_ci_contains_the_point_estimate():
     rng = np.random.default_rng(7)
     ref, gen = rng.normal(size=(300, 32)), rng.normal(size=(40, 32)) + 0.05
     mu_r, s_r = gaussian_stats(ref)
-    fd = BootstrapFD(gen, mu_r, s_r, _sqrtm_psd(s_r))
+    fd = BootstrapFD(gen, mu_r, s_r, sqrtm_psd(s_r))
     value = fd(np.arange(40))
     lo, hi = bootstrap_ci(fd, 40, n_boot=100, seed=0)
     assert lo <= value <= hi

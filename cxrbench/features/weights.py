@@ -6,7 +6,9 @@ through the owning library when online > a clear error naming the file and the f
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,7 +44,9 @@ def resolve_weights_file(
                 return d / fn
     if download is not None and weights in (None, "", "auto"):
         try:
-            return Path(download())
+            # the owning libraries print download chatter; stdout carries results, so send it to stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                return Path(download())
         except Exception as e:  # offline, proxy, disk full: all end in the same advice
             reason = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
         else:  # pragma: no cover

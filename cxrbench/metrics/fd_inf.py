@@ -25,7 +25,7 @@ from ..seeding import numpy_rng
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import real_vs_real_split
 from .common import MetricSettings, bootstrap_interval, features_of, float64_device
-from .fid import BootstrapFD, _sqrtm_psd, frechet_distance, gaussian_stats
+from .fid import BootstrapFD, sqrtm_psd, frechet_distance, gaussian_stats
 
 
 def nested_stats(x: torch.Tensor, sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,7 +66,7 @@ def fd_inf(
         raise ValueError(f"FD_inf needs at least 3 distinct subset sizes; {n} generated rows give {len(sizes)}")
     mu_r, sigma_r = (torch.as_tensor(v, dtype=torch.float64) for v in ref_stats)
     if sqrt_ref is None:
-        sqrt_ref = _sqrtm_psd(sigma_r)
+        sqrt_ref = sqrtm_psd(sigma_r)
     x = torch.as_tensor(np.asarray(gen) if not torch.is_tensor(gen) else gen, dtype=torch.float64, device=mu_r.device)
     perm = torch.as_tensor(numpy_rng(seed).permutation(n), device=x.device)
     if int(sizes[0]) < x.shape[1]:
@@ -103,7 +103,7 @@ class FDInf(Metric):
             gen = torch.as_tensor(features_of(ctx.gen, e), device=dev).double()
             ref = torch.as_tensor(features_of(ctx.ref, e), device=dev).double()
             ref_stats = gaussian_stats(ref)
-            sqrt_ref = _sqrtm_psd(ref_stats[1])
+            sqrt_ref = sqrtm_psd(ref_stats[1])
             value, details = fd_inf(gen, ref_stats, sqrt_ref=sqrt_ref, **kw)
 
             def replicate(idx):

@@ -47,7 +47,7 @@ def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(m)
 
 
-def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
+def sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
     if s.device.type == "cpu":
         evals, evecs = (torch.from_numpy(a) for a in np.linalg.eigh(s.numpy()))
     else:
@@ -59,7 +59,7 @@ def trace_sqrt_product(sigma1, sigma2, *, sqrt_sigma1: torch.Tensor | None = Non
     """``Tr((S1 S2)^1/2)`` via the eigenvalues of the symmetric PSD matrix ``S1^1/2 S2 S1^1/2``."""
     s1 = _as64(sigma1)
     s2 = _as64(sigma2, device=s1.device)
-    r = _sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
+    r = sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
     m = r @ s2.to(r.device) @ r
     ev = _eigvalsh((m + m.T) / 2)
     return float(ev.clamp(min=0).sqrt().sum())
@@ -151,7 +151,7 @@ class FID(Metric):
                     "the covariance is rank-deficient and FID is biased upwards (compare only at equal N)",
                     stacklevel=2,
                 )
-            sqrt_r = _sqrtm_psd(s_r)  # reused by every bootstrap replicate: S_r^1/2 S_g S_r^1/2
+            sqrt_r = sqrtm_psd(s_r)  # reused by every bootstrap replicate: S_r^1/2 S_g S_r^1/2
             g64 = _as64(g, dev)
             mu_g, s_g = gaussian_stats(g64)
             value = frechet_distance(mu_r, s_r, mu_g, s_g, sqrt_sigma1=sqrt_r)
