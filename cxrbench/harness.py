@@ -598,13 +598,11 @@ def _duplicates(src: ImageSource) -> list[list[str]]:
 
 def images_source(images, name: str = "generator") -> ImageSource:
     """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
-    from .data.io import array_to_images, sha256_bytes
+    from .data.io import array_to_images
+    from .data.sources import array_source
 
     arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
-    hashes = [sha256_bytes(a.tobytes() + str(a.shape).encode()) for a in arr]
-    order = sorted(range(len(arr)), key=lambda i: (hashes[i], i))
-    return ImageSource(name=name, root=None, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
-                       kind="array", _array=arr[order])
+    return array_source(arr, name=name, root=None)
 
 
 @torch.no_grad()

@@ -207,14 +207,18 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
     return src
 
 
-def open_array(path: str | os.PathLike) -> ImageSource:
-    arr = load_array_file(path)
+def array_source(arr: np.ndarray, *, name: str, root: Path | None) -> ImageSource:
+    """An image set over decoded (N, H, W) float32 images, in canonical (hash) order."""
     hashes = [sha256_bytes(a.tobytes() + str(a.shape).encode()) for a in arr]
     order = sorted(range(len(arr)), key=lambda i: (hashes[i], i))
     return ImageSource(
-        name=str(path), root=Path(path).parent, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
+        name=name, root=root, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
         kind="array", _array=arr[order],
     )
+
+
+def open_array(path: str | os.PathLike) -> ImageSource:
+    return array_source(load_array_file(path), name=str(path), root=Path(path).parent)
 
 
 def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> ImageSource:
