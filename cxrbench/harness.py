@@ -65,6 +65,7 @@ class EvalConfig:
     augment_seeds: int = 3
     progress: bool = True
     precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
+    fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
 
     def resolved(self, **over) -> "EvalConfig":
         return dataclasses.replace(self, **over)
@@ -131,7 +132,7 @@ def precision_scope(precision: str, device: str):
 
 @torch.no_grad()
 def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``e.extract(x)`` with channels_last on CUDA and bf16 autocast for the network forward when asked.
+    """``e.extract(x)`` with channels_last input for a channels_last network and bf16 autocast for the network forward when asked.
 
     Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
     back float32. Extractors without parameters (pixel statistics) always run in float32.
@@ -140,7 +141,7 @@ def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     if p is None:
         return e.extract(x)
     z = e.preprocess(x.to(p.device, torch.float32))
-    if p.device.type == "cuda" and z.ndim == 4:
+    if "channels_last" in (getattr(e, "inference_kernels", None) or "") and z.ndim == 4:
         z = z.contiguous(memory_format=torch.channels_last)
     with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         f = e.forward(z)
@@ -168,8 +169,8 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         else:
             kwargs["weights"] = config.weights
         out[name] = cls(**kwargs)
-        if device.startswith("cuda"):
-            out[name].to(memory_format=torch.channels_last)  # cuDNN's fast NHWC kernels
+        if config.fast_kernels:
+            out[name].prepare_inference()  # BatchNorm folded, channels_last (oneDNN / cuDNN NHWC kernels)
     return out
 
 

@@ -95,3 +95,50 @@ def test_missing_weights_message_names_file_and_folder(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as e:
         InceptionV3Extractor(weights=str(tmp_path))
     assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
+    """BatchNorm folding + channels_last (the harness default) stays on torch-fidelity's and torchxrayvision's
+    features, folds every foldable pair, and is part of the spec (so it keys the cache)."""
+    import copy
+
+    import torchxrayvision as xrv
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from cxrbench.features.inception import InceptionV3Extractor
+    from cxrbench.features.xrv import XRVDenseNetExtractor
+    from cxrbench.harness import run_extractor
+
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(inception.net.state_dict(), path)
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    fast = InceptionV3Extractor(weights=str(tmp_path)).prepare_inference()
+    assert fast.inference_kernels == "bn-folded:94,channels_last"  # every BasicConv2d of Inception-v3
+    assert fast.spec()["kernels"] == fast.inference_kernels and "kernels" not in inception.spec()
+    imgs = synthetic_cxr(3, 96, seed=4)
+    u8 = (imgs * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    got, want = run_extractor(fast, imgs), theirs(u8)[0]
+    assert (got - want).abs().max() < 1e-3 * want.abs().max()  # a wrong fold would be off by O(1)
+    # float32 round-off: the rewritten network is about as far from a float64 forward as the published one
+    with torch.no_grad():
+        exact = copy.deepcopy(inception).double().forward(inception.preprocess(imgs).double())
+    err_fast = (got.double() - exact).abs().max()
+    err_plain = (run_extractor(inception, imgs).double() - exact).abs().max()
+    assert err_fast < 3 * err_plain + 1e-6 * exact.abs().max()
+
+    torch.manual_seed(5)
+    ref = xrv.models.DenseNet(weights=None).eval()
+    with torch.no_grad():  # BatchNorm statistics away from the (0, 1) init, so a wrong fold would show
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    torch.save(ref.state_dict(), tmp_path / "x.pt")
+    plain = XRVDenseNetExtractor(weights=str(tmp_path / "x.pt"))
+    fast = copy.deepcopy(plain).prepare_inference()
+    assert fast.inference_kernels == "bn-folded:59,channels_last"  # conv0+norm0 and 58 dense-layer conv1+norm2
+    x = synthetic_cxr(2, 224, seed=2)
+    with torch.no_grad():
+        want = ref.features2(x * 2048 - 1024)
+    torch.testing.assert_close(run_extractor(fast, x), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(run_extractor(plain, x), want, atol=1e-4, rtol=1e-4)

@@ -28,6 +28,8 @@ class FeatureExtractor(nn.Module):
         self.weights_id = "none"
         #: optional name of each output dimension (pathologies, statistics); None means "dim_<i>"
         self.feature_names: list[str] | None = None
+        #: set by ``prepare_inference``: the inference rewrites applied (features move by ~1e-6 relative)
+        self.inference_kernels: str | None = None
 
     # --- to implement -------------------------------------------------------------------------------
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -50,9 +52,35 @@ class FeatureExtractor(nn.Module):
         device = next((p.device for p in self.parameters()), x.device)
         return self.forward(self.preprocess(x.to(device, torch.float32))).float()
 
+    def fold_batchnorm(self) -> int:
+        """Fold every BatchNorm that directly follows a Conv2d into the conv; returns how many were folded.
+
+        Generic over ``nn.Sequential`` containers (conv then norm as consecutive children); extractors whose
+        conv/norm pairs live in custom blocks override this.
+        """
+        return fold_sequential_batchnorm(self)
+
+    @torch.no_grad()
+    def prepare_inference(self) -> "FeatureExtractor":
+        """Rewrite the network for fast evaluation: BatchNorm folded into convolutions and channels_last.
+
+        On CPU this makes Inception-v3 ~1.7x and DenseNet121 ~1.2x faster (oneDNN's NHWC kernels); the
+        features move by ~1e-6 relative, so the rewrite is part of ``spec()`` and keys the cache.
+        """
+        if self.inference_kernels is not None or next(iter(self.parameters()), None) is None:
+            return self
+        folded = self.fold_batchnorm()
+        has_conv = any(isinstance(m, nn.Conv2d) for m in self.modules())
+        if has_conv:
+            self.to(memory_format=torch.channels_last)
+        kernels = [f"bn-folded:{folded}"] if folded else []
+        kernels += ["channels_last"] if has_conv else []
+        self.inference_kernels = ",".join(kernels) or "plain"
+        return self
+
     def spec(self) -> dict:
         """Everything that determines the features: keys the cache, recorded in results."""
-        return {
+        spec = {
             "name": self.name,
             "version": self.version,
             "weights": self.weights_id,
@@ -61,9 +89,34 @@ class FeatureExtractor(nn.Module):
             "resize_filter": self.resize_filter,
             "kind": self.kind,
         }
+        if self.inference_kernels is not None:
+            spec["kernels"] = self.inference_kernels
+        return spec
 
     def dimension_names(self) -> list[str]:
         return self.feature_names or [f"dim_{i}" for i in range(self.num_features)]
+
+
+def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
+    """A Conv2d equal to ``bn(conv(x))`` in eval mode (running statistics folded into weight and bias)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+    fused.requires_grad_(False)
+    return fused
+
+
+def fold_sequential_batchnorm(model: nn.Module) -> int:
+    n = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq._modules[a] = fold_conv_batchnorm(conv, bn)
+                seq._modules[b] = nn.Identity()
+                n += 1
+    return n
 
 
 def bn_recalibrate(model: nn.Module, batch: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeatureExtractor, bn_recalibrate
+from .base import FeatureExtractor, bn_recalibrate, fold_conv_batchnorm
 from .weights import resolve_weights_file, torch_hub_checkpoints, weights_sha256
 
 URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -343,11 +343,19 @@ class InceptionV3Extractor(FeatureExtractor):
     @staticmethod
     def _pipeline(x: torch.Tensor) -> torch.Tensor:
         x8 = (x.clamp(0, 1) * 255).round()  # torch-fidelity takes uint8 images
-        x8 = x8.expand(-1, 3, -1, -1)
-        return (resize_bilinear_tf1(x8, 299) - 128) / 128
+        # the three channels are equal: resize one, then copy (3x less gather work than resizing RGB)
+        return ((resize_bilinear_tf1(x8, 299) - 128) / 128).expand(-1, 3, -1, -1).contiguous()
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return self._pipeline(x)
+
+    def fold_batchnorm(self) -> int:
+        n = 0
+        for m in self.net.modules():
+            if isinstance(m, BasicConv2d) and isinstance(m.bn, nn.BatchNorm2d):
+                m.conv, m.bn = fold_conv_batchnorm(m.conv, m.bn), nn.Identity()
+                n += 1
+        return n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
