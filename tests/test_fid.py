@@ -6,7 +6,14 @@ import scipy.linalg
 import torch
 
 from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
-from cxrbench.metrics.fid import BootstrapFD, sqrtm_psd, fid_from_features, frechet_distance, gaussian_stats
+from cxrbench.metrics.fid import (
+    BootstrapFD,
+    covariance_factor,
+    fid_from_features,
+    frechet_distance,
+    gaussian_stats,
+    sqrtm_psd,
+)
 
 
 def _scipy_fd(a, b):
@@ -23,6 +30,25 @@ def test_agrees_with_scipy_sqrtm(d, n):
     b = rng.normal(size=(n, d)) * 1.3 + 0.2
     ours, ref = fid_from_features(a, b), _scipy_fd(a, b)
     assert abs(ours - ref) / ref < 1e-6
+
+
+@pytest.mark.parametrize("n_ref", [40, 400])  # rank-deficient S1 (square-root factor) and positive definite (Cholesky)
+def test_both_covariance_factors_agree_with_scipy(n_ref):
+    rng = np.random.default_rng(n_ref)
+    d = 64
+    a = rng.normal(size=(n_ref, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)
+    b = rng.normal(size=(300, d)) * 1.3 + 0.2
+    mu1, s1 = gaussian_stats(a)
+    f = covariance_factor(s1)
+    assert bool(torch.triu(f, 1).any()) == (n_ref <= d)  # Cholesky is lower triangular; the square root is not
+    torch.testing.assert_close(f @ f.T, s1, atol=1e-10 * float(s1.abs().max()), rtol=0)
+    mu2, s2 = gaussian_stats(b)
+    ref = _scipy_fd(a, b)
+    assert abs(frechet_distance(mu1, s1, mu2, s2, factor1=f) - ref) / ref < 1e-8
+    # and reused for bootstrap replicates: the Y = X_g A shortcut equals refitting with either factor
+    fd = BootstrapFD(b, mu1, s1, f)
+    idx = np.random.default_rng(0).integers(0, 300, 300)
+    assert abs(fd(idx) - fid_from_features(a, b[idx])) < 1e-8 * fid_from_features(a, b[idx])
 
 
 def test_agrees_with_torchmetrics():

@@ -25,7 +25,7 @@ from ..seeding import numpy_rng
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import real_vs_real_split
 from .common import MetricSettings, bootstrap_interval, features_of, float64_device
-from .fid import BootstrapFD, sqrtm_psd, frechet_distance, gaussian_stats
+from .fid import BootstrapFD, covariance_factor, frechet_distance, gaussian_stats
 
 
 def nested_stats(x: torch.Tensor, sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -53,29 +53,29 @@ def fd_inf(
     points: int = 15,
     min_fraction: float = 0.2,
     seed: int = 0,
-    sqrt_ref=None,
+    factor_ref=None,
 ) -> tuple[float, dict]:
     """``(FD_inf, details)``; details hold the subset sizes, their FDs and the fitted slope ``b``.
 
-    ``ref_stats`` is ``gaussian_stats(reference)``; ``sqrt_ref`` (its covariance's square root, computed
-    here when not given) is shared by every subset, so each FD costs one symmetric eigenvalue problem.
+    ``ref_stats`` is ``gaussian_stats(reference)``; ``factor_ref`` (``covariance_factor`` of its covariance,
+    computed here when not given) is shared by every subset, so each FD costs one symmetric eigenvalue problem.
     """
     n = len(gen)
     sizes = np.unique(np.linspace(max(2, round(min_fraction * n)), n, points).astype(int))
     if len(sizes) < 3:
         raise ValueError(f"FD_inf needs at least 3 distinct subset sizes; {n} generated rows give {len(sizes)}")
     mu_r, sigma_r = (torch.as_tensor(v, dtype=torch.float64) for v in ref_stats)
-    if sqrt_ref is None:
-        sqrt_ref = sqrtm_psd(sigma_r)
+    if factor_ref is None:
+        factor_ref = covariance_factor(sigma_r)
     x = torch.as_tensor(np.asarray(gen) if not torch.is_tensor(gen) else gen, dtype=torch.float64, device=mu_r.device)
     perm = torch.as_tensor(numpy_rng(seed).permutation(n), device=x.device)
     if int(sizes[0]) < x.shape[1]:
         # subsets smaller than the feature dimension: BootstrapFD solves each as an s x s Gram eigenproblem
         # (same FD; D = 2048 and N = 500: ~15 small problems instead of 15 of size 2048)
-        fd_of = BootstrapFD(x[perm], mu_r, sigma_r, sqrt_ref)
+        fd_of = BootstrapFD(x[perm], mu_r, sigma_r, factor_ref)
         fds = np.array([fd_of(np.arange(int(k))) for k in sizes])
     else:
-        fds = np.array([frechet_distance(mu_r, sigma_r, mu, cov, sqrt_sigma1=sqrt_ref)
+        fds = np.array([frechet_distance(mu_r, sigma_r, mu, cov, factor1=factor_ref)
                         for mu, cov in nested_stats(x[perm], sizes)])
     slope, intercept = np.polyfit(1.0 / sizes, fds, 1)
     return float(intercept), {"sizes": sizes.tolist(), "fd": fds.tolist(), "slope": float(slope)}
@@ -103,12 +103,12 @@ class FDInf(Metric):
             gen = torch.as_tensor(features_of(ctx.gen, e), device=dev).double()
             ref = torch.as_tensor(features_of(ctx.ref, e), device=dev).double()
             ref_stats = gaussian_stats(ref)
-            sqrt_ref = sqrtm_psd(ref_stats[1])
-            value, details = fd_inf(gen, ref_stats, sqrt_ref=sqrt_ref, **kw)
+            factor_ref = covariance_factor(ref_stats[1])
+            value, details = fd_inf(gen, ref_stats, factor_ref=factor_ref, **kw)
 
             def replicate(idx):
                 rows = torch.as_tensor(np.unique(idx), device=dev)
-                return fd_inf(gen[rows], ref_stats, sqrt_ref=sqrt_ref, **kw)[0]
+                return fd_inf(gen[rows], ref_stats, factor_ref=factor_ref, **kw)[0]
 
             ci = bootstrap_interval(replicate, len(gen), value, st, n_boot=st.fd_inf_n_bootstrap)
             a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)

@@ -1,8 +1,9 @@
 """Frechet distance between Gaussians fitted to features, and the registered ``fid`` metric.
 
-The trace term ``Tr((S1^1/2 S2 S1^1/2)^1/2)`` is computed from the eigenvalues of the symmetric product
-``S1^1/2 S2 S1^1/2`` (``eigvalsh``), in float64: no complex ``sqrtm`` round-off, and the same answer as
-scipy's ``sqrtm`` formula to ~1e-10 relative on well-conditioned covariances.
+The trace term ``Tr((S1 S2)^1/2)`` is computed from the eigenvalues of the symmetric product ``A^T S2 A``
+(``A A^T = S1``, a Cholesky factor when ``S1`` is positive definite) with ``eigvalsh``, in float64: no complex
+``sqrtm`` round-off, and the same answer as scipy's ``sqrtm`` formula to ~1e-13 relative on well-conditioned
+covariances.
 """
 
 from __future__ import annotations
@@ -55,41 +56,76 @@ def sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
 
 
-def trace_sqrt_product(sigma1, sigma2, *, sqrt_sigma1: torch.Tensor | None = None) -> float:
-    """``Tr((S1 S2)^1/2)`` via the eigenvalues of the symmetric PSD matrix ``S1^1/2 S2 S1^1/2``."""
+def covariance_factor(s) -> torch.Tensor:
+    """``A`` with ``A A^T = S``: the Cholesky factor when ``S`` is positive definite, else ``S^1/2``.
+
+    Any such factor gives ``eig(A^T S2 A) = eig(S S2)``. Cholesky costs a tenth of the eigendecomposition a
+    symmetric square root needs (D = 2048 on 2 cores: 0.07 s vs 0.9 s); a rank-deficient covariance (fewer
+    samples than dimensions) makes it fail, and the square root takes over.
+    """
+    s = _as64(s)
+    chol, info = torch.linalg.cholesky_ex(s)
+    return chol if int(info) == 0 else sqrtm_psd(s)
+
+
+def _congruence(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``A^T S A`` for symmetric ``S``; with BLAS's triangular multiply on CPU when ``A`` is a Cholesky factor.
+
+    Only the lower triangle is guaranteed (all ``eigvalsh`` reads).
+    """
+    if a.device.type == "cpu" and not torch.triu(a, 1).any():
+        from scipy.linalg.blas import dtrmm
+
+        # C-ordered L and S are Fortran-ordered L^T and S^T = S: BLAS takes them without a copy
+        u, sf = a.contiguous().numpy().T, s.contiguous().numpy().T
+        left = dtrmm(1.0, u, sf, side=0, lower=0)  # L^T S
+        return torch.from_numpy(dtrmm(1.0, u, left, side=1, lower=0, trans_a=1, overwrite_b=1))  # (L^T S) L
+    return a.T @ s @ a
+
+
+def trace_sqrt_product(sigma1, sigma2, *, factor1: torch.Tensor | None = None) -> float:
+    """``Tr((S1 S2)^1/2)``: the square roots of the eigenvalues of ``A^T S2 A`` (``A A^T = S1``), summed.
+
+    ``A^T S2 A`` is symmetric PSD with the eigenvalues of ``S1 S2``, so one ``eigvalsh`` replaces scipy's
+    complex Schur-based ``sqrtm`` (D = 2048 on 2 cores: ~0.6 s against ~10 s, agreeing to ~1e-13).
+    """
     s1 = _as64(sigma1)
     s2 = _as64(sigma2, device=s1.device)
-    r = sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
-    m = r @ s2.to(r.device) @ r
-    ev = _eigvalsh((m + m.T) / 2)
+    a = covariance_factor(s1) if factor1 is None else factor1
+    ev = _eigvalsh(_congruence(a, s2.to(a.device)))
     return float(ev.clamp(min=0).sqrt().sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, *, sqrt_sigma1: torch.Tensor | None = None) -> float:
-    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)`` in float64."""
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, factor1: torch.Tensor | None = None) -> float:
+    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)`` in float64.
+
+    ``factor1`` (any ``A`` with ``A A^T = S1``, see ``covariance_factor``) saves refactoring ``S1`` when one
+    reference is compared with many sets.
+    """
     mu1, s1 = _as64(mu1), _as64(sigma1)
     mu2, s2 = _as64(mu2, mu1.device), _as64(sigma2, mu1.device)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise DataError(f"feature dimensions differ: {tuple(mu1.shape)} vs {tuple(mu2.shape)}")
     diff = mu1 - mu2
-    tr = trace_sqrt_product(s1, s2, sqrt_sigma1=sqrt_sigma1)
+    tr = trace_sqrt_product(s1, s2, factor1=factor1)
     return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr)
 
 
 class BootstrapFD:
     """FD between a fixed reference and weighted resamples of the generated set, without refitting.
 
-    With ``A = S_r^1/2`` and ``Y = X_g A``, a resample with counts ``w`` has ``A S_b A`` equal to the
-    weighted covariance of ``Y``, so ``Y`` is computed once. Its non-zero eigenvalues are those of the
+    With ``A A^T = S_r`` (``covariance_factor``) and ``Y = X_g A``, a resample with counts ``w`` has
+    ``A^T S_b A`` (eigenvalues those of ``S_r S_b``) equal to the weighted covariance of ``Y``, so ``Y`` is
+    computed once. Its non-zero eigenvalues are those of the
     ``k x k`` weighted, centred Gram matrix over the ``k`` distinct rows drawn, which is cheaper than the
     ``D x D`` problem whenever ``k < D`` (N = 2000, D = 2048: ~10x per replicate).
     """
 
-    def __init__(self, gen, mu_r: torch.Tensor, s_r: torch.Tensor, sqrt_r: torch.Tensor):
+    def __init__(self, gen, mu_r: torch.Tensor, s_r: torch.Tensor, factor_r: torch.Tensor):
         self.x = _as64(gen, mu_r.device)
         self.n, self.d = self.x.shape
         self.mu_r, self.tr_r = mu_r, float(torch.trace(s_r))
-        self.y = self.x @ sqrt_r
+        self.y = self.x @ factor_r
         self.sq = (self.x * self.x).sum(1)
         self._gram = None
 
@@ -151,12 +187,12 @@ class FID(Metric):
                     "the covariance is rank-deficient and FID is biased upwards (compare only at equal N)",
                     stacklevel=2,
                 )
-            sqrt_r = sqrtm_psd(s_r)  # reused by every bootstrap replicate: S_r^1/2 S_g S_r^1/2
+            factor_r = covariance_factor(s_r)  # reused by every bootstrap replicate
             g64 = _as64(g, dev)
             mu_g, s_g = gaussian_stats(g64)
-            value = frechet_distance(mu_r, s_r, mu_g, s_g, sqrt_sigma1=sqrt_r)
+            value = frechet_distance(mu_r, s_r, mu_g, s_g, factor1=factor_r)
 
-            stat = BootstrapFD(g64, mu_r, s_r, sqrt_r)
+            stat = BootstrapFD(g64, mu_r, s_r, factor_r)
             ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed, value=value)
             if cached is not None:
                 out[f"fid_{ext}"] = MetricValue(
