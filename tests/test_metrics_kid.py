@@ -52,7 +52,7 @@ def test_identical_distribution_gives_about_zero(feats):
 
 def test_reweighting_is_the_u_statistic_of_the_resampled_multiset(feats):
     a, b = feats
-    res = kid(b, a, subset_size=len(a), n_subsets=1, keep=1)
+    res = kid(b, a, subset_size=len(a), n_subsets=1, keep=1, route="subsets")
     assert res.reweighted(np.ones(len(b))) == pytest.approx(res.mean, rel=1e-6)
     counts = np.random.default_rng(2).multinomial(len(b), np.full(len(b), 1 / len(b)))
     sub = res.kept[0]
@@ -67,6 +67,18 @@ def test_reweighting_is_the_u_statistic_of_the_resampled_multiset(feats):
     direct = ((kxx.sum() - kxx.trace()) / (w * (w - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
               - 2 * k(x, y).mean())
     assert res.reweighted(counts) == pytest.approx(float(direct), rel=1e-5)
+
+
+@pytest.mark.parametrize("subset_size", [50, 120])
+def test_whole_kernel_route_equals_the_subset_route(feats, subset_size):
+    """Reading every subset's sums off the N x N kernels gives the per-subset blocks' values, and reweights alike."""
+    a, b = feats
+    whole = kid(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="whole")
+    subsets = kid(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="subsets")
+    np.testing.assert_allclose(whole.values, subsets.values, rtol=1e-10, atol=1e-12)
+    assert whole.reweighted(np.ones(100)) == pytest.approx(whole.mean, rel=1e-10)
+    counts = np.random.default_rng(5).multinomial(100, np.full(100, 0.01))
+    assert whole.reweighted(counts) == pytest.approx(subsets.reweighted(counts), rel=1e-5)  # float32 blocks there
 
 
 def test_metric_value_std_ci_and_floor(feats):
