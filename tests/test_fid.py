@@ -48,7 +48,8 @@ def test_both_covariance_factors_agree_with_scipy(n_ref):
     # and reused for bootstrap replicates: the Y = X_g A shortcut equals refitting with either factor
     fd = BootstrapFD(b, mu1, s1, f)
     idx = np.random.default_rng(0).integers(0, 300, 300)
-    assert abs(fd(idx) - fid_from_features(a, b[idx])) < 1e-8 * fid_from_features(a, b[idx])
+    # (a rank-deficient S1's square root carries sqrt(round-off) ~ 1e-8 in its null space)
+    assert abs(fd(idx) - fid_from_features(a, b[idx])) < 1e-7 * fid_from_features(a, b[idx])
 
 
 def test_agrees_with_torchmetrics():

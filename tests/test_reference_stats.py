@@ -15,9 +15,11 @@ def test_fid_from_statistics_equals_fid_from_images(synthetic_folders, fast_conf
     from_images = evaluate(synthetic_folders["shifted"], synthetic_folders["real_b"], config=cfg)
     from_stats = evaluate(synthetic_folders["shifted"], stats, config=cfg)
     a, b = from_images["metrics"]["fid_random-conv"], from_stats["metrics"]["fid_random-conv"]
-    assert abs(a["value"] - b["value"]) < 1e-9 * a["value"]
-    assert a["ci"] == pytest.approx(b["ci"], rel=1e-9)
-    assert b["real_vs_real"] == pytest.approx(a["real_vs_real"], rel=1e-9)
+    # N <= D here: the images route factors the centred features, the statistics route the covariance;
+    # the two agree to float64 round-off of the eigenvalues (~1e-8 relative), far below any reported digit
+    assert abs(a["value"] - b["value"]) < 1e-7 * a["value"]
+    assert a["ci"] == pytest.approx(b["ci"], rel=1e-7)
+    assert b["real_vs_real"] == pytest.approx(a["real_vs_real"], rel=1e-7)
     assert from_stats["reference"]["kind"] == "statistics"
     assert from_stats["reference"]["sha256"] == from_images["reference"]["sha256"]
     # metrics that need the reference's features are skipped with a reason, not computed wrongly

@@ -103,7 +103,7 @@ class FDInf(Metric):
             gen = torch.as_tensor(features_of(ctx.gen, e), device=dev).double()
             ref = torch.as_tensor(features_of(ctx.ref, e), device=dev).double()
             ref_stats = gaussian_stats(ref)
-            factor_ref = covariance_factor(ref_stats[1])
+            factor_ref = covariance_factor(ref_stats[1], ref)
             value, details = fd_inf(gen, ref_stats, factor_ref=factor_ref, **kw)
 
             def replicate(idx):
@@ -113,6 +113,7 @@ class FDInf(Metric):
             ci = bootstrap_interval(replicate, len(gen), value, st, n_boot=st.fd_inf_n_bootstrap)
             a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
             a, b = torch.as_tensor(a, device=dev), torch.as_tensor(b, device=dev)
-            rvr = fd_inf(ref[a], gaussian_stats(ref[b]), **kw)[0]
+            half_stats = gaussian_stats(ref[b])
+            rvr = fd_inf(ref[a], half_stats, factor_ref=covariance_factor(half_stats[1], ref[b]), **kw)[0]
             out[f"fd_inf_{e}"] = MetricValue(value, False, ci, len(gen), len(ref), rvr, extra=details)
         return out
