@@ -13,6 +13,7 @@ from cxrbench.metrics.ks import (
     ks_battery,
     ks_pvalues_fast,
     ks_statistics,
+    sorted_columns,
 )
 
 from .metric_helpers import context, feature_set
@@ -32,6 +33,7 @@ def test_vectorised_statistic_and_asymptotic_p_match_scipy():
     y = rng.integers(0, 7, size=(90, 5)).astype(float)
     x[:, 4] = rng.normal(size=70)
     d = ks_statistics(x, y, budget=200)  # several column chunks
+    np.testing.assert_array_equal(ks_statistics(x, y_sorted=sorted_columns(y), budget=200), d)  # presorted reference
     for j in range(5):
         r = stats.ks_2samp(x[:, j], y[:, j], method="asymp")
         assert d[j] == pytest.approx(r.statistic, abs=1e-12)
