@@ -142,3 +142,14 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
         want = ref.features2(x * 2048 - 1024)
     torch.testing.assert_close(run_extractor(fast, x), want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(run_extractor(plain, x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_derived_extractor_is_keyed_by_its_base_kernels():
+    from cxrbench.harness import EvalConfig, build_extractors, extractor_spec
+
+    for fast in (True, False):
+        cfg = EvalConfig(weights="random", fast_kernels=fast)
+        ex = build_extractors(["xrv", "xrv-classifier"], cfg, "cpu")
+        spec = extractor_spec(ex["xrv-classifier"], cfg)
+        assert spec.get("kernels") == ("bn-folded:59,channels_last" if fast else None)
+        assert spec.get("kernels") == extractor_spec(ex["xrv"], cfg).get("kernels")
