@@ -132,7 +132,8 @@ def precision_scope(precision: str, device: str):
 
 @torch.no_grad()
 def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``e.extract(x)`` with channels_last input for a channels_last network and bf16 autocast for the network forward when asked.
+    """``e.extract(x)``, with channels_last input for a channels_last network and bf16 autocast for the network
+    forward when asked.
 
     Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
     back float32. Extractors without parameters (pixel statistics) always run in float32.

@@ -8,6 +8,7 @@ Extractors are eval-only: ``train(True)`` is refused, as torchmetrics' NoTrainIn
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
 import torch
@@ -107,14 +108,14 @@ def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) ->
 
 
 def fold_sequential_batchnorm(model: nn.Module) -> int:
+    """Fold each Conv2d -> BatchNorm2d pair of consecutive children of any ``nn.Sequential`` in ``model``."""
     n = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
+        children = list(seq.named_children())
+        for (a, conv), (b, bn) in itertools.pairwise(children):
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                seq._modules[a] = fold_conv_batchnorm(conv, bn)
-                seq._modules[b] = nn.Identity()
+                setattr(seq, a, fold_conv_batchnorm(conv, bn))
+                setattr(seq, b, nn.Identity())
                 n += 1
     return n
 
