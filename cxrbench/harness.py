@@ -30,6 +30,7 @@ from .distributed import DistContext, from_env
 from .errors import DataError, UsageError
 from .features.cache import FeatureCache, chunk_key
 from .metrics.base import EvalContext, FeatureSet, MetricValue
+from .protocols.cxr64 import PrecomputedSet
 from .registry import EXTRACTORS, METRICS
 from .results import SCHEMA, Result
 
@@ -410,13 +411,19 @@ def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
     return plan, skipped
 
 
-def evaluate(samples, reference, *, config: EvalConfig | None = None, train_reference=None) -> Result:
+DEFAULT_PROTOCOL = "cxr64"
+
+
+def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train_reference=None) -> Result:
     """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
 
     ``samples`` / ``reference`` are folders, ``.npy``/``.npz`` arrays, named references (``nih-cxr14``) or
-    ``ImageSource`` objects. Returns a ``Result`` (``cxrbench.result/1``).
+    ``ImageSource`` objects. With no reference (and no protocol), the default protocol ``cxr64`` runs: its
+    reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
     config = config or EvalConfig()
+    if reference is None and config.protocol == "default" and train_reference is None:
+        config = config.resolved(protocol=DEFAULT_PROTOCOL)
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     dist, device = from_env(device)
@@ -441,9 +448,28 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     train_reference = train_reference if train_reference is not None else config.train_reference
     from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
+    proto = _protocol(config)
+    if hasattr(proto, "prepare"):  # a protocol that fixes the extractors, metrics and reference sets
+        config, reference, train_reference = proto.prepare(config, reference, train_reference)
+        plan, skipped_metrics = _metric_plan(config)
+    elif reference is None:
+        raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
+                         f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
     sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed)}
-    if not isinstance(reference, ImageSource) and is_reference_stats(reference):
+    expected_n = getattr(proto, "sample_count", None)
+    n_found = len(sets["samples"])
+    if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
+        sets["samples"] = sets["samples"].subset(np.arange(expected_n))
+    precomputed = {}
+    if isinstance(reference, PrecomputedSet):
+        precomputed["reference"] = reference
+    if isinstance(train_reference, PrecomputedSet):
+        precomputed["train"] = train_reference
+        train_reference = None
+    if precomputed.get("reference") is not None:
+        pass
+    elif not isinstance(reference, ImageSource) and is_reference_stats(reference):
         ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
         if config.protocol != "default":
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
@@ -454,6 +480,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     t_hash = time.perf_counter() - t0
 
     extractors = build_extractors(config.extractors, config, device)
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
+    for role, pre in precomputed.items():
+        _check_precomputed(role, pre, specs)
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
     extracted = {}
@@ -470,7 +499,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     t_extract = time.perf_counter() - t1
 
     fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
-    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
+    for role, pre in precomputed.items():
+        fsets[role] = _precomputed_feature_set(role, pre, extractors)
     if ref_stats is not None:
         check_specs(reference, ref_stats, specs)
         fsets["reference"] = FeatureSet(name="reference", ids=[], hashes=[], features={}, stats=ref_stats["stats"])
@@ -497,8 +527,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
-        if config.protocol != "default":
-            _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions)
+        if hasattr(proto, "run"):
+            _run_protocol(proto, config, ctx, sets, keep, feats, specs, device, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
     duplicates = {r: _duplicates(sets[r]) for r in sets}
     for role, src in sets.items():
@@ -510,21 +540,33 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     t_metrics = time.perf_counter() - t2
 
     random_weights = [k for k, s in specs.items() if str(s["weights"]).startswith("random")]
+    unpinned = [k for k, e in extractors.items() if k not in random_weights
+                and hasattr(e, "published_weights") and not e.published_weights()]
+    outside = []
+    if expected_n and n_found < expected_n:
+        outside.append(f"protocol {proto.name} expects {expected_n} samples; {n_found} given")
+    if expected_n and n_found > expected_n:
+        notes.append(f"protocol {proto.name}: the first {expected_n} of {n_found} samples in canonical (sha256) "
+                     "order were evaluated")
     result = Result(
         schema=SCHEMA,
         cxrbench_version=__version__,
         git_hash=_git_hash(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        protocol={"name": config.protocol, "version": PROTOCOL_VERSION},
+        protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION),
+                  **({"sample_count": expected_n} if expected_n else {})},
         samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
                  "duplicates": duplicates["samples"]},
-        reference=({**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
+        reference=({**precomputed["reference"].describe(), "n_used": len(precomputed["reference"])}
+                   if "reference" in precomputed else
+                   {**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
                     "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]}
                    if ref_stats is None else
                    {**ref_stats["meta"]["reference"], "kind": "statistics", "statistics_file": str(reference)}),
-        train_reference=None if "train" not in sets else {**sets["train"].describe(),
-                                                          "skipped_files": skipped_files["train"]},
+        train_reference=(precomputed["train"].describe() if "train" in precomputed else
+                         None if "train" not in sets else {**sets["train"].describe(),
+                                                           "skipped_files": skipped_files["train"]}),
         extractors=specs,
         metrics=dict(sorted(metrics.items())),
         metric_versions=metric_versions,
@@ -538,8 +580,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights and config.precision == "fp32",
-        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + (
+        comparable=not random_weights and not unpinned and not outside and config.precision == "fp32",
+        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + [
+            f"{k}: weights {specs[k]['weights'][:16]}... are not the pinned ones" for k in unpinned] + outside + (
             [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
         warnings=notes,
     )
@@ -565,11 +608,42 @@ def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
         raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
 
 
-def _run_protocol(config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:
-    """A registered multi-step protocol on the same sets and cached features; its metrics join the result."""
+def _protocol(config: EvalConfig):
+    """The registered protocol object of ``config.protocol`` (None for "default": your own reference)."""
     from .registry import PROTOCOLS
 
-    proto = PROTOCOLS.get(config.protocol)()
+    return None if config.protocol == "default" else PROTOCOLS.get(config.protocol)()
+
+
+def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
+    """Shipped features are used only by the extractor (weights, version, preprocessing) that made them."""
+    fields = ("name", "version", "weights", "num_features", "input_size", "resize_filter")
+    for k, spec in pre.specs.items():
+        if k not in specs:
+            raise UsageError(f"{role} {pre.name}: its features are {k!r} features; add {k} to --extractors")
+        run = specs[k]
+        if str(run["weights"]).startswith("random"):
+            continue  # smoke runs (tests) with random weights: not comparable, marked so in the result
+        diff = [f for f in fields if run.get(f) != spec.get(f)]
+        if diff:
+            raise UsageError(f"{role} {pre.name}: its {k} features were made with a different {diff[0]} "
+                             f"({spec.get(diff[0])!r} vs {run.get(diff[0])!r}); use the matching cxrbench version")
+
+
+def _precomputed_feature_set(role: str, pre: PrecomputedSet, extractors: dict) -> FeatureSet:
+    """A FeatureSet from shipped features; derived extractors (label heads) are computed from their base."""
+    feats = dict(pre.features)
+    for k, e in extractors.items():
+        base = getattr(e, "derived_from", None)
+        if k not in feats and base in feats:
+            with torch.no_grad():
+                feats[k] = e.from_features(torch.from_numpy(feats[base])).cpu().numpy().astype(np.float32)
+    return FeatureSet(name=role, ids=pre.ids, hashes=pre.hashes, features=feats, labels=pre.labels,
+                      patient_ids=pre.patient_ids, load_images=None)
+
+
+def _run_protocol(proto, config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:
+    """A registered multi-step protocol on the same sets and cached features; its metrics join the result."""
     if config.protocol == "augmentation":
         from .protocols.augmentation import AugmentConfig
 

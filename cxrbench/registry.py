@@ -79,6 +79,8 @@ EXTRACTORS = Registry(
         "pixels": "cxrbench.features.pixels:PixelStatsExtractor",
         "random-conv": "cxrbench.features.random_conv:RandomConvExtractor",
         "moco": "cxrbench.features.moco:MoCoExtractor",
+        "cxr64": "cxrbench.features.cxr64:CXR64Extractor",
+        "cxr64-classifier": "cxrbench.features.cxr64:CXR64ClassifierExtractor",
     },
 )
 
@@ -112,5 +114,6 @@ PROTOCOLS = Registry(
     "cxrbench.protocols",
     {
         "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
+        "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
     },
 )

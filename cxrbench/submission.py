@@ -93,8 +93,11 @@ def config_from_entry(entry: dict, **local) -> Any:
     return EvalConfig(**kw)
 
 
-def reference_of(entry: dict) -> str:
+def reference_of(entry: dict) -> str | None:
+    """Where the entry's reference is: its recorded path, or None for a protocol's shipped reference."""
     ref = entry["result"]["reference"]
+    if isinstance(ref, dict) and ref.get("kind") == "features":
+        return None  # the protocol (config.protocol) ships it; evaluate() loads and hash-checks it
     if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
         raise DataError(f"entry {entry['slug']}: result.reference.path is missing; pass --reference")
     return ref["path"]
@@ -102,7 +105,7 @@ def reference_of(entry: dict) -> str:
 
 def submit(
     samples: str | os.PathLike,
-    reference: str,
+    reference: str | None,
     card: ModelCard,
     out_dir: str | os.PathLike,
     *,

@@ -7,6 +7,8 @@ import sys
 
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
+  # the default protocol cxr64: comparable numbers offline (network, reference and metrics ship with cxrbench)
+  cxrbench evaluate --samples samples/
   # two halves of one real folder (a noise-floor check), offline with seeded random weights
   cxrbench evaluate --samples ../shared/data/nih1000_64px --samples-split half0 \\
       --reference ../shared/data/nih1000_64px --reference-split half1 --weights random
@@ -28,11 +30,13 @@ def add_arguments(p) -> None:
 
     d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
-    p.add_argument("--reference", required=True, help="folder, .npz array, or a name: nih-cxr14, chexpert")
+    p.add_argument("--reference", default=None, help="folder, .npz array, statistics .npz, or a name: nih-cxr14, "
+                   "chexpert (default: none, and the cxr64 protocol runs with its shipped reference)")
     p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
     p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
-    p.add_argument("--extractors", type=_csv, default=d.extractors, help=f"default {','.join(d.extractors)}")
+    p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
+                   "fixes its own)")
     p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
     p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (offline smoke "
                    "test, not comparable) | a folder holding the weights files")
@@ -52,7 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
-    p.add_argument("--protocol", default=d.protocol, help="default | augmentation (downstream classifier gain)")
+    p.add_argument("--protocol", default=None, help="cxr64 (embedded, comparable offline; the default without "
+                   "--reference) | augmentation (downstream classifier gain) | default (your own --reference)")
     p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
     p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
     p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
@@ -63,17 +68,29 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def resolve_protocol(args) -> str:
+    """``--protocol``, or the default: cxr64 without ``--reference``, your own reference otherwise."""
+    from ..errors import UsageError
+    from ..harness import DEFAULT_PROTOCOL
+
+    protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
+    if protocol == DEFAULT_PROTOCOL and args.extractors is not None:
+        raise UsageError(f"--protocol {protocol} fixes its extractors (cxr64, cxr64-classifier); drop --extractors, "
+                         "or pass --reference to evaluate with extractors of your choice")
+    return protocol
+
+
 def config_from_args(args):
     from ..harness import EvalConfig
 
     return EvalConfig(
-        extractors=args.extractors, metrics=args.metrics, weights=args.weights, device=args.device,
+        **({"extractors": args.extractors} if args.extractors is not None else {}), metrics=args.metrics, weights=args.weights, device=args.device,
         batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
         n_bootstrap=args.n_bootstrap,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
         reference_split=args.reference_split, train_reference=args.train_reference,
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
-        protocol=args.protocol, augment_task=args.augment_task, augment_n_real=args.augment_n_real,
+        protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
         augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
         fast_kernels=args.fast_kernels,
     )
@@ -97,8 +114,11 @@ def format_table(result) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     s = result["samples"]
+    proto = result.get("protocol") or {}
     head = f"samples {s['path']} ({s['n_used']} images) vs reference {result['reference']['path']} " \
            f"({result['reference']['n_used']} images), device {result['device']}"
+    if proto.get("name") not in (None, "default"):
+        head = f"protocol {proto['name']} v{proto.get('version')}: {head}"
     tail = []
     if not result["comparable"]:
         tail.append("NOT COMPARABLE: " + "; ".join(result.get("not_comparable_because", [])))
@@ -112,7 +132,11 @@ def format_table(result) -> str:
 def run(args) -> int:
     from ..harness import evaluate
 
-    result = evaluate(args.samples, args.reference, config=config_from_args(args))
+    config = config_from_args(args)
+    if args.protocol is None and args.reference is None and not args.quiet:
+        print(f"no --reference: evaluating under the default protocol {config.protocol} (shipped network, reference "
+              "and metrics; comparable offline)", file=sys.stderr)
+    result = evaluate(args.samples, args.reference, config=config)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     if args.out:

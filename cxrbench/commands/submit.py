@@ -15,6 +15,8 @@ model.toml fields: name, authors (list), training_data, resolution (int or [h, w
 (unconditional | labels | text | image), license; optional url and paper (http(s) links).
 
 examples:
+  # under the default protocol cxr64 (no --reference: comparable offline, ranked on the cxr64 board)
+  cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --out leaderboard/entries/
   cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --reference nih-cxr14 \\
       --reference-split test --out leaderboard/entries/
   # offline smoke run (random weights: listed on the leaderboard but never ranked)
@@ -55,13 +57,16 @@ def add_arguments(p) -> None:
     d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
-    p.add_argument("--reference", required=True, help="folder, .npz array, or a name: nih-cxr14, chexpert")
+    p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
+                   "none, and the cxr64 protocol runs with its shipped reference)")
     p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
-    p.add_argument("--protocol", default=d.protocol, help=f"protocol name (default {d.protocol})")
+    p.add_argument("--protocol", default=None, help="cxr64 (the default without --reference) | default (your own "
+                   "--reference) | augmentation")
     p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (smoke run, never "
                    "ranked) | a folder holding the weights files")
-    p.add_argument("--extractors", type=_csv, default=d.extractors, help=f"default {','.join(d.extractors)}")
+    p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
+                   "fixes its own)")
     p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap and subsets")
     p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
@@ -75,13 +80,14 @@ def run(args) -> int:
     from ..card import load_card
     from ..harness import EvalConfig
     from ..submission import submit
-    from .evaluate import format_table
+    from .evaluate import format_table, resolve_protocol
 
     card = load_card(args.card)  # a bad card fails before any work
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
     config = EvalConfig(
-        extractors=args.extractors, metrics=args.metrics, seed=args.seed, n_bootstrap=args.n_bootstrap,
-        reference_split=args.reference_split, train_reference=args.train_reference, protocol=args.protocol,
+        **({"extractors": args.extractors} if args.extractors is not None else {}),
+        metrics=args.metrics, seed=args.seed, n_bootstrap=args.n_bootstrap,
+        reference_split=args.reference_split, train_reference=args.train_reference, protocol=resolve_protocol(args),
         **local,
     )
     path, entry = submit(args.samples, args.reference, card, args.out, config=config, force=args.force)

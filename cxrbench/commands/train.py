@@ -25,6 +25,7 @@ examples:
       --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
   cxrbench train moco --data ../shared/data/nih1000_64px --image-size 64 --out runs/moco --epochs 5
+  cxrbench train cxr64-net --data ../shared/data --out runs/cxr64 --epochs 60   # the cxr64 protocol's network
 """
 
 
@@ -89,8 +90,13 @@ def run(args) -> int:
     size = getattr(config, "image_size", None)
     if size is None:
         raise UsageError(f"{args.name}: its Config has no image_size; cannot choose the training resolution")
-    transform = CXRTransform(image_size=size, crop=not args.no_crop, equalize=args.equalize)
-    dataset = ImageFolder(args.data, labels_csv=args.labels, transform=transform)
+    if hasattr(cls, "training_dataset"):
+        # a model that fixes its own training data (the cxr64 network: several folders, protocol splits)
+        transform = None
+        dataset = cls.training_dataset(args.data, config)
+    else:
+        transform = CXRTransform(image_size=size, crop=not args.no_crop, equalize=args.equalize)
+        dataset = ImageFolder(args.data, labels_csv=args.labels, transform=transform)
     options = TrainOptions(
         steps=args.steps,
         epochs=args.epochs,
@@ -107,7 +113,7 @@ def run(args) -> int:
         "data": str(Path(args.data).resolve()),
         "labels": str(Path(args.labels).resolve()) if args.labels else None,
         "n_images": len(dataset),
-        "transform": transform.spec(),
+        "transform": transform.spec() if transform is not None else "model-defined",
         "config": config_to_dict(config),
     }
     atomic_write_bytes(out / "train_info.json", json.dumps(info, indent=2, sort_keys=True).encode())

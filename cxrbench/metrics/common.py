@@ -131,6 +131,25 @@ def dimension_names(ctx: EvalContext, extractor: str, d: int) -> list[str]:
     return [f"dim_{i}" for i in range(d)]
 
 
+#: label classifiers in order of preference when several ran (the published one first)
+CLASSIFIERS = ("xrv-classifier", "cxr64-classifier")
+
+
+def classifier_of(ctx: EvalContext) -> str | None:
+    """The label classifier (an extractor of kind "probabilities") whose outputs the label metrics read."""
+    ran = [n for n, s in ctx.extractors.items() if s.get("kind") == "probabilities" and n in ctx.gen.features]
+    ran.sort(key=lambda n: CLASSIFIERS.index(n) if n in CLASSIFIERS else len(CLASSIFIERS))
+    return ran[0] if ran else None
+
+
+def missing_classifier(ctx: EvalContext, sets=("gen", "ref")) -> str | None:
+    """A skip reason when no label classifier ran on every set in ``sets``."""
+    c = classifier_of(ctx)
+    if c is None:
+        return f"needs a label classifier extractor ({' or '.join(CLASSIFIERS)}; add one to --extractors)"
+    return missing_features(ctx, [c], sets=sets)
+
+
 def missing_features(ctx: EvalContext, extractors, sets=("gen", "ref")) -> str | None:
     """A skip reason when some set lacks some extractor's features, else None."""
     for s in sets:

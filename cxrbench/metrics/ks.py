@@ -31,8 +31,10 @@ from .bootstrap import real_vs_real_split
 from .common import (
     MetricSettings,
     bootstrap_interval,
+    classifier_of,
     dimension_names,
     features_of,
+    missing_classifier,
     float64_device,
     missing_features,
 )
@@ -167,6 +169,9 @@ class _KSOne(Metric):
 
     extractor: ClassVar[str] = ""
 
+    def extractor_of(self, ctx: EvalContext) -> str:
+        return self.extractor
+
     def skip_reason(self, ctx: EvalContext) -> str | None:
         return missing_features(ctx, [self.extractor])
 
@@ -174,9 +179,10 @@ class _KSOne(Metric):
         if self.skip_reason(ctx):
             return {}
         st = MetricSettings.from_config(ctx.config)
-        gen, ref = features_of(ctx.gen, self.extractor), features_of(ctx.ref, self.extractor)
+        ext = self.extractor_of(ctx)
+        gen, ref = features_of(ctx.gen, ext), features_of(ctx.ref, ext)
         keep = ~(np.isnan(gen).any(0) | np.isnan(ref).any(0))  # e.g. a pathology the head does not predict
-        names = [n for n, k in zip(dimension_names(ctx, self.extractor, gen.shape[1]), keep) if k]
+        names = [n for n, k in zip(dimension_names(ctx, ext, gen.shape[1]), keep) if k]
         (key,) = self.outputs
         value = ks_metric_value(gen[:, keep], ref[:, keep], names, st=st, device=ctx.device,
                                 patient_ids=ctx.ref.patient_ids)
@@ -187,8 +193,12 @@ class KSLabels(_KSOne):
     name = "ks_labels"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"ks_labels": False}
-    requires_extractors = ("xrv-classifier",)
-    extractor = "xrv-classifier"
+
+    def extractor_of(self, ctx: EvalContext) -> str:
+        return classifier_of(ctx)
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        return missing_classifier(ctx)
 
 
 class KSPixels(_KSOne):

@@ -1,9 +1,10 @@
 """Label-distribution matching (seeds 004 and 001): does a classifier see the same findings, as often?
 
-The XRV classifier (torchxrayvision DenseNet121, 18 pathology heads) labels the reference and the samples;
-its features (``ctx.<set>.features["xrv-classifier"]``, dimension names = the 18 pathologies) are
-probabilities already calibrated with xrv's ``op_threshs`` (each head's operating point maps to 0.5), so a
-pathology counts as present when its probability is above 0.5. Heads that return NaN are left out.
+A label classifier labels the reference and the samples: the XRV classifier (torchxrayvision DenseNet121,
+18 pathology heads, ``xrv-classifier``) or, under the ``cxr64`` protocol, the ``cxr64-classifier`` head
+(the labels it tells apart on held-out NIH images). Its features (dimension names = the labels) are
+calibrated probabilities (xrv: ``op_threshs`` map each head's operating point to 0.5; cxr64: Platt scaling),
+so a label counts as present when its probability is above 0.5. Heads that return NaN are left out.
 
 - ``label_mae``: mean over pathologies of |prevalence(samples) - prevalence(reference)|; the per-pathology
   prevalence table is in ``extra["prevalence"]``.
@@ -30,9 +31,8 @@ from sklearn.metrics import roc_auc_score
 from ..labels import canonical_label
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import real_vs_real_split
-from .common import MetricSettings, bootstrap_interval, dimension_names, features_of, missing_features
-
-CLASSIFIER = "xrv-classifier"
+from .common import (MetricSettings, bootstrap_interval, classifier_of, dimension_names, features_of,
+                     missing_classifier)
 #: manifest columns that may hold each image's requested labels as one "A|B" (or "A,B") string
 LABEL_LIST_COLUMNS = ("labels", "requested_labels", "conditioning_labels")
 
@@ -67,8 +67,9 @@ def label_cooccurrence(pos_a: np.ndarray, pos_b: np.ndarray) -> float:
 
 
 def _classifier_outputs(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    gen, ref = features_of(ctx.gen, CLASSIFIER), features_of(ctx.ref, CLASSIFIER)
-    names = dimension_names(ctx, CLASSIFIER, gen.shape[1])
+    clf = classifier_of(ctx)
+    gen, ref = features_of(ctx.gen, clf), features_of(ctx.ref, clf)
+    names = dimension_names(ctx, clf, gen.shape[1])
     keep = ~(np.isnan(gen).any(0) | np.isnan(ref).any(0))
     return gen[:, keep], ref[:, keep], [n for n, k in zip(names, keep) if k]
 
@@ -77,10 +78,8 @@ class LabelDistribution(Metric):
     name = "labels"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"label_mae": False, "label_js": False, "label_cooccurrence": False}
-    requires_extractors = (CLASSIFIER,)
-
     def skip_reason(self, ctx: EvalContext) -> str | None:
-        return missing_features(ctx, [CLASSIFIER])
+        return missing_classifier(ctx)
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         if self.skip_reason(ctx):
@@ -164,18 +163,17 @@ class LabelAdherence(Metric):
     name = "label_adherence"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"label_adherence_auroc": True}
-    requires_extractors = (CLASSIFIER,)
-
     def _evaluable(self, ctx: EvalContext) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Requested labels the classifier predicts and that some but not all samples requested."""
-        names = dimension_names(ctx, CLASSIFIER, features_of(ctx.gen, CLASSIFIER).shape[1])
+        clf = classifier_of(ctx)
+        names = dimension_names(ctx, clf, features_of(ctx.gen, clf).shape[1])
         req = requested_labels(ctx.gen.manifest)
         cols = {n: i for i, n in enumerate(names)}
         req = {lab: y for lab, y in req.items() if lab in cols and 0 < y.sum() < len(y)}
         return req, cols
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
-        missing = missing_features(ctx, [CLASSIFIER], sets=("gen",))
+        missing = missing_classifier(ctx, sets=("gen",))
         if missing:
             return missing
         if not requested_labels(ctx.gen.manifest):
@@ -189,7 +187,7 @@ class LabelAdherence(Metric):
             return {}
         st = MetricSettings.from_config(ctx.config)
         req, cols = self._evaluable(ctx)
-        probs = features_of(ctx.gen, CLASSIFIER).astype(np.float64)
+        probs = features_of(ctx.gen, classifier_of(ctx)).astype(np.float64)
 
         def mean_auroc(idx):
             return _nanmean([_auroc(y[idx], probs[idx, cols[lab]]) for lab, y in req.items()])
@@ -209,9 +207,10 @@ class LabelAdherence(Metric):
     def _reference_ceiling(ctx: EvalContext, req, cols) -> dict[str, float]:
         """AUROC of the classifier on the reference against its ground-truth labels, per requested label."""
         labels = ctx.ref.labels
-        if labels is None or CLASSIFIER not in ctx.ref.features:
+        clf = classifier_of(ctx)
+        if labels is None or clf not in ctx.ref.features:
             return {}
-        probs = features_of(ctx.ref, CLASSIFIER).astype(np.float64)
+        probs = features_of(ctx.ref, clf).astype(np.float64)
         out = {}
         for lab in req:
             if lab in labels.columns:

@@ -1,0 +1,318 @@
+"""Training the ``cxr64`` protocol's feature network (``cxrbench train cxr64-net``), and building its files.
+
+The network (``cxrbench.features.cxr64.CXR64Net``) learns from the public radiographs in ``../shared/data``
+and never from the protocol's reference or held-out NIH images:
+
+- NIH thumbnails of the protocol's ``train`` split (14 findings + No Finding),
+- Kermany pediatric set, ``NonAugmentedTrain`` only (its ``ValData`` is kept for the linear-probe check),
+- the adult COVID-19 / pneumonia sets (frontal views): Pneumonia and No Finding.
+
+Objectives (``Config.objective``), compared by measurement in the protocol's note:
+- ``supervised``: multi-label BCE on the known labels (unknown ones masked);
+- ``contrastive``: InfoNCE between two X-ray augmentations of each image with in-batch negatives (SimCLR
+  form: on ~3,600 images a MoCo queue of thousands would hold a query's own earlier views as negatives);
+- ``both``: the sum.
+
+``python -m baselines.cxr64net build --run runs/cxr64 --data ../shared/data`` then writes the package data:
+the network state dict, the Platt-calibrated label head with the held-out AUROC that chose its labels, and
+the features of the reference and training splits (``cxrbench/protocols/cxr64_data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrbench.data.io import load_image
+from cxrbench.features.cxr64 import CXR64Net, to_cxr64
+from cxrbench.generator import PretrainedMixin
+from cxrbench.labels import LABELS
+from cxrbench.protocols.cxr64_splits import image_splits
+
+from .moco import augment
+from .trainer import Batch, Trainable
+
+NIH = "nih1000_64px"
+KERMANY = "kermany_pediatric_covid_skytells"
+ADULT_SETS = ("covid_chestxray_ieee8023_2020-03_fork", "actualmed_covid_cxr", "figure1_covid_cxr")
+
+
+@dataclass
+class Config:
+    image_size: int = 64
+    objective: str = "both"  # supervised | contrastive | both
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    schedule_steps: int = 0  # cosine decay length in steps (0: constant lr)
+    temperature: float = 0.2
+    lambda_contrastive: float = 1.0
+    # augmentations (as baselines.moco's, milder: the labels must survive them)
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    rotation_deg: float = 10.0
+    translate: float = 0.06
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hflip_prob: float = 0.0
+
+    def __post_init__(self):
+        self.crop_scale = tuple(float(s) for s in self.crop_scale)
+        if self.objective not in ("supervised", "contrastive", "both"):
+            raise ValueError(f"objective {self.objective!r}: expected supervised, contrastive or both")
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: list[str]):
+        self.images, self.labels, self.names = images, labels, names
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def _decode(folder: Path, paths) -> torch.Tensor:
+    out = []
+    for p in paths:
+        img = torch.from_numpy(load_image(folder / p))[None, None]
+        out.append(to_cxr64(img)[0])
+    return torch.stack(out)
+
+
+def _label_rows(table: pd.DataFrame) -> torch.Tensor:
+    m = torch.full((len(table), len(LABELS)), float("nan"))
+    for j, name in enumerate(LABELS):
+        if name in table.columns:
+            m[:, j] = torch.tensor(pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64))
+    return m
+
+
+def nih_table(data_root: Path) -> pd.DataFrame:
+    t = pd.read_csv(data_root / NIH / "labels.csv")
+    t["cxr64_split"] = image_splits(t)
+    return t
+
+
+def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
+    """The (folder, rows) the network trains on; reference and held-out NIH images are never among them."""
+    data_root = Path(data_root)
+    out = []
+    nih = nih_table(data_root)
+    out.append((data_root / NIH, nih[nih["cxr64_split"] == "train"]))
+    k = pd.read_csv(data_root / KERMANY / "labels.csv")
+    out.append((data_root / KERMANY, k[k["split"] == "NonAugmentedTrain"]))
+    for name in ADULT_SETS:
+        t = pd.read_csv(data_root / name / "labels.csv")
+        if "view" in t.columns:
+            t = t[t["view"].astype(str) != "L"]
+        out.append((data_root / name, t))
+    return out
+
+
+class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
+    """The network plus a projection head for the contrastive term (dropped when the weights are built)."""
+
+    name = "cxr64-net"
+    Config = Config
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.net = CXR64Net()
+        d = self.net.embed.out_features
+        self.proj = nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 64))
+
+    @classmethod
+    def training_dataset(cls, data_root, config: Config, *, split: str | None = None) -> _Images:
+        """Every training image decoded once to the protocol's 64 px contract (a few seconds per thousand)."""
+        images, labels, names = [], [], []
+        for folder, table in training_tables(Path(data_root)):
+            images.append(_decode(folder, table["path"]))
+            labels.append(_label_rows(table))
+            names += [f"{folder.name}/{p}" for p in table["path"]]
+        return _Images(torch.cat(images), torch.cat(labels), names)
+
+    def configure_optimizers(self):
+        c = self.config
+        return {"adamw": torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)}
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        v1, v2 = augment(images, c), augment(images, c)
+        f = self.net.features(torch.cat([v1, v2]) * 2 - 1)
+        out = {}
+        total = torch.zeros((), device=images.device)
+        if c.objective in ("supervised", "both"):
+            logits = self.net.head(f)
+            y = torch.cat([labels, labels])
+            known = ~y.isnan()
+            bce = F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
+            out["bce"] = bce
+            total = total + bce
+        if c.objective in ("contrastive", "both"):
+            z = F.normalize(self.proj(f), dim=1)
+            n = images.shape[0]
+            sim = z @ z.T / c.temperature
+            sim.fill_diagonal_(float("-inf"))
+            target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(images.device)
+            nce = F.cross_entropy(sim, target)
+            out["nce"] = nce
+            total = total + c.lambda_contrastive * nce
+        out["loss"] = total
+        return out
+
+    def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+        c, opt = self.config, optimizers["adamw"]
+        lr = c.lr
+        if c.schedule_steps:
+            lr = c.lr * 0.5 * (1 + math.cos(math.pi * min(step, c.schedule_steps) / c.schedule_steps))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        out = self.losses(batch.images, batch.labels)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        return {"lr": lr, **{k: float(v.detach()) for k, v in out.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# building the protocol's package data from a trained run
+
+
+def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
+    """Features of every NIH thumbnail through the harness's own extraction path (same kernels, same order)."""
+    from cxrbench.data.sources import open_source
+    from cxrbench.features.cache import FeatureCache
+    from cxrbench.harness import EvalConfig, build_extractors, extract_features, extractor_spec
+
+    folder = Path(data_root) / NIH
+    config = EvalConfig(extractors=("cxr64",), weights=str(weights_file), progress=False, num_workers=0)
+    ext = build_extractors(("cxr64",), config, "cpu")
+    src = open_source(folder, role="reference")
+    feats, bad = extract_features(src, ext, config, FeatureCache(None, enabled=False), "cpu", desc="nih")
+    if bad:
+        raise RuntimeError(f"undecodable NIH images: {bad[:3]}")
+    table = pd.read_csv(folder / "labels.csv").set_index("path").loc[src.ids].reset_index()
+    table["cxr64_split"] = image_splits(table)
+    return table, feats["cxr64"], list(src.hashes), extractor_spec(ext["cxr64"], config)
+
+
+def calibrate_head(net: CXR64Net, feats: np.ndarray, table: pd.DataFrame, *, min_auroc: float = 0.7,
+                   min_pos: int = 15) -> dict:
+    """Platt scaling of each label's logit on the held-out split; AUROC on the reference split chooses labels.
+
+    A label is kept when its reference AUROC is at least ``min_auroc`` with at least ``min_pos`` positives
+    (and negatives) in both splits: with fewer, neither the calibration nor the AUROC means much.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    with torch.no_grad():
+        logits = net.head(torch.from_numpy(feats)).numpy().astype(np.float64)
+    held, ref = (table["cxr64_split"] == "heldout").to_numpy(), (table["cxr64_split"] == "reference").to_numpy()
+    report, keep = {}, []
+    for j, name in enumerate(LABELS):
+        y = table[name].to_numpy().astype(int)
+        npos = {"heldout": int(y[held].sum()), "reference": int(y[ref].sum())}
+        ok = all(min_pos <= npos[s] <= m.sum() - min_pos for s, m in (("heldout", held), ("reference", ref)))
+        auc = float(roc_auc_score(y[ref], logits[ref, j])) if 0 < npos["reference"] < ref.sum() else float("nan")
+        entry = {"auroc_reference": auc, "positives": npos}
+        if ok and auc >= min_auroc:
+            lr = LogisticRegression(C=1e4).fit(logits[held, j : j + 1], y[held])
+            entry.update(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+            keep.append(name)
+        report[name] = entry
+    return {
+        "labels": keep,
+        "index": [LABELS.index(n) for n in keep],
+        "a": [report[n]["a"] for n in keep],
+        "b": [report[n]["b"] for n in keep],
+        "rule": f"kept: reference AUROC >= {min_auroc} with >= {min_pos} positives and negatives in the held-out "
+                "(calibration) and reference splits; Platt scaling fitted on the held-out split",
+        "per_label": report,
+    }
+
+
+def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[str], spec: dict, which: str):
+    import io
+    import json as _json
+
+    from cxrbench.generator import atomic_write_bytes
+
+    meta = {"name": f"cxr64 {which}: {len(table)} NIH ChestX-ray14 images (64 px, patient-disjoint split '{which}')",
+            "spec": spec, "label_columns": list(LABELS), "source": "nih1000_64px (NIH ChestX-ray14 thumbnails)"}
+    arrays = {"ids": np.array(table["image_index"], dtype=str), "hashes": np.array(hashes, dtype=str),
+              "features": feats.astype(np.float32), "patient_ids": np.array(table["patient_id"].astype(str), dtype=str),
+              "meta": np.array(_json.dumps(meta, sort_keys=True))}
+    for c in LABELS:
+        arrays[f"label:{c}"] = table[c].to_numpy().astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # uncompressed: the bytes (and the pinned sha256) do not depend on zlib
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
+    """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
+    from cxrbench.features.cxr64 import HEAD_FILE, WEIGHTS_FILE, file_sha256
+    from cxrbench.generator import atomic_torch_save, atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = CXR64NetTrainer.from_pretrained(run_dir)
+    weights = out_dir / WEIGHTS_FILE
+    atomic_torch_save({k: v.contiguous() for k, v in model.net.state_dict().items()}, weights)
+    table, feats, hashes, spec = nih_features(data_root, weights)
+    calib = calibrate_head(model.net, feats, table)
+    atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
+    for which in ("reference", "train"):
+        m = (table["cxr64_split"] == which).to_numpy()
+        _write_set(out_dir / f"cxr64-{which}.npz", table[m], feats[m], [h for h, k in zip(hashes, m) if k], spec, which)
+    return {f.name: file_sha256(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m baselines.cxr64net", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write cxrbench/protocols/cxr64_data from a trained run")
+    b.add_argument("--run", required=True, help="folder written by `cxrbench train cxr64-net`")
+    b.add_argument("--data", default="../shared/data", help="the shared data root (nih1000_64px inside)")
+    b.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "cxrbench/protocols/cxr64_data"))
+    b.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
+    args = p.parse_args(argv)
+    pins = build(Path(args.run), Path(args.data), Path(args.out))
+    for name, digest in pins.items():
+        print(f"{digest}  {name}")
+    if args.pin:
+        pin_sources(pins)
+    return 0
+
+
+def pin_sources(pins: dict[str, str]) -> None:
+    """Rewrite the pinned sha256s in ``features/cxr64.py`` and ``protocols/cxr64.py`` (the pins live in code)."""
+    import re
+
+    import cxrbench.features.cxr64 as feat
+    import cxrbench.protocols.cxr64 as proto
+
+    f = Path(feat.__file__)
+    f.write_text(re.sub(r'^WEIGHTS_SHA256 = "[0-9a-zA-Z]*"', f'WEIGHTS_SHA256 = "{pins[feat.WEIGHTS_FILE]}"',
+                        f.read_text(), count=1, flags=re.M))
+    f = Path(proto.__file__)
+    text = f.read_text()
+    for which, (fname, _) in proto.FEATURE_FILES.items():
+        const = f"{which.upper()}_SHA256"
+        text = re.sub(rf'^{const} = "[0-9a-zA-Z]*"', f'{const} = "{pins[fname]}"', text, count=1, flags=re.M)
+    f.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

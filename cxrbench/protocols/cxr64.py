@@ -1,0 +1,125 @@
+"""Protocol ``cxr64``: comparable numbers offline, with no data and no download.
+
+Everything that makes two numbers comparable is fixed here and shipped inside the package:
+
+- the feature network ``cxr64`` (64-d embedding) and its label head ``cxr64-classifier``, trained by
+  cxrbench on public radiographs and pinned by sha256 (``cxrbench.features.cxr64``);
+- the preprocessing: any input is centre-cropped and resized to 64 px (bilinear, antialiased), as
+  the extractor spec in every result says;
+- the reference: features of 350 held-out NIH ChestX-ray14 thumbnails (patient-disjoint from everything
+  the network and the bundled generators train on; ``cxr64_splits``), shipped as derived numbers with
+  their labels and patient ids (for patient-wise real-vs-real floors), never as images;
+- the training split's features, so ``memorization_cxr64`` runs against what the bundled generators saw;
+- the sample count: the first ``SAMPLE_COUNT`` samples in canonical (sha256) order; fewer makes the result
+  not comparable;
+- the metric list: every feature metric (FID, KID, FD-infinity, PRDC, memorization, KS over features and
+  over label probabilities, label distribution and adherence).
+
+Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong to the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UsageError, WeightsError
+from ..features.cxr64 import file_sha256, shipped_path
+
+NAME = "cxr64"
+VERSION = "1"
+SAMPLE_COUNT = 200
+EXTRACTORS = ("cxr64", "cxr64-classifier")
+METRICS = ("fid", "kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
+#: sha256 of the shipped feature files; a file with other bytes is refused
+REFERENCE_SHA256 = "68dd74740d81631524255825fdaa6714ff208d833baa9a959989208d4bf8866f"
+TRAIN_SHA256 = "7880e341ec025fd1bfdba529bc0e9ab0a4f740ab3c860bef3dc50fc2bbf1539e"
+FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256)}
+
+
+@dataclass
+class PrecomputedSet:
+    """An image set known only by its features (shipped with a protocol): no images, no decoding.
+
+    ``features`` holds the base extractor's features; derived extractors (the label head) are computed from
+    them by the harness. ``specs`` are the extractor specs the features were made with: the harness refuses
+    them when the running extractor differs (other weights, version or preprocessing).
+    """
+
+    name: str
+    ids: list[str]
+    hashes: list[str]
+    features: dict[str, np.ndarray]
+    specs: dict[str, dict]
+    labels: object = None  # pandas.DataFrame aligned with ids
+    patient_ids: list[str] | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def describe(self) -> dict:
+        return {"path": self.name, "kind": "features", "split": self.meta.get("split"), "n": len(self),
+                "sha256": self.meta.get("sha256"), **{k: v for k, v in self.meta.items() if k not in ("split",)}}
+
+
+def load_features(which: str) -> PrecomputedSet:
+    """The shipped ``reference`` or ``train`` set; a missing or altered file is refused, naming the fix."""
+    import json
+
+    import pandas as pd
+
+    fname, expected = FEATURE_FILES[which]
+    path = shipped_path(fname)
+    if not path.is_file():
+        raise WeightsError(f"{path}: the cxr64 {which} features are missing; reinstall cxrbench "
+                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
+    digest = file_sha256(path)
+    if digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr64 {which} features "
+                           f"({expected[:16]}...); the file was altered: reinstall cxrbench or restore it from git")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        ids = [str(x) for x in z["ids"]]
+        labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})
+        return PrecomputedSet(
+            name=meta["name"], ids=ids, hashes=[str(x) for x in z["hashes"]],
+            features={"cxr64": z["features"].astype(np.float32)}, specs={"cxr64": meta["spec"]},
+            labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
+            meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": f"{NAME}/{VERSION}"},
+        )
+
+
+def set_sha256(hashes) -> str:
+    """The set hash cxrbench uses everywhere: sha256 over the sorted per-image sha256s."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+class CXR64Protocol:
+    """Registry entry ``PROTOCOLS["cxr64"]``: fixes extractors, metrics, sample count and the shipped sets."""
+
+    name = NAME
+    version = VERSION
+    sample_count = SAMPLE_COUNT
+    headline = "fid_cxr64"
+
+    def prepare(self, config, reference, train_reference):
+        """The config and the sets an evaluation under this protocol uses; a conflicting request is refused."""
+        if reference is not None:
+            raise UsageError(
+                f"--protocol {NAME} fixes its reference (held-out NIH features shipped with cxrbench); drop "
+                "--reference, or drop --protocol to evaluate against your own reference (numbers then are not "
+                f"comparable with {NAME} ones)")
+        if train_reference is not None:
+            raise UsageError(f"--protocol {NAME} fixes the training reference for memorization (the protocol's "
+                             "NIH training split); drop --train-reference")
+        if config.weights not in ("auto", "random"):
+            raise UsageError(f"--protocol {NAME} uses its own shipped weights; drop --weights {config.weights}")
+        asked = set(config.metrics or ()) - set(METRICS)
+        if asked:
+            raise UsageError(f"--protocol {NAME} does not include {sorted(asked)}; its metrics: {', '.join(METRICS)}")
+        config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
+        return config, load_features("reference"), load_features("train")

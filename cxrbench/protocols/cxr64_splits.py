@@ -1,0 +1,52 @@
+"""Patient-disjoint splits of the NIH thumbnails (``nih1000_64px``) that the ``cxr64`` protocol is built on.
+
+The folder's own ``split`` column is not patient-disjoint (8 patients span its train and test), so the
+protocol splits by patient. A few patients hold dozens of images (one has 66, mostly AP views), so a plain
+hash split skews the mix of a small split; instead patients are taken largest first (ties in the order of
+``sha256("cxr64:" + patient_id)``), each to the split whose shortfall against its target share is largest
+for the kinds of image (view AP/PA x normal/abnormal) that patient brings. Deterministic, and the same on every machine.
+
+- ``train`` (~45%): what the bundled generators and the cxr64 network train on;
+- ``reference`` (~35%): the protocol's reference (its features ship; never seen by the network);
+- ``heldout`` (~20%): real images in neither, for the leaderboard's held-out real row and for calibrating
+  the label head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SPLITS = {"train": 0.45, "reference": 0.35, "heldout": 0.20}
+
+
+def patient_splits(patient_ids, views=None) -> dict[str, str]:
+    """``{patient_id: split}`` for an image list (one patient id per image; ``views`` one view per image)."""
+    views = ["any"] * len(patient_ids) if views is None else [str(v) for v in views]
+    counts: dict[str, dict[str, int]] = {}
+    for p, v in zip(patient_ids, views):
+        c = counts.setdefault(str(p), {})
+        c[v] = c.get(v, 0) + 1
+    total: dict[str, int] = {}
+    for c in counts.values():
+        for v, k in c.items():
+            total[v] = total.get(v, 0) + k
+    order = sorted(counts, key=lambda p: (-sum(counts[p].values()), hashlib.sha256(f"cxr64:{p}".encode()).hexdigest()))
+    filled = {s: dict.fromkeys(total, 0) for s in SPLITS}
+    out = {}
+    for p in order:
+        def shortfall(s):  # images of this patient's views still missing from split s (ties: SPLITS order)
+            return sum(k * (SPLITS[s] * total[v] - filled[s][v]) for v, k in counts[p].items())
+
+        s = max(SPLITS, key=shortfall)
+        out[p] = s
+        for v, k in counts[p].items():
+            filled[s][v] += k
+    return out
+
+
+def image_splits(labels) -> list[str]:
+    """The split of each row of an NIH ``labels.csv`` table (``patient_id``, ``view_position``, ``No Finding``)."""
+    ids = [str(p) for p in labels["patient_id"]]
+    kinds = [f"{v}/{int(n)}" for v, n in zip(labels["view_position"], labels["No Finding"])]
+    by_patient = patient_splits(ids, kinds)
+    return [by_patient[p] for p in ids]

@@ -1,0 +1,237 @@
+"""The embedded protocol cxr64: shipped files pinned, offline and comparable, and it measures what it should."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cxrbench
+from cxrbench.data.io import load_image, sha256_file
+from cxrbench.errors import UsageError, WeightsError
+from cxrbench.features import cxr64 as feat
+from cxrbench.harness import EvalConfig
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.metrics.prdc import prdc
+from cxrbench.protocols import cxr64 as proto
+from cxrbench.protocols.cxr64_splits import SPLITS, image_splits, patient_splits
+
+from .conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "cxr64-samples"
+NIH = SHARED_DATA / "nih1000_64px"
+KERMANY = SHARED_DATA / "kermany_pediatric_covid_skytells"
+needs_data = pytest.mark.skipif(not NIH.is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return feat.CXR64Extractor()
+
+
+def _features(ext, x: torch.Tensor) -> np.ndarray:
+    return ext.extract(x).numpy().astype(np.float64)
+
+
+def _images(folder: Path, paths) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(load_image(folder / p))[None] for p in paths])
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    t = pd.read_csv(NIH / "labels.csv")
+    t = t[np.array(image_splits(t)) == "heldout"].head(proto.SAMPLE_COUNT)
+    return feat.to_cxr64(_images(NIH, t["path"]))
+
+
+# --- shipped files ---------------------------------------------------------------------------------------
+
+
+def test_shipped_files_are_the_pinned_ones():
+    net, digest = feat.load_network()
+    assert digest == feat.WEIGHTS_SHA256 == sha256_file(feat.shipped_path(feat.WEIGHTS_FILE))
+    ref, train = proto.load_features("reference"), proto.load_features("train")
+    assert ref.features["cxr64"].shape == (350, feat.EMBED_DIM) and np.isfinite(ref.features["cxr64"]).all()
+    assert train.features["cxr64"].shape[1] == feat.EMBED_DIM and len(train) > len(ref)
+    assert ref.specs["cxr64"]["weights"] == feat.WEIGHTS_SHA256  # made by the shipped network
+    assert not set(ref.patient_ids) & set(train.patient_ids)  # patient-disjoint
+
+
+def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
+    for name in (feat.WEIGHTS_FILE, "cxr64-reference.npz", "cxr64-train.npz", feat.HEAD_FILE):
+        shutil.copy(feat.shipped_path(name), tmp_path / name)
+    data = bytearray((tmp_path / feat.WEIGHTS_FILE).read_bytes())
+    data[len(data) // 2] ^= 1
+    (tmp_path / feat.WEIGHTS_FILE).write_bytes(bytes(data))
+    ref = bytearray((tmp_path / "cxr64-reference.npz").read_bytes())
+    ref[-100] ^= 1
+    (tmp_path / "cxr64-reference.npz").write_bytes(bytes(ref))
+    (tmp_path / "cxr64-train.npz").unlink()
+    monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
+    monkeypatch.setattr(proto, "shipped_path", lambda name: tmp_path / name)
+    with pytest.raises(WeightsError, match=r"cxr64-net\.pt: sha256 .* not the pinned .*reinstall"):
+        feat.CXR64Extractor()
+    with pytest.raises(WeightsError, match=r"cxr64-reference\.npz: sha256 .*altered"):
+        proto.load_features("reference")
+    with pytest.raises(WeightsError, match=r"cxr64-train\.npz: .*missing; reinstall"):
+        proto.load_features("train")
+
+
+def test_label_head_reproduces_its_recorded_reference_auroc():
+    """The shipped calibration file, the shipped head and the shipped reference features agree."""
+    from sklearn.metrics import roc_auc_score
+
+    clf = feat.CXR64ClassifierExtractor()
+    calib = json.loads(feat.shipped_path(feat.HEAD_FILE).read_text())
+    ref = proto.load_features("reference")
+    probs = clf.from_features(torch.from_numpy(ref.features["cxr64"])).numpy()
+    assert clf.feature_names == calib["labels"] and len(calib["labels"]) >= 2
+    for j, name in enumerate(calib["labels"]):
+        auc = roc_auc_score(ref.labels[name].to_numpy() > 0.5, probs[:, j])
+        assert auc == pytest.approx(calib["per_label"][name]["auroc_reference"], abs=1e-6)
+        assert auc >= 0.7
+
+
+# --- splits -----------------------------------------------------------------------------------------------
+
+
+def test_patient_splits_are_disjoint_deterministic_and_near_their_targets():
+    rng = np.random.default_rng(0)
+    sizes = rng.geometric(0.3, size=300)  # a few patients with many images, as in NIH
+    pids = np.repeat([f"p{i}" for i in range(300)], sizes)
+    views = rng.choice(["AP", "PA"], size=len(pids))
+    a = patient_splits(list(pids), list(views))
+    perm = rng.permutation(len(pids))
+    assert patient_splits(list(pids[perm]), list(views[perm])) == a  # row order does not matter
+    counts = pd.Series([a[p] for p in pids]).value_counts(normalize=True)
+    for s, share in SPLITS.items():
+        assert counts[s] == pytest.approx(share, abs=0.03)
+
+
+@needs_data
+def test_shipped_reference_is_the_reference_split_and_its_features_recompute(extractor):
+    t = pd.read_csv(NIH / "labels.csv")
+    t["s"] = image_splits(t)
+    ref = proto.load_features("reference")
+    rows = t.set_index("image_index").loc[ref.ids]
+    assert (rows["s"] == "reference").all() and len(ref) == int((t["s"] == "reference").sum())
+    assert [sha256_file(NIH / p) for p in rows["path"][:20]] == ref.hashes[:20]
+    got = _features(extractor, _images(NIH, rows["path"]))
+    assert np.abs(got - ref.features["cxr64"]).max() < 1e-4 * np.abs(ref.features["cxr64"]).max()
+
+
+@needs_data
+def test_network_training_data_excludes_reference_heldout_and_probe_images():
+    from baselines.cxr64net import training_tables
+
+    t = pd.read_csv(NIH / "labels.csv")
+    held_out = set(t["path"][np.array(image_splits(t)) != "train"])
+    for folder, rows in training_tables(SHARED_DATA):
+        if folder.name == NIH.name:
+            assert not set(rows["path"]) & held_out and len(rows) > 400
+        if folder.name == KERMANY.name:
+            assert set(rows["split"]) == {"NonAugmentedTrain"}  # ValData is the linear-probe test set
+
+
+# --- evaluation under the protocol -------------------------------------------------------------------------
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cxrbench", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+
+
+def test_evaluate_with_no_reference_runs_cxr64_offline_and_comparable(tmp_path):
+    env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache"), "CXRBENCH_SHARED_DATA": "/nonexistent"}
+    out = tmp_path / "r.json"
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--out", str(out), "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["protocol"]["name"] == "cxr64" and res["comparable"] is True, res["not_comparable_because"]
+    assert res["extractors"]["cxr64"]["weights"] == feat.WEIGHTS_SHA256
+    assert res["reference"]["kind"] == "features" and res["samples"]["n_used"] == proto.SAMPLE_COUNT
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "memorization", "ks_features"):
+        assert res["metrics"][f"{key}_cxr64"]["value"] is not None, key
+    for key in ("ks_labels", "label_mae", "label_js"):
+        assert res["metrics"][key]["value"] is not None, key
+    assert "protocol cxr64" in r.stdout
+
+
+def test_protocol_refuses_a_reference_or_extractors_of_ones_own():
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--protocol", "cxr64", "--reference", str(EXAMPLES))
+    assert r.returncode != 0 and "fixes its reference" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--extractors", "xrv")
+    assert r.returncode == 2 and "fixes its extractors" in r.stderr
+    with pytest.raises(UsageError, match="fixes its reference"):
+        cxrbench.evaluate(EXAMPLES, EXAMPLES, config=EvalConfig(protocol="cxr64"))
+
+
+def test_any_input_size_is_centre_cropped_and_resized(extractor):
+    """A 96 x 128 upsampled copy of each sample lands next to the original in cxr64 space."""
+    x = torch.stack([torch.from_numpy(load_image(p))[None] for p in sorted(EXAMPLES.glob("*.png"))[:64]])
+    big = F.interpolate(x, size=(128, 128), mode="bicubic", align_corners=False).clamp(0, 1)
+    wide = F.pad(big, (16, 16, 0, 0), value=0.0)[..., 16:112, :]  # 96 x 160: the crop must find the centre
+    f0, f1, f2 = (_features(extractor, v) for v in (x, big, wide[..., :, 16:144]))
+    ref = proto.load_features("reference").features["cxr64"]
+    scale = fid_from_features(f0, ref)
+    assert fid_from_features(f0, f1) < 0.1 * scale
+    assert np.abs(f2 - f1).max() < 1e-5 * max(1.0, np.abs(f1).max()) or fid_from_features(f1, f2) < 0.1 * scale
+    assert feat.to_cxr64(wide).shape[-2:] == (64, 64)
+
+
+@needs_data
+def test_fid_rises_monotonically_with_blur_noise_jpeg_and_contrast_loss(extractor, heldout):
+    from tests.benchmarks.cxr64_validity import LADDERS
+
+    ref = proto.load_features("reference").features["cxr64"]
+    for name, (fn, levels) in LADDERS.items():
+        vals = [fid_from_features(_features(extractor, fn(heldout, lv)), ref) for lv in levels[::2] + levels[-1:]]
+        assert all(b > a for a, b in zip(vals, vals[1:])), (name, vals)
+
+
+@needs_data
+def test_mode_collapse_lowers_recall_and_coverage(extractor, heldout):
+    f = _features(extractor, heldout)
+    ref = proto.load_features("reference").features["cxr64"]
+    rng = np.random.default_rng(0)
+    out = []
+    for frac in (0.0, 0.5, 0.9):
+        g = f.copy()
+        idx = rng.permutation(len(g))[: int(frac * len(g))]
+        g[idx] = f[rng.choice(5, size=len(idx))]
+        out.append(prdc(ref, g, k=5).as_dict())
+    for key in ("recall", "coverage"):
+        assert out[0][key] > out[1][key] > out[2][key], (key, out)
+
+
+@needs_data
+def test_pediatric_population_is_far_above_the_adult_floor(extractor, heldout):
+    k = pd.read_csv(KERMANY / "labels.csv")
+    k = k[k["split"] == "ValData"].sample(proto.SAMPLE_COUNT, random_state=0)
+    ref = proto.load_features("reference").features["cxr64"]
+    floor = fid_from_features(_features(extractor, heldout), ref)
+    shifted = fid_from_features(_features(extractor, feat.to_cxr64(_images(KERMANY, k["path"]))), ref)
+    assert shifted > 3 * floor, (shifted, floor)
+
+
+@needs_data
+def test_linear_probe_on_cxr64_beats_random_features(extractor):
+    from tests.benchmarks.cxr64_validity import probe_auroc
+
+    k = pd.read_csv(KERMANY / "labels.csv")
+    k = k[k["split"] == "ValData"].sample(400, random_state=0)
+    x = feat.to_cxr64(_images(KERMANY, k["path"]))
+    y = k["Pneumonia"].to_numpy()
+    shipped = probe_auroc(_features(extractor, x), y)
+    rand = probe_auroc(_features(feat.CXR64Extractor(weights="random"), x), y)
+    assert shipped > rand + 0.03 and shipped > 0.85, (shipped, rand)
