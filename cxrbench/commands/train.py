@@ -82,7 +82,7 @@ def run(args) -> int:
     from baselines.trainer import TrainOptions, config_to_dict
     from cxrbench.data import ImageFolder
     from cxrbench.data.transforms import CXRTransform
-    from cxrbench.generator import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     cls = resolve_model(args.name)
     config = build_config(cls, args)
