@@ -34,7 +34,8 @@ def fake_entry_points(*eps):
 @pytest.fixture
 def fresh(monkeypatch):
     monkeypatch.setattr(reg, "entry_points", fake_entry_points())
-    return Registry("feature extractor", "test.group", {"random-conv": "cxrbench.features.random_conv:RandomConvExtractor"},
+    return Registry("feature extractor", "test.group",
+                    {"random-conv": "cxrbench.features.random_conv:RandomConvExtractor"},
                     base="cxrbench.features.base:FeatureExtractor")
 
 
