@@ -20,7 +20,7 @@ OUT receives 00000.png, 00001.png, ... and manifest.csv with columns path, one 0
 model was given (LABELS order: the 14 NIH findings and No Finding), and seed. The folder evaluates
 directly with `cxrbench evaluate`. A conditional model given no labels draws label vectors from its
 training labels (they are written to the manifest too). Images are deterministic given --seed and
---batch-size.
+--batch-size, and are the images cxrbench.evaluate_generator(model, N, ..., seed=S, batch_size=B) evaluates.
 
 examples:
   cxrbench sample runs/lsgan32 --n 1000 --out samples/lsgan32
