@@ -53,10 +53,8 @@ import io
 import json
 import math
 import time
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +66,8 @@ from cxrbench.errors import CxrbenchError, DataError, UsageError
 from cxrbench.generator import atomic_torch_save, atomic_write_bytes
 from cxrbench.labels import LABELS
 from cxrbench.seeding import seed_everything, torch_generator
+# the options and Config helpers are the core CLI's contract with every trainable model; re-exported here
+from cxrbench.training import TrainOptions, config_from_overrides, config_to_dict, load_config_file  # noqa: F401
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cxrbench.checkpoint/1"
@@ -76,20 +76,6 @@ CHECKPOINT_FORMAT = "cxrbench.checkpoint/1"
 class Batch(NamedTuple):
     images: torch.Tensor  # (B, 1, S, S) float32 in [0, 1]
     labels: torch.Tensor  # (B, 15) float32, LABELS order, NaN = unknown
-
-
-@dataclass
-class TrainOptions:
-    """How long and how to train; the model's own ``Config`` says what is trained."""
-
-    steps: int | None = None  # total optimisation steps (a resumed run counts the steps already done)
-    epochs: float | None = None  # total passes over the data; with ``steps``, whichever ends first
-    max_minutes: float | None = None  # wall-clock budget of this call
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 10
-    num_workers: int = 0
-    progress: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,59 +93,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def config_to_dict(config) -> dict:
-    """JSON form of a config dataclass (tuples become lists), for comparisons and files."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_from_overrides(config_cls, overrides: dict[str, Any], *, source: str = "config", base=None):
-    """``config_cls`` defaults (or ``base``) with ``overrides`` applied; unknown keys and wrong types refused.
-
-    Lists become tuples where the field's default is a tuple (TOML and JSON have no tuples) and ints
-    become floats where the default is a float.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise UsageError(
-            f"{source}: unknown key(s) {', '.join(unknown)} for {config_cls.__qualname__}; "
-            f"known keys: {', '.join(sorted(fields))}"
-        )
-    base = base if base is not None else config_cls()
-    values = {}
-    for key, value in overrides.items():
-        default = getattr(base, key)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if default is not None and value is not None:
-            # bool is an int subclass: check it both ways so that `beta = true` is caught
-            bad = not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool)
-            if bad:
-                raise UsageError(
-                    f"{source}: {key} = {value!r} should be a {type(default).__name__} "
-                    f"(default {default!r})"
-                )
-        values[key] = value
-    try:
-        return dataclasses.replace(base, **values)
-    except (ValueError, TypeError) as e:  # a Config.__post_init__ check
-        raise UsageError(f"{source}: {e}") from e
-
-
-def load_config_file(path: str | Path, config_cls, *, base=None):
-    """A TOML file of overrides of ``config_cls``'s fields (top-level keys only)."""
-    path = Path(path)
-    try:
-        overrides = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML ({e})") from None
-    return config_from_overrides(config_cls, overrides, source=str(path), base=base)
 
 
 # ---------------------------------------------------------------------------------------------------------

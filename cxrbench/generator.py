@@ -9,67 +9,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
 
-from .errors import CxrbenchError
+from .errors import CxrbenchError, DataError, UsageError
+from .fileio import atomic_torch_save, atomic_write_bytes, read_json_object
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_PUBLIC_MODE = 0o666 & ~_umask()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _PUBLIC_MODE)  # mkstemp makes 0600; results and entries are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # torch names the zip's inner folder after the file: saving under the final name (in a temporary folder
-    # beside it) makes identical weights give identical bytes, hence the same sha256, on every save
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        torch.save(obj, tmpdir / path.name)
-        os.chmod(tmpdir / path.name, _PUBLIC_MODE)
-        os.replace(tmpdir / path.name, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON object from ``path``; anything else is a CxrbenchError naming the file."""
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CxrbenchError(f"{path}: not readable JSON ({e}); re-save the model folder") from None
-    if not isinstance(meta, dict):
-        raise CxrbenchError(f"{path}: expected a JSON object, found {type(meta).__name__}")
-    return meta
+# the file helpers live in fileio.py; their old import path from here keeps working
+__all__ = ["Generator", "PretrainedMixin", "SampleBatch", "atomic_torch_save", "atomic_write_bytes", "batch_seed",
+           "iter_samples", "read_json_object", "sample_images"]
 
 
 class PretrainedMixin:
@@ -134,3 +85,69 @@ class Generator(PretrainedMixin, nn.Module):
     def sample(self, n: int, *, labels: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
         """``n`` images, float32 ``(n, 1, H, W)`` in ``[0, 1]``; ``labels`` is ``(n, L)`` for conditional models."""
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sampling: the one loop that `cxrbench sample` and `evaluate_generator` share
+
+
+def batch_seed(seed: int, b: int) -> int:
+    """The seed of batch ``b`` of a draw seeded ``seed``.
+
+    Distinct over (seed, batch) pairs while b < 1,000,003, so draws with neighbouring seeds share no batch
+    (``seed + b`` would: batch 1 of seed 0 is batch 0 of seed 1); each batch is reproducible on its own.
+    """
+    return seed * 1_000_003 + b
+
+
+@dataclasses.dataclass
+class SampleBatch:
+    start: int  # index of the batch's first image in the draw
+    images: torch.Tensor  # (m, 1, H, W) float32 in [0, 1], on the CPU
+    labels: torch.Tensor | None  # (m, L) requested labels (LABELS order), None for unconditional draws
+    seed: int  # batch_seed(seed, b): the seed ``sample`` was called with
+
+
+def iter_samples(generator, n: int, *, labels=None, seed: int = 0, batch_size: int = 64, prompt: str | None = None,
+                 sample_fn=None) -> Iterator[SampleBatch]:
+    """Draw ``n`` images from ``generator`` in batches of ``batch_size``; the images depend on ``seed`` and
+    ``batch_size`` only (batch ``b`` is ``sample(m, labels=..., seed=batch_seed(seed, b))``).
+
+    ``labels``: ``(n, L)`` requested labels; a conditional generator given none draws them from its training
+    labels with ``seed`` (they are in the yielded batches). ``prompt``: text for every image, for generators
+    with ``parse_prompt`` (its labels are the batches' labels). ``sample_fn(m, labels=, seed=)`` replaces
+    ``generator.sample`` (classifier-guided latents). ``generator`` is anything with
+    ``sample(n, labels=None, seed=None)`` returning float32 ``(n, 1, H, W)`` in ``[0, 1]``.
+    """
+    if n < 1 or batch_size < 1:
+        raise UsageError(f"sampling needs n >= 1 and batch size >= 1 (got n={n}, batch size={batch_size})")
+    name = getattr(generator, "name", "") or type(generator).__name__
+    if prompt is not None:
+        if not hasattr(generator, "parse_prompt"):
+            raise UsageError(f"{name} takes no text prompt (ldm does); use labels")
+        labels = generator.parse_prompt(prompt)[0].reshape(1, -1).expand(n, -1)  # the requested labels
+    elif labels is None and getattr(generator, "conditional", False):
+        labels = generator.draw_labels(n, seed=seed)
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.float32)
+        if labels.ndim != 2 or len(labels) != n:
+            raise UsageError(f"labels must be ({n}, L), one row per image; got {tuple(labels.shape)}")
+    for b, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        s = batch_seed(seed, b)
+        lab = None if labels is None else labels[start : start + m].contiguous()
+        if sample_fn is not None:
+            imgs = sample_fn(m, labels=lab, seed=s)
+        elif prompt is not None:
+            imgs = generator.sample(m, prompts=prompt, seed=s)
+        else:
+            imgs = generator.sample(m, labels=lab, seed=s)
+        if not torch.is_tensor(imgs) or imgs.ndim != 4 or imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
+            got = f"{tuple(imgs.shape)} {imgs.dtype}" if torch.is_tensor(imgs) else type(imgs).__name__
+            raise DataError(f"{name}.sample returned {got}, not ({m}, 1, H, W) float32")
+        yield SampleBatch(start, imgs.detach().cpu().clamp(0, 1), lab, s)
+
+
+def sample_images(generator, n: int, **kwargs) -> torch.Tensor:
+    """``n`` images ``(n, 1, H, W)`` from :func:`iter_samples` (same keywords), concatenated."""
+    return torch.cat([b.images for b in iter_samples(generator, n, **kwargs)])

@@ -690,12 +690,10 @@ def evaluate_generator(generator, n: int, reference, *, config: EvalConfig | Non
                        seed: int = 0, batch_size: int = 64) -> Result:
     """Sample ``n`` images from ``generator`` (anything with ``sample(n, labels=, seed=)``) and evaluate them.
 
-    For use inside a training loop: nothing is written to disk except the feature cache.
+    For use inside a training loop: nothing is written to disk except the feature cache. The images are
+    those ``cxrbench sample --seed SEED --batch-size BATCH_SIZE`` writes (``generator.sample_images``).
     """
-    chunks = []
-    for b, s in enumerate(range(0, n, batch_size)):
-        k = min(batch_size, n - s)
-        lab = None if labels is None else labels[s : s + k]
-        chunks.append(generator.sample(k, labels=lab, seed=seed + b).float().cpu())
-    imgs = torch.cat(chunks)
+    from .generator import sample_images
+
+    imgs = sample_images(generator, n, labels=labels, seed=seed, batch_size=batch_size)
     return evaluate(images_source(imgs, name=f"{type(generator).__name__} samples"), reference, config=config)

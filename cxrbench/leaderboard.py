@@ -405,7 +405,7 @@ def _rel_link(target: Path, out_dir: Path) -> str:
 
 def write_public(path: str | os.PathLike, data: bytes) -> Path:
     """Atomic write, then the usual umask permissions (mkstemp makes 0600; leaderboard files are served)."""
-    from .generator import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     atomic_write_bytes(path, data)
     umask = os.umask(0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, UsageError
-from .generator import atomic_write_bytes
+from .fileio import atomic_write_bytes
 
 SCHEMA = "cxrbench.reference_stats/1"
 

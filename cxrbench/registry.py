@@ -12,17 +12,45 @@ The core never grows an if/elif over names: it asks a registry.
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from .errors import UsageError
 
 
+class RegistryError(UsageError, ValueError):
+    """A name taken twice or an object of the wrong type: a plug-in's mistake, named with the fix."""
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, str):
+        return repr(obj)
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class Registry:
-    def __init__(self, kind: str, group: str, builtins: dict[str, str] | None = None):
+    """Names -> plug-in classes. ``base`` ("module:attr", resolved lazily) is the class every entry must subclass.
+
+    Precedence: built-ins and explicit ``register``/``add`` calls, then entry points. A name is taken once:
+    registering a different object under a taken name is refused; an entry point that shadows a built-in is
+    ignored with a warning naming its distribution.
+    """
+
+    def __init__(self, kind: str, group: str, builtins: dict[str, str] | None = None, *, base: str | None = None):
         self.kind = kind
         self.group = group
+        self.base = base
         self._entries: dict[str, Any] = dict(builtins or {})  # name -> class or "module:attr"
+        self._origin: dict[str, str] = {n: "built-in" for n in self._entries}  # for messages
         self._entry_points_loaded = False
 
     def register(self, *names: str) -> Callable[[Any], Any]:
@@ -30,20 +58,63 @@ class Registry:
 
         def deco(obj):
             for n in names:
-                self._entries[n] = obj
+                self.add(n, obj)
             return obj
 
         return deco
 
     def add(self, name: str, target: Any) -> None:
+        """Register ``target`` (a class, or a lazy ``"module:attr"`` string checked when first resolved)."""
+        self._load_entry_points()  # so that a name an installed plug-in already takes is refused here too
+        if not isinstance(target, str):
+            self._check(name, target)
+        if name in self._entries and not self._same(self._entries[name], target):
+            raise RegistryError(
+                f"{self.kind} name {name!r} is already taken by {_describe(self._entries[name])} "
+                f"({self._origin[name]}); cannot register {_describe(target)} under it: choose another name"
+            )
         self._entries[name] = target
+        self._origin.setdefault(name, "registered")
+
+    @staticmethod
+    def _same(old: Any, new: Any) -> bool:
+        if old is new or old == new:
+            return True
+        # a lazy built-in "module:attr" and the class it names are the same entry
+        strs = [x for x in (old, new) if isinstance(x, str)]
+        objs = [x for x in (old, new) if not isinstance(x, str)]
+        return len(strs) == 1 and strs[0] == _describe(objs[0])
+
+    def _base_class(self) -> type | None:
+        if isinstance(self.base, str):
+            self.base = _resolve(self.base)
+        return self.base
+
+    def _check(self, name: str, obj: Any) -> None:
+        base = self._base_class()
+        if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+            raise RegistryError(
+                f"{self.kind} {name!r} ({self._origin.get(name, 'registered')}): {_describe(obj)} is not a "
+                f"subclass of {_describe(base)}; derive it from that class"
+            )
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.group):
-            self._entries.setdefault(ep.name, ep.value)
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown distribution"
+            if ep.name in self._entries:
+                if not self._same(self._entries[ep.name], ep.value):
+                    warnings.warn(
+                        f"{self.kind} {ep.name!r}: the entry point {ep.value} (distribution {dist}, group "
+                        f"{self.group}) is ignored: the name is taken by {_describe(self._entries[ep.name])} "
+                        f"({self._origin[ep.name]}); rename the entry point",
+                        UserWarning, stacklevel=3,
+                    )
+                continue
+            self._entries[ep.name] = ep.value
+            self._origin[ep.name] = f"entry point of {dist}"
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -61,10 +132,8 @@ class Registry:
             )
         target = self._entries[name]
         if isinstance(target, str):
-            module, _, attr = target.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            obj = _resolve(target)
+            self._check(name, obj)
             self._entries[name] = target = obj
         return target
 
@@ -72,7 +141,8 @@ class Registry:
 EXTRACTORS = Registry(
     "feature extractor",
     "cxrbench.extractors",
-    {
+    base="cxrbench.features.base:FeatureExtractor",
+    builtins={
         "inception": "cxrbench.features.inception:InceptionV3Extractor",
         "xrv": "cxrbench.features.xrv:XRVDenseNetExtractor",
         "xrv-classifier": "cxrbench.features.xrv:XRVClassifierExtractor",
@@ -87,7 +157,8 @@ EXTRACTORS = Registry(
 METRICS = Registry(
     "metric",
     "cxrbench.metrics",
-    {
+    base="cxrbench.metrics.base:Metric",
+    builtins={
         "fid": "cxrbench.metrics.fid:FID",
         "fd_inf": "cxrbench.metrics.fd_inf:FDInf",
         "kid": "cxrbench.metrics.kid:KID",
@@ -103,16 +174,18 @@ METRICS = Registry(
     },
 )
 
-GENERATORS = Registry("generator", "cxrbench.generators")
+GENERATORS = Registry("generator", "cxrbench.generators", base="cxrbench.generator:Generator")
 
 # Trainable models that are not generators (the MoCo representation model): same ``Config`` /
 # ``train(dataset, config, out_dir)`` / ``save_pretrained`` / ``from_pretrained`` contract, no ``sample``.
-REPRESENTATIONS = Registry("representation model", "cxrbench.representations")
+REPRESENTATIONS = Registry("representation model", "cxrbench.representations",
+                           base="cxrbench.generator:PretrainedMixin")
 
+# protocols share no base class yet: any class with ``name``, ``version`` and ``run``
 PROTOCOLS = Registry(
     "protocol",
     "cxrbench.protocols",
-    {
+    builtins={
         "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
     },

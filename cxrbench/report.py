@@ -428,7 +428,7 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
 
     ``base_dir``: where relative image paths in the result are also looked for (the result file's folder).
     """
-    from .generator import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     validate(result, "result")
     out = Path(out_dir)

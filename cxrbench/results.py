@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .generator import atomic_write_bytes
+from .fileio import atomic_write_bytes
 
 SCHEMA = "cxrbench.result/1"
 REQUIRED = (

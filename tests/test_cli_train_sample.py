@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from cxrbench.commands import sample as sample_cmd
 from cxrbench.commands import train as train_cmd
 from cxrbench.errors import UsageError
+from cxrbench.features.base import FeatureExtractor
 from cxrbench.labels import LABELS
 from cxrbench.registry import EXTRACTORS, GENERATORS
 from cxrbench.synthetic import synthetic_cxr
@@ -134,14 +134,16 @@ def test_unconditional_models_refuse_labels_and_unknown_names_are_listed(tmp_pat
         call(train_cmd, ["vae", "--data", folder, "--out", tmp_path / "z", "--config", bad, "--steps", 1])
 
 
-class PneumoniaFromBrightness(nn.Module):
+class PneumoniaFromBrightness(FeatureExtractor):
     """A differentiable stand-in classifier registered like the XRV one: bright images are 'Pneumonia'."""
 
+    name = "test-brightness"
     kind = "probabilities"
-    feature_names = ["No Finding", "Pneumonia"]
+    num_features = 2
 
     def __init__(self, **kwargs):  # weights=, device=, as extractors are built
         super().__init__()
+        self.feature_names = ["No Finding", "Pneumonia"]
 
     def preprocess(self, x):
         return x
@@ -202,3 +204,28 @@ def test_sample_output_evaluates_directly(tmp_path, folder):
     assert src.manifest is not None
     lab = src.label_matrix()
     assert (lab[:, LABELS.index("Edema")] == 1).all() and (np.nan_to_num(lab).sum(1) == 1).all()
+
+
+@pytest.mark.parametrize("name,toml,bits", [("vae", VAE_TOML, 8), ("fs-gmvae", FS_TOML, 16)])
+def test_cli_sample_writes_the_images_evaluate_generator_evaluates(tmp_path, folder, monkeypatch, name, toml, bits):
+    # the same seed and batch size draw the same images through both doors (a conditional model draws the
+    # same label vectors too): the evaluated images, PNG-encoded, are byte for byte the files written
+    # (compared as sha256 sets: the harness puts images in hash order)
+    import hashlib
+
+    from cxrbench import harness
+    from cxrbench.cli import main
+
+    run = train(tmp_path, folder, name, toml, "--steps", 1)
+    samples = tmp_path / "s"
+    assert main(["sample", str(run), "--n", "7", "--batch-size", "3", "--seed", "5", "--bit-depth", str(bits),
+                 "--out", str(samples)]) == 0
+    written = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in samples.glob("*.png"))
+
+    seen = []
+    monkeypatch.setattr(harness, "evaluate", lambda src, reference, config=None: seen.append(src))
+    harness.evaluate_generator(GENERATORS.get(name).from_pretrained(run), 7, folder, seed=5, batch_size=3)
+    src = seen[0]
+    evaluated = sorted(hashlib.sha256(sample_cmd.encode_png(src.load(i), bits)).hexdigest() for i in range(len(src)))
+    assert len(written) == len(set(written)) == 7
+    assert written == evaluated

@@ -24,32 +24,33 @@ def _int_or_none(s: str):
 
 def add_arguments(p) -> None:
     from ..protocols.augmentation import CLASSIFIERS, AugmentConfig
+    from .options import add_config_flag
 
-    d = AugmentConfig()
+    d = AugmentConfig()  # the protocol's own knobs; those evaluate --protocol augmentation shares come from EvalConfig
     p.add_argument("--real", required=True, help="folder of real images with labels.csv (or --real-labels)")
     p.add_argument("--real-labels", help="labels CSV for --real (first column: path relative to the folder)")
     p.add_argument("--synthetic", required=True, help="folder (or .npy/.npz array) of generated images")
     p.add_argument("--synthetic-labels", help="manifest.csv with one column per label (default: the folder's "
                    "manifest.csv; absent: labels from the XRV classifier, noted in the result)")
     p.add_argument("--task", default=d.task, help=f"'A vs B' with label names (default {d.task!r})")
-    p.add_argument("--n-real", type=int, default=d.n_real, help=f"N real training images (default {d.n_real})")
-    p.add_argument("--n-test", type=int, default=d.n_test, help=f"held-out real test images (default {d.n_test})")
+    add_config_flag(p, "augment_n_real", "--n-real", help="N real training images")
+    add_config_flag(p, "augment_n_test", "--n-test", help="held-out real test images")
     p.add_argument("--n-synthetic", type=_int_or_none, default=None, help="K synthetic images added in "
                    "`augmented` (default N)")
     p.add_argument("--test-split", help="draw the test set only from images whose labels.csv split is this value")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"training seeds (default {d.seeds}; use >= 3)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the test draw and the bootstrap")
+    add_config_flag(p, "augment_seeds", "--seeds", help="training seeds (use >= 3)")
+    add_config_flag(p, "seed", help="seed of the test draw and the bootstrap")
     p.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier,
                    help="linear probe on frozen features (CPU default), small CNN (64 px), DenseNet121 fine-tuning")
     p.add_argument("--extractor", default=d.extractor, help=f"frozen features for the linear probe (default {d.extractor})")
-    p.add_argument("--weights", default=d.weights, help="auto | random (offline, not comparable) | a weights folder")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    add_config_flag(p, "weights", help="auto | random (offline, not comparable) | a weights folder")
+    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "batch_size")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="cnn / densenet epochs (default 15 / 5)")
     p.add_argument("--lr", type=float, default=None, help="cnn / densenet learning rate (default 1e-3 / 1e-4)")
     p.add_argument("--image-size", type=int, default=None, help="cnn / densenet input size (default 64 / 224)")
-    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap)
+    add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--out", help="write the result JSON (cxrbench.result/1) here")

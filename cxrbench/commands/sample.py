@@ -20,7 +20,7 @@ OUT receives 00000.png, 00001.png, ... and manifest.csv with columns path, one 0
 model was given (LABELS order: the 14 NIH findings and No Finding), and seed. The folder evaluates
 directly with `cxrbench evaluate`. A conditional model given no labels draws label vectors from its
 training labels (they are written to the manifest too). Images are deterministic given --seed and
---batch-size.
+--batch-size, and are the images cxrbench.evaluate_generator(model, N, ..., seed=S, batch_size=B) evaluates.
 
 examples:
   cxrbench sample runs/lsgan32 --n 1000 --out samples/lsgan32
@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(run_dir: str | Path, device):
-    from ..generator import read_json_object
+    from ..fileio import read_json_object
     from ..registry import GENERATORS
 
     run_dir = Path(run_dir)
@@ -132,7 +132,7 @@ def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
 
 
 def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
-    from ..generator import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -176,12 +176,11 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
 
 
 def run(args) -> int:
-    import torch
     from tqdm.auto import tqdm
 
-    from baselines.trainer import resolve_device
-
-    from ..generator import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
+    from ..generator import iter_samples
+    from ..harness import resolve_device
     from ..labels import LABELS
 
     out = Path(args.out)
@@ -195,9 +194,8 @@ def run(args) -> int:
         return run_reconstruct(args, model, out)
     conditional = bool(getattr(model, "conditional", False))
 
-    # the label vector of each image, or None (unconditional)
+    # the label vector of each image, or None (unconditional; a conditional model draws its own)
     labels = None
-    label_columns: list[str] = []
     if args.labels_csv:
         labels = read_label_csv(args.labels_csv)
         n = args.n if args.n is not None else len(labels)
@@ -211,10 +209,9 @@ def run(args) -> int:
         for lab in parse_label_names(args.labels):
             vec[LABELS.index(lab)] = 1.0
         labels = np.tile(vec, (n, 1))
-    if args.prompt is not None:
-        if not hasattr(model, "parse_prompt"):
-            raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
-        labels = np.tile(model.parse_prompt(args.prompt)[0].numpy(), (n, 1))  # the manifest's requested labels
+    if args.prompt is not None and not hasattr(model, "parse_prompt"):
+        raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
+    sample_fn, log_p = None, []
     if args.optimize_toward:
         if labels is not None and not conditional:
             raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
@@ -224,51 +221,39 @@ def run(args) -> int:
         if len(target) != 1:
             raise UsageError("--optimize-toward: give exactly one label")
         classifier = build_classifier(args.classifier, args.weights, device)
+
+        def sample_fn(m, *, labels, seed):
+            imgs, info = model.optimize_toward(target[0], m, classifier=classifier, steps=args.opt_steps,
+                                               lr=args.opt_lr, seed=seed, labels=labels)
+            log_p.append((m, info["log_p_start"], info["log_p_end"]))
+            return imgs
     if labels is not None and not conditional:
         raise UsageError(
             f"{model.name} is unconditional: drop --labels/--labels-csv"
             + (" (or use --optimize-toward LABEL)" if hasattr(model, "optimize_toward") else "")
         )
-    if conditional and labels is None:
-        labels = model.draw_labels(n, seed=args.seed).numpy()
-    if labels is not None:
-        label_columns = list(LABELS)
+    label_columns = list(LABELS) if conditional or labels is not None or args.prompt is not None else []
 
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(n - 1)))
-    rows, log_p = [], []
+    rows = []
     bar = tqdm(total=n, desc=f"sample {model.name}", dynamic_ncols=True, file=sys.stderr)
-    for b, start in enumerate(range(0, n, args.batch_size)):
-        m = min(args.batch_size, n - start)
-        seed = args.seed * 1_000_003 + b  # one seed per batch: a batch is reproducible on its own
-        lab = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels[start : start + m]))
-        if args.optimize_toward:
-            imgs, opt_info = model.optimize_toward(
-                target[0], m, classifier=classifier, steps=args.opt_steps, lr=args.opt_lr, seed=seed, labels=lab
-            )
-            log_p.append((m, opt_info["log_p_start"], opt_info["log_p_end"]))
-        elif args.prompt is not None:
-            imgs = model.sample(m, prompts=args.prompt, seed=seed)
-        else:
-            imgs = model.sample(m, labels=lab, seed=seed)
-        if imgs.shape[:2] != (m, 1) or imgs.dtype != torch.float32:
-            raise DataError(
-                f"{model.name}.sample returned {tuple(imgs.shape)} {imgs.dtype}, not ({m}, 1, H, W) float32"
-            )
-        arr = imgs.detach().cpu().clamp(0, 1).numpy()[:, 0]
-        for i in range(m):
-            rel = f"{start + i:0{width}d}.png"
+    for batch in iter_samples(model, n, labels=labels, seed=args.seed, batch_size=args.batch_size,
+                              prompt=args.prompt, sample_fn=sample_fn):
+        arr = batch.images.numpy()[:, 0]
+        for i in range(len(arr)):
+            rel = f"{batch.start + i:0{width}d}.png"
             atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))
             row = {"path": rel}
-            if lab is not None:
-                row.update({c: int(v) for c, v in zip(label_columns, lab[i].tolist())})
+            if batch.labels is not None:
+                row.update({c: int(v) for c, v in zip(label_columns, batch.labels[i].tolist())})
             if args.optimize_toward:
                 row[target[0]] = 1  # requested of the classifier-guided sample
             if args.prompt is not None:
                 row["prompt"] = args.prompt
-            row["seed"] = seed
+            row["seed"] = batch.seed
             rows.append(row)
-        bar.update(m)
+        bar.update(len(arr))
     bar.close()
 
     columns = ["path"] + label_columns
@@ -304,7 +289,8 @@ def run_reconstruct(args, model, out: Path) -> int:
 
     from ..data import ImageFolder
     from ..data.transforms import CXRTransform
-    from ..generator import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
+    from ..generator import batch_seed
 
     if not hasattr(model, "reconstruct"):
         raise UsageError(f"{model.name} has no paired reconstruction mode (diffusevae has); drop --reconstruct")
@@ -321,7 +307,7 @@ def run_reconstruct(args, model, out: Path) -> int:
     bar = tqdm(total=n, desc=f"reconstruct {model.name}", dynamic_ncols=True, file=sys.stderr)
     for b, start in enumerate(range(0, n, args.batch_size)):
         m = min(args.batch_size, n - start)
-        seed = args.seed * 1_000_003 + b
+        seed = batch_seed(args.seed, b)
         batch = torch.stack([src[i][0] for i in range(start, start + m)])
         arr = model.reconstruct(batch, seed=seed).detach().cpu().clamp(0, 1).numpy()[:, 0]
         for i in range(m):

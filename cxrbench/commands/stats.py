@@ -16,30 +16,48 @@ def _csv(s: str) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
+    from .options import add_config_flag
+
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
     p.add_argument("--reference-split", help="half0 | half1 | train | valid | test")
     p.add_argument("--out", required=True, help="the .npz file to write (atomically)")
-    p.add_argument("--extractors", type=_csv, default=("inception", "xrv"))
-    p.add_argument("--weights", default="auto", help="auto | random | a folder holding the weights files")
+    p.add_argument("--extractors", type=_csv, default=None,
+                   help="default: the embedding extractors of evaluate's default --extractors (what FID against "
+                        "the file needs)")
+    add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")
     p.add_argument("--moco-checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0, help="seed of the real-vs-real halves")
+    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "batch_size")
+    add_config_flag(p, "seed", help="seed of the real-vs-real halves")
     p.add_argument("--cache-dir")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
 
+def default_extractors() -> tuple[str, ...]:
+    """``EvalConfig``'s default extractors that statistics are made of (embeddings computed from images)."""
+    from ..registry import EXTRACTORS
+    from .options import config_default
+
+    return tuple(e for e in config_default("extractors")
+                 if EXTRACTORS.get(e).kind == "embedding" and getattr(EXTRACTORS.get(e), "derived_from", None) is None)
+
+
+def config_from_args(args):
+    from ..harness import EvalConfig
+
+    return EvalConfig(extractors=args.extractors or default_extractors(), weights=args.weights,
+                      moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,
+                      seed=args.seed, cache_dir=args.cache_dir, reference_split=args.reference_split,
+                      skip_bad=args.skip_bad, progress=not args.quiet)
+
+
 def run(args) -> int:
     from ..errors import UsageError
-    from ..harness import EvalConfig
     from ..reference_stats import write_reference_stats
 
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")
-    cfg = EvalConfig(extractors=args.extractors, weights=args.weights, moco_checkpoint=args.moco_checkpoint,
-                     device=args.device, batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir,
-                     reference_split=args.reference_split, skip_bad=args.skip_bad, progress=not args.quiet)
-    path = write_reference_stats(args.reference, args.out, config=cfg)
+    path = write_reference_stats(args.reference, args.out, config=config_from_args(args))
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -27,11 +27,13 @@ examples:
 
 def add_local_arguments(p) -> None:
     """Flags that describe this machine, shared by submit, verify and check."""
-    from ..harness import EvalConfig
+    from .options import config_default
 
-    d = EvalConfig()
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"images per forward pass (default {d.batch_size})")
+    # None: the entry's value (check, verify) or EvalConfig's (submit)
+    p.add_argument("--device", default=None,
+                   help=f"auto | cpu | cuda | cuda:N | mps (default {config_default('device')})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per forward pass (default {config_default('batch_size')})")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -51,10 +53,9 @@ def local_from_args(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    from ..harness import EvalConfig
     from .evaluate import _csv
+    from .options import add_config_flag
 
-    d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
@@ -63,34 +64,39 @@ def add_arguments(p) -> None:
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
     p.add_argument("--protocol", default=None, help="cxr64 (the default without --reference) | default (your own "
                    "--reference) | augmentation")
-    p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (smoke run, never "
-                   "ranked) | a folder holding the weights files")
-    p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
-                   "fixes its own)")
+    add_config_flag(p, "weights", help="auto (published weights) | random (smoke run, never ranked) | a folder "
+                    "holding the weights files")
+    p.add_argument("--extractors", type=_csv, default=None, help="default: the protocol's, or "
+                   "inception,xrv,xrv-classifier,pixels with --reference")
     p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap and subsets")
-    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
+    add_config_flag(p, "seed", help="seed for bootstrap and subsets")
+    add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--out", type=Path, default=Path("leaderboard/entries"), help="entries folder")
     p.add_argument("--force", action="store_true", help="replace an existing entry for this model")
     add_local_arguments(p)
 
 
-def run(args) -> int:
-    from ..card import load_card
+def config_from_args(args):
     from ..harness import EvalConfig
-    from ..submission import submit
-    from .evaluate import format_table, resolve_protocol
+    from .evaluate import resolve_protocol
 
-    card = load_card(args.card)  # a bad card fails before any work
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
-    config = EvalConfig(
+    return EvalConfig(
         **({"extractors": args.extractors} if args.extractors is not None else {}),
         metrics=args.metrics, seed=args.seed, n_bootstrap=args.n_bootstrap,
         reference_split=args.reference_split, train_reference=args.train_reference, protocol=resolve_protocol(args),
         **local,
     )
-    path, entry = submit(args.samples, args.reference, card, args.out, config=config, force=args.force)
+
+
+def run(args) -> int:
+    from ..card import load_card
+    from ..submission import submit
+    from .evaluate import format_table
+
+    card = load_card(args.card)  # a bad card fails before any work
+    path, entry = submit(args.samples, args.reference, card, args.out, config=config_from_args(args), force=args.force)
     print(format_table(entry["result"]))
     print(f"wrote {path}" + ("" if entry["comparable"] else " (comparable: false; listed, never ranked)"))
     print(f"entry {path}: {entry['samples']['n']} files, sample set sha256 {entry['samples']['sha256']}",

@@ -65,7 +65,7 @@ def resolve_model(name: str):
 
 
 def build_config(cls, args) -> object:
-    from baselines.trainer import config_from_overrides, load_config_file
+    from ..training import config_from_overrides, load_config_file
 
     config = load_config_file(args.config, cls.Config) if args.config else cls.Config()
     flags = {}
@@ -80,10 +80,10 @@ def build_config(cls, args) -> object:
 
 
 def run(args) -> int:
-    from baselines.trainer import TrainOptions, config_to_dict
-    from cxrbench.data import ImageFolder
-    from cxrbench.data.transforms import CXRTransform
-    from cxrbench.generator import atomic_write_bytes
+    from ..data import ImageFolder
+    from ..data.transforms import CXRTransform
+    from ..fileio import atomic_write_bytes
+    from ..training import TrainOptions, config_to_dict
 
     cls = resolve_model(args.name)
     config = build_config(cls, args)

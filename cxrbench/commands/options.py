@@ -1,0 +1,26 @@
+"""Flags that mirror ``EvalConfig`` fields read their defaults from it, so no command's default can drift."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def config_default(name: str):
+    """The default of ``EvalConfig.<name>``."""
+    from ..harness import EvalConfig
+
+    fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
+    if name not in fields:
+        raise KeyError(f"EvalConfig has no field {name!r}")
+    f = fields[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def add_config_flag(p, field: str, flag: str | None = None, *, help: str = "", **kwargs) -> None:
+    """``flag`` (default ``--field-name``) with ``EvalConfig.<field>``'s default, and its type for numbers."""
+    default = config_default(field)
+    if type(default) in (int, float) and "type" not in kwargs:
+        kwargs["type"] = type(default)
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    help = f"{help} (default {shown})" if help else f"default {shown}"
+    p.add_argument(flag or "--" + field.replace("_", "-"), default=default, help=help, **kwargs)

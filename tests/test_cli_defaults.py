@@ -1,0 +1,71 @@
+"""Every flag that mirrors an ``EvalConfig`` field has that field's default (one place for defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from cxrbench.cli import build_parser
+from cxrbench.commands import evaluate, stats, submit
+from cxrbench.harness import EvalConfig
+from cxrbench.registry import EXTRACTORS
+
+DEFAULTS = EvalConfig()
+# commands that build an EvalConfig (or the protocol config it feeds) from their flags
+EVAL_COMMANDS = ("evaluate", "stats", "submit", "check", "verify", "augment")
+# flags whose dest differs from the field they mirror; negated ones store the opposite of the field
+RENAMED = {"n_real": "augment_n_real", "n_test": "augment_n_test", "seeds": "augment_seeds"}
+NEGATED = {"no_cache": "use_cache", "quiet": "progress"}
+# deliberate departures, each documented in the command's help
+DEPARTURES = {("verify", "use_cache")}  # verify recomputes every number unless --use-cache
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", EVAL_COMMANDS)
+def test_flags_mirroring_evalconfig_fields_have_their_defaults(command):
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    checked = 0
+    for action in subparsers()[command]._actions:
+        dest = RENAMED.get(action.dest, action.dest)
+        if dest in NEGATED:
+            assert action.default is (not getattr(DEFAULTS, NEGATED[dest])), (command, action.option_strings)
+            checked += 1
+        # a None default is resolved later (the entry's value, or EvalConfig's)
+        elif dest in fields and action.default is not None and (command, dest) not in DEPARTURES:
+            assert action.default == getattr(DEFAULTS, dest), (command, action.option_strings, action.default)
+            checked += 1
+    assert checked >= 1, command
+
+
+def parse(command: str, *argv: str) -> argparse.Namespace:
+    return build_parser().parse_args([command, *argv])
+
+
+def test_commands_with_no_optional_flags_give_the_default_config():
+    cfg = evaluate.config_from_args(parse("evaluate", "--samples", "s", "--reference", "r"))
+    assert cfg == DEFAULTS
+    cfg = submit.config_from_args(parse("submit", "--samples", "s", "--card", "c", "--reference", "r"))
+    assert cfg == DEFAULTS
+    # stats keeps the embeddings of evaluate's default extractors (what FID against the file needs)
+    cfg = stats.config_from_args(parse("stats", "--reference", "r", "--out", "x.npz"))
+    assert dataclasses.replace(cfg, extractors=DEFAULTS.extractors) == DEFAULTS
+    wanted = [e for e in DEFAULTS.extractors
+              if EXTRACTORS.get(e).kind == "embedding" and getattr(EXTRACTORS.get(e), "derived_from", None) is None]
+    assert list(cfg.extractors) == wanted and wanted
+
+
+def test_augment_command_matches_evaluate_protocol_augmentation():
+    from cxrbench.commands import augment
+
+    cfg = augment.config_from_args(parse("augment", "--real", "r", "--synthetic", "s"))
+    pairs = {"n_real": "augment_n_real", "n_test": "augment_n_test", "seeds": "augment_seeds", "seed": "seed",
+             "n_bootstrap": "n_bootstrap", "batch_size": "batch_size", "device": "device", "weights": "weights",
+             "num_workers": "num_workers", "use_cache": "use_cache", "progress": "progress"}
+    assert {a: getattr(cfg, a) for a in pairs} == {a: getattr(DEFAULTS, b) for a, b in pairs.items()}
