@@ -509,7 +509,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                          f"{' = '.join(duplicates[role][0][:3])}); they count as separate images in every metric")
     t_metrics = time.perf_counter() - t2
 
-    random_weights = [k for k, s in specs.items() if str(s["weights"]).startswith("random")]
+    # each extractor judges its own weights (published sha256 pins on its class): random, unknown or
+    # self-made weights all make the numbers incomparable with published ones
+    unpublished = [why for e in extractors.values() if (why := e.unpublished_weights())]
     result = Result(
         schema=SCHEMA,
         cxrbench_version=__version__,
@@ -538,8 +540,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights and config.precision == "fp32",
-        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + (
+        comparable=not unpublished and config.precision == "fp32",
+        not_comparable_because=unpublished + (
             [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
         warnings=notes,
     )
