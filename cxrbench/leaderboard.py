@@ -16,8 +16,9 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
 
 Ranking rules: only entries that share protocol name *and* version *and* extractor weights (the sha256 of
 every extractor's weights file) share a table; within it, only entries with ``comparable: true`` (every
-extractor ran with its published weights) are ranked; the others are listed apart, unranked. A metric's direction comes from
-``higher_is_better`` in the entries themselves (which the metric class declared), never from this module.
+extractor ran with its published weights) are ranked; the others are listed apart, unranked. A metric's
+direction comes from ``higher_is_better`` in the entries themselves (which the metric class declared), never
+from this module.
 
 Rendering (``render``) is byte-stable: the same entries give the same README.md, index.html and plots
 (sorted keys, no timestamps, matplotlib SVG with a fixed hash salt and no date metadata).
@@ -492,8 +493,8 @@ def build(
         (f'<p class="note">{len(entries)} entr{"y" if len(entries) == 1 else "ies"}. Every number was computed '
         "by cxrbench from the submitted samples (<code>cxrbench verify</code> re-checks an entry). Only entries "
         "with the same protocol name and version and the same extractor weights, computed with the published "
-        "weights, are ranked against each other. Click a column header to sort (first click: best first). &uarr; higher is better, &darr; lower is "
-        "better; brackets are bootstrap 95% CIs.</p>"),
+        "weights, are ranked against each other. Click a column header to sort (first click: best first). "
+        "&uarr; higher is better, &darr; lower is better; brackets are bootstrap 95% CIs.</p>"),
     ]
     if not groups:
         md.append("No entries yet: add one with `cxrbench submit`.")

@@ -59,14 +59,17 @@ def _thnn_backend_module():
     return mod
 
 
-def save_module_pickle(net, path, *, legacy: bool, edit_state=None):
+def save_module_pickle(net, path, *, legacy: bool, edit_state=None, old_parameters=False):
     """``torch.save(net)`` with each module's pickled ``__dict__`` passed through ``edit_state`` (how an
-    older PyTorch's modules looked), in the zip or the legacy non-zip format."""
+    older PyTorch's modules looked), in the zip or the legacy non-zip format; ``old_parameters``: parameters
+    reduced as PyTorch < 0.4 did, ``Parameter(data, requires_grad)``."""
 
     class OldStylePickler(pickle.Pickler):
         def reducer_override(self, obj):
             if isinstance(obj, torch.nn.Module) and edit_state is not None:
                 return copyreg.__newobj__, (type(obj),), edit_state(dict(obj.__dict__))
+            if isinstance(obj, torch.nn.Parameter) and old_parameters:
+                return torch.nn.Parameter, (obj.data, obj.requires_grad)
             return NotImplemented
 
     pickle_module = types.ModuleType("oldstyle_pickle")
@@ -92,10 +95,11 @@ def _thnn_and_no_buffers_set(state):
     return state
 
 
-SHAPES = {
-    "extra-attribute-and-submodule": (_extra_attribute_and_submodule, None),
-    "no-non-persistent-buffers-set": (None, _no_buffers_set),
-    "thnn-backend-global": (None, _thnn_and_no_buffers_set),
+SHAPES = {  # name: (change to the module, edit of each pickled __dict__, pre-0.4 parameters)
+    "extra-attribute-and-submodule": (_extra_attribute_and_submodule, None, False),
+    "no-non-persistent-buffers-set": (None, _no_buffers_set, False),
+    "thnn-backend-global": (None, _thnn_and_no_buffers_set, False),
+    "pre-0.4-parameters": (None, _thnn_and_no_buffers_set, True),
 }
 
 
@@ -112,15 +116,19 @@ def test_historical_module_pickles_give_the_state_dict_features(tmp_path, thnn, 
     ref = tiny_densenet(1)
     sd_path = tmp_path / "state.pt"
     torch.save(ref.state_dict(), sd_path)
-    mutate, edit = SHAPES[shape]
+    mutate, edit, old_parameters = SHAPES[shape]
     pickled = tiny_densenet(1)
     if mutate:
         mutate(pickled)
-    path = save_module_pickle(pickled, tmp_path / "module.pt", legacy=legacy, edit_state=edit)
+    path = save_module_pickle(pickled, tmp_path / "module.pt", legacy=legacy, edit_state=edit,
+                              old_parameters=old_parameters)
     raw = path.read_bytes()
     assert zipfile.is_zipfile(path) is not legacy
-    if shape == "thnn-backend-global":
-        assert b"torch.nn.backends.thnn" in (raw if legacy else zipfile.ZipFile(path).read("module/data.pkl"))
+    pkl = raw if legacy else zipfile.ZipFile(path).read("module/data.pkl")
+    if edit is _thnn_and_no_buffers_set:
+        assert b"torch.nn.backends.thnn" in pkl
+    assert (b"torch.nn.parameter\nParameter" in pkl) is old_parameters
+    assert (b"_rebuild_parameter" in pkl) is not old_parameters
     if shape != "extra-attribute-and-submodule":  # really the pre-1.6 layout: no module carries the set
         from cxrbench.features.legacy_pickle import load_pickle
 
@@ -286,6 +294,46 @@ def test_unknown_callables_stay_inert_records(tmp_path, monkeypatch):
     load_xrv_weights(got, tmp_path / "hooked.pt")
     assert not marker.exists()
     assert all(torch.equal(got.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def test_legacy_storage_views_match_torchs_own_legacy_loader(tmp_path):
+    """PyTorch < 1.0 wrote storage *views* (view key, offset, size) into one root storage; hand-write such a
+    file and read it with torch's unrestricted legacy loader as the reference."""
+    from collections import OrderedDict
+
+    from cxrbench.features.legacy_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_pickle
+
+    root = torch.arange(12, dtype=torch.float32) * 1.5
+
+    class View:
+        def __init__(self, key, offset, size):
+            self.pid = ("storage", torch.FloatStorage, "root", "cpu", 12, (key, offset, size))
+
+    class Tensor:  # a tensor on a view, reduced as torch's own tensors are
+        def __init__(self, view, offset, size, stride):
+            self.args = (view, offset, size, stride, False, OrderedDict())
+
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, self.args)
+
+    class LegacyPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.pid if isinstance(obj, View) else None
+
+    a, b = View("v1", 2, 6), View("v2", 8, 4)
+    obj = {"w": Tensor(a, 1, (2, 2), (1, 2)), "b": Tensor(b, 0, (4,), (1,)), "w2": Tensor(a, 0, (6,), (1,))}
+    path = tmp_path / "views.pt"
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        LegacyPickler(f, protocol=2).dump(obj)
+        pickle.dump(["root"], f, protocol=2)
+        f.write((12).to_bytes(8, "little") + root.numpy().tobytes())
+    ours, theirs = load_pickle(path), torch.load(path, weights_only=False)
+    assert set(ours) == set(theirs) == {"w", "b", "w2"}
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+    assert torch.equal(ours["w"], root[3:7].view(2, 2).T) and torch.equal(ours["b"], root[8:12])
 
 
 def test_forged_storage_sizes_are_refused_without_allocating(tmp_path):

@@ -355,7 +355,8 @@ class InceptionV3Extractor(FeatureExtractor):
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(state)
         except Exception as e:  # a refused pickle, a truncated file, another network's state dict
-            raise WeightsError(f"{path}: not loadable as FID Inception-v3 weights ({str(e).splitlines()[0][:200]})") from None
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise WeightsError(f"{path}: not loadable as FID Inception-v3 weights ({why})") from None
         self.weights_id = digest
 
     @staticmethod

@@ -164,6 +164,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.nn.parameter", "Parameter"): _rebuild_parameter,  # PyTorch < 0.4 reduced Parameter(data, grad)
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): _set, ("__builtin__", "set"): _set,
     ("builtins", "frozenset"): _frozenset, ("__builtin__", "frozenset"): _frozenset,
@@ -354,11 +355,14 @@ def state_dict_from_file(path: str | os.PathLike) -> tuple[OrderedDict[str, torc
     except LegacyPickleError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, RuntimeError, RecursionError, OverflowError, MemoryError) as e:
+            AttributeError, IndexError, RuntimeError, RecursionError, OverflowError, MemoryError, OSError) as e:
         raise LegacyPickleError(f"{type(e).__name__}: {str(e)[:200]}") from None
     if is_module_record(obj):
-        return module_state_dict(obj), "module"
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        return OrderedDict(obj), "state dict"
-    what = obj._global if isinstance(obj, Record) else type(obj).__name__
-    raise LegacyPickleError(f"holds a {what}, neither a pickled module nor a state dict of tensors")
+        state, kind = module_state_dict(obj), "module"
+    elif isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        state, kind = OrderedDict(obj), "state dict"
+    else:
+        what = obj._global if isinstance(obj, Record) else type(obj).__name__
+        raise LegacyPickleError(f"holds a {what}, neither a pickled module nor a state dict of tensors")
+    # fresh plain tensors: nothing a BUILD opcode may have attached (hooks, shared views) comes along
+    return OrderedDict((k, v.detach().clone()) for k, v in state.items()), kind
