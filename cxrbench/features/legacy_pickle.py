@@ -356,7 +356,8 @@ def state_dict_from_file(path: str | os.PathLike) -> tuple[OrderedDict[str, torc
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
             AttributeError, IndexError, RuntimeError, RecursionError, OverflowError, MemoryError, OSError) as e:
-        raise LegacyPickleError(f"{type(e).__name__}: {str(e)[:200]}") from None
+        first = (str(e).splitlines() or [""])[0][:200]  # messages end up on one line of the CLI's stderr
+        raise LegacyPickleError(f"{type(e).__name__}: {first}") from None
     if is_module_record(obj):
         state, kind = module_state_dict(obj), "module"
     elif isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
