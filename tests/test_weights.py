@@ -154,6 +154,20 @@ def test_historical_module_pickles_give_the_state_dict_features(tmp_path, thnn, 
         assert torch.equal(got.state_dict()[k], v), k
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-non-zip"])
+def test_pickle_protocol_1_module_reads_through_copyreg_reconstructor(tmp_path, legacy):
+    """Protocol 0/1 pickles rebuild plain objects with copyreg._reconstructor(cls, object, None)."""
+    from cxrbench.features.legacy_pickle import state_dict_from_file
+
+    net = tiny_densenet(1)
+    path = tmp_path / "p1.pt"
+    torch.save(net, path, pickle_protocol=1, _use_new_zipfile_serialization=not legacy)
+    assert b"_reconstructor" in (path.read_bytes() if legacy else zipfile.ZipFile(path).read("p1/data.pkl"))
+    state, kind = state_dict_from_file(path)
+    ref = net.state_dict()
+    assert kind == "module" and list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+
+
 def test_legacy_pickle_through_weights_dir_gives_exactly_the_state_dict_features(tmp_path, thnn):
     """The full DenseNet121 as a pre-1.6 non-zip module pickle under the published name, via --weights DIR."""
     import torchxrayvision as xrv

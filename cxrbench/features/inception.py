@@ -361,7 +361,8 @@ class InceptionV3Extractor(FeatureExtractor):
 
     @staticmethod
     def _download() -> Path:
-        torch.hub.load_state_dict_from_url(URL, progress=False, check_hash=False)
+        # check_hash: torch.hub verifies the sha256 prefix in the file name and deletes a wrong download
+        torch.hub.load_state_dict_from_url(URL, progress=False, check_hash=True)
         return torch_hub_checkpoints() / FILENAMES[0]
 
     @staticmethod

@@ -170,6 +170,7 @@ _ALLOWED = {
     ("builtins", "frozenset"): _frozenset, ("__builtin__", "frozenset"): _frozenset,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _reconstructor, ("copy_reg", "_reconstructor"): _reconstructor,
+    ("builtins", "object"): object, ("__builtin__", "object"): object,  # _reconstructor's base argument
 }
 
 

@@ -50,7 +50,7 @@ def load_xrv_weights(net, path: Path) -> None:
     The file is read by ``legacy_pickle``: tensors are rebuilt, every class it names becomes an inert record,
     nothing in it runs. Every tensor of the current architecture must be there (``num_batches_tracked``
     excepted: PyTorch < 0.4.1 had none, and eval-mode features never read it); extra tensors from submodules
-    the current class lacks are ignored with a warning (which the result records).
+    the current class lacks are ignored with a warning.
     """
     path = Path(path)
     try:
