@@ -539,9 +539,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                          f"{' = '.join(duplicates[role][0][:3])}); they count as separate images in every metric")
     t_metrics = time.perf_counter() - t2
 
-    random_weights = [k for k, s in specs.items() if str(s["weights"]).startswith("random")]
-    unpinned = [k for k, e in extractors.items() if k not in random_weights
-                and hasattr(e, "published_weights") and not e.published_weights()]
+    # each extractor judges its own weights (published sha256 pins on its class): random, unknown or
+    # self-made weights all make the numbers incomparable with published ones
+    unpublished = [why for e in extractors.values() if (why := e.unpublished_weights())]
     outside = []
     if expected_n and n_found < expected_n:
         outside.append(f"protocol {proto.name} expects {expected_n} samples; {n_found} given")
@@ -580,9 +580,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         versions=_versions(),
-        comparable=not random_weights and not unpinned and not outside and config.precision == "fp32",
-        not_comparable_because=[f"{k}: {specs[k]['weights']} weights" for k in random_weights] + [
-            f"{k}: weights {specs[k]['weights'][:16]}... are not the pinned ones" for k in unpinned] + outside + (
+        comparable=not unpublished and not outside and config.precision == "fp32",
+        not_comparable_because=unpublished + outside + (
             [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
         warnings=notes,
     )

@@ -6,16 +6,19 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
     name, slug   the model card's name and the file-name-safe form of it (entries/<slug>.json)
     card         the validated model card (see cxrbench.card)
     protocol     {name, version}: copied from the result
-    comparable   false when any extractor ran with random weights (copied from the result)
+    comparable   false when any extractor ran with weights other than its published file (random, self-made,
+                 unknown sha256) or below fp32 precision (copied from the result)
     samples      {n, sha256, files: [{path, sha256}, ...], side_files: [...]}: the sample set by content;
                  ``sha256`` is the sha256 over the sorted per-file sha256s (as in the result); side_files
                  are labels.csv / manifest.csv, which feed the label metrics
     weights      {extractor: weights id}: the sha256 of each extractor's weights file (or random:<seed>)
     result       the full ``cxrbench.result/1`` the numbers come from
 
-Ranking rules: only entries that share protocol name *and* version share a table; within it, only entries
-with ``comparable: true`` are ranked; the others are listed apart, unranked. A metric's direction comes from
-``higher_is_better`` in the entries themselves (which the metric class declared), never from this module.
+Ranking rules: only entries that share protocol name *and* version *and* extractor weights (the sha256 of
+every extractor's weights file) share a table; within it, only entries with ``comparable: true`` (every
+extractor ran with its published weights) are ranked; the others are listed apart, unranked. A metric's
+direction comes from ``higher_is_better`` in the entries themselves (which the metric class declared), never
+from this module.
 
 Rendering (``render``) is byte-stable: the same entries give the same README.md, index.html and plots
 (sorted keys, no timestamps, matplotlib SVG with a fixed hash salt and no date metadata).
@@ -210,36 +213,67 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------
 
 
+def weights_signature(entry: dict) -> tuple[tuple[str, str], ...]:
+    """The extractors and the sha256 of each one's weights: entries are ranked together only when equal."""
+    return tuple(sorted(entry["weights"].items()))
+
+
 @dataclass
 class Group:
-    """One table: entries sharing protocol name and version."""
+    """One ranked table: entries sharing protocol name and version *and* extractor weights (``weights``).
+
+    A protocol version whose comparable entries used different weights gets one group per weights signature
+    (``split``); its non-comparable entries are listed once, with the last of its groups.
+    """
 
     protocol: str
     version: str
+    weights: tuple[tuple[str, str], ...] = ()
     ranked: list[dict] = field(default_factory=list)  # comparable: true
     unranked: list[dict] = field(default_factory=list)  # comparable: false, never ranked
     directions: dict[str, bool] = field(default_factory=dict)  # metric key -> higher_is_better
+    split: bool = False
+
+    @property
+    def protocol_slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{self.protocol}-v{self.version}")
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{self.protocol}-v{self.version}")
+        if not self.split:
+            return self.protocol_slug
+        # a short, stable name for the weights signature keeps table ids and plot names apart
+        return f"{self.protocol_slug}-w" + hashlib.sha256(json.dumps(self.weights).encode()).hexdigest()[:8]
 
 
 def group_entries(entries: list[dict]) -> list[Group]:
-    """Split entries by (protocol name, version); directions read from the entries, checked to agree."""
-    groups: dict[tuple[str, str], Group] = {}
+    """Split entries by (protocol name, version, extractor weights); directions read from the entries,
+    checked to agree within a protocol version."""
+    by_protocol: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
-        key = (e["protocol"]["name"], str(e["protocol"]["version"]))
-        g = groups.setdefault(key, Group(*key))
-        (g.ranked if e["comparable"] else g.unranked).append(e)
-        for k, m in e["result"]["metrics"].items():
-            hib = m["higher_is_better"]
-            if g.directions.setdefault(k, hib) != hib:
-                raise DataError(
-                    f"entries disagree on the direction of {k!r} under protocol {key[0]} v{key[1]} "
-                    f"({e['slug']} says higher_is_better={hib}); the metric changed without a protocol version bump"
-                )
-    return [groups[k] for k in sorted(groups)]
+        by_protocol.setdefault((e["protocol"]["name"], str(e["protocol"]["version"])), []).append(e)
+    out: list[Group] = []
+    for key in sorted(by_protocol):
+        directions: dict[str, bool] = {}
+        ranked: dict[tuple, list[dict]] = {}
+        unranked: list[dict] = []
+        for e in by_protocol[key]:
+            for k, m in e["result"]["metrics"].items():
+                hib = m["higher_is_better"]
+                if directions.setdefault(k, hib) != hib:
+                    raise DataError(
+                        f"entries disagree on the direction of {k!r} under protocol {key[0]} v{key[1]} "
+                        f"({e['slug']} says higher_is_better={hib}); the metric changed without a protocol version bump"
+                    )
+            if e["comparable"]:
+                ranked.setdefault(weights_signature(e), []).append(e)
+            else:
+                unranked.append(e)
+        groups = [Group(*key, weights=sig, ranked=ranked[sig], directions=directions, split=len(ranked) > 1)
+                  for sig in sorted(ranked)] or [Group(*key, directions=directions)]
+        groups[-1].unranked = unranked
+        out += groups
+    return out
 
 
 def metric_value(entry: dict, key: str) -> float | None:
@@ -390,7 +424,7 @@ def _card_rows(e: dict, entry_link: str) -> list[tuple[str, str, str | None]]:
         ("Conditioning", c["conditioning"], None),
         ("License", c["license"], None),
         ("Protocol", f"{e['protocol']['name']} v{e['protocol']['version']}", None),
-        ("Comparable", "yes" if e["comparable"] else "no (random weights; not ranked)", None),
+        ("Comparable", "yes" if e["comparable"] else "no (not the published weights; not ranked)", None),
         ("Samples", f"{e['samples']['n']} images, sha256 {e['samples']['sha256']}", None),
     ]
     for name, wid in sorted(e["weights"].items()):
@@ -448,8 +482,9 @@ def build(
         "",
         (f"Rendered by `cxrbench leaderboard` from {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; "
         "do not edit by hand. Every number was computed by cxrbench from the submitted samples "
-        "(`cxrbench verify` re-checks an entry). Only entries with the same protocol name and version, "
-        "computed with real pretrained weights, are ranked against each other; ↑ higher is better, "
+        "(`cxrbench verify` re-checks an entry). Only entries with the same protocol name and version and the "
+        "same extractor weights, computed with the published weights, are ranked against each other; ↑ higher "
+        "is better, "
         "↓ lower is better; brackets are bootstrap 95% CIs."),
         "",
     ]
@@ -457,21 +492,27 @@ def build(
         "<h1>cxrbench leaderboard</h1>",
         (f'<p class="note">{len(entries)} entr{"y" if len(entries) == 1 else "ies"}. Every number was computed '
         "by cxrbench from the submitted samples (<code>cxrbench verify</code> re-checks an entry). Only entries "
-        "with the same protocol name and version, computed with real pretrained weights, are ranked against each "
-        "other. Click a column header to sort (first click: best first). &uarr; higher is better, &darr; lower is "
-        "better; brackets are bootstrap 95% CIs.</p>"),
+        "with the same protocol name and version and the same extractor weights, computed with the published "
+        "weights, are ranked against each other. Click a column header to sort (first click: best first). "
+        "&uarr; higher is better, &darr; lower is better; brackets are bootstrap 95% CIs.</p>"),
     ]
     if not groups:
         md.append("No entries yet: add one with `cxrbench submit`.")
         body.append("<p>No entries yet: add one with <code>cxrbench submit</code>.</p>")
     links = {e["slug"]: _rel_link(Path(entries_dir) / e.get("_file", f"{e['slug']}.json"), out) for e in entries}
 
-    for g in groups:
-        md += [f"## Protocol `{g.protocol}` v{_md(g.version)}", ""]
-        body.append(f'<h2 id="{_h(g.slug)}">Protocol <code>{_h(g.protocol)}</code> v{_h(g.version)}</h2>')
+    for i, g in enumerate(groups):
+        if i == 0 or groups[i - 1].protocol_slug != g.protocol_slug:
+            md += [f"## Protocol `{g.protocol}` v{_md(g.version)}", ""]
+            body.append(f'<h2 id="{_h(g.protocol_slug)}">Protocol <code>{_h(g.protocol)}</code> v{_h(g.version)}</h2>')
+        if g.split:  # several weights signatures under this protocol: one ranked table each, never merged
+            sig = ", ".join(f"{name} {wid[:12]}" for name, wid in g.weights)
+            md += [f"### Extractor weights: {_md(sig)}", ""]
+            body.append(f'<h3 id="{_h(g.slug)}">Extractor weights: {_h(sig)}</h3>')
         for section, rows_e in (("ranked", g.ranked), ("unranked", g.unranked)):
             if not rows_e:
                 continue
+            prefix = g.slug if section == "ranked" else g.protocol_slug
             keys = sorted({k for e in rows_e for k in e["result"]["metrics"]})  # columns this table has values for
             key = rank_by if rank_by in keys else default_rank_key(keys)
             hib = g.directions.get(key, False)
@@ -485,20 +526,20 @@ def build(
             else:
                 ranked = [(None, e) for e in sorted(rows_e, key=lambda e: e["slug"])]
                 md.append(
-                    "### Not ranked (`comparable: false`)\n\nComputed with random extractor weights (pipeline "
-                    "checks only); these numbers cannot be compared with anything and are never ranked."
+                    "### Not ranked (`comparable: false`)\n\nComputed with random or unpublished extractor weights "
+                    "(or below fp32); these numbers cannot be compared with published ones and are never ranked."
                 )
                 body.append(
                     "<h3>Not ranked (<code>comparable: false</code>)</h3><p class=\"note\">Computed with random "
-                    "extractor weights (pipeline checks only); these numbers cannot be compared with anything "
-                    "and are never ranked.</p>"
+                    "or unpublished extractor weights (or below fp32); these numbers cannot be compared with "
+                    "published ones and are never ranked.</p>"
                 )
             md.append("")
             head = (["#"] if section == "ranked" else []) + ["Model", "n"]
             head += [f"{k} {_arrow(g.directions[k])}" for k in keys]
             md.append("| " + " | ".join(_md(h) for h in head) + " |")
             md.append("|" + "|".join([":--" if h == "Model" else "--:" for h in head]) + "|")
-            tid = f"{g.slug}-{section}"
+            tid = f"{prefix}-{section}"
             th = ['<th data-key="rank" data-hib="0">#</th>'] if section == "ranked" else []
             th += [
                 '<th class="name" data-key="model" data-hib="0">Model</th>',
@@ -551,7 +592,7 @@ def build(
                 )
                 if svg is None:
                     continue
-                fname = f"plots/{g.slug}-{section}-{k}.svg"
+                fname = f"plots/{prefix}-{section}-{k}.svg"
                 plots[fname] = svg
                 imgs_md.append(f"![{k}]({fname})")
                 imgs_html.append(

@@ -20,7 +20,8 @@ def test_inception_matches_torch_fidelity(inception, tmp_path):
 
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(inception.net.state_dict(), path)
-    ours = InceptionV3Extractor(weights=str(tmp_path))  # resolves the file name in the folder
+    # resolves the file name in the folder; a self-made file is not the published one, so it must be allowed
+    ours = InceptionV3Extractor(weights=str(tmp_path), allow_unpublished=True)
     theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     imgs = synthetic_cxr(3, 80, seed=4)
     u8 = (imgs * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
@@ -112,7 +113,7 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(inception.net.state_dict(), path)
     theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-    fast = InceptionV3Extractor(weights=str(tmp_path)).prepare_inference()
+    fast = InceptionV3Extractor(weights=str(tmp_path), allow_unpublished=True).prepare_inference()
     assert fast.inference_kernels == "bn-folded:94,channels_last"  # every BasicConv2d of Inception-v3
     assert fast.spec()["kernels"] == fast.inference_kernels and "kernels" not in inception.spec()
     imgs = synthetic_cxr(3, 96, seed=4)

@@ -126,3 +126,13 @@ def test_fid_ci_contains_the_point_estimate():
     value = fd(np.arange(40))
     lo, hi = bootstrap_ci(fd, 40, n_boot=100, seed=0)
     assert lo <= value <= hi
+
+
+def test_fewer_samples_than_dims_with_dead_leading_features_matches_scipy():
+    """N < D with the first feature columns constant (dead ReLU units): the D x N factor's top rows are zero,
+    which once passed for a triangular (Cholesky) factor and crashed BLAS."""
+    rng = np.random.default_rng(3)
+    f1, f2 = rng.normal(size=(6, 64)), rng.normal(size=(6, 64)) + 0.3
+    f1[:, :8] = f2[:, :8] = 0.0
+    want = _scipy_fd(f1, f2)
+    assert abs(fid_from_features(f1, f2) - want) < 1e-6 * want

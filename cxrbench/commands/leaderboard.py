@@ -9,9 +9,10 @@ from pathlib import Path
 HELP = "render leaderboard/README.md and leaderboard/index.html from the entries in leaderboard/entries/"
 
 EPILOG = """\
-Entries are grouped by protocol name and version (two versions never share a table); within a group only
-entries computed with real weights (comparable: true) are ranked, by each metric's own direction. Output
-is byte-stable: the same entries always give the same files.
+Entries are grouped by protocol name and version and by extractor weights (two versions, or two sets of
+weights, never share a table); within a group only entries computed with the published weights
+(comparable: true) are ranked, by each metric's own direction. Output is byte-stable: the same entries
+always give the same files.
 
 examples:
   cxrbench leaderboard --out leaderboard/

@@ -23,6 +23,10 @@ class FeatureExtractor(nn.Module):
     num_features: int = 0
     input_size: int = 0
     resize_filter: str = "none"
+    #: sha256 of the published weights file(s), or a hex prefix of it (as torch.hub file names carry); a
+    #: result is comparable with published numbers only when every extractor's weights match its own pins.
+    #: Empty: the extractor has no published weights (only weightless extractors, weights "none", pass).
+    published_sha256: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,6 +97,26 @@ class FeatureExtractor(nn.Module):
         if self.inference_kernels is not None:
             spec["kernels"] = self.inference_kernels
         return spec
+
+    @classmethod
+    def weights_problem(cls, weights_id: str) -> str | None:
+        """None when ``weights_id`` (a sha256, ``random:<seed>``, ``none``) is a published file of this
+        extractor, or it has nothing learned; else why results made with it are not comparable."""
+        w = str(weights_id)
+        if w == "none":
+            return None
+        if w.startswith("random"):
+            return f"{cls.name}: {w} weights"
+        if len(w) == 64 and any(w.startswith(p) for p in cls.published_sha256):
+            return None
+        if not cls.published_sha256:
+            return f"{cls.name}: weights {w[:16]} (no published weights to compare with)"
+        pins = " or ".join(p[:16] for p in cls.published_sha256)
+        return f"{cls.name}: weights sha256 {w[:16]}... is not the published file (sha256 {pins}...)"
+
+    def unpublished_weights(self) -> str | None:
+        """``weights_problem`` of the weights this instance loaded (None: published, results comparable)."""
+        return self.weights_problem(self.weights_id)
 
     def dimension_names(self) -> list[str]:
         return self.feature_names or [f"dim_{i}" for i in range(self.num_features)]

@@ -139,6 +139,7 @@ class CXR64Extractor(FeatureExtractor):
     num_features = EMBED_DIM
     input_size = IMAGE_SIZE
     resize_filter = "centre crop (xrv offset) + bilinear-antialias (torch) to 64 px"
+    published_sha256 = (WEIGHTS_SHA256,)  # the shipped file: results with it are comparable
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
                  network: CXR64Net | None = None) -> None:
@@ -161,10 +162,6 @@ class CXR64Extractor(FeatureExtractor):
         self.net.eval()
         self.to(device)
 
-    def published_weights(self) -> bool:
-        """Whether the features come from the pinned, shipped weights (the protocol's comparability rule)."""
-        return self.weights_id == WEIGHTS_SHA256
-
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return to_cxr64(x) * 2 - 1
 
@@ -185,6 +182,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
     derived_from = "cxr64"
     input_size = IMAGE_SIZE
     resize_filter = CXR64Extractor.resize_filter
+    published_sha256 = (WEIGHTS_SHA256,)
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:
         super().__init__()
@@ -210,9 +208,6 @@ class CXR64ClassifierExtractor(FeatureExtractor):
         self.weights_id = base.weights_id
         self.calibration = calib
         self.to(device)
-
-    def published_weights(self) -> bool:
-        return self.weights_id == WEIGHTS_SHA256
 
     def spec(self) -> dict:
         return {**super().spec(), "derived_from": self.derived_from, "labels": list(self.feature_names),

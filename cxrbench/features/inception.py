@@ -8,17 +8,23 @@ torch-fidelity: images quantised to 8 bit, 3 replicated channels, TensorFlow-1.x
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import WeightsError
 from .base import FeatureExtractor, bn_recalibrate, fold_conv_batchnorm
 from .weights import resolve_weights_file, torch_hub_checkpoints, weights_sha256
 
 URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+PUBLISHED_SHA256 = "6726825d"  # the sha256 prefix both file names carry (torch.hub's check_hash convention)
+# Set to 1 to load an Inception file that is not the published one (own conversions, tests); such results
+# record its sha256 and are marked comparable: false.
+ALLOW_UNPUBLISHED_ENV = "CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS"
 
 
 def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -307,9 +313,16 @@ class InceptionV3Extractor(FeatureExtractor):
     num_features = 2048
     input_size = 299
     resize_filter = "bilinear-tf1 (torch-fidelity), 8-bit quantised input"
+    published_sha256 = (PUBLISHED_SHA256,)
 
-    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu",
+                 allow_unpublished: bool | None = None) -> None:
+        """``allow_unpublished``: load a weights file whose sha256 is not the published one (default: the
+        ``CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS`` environment variable); otherwise such a file is refused."""
         super().__init__()
+        if allow_unpublished is None:
+            allow_unpublished = os.environ.get(ALLOW_UNPUBLISHED_ENV, "") not in ("", "0")
+        self.allow_unpublished = allow_unpublished
         self.net = FIDInceptionV3()
         if weights == "random":
             # Seeded init, then BatchNorm statistics from synthetic radiographs: features O(1), reproducible.
@@ -323,7 +336,7 @@ class InceptionV3Extractor(FeatureExtractor):
         else:
             path = resolve_weights_file(
                 "FID Inception-v3", FILENAMES, weights=weights, library_dirs=[torch_hub_checkpoints()],
-                download=self._download, url=URL,
+                download=self._download, url=URL, sha256=PUBLISHED_SHA256,
             )
             self.load_weights_file(path)
         self.net.requires_grad_(False)
@@ -331,13 +344,25 @@ class InceptionV3Extractor(FeatureExtractor):
         self.to(device)
 
     def load_weights_file(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state)
-        self.weights_id = weights_sha256(Path(path))
+        digest = weights_sha256(Path(path))
+        if not digest.startswith(PUBLISHED_SHA256) and not self.allow_unpublished:
+            raise WeightsError(
+                f"{path}: sha256 {digest[:16]}... is not the published FID Inception-v3 weights (expected sha256 "
+                f"{PUBLISHED_SHA256}...). Replace it with {FILENAMES[0]} from {URL}, or set "
+                f"{ALLOW_UNPUBLISHED_ENV}=1 to use it anyway (results are then not comparable)"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.net.load_state_dict(state)
+        except Exception as e:  # a refused pickle, a truncated file, another network's state dict
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise WeightsError(f"{path}: not loadable as FID Inception-v3 weights ({why})") from None
+        self.weights_id = digest
 
     @staticmethod
     def _download() -> Path:
-        torch.hub.load_state_dict_from_url(URL, progress=False, check_hash=False)
+        # check_hash: torch.hub verifies the sha256 prefix in the file name and deletes a wrong download
+        torch.hub.load_state_dict_from_url(URL, progress=False, check_hash=True)
         return torch_hub_checkpoints() / FILENAMES[0]
 
     @staticmethod

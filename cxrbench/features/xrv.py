@@ -9,6 +9,7 @@ maps the cached 1024-d features through the head (sigmoid, then xrv's ``op_norm`
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,9 +17,14 @@ import torch.nn.functional as F
 
 from ..errors import WeightsError
 from .base import FeatureExtractor, bn_recalibrate
+from .legacy_pickle import LegacyPickleError, state_dict_from_file
 from .weights import resolve_weights_file, weights_sha256
 
 WEIGHTS_NAME = "densenet121-res224-all"
+# sha256 of nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt
+# (28,382,008 bytes). torchxrayvision publishes no hash; this is the one several independent projects that
+# pin the file record. A file with another hash still loads, but its results are not comparable.
+PUBLISHED_SHA256 = ("56524913dd16a906422e8d8b66a7a5c46be1d82eb7ac012d8103776f1aa68899",)
 
 
 def _xrv():
@@ -39,31 +45,34 @@ def center_crop_square(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_xrv_weights(net, path: Path) -> None:
-    """Load a state dict or torchxrayvision's pickled DenseNet with the restricted (weights_only) unpickler.
+    """Load a state dict or a pickled DenseNet (torchxrayvision's published format, any PyTorch era) into ``net``.
 
-    xrv publishes whole pickled modules; allowing exactly the module classes they contain keeps
-    ``weights_only=True`` (no code runs from the file) while reading them.
+    The file is read by ``legacy_pickle``: tensors are rebuilt, every class it names becomes an inert record,
+    nothing in it runs. Every tensor of the current architecture must be there (``num_batches_tracked``
+    excepted: PyTorch < 0.4.1 had none, and eval-mode features never read it); extra tensors from submodules
+    the current class lacks are ignored with a warning.
     """
-    import collections
-
-    from torch import nn
-
-    xrv = _xrv()
-    allowed = [
-        xrv.models.DenseNet, xrv.models._DenseBlock, xrv.models._DenseLayer, xrv.models._Transition,
-        nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Sequential, nn.Linear, nn.Dropout,
-        collections.OrderedDict, set,
-    ]
+    path = Path(path)
     try:
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: not loadable as torchxrayvision DenseNet weights ({str(e).splitlines()[0]})") from None
-    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
-    state = {k: v for k, v in state.items() if k != "op_threshs"}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if [k for k in missing if k != "op_threshs"] or unexpected:
-        raise WeightsError(f"{path}: state dict does not fit DenseNet121 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        state, kind = state_dict_from_file(path)
+    except LegacyPickleError as e:
+        raise WeightsError(f"{path}: not loadable as torchxrayvision DenseNet weights ({e})") from None
+    own = {k: v for k, v in net.state_dict().items() if k != "op_threshs"}
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        raise WeightsError(
+            f"{path}: this {kind} does not fit torchxrayvision's DenseNet121 ("
+            + (f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}" if missing else "")
+            + ("; " if missing and wrong else "") + (f"wrong shape: {', '.join(wrong[:3])}" if wrong else "")
+            + f"); use the published {Path(_weights_url()).name}"
+        )
+    net.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+    extra = [k for k in state if k not in own and k != "op_threshs"]
+    if extra:
+        warnings.warn(f"{path.name}: ignored {len(extra)} tensor(s) the current DenseNet121 lacks "
+                      f"(e.g. {', '.join(extra[:3])})", stacklevel=2)
 
 
 def build_densenet(weights: str, seed: int):
@@ -82,7 +91,7 @@ def build_densenet(weights: str, seed: int):
     path = resolve_weights_file(
         "torchxrayvision DenseNet121 (densenet121-res224-all)", [filename], weights=weights,
         library_dirs=[Path(xrv.utils.get_cache_dir())],
-        download=lambda: Path(xrv.models.get_weights(WEIGHTS_NAME)), url=url,
+        download=lambda: Path(xrv.models.get_weights(WEIGHTS_NAME)), url=url, sha256=PUBLISHED_SHA256[0],
     )
     load_xrv_weights(net, path)
     op = torch.tensor(xrv.models.model_urls[WEIGHTS_NAME]["op_threshs"], dtype=torch.float32)
@@ -96,6 +105,7 @@ class XRVDenseNetExtractor(FeatureExtractor):
     num_features = 1024
     input_size = 224
     resize_filter = "center-crop + bilinear-antialias (torch)"
+    published_sha256 = PUBLISHED_SHA256
 
     def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu") -> None:
         super().__init__()
@@ -124,6 +134,7 @@ class XRVClassifierExtractor(FeatureExtractor):
     input_size = 224
     resize_filter = XRVDenseNetExtractor.resize_filter
     derived_from = "xrv"
+    published_sha256 = PUBLISHED_SHA256
 
     def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu") -> None:
         super().__init__()

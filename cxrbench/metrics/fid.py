@@ -89,7 +89,8 @@ def _congruence(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
     Only the lower triangle is guaranteed (all ``eigvalsh`` reads).
     """
-    if a.device.type == "cpu" and not torch.triu(a, 1).any():
+    # square: the D x N centred-data factor (N < D) is never triangular, even when its top rows are all zero
+    if a.device.type == "cpu" and a.shape[0] == a.shape[1] and not torch.triu(a, 1).any():
         from scipy.linalg.blas import dtrmm
 
         # C-ordered L and S are Fortran-ordered L^T and S^T = S: BLAS takes them without a copy

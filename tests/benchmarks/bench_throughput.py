@@ -209,7 +209,8 @@ def route_peers(a) -> dict:
 
 def _run_route(name: str, a, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--route", name, *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS": "1"}  # the self-made Inception file of prepare_weights
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(f"route {name} failed:\n{p.stderr[-3000:]}")
