@@ -207,6 +207,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
         self.register_buffer("b_cal", torch.tensor(calib["b"], dtype=torch.float32))
         self.weights_id = base.weights_id
         self.calibration = calib
+        self.eval()
         self.to(device)
 
     def spec(self) -> dict:
