@@ -20,7 +20,8 @@ losses.csv, train_state.json and train_info.json. A --config TOML file holds ove
 Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
 
 examples:
-  cxrbench train lsgan --data ../shared/data/nih1000_64px --image-size 32 --out runs/lsgan32 --steps 2000
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --split train --image-size 32 --out runs/lsgan32 \
+      --steps 2000
   cxrbench train vae --data ../shared/data/nih1000_64px --image-size 64 --out runs/vae --config vae.toml \\
       --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered model name (cxrbench.generators or cxrbench.representations)")
     p.add_argument("--data", required=True, help="folder of training images (labels.csv inside is used if present)")
     p.add_argument("--labels", default=None, help="labels CSV (first column path, one column per label)")
+    p.add_argument("--split", default=None,
+                   help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
+                        "half0/half1: a deterministic patient-wise half")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")
@@ -81,6 +85,7 @@ def build_config(cls, args) -> object:
 def run(args) -> int:
     from baselines.trainer import TrainOptions, config_to_dict
     from cxrbench.data import ImageFolder
+    from cxrbench.data.sources import select_split
     from cxrbench.data.transforms import CXRTransform
     from cxrbench.generator import atomic_write_bytes
 
@@ -90,7 +95,9 @@ def run(args) -> int:
     if size is None:
         raise UsageError(f"{args.name}: its Config has no image_size; cannot choose the training resolution")
     transform = CXRTransform(image_size=size, crop=not args.no_crop, equalize=args.equalize)
-    dataset = ImageFolder(args.data, labels_csv=args.labels, transform=transform)
+    # the split is chosen after --labels is attached, so a split column in that CSV counts too
+    source = ImageFolder(args.data, labels_csv=args.labels).source
+    dataset = ImageFolder(select_split(source, args.split), transform=transform)
     options = TrainOptions(
         steps=args.steps,
         epochs=args.epochs,
@@ -106,6 +113,7 @@ def run(args) -> int:
         "model": args.name,
         "data": str(Path(args.data).resolve()),
         "labels": str(Path(args.labels).resolve()) if args.labels else None,
+        "split": args.split or "all",
         "n_images": len(dataset),
         "transform": transform.spec(),
         "config": config_to_dict(config),
