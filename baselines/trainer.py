@@ -227,7 +227,7 @@ class EMA(nn.Module):
     resumed run restores them exactly) and the saved ``model.pt`` carry them. The update is diffusers'
     ``EMAModel`` with its warm-up: decay ``min(decay, 1 - (1 + step) ** -power)``, so that the average covers
     the latest part of a short CPU run as it does of a long one (power 3/4: 0.994 at 1k steps, 0.999 at 10k,
-    0.9999 at 215k). Parameters only: BatchNorm statistics stay the trained model's.
+    0.9999 at 215k). Parameters are averaged; buffers (BatchNorm statistics) are copied.
     """
 
     def __init__(self, modules: dict[str, nn.Module], *, decay: float, power: float):
@@ -248,6 +248,9 @@ class EMA(nn.Module):
         ema.shadow_params = list(self.averaged.parameters())  # EMAModel updates these tensors in place
         ema.optimization_step = int(self.steps)  # from the state dict: a resumed run continues the schedule
         ema.step(self._live_parameters())
+        # buffers (BatchNorm statistics) are copied, not averaged, so the averaged modules are whole models
+        for avg, live in zip(self.averaged.buffers(), (b for m in self._live for b in m.buffers())):
+            avg.copy_(live)
         self.steps += 1
 
     @contextlib.contextmanager
@@ -274,7 +277,7 @@ def attach_ema(model: nn.Module, names: tuple[str, ...], *, decay: float, power:
 
 
 def _average_from_live_weights(module, state_dict, prefix, *args) -> None:
-    if any(k.startswith(prefix + "ema.") for k in state_dict):
+    if module.ema is None or any(k.startswith(prefix + "ema.") for k in state_dict):
         return
     for key in module.ema.state_dict():
         if key.startswith("averaged."):
