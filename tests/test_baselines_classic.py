@@ -338,3 +338,39 @@ def test_pggan_ema_half_life_is_karras_10k_images_once_ramped_up():
     # 100 steps into level 1 (which starts at step 1000): half-life 5% of its 1600 images
     assert model.ema_beta(1099) == pytest.approx(0.5 ** (16 / (0.05 * 1600)))
     assert pggan.PGGAN(dataclasses.replace(cfg, z_dim=8, fmap_base=32, fmap_max=16, ema_kimg=0.0)).g_ema is None
+
+
+@pytest.mark.parametrize("name", ["vae", "gmvae"])
+def test_summed_reconstruction_is_the_mean_scaled_by_the_pixel_count(name):
+    # "sum" with beta b is H*W times "mean" with beta b / (H*W): the seed's effective KL weight is beta*H*W
+    test = {"vae": TestVAE, "gmvae": TestGMVAE}[name]()
+    x = LabelledImages(4, 16, seed=1).images
+    pixels = 16 * 16
+    out = {}
+    for rec, beta in (("mean", 0.002), ("sum", 0.002 * pixels)):
+        torch.manual_seed(0)
+        model = test.cls(dataclasses.replace(test.config(), reconstruction=rec, beta=beta))
+        torch.manual_seed(1)
+        out[rec] = model.loss(x)
+    assert out["sum"]["loss"].item() == pytest.approx(pixels * out["mean"]["loss"].item(), rel=1e-5)
+    assert out["sum"]["kl"].item() == pytest.approx(out["mean"]["kl"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="mean or sum"):
+        dataclasses.replace(test.config(), reconstruction="total")
+
+
+def test_fs_gmvae_encoder_sees_the_labels_and_old_folders_load(tmp_path):
+    test = TestFSGMVAE()
+    model = test.build()
+    x = LabelledImages(2, 16, seed=1).images
+    y0, y1 = torch.zeros(2, 15), torch.ones(2, 15)
+    assert not torch.equal(model.encoder(x, y0)[0], model.encoder(x, y1)[0])  # q(z | x, y)
+    # a folder saved when the encoder had no label inputs: those weights load as zeros
+    model.save_pretrained(tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["encoder.head.weight"] = state["encoder.head.weight"][:, :-15].clone()
+    torch.save(state, tmp_path / "model.pt")
+    old = test.cls.from_pretrained(tmp_path)
+    assert (old.encoder.head.weight[:, -15:] == 0).all()
+    assert torch.equal(old.encoder.head.weight[:, :-15], state["encoder.head.weight"])
+    assert torch.equal(old.encoder(x, y0)[0], old.encoder(x, y1)[0])
+    assert torch.equal(test.draw(old, 2, seed=0), test.draw(model, 2, seed=0))  # the decoder is unchanged
