@@ -20,10 +20,11 @@ one resumable run.
 
 Seed 002's representation fine-tune as a second stage: train plain DiffuseVAE, then start a new run (a new
 ``--out``: a resumed run refuses a changed config) with ``rep_lambda > 0`` and ``init_from`` naming the
-first run's folder; its weights (EMA included) start the second run. The representation term is taken only
-at ``t < rep_max_t * num_train_timesteps``: at large t, x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)
-multiplies the noise-prediction error by 1 / sqrt(abar) and is mostly clamped, so f(x0_hat) says nothing
-about the image (linear schedule: abar = 0.39 at t = 0.3 T, 0.08 at 0.5 T, 4e-5 at T).
+first run's folder; its weights start the second run (the EMA restarts its warm-up there). The
+representation term is taken only at ``t < rep_max_t * num_train_timesteps``: at large t,
+x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) multiplies the noise-prediction error by 1 / sqrt(abar)
+and is mostly clamped, so f(x0_hat) says nothing about the image (linear schedule: abar = 0.39 at t = 0.3 T,
+0.08 at 0.5 T, 4e-5 at T).
 
 As in ``baselines/ddpm.py``: gradients clipped to ``grad_clip``; sampling and ``reconstruct`` use the EMA of
 the VAE and UNet weights (``ema_decay``; 0 samples the trained weights), saved with the model.
@@ -187,6 +188,8 @@ class DiffuseVAE(Trainable, Generator):
                 "folder with the same architecture fields (only rep_*, lr, grad_clip, ema_* and init_from "
                 "may differ)"
             ) from None
+        if self.ema is not None:  # the average restarts its warm-up, so that it follows the fine-tune
+            self.ema.steps.zero_()
 
     def representation(self, device) -> nn.Module:
         if self._rep is None:
@@ -234,8 +237,9 @@ class DiffuseVAE(Trainable, Generator):
     def refine(self, x_vae: torch.Tensor, *, seed: int | None = None, steps: int | None = None) -> torch.Tensor:
         """Stage 2: DDIM conditioned on VAE images in [0, 1]; returns [0, 1]."""
         cond = x_vae * 2 - 1
-        x = ddim_loop(lambda xt, t: self.eps(xt, t, cond), tuple(cond.shape), self.sampler,
-                      steps or self.config.sample_steps, seed=seed, device=cond.device)
+        with averaged_weights(self):
+            x = ddim_loop(lambda xt, t: self.eps(xt, t, cond), tuple(cond.shape), self.sampler,
+                          steps or self.config.sample_steps, seed=seed, device=cond.device)
         return ((x.clamp(-1, 1) + 1) / 2).float()
 
     @torch.no_grad()

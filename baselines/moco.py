@@ -6,14 +6,16 @@ toward the centroid of its group, so that images of the same kind (same findings
 
 - MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained by SGD, a key encoder that is its
   exponential moving average, a FIFO queue of past keys as negatives, InfoNCE with temperature, and a
-  2-layer projection MLP. Two changes for small data and short CPU runs: the queue holds at most
-  ``queue_fraction`` (1/4) of the training set (at least one batch; a warning says when ``queue_size`` is cut),
-  because a queue as long as the data set (4096 keys over 600 NIH images) holds keys of the query's own image
-  from earlier epochs, which InfoNCE then pushes away as negatives (ImageNet MoCo: 65536 of 1.28M, 5%); and
-  the key encoder's momentum is 0.99, whose ~100-step time constant lets the keys follow a run of a few
-  thousand steps, where 0.999 keeps them near their random initialisation for the first thousand (MoCo v1's
-  ablation over 200 ImageNet epochs: about one point of linear accuracy below 0.999). One device has no cross-GPU "shuffle BN", so keys are computed on a shuffled batch
+  2-layer projection MLP. One device has no cross-GPU "shuffle BN", so keys are computed on a shuffled batch
   in ``bn_splits`` chunks (BatchNorm statistics per chunk), which removes the same shortcut.
+- For small data and short CPU runs: the queue holds at most ``queue_fraction`` (1/4) of the training set
+  (at least one batch; a warning says when ``queue_size`` is cut), because a queue as long as the data set
+  (4096 keys over 600 NIH images) holds keys of the query's own image from earlier epochs, which InfoNCE
+  then pushes away as negatives (ImageNet MoCo: 65536 of 1.28M, 5%); and the key encoder's momentum is
+  0.99, whose ~100-step time constant lets the keys follow a run of a few thousand steps, where 0.999 keeps
+  them near their random initialisation for the first thousand (MoCo v1's ablation over 200 ImageNet
+  epochs: about one point of linear accuracy below 0.999). For a short run also set ``schedule_steps`` to
+  its ``--steps`` (the cosine decay then ends with the run).
 - Backbone: a torchvision ResNet (``weights=None``: nothing is downloaded) with a 1-channel stem and an
   optional narrower width for CPU runs. The embedding used by ``cxrbench`` is the pooled backbone output
   (``encode`` / ``embed``); the projection head only serves training, as in MoCo's linear evaluation.

@@ -237,6 +237,7 @@ class EMA(nn.Module):
         # the live modules, not registered (they are the model's own and saved under their own names)
         object.__setattr__(self, "_live", list(modules.values()))
         object.__setattr__(self, "_ema", EMAModel([], decay=decay, use_ema_warmup=True, power=power))
+        self._swapped = False
 
     def _live_parameters(self) -> list[nn.Parameter]:
         return [p for m in self._live for p in m.parameters()]
@@ -255,14 +256,20 @@ class EMA(nn.Module):
 
     @contextlib.contextmanager
     def applied(self):
-        """Inside the block the live modules hold the averaged weights; their own come back after it."""
+        """Inside the block the live modules hold the averaged weights; their own come back after it.
+        Re-entrant (``sample`` calls ``refine``, both swap), as EMAModel keeps one stored copy."""
+        if self._swapped:
+            yield
+            return
         live = self._live_parameters()
         self._ema.shadow_params = list(self.averaged.parameters())
         self._ema.store(live)
         self._ema.copy_to(live)
+        self._swapped = True
         try:
             yield
         finally:
+            self._swapped = False
             self._ema.restore(live)
 
 
