@@ -338,6 +338,8 @@ def test_pggan_ema_half_life_is_karras_10k_images_once_ramped_up():
     # 100 steps into level 1 (which starts at step 1000): half-life 5% of its 1600 images
     assert model.ema_beta(1099) == pytest.approx(0.5 ** (16 / (0.05 * 1600)))
     assert pggan.PGGAN(dataclasses.replace(cfg, z_dim=8, fmap_base=32, fmap_max=16, ema_kimg=0.0)).g_ema is None
+    model.config = dataclasses.replace(cfg, ema_decay=0.999)  # a folder saved before ema_kimg: its fixed decay
+    assert model.ema_beta(5) == model.ema_beta(10**6) == 0.999
 
 
 @pytest.mark.parametrize("name", ["vae", "gmvae"])

@@ -55,3 +55,14 @@ def test_unknown_split_names_the_values_present_and_writes_nothing(tmp_path, spl
         call(train_cmd, ["vae", "--data", split_folder, "--split", "valid", "--image-size", 32, "--out", out,
                          "--steps", 1, "--quiet"])
     assert not out.exists()
+
+
+def test_split_column_of_a_labels_csv_given_with_labels(tmp_path, split_folder):
+    # --labels replaces the folder's table; its split column is the one --split reads
+    table = pd.read_csv(split_folder / "labels.csv")
+    table["split"] = ["a" if i % 2 else "b" for i in range(len(table))]
+    table.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "run"
+    call(train_cmd, ["vae", "--data", split_folder, "--labels", tmp_path / "other.csv", "--split", "a",
+                     "--image-size", 32, "--out", out, "--steps", 1, "--quiet", "--batch-size", 2])
+    assert json.loads((out / "train_info.json").read_text())["n_images"] == 5
