@@ -12,6 +12,11 @@ flag, and the result is added to the UNet's time embedding (``class_embed_type="
 sampling mixes the two, ``eps = eps_u + guidance_scale * (eps_c - eps_u)`` (Ho & Salimans 2022; a scale of
 1 is plain conditional sampling). Images are trained in [-1, 1] and returned in [0, 1].
 
+As in Ho et al., gradients are clipped to norm ``grad_clip`` (1.0) and ``sample`` uses an exponential moving
+average of the weights (``baselines.trainer.EMA``: decay up to ``ema_decay`` = 0.9999 with diffusers' warm-up
+``1 - (1 + step) ** -ema_power``, so a short run averages its own latest part; ``ema_decay = 0`` samples
+the trained weights). The average is saved with the model and in the checkpoint.
+
 The helpers ``make_unet``, ``make_schedulers``, ``denoise_loss`` and ``ddim_loop`` are shared with
 ``baselines/diffusevae.py`` (its stage 2 is this DDPM with the VAE reconstruction as a second input channel).
 """
@@ -30,7 +35,8 @@ from cxrbench.generator import Generator
 from cxrbench.labels import LABELS
 from cxrbench.seeding import torch_generator
 
-from .trainer import Batch, LabelBankMixin, Trainable, label_matrix
+from .trainer import (Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients,
+                      label_matrix)
 
 
 @dataclass
@@ -46,6 +52,9 @@ class DDPMConfig:
     cond_drop: float = 0.1  # probability of training on the "no label" input (classifier-free guidance)
     guidance_scale: float = 2.0
     lr: float = 2e-4
+    grad_clip: float = 1.0  # max global gradient norm (Ho et al.); 0: no clipping
+    ema_decay: float = 0.9999  # largest EMA decay (Ho et al.); 0: sample the trained weights
+    ema_power: float = 0.75  # EMA warm-up: decay 1 - (1 + step) ** -power, capped at ema_decay
     batch_size: int = 64
     label_bank_size: int = 1024
 
@@ -90,16 +99,29 @@ def make_schedulers(cfg, *, clip: bool = True) -> tuple[DDPMScheduler, DDIMSched
     return DDPMScheduler(**kw), DDIMScheduler(**kw, timestep_spacing="trailing")
 
 
-def denoise_loss(eps_fn: Callable, x0: torch.Tensor, noise_scheduler: DDPMScheduler):
-    """The DDPM "simple" loss on x0 in [-1, 1]; returns (loss, x0_hat, t) with x0_hat the predicted clean image."""
+def denoise_loss(model_fn: Callable, x0: torch.Tensor, noise_scheduler: DDPMScheduler):
+    """The DDPM "simple" loss on x0; returns (loss, x0_hat, t) with x0_hat the predicted clean image.
+
+    ``model_fn(x_t, t)`` predicts what the scheduler's ``prediction_type`` names: the noise ("epsilon", the
+    default here), ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` ("v_prediction", Stable Diffusion 2.x) or x0
+    ("sample"); the sampling scheduler built from the same config reads the prediction the same way.
+    """
     b = x0.shape[0]
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), device=x0.device)
     noise = torch.randn_like(x0)
     xt = noise_scheduler.add_noise(x0, noise, t)
-    eps = eps_fn(xt, t)
+    out = model_fn(xt, t)
     abar = noise_scheduler.alphas_cumprod.to(x0.device)[t].view(b, 1, 1, 1)
-    x0_hat = (xt - (1 - abar).sqrt() * eps) / abar.sqrt()
-    return F.mse_loss(eps, noise), x0_hat, t
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        target, x0_hat = noise, (xt - (1 - abar).sqrt() * out) / abar.sqrt()
+    elif kind == "v_prediction":
+        target, x0_hat = noise_scheduler.get_velocity(x0, noise, t), abar.sqrt() * xt - (1 - abar).sqrt() * out
+    elif kind == "sample":
+        target, x0_hat = x0, out
+    else:
+        raise ValueError(f"unknown prediction_type {kind!r}; expected epsilon, v_prediction or sample")
+    return F.mse_loss(out, target), x0_hat, t
 
 
 def ddim_loop(eps_fn: Callable, shape, scheduler: DDIMScheduler, steps: int, *, seed, device) -> torch.Tensor:
@@ -129,6 +151,7 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         self.label_proj = nn.Linear(len(LABELS) + 1, emb_dim)  # +1: the "labels dropped" flag
         self.noise_scheduler, self.sampler = make_schedulers(config)
         self.register_buffer("label_bank", torch.zeros(config.label_bank_size, len(LABELS)))
+        attach_ema(self, ("unet", "label_proj"), decay=config.ema_decay, power=config.ema_power)
 
     def label_embedding(self, labels: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         y = torch.nan_to_num(labels, nan=0.0) * (~dropped).unsqueeze(1)
@@ -138,7 +161,8 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         return self.unet(xt, t, class_labels=self.label_embedding(labels, dropped)).sample
 
     def configure_optimizers(self):
-        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        params = [p for p in self.parameters() if p.requires_grad]  # not the EMA copy
+        return {"adam": torch.optim.Adam(params, lr=self.config.lr)}
 
     def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
         x0 = batch.images * 2 - 1
@@ -148,8 +172,11 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = clip_gradients(self.parameters(), self.config.grad_clip)
         opt.step()
-        return {"loss": loss.item()}
+        if self.ema is not None:
+            self.ema.update()
+        return {"loss": loss.item(), "grad_norm": grad_norm}
 
     @torch.no_grad()
     def sample(
@@ -172,7 +199,8 @@ class DDPM(LabelBankMixin, Trainable, Generator):
         self.eval()
         size = self.config.image_size
         steps = steps or self.config.sample_steps
-        x = ddim_loop(eps_fn, (n, 1, size, size), self.sampler, steps, seed=seed, device=dev)
+        with averaged_weights(self):
+            x = ddim_loop(eps_fn, (n, 1, size, size), self.sampler, steps, seed=seed, device=dev)
         x = x.clamp(-1, 1)
         self.train(was_training)
         return ((x + 1) / 2).float().clamp(0, 1)

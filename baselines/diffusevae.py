@@ -13,7 +13,21 @@
 
 The paper trains the stages one after the other; here they train side by side from the trainer's single
 budget (separate losses, one optimiser): the DDPM conditions on the current VAE's *detached*
-reconstruction, which is the stage-2 objective once the VAE has settled, and keeps one resumable run.
+reconstruction of a reparameterised posterior sample ``z = mu + sigma * eps`` (as the reference
+implementation does; the posterior mean would train the DDPM on smoother conditions than the decoded prior
+samples it refines at sampling time), which is the stage-2 objective once the VAE has settled, and keeps
+one resumable run.
+
+Seed 002's representation fine-tune as a second stage: train plain DiffuseVAE, then start a new run (a new
+``--out``: a resumed run refuses a changed config) with ``rep_lambda > 0`` and ``init_from`` naming the
+first run's folder; its weights start the second run (the EMA restarts its warm-up there). The
+representation term is taken only at ``t < rep_max_t * num_train_timesteps``: at large t,
+x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) multiplies the noise-prediction error by 1 / sqrt(abar)
+and is mostly clamped, so f(x0_hat) says nothing about the image (linear schedule: abar = 0.39 at t = 0.3 T,
+0.08 at 0.5 T, 4e-5 at T).
+
+As in ``baselines/ddpm.py``: gradients clipped to ``grad_clip``; sampling and ``reconstruct`` use the EMA of
+the VAE and UNet weights (``ema_decay``; 0 samples the trained weights), saved with the model.
 """
 
 from __future__ import annotations
@@ -25,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrbench.errors import UsageError, WeightsError
+from cxrbench.errors import CxrbenchError, UsageError, WeightsError
 from cxrbench.generator import Generator
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers, make_unet
-from .trainer import Batch, Trainable
+from .trainer import Batch, Trainable, attach_ema, averaged_weights, clip_gradients
 from .vae import VAE, VAEConfig
 
 
@@ -51,7 +65,12 @@ class DiffuseVAEConfig:
     # seed 002's representation term
     rep_lambda: float = 0.0
     rep_checkpoint: str = "random"  # see load_representation
+    rep_max_t: float = 0.3  # the representation term only at t < rep_max_t * num_train_timesteps
+    init_from: str = ""  # a saved diffusevae folder whose weights start a fresh run (the fine-tune stage)
     lr: float = 2e-4
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    ema_decay: float = 0.9999  # largest EMA decay; 0: sample the trained weights
+    ema_power: float = 0.75  # EMA warm-up: decay 1 - (1 + step) ** -power, capped at ema_decay
     batch_size: int = 64
 
     def __post_init__(self):
@@ -61,6 +80,8 @@ class DiffuseVAEConfig:
             raise ValueError(f"image_size {self.image_size} must be a multiple of 2**{n} (UNet downsamplings)")
         if self.rep_lambda < 0:
             raise ValueError("rep_lambda must be >= 0")
+        if not 0 < self.rep_max_t <= 1:
+            raise ValueError(f"rep_max_t must be in (0, 1], got {self.rep_max_t}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,6 +137,18 @@ def load_representation(source: str | Path | nn.Module) -> nn.Module:
     return enc.eval().requires_grad_(False)
 
 
+def representation_loss(f: nn.Module, images, x0_hat, t, t_max: int) -> torch.Tensor:
+    """Seed 002's term ``mean_i ||f(x0_i) - f(x0_hat_i)||`` (L2-normalised embeddings) over the items with
+    ``t < t_max``; zero when none has."""
+    keep = t < t_max
+    if not bool(keep.any()):
+        return x0_hat.sum() * 0.0
+    with torch.no_grad():
+        target = F.normalize(f(images[keep]), dim=1)
+    pred = F.normalize(f((x0_hat[keep].clamp(-1, 1) + 1) / 2), dim=1)
+    return (target - pred).norm(dim=1).mean()
+
+
 class _Encode(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -141,6 +174,22 @@ class DiffuseVAE(Trainable, Generator):
         self.unet = make_unet(c, in_channels=2)
         self.noise_scheduler, self.sampler = make_schedulers(c)
         self._rep = None  # loaded on first use; frozen and kept out of the state dict (it is not ours)
+        attach_ema(self, ("vae", "unet"), decay=c.ema_decay, power=c.ema_power)
+
+    def on_train_start(self, dataset) -> None:
+        if not self.config.init_from:
+            return
+        try:
+            first = DiffuseVAE.from_pretrained(self.config.init_from)
+            self.load_state_dict(first.state_dict())
+        except (CxrbenchError, RuntimeError) as e:
+            raise UsageError(
+                f"init_from {self.config.init_from}: {str(e).splitlines()[0][:200]}; it must be a diffusevae "
+                "folder with the same architecture fields (only rep_*, lr, grad_clip, ema_* and init_from "
+                "may differ)"
+            ) from None
+        if self.ema is not None:  # the average restarts its warm-up, so that it follows the fine-tune
+            self.ema.steps.zero_()
 
     def representation(self, device) -> nn.Module:
         if self._rep is None:
@@ -151,22 +200,24 @@ class DiffuseVAE(Trainable, Generator):
         return self.unet(torch.cat([xt, cond], 1), t).sample
 
     def configure_optimizers(self):
-        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        params = [p for p in self.parameters() if p.requires_grad]  # not the EMA copy
+        return {"adam": torch.optim.Adam(params, lr=self.config.lr)}
+
+    @torch.no_grad()
+    def condition(self, images: torch.Tensor) -> torch.Tensor:
+        """The DDPM's training condition in [-1, 1]: the VAE's decoding of a posterior sample of each image."""
+        mu, logvar = self.vae.encode(images)
+        return self.vae.decoder(mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * 2 - 1
 
     def losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         vae = self.vae.loss(images)
-        with torch.no_grad():
-            mu, _ = self.vae.encode(images)
-            cond = self.vae.decoder(mu) * 2 - 1
+        cond = self.condition(images)
         x0 = images * 2 - 1
-        diff, x0_hat, _ = denoise_loss(lambda xt, t: self.eps(xt, t, cond), x0, self.noise_scheduler)
+        diff, x0_hat, t = denoise_loss(lambda xt, t: self.eps(xt, t, cond), x0, self.noise_scheduler)
         out = {"loss": diff + vae["loss"], "diffusion": diff, "vae_rec": vae["rec"], "vae_kl": vae["kl"]}
         if self.config.rep_lambda > 0:
-            f = self.representation(images.device)
-            with torch.no_grad():
-                target = F.normalize(f(images), dim=1)
-            pred = F.normalize(f(((x0_hat.clamp(-1, 1) + 1) / 2)), dim=1)
-            rep = (target - pred).norm(dim=1).mean()
+            t_max = round(self.config.rep_max_t * self.config.num_train_timesteps)
+            rep = representation_loss(self.representation(images.device), images, x0_hat, t, t_max)
             out["rep"] = rep
             out["loss"] = out["loss"] + self.config.rep_lambda * rep
         return out
@@ -176,15 +227,19 @@ class DiffuseVAE(Trainable, Generator):
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        grad_norm = clip_gradients(self.parameters(), self.config.grad_clip)
         opt.step()
-        return {k: v.item() for k, v in losses.items()}
+        if self.ema is not None:
+            self.ema.update()
+        return {**{k: v.item() for k, v in losses.items()}, "grad_norm": grad_norm}
 
     @torch.no_grad()
     def refine(self, x_vae: torch.Tensor, *, seed: int | None = None, steps: int | None = None) -> torch.Tensor:
         """Stage 2: DDIM conditioned on VAE images in [0, 1]; returns [0, 1]."""
         cond = x_vae * 2 - 1
-        x = ddim_loop(lambda xt, t: self.eps(xt, t, cond), tuple(cond.shape), self.sampler,
-                      steps or self.config.sample_steps, seed=seed, device=cond.device)
+        with averaged_weights(self):
+            x = ddim_loop(lambda xt, t: self.eps(xt, t, cond), tuple(cond.shape), self.sampler,
+                          steps or self.config.sample_steps, seed=seed, device=cond.device)
         return ((x.clamp(-1, 1) + 1) / 2).float()
 
     @torch.no_grad()
@@ -194,22 +249,27 @@ class DiffuseVAE(Trainable, Generator):
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
-        x_vae = self.vae.sample(n, seed=seed).to(dev)
-        # a different stream for the diffusion noise than for z (seed + a large odd constant)
-        x = self.refine(x_vae, seed=None if seed is None else seed + 1_000_003, steps=steps)
+        with averaged_weights(self):
+            x_vae = self.vae.sample(n, seed=seed).to(dev)
+            # a different stream for the diffusion noise than for z (seed + a large odd constant)
+            x = self.refine(x_vae, seed=None if seed is None else seed + 1_000_003, steps=steps)
         self.train(was_training)
         return x
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, *, seed: int | None = None, steps: int | None = None) -> torch.Tensor:
-        """Paired mode: each image -> VAE posterior mean -> decoder -> DDIM refinement (same shape, [0, 1])."""
+        """Paired mode: each image -> VAE posterior mean -> decoder -> DDIM refinement (same shape, [0, 1]).
+
+        The posterior mean, not a sample, so that a reconstruction depends on ``seed`` through the DDIM noise only.
+        """
         size = self.config.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
             raise UsageError(f"reconstruct needs (N, 1, {size}, {size}) images, got {tuple(images.shape)}")
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
-        mu, _ = self.vae.encode(images.to(dev))
-        x = self.refine(self.vae.decoder(mu), seed=seed, steps=steps)
+        with averaged_weights(self):
+            mu, _ = self.vae.encode(images.to(dev))
+            x = self.refine(self.vae.decoder(mu), seed=seed, steps=steps)
         self.train(was_training)
         return x

@@ -23,8 +23,13 @@ formulation) on CXR14 with an ImageNet feature encoder:
 - prior: a uniform mixture of K Gaussians with learned means and variances (CS236 ``z_pre``);
   KL(q(z|x) || p(z)) is the single-sample estimate log q(z|x) - log p(z);
 - loss: MSE reconstruction (mean over pixels, as for the seed's VAE) + beta * KL; Adam lr 1e-4, batch 64;
+  against the summed squared error the KL weight is then ``beta * H * W`` (``baselines/vae.py`` explains;
+  ``reconstruction = "sum"`` gives the ELBO-consistent scaling, where beta = 1 is the ELBO);
 - ``fs-gmvae`` concatenates the label vector y (15 NIH labels + No Finding, 0/1) to z before the decoder
-  ("the label y = [1, 0, 1, ...] as a positional token in the Z space"), so it samples conditionally.
+  ("the label y = [1, 0, 1, ...] as a positional token in the Z space"), so it samples conditionally; its
+  encoder gets y too, next to the image features before the mean/variance layer: a conditional VAE's
+  posterior is q(z | x, y), so z need not encode the findings the decoder is already given. (A folder saved
+  before the encoder took y loads with zero weights on it, which is the old encoder.)
 
 Table 4's variants are in ``VARIANTS`` (``GMVAE.Config(**VARIANTS["GMVAE V8"])``). Parameter counts
 (Table 5, which counts only convolution *weights*, no biases): VGG16 features 14,714,688; decoder1 1,920
@@ -51,6 +56,7 @@ from cxrbench.labels import LABELS
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix
+from .vae import squared_error
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,6 +94,7 @@ class GMVAEConfig:
     decoder: str = "decoder2"  # decoder1 | decoder2 | linear
     linear_hidden: int = 512
     beta: float = 0.002  # as the seed's VAE; the seed gives none for the GMVAE
+    reconstruction: str = "mean"  # "mean" over pixels (the seed's; KL weight beta*H*W) | "sum" (the ELBO's)
     lr: float = 1e-4
     batch_size: int = 64
     label_bank_size: int = 1024  # fs-gmvae: training label vectors kept to draw unrequested labels from
@@ -101,6 +108,8 @@ class GMVAEConfig:
             raise ValueError(
                 f"{self.decoder} upsamples 16x: image_size must be a multiple of 16, got {self.image_size}"
             )
+        if self.reconstruction not in ("mean", "sum"):
+            raise ValueError(f"reconstruction must be mean or sum, got {self.reconstruction!r}")
         if self.encoder != "conv" and self.image_size < 32:
             raise ValueError(f"{self.encoder} pools 32x: image_size must be at least 32, got {self.image_size}")
 
@@ -161,10 +170,11 @@ def load_imagenet_features(features: nn.Module, name: str, path: str | Path) -> 
 
 
 class FeatureEncoder(nn.Module):
-    """Grey image -> 3 channels -> CNN features -> (transition) -> mean and variance of q(z|x)."""
+    """Grey image -> 3 channels -> CNN features -> (transition) [+ labels] -> mean and variance of q(z|x[,y])."""
 
-    def __init__(self, cfg: GMVAEConfig):
+    def __init__(self, cfg: GMVAEConfig, label_dim: int = 0):
         super().__init__()
+        self.label_dim = label_dim
         self.normalize = cfg.imagenet_normalize
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -180,18 +190,27 @@ class FeatureEncoder(nn.Module):
             self.transition = nn.Sequential(
                 nn.Conv2d(c_feat, t, 1), nn.BatchNorm2d(t), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten()
             )
-            self.head = nn.Linear(t, 2 * cfg.z_dim)
+            self.head = nn.Linear(t + label_dim, 2 * cfg.z_dim)
         else:
             self.transition = nn.Flatten()
-            self.head = nn.Linear(c_feat * side * side, 2 * cfg.z_dim)
+            self.head = nn.Linear(c_feat * side * side + label_dim, 2 * cfg.z_dim)
+        self.register_load_state_dict_pre_hook(_zero_label_weights_for_old_folders)
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         x = x.expand(-1, 3, -1, -1)
         if self.normalize:
             x = (x - self.mean) / self.std
-        h = self.head(self.transition(self.features(x)))
-        m, v = h.chunk(2, dim=1)
+        h = self.transition(self.features(x))
+        if self.label_dim:
+            h = torch.cat([h, labels.to(h)], dim=1)
+        m, v = self.head(h).chunk(2, dim=1)
         return m, F.softplus(v) + 1e-8
+
+
+def _zero_label_weights_for_old_folders(module, state_dict, prefix, *args) -> None:
+    w = state_dict.get(prefix + "head.weight")
+    if module.label_dim and w is not None and w.shape[1] == module.head.in_features - module.label_dim:
+        state_dict[prefix + "head.weight"] = torch.cat([w, w.new_zeros(w.shape[0], module.label_dim)], dim=1)
 
 
 class Decoder(nn.Module):
@@ -242,7 +261,7 @@ class GMVAE(Trainable, Generator):
     def __init__(self, config: GMVAEConfig):
         super().__init__(config)
         c = config
-        self.encoder = FeatureEncoder(c)
+        self.encoder = FeatureEncoder(c, self.label_dim)
         self.decoder = Decoder(c, c.z_dim + self.label_dim)
         # mixture prior: K means and (softplus) variances, CS236's initialisation
         self.z_pre = nn.Parameter(torch.randn(2 * c.k, c.z_dim) / math.sqrt(c.k * c.z_dim))
@@ -265,10 +284,10 @@ class GMVAE(Trainable, Generator):
         return self.decoder(z)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        qm, qv = self.encoder(x)
+        qm, qv = self.encoder(x, labels)
         z = qm + qv.sqrt() * torch.randn_like(qm)
         x_hat = self.decode(z, labels)
-        rec = F.mse_loss(x_hat, x.expand_as(x_hat))
+        rec = squared_error(x_hat, x, self.config.reconstruction)
         pm, pv = self.prior()
         kl = (log_normal(z, qm, qv) - log_normal_mixture(z, pm, pv)).mean()
         return {"loss": rec + self.config.beta * kl, "rec": rec, "kl": kl}
@@ -315,7 +334,8 @@ class FSGMVAEConfig(GMVAEConfig):
 
 
 class FSGMVAE(LabelBankMixin, GMVAE):
-    """GMVAE whose decoder sees [z, y]: y is the 15-label vector (LABELS order), so sampling is conditional."""
+    """GMVAE whose encoder sees [features, y] and decoder [z, y]: y is the 15-label vector (LABELS order), so
+    sampling is conditional."""
 
     name = "fs-gmvae"
     Config = FSGMVAEConfig

@@ -17,10 +17,16 @@ then again with a position word ("top left", ...) derived from the NIH bounding 
   UNet learns on the autoencoder's current latents (detached), scaled to unit variance by a running
   estimate kept with the weights (``latent_std``).
 - pretrained (``pretrained_dir``: a local diffusers Stable Diffusion / RoentGen folder with vae/, unet/,
-  text_encoder/, tokenizer/; needs ``transformers``): the seed's DreamBooth-style fine-tune -- the UNet
-  trains on (prompt, image) pairs, the autoencoder and CLIP text encoder stay frozen; grey images are
-  repeated to 3 channels on the way in and averaged on the way out. This path is written but only the
-  offline one is tested (no weights here); its ``model.pt`` holds the full pipeline's weights.
+  text_encoder/, tokenizer/, scheduler/; needs ``transformers``): the seed's DreamBooth-style fine-tune -- the
+  UNet trains on (prompt, image) pairs, the autoencoder and CLIP text encoder stay frozen; grey images are
+  repeated to 3 channels on the way in and averaged on the way out. The noise schedule and the prediction
+  type (epsilon for SD 1.x / 2.x-base, v for SD 2.x at 768 px) are the folder's ``scheduler/`` config, which
+  the UNet was trained with (``num_train_timesteps`` and ``beta_schedule`` of the Config are then unused);
+  DDIM sampling keeps "trailing" spacing. Tested on a tiny SD-style folder saved with diffusers'
+  ``save_pretrained`` (no real weights here); its ``model.pt`` holds the full pipeline's weights.
+
+As in ``baselines/ddpm.py``: gradients clipped to ``grad_clip``; sampling uses the EMA of the trained
+weights (UNet, and the text encoder when it trains; ``ema_decay``; 0 samples the trained weights).
 
 Classifier-free guidance as in ``baselines/ddpm.py``: the prompt is replaced by the empty prompt with
 probability ``cond_drop`` in training; sampling mixes the two predictions with ``guidance_scale``.
@@ -39,7 +45,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from cxrbench.errors import DataError, UsageError, WeightsError
@@ -47,7 +53,8 @@ from cxrbench.generator import Generator
 from cxrbench.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers
-from .trainer import Batch, LabelBankMixin, Trainable, _TrainDescriptor, label_matrix
+from .trainer import (Batch, LabelBankMixin, Trainable, _TrainDescriptor, attach_ema, averaged_weights,
+                      clip_gradients, label_matrix)
 
 PREFIX = "chest x-ray"
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
@@ -79,6 +86,9 @@ class LDMConfig:
     cond_drop: float = 0.1
     guidance_scale: float = 3.0
     lr: float = 2e-4
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    ema_decay: float = 0.9999  # largest EMA decay; 0: sample the trained weights
+    ema_power: float = 0.75  # EMA warm-up: decay 1 - (1 + step) ** -power, capped at ema_decay
     batch_size: int = 32
     label_bank_size: int = 1024
     pretrained_dir: str | None = None  # a local diffusers SD / RoentGen folder -> DreamBooth-style fine-tune
@@ -267,7 +277,14 @@ class LDM(LabelBankMixin, Trainable, Generator):
         self.register_buffer("latent_std", torch.ones(()))
         if c.pretrained_dir:
             self._build_pretrained(Path(c.pretrained_dir))
-            return
+        else:
+            self._build_offline()
+        # the frozen CLIP text encoder needs no average
+        names = ("unet",) if c.pretrained_dir else ("unet", "text_encoder")
+        attach_ema(self, names, decay=c.ema_decay, power=c.ema_power)
+
+    def _build_offline(self) -> None:
+        c = self.config
         n_ae = len(c.ae_channels)
         self.autoencoder = AutoencoderKL(
             in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * n_ae,
@@ -288,11 +305,14 @@ class LDM(LabelBankMixin, Trainable, Generator):
         )
 
     def _build_pretrained(self, folder: Path) -> None:
-        for sub in ("vae", "unet", "text_encoder", "tokenizer"):
+        for sub in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
             if not (folder / sub).is_dir():
                 raise WeightsError(
                     f"{folder / sub}: missing; pretrained_dir must be a diffusers Stable Diffusion folder"
                 )
+        # the schedule and prediction type the UNet was trained with; latents are never clipped
+        self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", clip_sample=False)
+        self.sampler = DDIMScheduler.from_config(self.noise_scheduler.config, timestep_spacing="trailing")
         self.autoencoder = AutoencoderKL.from_pretrained(folder / "vae").requires_grad_(False)
         self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
         self.text_encoder = CLIPTextEncoder(folder)
@@ -362,8 +382,11 @@ class LDM(LabelBankMixin, Trainable, Generator):
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = clip_gradients(self.parameters(), c.grad_clip)
         opt.step()
-        return {"loss": loss.item(), "diffusion": diff.item(), **losses}
+        if self.ema is not None:
+            self.ema.update()
+        return {"loss": loss.item(), "diffusion": diff.item(), **losses, "grad_norm": grad_norm}
 
     # --- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -385,6 +408,12 @@ class LDM(LabelBankMixin, Trainable, Generator):
         s = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
         was_training = self.training
         self.eval()
+        with averaged_weights(self):
+            x = self._sample(n, prompts, s, steps, seed)
+        self.train(was_training)
+        return x
+
+    def _sample(self, n, prompts, s, steps, seed) -> torch.Tensor:
         hidden, mask = self.text_encoder(prompts)
         if s != 1.0:
             h_u, m_u = self.text_encoder([PREFIX] * n)
@@ -403,6 +432,4 @@ class LDM(LabelBankMixin, Trainable, Generator):
         side = self.unet.config.sample_size
         shape = (n, self.unet.config.in_channels, side, side)
         z = ddim_loop(eps_fn, shape, self.sampler, steps or self.config.sample_steps, seed=seed, device=dev)
-        x = self.decode(z)
-        self.train(was_training)
-        return x.float()
+        return self.decode(z).float()

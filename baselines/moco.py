@@ -8,6 +8,14 @@ toward the centroid of its group, so that images of the same kind (same findings
   exponential moving average, a FIFO queue of past keys as negatives, InfoNCE with temperature, and a
   2-layer projection MLP. One device has no cross-GPU "shuffle BN", so keys are computed on a shuffled batch
   in ``bn_splits`` chunks (BatchNorm statistics per chunk), which removes the same shortcut.
+- For small data and short CPU runs: the queue holds at most ``queue_fraction`` (1/4) of the training set
+  (at least one batch; a warning says when ``queue_size`` is cut), because a queue as long as the data set
+  (4096 keys over 600 NIH images) holds keys of the query's own image from earlier epochs, which InfoNCE
+  then pushes away as negatives (ImageNet MoCo: 65536 of 1.28M, 5%); and the key encoder's momentum is
+  0.99, whose ~100-step time constant lets the keys follow a run of a few thousand steps, where 0.999 keeps
+  them near their random initialisation for the first thousand (MoCo v1's ablation over 200 ImageNet
+  epochs: about one point of linear accuracy below 0.999). For a short run also set ``schedule_steps`` to
+  its ``--steps`` (the cosine decay then ends with the run).
 - Backbone: a torchvision ResNet (``weights=None``: nothing is downloaded) with a 1-channel stem and an
   optional narrower width for CPU runs. The embedding used by ``cxrbench`` is the pooled backbone output
   (``encode`` / ``embed``); the projection head only serves training, as in MoCo's linear evaluation.
@@ -37,6 +45,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +77,8 @@ class Config:
     width: int = 64
     feature_dim: int = 128  # projection output
     queue_size: int = 4096
-    momentum: float = 0.999  # key encoder EMA
+    queue_fraction: float = 0.25  # the queue holds at most this fraction of the training set (>= one batch)
+    momentum: float = 0.99  # key encoder EMA (MoCo: 0.999 for 200 ImageNet epochs; 0.99 follows short runs)
     temperature: float = 0.2
     bn_splits: int = 4  # BatchNorm chunks standing in for MoCo's per-GPU shuffle BN
     # clustering term (seed 002): L = L_moco + lambda_kmeans * L_kmeans
@@ -100,6 +110,8 @@ class Config:
             raise ValueError(f"batch_size {self.batch_size} must split into bn_splits={self.bn_splits} chunks of >= 2")
         if self.queue_size < self.batch_size:
             raise ValueError(f"queue_size {self.queue_size} must be >= batch_size {self.batch_size}")
+        if not 0 < self.queue_fraction <= 1:
+            raise ValueError(f"queue_fraction must be in (0, 1], got {self.queue_fraction}")
         if self.lambda_kmeans < 0 or self.num_clusters < 1:
             raise ValueError("lambda_kmeans >= 0 and num_clusters >= 1 are needed")
 
@@ -239,12 +251,15 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(q, f), dim=1))
         self.register_buffer("queue_group", torch.full((q,), -1, dtype=torch.long))  # label group per key
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))  # keys enqueued so far (<= q)
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))  # keys enqueued so far (<= limit)
+        # the queue's length in use: queue_size, or less for a small training set (on_train_start)
+        self.register_buffer("queue_limit", torch.tensor(q, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(k, f))
         self.register_buffer("centroids_ready", torch.zeros(k, dtype=torch.bool))
         # label groups: the set of positive findings that defines each group (filled by on_train_start)
         self.register_buffer("group_findings", torch.zeros(k, len(LABELS), dtype=torch.bool))
         self.register_buffer("num_groups", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_full_queue_for_old_folders)
 
     @property
     def num_features(self) -> int:
@@ -272,8 +287,19 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
 
     # --- clustering groups ---------------------------------------------------------------------------------
     def on_train_start(self, dataset) -> None:
-        """Label groups from the training labels: each distinct set of positive findings is a group, the
-        ``num_clusters`` most frequent kept (ties by name); fewer than two groups means learned k-means."""
+        """The queue's length for this training set; label groups from the training labels: each distinct set
+        of positive findings is a group, the ``num_clusters`` most frequent kept (ties by name); fewer than two
+        groups means learned k-means."""
+        c, n = self.config, len(dataset)
+        limit = min(c.queue_size, max(c.batch_size, int(c.queue_fraction * n)))
+        if limit < c.queue_size:
+            warnings.warn(
+                f"moco: queue_size {c.queue_size} is more than {c.queue_fraction:g} of the {n} training images; "
+                f"using a queue of {limit} keys, so that a query's own earlier views are rarely its negatives "
+                "(queue_fraction sets the share)",
+                stacklevel=2,
+            )
+        self.queue_limit.fill_(limit)
         labels = _dataset_labels(dataset)
         if labels is None or not self.config.use_labels:
             return
@@ -362,7 +388,7 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor, groups: torch.Tensor) -> None:
-        q, b = self.config.queue_size, keys.shape[0]
+        q, b = int(self.queue_limit), keys.shape[0]
         idx = (int(self.queue_ptr) + torch.arange(b, device=keys.device)) % q
         self.queue[idx] = keys
         self.queue_group[idx] = groups
@@ -384,7 +410,7 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
             self._momentum_update()
             k = self._keys(view_k, g)
         pos = (q * k).sum(1, keepdim=True)
-        neg = q @ self.queue.T
+        neg = q @ self.queue[: int(self.queue_limit)].T
         logits = torch.cat([pos, neg], 1) / cfg.temperature
         target = torch.zeros(len(q), dtype=torch.long, device=q.device)
         loss_moco = F.cross_entropy(logits, target)
@@ -455,6 +481,11 @@ def _dataset_labels(dataset) -> torch.Tensor | None:
             return None
         rows.append(torch.as_tensor(item[1], dtype=torch.float32).reshape(-1))
     return torch.stack(rows) if rows else None
+
+
+def _full_queue_for_old_folders(module, state_dict, prefix, *args) -> None:
+    # folders saved before queue_limit existed used the whole queue
+    state_dict.setdefault(prefix + "queue_limit", torch.tensor(module.config.queue_size, dtype=torch.long))
 
 
 def _group_name(findings: torch.Tensor) -> str:

@@ -14,8 +14,14 @@ The network and training follow Karras et al.:
   level trains stabilised for ``phase_steps``; full resolution is reached after
   ``2 * levels * phase_steps`` steps (the last fade-in ends there), where ``levels = log2(image_size / 4)``;
 - WGAN-GP loss (gradient penalty 10 on interpolates) plus the drift term 0.001 * E[D(x)^2]; Adam lr 1e-3,
-  betas (0, 0.99); one discriminator and one generator update per step; samples come from an exponential
-  moving average of the generator weights (``ema_decay``; 0 samples the trained generator itself);
+  betas (0, 0.99); one discriminator and one generator update per step;
+- samples come from an exponential moving average of the generator weights with Karras's half-life of
+  ``ema_kimg`` = 10 thousand images (per step ``beta = 0.5 ** (batch_size / half_life)``, 0.999 at batch 16),
+  ramped up within each level: the half-life is at most ``ema_rampup`` (5%) of the images the current level
+  has trained on (as StyleGAN2-ADA's ``ema_rampup``, counted per level here). A new block starts at its
+  initial weights in the average too; with a fixed 0.999 and a level of 100-200 steps (CPU runs) its toRGB
+  would stay ~97% at its initial value, and the samples with it. ``ema_kimg = 0`` samples the trained
+  generator itself; ``ema_decay`` (folders saved before this schedule) fixes the per-step decay instead;
 - channels per level ``min(fmap_base / 2**(level + 1), fmap_max)`` (Karras: 8192 and 512).
 
 Conditional variant (``conditional = true``, not in the seeds): the 15-label vector is concatenated to the
@@ -66,7 +72,9 @@ class PGGANConfig:
     gp_weight: float = 10.0
     drift: float = 0.001
     mbstd_group: int = 4
-    ema_decay: float = 0.999
+    ema_kimg: float = 10.0  # half-life of the generator average in thousands of images (Karras et al.); 0: none
+    ema_rampup: float = 0.05  # ... at most this fraction of the images the current level has trained on
+    ema_decay: float | None = None  # a fixed per-step decay instead of the two above (0: no average)
     conditional: bool = False
     batch_size: int = 16
     label_bank_size: int = 1024  # conditional: training label vectors to draw unrequested labels from
@@ -259,7 +267,8 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
         self.levels = int(math.log2(config.image_size // 4))
         self.generator = PGGenerator(config, label_dim)
         self.discriminator = PGDiscriminator(config, label_dim)
-        self.g_ema = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay > 0 else None
+        use_ema = config.ema_kimg > 0 if config.ema_decay is None else config.ema_decay > 0
+        self.g_ema = copy.deepcopy(self.generator).requires_grad_(False) if use_ema else None
         # where training stands (saved with the weights, so a sampled model knows its resolution)
         self.register_buffer("level", torch.zeros((), dtype=torch.long))
         self.register_buffer("alpha", torch.ones(()))
@@ -278,6 +287,16 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
         level = (phase + 1) // 2
         alpha = (step % self.config.phase_steps) / self.config.phase_steps if phase % 2 else 1.0
         return level, alpha
+
+    def ema_beta(self, step: int) -> float:
+        """The EMA's decay at ``step``: half-life ``ema_kimg``, ramped up over the current level's images."""
+        c = self.config
+        if c.ema_decay is not None:
+            return c.ema_decay
+        level, _ = self.schedule(step)
+        level_start = max(0, 2 * level - 1) * c.phase_steps  # a level's fade-in starts at phase 2 * level - 1
+        half_life = min(c.ema_kimg * 1000, c.ema_rampup * (step - level_start + 1) * c.batch_size)
+        return 0.5 ** (c.batch_size / max(half_life, 1e-8))
 
     def on_train_start(self, dataset) -> None:
         if self.conditional:
@@ -331,9 +350,10 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
         optimizers["g"].step()
 
         if self.g_ema is not None:
+            beta = self.ema_beta(step)
             with torch.no_grad():
                 for pe, p in zip(self.g_ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1.0 - c.ema_decay)
+                    pe.lerp_(p, 1.0 - beta)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "gp": gp.item(), "wdist": wdist.item(),
                 "level": float(level), "alpha": float(alpha)}
 

@@ -3,6 +3,7 @@ configurations (built, counted, no forward pass), and model-specific identities.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import gmvae, lsgan, pggan, vae
+from baselines.trainer import Batch
 from cxrbench.errors import UsageError, WeightsError
 from .generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -304,3 +306,73 @@ def test_lsgan_takes_three_generator_steps_per_discriminator_step():
     d_state = opts["d"].state[next(iter(model.discriminator.parameters()))]
     assert int(g_state["step"]) == 3 and int(d_state["step"]) == 1
     assert math.isclose(opts["g"].param_groups[0]["lr"], 2e-4) and opts["g"].param_groups[0]["betas"][0] == 0.5
+
+
+def _newest_torgb_moved(ema_decay, steps_per_phase=10):
+    """Train an 8 px PGGAN through level 1 (fade-in + as long again stable); how far g_ema's newest toRGB has
+    moved from its initial value toward the trained generator's: 1 - |ema - G| / |init - G|."""
+    cfg = pggan.PGGANConfig(image_size=8, z_dim=8, fmap_base=32, fmap_max=16, phase_steps=steps_per_phase,
+                            batch_size=4, ema_decay=ema_decay)
+    torch.manual_seed(0)
+    model = pggan.PGGAN(cfg)
+    init = model.generator.to_rgb[1].weight.detach().clone()
+    opts = model.configure_optimizers()
+    images = LabelledImages(8, 8, seed=0).images
+    for step in range(3 * steps_per_phase):
+        model.training_step(Batch(images[4 * (step % 2):][:4], torch.zeros(4, 15)), opts, step)
+    trained, ema = model.generator.to_rgb[1].weight.detach(), model.g_ema.to_rgb[1].weight
+    return 1 - ((ema - trained).norm() / (init - trained).norm()).item()
+
+
+def test_pggan_ema_follows_a_short_level():
+    # the default half-life ramps up within each level; a fixed 0.999 leaves the new block at its init
+    assert _newest_torgb_moved(None) > 0.8
+    assert _newest_torgb_moved(0.999) < 0.2
+
+
+def test_pggan_ema_half_life_is_karras_10k_images_once_ramped_up():
+    cfg = pggan.PGGANConfig(image_size=8, phase_steps=1000, batch_size=16)
+    model = pggan.PGGAN.__new__(pggan.PGGAN)  # ema_beta reads only the config and the schedule
+    model.config, model.levels = cfg, 1
+    assert model.ema_beta(10**6) == pytest.approx(0.5 ** (16 / 10_000))  # ~0.999, Karras's G_smoothing_kimg
+    # 100 steps into level 1 (which starts at step 1000): half-life 5% of its 1600 images
+    assert model.ema_beta(1099) == pytest.approx(0.5 ** (16 / (0.05 * 1600)))
+    assert pggan.PGGAN(dataclasses.replace(cfg, z_dim=8, fmap_base=32, fmap_max=16, ema_kimg=0.0)).g_ema is None
+    model.config = dataclasses.replace(cfg, ema_decay=0.999)  # a folder saved before ema_kimg: its fixed decay
+    assert model.ema_beta(5) == model.ema_beta(10**6) == 0.999
+
+
+@pytest.mark.parametrize("name", ["vae", "gmvae"])
+def test_summed_reconstruction_is_the_mean_scaled_by_the_pixel_count(name):
+    # "sum" with beta b is H*W times "mean" with beta b / (H*W): the seed's effective KL weight is beta*H*W
+    test = {"vae": TestVAE, "gmvae": TestGMVAE}[name]()
+    x = LabelledImages(4, 16, seed=1).images
+    pixels = 16 * 16
+    out = {}
+    for rec, beta in (("mean", 0.002), ("sum", 0.002 * pixels)):
+        torch.manual_seed(0)
+        model = test.cls(dataclasses.replace(test.config(), reconstruction=rec, beta=beta))
+        torch.manual_seed(1)
+        out[rec] = model.loss(x)
+    assert out["sum"]["loss"].item() == pytest.approx(pixels * out["mean"]["loss"].item(), rel=1e-5)
+    assert out["sum"]["kl"].item() == pytest.approx(out["mean"]["kl"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="mean or sum"):
+        dataclasses.replace(test.config(), reconstruction="total")
+
+
+def test_fs_gmvae_encoder_sees_the_labels_and_old_folders_load(tmp_path):
+    test = TestFSGMVAE()
+    model = test.build()
+    x = LabelledImages(2, 16, seed=1).images
+    y0, y1 = torch.zeros(2, 15), torch.ones(2, 15)
+    assert not torch.equal(model.encoder(x, y0)[0], model.encoder(x, y1)[0])  # q(z | x, y)
+    # a folder saved when the encoder had no label inputs: those weights load as zeros
+    model.save_pretrained(tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["encoder.head.weight"] = state["encoder.head.weight"][:, :-15].clone()
+    torch.save(state, tmp_path / "model.pt")
+    old = test.cls.from_pretrained(tmp_path)
+    assert (old.encoder.head.weight[:, -15:] == 0).all()
+    assert torch.equal(old.encoder.head.weight[:, :-15], state["encoder.head.weight"])
+    assert torch.equal(old.encoder(x, y0)[0], old.encoder(x, y1)[0])
+    assert torch.equal(test.draw(old, 2, seed=0), test.draw(model, 2, seed=0))  # the decoder is unchanged

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -234,3 +236,248 @@ def test_sample_cli_prompt(tmp_path):
         assert abs(load_image(tmp_path / "s" / row["path"]) - want[i, 0].numpy()).max() <= 1 / 255 + 1e-6
     assert main(["sample", str(tmp_path / "run"), "--n", "2", "--prompt", "chest x-ray, fracture",
                  "--out", str(tmp_path / "bad")]) != 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared by the three: EMA weights, gradient clipping, prediction types
+
+DIFFUSION = {"ddpm": tiny_ddpm, "diffusevae": tiny_diffusevae, "ldm": tiny_ldm}
+
+
+def _build(name, **kw):
+    from cxrbench.registry import GENERATORS
+
+    torch.manual_seed(0)
+    return GENERATORS.get(name)(DIFFUSION[name](**kw))
+
+
+def _sample(model, n=2, seed=0):
+    labels = torch.zeros(n, len(LABELS)) if model.conditional else None
+    return model.sample(n, labels=labels, seed=seed)
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSION))
+def test_ema_is_saved_sampled_and_resumed_exactly(tmp_path, name):
+    import copy
+
+    from baselines.trainer import TrainOptions
+    from cxrbench.registry import GENERATORS
+
+    cls, cfg = GENERATORS.get(name), DIFFUSION[name]()
+    ds = LabelledImages(8, 16, seed=0)
+    opts = dict(progress=False, checkpoint_every=100, seed=1)
+    straight = cls.train(ds, cfg, tmp_path / "a", options=TrainOptions(steps=4, **opts))
+    cls.train(ds, cfg, tmp_path / "b", options=TrainOptions(steps=2, **opts))
+    resumed = cls.train(ds, cfg, tmp_path / "b", options=TrainOptions(steps=4, **opts))
+    sa, sb = straight.state_dict(), resumed.state_dict()
+    ema_keys = [k for k in sa if k.startswith("ema.averaged.")]
+    assert ema_keys and int(sa["ema.steps"]) == 4
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # the resumed average is the uninterrupted one
+    # the average is not the trained weights ...
+    assert any(not torch.equal(sa[k], sa[k.replace("ema.averaged.", "")]) for k in ema_keys)
+    # ... and is what sample uses (and the saved folder holds): a copy whose live weights are the average,
+    # without an EMA, samples the same images; a copy with the trained weights samples others
+    loaded = cls.from_pretrained(tmp_path / "a")
+    averaged, raw = copy.deepcopy(straight), copy.deepcopy(straight)
+    for m in (averaged, raw):
+        m.ema = None
+    averaged.load_state_dict({k.replace("ema.averaged.", ""): v for k, v in sa.items() if k in ema_keys},
+                             strict=False)
+    before = {k: v.clone() for k, v in sa.items()}
+    want = _sample(straight)
+    assert torch.equal(want, _sample(averaged)) and torch.equal(want, _sample(loaded))
+    assert not torch.equal(want, _sample(raw))
+    after = straight.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # sampling put the trained weights back
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSION))
+def test_model_folder_saved_without_ema_loads_and_samples_its_weights(tmp_path, name):
+    import json
+
+    from cxrbench.registry import GENERATORS
+
+    model = _build(name, ema_decay=0.0)  # a folder as saved before the EMA existed: no ema.* weights
+    assert model.ema is None and not any(k.startswith("ema.") for k in model.state_dict())
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    for key in ("ema_decay", "ema_power", "grad_clip"):
+        meta["config"].pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = GENERATORS.get(name).from_pretrained(tmp_path)
+    assert loaded.ema is not None  # today's default, its average starting at the saved weights
+    assert torch.equal(_sample(model), _sample(loaded))
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSION))
+def test_gradients_are_clipped_to_grad_clip(name):
+    batch = Batch(LabelledImages(4, 16, seed=1).images, LabelledImages(4, 16, seed=1).labels)
+    for clip in (0.0, 1e-3):
+        model = _build(name, grad_clip=clip)
+        if model.conditional:
+            model.on_train_start(LabelledImages(8, 16, seed=5))
+        logged = model.training_step(batch, model.configure_optimizers(), 0)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+        if clip:
+            assert logged["grad_norm"] > 10 * clip and norm == pytest.approx(clip, rel=1e-4)
+        else:
+            assert norm == pytest.approx(logged["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_denoise_loss_reads_the_prediction_type(kind):
+    # an oracle network that predicts exactly the scheduler's target has zero loss and recovers x0
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=100, prediction_type=kind)
+    x0 = LabelledImages(3, 8, seed=0).images * 2 - 1
+    state = {}
+
+    def oracle(xt, t):
+        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
+        state["t"] = t
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[kind]
+
+    torch.manual_seed(0)
+    loss, x0_hat, t = ddpm.denoise_loss(oracle, x0, sched)
+    assert torch.equal(t, state["t"])
+    assert loss.item() < 1e-8 and torch.allclose(x0_hat, x0, atol=1e-4)
+    torch.manual_seed(0)
+    wrong, _, _ = ddpm.denoise_loss(lambda xt, t: oracle(xt, t) + 0.1, x0, sched)
+    assert wrong.item() == pytest.approx(0.01, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Stable Diffusion fine-tune path, on a tiny SD-style folder saved with diffusers / transformers
+
+
+def tiny_sd_folder(root, prediction_type="v_prediction"):
+    """vae/, unet/, text_encoder/, tokenizer/, scheduler/ as a diffusers Stable Diffusion folder has them
+    (scheduler: SD's PNDM config with its scaled-linear betas), random weights, 16 px."""
+    import json
+    import string
+
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=8, sample_size=16).save_pretrained(root / "vae")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                         attention_head_dim=4, norm_num_groups=8).save_pretrained(root / "unet")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in list(string.ascii_lowercase) + [",", "-"]:  # characters only (no merges): every word spelt out
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    tok_dir = root / "tokenizer"
+    tok_dir.mkdir(parents=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
+                               model_max_length=24).save_pretrained(tok_dir)
+    config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                         num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=24,
+                                         bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    transformers.CLIPTextModel(config).save_pretrained(root / "text_encoder")
+    PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type=prediction_type, skip_prk_steps=True, steps_offset=1,
+                  set_alpha_to_one=False).save_pretrained(root / "scheduler")
+    return root
+
+
+def test_ldm_stable_diffusion_path_uses_the_folders_scheduler(tmp_path):
+    from diffusers import PNDMScheduler
+
+    from baselines.trainer import TrainOptions
+
+    folder = tiny_sd_folder(tmp_path / "sd")
+    cfg = ldm.LDMConfig(image_size=16, pretrained_dir=str(folder), sample_steps=2, batch_size=4, label_bank_size=8)
+    model = ldm.LDM(cfg)
+    saved = PNDMScheduler.from_pretrained(folder, subfolder="scheduler")
+    assert torch.equal(model.noise_scheduler.betas, saved.betas)
+    assert not torch.equal(model.noise_scheduler.betas, ldm.make_schedulers(cfg, clip=False)[0].betas)
+    for sched in (model.noise_scheduler, model.sampler):
+        assert sched.config.prediction_type == "v_prediction" and not sched.config.clip_sample
+    assert model.sampler.config.timestep_spacing == "trailing"
+
+    # the fine-tune trains the UNet only (its EMA too), and the folder round-trips
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("autoencoder.", "text_encoder."))}
+    trained = ldm.LDM.train(LabelledImages(8, 16, seed=0), cfg, tmp_path / "run",
+                            options=TrainOptions(steps=2, progress=False))
+    sd = trained.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in frozen.items())
+    assert [k for k in sd if k.startswith("ema.averaged.")] and not any(
+        k.startswith("ema.averaged.text_encoder") for k in sd)
+    loaded = ldm.LDM.from_pretrained(tmp_path / "run")
+    y = torch.zeros(2, len(LABELS))
+    x = trained.sample(2, labels=y, seed=0)
+    assert x.shape == (2, 1, 16, 16) and torch.equal(x, loaded.sample(2, labels=y, seed=0))
+    import shutil
+
+    shutil.rmtree(folder / "scheduler")
+    with pytest.raises(WeightsError, match="scheduler: missing"):
+        ldm.LDM(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DiffuseVAE: the condition, the representation term's timesteps, the fine-tune stage
+
+
+def test_diffusevae_conditions_on_a_posterior_sample():
+    torch.manual_seed(0)
+    model = diffusevae.DiffuseVAE(tiny_diffusevae())
+    x = LabelledImages(4, 16, seed=1).images
+    torch.manual_seed(3)
+    a = model.condition(x)
+    torch.manual_seed(3)
+    mu, logvar = model.vae.encode(x)
+    want = model.vae.decoder(mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * 2 - 1
+    assert torch.equal(a, want)
+    assert not torch.equal(a, model.condition(x))  # a fresh sample each call
+    assert not torch.allclose(a, model.vae.decoder(mu) * 2 - 1)
+
+
+def test_representation_term_ignores_large_timesteps():
+    f = diffusevae.load_representation("random")
+    images = LabelledImages(4, 32, seed=0).images
+    x0_hat = images * 2 - 1 + 0.3 * torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 250, 400, 900])
+    base = diffusevae.representation_loss(f, images, x0_hat, t, 300)
+    changed_late = x0_hat.clone()
+    changed_late[2:] = -1  # items at t >= 300: no effect
+    assert diffusevae.representation_loss(f, images, changed_late, t, 300) == base
+    changed_early = x0_hat.clone()
+    changed_early[1] = -1
+    assert diffusevae.representation_loss(f, images, changed_early, t, 300) != base
+    # the mean over the kept items only
+    one = [diffusevae.representation_loss(f, images[i:i + 1], x0_hat[i:i + 1], t[i:i + 1], 300) for i in (0, 1)]
+    assert base.item() == pytest.approx((one[0].item() + one[1].item()) / 2, rel=1e-5)
+    assert diffusevae.representation_loss(f, images, x0_hat, t, 5) == 0
+
+
+def test_diffusevae_fine_tune_stage_starts_from_the_first_stage(tmp_path):
+    from baselines.trainer import TrainOptions
+
+    ds = LabelledImages(8, 16, seed=0)
+    opts = TrainOptions(steps=2, progress=False)
+    first = diffusevae.DiffuseVAE.train(ds, tiny_diffusevae(), tmp_path / "stage1", options=opts)
+    second_cfg = tiny_diffusevae(rep_lambda=0.5, init_from=str(tmp_path / "stage1"))
+    with pytest.raises(UsageError, match="different config"):  # resuming the first run refuses the change
+        diffusevae.DiffuseVAE.train(ds, second_cfg, tmp_path / "stage1", options=TrainOptions(steps=3, progress=False))
+    torch.manual_seed(0)
+    second = diffusevae.DiffuseVAE(second_cfg)
+    second.on_train_start(ds)
+    s1, s2 = first.state_dict(), second.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if k != "ema.steps")
+    assert int(s1["ema.steps"]) == 2 and int(s2["ema.steps"]) == 0  # the average follows the fine-tune
+    trained = diffusevae.DiffuseVAE.train(ds, second_cfg, tmp_path / "stage2", options=opts)
+    w = trained.unet.conv_in.weight
+    assert not torch.equal(w, s1["unet.conv_in.weight"])
+    assert torch.allclose(w, s1["unet.conv_in.weight"], atol=0.05)  # two small steps from stage 1, not from init
+    bad = dataclasses.replace(tiny_diffusevae(), vae_z_dim=4, init_from=str(tmp_path / "stage1"))
+    with pytest.raises(UsageError, match="init_from .*stage1.*same architecture"):
+        diffusevae.DiffuseVAE.train(ds, bad, tmp_path / "bad", options=opts)

@@ -40,7 +40,7 @@ CONFIGS = {
     "gmvae": dict(encoder="conv", conv_channels=[32, 64, 128], z_dim=64, k=10, decoder="decoder2"),
     "fs-gmvae": dict(encoder="conv", conv_channels=[32, 64, 128], z_dim=64, k=10, decoder="linear"),
     "lsgan": dict(),
-    "pggan": dict(fmap_base=256, fmap_max=64, z_dim=128, phase_steps=60, ema_decay=0.99),
+    "pggan": dict(fmap_base=256, fmap_max=64, z_dim=128, phase_steps=60),
 }
 
 

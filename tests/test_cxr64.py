@@ -235,3 +235,16 @@ def test_linear_probe_on_cxr64_beats_random_features(extractor):
     shipped = probe_auroc(_features(extractor, x), y)
     rand = probe_auroc(_features(feat.CXR64Extractor(weights="random"), x), y)
     assert shipped > rand + 0.03 and shipped > 0.85, (shipped, rand)
+
+
+@needs_data
+def test_train_split_cxr64_train_is_the_protocol_split():
+    from cxrbench.commands.train import _protocol_split
+    from cxrbench.data.sources import open_source
+
+    src = _protocol_split(open_source(NIH, role="data"), "cxr64-train")
+    t = pd.read_csv(NIH / "labels.csv")
+    want = set(t["path"][np.array(image_splits(t)) == "train"])
+    assert set(src.ids) == want
+    with pytest.raises(UsageError, match="cxr64 splits are"):
+        _protocol_split(src, "cxr64-test")

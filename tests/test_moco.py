@@ -3,13 +3,14 @@
 import csv
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from baselines.moco import Config, MoCoCXR, augment
-from baselines.trainer import TrainOptions
+from baselines.trainer import Batch, TrainOptions
 from cxrbench.data.io import sha256_file
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features.moco import MoCoExtractor
@@ -148,7 +149,8 @@ def test_label_groups_most_frequent_first_and_capped():
 def test_label_clustering_uses_the_label_groups(tmp_path):
     imgs = torch.cat([synthetic_cxr(16, 32, shift=0.0, seed=0), synthetic_cxr(16, 32, shift=1.0, seed=1)])
     data = TensorSet(imgs, label_vectors(["No Finding"] * 16 + ["Effusion"] * 16))
-    model = MoCoCXR.train(data, tiny(lambda_kmeans=1.0), tmp_path, options=opts(2), device="cpu")
+    # queue_fraction 1: the whole 32-key queue for the 32 images
+    model = MoCoCXR.train(data, tiny(lambda_kmeans=1.0, queue_fraction=1.0), tmp_path, options=opts(2), device="cpu")
     info = json.loads((tmp_path / "clusters.json").read_text())
     assert info == {"mode": "labels", "groups": ["Effusion", "No Finding"]}
     # each centroid is the normalised mean of its group's keys: after 2 steps of 16 the queue (32) holds exactly
@@ -245,3 +247,37 @@ def test_cxrbench_train_moco_from_a_folder(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["image_size"] == 16
     assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 2
     assert MoCoExtractor(weights=tmp_path / "run").num_features == 64
+
+
+def test_queue_is_capped_at_a_fraction_of_a_small_training_set():
+    data = TensorSet(synthetic_cxr(40, 32, seed=0))
+    model = MoCoCXR(tiny(batch_size=4, queue_size=64, queue_fraction=0.25))
+    with pytest.warns(UserWarning, match="queue of 10 keys"):
+        model.on_train_start(data)
+    assert int(model.queue_limit) == 10
+    # the rows past the limit are never negatives (NaN there would make the loss NaN) nor written
+    model.queue[10:] = NAN
+    opt = model.configure_optimizers()
+    for step in range(6):  # 24 keys through a 10-key queue
+        batch = synthetic_cxr(4, 32, seed=step)
+        logged = model.training_step(Batch(batch, torch.full((4, len(LABELS)), NAN)), opt, step)
+        assert math.isfinite(logged["loss"])
+    assert int(model.queue_len) == 10 and model.queue[10:].isnan().all() and not model.queue[:10].isnan().any()
+    # a queue within the fraction is kept whole, without a warning
+    whole = MoCoCXR(tiny(batch_size=4, queue_size=8, queue_fraction=0.25))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole.on_train_start(data)
+    assert int(whole.queue_limit) == 8
+
+
+def test_folder_saved_before_the_queue_limit_loads_with_the_whole_queue(tmp_path):
+    model = MoCoCXR(tiny())
+    model.save_pretrained(tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    del state["queue_limit"]
+    torch.save(state, tmp_path / "model.pt")
+    loaded = MoCoCXR.from_pretrained(tmp_path)
+    assert int(loaded.queue_limit) == 32
+    x = synthetic_cxr(2, 32, seed=1)
+    assert torch.equal(model.embed(x), loaded.embed(x))

@@ -20,12 +20,16 @@ losses.csv, train_state.json and train_info.json. A --config TOML file holds ove
 Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
 
 examples:
-  cxrbench train lsgan --data ../shared/data/nih1000_64px --image-size 32 --out runs/lsgan32 --steps 2000
-  cxrbench train vae --data ../shared/data/nih1000_64px --image-size 64 --out runs/vae --config vae.toml \\
-      --max-minutes 10 --steps 100000
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --split train --image-size 32 --out runs/lsgan32 \\
+      --steps 2000
+  cxrbench train vae --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/vae \\
+      --config vae.toml --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
-  cxrbench train moco --data ../shared/data/nih1000_64px --image-size 64 --out runs/moco --epochs 5
-  cxrbench train cxr64-net --data ../shared/data --out runs/cxr64 --epochs 60   # the cxr64 protocol's network
+  cxrbench train moco --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/moco --epochs 5
+  # on the cxr64 protocol's patient-disjoint NIH training split (what the leaderboard's models train on)
+  cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
+  # the cxr64 protocol's own feature network (its data: NIH cxr64-train + Kermany train + adult sets)
+  cxrbench train cxr64-net --data ../shared/data --out runs/cxr64 --epochs 30
 """
 
 
@@ -35,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered model name (cxrbench.generators or cxrbench.representations)")
     p.add_argument("--data", required=True, help="folder of training images (labels.csv inside is used if present)")
     p.add_argument("--labels", default=None, help="labels CSV (first column path, one column per label)")
+    p.add_argument("--split", default=None,
+                   help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
+                        "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")
@@ -79,8 +86,24 @@ def build_config(cls, args) -> object:
     return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
 
 
+def _protocol_split(source, split: str):
+    """``cxr64-train`` / ``cxr64-heldout`` / ``cxr64-reference``: the cxr64 protocol's patient-disjoint NIH split."""
+    from ..protocols.cxr64_splits import SPLITS, image_splits
+
+    name = split.removeprefix("cxr64-")
+    need = {"patient_id", "view_position", "No Finding"}
+    if name not in SPLITS:
+        raise UsageError(f"--split {split}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
+    if source.labels is None or not need <= set(source.labels.columns):
+        raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
+                         "nih1000_64px layout) to apply the cxr64 patient split")
+    keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
+    return source.subset(keep)
+
+
 def run(args) -> int:
     from ..data import ImageFolder
+    from ..data.sources import select_split
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
     from ..training import TrainOptions, config_to_dict
@@ -96,7 +119,13 @@ def run(args) -> int:
         dataset = cls.training_dataset(args.data, config)
     else:
         transform = CXRTransform(image_size=size, crop=not args.no_crop, equalize=args.equalize)
-        dataset = ImageFolder(args.data, labels_csv=args.labels, transform=transform)
+        # the split is chosen after --labels is attached, so a split column in that CSV counts too
+        source = ImageFolder(args.data, labels_csv=args.labels).source
+        if args.split and args.split.startswith("cxr64-"):
+            source = _protocol_split(source, args.split)
+        else:
+            source = select_split(source, args.split)
+        dataset = ImageFolder(source, transform=transform)
     options = TrainOptions(
         steps=args.steps,
         epochs=args.epochs,
@@ -112,6 +141,7 @@ def run(args) -> int:
         "model": args.name,
         "data": str(Path(args.data).resolve()),
         "labels": str(Path(args.labels).resolve()) if args.labels else None,
+        "split": args.split or "all",
         "n_images": len(dataset),
         "transform": transform.spec() if transform is not None else "model-defined",
         "config": config_to_dict(config),

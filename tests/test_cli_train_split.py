@@ -1,0 +1,68 @@
+"""``cxrbench train --split``: only the rows of labels.csv's ``split`` column with that value are trained on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrbench.commands import train as train_cmd
+from cxrbench.errors import UsageError
+from cxrbench.labels import LABELS
+from cxrbench.registry import GENERATORS
+from cxrbench.synthetic import synthetic_cxr
+from .test_cli_train_sample import FS_TOML, call
+
+
+@pytest.fixture(scope="module")
+def split_folder(tmp_path_factory):
+    # train rows are all Edema, test rows all Effusion: the label bank shows which rows were read
+    root = tmp_path_factory.mktemp("split")
+    rows = []
+    for i, im in enumerate(synthetic_cxr(10, 16, seed=0)[:, 0].numpy()):
+        Image.fromarray(np.round(im * 255).astype(np.uint8)).save(root / f"{i}.png")
+        train = i < 6
+        rows.append({"path": f"{i}.png", "split": "train" if train else "test", "Edema": int(train),
+                     "Effusion": int(not train)})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_split_trains_on_its_rows_only_and_is_recorded(tmp_path, split_folder):
+    cfg = tmp_path / "fs.toml"
+    cfg.write_text(FS_TOML)
+    out = tmp_path / "run"
+    call(train_cmd, ["fs-gmvae", "--data", split_folder, "--split", "train", "--image-size", 16, "--out", out,
+                     "--config", cfg, "--steps", 1, "--quiet"])
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["split"] == "train" and info["n_images"] == 6
+    bank = GENERATORS.get("fs-gmvae").from_pretrained(out).label_bank
+    assert (bank[:, LABELS.index("Edema")] == 1).all() and (bank[:, LABELS.index("Effusion")] == 0).all()
+
+    full = tmp_path / "all"
+    call(train_cmd, ["fs-gmvae", "--data", split_folder, "--image-size", 16, "--out", full, "--config", cfg,
+                     "--steps", 1, "--quiet"])
+    info = json.loads((full / "train_info.json").read_text())
+    assert info["split"] == "all" and info["n_images"] == 10
+
+
+def test_unknown_split_names_the_values_present_and_writes_nothing(tmp_path, split_folder):
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match=r"split 'valid'.*\['test', 'train'\]"):
+        call(train_cmd, ["vae", "--data", split_folder, "--split", "valid", "--image-size", 32, "--out", out,
+                         "--steps", 1, "--quiet"])
+    assert not out.exists()
+
+
+def test_split_column_of_a_labels_csv_given_with_labels(tmp_path, split_folder):
+    # --labels replaces the folder's table; its split column is the one --split reads
+    table = pd.read_csv(split_folder / "labels.csv")
+    table["split"] = ["a" if i % 2 else "b" for i in range(len(table))]
+    table.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "run"
+    call(train_cmd, ["vae", "--data", split_folder, "--labels", tmp_path / "other.csv", "--split", "a",
+                     "--image-size", 32, "--out", out, "--steps", 1, "--quiet", "--batch-size", 2])
+    assert json.loads((out / "train_info.json").read_text())["n_images"] == 5
