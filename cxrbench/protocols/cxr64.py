@@ -35,8 +35,8 @@ SAMPLE_COUNT = 200
 EXTRACTORS = ("cxr64", "cxr64-classifier")
 METRICS = ("fid", "kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
 #: sha256 of the shipped feature files; a file with other bytes is refused
-REFERENCE_SHA256 = "68dd74740d81631524255825fdaa6714ff208d833baa9a959989208d4bf8866f"
-TRAIN_SHA256 = "7880e341ec025fd1bfdba529bc0e9ab0a4f740ab3c860bef3dc50fc2bbf1539e"
+REFERENCE_SHA256 = "d4ab114560d5bb175bf453e6417b63d77b41300239377a494eb09f14da003a05"
+TRAIN_SHA256 = "469aeb8c54cce396d953f806c9c0b7c25f6249c8037a7e711ba9e5a2dbe291df"
 FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256)}
 
 
