@@ -299,7 +299,8 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
     device = resolve_device(config.device)
     dist, device = from_env(device)
     try:
-        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed)
+        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed,
+                          index=config.use_cache, cache_dir=config.cache_dir)
         if src.unreadable and not config.skip_bad:
             raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
                             "fix or remove them, or pass --skip-bad")
@@ -442,15 +443,18 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
     ref_stats = None
-    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed)}
+    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)}
     if not isinstance(reference, ImageSource) and is_reference_stats(reference):
         ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
         if config.protocol != "default":
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
-        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed)
+        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
+                                        index=config.use_cache, cache_dir=config.cache_dir)
     if train_reference is not None:
-        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed)
+        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)
     t_hash = time.perf_counter() - t0
 
     extractors = build_extractors(config.extractors, config, device)

@@ -17,7 +17,8 @@ def _csv(s: str) -> tuple[str, ...]:
 
 def add_arguments(p) -> None:
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
-    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test")
+    p.add_argument("--reference-split", help="half0 | half1 | nih-cxr14: test, train_val | chexpert: "
+                   "train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--out", required=True, help="the .npz file to write (atomically)")
     p.add_argument("--extractors", type=_csv, default=("inception", "xrv"))
     p.add_argument("--weights", default="auto", help="auto | random | a folder holding the weights files")

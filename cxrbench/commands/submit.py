@@ -56,7 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", required=True, help="folder, .npz array, or a name: nih-cxr14, chexpert")
-    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
+    p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
+                   "chexpert: train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
     p.add_argument("--protocol", default=d.protocol, help=f"protocol name (default {d.protocol})")
     p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (smoke run, never "
