@@ -66,6 +66,8 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
     fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
+    xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
+    inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
 
     def resolved(self, **over) -> "EvalConfig":
         return dataclasses.replace(self, **over)
@@ -163,6 +165,7 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
     for name in names:
         cls = EXTRACTORS.get(name)
         kwargs = {"seed": config.weights_seed, "device": device}
+        kwargs.update({k: getattr(config, f) for k, f in getattr(cls, "config_kwargs", {}).items()})
         if name == "moco":
             kwargs["weights"] = config.moco_checkpoint or ("random" if config.weights == "random" else None)
             if kwargs["weights"] is None:

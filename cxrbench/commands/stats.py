@@ -16,6 +16,8 @@ def _csv(s: str) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
+    from .evaluate import add_resize_arguments
+
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
     p.add_argument("--reference-split", help="half0 | half1 | nih-cxr14: test, train_val | chexpert: "
                    "train, valid | hash-train, hash-valid, hash-test")
@@ -26,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the real-vs-real halves")
+    add_resize_arguments(p)
     p.add_argument("--cache-dir")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -40,7 +43,8 @@ def run(args) -> int:
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")
     cfg = EvalConfig(extractors=args.extractors, weights=args.weights, moco_checkpoint=args.moco_checkpoint,
                      device=args.device, batch_size=args.batch_size, seed=args.seed, cache_dir=args.cache_dir,
-                     reference_split=args.reference_split, skip_bad=args.skip_bad, progress=not args.quiet)
+                     reference_split=args.reference_split, skip_bad=args.skip_bad, progress=not args.quiet,
+                     xrv_resize=args.xrv_resize, inception_resize=args.inception_resize)
     path = write_reference_stats(args.reference, args.out, config=cfg)
     print(f"wrote {path}", file=sys.stderr)
     return 0

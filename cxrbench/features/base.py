@@ -23,6 +23,8 @@ class FeatureExtractor(nn.Module):
     num_features: int = 0
     input_size: int = 0
     resize_filter: str = "none"
+    #: constructor keyword -> EvalConfig field the harness passes it from (e.g. {"resize": "xrv_resize"})
+    config_kwargs: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__()
