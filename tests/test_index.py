@@ -113,3 +113,18 @@ def test_file_changed_during_its_scan_is_hashed_again(folder, tmp_path, monkeypa
     read.clear()
     open_folder(folder, cache_dir=tmp_path / "c")
     assert read == []
+
+
+def test_folder_split_hashes_only_its_images(folder, tmp_path, monkeypatch):
+    """labels.csv's split column: opening one split reads only that split's files, with the same result as
+    selecting it from the whole set."""
+    from cxrbench.data.sources import open_source, select_split
+
+    names = sorted(p.name for p in folder.glob("*.png"))
+    rows = [f"{n},{'test' if i % 3 == 0 else 'train'}" for i, n in enumerate(names)]
+    (folder / "labels.csv").write_text("path,split\n" + "\n".join(rows) + "\n")
+    read = _counting(monkeypatch)
+    src = open_source(folder, split="test", cache_dir=tmp_path / "c")
+    assert sorted(read) == sorted(src.ids) == names[::3] and src.split == "test"
+    whole = select_split(open_folder(folder, index=False), "test")
+    assert (src.ids, src.hashes, src.labels["split"].tolist()) == (whole.ids, whole.hashes, ["test"] * 2)

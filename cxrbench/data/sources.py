@@ -191,7 +191,9 @@ def hash_folder_files(root: Path, rels: list[str], *, index: bool = True, cache_
 
 
 def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples", index: bool = True,
-                cache_dir=None) -> ImageSource:
+                cache_dir=None, split: str | None = None) -> ImageSource:
+    """A folder of images. With ``split`` a value of labels.csv's ``split`` column, only that split's images
+    are hashed (the set still needs ``select_split`` to be labelled with the split)."""
     root = Path(path)
     images, ignored = scan_folder(root)
     if not images:
@@ -200,17 +202,26 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
             f"{root}: no images found{extra}; cxrbench reads {', '.join(sorted(IMAGE_SUFFIXES))} files "
             f"(or pass a .npy/.npz array as --{role})"
         )
-    hashes = hash_folder_files(root, images, index=index, cache_dir=cache_dir, present=set(images))
-    unreadable = [(images[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
+    tables = {attr: (root / fn, _read_csv(root / fn)) for fn, attr in (("labels.csv", "labels"),
+                                                                        ("manifest.csv", "manifest"))
+              if (root / fn).is_file()}
+    notes: list[str] = []
+    # tables checked and noted against every image in the folder, whichever split is hashed
+    full = {attr: _align_table(df, images, p, root, notes) for attr, (p, df) in tables.items()}
+    chosen = images
+    if split not in (None, "", "all", "half0", "half1") and "split" in getattr(full.get("labels"), "columns", ()):
+        keep = full["labels"]["split"].astype(str).to_numpy() == split
+        if keep.any():  # else select_split names the splits present
+            chosen = [p for p, k in zip(images, keep) if k]
+    hashes = hash_folder_files(root, chosen, index=index, cache_dir=cache_dir, present=set(images))
+    unreadable = [(chosen[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
     ok = [i for i, h in enumerate(hashes) if not isinstance(h, DataError)]
-    order = sorted(ok, key=lambda i: (hashes[i], images[i]))
-    ids = [images[i] for i in order]
+    order = sorted(ok, key=lambda i: (hashes[i], chosen[i]))
+    ids = [chosen[i] for i in order]
     src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored,
-                      unreadable=unreadable)
-    for fn, attr in (("labels.csv", "labels"), ("manifest.csv", "manifest")):
-        p = root / fn
-        if p.is_file():
-            setattr(src, attr, _align_table(_read_csv(p), ids, p, root, src.notes))
+                      unreadable=unreadable, notes=notes)
+    for attr, (p, df) in tables.items():
+        setattr(src, attr, _align_table(df, ids, p, root))
     if src.labels is None and src.manifest is not None:
         # a samples manifest's requested labels double as the set's labels
         src.labels = src.manifest
@@ -270,7 +281,7 @@ def open_source(spec, *, split: str | None = None, role: str = "samples", seed: 
     s = str(spec)
     p = Path(s)
     if p.is_dir():
-        src = open_folder(p, role=role, index=index, cache_dir=cache_dir)
+        src = open_folder(p, role=role, index=index, cache_dir=cache_dir, split=split)
     elif p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES:
         src = open_array(p)
     elif p.is_file():

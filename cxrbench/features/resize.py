@@ -58,8 +58,9 @@ def xrv_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x  # skimage's zoom returns a factor-1 image unchanged (and no blur: nothing shrinks)
-    ah = torch.from_numpy(_xrv_axis_matrix(h, size)).to(x.device, x.dtype)
-    aw = torch.from_numpy(_xrv_axis_matrix(w, size)).to(x.device, x.dtype)
+    # cast on the CPU first: MPS has no float64
+    ah = torch.from_numpy(_xrv_axis_matrix(h, size)).to(x.dtype).to(x.device)
+    aw = torch.from_numpy(_xrv_axis_matrix(w, size)).to(x.dtype).to(x.device)
     out = ah @ x @ aw.T
     # skimage clips to the input's range, widened to hold cval (0) only where 0 lies outside the input's range
     # but inside the output's
