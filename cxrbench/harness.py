@@ -67,6 +67,8 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
     fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
+    xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
+    inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
 
     def resolved(self, **over) -> "EvalConfig":
         return dataclasses.replace(self, **over)
@@ -164,6 +166,7 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
     for name in names:
         cls = EXTRACTORS.get(name)
         kwargs = {"seed": config.weights_seed, "device": device}
+        kwargs.update({k: getattr(config, f) for k, f in getattr(cls, "config_kwargs", {}).items()})
         if name == "moco":
             kwargs["weights"] = config.moco_checkpoint or ("random" if config.weights == "random" else None)
             if kwargs["weights"] is None:
@@ -300,7 +303,8 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
     device = resolve_device(config.device)
     dist, device = from_env(device)
     try:
-        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed)
+        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed,
+                          index=config.use_cache, cache_dir=config.cache_dir)
         if src.unreadable and not config.skip_bad:
             raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
                             "fix or remove them, or pass --skip-bad")
@@ -456,7 +460,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
                          f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
-    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed)}
+    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)}
     expected_n = getattr(proto, "sample_count", None)
     n_found = len(sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
@@ -474,9 +479,11 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         if config.protocol != "default":
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
-        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed)
+        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
+                                        index=config.use_cache, cache_dir=config.cache_dir)
     if train_reference is not None:
-        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed)
+        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)
     t_hash = time.perf_counter() - t0
 
     extractors = build_extractors(config.extractors, config, device)

@@ -83,7 +83,8 @@ def write_reference_stats(reference, out, *, config) -> Path:
     from .metrics.fid import fid_from_features, gaussian_stats
 
     device = resolve_device(config.device)
-    src = open_source(reference, split=config.reference_split, role="reference", seed=config.seed)
+    src = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
+                      index=config.use_cache, cache_dir=config.cache_dir)
     extractors = build_extractors(config.extractors, config, device)
     emb = {k: e for k, e in extractors.items() if e.kind == "embedding"}
     if not emb:

@@ -50,3 +50,14 @@ def fast_config(tmp_path):
 
     return EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=20,
                       cache_dir=str(tmp_path / "cache"), progress=False, num_workers=0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Folder hash indexes (and any default-located feature cache) go to a temporary folder, not ~/.cache."""
+    if "CXRBENCH_CACHE" in os.environ:
+        yield
+        return
+    os.environ["CXRBENCH_CACHE"] = str(tmp_path_factory.mktemp("cxrbench-cache"))
+    yield
+    del os.environ["CXRBENCH_CACHE"]

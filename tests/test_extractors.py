@@ -1,5 +1,7 @@
 """Feature extractors agree with the peer implementations loaded with the same weights."""
 
+import copy
+
 import pytest
 import torch
 
@@ -154,3 +156,53 @@ def test_derived_extractor_is_keyed_by_its_base_kernels():
         spec = extractor_spec(ex["xrv-classifier"], cfg)
         assert spec.get("kernels") == ("bn-folded:59,channels_last" if fast else None)
         assert spec.get("kernels") == extractor_spec(ex["xrv"], cfg).get("kernels")
+
+
+def _cleanfid_torchscript(net, folder):
+    """clean-fid's network file (``inception-2015-12-05.pt``, NVIDIA's TorchScript) rebuilt from ``net``'s
+    weights: a scripted module with ``layers`` (image in (x-128)/128, 2048-d out), which is all clean-fid's
+    ``InceptionV3W`` calls when it does not resize inside."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, layers):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return self.layers((x - 128) / 128)
+
+    traced = torch.jit.trace(copy.deepcopy(net).eval(), torch.zeros(1, 3, 299, 299), check_trace=False)
+    torch.jit.save(torch.jit.script(Wrapper(traced)), folder / "inception-2015-12-05.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_clean_resize_matches_clean_fid_pipeline(inception, tmp_path):
+    """Same PNG files through clean-fid's own pipeline (``get_files_features``: its file reading, its "clean"
+    resizer, its ``InceptionV3W`` normalisation) and through ``InceptionV3Extractor(resize="clean")``, on the
+    same (random) weights: clean-fid's TorchScript file cannot be downloaded here, so it is rebuilt from the
+    weights cxrbench loads."""
+    from cleanfid.fid import get_files_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    from cxrbench.data.io import load_image
+    from cxrbench.features.inception import InceptionV3Extractor
+
+    from .conftest import write_pngs
+
+    torch.save(inception.net.state_dict(), tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    _cleanfid_torchscript(inception.net, tmp_path)
+    theirs_model = InceptionV3W(str(tmp_path), download=False, resize_inside=False).eval()
+    folder = tmp_path / "imgs"
+    for i, size in enumerate((64, 333)):  # enlarge; shrink from an odd size
+        write_pngs(folder, synthetic_cxr(1, size, seed=i), prefix=f"s{size}")
+    files = sorted(folder.glob("*.png"))
+    with torch.no_grad():
+        theirs = get_files_features(files, model=theirs_model, num_workers=0, batch_size=1,
+                                    device=torch.device("cpu"), mode="clean", verbose=False)
+    ours = InceptionV3Extractor(weights=str(tmp_path), resize="clean")
+    got = torch.cat([ours.extract(torch.from_numpy(load_image(f))[None, None]) for f in files])
+    torch.testing.assert_close(got, torch.from_numpy(theirs), atol=1e-4, rtol=1e-4)
+    assert "clean-fid" in ours.spec()["resize_filter"] and ours.spec() != inception.spec()
+    # and it is a different convention from the TF1 default
+    x = torch.from_numpy(load_image(files[1]))[None, None]
+    assert (inception.preprocess(x) - ours.preprocess(x)).abs().max() > 1e-2

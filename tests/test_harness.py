@@ -141,8 +141,8 @@ def test_nih_reference_uses_torchxrayvision_metadata(tmp_path, monkeypatch, fast
     assert row["Cardiomegaly"] == 1.0 and row["Emphysema"] == 1.0 and row["No Finding"] == 0.0
     assert table.loc["images/00000002_000.png", "No Finding"] == 1.0
     assert sorted(set(src.patient_ids)) == ["1", "2", "3"]
-    # splits are patient-wise: both images of patient 1 land in the same split
-    assert len(set(src.labels.loc[src.labels["patient_id"] == "1", "split"])) == 1
+    # hash splits are patient-wise: both images of patient 1 land in the same split
+    assert len(set(src.labels.loc[src.labels["patient_id"] == "1", "hash_split"])) == 1
 
 
 def test_cli_table_json_and_out(synthetic_folders, tmp_path, capsys):

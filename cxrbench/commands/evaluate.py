@@ -25,6 +25,17 @@ def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
+def add_resize_arguments(p) -> None:
+    """The peers' resize conventions (named in each extractor's spec, so they key the cache)."""
+    from ..harness import EvalConfig
+
+    d = EvalConfig()
+    p.add_argument("--xrv-resize", choices=["xrv", "torch-antialias"], default=d.xrv_resize,
+                   help="xrv extractors' resize: torchxrayvision's XRayResizer (default) or torch bilinear-antialias")
+    p.add_argument("--inception-resize", choices=["tf1", "clean"], default=d.inception_resize,
+                   help="inception's resize: tf1 (torch-fidelity, default) or clean (clean-fid's PIL bicubic)")
+
+
 def add_arguments(p) -> None:
     from ..harness import EvalConfig
 
@@ -33,7 +44,8 @@ def add_arguments(p) -> None:
     p.add_argument("--reference", default=None, help="folder, .npz array, statistics .npz, or a name: nih-cxr14, "
                    "chexpert (default: none, and the cxr64 protocol runs with its shipped reference)")
     p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
-    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
+    p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
+                   "chexpert: train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
     p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
                    "fixes its own)")
@@ -48,6 +60,7 @@ def add_arguments(p) -> None:
     p.add_argument("--plain-kernels", dest="fast_kernels", action="store_false",
                    help="run the networks as published (no BatchNorm folding, no channels_last): ~1.5x slower on "
                         "CPU, features differ from the default by ~1e-6 relative")
+    add_resize_arguments(p)
     p.add_argument("--chunk-size", type=int, default=d.chunk_size,
                    help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
@@ -92,7 +105,7 @@ def config_from_args(args):
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
         protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
         augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
-        fast_kernels=args.fast_kernels,
+        fast_kernels=args.fast_kernels, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
     )
 
 

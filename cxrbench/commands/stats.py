@@ -16,10 +16,12 @@ def _csv(s: str) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
+    from .evaluate import add_resize_arguments
     from .options import add_config_flag
 
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
-    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test")
+    p.add_argument("--reference-split", help="half0 | half1 | nih-cxr14: test, train_val | chexpert: "
+                   "train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--out", required=True, help="the .npz file to write (atomically)")
     p.add_argument("--extractors", type=_csv, default=None,
                    help="default: the embedding extractors of evaluate's default --extractors (what FID against "
@@ -29,6 +31,7 @@ def add_arguments(p) -> None:
     add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
     add_config_flag(p, "batch_size")
     add_config_flag(p, "seed", help="seed of the real-vs-real halves")
+    add_resize_arguments(p)
     p.add_argument("--cache-dir")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -49,7 +52,8 @@ def config_from_args(args):
     return EvalConfig(extractors=args.extractors or default_extractors(), weights=args.weights,
                       moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,
                       seed=args.seed, cache_dir=args.cache_dir, reference_split=args.reference_split,
-                      skip_bad=args.skip_bad, progress=not args.quiet)
+                      skip_bad=args.skip_bad, progress=not args.quiet, xrv_resize=args.xrv_resize,
+                      inception_resize=args.inception_resize)
 
 
 def run(args) -> int:

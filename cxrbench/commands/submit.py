@@ -60,7 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
                    "none, and the cxr64 protocol runs with its shipped reference)")
-    p.add_argument("--reference-split", help="half0 | half1 | train | valid | test (named references)")
+    p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
+                   "chexpert: train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
     p.add_argument("--protocol", default=None, help="cxr64 (the default without --reference) | default (your own "
                    "--reference) | augmentation")

@@ -1,10 +1,15 @@
 """Named references resolved under ``CXRBENCH_DATA`` with the metadata torchxrayvision ships.
 
 - ``nih-cxr14``: NIH ChestX-ray14 PNGs anywhere below ``$CXRBENCH_DATA/nih-cxr14/``; labels and patient
-  ids from torchxrayvision's ``Data_Entry_2017_v2020.csv.gz``; splits ``train``/``valid``/``test`` (80/10/10)
-  are patient-wise and deterministic (a patient's split is fixed by the sha256 of the patient id).
+  ids from torchxrayvision's ``Data_Entry_2017_v2020.csv.gz``. Splits: ``test`` and ``train_val`` are NIH's
+  official lists (``test_list.txt`` / ``train_val_list.txt`` from the NIH download, anywhere in the folder).
 - ``chexpert``: CheXpert-v1.0(-small) below ``$CXRBENCH_DATA/chexpert/`` with its ``train.csv``/``valid.csv``;
-  labels mapped to NIH names where they coincide; the same patient-wise split rule.
+  labels mapped to NIH names where they coincide. Splits: ``train`` and ``valid`` are exactly the rows of
+  ``train.csv`` / ``valid.csv``.
+
+Both also have ``hash-train``/``hash-valid``/``hash-test`` (80/10/10, patient-wise and deterministic: a
+patient's split is fixed by the sha256 of the patient id), ``half0``/``half1`` and ``all``. Only the images of
+the selected split are hashed (through the folder's persistent index).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..labels import LABELS, NIH14, NO_FINDING
-from .sources import ImageSource, _hash_files, _read_csv, scan_folder, select_split
+from ..errors import UsageError
+from .sources import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
 
 REFERENCES = {
     "nih-cxr14": "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), PNGs as published",
@@ -34,9 +40,49 @@ def data_root() -> Path:
     return Path(os.environ.get("CXRBENCH_DATA", Path.home() / ".cache" / "cxrbench" / "data")).expanduser()
 
 
+HASH_SPLITS = ("hash-train", "hash-valid", "hash-test")
+# the dataset's own split: which file defines it
+OFFICIAL_SPLITS = {
+    "nih-cxr14": {"test": "test_list.txt", "train_val": "train_val_list.txt"},
+    "chexpert": {"train": "train.csv", "valid": "valid.csv"},
+}
+
+
 def patient_split(patient_id: str) -> str:
     u = int(hashlib.sha256(str(patient_id).encode()).hexdigest()[:8], 16) / 2**32
-    return "train" if u < 0.8 else "valid" if u < 0.9 else "test"
+    return "hash-train" if u < 0.8 else "hash-valid" if u < 0.9 else "hash-test"
+
+
+def _official_lists(folder: Path, others: list[str]) -> dict[str, list[str]]:
+    """NIH's split files (image names, one per line) found in the folder, the shallowest of each name."""
+    out = {}
+    for split, fn in OFFICIAL_SPLITS["nih-cxr14"].items():
+        found = sorted((p for p in others if Path(p).name == fn), key=lambda p: (p.count("/"), p))
+        if found:
+            text = (folder / found[0]).read_text(errors="replace")
+            out[split] = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return out
+
+
+def _split_rows(name: str, table, split: str, folder: Path, defined: set[str]):
+    """Boolean mask of ``table``'s rows in ``split`` (a dataset split whose file is in ``defined``, or a hash
+    split)."""
+    official = OFFICIAL_SPLITS[name]
+    if split in HASH_SPLITS:
+        mask = (table["hash_split"] == split).to_numpy()
+    elif split in official:
+        if split not in defined:
+            raise UsageError(
+                f"{name}: split {split!r} is the dataset's own {official[split]}, not found under {folder}; put "
+                f"the file from the download there, or use {'/'.join(HASH_SPLITS)} (patient-wise, by hash)")
+        mask = (table["split"] == split).to_numpy()
+    else:
+        known = [*official, *HASH_SPLITS, "half0", "half1", "all"]
+        hint = " (NIH's official lists are train_val and test)" if split in ("train", "valid") else ""
+        raise UsageError(f"{name}: no split {split!r}{hint}; splits: {', '.join(known)}")
+    if not mask.any():
+        raise UsageError(f"{name}: split {split!r} holds no image of {folder}")
+    return mask
 
 
 def _missing(name: str, folder: Path) -> DataError:
@@ -53,15 +99,17 @@ def _xrv_csv(name: str) -> Path:
     return Path(xrv.__file__).parent / "data" / name
 
 
-def open_reference(name: str, *, split: str | None = None, seed: int = 0) -> ImageSource:
+def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
+                   cache_dir=None) -> ImageSource:
     import pandas as pd
 
     folder = data_root() / name
     if not folder.is_dir():
         raise _missing(name, folder)
-    images, _ = scan_folder(folder)
+    images, others = scan_folder(folder)
     if not images:
         raise _missing(name, folder)
+    notes: list[str] = []
     if name == "nih-cxr14":
         meta = pd.read_csv(_xrv_csv("Data_Entry_2017_v2020.csv.gz"))
         meta = meta.set_index("Image Index")
@@ -76,11 +124,23 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0) -> Ima
             table[lab] = [float(lab in f) for f in findings]
         table["patient_id"] = rows["Patient ID"].astype(str).to_numpy()
         table["view_position"] = rows["View Position"].to_numpy()
+        official = pd.Series(np.nan, index=keep, dtype=object)
+        lists = _official_lists(folder, others)
+        defined = set(lists)
+        for s, listed in lists.items():
+            present = [n for n in listed if n in official.index]
+            official.loc[present] = s
+            if len(present) < len(listed) and s == split:
+                missing = next(n for n in listed if n not in official.index)
+                notes.append(f"{OFFICIAL_SPLITS[name][s]} lists {len(listed)} images, {len(listed) - len(present)} "
+                             f"of them not in the folder (e.g. {missing}): split {s!r} is not the full official list")
+        table["split"] = official.to_numpy()
     else:  # chexpert
         csvs = [p for p in folder.rglob("*.csv") if p.name in ("train.csv", "valid.csv")]
         if not csvs:
             raise _missing(name, folder)
-        meta = pd.concat([_read_csv(p) for p in csvs], ignore_index=True)
+        meta = pd.concat([_read_csv(p).assign(_split=p.stem) for p in csvs], ignore_index=True)
+        defined = {p.stem for p in csvs}
         present = {p: p for p in images}
         # CheXpert paths start with "CheXpert-v1.0-small/..."; match on the trailing patientX/studyY/viewZ.jpg
         tail = lambda s: "/".join(Path(s).parts[-3:])  # noqa: E731
@@ -93,17 +153,25 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0) -> Ima
             v = meta[cx].to_numpy(dtype=float) if cx in meta.columns else np.full(len(meta), np.nan)
             table[nih] = np.where(v == 1, 1.0, np.where(v == 0, 0.0, np.nan))
         table["patient_id"] = meta["Path"].str.extract(r"(patient\d+)")[0].to_numpy()
-    table["split"] = [patient_split(p) for p in table["patient_id"]]
-    table = table.drop_duplicates("path")
+        table["split"] = meta["_split"].to_numpy()
+    table["hash_split"] = [patient_split(p) for p in table["patient_id"]]
+    table = table.drop_duplicates("path").reset_index(drop=True)
+    whole = split in (None, "", "all", "half0", "half1")
+    if not whole:  # hash only the split's images: the rest of a 112k-image folder is never read
+        table = table[_split_rows(name, table, split, folder, defined)].reset_index(drop=True)
     paths = table["path"].tolist()
-    hashes = _hash_files([folder / p for p in paths])
-    order = sorted(range(len(paths)), key=lambda i: (hashes[i], paths[i]))
+    hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir)
+    unreadable = [(paths[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
+    order = sorted((i for i, h in enumerate(hashes) if isinstance(h, str)), key=lambda i: (hashes[i], paths[i]))
     table = table.iloc[order].reset_index(drop=True)
     for lab in LABELS:
         if lab not in table.columns:
             table[lab] = np.nan
     src = ImageSource(
         name=name, root=folder, ids=[paths[i] for i in order], hashes=[hashes[i] for i in order], kind="named",
-        labels=table, patient_ids=table["patient_id"].astype(str).tolist(),
+        labels=table, patient_ids=table["patient_id"].astype(str).tolist(), notes=notes, unreadable=unreadable,
     )
+    if not whole:
+        src.split = split
+        return src
     return select_split(src, split, seed=seed)

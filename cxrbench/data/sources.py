@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..labels import LABELS, canonical_label
+from . import index as _index
 from .io import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
 
 SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
@@ -156,11 +157,13 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
     images, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # string joins, not pathlib: this loop runs once per file of a 112k-image reference on every open
+        rel_dir = os.path.relpath(dirpath, root)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
         for fn in sorted(filenames):
-            rel = Path(os.path.relpath(os.path.join(dirpath, fn), root)).as_posix()
             if fn.startswith(".") or fn.lower() in SIDE_FILES:
                 continue
-            (images if Path(fn).suffix.lower() in IMAGE_SUFFIXES else ignored).append(rel)
+            (images if os.path.splitext(fn)[1].lower() in IMAGE_SUFFIXES else ignored).append(prefix + fn)
     return images, ignored
 
 
@@ -178,7 +181,19 @@ def _hash_files(paths: list[Path], workers: int = 8) -> list[str | DataError]:
         return list(ex.map(one, paths))
 
 
-def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples") -> ImageSource:
+def hash_folder_files(root: Path, rels: list[str], *, index: bool = True, cache_dir=None,
+                      present: set[str] | None = None) -> list[str | DataError]:
+    """sha256 of each ``root / rel``; through the folder's persistent index (``data/index.py``) unless
+    ``index`` is False (``cxrbench verify`` re-reads every byte: an index is not evidence)."""
+    if not index:
+        return _hash_files([root / p for p in rels])
+    return _index.hash_files(root, rels, _hash_files, cache_dir=cache_dir, present=present)
+
+
+def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples", index: bool = True,
+                cache_dir=None, split: str | None = None) -> ImageSource:
+    """A folder of images. With ``split`` a value of labels.csv's ``split`` column, only that split's images
+    are hashed (the set still needs ``select_split`` to be labelled with the split)."""
     root = Path(path)
     images, ignored = scan_folder(root)
     if not images:
@@ -187,17 +202,26 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
             f"{root}: no images found{extra}; cxrbench reads {', '.join(sorted(IMAGE_SUFFIXES))} files "
             f"(or pass a .npy/.npz array as --{role})"
         )
-    hashes = _hash_files([root / p for p in images])
-    unreadable = [(images[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
+    tables = {attr: (root / fn, _read_csv(root / fn)) for fn, attr in (("labels.csv", "labels"),
+                                                                        ("manifest.csv", "manifest"))
+              if (root / fn).is_file()}
+    notes: list[str] = []
+    # tables checked and noted against every image in the folder, whichever split is hashed
+    full = {attr: _align_table(df, images, p, root, notes) for attr, (p, df) in tables.items()}
+    chosen = images
+    if split not in (None, "", "all", "half0", "half1") and "split" in getattr(full.get("labels"), "columns", ()):
+        keep = full["labels"]["split"].astype(str).to_numpy() == split
+        if keep.any():  # else select_split names the splits present
+            chosen = [p for p, k in zip(images, keep) if k]
+    hashes = hash_folder_files(root, chosen, index=index, cache_dir=cache_dir, present=set(images))
+    unreadable = [(chosen[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
     ok = [i for i, h in enumerate(hashes) if not isinstance(h, DataError)]
-    order = sorted(ok, key=lambda i: (hashes[i], images[i]))
-    ids = [images[i] for i in order]
+    order = sorted(ok, key=lambda i: (hashes[i], chosen[i]))
+    ids = [chosen[i] for i in order]
     src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored,
-                      unreadable=unreadable)
-    for fn, attr in (("labels.csv", "labels"), ("manifest.csv", "manifest")):
-        p = root / fn
-        if p.is_file():
-            setattr(src, attr, _align_table(_read_csv(p), ids, p, root, src.notes))
+                      unreadable=unreadable, notes=notes)
+    for attr, (p, df) in tables.items():
+        setattr(src, attr, _align_table(df, ids, p, root))
     if src.labels is None and src.manifest is not None:
         # a samples manifest's requested labels double as the set's labels
         src.labels = src.manifest
@@ -235,7 +259,9 @@ def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> Image
             raise UsageError(
                 f"{src.name}: split {split!r} needs a 'split' column in labels.csv; use half0/half1 otherwise"
             )
-        col = src.labels["split"].astype(str)
+        # a named reference's patient-hash splits (hash-train/...) sit in their own column
+        key = "hash_split" if split.startswith("hash-") and "hash_split" in src.labels.columns else "split"
+        col = src.labels[key].astype(str)
         idx = np.flatnonzero(col.to_numpy() == split)
         if len(idx) == 0:
             raise UsageError(f"{src.name}: no images with split {split!r}; splits present: {sorted(set(col))}")
@@ -244,14 +270,18 @@ def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> Image
     return out
 
 
-def open_source(spec, *, split: str | None = None, role: str = "samples", seed: int = 0) -> ImageSource:
-    """A folder, a ``.npy``/``.npz`` array, a named reference, or an ``ImageSource``; then the split."""
+def open_source(spec, *, split: str | None = None, role: str = "samples", seed: int = 0, index: bool = True,
+                cache_dir=None) -> ImageSource:
+    """A folder, a ``.npy``/``.npz`` array, a named reference, or an ``ImageSource``; then the split.
+
+    Folder files are hashed through a persistent index under ``cache_dir`` (default ``$CXRBENCH_CACHE``),
+    so a second open reads only new or changed files; ``index=False`` re-reads every byte."""
     if isinstance(spec, ImageSource):
         return select_split(spec, split, seed=seed)
     s = str(spec)
     p = Path(s)
     if p.is_dir():
-        src = open_folder(p, role=role)
+        src = open_folder(p, role=role, index=index, cache_dir=cache_dir, split=split)
     elif p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES:
         src = open_array(p)
     elif p.is_file():
@@ -260,7 +290,7 @@ def open_source(spec, *, split: str | None = None, role: str = "samples", seed: 
         from .references import REFERENCES, open_reference
 
         if s in REFERENCES:
-            return open_reference(s, split=split, seed=seed)
+            return open_reference(s, split=split, seed=seed, index=index, cache_dir=cache_dir)
         raise DataError(
             f"{s}: no such folder or file for --{role}"
             + (f"; named references: {', '.join(sorted(REFERENCES))}" if role == "reference" else "")

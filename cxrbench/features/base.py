@@ -27,6 +27,8 @@ class FeatureExtractor(nn.Module):
     #: result is comparable with published numbers only when every extractor's weights match its own pins.
     #: Empty: the extractor has no published weights (only weightless extractors, weights "none", pass).
     published_sha256: ClassVar[tuple[str, ...]] = ()
+    #: constructor keyword -> EvalConfig field the harness passes it from (e.g. {"resize": "xrv_resize"})
+    config_kwargs: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__()

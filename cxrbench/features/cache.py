@@ -17,11 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.index import default_cache_dir  # noqa: F401 - one cache root for features and folder indexes
 from ..generator import atomic_write_bytes
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CXRBENCH_CACHE", Path.home() / ".cache" / "cxrbench")).expanduser()
 
 
 def chunk_key(hashes: list[str], spec: dict) -> str:

@@ -4,18 +4,24 @@ Architecture and block definitions adapted from torch-fidelity's ``feature_extra
 (itself from pytorch-fid; Apache License 2.0), so the state dicts of both load unchanged. Input pipeline as
 torch-fidelity: images quantised to 8 bit, 3 replicated channels, TensorFlow-1.x bilinear resize to
 299x299 (``align_corners=False``), ``(x - 128) / 128``; features are the 2048-d pool3 output.
+
+``resize="clean"`` is clean-fid's convention instead (its "clean" mode): the 8-bit image resized by
+clean-fid's own resizer (``cleanfid.resize.build_resizer("clean")``: PIL bicubic on float32, per channel,
+clipped to [0, 255]), then the same ``(x - 128) / 128`` and network. The choice is named in ``resize_filter``.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, bn_recalibrate, fold_conv_batchnorm
 from .weights import resolve_weights_file, torch_hub_checkpoints, weights_sha256
 
@@ -25,6 +31,27 @@ PUBLISHED_SHA256 = "6726825d"  # the sha256 prefix both file names carry (torch.
 # Set to 1 to load an Inception file that is not the published one (own conversions, tests); such results
 # record its sha256 and are marked comparable: false.
 ALLOW_UNPUBLISHED_ENV = "CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS"
+RESIZES = {
+    "tf1": "bilinear-tf1 (torch-fidelity), 8-bit quantised input",
+    "clean": "clean-fid clean: PIL bicubic (cleanfid.resize), 8-bit quantised input",
+}
+
+
+def resize_clean(x8: torch.Tensor) -> torch.Tensor:
+    """clean-fid's "clean" resize to 299x299 of (N, 1, H, W) 8-bit-valued images, with clean-fid's own resizer;
+    float32 in [0, 255] on ``x8``'s device. PIL resizes on the CPU (threads: it releases the GIL)."""
+    from cleanfid.resize import build_resizer
+
+    fn = build_resizer("clean")
+    arr = x8[:, 0].to(torch.uint8).cpu().numpy()
+
+    def one(a: np.ndarray) -> np.ndarray:
+        # clean-fid reads a grey PNG as RGB with three equal channels; they resize alike, so keep one
+        return fn(np.repeat(a[:, :, None], 3, axis=2))[:, :, 0]
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        out = np.stack(list(ex.map(one, arr)))
+    return torch.from_numpy(out).unsqueeze(1).to(x8.device)
 
 
 def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -312,14 +339,18 @@ class InceptionV3Extractor(FeatureExtractor):
     kind = "embedding"
     num_features = 2048
     input_size = 299
-    resize_filter = "bilinear-tf1 (torch-fidelity), 8-bit quantised input"
+    resize_filter = RESIZES["tf1"]  # the default; an instance names its own
+    config_kwargs = {"resize": "inception_resize"}  # constructor argument <- EvalConfig field
     published_sha256 = (PUBLISHED_SHA256,)
 
-    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu",
+    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu", resize: str = "tf1",
                  allow_unpublished: bool | None = None) -> None:
         """``allow_unpublished``: load a weights file whose sha256 is not the published one (default: the
         ``CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS`` environment variable); otherwise such a file is refused."""
         super().__init__()
+        if resize not in RESIZES:
+            raise UsageError(f"--inception-resize {resize}: expected one of {', '.join(RESIZES)}")
+        self.resize, self.resize_filter = resize, RESIZES[resize]
         if allow_unpublished is None:
             allow_unpublished = os.environ.get(ALLOW_UNPUBLISHED_ENV, "") not in ("", "0")
         self.allow_unpublished = allow_unpublished
@@ -372,7 +403,10 @@ class InceptionV3Extractor(FeatureExtractor):
         return ((resize_bilinear_tf1(x8, 299) - 128) / 128).expand(-1, 3, -1, -1).contiguous()
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pipeline(x)
+        if self.resize == "tf1":
+            return self._pipeline(x)
+        x8 = (x.clamp(0, 1) * 255).round()  # clean-fid reads 8-bit images
+        return ((resize_clean(x8) - 128) / 128).expand(-1, 3, -1, -1).contiguous()
 
     def fold_batchnorm(self) -> int:
         n = 0

@@ -1,7 +1,11 @@
 """torchxrayvision DenseNet121 features (1024-d) and its 18-pathology classifier head.
 
-Preprocessing is torchxrayvision's: center crop to a square (``XRayCenterCrop``), resize to 224 px
-(bilinear with antialiasing, named in results), one channel, range ``[-1024, 1024]`` (``xrv.utils.normalize``).
+Preprocessing is torchxrayvision's: range ``[-1024, 1024]`` (``xrv.utils.normalize``), center crop to a square
+(``XRayCenterCrop``), resize to 224 px, one channel. The resize is ``resize="xrv"`` (default): xrv's standard
+``XRayResizer(224)`` (skimage: Gaussian pre-blur, bilinear, zero border), batched in torch (``resize.py``,
+equal to skimage within 1e-3 on the [-1024, 1024] scale); or ``resize="torch-antialias"``: torch's bilinear
+with antialiasing (cxrbench's filter before version 2). The choice is named in ``resize_filter`` (results,
+cache key).
 Features are ``DenseNet.features2``: ReLU, global average pool. The classifier extractor is *derived*: it
 maps the cached 1024-d features through the head (sigmoid, then xrv's ``op_norm`` with the published
 ``op_threshs`` so that 0.5 is each pathology's operating point), so the network runs once for both.
@@ -15,9 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import WeightsError
+from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, bn_recalibrate
 from .legacy_pickle import LegacyPickleError, state_dict_from_file
+from .resize import center_crop_xrv, xrv_resize
 from .weights import resolve_weights_file, weights_sha256
 
 WEIGHTS_NAME = "densenet121-res224-all"
@@ -37,11 +42,27 @@ def _weights_url() -> str:
     return _xrv().models.model_urls[WEIGHTS_NAME]["weights_url"]
 
 
-def center_crop_square(x: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return x[..., top : top + s, left : left + s]
+RESIZES = {
+    "xrv": "xrv XRayCenterCrop + XRayResizer(224) (skimage: gaussian pre-blur, bilinear, zero border; torch)",
+    "torch-antialias": "xrv XRayCenterCrop + bilinear-antialias (torch)",
+}
+
+
+def _check_resize(resize: str) -> str:
+    if resize not in RESIZES:
+        raise UsageError(f"--xrv-resize {resize}: expected one of {', '.join(RESIZES)}")
+    return resize
+
+
+def preprocess_xrv(x: torch.Tensor, resize: str = "xrv") -> torch.Tensor:
+    """Image contract -> the DenseNet's input: (N, 1, 224, 224) in [-1024, 1024]."""
+    # xrv.utils.normalize(img, maxval=1) first, as xrv does: skimage's zero border is then mid-grey
+    x = center_crop_xrv(x) * 2048.0 - 1024.0
+    if x.shape[-1] == 224:
+        return x
+    if resize == "xrv":
+        return xrv_resize(x, 224)
+    return F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
 
 
 def load_xrv_weights(net, path: Path) -> None:
@@ -100,25 +121,25 @@ def build_densenet(weights: str, seed: int):
 
 class XRVDenseNetExtractor(FeatureExtractor):
     name = "xrv"
-    version = "1"
+    version = "2"  # 2: xrv's XRayResizer by default, xrv's centre-crop offset
     kind = "embedding"
     num_features = 1024
     input_size = 224
-    resize_filter = "center-crop + bilinear-antialias (torch)"
+    resize_filter = RESIZES["xrv"]  # the default; an instance names its own
+    config_kwargs = {"resize": "xrv_resize"}  # constructor argument <- EvalConfig field
     published_sha256 = PUBLISHED_SHA256
 
-    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu", resize: str = "xrv") -> None:
         super().__init__()
+        self.resize = _check_resize(resize)
+        self.resize_filter = RESIZES[resize]
         self.net, self.weights_id, _ = build_densenet(weights, seed)
         self.net.requires_grad_(False)
         self.eval()
         self.to(device)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        x = center_crop_square(x)
-        if x.shape[-1] != 224:
-            x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
-        return x * 2048.0 - 1024.0  # xrv.utils.normalize(img, maxval=1): [0, 1] -> [-1024, 1024]
+        return preprocess_xrv(x, self.resize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features2(x)
@@ -128,16 +149,18 @@ class XRVClassifierExtractor(FeatureExtractor):
     """18 pathology probabilities, op_threshs-calibrated (0.5 = operating point); derived from ``xrv``."""
 
     name = "xrv-classifier"
-    version = "1"
+    version = "2"  # follows xrv's version 2 preprocessing
     kind = "probabilities"
     num_features = 18
     input_size = 224
-    resize_filter = XRVDenseNetExtractor.resize_filter
     derived_from = "xrv"
     published_sha256 = PUBLISHED_SHA256
+    resize_filter = RESIZES["xrv"]
+    config_kwargs = XRVDenseNetExtractor.config_kwargs
 
-    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu") -> None:
+    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu", resize: str = "xrv") -> None:
         super().__init__()
+        self.resize_filter = RESIZES[_check_resize(resize)]  # the base network's preprocessing made its input
         net, self.weights_id, op = build_densenet(weights, seed)
         self.head = net.classifier.requires_grad_(False)
         self.register_buffer("op_threshs", op if op is not None else torch.full((18,), float("nan")))
