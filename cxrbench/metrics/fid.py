@@ -87,9 +87,10 @@ def covariance_factor(s, features=None) -> torch.Tensor:
 def _congruence(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``A^T S A`` for symmetric ``S``; with BLAS's triangular multiply on CPU when ``A`` is a Cholesky factor.
 
-    Only the lower triangle is guaranteed (all ``eigvalsh`` reads).
+    Only the lower triangle is guaranteed (all ``eigvalsh`` reads). A ``D x N`` centred-data factor is not
+    triangular even when it is all zero (identical rows): only a square factor may take the BLAS route.
     """
-    if a.device.type == "cpu" and not torch.triu(a, 1).any():
+    if a.device.type == "cpu" and a.shape[0] == a.shape[1] and not torch.triu(a, 1).any():
         from scipy.linalg.blas import dtrmm
 
         # C-ordered L and S are Fortran-ordered L^T and S^T = S: BLAS takes them without a copy
