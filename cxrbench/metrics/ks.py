@@ -11,7 +11,7 @@ The value is the fraction of dimensions rejected (lower is better; 0 means no di
 apart); ``extra`` holds the median and maximum D, the dimension with the largest D by name and, for
 batteries of at most 64 dimensions, every dimension's D, p and decision.
 
-Bootstrap replicates recompute every D on the resampled generated set with a vectorised KS statistic
+Bootstrap replicates (both sets resampled, ``functional.ks_features``) recompute every D with a vectorised KS statistic
 (the same ECDF comparison as scipy, checked against it in the tests) and take p from the closed-form
 Kolmogorov limit with Stephens' correction (``ks_pvalues_fast``; scipy's own asymptotic p costs
 milliseconds per value), so 100 replicates of a 2048-dimensional battery stay cheap.
@@ -27,14 +27,14 @@ import torch
 from scipy import stats
 
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
 from .common import (
     MetricSettings,
-    bootstrap_interval,
     dimension_names,
     features_of,
     float64_device,
+    matched_floor,
     missing_features,
+    with_floor,
 )
 
 #: batteries up to this many dimensions list every dimension in ``extra["dims"]``
@@ -130,18 +130,13 @@ def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> 
 
 
 def ks_metric_value(gen, ref, names, *, st: MetricSettings, device, patient_ids=None) -> MetricValue:
-    """The battery as a MetricValue: bootstrap CI of the rejected fraction and the real-vs-real floor."""
-    res = ks_battery(gen, ref, names, q=st.ks_q)
-    ref_sorted = sorted_columns(ref, float64_device(device))  # the reference is fixed: sort it once
+    """The battery as a MetricValue: two-sample bootstrap CI of the rejected fraction and the matched floor."""
+    from . import functional as F
 
-    def replicate(idx):
-        d = ks_statistics(gen[idx], y_sorted=ref_sorted, device=float64_device(device))
-        return float(benjamini_hochberg(ks_pvalues_fast(d, len(idx), len(ref)), st.ks_q).mean())
-
-    ci = bootstrap_interval(replicate, len(gen), res.fraction, st, lower=0.0, upper=1.0)
-    a, b = real_vs_real_split(len(ref), st.seed, patient_ids)
-    rvr = ks_battery(ref[a], ref[b], names, q=st.ks_q).fraction
-    return MetricValue(res.fraction, False, ci, len(gen), len(ref), rvr, extra=res.extra(st.ks_q))
+    mv = F.ks_features(gen, ref, names=names, q=st.ks_q, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
+                       device=float64_device(device))
+    return with_floor(mv, *matched_floor(lambda x, y: ks_battery(x, y, names, q=st.ks_q).fraction, gen, ref, st,
+                                         patient_ids))
 
 
 class KSFeatures(Metric):
