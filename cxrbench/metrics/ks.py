@@ -90,6 +90,37 @@ def ks_pvalues_fast(d, n1: int, n2: int) -> np.ndarray:
     return np.clip(stats.kstwobign.sf((np.sqrt(en) + 0.12 + 0.11 / np.sqrt(en)) * np.asarray(d)), 0.0, 1.0)
 
 
+class WeightedKS:
+    """Every column's KS statistic for resamples of both sets, from counts, without sorting per replicate.
+
+    A resample's ECDF at a point is the cumulative count of the rows at or below it in the original sorted
+    order, so with the sorted columns and the positions of all ``n1 + n2`` original values in each (computed
+    once), a replicate is a cumsum and a gather: the supremum of ``|F1 - F2|`` is attained at a data value,
+    and a value drawn zero times changes neither ECDF. Same statistics as ``ks_statistics`` on the resampled
+    rows (checked in the tests), at a fraction of the cost of sorting D columns twice per replicate.
+    """
+
+    def __init__(self, x, y, device: str | torch.device = "cpu"):
+        xt = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64).T.contiguous()
+        yt = torch.as_tensor(np.asarray(y), device=device, dtype=torch.float64).T.contiguous()
+        xs, self.ox = xt.sort(1)
+        ys, self.oy = yt.sort(1)
+        both = torch.cat([xs, ys], 1)
+        self.ix = torch.searchsorted(xs, both, right=True)  # (D, n1 + n2): rows of x at or below each value
+        self.iy = torch.searchsorted(ys, both, right=True)
+
+    @staticmethod
+    def _ecdf(order: torch.Tensor, idx: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(counts, device=order.device, dtype=torch.float64)[order]  # counts in sorted order
+        cum = torch.cat([torch.zeros(len(c), 1, dtype=c.dtype, device=c.device), c.cumsum(1)], 1)
+        return cum.gather(1, idx) / float(counts.sum())
+
+    def __call__(self, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+        f1 = self._ecdf(self.ox, self.ix, counts_x)
+        f2 = self._ecdf(self.oy, self.iy, counts_y)
+        return (f1 - f2).abs().amax(1).cpu().numpy()
+
+
 @dataclass
 class KSResult:
     d: np.ndarray
