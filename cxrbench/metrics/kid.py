@@ -87,6 +87,13 @@ class _WholeKernels:
         return v
 
 
+def _nanmean(v) -> float:
+    """Mean over subsets with at least two distinct rows drawn; NaN (no warning) when there are none."""
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 @dataclass
 class KIDResult:
     mean: float
@@ -104,14 +111,14 @@ class KIDResult:
             dev = self.whole.k_gg.device
             c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev)
             cr = None if counts_ref is None else torch.as_tensor(np.asarray(counts_ref, dtype=np.float64), device=dev)
-            return float(np.nanmean(self.whole.mmd2(c, cr)))
+            return _nanmean(self.whole.mmd2(c, cr))
         if counts_ref is not None:
             raise ValueError("reference weights need the whole-kernel route (kid(..., route='whole'))")
         if not self.kept:
             raise ValueError("no kernel blocks kept; call kid(..., keep=k) with k > 0")
         dev = self.kept[0].k_xx.device
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev)
-        return float(np.nanmean([s.mmd2(c[torch.as_tensor(s.gen_idx, device=dev)]) for s in self.kept]))
+        return _nanmean([s.mmd2(c[torch.as_tensor(s.gen_idx, device=dev)]) for s in self.kept])
 
 
 #: the whole-set route holds N x N float64 kernels; above this many entries per block it uses subsets
