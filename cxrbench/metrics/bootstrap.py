@@ -92,8 +92,12 @@ def two_sample_bootstrap(
 
 
 def interval_from_replicates(vals, value: float, *, alpha: float = 0.05, method: str = "basic",
-                             what: str = "both sets") -> Interval | None:
-    """The ``method`` interval (see ``two_sample_bootstrap``) from replicate values; None if most are not finite."""
+                             what: str = "both sets", inflate: float = 1.0) -> Interval | None:
+    """The ``method`` interval (see ``two_sample_bootstrap``) from replicate values; None if most are not finite.
+
+    ``inflate`` (centred only) widens the interval about the value by that factor, for a statistic whose
+    replicates miss a known source of variance (PRDC density: the reference's kNN radii stay fixed).
+    """
     vals = np.asarray(vals, dtype=np.float64)
     n_boot = vals.size
     vals = vals[np.isfinite(vals)]
@@ -103,10 +107,12 @@ def interval_from_replicates(vals, value: float, *, alpha: float = 0.05, method:
     if method == "basic":
         lo, hi = 2 * value - q_hi, 2 * value - q_lo
     elif method == "centred":
-        shift = value - float(np.median(vals))
-        lo, hi = q_lo + shift, q_hi + shift
+        med = float(np.median(vals))
+        lo, hi = value + inflate * (q_lo - med), value + inflate * (q_hi - med)
     else:
         lo, hi = q_lo, q_hi
+    if inflate != 1.0:
+        method = f"{method} x{inflate:g}"
     return Interval(float(lo), float(hi), f"{method} bootstrap ({what})", float(vals.mean() - value), int(vals.size))
 
 

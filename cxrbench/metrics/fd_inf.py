@@ -111,7 +111,7 @@ def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, 
 
 class FDInf(Metric):
     name = "fd_inf"
-    version = "1"
+    version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
     outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
     per_extractor = True
 
