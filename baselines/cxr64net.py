@@ -11,7 +11,12 @@ Objectives (``Config.objective``), compared by measurement in the protocol's not
 - ``supervised``: multi-label BCE on the known labels (unknown ones masked);
 - ``contrastive``: InfoNCE between two X-ray augmentations of each image with in-batch negatives (SimCLR
   form: on ~3,600 images a MoCo queue of thousands would hold a query's own earlier views as negatives);
-- ``both``: the sum.
+- ``both``: the sum;
+- ``quality`` (added to any of them with ``lambda_quality > 0``): a second view of each image is degraded by
+  a random type (Gaussian blur, noise, contrast loss, JPEG-like block-DCT quantisation, or none) at a random
+  strength, and a small head predicts the type and the strength from the embedding. A label classifier
+  alone learns to ignore blur (measured: FID of blurred real images was not monotone in the blur); a
+  fidelity metric must see it, so the embedding is taught to place quality along a direction.
 
 ``python -m baselines.cxr64net build --run runs/cxr64 --data ../shared/data`` then writes the package data:
 the network state dict, the Platt-calibrated label head with the held-out AUROC that chose its labels, and
@@ -49,7 +54,8 @@ ADULT_SETS = ("covid_chestxray_ieee8023_2020-03_fork", "actualmed_covid_cxr", "f
 @dataclass
 class Config:
     image_size: int = 64
-    objective: str = "both"  # supervised | contrastive | both
+    objective: str = "supervised"  # supervised | contrastive | both
+    lambda_quality: float = 0.0  # weight of the degradation type + strength head (0: off)
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4
@@ -119,6 +125,54 @@ def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
     return out
 
 
+DEGRADATIONS = ("none", "blur", "noise", "contrast", "jpeg")
+
+
+def _gauss_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur, ``sigma`` (N,) in pixels (0: unchanged); separable, reflect padding."""
+    r = 9
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # (N, 2r+1)
+    n = x.shape[0]
+    xp = F.pad(x, (r, r, r, r), mode="reflect").transpose(0, 1)  # (1, N, H+2r, W+2r): images as channels
+    y = F.conv2d(xp, k.view(n, 1, 1, -1), groups=n)
+    y = F.conv2d(y, k.view(n, 1, -1, 1), groups=n).transpose(0, 1)
+    return torch.where(sigma.view(-1, 1, 1, 1) > 1e-3, y, x)
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float32)
+    m = torch.cos(math.pi * (2 * i[None] + 1) * i[:, None] / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m
+
+
+def _jpeg_like(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Block-DCT quantisation (what JPEG does to luminance), ``step`` (N,) per image; 64 px is 8 x 8 blocks."""
+    d = _dct_matrix().to(x)
+    n, _, h, w = x.shape
+    b = x.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)  # (N, h/8, w/8, 8, 8)
+    c = d @ b @ d.T
+    q = step.view(n, 1, 1, 1, 1) * (1 + torch.arange(8, device=x.device)[:, None] + torch.arange(8, device=x.device))
+    c = torch.round(c / q) * q  # higher frequencies quantised more coarsely, as JPEG's tables do
+    y = (d.T @ c @ d).permute(0, 1, 3, 2, 4).reshape(n, 1, h, w)
+    return y.clamp(0, 1)
+
+
+def degrade(x: torch.Tensor, kind: torch.Tensor, strength: torch.Tensor, g=None) -> torch.Tensor:
+    """Each image degraded by its ``kind`` (index into DEGRADATIONS) at ``strength`` in [0, 1]."""
+    s = strength.view(-1, 1, 1, 1)
+    out = x
+    out = torch.where((kind == 1).view(-1, 1, 1, 1), _gauss_blur(x, 2.5 * strength * (kind == 1)), out)
+    noise = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+    out = torch.where((kind == 2).view(-1, 1, 1, 1), (x + 0.15 * s * noise).clamp(0, 1), out)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    out = torch.where((kind == 3).view(-1, 1, 1, 1), m + (x - m) * (1 - 0.8 * s), out)
+    out = torch.where((kind == 4).view(-1, 1, 1, 1), _jpeg_like(x, 0.005 + 0.06 * strength), out)
+    return out
+
+
 class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
     """The network plus a projection head for the contrastive term (dropped when the weights are built)."""
 
@@ -131,6 +185,7 @@ class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
         self.net = CXR64Net()
         d = self.net.embed.out_features
         self.proj = nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 64))
+        self.quality = nn.Linear(d, 1 + len(DEGRADATIONS))  # strength, then type logits
 
     @classmethod
     def training_dataset(cls, data_root, config: Config, *, split: str | None = None) -> _Images:
@@ -149,12 +204,24 @@ class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
         v1, v2 = augment(images, c), augment(images, c)
+        n = images.shape[0]
+        if c.lambda_quality > 0:  # the second view degraded: type uniform over DEGRADATIONS, strength U(0.1, 1)
+            kind = torch.randint(0, len(DEGRADATIONS), (n,))
+            strength = torch.where(kind == 0, 0.0, 0.1 + 0.9 * torch.rand(n))
+            v2 = degrade(v2, kind.to(images.device), strength.to(images.device))
         f = self.net.features(torch.cat([v1, v2]) * 2 - 1)
         out = {}
         total = torch.zeros((), device=images.device)
+        if c.lambda_quality > 0:
+            q = self.quality(f)
+            kinds = torch.cat([torch.zeros(n, dtype=torch.long), kind]).to(images.device)
+            strengths = torch.cat([torch.zeros(n), strength]).to(images.device)
+            out["quality"] = F.mse_loss(q[:, 0], strengths) + F.cross_entropy(q[:, 1:], kinds)
+            total = total + c.lambda_quality * out["quality"]
         if c.objective in ("supervised", "both"):
-            logits = self.net.head(f)
-            y = torch.cat([labels, labels])
+            # with the quality head on, the second view may be degraded beyond reading: labels on the first only
+            logits = self.net.head(f[:n] if c.lambda_quality > 0 else f)
+            y = labels if c.lambda_quality > 0 else torch.cat([labels, labels])
             known = ~y.isnan()
             bce = F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
             out["bce"] = bce

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import results
+from .results import ci_text, floor_text
 from .card import ModelCard, card_from_dict
 from .errors import DataError
 
@@ -313,10 +314,9 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def _fmt_ci(ci) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+def _fmt_ci(m: dict) -> str:
+    t = ci_text(m)
+    return "" if t == "-" else t
 
 
 def _arrow(hib: bool) -> str:
@@ -334,7 +334,8 @@ def _h(s: Any) -> str:
 
 
 def _plot_svg(key: str, hib: bool, rows: list[tuple[str, dict]], *, title_suffix: str = "") -> bytes | None:
-    """Dot-and-CI plot, best at the top; the dashed line is the real-vs-real floor when all rows agree."""
+    """Dot-and-CI plot, best at the top; per row, the real-vs-real floor (red bar) and the entry's own value at
+    the floor's sizes (open circle): the floor is only comparable with the latter (matched N)."""
     pts = [(label, m) for label, m in rows if m is not None and m.get("value") is not None]
     if not pts:
         return None
@@ -353,10 +354,15 @@ def _plot_svg(key: str, hib: bool, rows: list[tuple[str, dict]], *, title_suffix
             if ci and ci[0] is not None and ci[1] is not None:
                 ax.plot([ci[0], ci[1]], [y, y], color="#4c72b0", lw=2, solid_capstyle="butt")
         ax.plot(vals, ys, "o", color="#1f3b73" if not title_suffix else "#888888", ms=5)
-        floors = {m.get("real_vs_real") for _, m in pts}
-        if len(floors) == 1 and None not in floors:
-            ax.axvline(floors.pop(), ls="--", color="#c44e52", lw=1, label="real vs real")
-            ax.legend(loc="best", frameon=False)
+        fl = [(y, m) for y, (_, m) in zip(ys, pts) if m.get("real_vs_real") is not None]
+        if fl:
+            ax.plot([m["real_vs_real"] for _, m in fl], [y for y, _ in fl], "|", color="#c44e52", ms=12, mew=2,
+                    label="real vs real @ its N")
+            mt = [(y, m["value_at_real_vs_real_n"]) for y, m in fl if m.get("value_at_real_vs_real_n") is not None]
+            if mt:
+                ax.plot([v for _, v in mt], [y for y, _ in mt], "o", mfc="none", color="#c44e52", ms=6,
+                        label="samples @ the floor's N")
+            ax.legend(loc="best", frameon=False, fontsize=7)
         ax.set_yticks(ys, [label for label, _ in pts])
         ax.set_ylim(-0.7, len(pts) - 0.3)
         ax.set_title(f"{key} ({'higher' if hib else 'lower'} is better){title_suffix}")
@@ -565,11 +571,14 @@ def build(
                 for k in keys:
                     m = mets.get(k)
                     v = None if m is None else m["value"]
-                    ci = _fmt_ci(m["ci"]) if m else ""
-                    cells_md.append(_fmt(v) + (f" {ci}" if ci else ""))
+                    ci = _fmt_ci(m) if m else ""
+                    fl = floor_text(m) if m and m.get("real_vs_real") is not None else ""
+                    cells_md.append(_fmt(v) + (f" {ci}" if ci else "") + (f" (floor {fl})" if fl else ""))
                     tds.append(
                         f'<td data-v="{"" if v is None else repr(float(v))}">{_fmt(v)}'
-                        + (f'<span class="ci">{ci}</span>' if ci else "")
+                        + (f'<span class="ci">{_h(ci)}</span>' if ci else "")
+                        + (f'<span class="ci" title="real vs real at the sizes shown, and these samples at the '
+                           f'same sizes">floor {_h(fl)}</span>' if fl else "")
                         + "</td>"
                     )
                 md.append("| " + " | ".join(cells_md) + " |")

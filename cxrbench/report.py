@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .results import validate
+from .results import ci_text, floor_text, validate
 
 GRID_IMAGES = 16  # images per grid (4 x 4)
 N_PAIRS = 6  # memorization pairs shown
@@ -63,11 +63,6 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def _ci(m: dict) -> str:
-    ci = m.get("ci")
-    return "-" if not ci or ci[0] is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
 def metric_rows(result: dict) -> list[dict]:
     """One row per metric key: the strings shown in both the HTML and the Markdown table."""
     rows = []
@@ -77,8 +72,8 @@ def metric_rows(result: dict) -> list[dict]:
             "arrow": "\u2191" if m["higher_is_better"] else "\u2193",
             "better": "higher" if m["higher_is_better"] else "lower",
             "value": _fmt(m["value"]),
-            "ci": _ci(m),
-            "floor": _fmt(m.get("real_vs_real")),
+            "ci": ci_text(m),
+            "floor": floor_text(m),
             "n": f"{m.get('n_gen', '-')}/{m.get('n_ref', '-')}",
         })
     return rows
@@ -221,11 +216,14 @@ def _fd_figure(key: str, m: dict) -> bytes:
     ax.scatter(inv, fd, color="tab:blue", label="FD of N generated")
     if m.get("value") is not None and m.get("slope") is not None:
         xs = np.linspace(0, inv.max(), 50)
-        ax.plot(xs, m["value"] + m["slope"] * xs, color="tab:orange", label="fit FD = FD_inf + b/N")
-        ax.scatter([0], [m["value"]], color="tab:orange", marker="*", s=120, zorder=3,
+        icpt = m.get("fit_intercept", m["value"])  # the value is clipped at 0; the line is the fit itself
+        ax.plot(xs, icpt + m["slope"] * xs, color="tab:orange", label="fit FD = FD_inf + b/N")
+        ax.scatter([0], [icpt], color="tab:orange", marker="*", s=120, zorder=3,
                    label=f"FD_inf = {_fmt(m['value'])}")
-    if m.get("real_vs_real") is not None:
-        ax.axhline(m["real_vs_real"], color="gray", ls="--", lw=1, label="real vs real")
+    n_floor = m.get("real_vs_real_n")
+    if m.get("real_vs_real") is not None and n_floor:  # the floor's FD_inf at its own sizes, not a level line
+        ax.scatter([0], [m["real_vs_real"]], color="gray", marker="_", s=200, zorder=3,
+                   label=f"real vs real FD_inf @{n_floor[0]}/{n_floor[1]}")
     ax.set_xlabel("1 / N")
     ax.set_ylabel("FD")
     ax.set_xlim(left=0)
@@ -350,7 +348,7 @@ def render_html(result: dict, rep: _Report) -> str:
                  + "</table>")
     parts.append("<h2>Metrics</h2>")
     parts.append("<table><tr><th>metric</th><th>better</th><th>value</th><th>95% CI</th>"
-                 "<th>real vs real (noise floor)</th><th>n gen/ref</th></tr>")
+                 "<th>real vs real (noise floor) @N (samples @N)</th><th>n gen/ref</th></tr>")
     for r in metric_rows(result):
         parts.append(f'<tr data-metric="{e(r["key"])}"><td>{e(r["key"])}</td><td title="{r["better"]} is better">'
                      f'{r["arrow"]} {r["better"]}</td><td class="num">{e(r["value"])}</td>'
@@ -392,7 +390,7 @@ def render_markdown(result: dict, rep: _Report, figure_files: dict[str, str]) ->
         lines += [f"> **Not comparable** with published numbers: "
                   f"{'; '.join(result.get('not_comparable_because', [])) or 'see config'}", ""]
     lines += [f"- **{k}**: {_md_cell(v)}" for k, v in _summary(result)] + ["", "## Metrics", ""]
-    lines += ["| metric | better | value | 95% CI | real vs real (noise floor) | n gen/ref |",
+    lines += ["| metric | better | value | 95% CI | real vs real (noise floor) @N (samples @N) | n gen/ref |",
               "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {_md_cell(r['key'])} | {r['arrow']} {r['better']} | {r['value']} | {r['ci']} | {r['floor']} | "
               f"{r['n']} |" for r in metric_rows(result)]
@@ -417,6 +415,7 @@ def build(result: dict, *, base_dir: str | os.PathLike | None = None, seed: int 
     """Every figure and note of the report (images re-read from disk where available)."""
     base = Path(base_dir) if base_dir is not None else None
     rep = _Report()
+    rep.notes += [f"{k} not valid: {m['reason']}" for k, m in result["metrics"].items() if m.get("reason")]
     _image_grids(result, base, rep, seed)
     _metric_figures(result, base, rep)
     return rep

@@ -26,6 +26,32 @@ REQUIRED = (
 METRIC_REQUIRED = ("value", "ci", "higher_is_better", "n_gen", "n_ref", "real_vs_real")
 
 
+def _g(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def ci_text(m: dict) -> str:
+    """A metric's interval as every table shows it: ``[lo, hi]``, ``not valid`` (flagged, no interval) or ``-``."""
+    if m.get("valid") is False:
+        return "not valid"
+    ci = m.get("ci")
+    return "-" if not ci or ci[0] is None or ci[1] is None else f"[{_g(ci[0])}, {_g(ci[1])}]"
+
+
+def floor_text(m: dict) -> str:
+    """The real-vs-real floor at the sizes it was computed at, beside the samples' value at those same sizes.
+
+    ``0.12 @100/100 (samples 0.45)``: the floor compares two halves of the reference, so it is held against
+    the samples' own value at the halves' sizes, never against the full-N value. Every table (CLI, report,
+    leaderboard) shows it this way.
+    """
+    rvr = m.get("real_vs_real")
+    if rvr is None:
+        return "-"
+    n, matched = m.get("real_vs_real_n"), m.get("value_at_real_vs_real_n")
+    return _g(rvr) + (f" @{n[0]}/{n[1]}" if n else "") + ("" if matched is None else f" (samples {_g(matched)})")
+
+
 class Result(dict):
     """A result is a plain JSON dict with helpers; ``Result(json.load(f))`` round-trips exactly."""
 

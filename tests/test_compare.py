@@ -42,6 +42,23 @@ def test_auto_tolerance_absorbs_changes_within_noise():
     assert not row.regressed and row.allowed == pytest.approx(3.0)
 
 
+def test_flagged_metrics_use_their_equal_n_spread_or_are_not_checked_under_auto():
+    def flagged(value, spread=None):
+        m = metric(value, False)
+        m.update(valid=False, reason="fid: 40 rows for 64-d features")
+        if spread:
+            m["ci_equal_n"] = spread
+        return m
+
+    (row,) = regressions({"fid": flagged(10.0, [9.0, 11.0])}, {"fid": flagged(13.0, [12.0, 14.0])}, ["fid"],
+                         Tolerance.parse("auto"))
+    assert row.regressed and row.allowed == pytest.approx(math.hypot(1.0, 1.0))
+    (row,) = regressions({"fid": flagged(10.0)}, {"fid": flagged(13.0)}, ["fid"], Tolerance.parse("auto"))
+    assert not row.regressed and "not checked" in row.note and "64-d" in row.note
+    (row,) = regressions({"fid": flagged(10.0)}, {"fid": flagged(13.0)}, ["fid"], Tolerance.parse("1"))
+    assert row.regressed
+
+
 def test_a_metric_lost_in_the_new_run_regresses_and_no_ci_means_no_slack():
     old = {"a": metric(1.0, True), "b": metric(1.0, True)}
     new = {"b": metric(1.0 - 1e-9, True)}

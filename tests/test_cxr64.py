@@ -44,14 +44,15 @@ def _features(ext, x: torch.Tensor) -> np.ndarray:
 
 
 def _images(folder: Path, paths) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(load_image(folder / p))[None] for p in paths])
+    """``(N, 1, 64, 64)``: each image through the protocol's own crop and resize (sizes differ in a folder)."""
+    return torch.cat([feat.to_cxr64(torch.from_numpy(load_image(folder / p))[None, None]) for p in paths])
 
 
 @pytest.fixture(scope="module")
 def heldout():
     t = pd.read_csv(NIH / "labels.csv")
     t = t[np.array(image_splits(t)) == "heldout"].head(proto.SAMPLE_COUNT)
-    return feat.to_cxr64(_images(NIH, t["path"]))
+    return _images(NIH, t["path"])
 
 
 # --- shipped files ---------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def test_pediatric_population_is_far_above_the_adult_floor(extractor, heldout):
     k = k[k["split"] == "ValData"].sample(proto.SAMPLE_COUNT, random_state=0)
     ref = proto.load_features("reference").features["cxr64"]
     floor = fid_from_features(_features(extractor, heldout), ref)
-    shifted = fid_from_features(_features(extractor, feat.to_cxr64(_images(KERMANY, k["path"]))), ref)
+    shifted = fid_from_features(_features(extractor, _images(KERMANY, k["path"])), ref)
     assert shifted > 3 * floor, (shifted, floor)
 
 
@@ -230,7 +231,7 @@ def test_linear_probe_on_cxr64_beats_random_features(extractor):
 
     k = pd.read_csv(KERMANY / "labels.csv")
     k = k[k["split"] == "ValData"].sample(400, random_state=0)
-    x = feat.to_cxr64(_images(KERMANY, k["path"]))
+    x = _images(KERMANY, k["path"])
     y = k["Pneumonia"].to_numpy()
     shipped = probe_auroc(_features(extractor, x), y)
     rand = probe_auroc(_features(feat.CXR64Extractor(weights="random"), x), y)

@@ -115,17 +115,20 @@ def test_fid_grows_with_distribution_shift_random_conv():
     assert all(x < y for x, y in zip(fids, fids[1:])), fids
 
 
-def test_fid_ci_contains_the_point_estimate():
-    """Resampling with replacement inflates FID; the bias-corrected interval still brackets the estimate."""
-    from cxrbench.metrics.fid import BootstrapFD
+@pytest.mark.parametrize("n_gen,n_ref,d", [(300, 400, 8), (40, 60, 32)])  # D-space and cross-Gram routes
+def test_two_sample_fd_replicate_equals_refitting_both_resampled_sets(n_gen, n_ref, d):
+    from cxrbench.metrics.fid import TwoSampleFD
 
     rng = np.random.default_rng(7)
-    ref, gen = rng.normal(size=(300, 32)), rng.normal(size=(40, 32)) + 0.05
-    mu_r, s_r = gaussian_stats(ref)
-    fd = BootstrapFD(gen, mu_r, s_r, sqrtm_psd(s_r))
-    value = fd(np.arange(40))
-    lo, hi = bootstrap_ci(fd, 40, n_boot=100, seed=0)
-    assert lo <= value <= hi
+    gen, ref = rng.normal(size=(n_gen, d)) + 0.05, rng.normal(size=(n_ref, d)) * 1.3
+    fd = TwoSampleFD(gen, ref)
+    assert (fd.cross is None) == (n_gen > 10 * d)
+    # N < D: round-off-level eigenvalues (~1e-16) add ~1e-8 through their square roots, in either route
+    assert fd(np.arange(n_gen), np.arange(n_ref)) == pytest.approx(fid_from_features(gen, ref), rel=1e-6)
+    for _ in range(3):
+        ig, ir = rng.integers(0, n_gen, n_gen), rng.integers(0, n_ref, n_ref)
+        assert fd(ig, ir) == pytest.approx(fid_from_features(gen[ig], ref[ir]), rel=1e-6)
+    assert fd(ig, None) == pytest.approx(fid_from_features(gen[ig], ref), rel=1e-6)
 
 
 def test_fewer_samples_than_dims_with_dead_leading_features_matches_scipy():

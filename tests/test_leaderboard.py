@@ -195,3 +195,18 @@ def test_committed_leaderboard_is_rendered_from_the_committed_entries():
         )
     on_disk = {p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file() and "entries" not in p.parts}
     assert on_disk == set(files)
+
+
+def test_floors_are_shown_at_matched_n_beside_the_entrys_own_value_there(tmp_path):
+    """Table cells and plots hold the real-vs-real floor against the entry's value at the floor's sizes."""
+    es = [fake_entry("Alpha", {"fid_x": (12.0, False)}), fake_entry("Beta", {"fid_x": (20.0, False)})]
+    for e, matched in zip(es, (15.0, 26.0)):
+        m = e["result"]["metrics"]["fid_x"]
+        m.update(real_vs_real=9.5, real_vs_real_n=[4, 8], value_at_real_vs_real_n=matched)
+    es[1]["result"]["metrics"]["fid_x"].update(valid=False, reason="fid: too few rows", ci=None)
+    render(es, tmp_path, entries_dir=tmp_path / "entries")
+    md = (tmp_path / "README.md").read_text()
+    assert "12 [11.4, 12.6] (floor 9.5 @4/8 (samples 15))" in md
+    assert "20 not valid (floor 9.5 @4/8 (samples 26))" in md
+    svg = next((tmp_path / "plots").glob("*fid_x.svg")).read_text()
+    assert "samples @ the floor" in svg and "real vs real @ its N" in svg

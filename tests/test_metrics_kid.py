@@ -50,13 +50,14 @@ def test_identical_distribution_gives_about_zero(feats):
     assert abs(same.mean) < 0.1 * diff.mean
 
 
-def test_reweighting_is_the_u_statistic_of_the_resampled_multiset(feats):
+def test_reweighting_is_the_distinct_pair_u_statistic_of_the_resampled_multiset(feats):
     a, b = feats
     res = kid(b, a, subset_size=len(a), n_subsets=1, keep=1, route="subsets")
     assert res.reweighted(np.ones(len(b))) == pytest.approx(res.mean, rel=1e-6)
     counts = np.random.default_rng(2).multinomial(len(b), np.full(len(b), 1 / len(b)))
     sub = res.kept[0]
-    x = torch.as_tensor(b, dtype=torch.float64)[torch.as_tensor(np.repeat(sub.gen_idx, counts[sub.gen_idx]))]
+    rows = np.repeat(sub.gen_idx, counts[sub.gen_idx])
+    x = torch.as_tensor(b, dtype=torch.float64)[torch.as_tensor(rows)]
     y = torch.as_tensor(a, dtype=torch.float64)
 
     def k(p, q):
@@ -64,7 +65,8 @@ def test_reweighting_is_the_u_statistic_of_the_resampled_multiset(feats):
 
     w, m = len(x), len(y)
     kxx, kyy = k(x, x), k(y, y)
-    direct = ((kxx.sum() - kxx.trace()) / (w * (w - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+    distinct = torch.as_tensor(rows[:, None] != rows[None, :])  # copies of one row are not a pair
+    direct = (kxx[distinct].mean() + (kyy.sum() - kyy.trace()) / (m * (m - 1))
               - 2 * k(x, y).mean())
     assert res.reweighted(counts) == pytest.approx(float(direct), rel=1e-5)
 

@@ -94,3 +94,18 @@ def test_battery_skips_without_its_extractor():
     x = np.zeros((10, 4))
     ctx = context(feature_set("samples", {"e": x}), feature_set("reference", {"e": x}))
     assert "pixels" in KSPixels().skip_reason(ctx) and KSPixels().compute(ctx) == {}
+
+
+def test_weighted_ks_equals_the_statistic_of_the_resampled_rows():
+    """The count-based replicate (no sorting) gives the KS statistic of the resampled sets, ties included."""
+    from cxrbench.metrics.ks import WeightedKS, ks_statistics
+
+    rng = np.random.default_rng(3)
+    g, r = rng.normal(size=(120, 6)), rng.normal(size=(90, 6)) + 0.2
+    g[:40, 0] = r[:10, 0] = 0.5  # ties within and across the sets
+    r[:, 1] = np.round(r[:, 1])
+    w = WeightedKS(g, r)
+    for _ in range(4):
+        ig, ir = rng.integers(0, 120, 120), rng.integers(0, 90, 90)
+        got = w(np.bincount(ig, minlength=120), np.bincount(ir, minlength=90))
+        np.testing.assert_allclose(got, ks_statistics(g[ig], r[ir]), atol=1e-12)

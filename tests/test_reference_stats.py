@@ -18,7 +18,9 @@ def test_fid_from_statistics_equals_fid_from_images(synthetic_folders, fast_conf
     # N <= D here: the images route factors the centred features, the statistics route the covariance;
     # the two agree to float64 round-off of the eigenvalues (~1e-8 relative), far below any reported digit
     assert abs(a["value"] - b["value"]) < 1e-7 * a["value"]
-    assert a["ci"] == pytest.approx(b["ci"], rel=1e-7)
+    # the images route resamples both sets, the statistics route only the samples; both flag the same N/D
+    assert a["valid"] == b["valid"] and b["reference_from_statistics"]
+    assert b["ci"] is None or "reference fixed" in b["ci_method"]
     assert b["real_vs_real"] == pytest.approx(a["real_vs_real"], rel=1e-7)
     assert from_stats["reference"]["kind"] == "statistics"
     assert from_stats["reference"]["sha256"] == from_images["reference"]["sha256"]

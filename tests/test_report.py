@@ -104,7 +104,14 @@ def test_report_lists_every_metric_and_embeds_decodable_pngs(result, tmp_path):
         cells = table[key]
         assert cells[0] == key
         assert float(cells[2]) == pytest.approx(m["value"], rel=1e-3)
-        assert float(cells[4]) == pytest.approx(m["real_vs_real"], rel=1e-3)
+        # the floor at its sizes, beside the samples' value at the same sizes (matched N)
+        floor = re.fullmatch(r"(\S+) @(\d+)/(\d+) \(samples (\S+)\)", cells[4])
+        assert float(floor[1]) == pytest.approx(m["real_vs_real"], rel=1e-3)
+        assert [int(floor[2]), int(floor[3])] == m["real_vs_real_n"]
+        assert float(floor[4]) == pytest.approx(m["value_at_real_vs_real_n"], rel=1e-3)
+        if not m["valid"]:
+            assert cells[3] == "not valid" and m["reason"] in html
+            continue
         lo, hi = (float(x) for x in cells[3].strip("[]").split(","))
         assert (lo, hi) == pytest.approx(tuple(m["ci"]), rel=1e-3)
         assert ("\u2193" in cells[1]) == (not m["higher_is_better"])

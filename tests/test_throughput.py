@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from cxrbench.errors import UsageError
 from cxrbench.harness import EvalConfig, evaluate, extract_features, images_source, reference_statistics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 HELP = "evaluate generated images against a reference set"
@@ -110,16 +109,16 @@ def config_from_args(args):
 
 
 def format_table(result) -> str:
-    rows = [("metric", "value", "95% CI", "real-vs-real", "better", "n gen/ref")]
+    from ..results import ci_text, floor_text
+
+    rows = [("metric", "value", "95% CI", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
+    flagged = []
     for key, m in result["metrics"].items():
         v = m["value"]
-        ci = m.get("ci")
-        rvr = m.get("real_vs_real")
+        if m.get("reason"):
+            flagged.append(f"{key}: {m['reason']}")
         rows.append((
-            key, "-" if v is None else f"{v:.4g}", "-" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]",
-            "-" if rvr is None else f"{rvr:.4g}" + (
-                f" (vs {m['value_at_real_vs_real_n']:.4g} at that N)" if m.get("value_at_real_vs_real_n") is not None
-                else ""),
+            key, "-" if v is None else f"{v:.4g}", ci_text(m), floor_text(m),
             "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
@@ -137,6 +136,7 @@ def format_table(result) -> str:
         tail.append("NOT COMPARABLE: " + "; ".join(result.get("not_comparable_because", [])))
     for name, why in result.get("skipped_metrics", {}).items():
         tail.append(f"skipped {name}: {why}")
+    tail += [f"not valid {f}" for f in flagged]
     for w in result.get("warnings", []):
         tail.append(f"warning: {w}")
     return "\n".join([head, *lines, *tail])

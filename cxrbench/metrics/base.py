@@ -25,6 +25,13 @@ class MetricValue:
     real_vs_real: float | None = None
     #: metric-specific details (std, worst dimension, per-label tables ...); JSON-serialisable
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how ``ci`` was made (e.g. "basic bootstrap (both sets)"), None without an interval
+    ci_method: str | None = None
+    #: the estimate minus the bootstrap's bias estimate, where the estimator is biased (FID, FD_inf, labels)
+    value_bias_corrected: float | None = None
+    #: False where the metric flags itself as unreliable (interval not expected to cover; see ``reason``)
+    valid: bool = True
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -34,7 +41,14 @@ class MetricValue:
             "n_gen": int(self.n_gen),
             "n_ref": int(self.n_ref),
             "real_vs_real": _num(self.real_vs_real),
+            "valid": bool(self.valid),
         }
+        if self.reason:
+            d["reason"] = self.reason
+        if self.ci_method:
+            d["ci_method"] = self.ci_method
+        if self.value_bias_corrected is not None:
+            d["value_bias_corrected"] = _num(self.value_bias_corrected)
         d.update(self.extra)
         return d
 

@@ -1,11 +1,10 @@
 """Knobs of the metric suite in one dataclass, and the small helpers every metric module shares.
 
-``bootstrap_interval`` is ``bootstrap.bootstrap_ci`` re-centred on the point estimate: resampling with
-replacement leaves about 63% distinct rows, which moves set-level statistics (coverage and recall drop,
-distances such as KID or the label MAE rise), so a plain percentile interval can miss the value it is
-meant to bracket. The interval keeps the bootstrap's width and shape and is shifted so that the replicates'
-median sits on the estimate (then clipped to the metric's range); statistics that are plain means of
-per-sample values (precision, density, memorization) have no such shift.
+``bootstrap_interval`` is ``bootstrap.bootstrap_ci`` (percentile, over the generated set) clipped to the
+metric's range, for statistics that are means of per-sample values (memorization, MS-SSIM). Set-level
+statistics of two samples (FID, KID, PRDC, KS, label distances) resample both sets through
+``bootstrap.two_sample_bootstrap``, with the method the coverage benchmark chose (``functional.py``).
+``matched_floor`` gives every metric its real-vs-real floor and its own value at the floor's sizes.
 
 ``MetricSettings.from_config(ctx.config)`` takes every field that the run's config also has under the
 same name (``EvalConfig.seed``, ``EvalConfig.n_bootstrap``, ...) and the defaults below for the rest, so the
@@ -22,14 +21,14 @@ import numpy as np
 
 from ..errors import DataError
 from .base import EvalContext, FeatureSet
-from .bootstrap import bootstrap_ci
+from .bootstrap import bootstrap_ci, real_vs_real_split
 
 
 @dataclass(frozen=True)
 class MetricSettings:
     seed: int = 0
-    #: bootstrap replicates for the 95% CI over the generated set
-    n_bootstrap: int = 100
+    #: bootstrap replicates for the 95% CIs (200: nominal coverage in tests/benchmarks/coverage.py)
+    n_bootstrap: int = 200
     alpha: float = 0.05
     #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
     kid_subset_size: int = 1000
@@ -40,7 +39,7 @@ class MetricSettings:
     fd_inf_points: int = 15
     fd_inf_min_fraction: float = 0.2
     #: each FD_inf replicate costs fd_inf_points eigen-decompositions, so it gets fewer replicates
-    fd_inf_n_bootstrap: int = 20
+    fd_inf_n_bootstrap: int = 50
     #: PRDC neighbourhood size (Naeem et al.)
     prdc_k: int = 5
     #: candidate balls kept per reference point for the exact-to-e^-K recall/coverage bootstrap
@@ -87,6 +86,54 @@ def bootstrap_interval(
     if upper is not None:
         lo, hi = min(lo, upper), min(hi, upper)
     return float(lo), float(hi)
+
+
+def matched_floor(fn: Callable, gen, ref, st: MetricSettings, patient_ids=None) -> tuple:
+    """``(floor, value_at_floor_n, [n_a, n_b])``: the real-vs-real floor and this metric at the same sizes.
+
+    The floor compares two disjoint halves of the reference (patient-wise when ids are known); it is
+    computed at half the reference size, so a set-size-dependent metric (FID, FD_inf, label JS, coverage)
+    must be held against it at those sizes: ``fn`` of ``n_a`` generated rows against the same half ``b``.
+    The first half is cut to ``n_a = min(|a|, N_gen)`` so both numbers are at exactly ``(n_a, n_b)``.
+    Either number is None where ``fn`` raises on the smaller sets.
+    """
+    a, b = real_vs_real_split(len(ref), st.seed, patient_ids)
+    n_a = min(len(a), len(gen))
+    rng = np.random.default_rng(st.seed)
+    a = np.sort(rng.choice(a, size=n_a, replace=False)) if n_a < len(a) else a
+    sub = np.sort(rng.choice(len(gen), size=n_a, replace=False))
+
+    def safe(x, y):
+        try:
+            return fn(x, y)
+        except (ValueError, DataError):
+            return None
+
+    return safe(ref[a], ref[b]), safe(gen[sub], ref[b]), [int(n_a), int(len(b))]
+
+
+def with_floor(mv, floor, matched, sizes):
+    """Set a MetricValue's floor fields: ``real_vs_real``, ``real_vs_real_n``, ``value_at_real_vs_real_n``."""
+    mv.real_vs_real = floor
+    mv.extra["real_vs_real_n"] = sizes
+    mv.extra["value_at_real_vs_real_n"] = matched
+    return mv
+
+
+def with_interval(mv, iv, *, bias_corrected: bool, lower=None, upper=None):
+    """Put a ``bootstrap.Interval`` on ``mv``, clipped to the metric's range, with the bias-corrected value."""
+    if iv is None:
+        return mv
+    lo, hi = iv.ci
+    if lower is not None:
+        lo, hi = max(lo, lower), max(hi, lower)
+    if upper is not None:
+        lo, hi = min(lo, upper), min(hi, upper)
+    mv.ci, mv.ci_method = (float(lo), float(hi)), iv.method
+    if bias_corrected:
+        bc = mv.value - iv.bias
+        mv.value_bias_corrected = float(bc if lower is None else max(bc, lower))
+    return mv
 
 
 def float64_device(device) -> str:

@@ -6,12 +6,16 @@ permutation of the generated rows and computes the FD of its first ``n`` rows ag
 statistics for ``points`` sizes evenly spaced from ``min_fraction * N`` to ``N`` (nested subsets: the fit
 is smooth, and running sums give every subset's statistics in one pass). It fits ``FD = FD_inf + b / n``
 by least squares and reports the intercept. The reference-size bias is not removed (the reference is
-fixed).
+fixed). ``fd_inf_two_sample`` (what the registered metric and ``functional.fd_inf`` use) shrinks both
+sets by a common fraction, which removes the reference's 1/N bias too.
 
-Bootstrap: a replicate computes FD_inf on the *distinct* rows of the resample (about 63% of N). FD_inf
+Bootstrap: a replicate computes FD_inf on the *distinct* rows of both resamples (about 63% of N). FD_inf
 removes the dependence on the set size, while duplicated rows would bias the covariance; the price is a
 CI wider than necessary by about 1/sqrt(0.632). Each replicate costs ``points`` eigen-decompositions, so
-FD_inf gets ``fd_inf_n_bootstrap`` replicates rather than ``n_bootstrap``.
+FD_inf gets ``fd_inf_n_bootstrap`` replicates rather than ``n_bootstrap``. The 1/N model needs subsets
+well above the feature dimension: below ``functional.FD_INF_MIN_ROWS_PER_DIM`` rows per dimension in the
+smallest subset the result is flagged (``valid`` False, no interval), and a negative intercept is clipped
+to 0 and flagged.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ import torch
 
 from ..seeding import numpy_rng
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
-from .common import MetricSettings, bootstrap_interval, features_of, float64_device
-from .fid import BootstrapFD, covariance_factor, frechet_distance, gaussian_stats
+from .common import MetricSettings, features_of, float64_device, matched_floor, with_floor
+from .fid import BootstrapFD, covariance_factor, frechet_distance
 
 
 def nested_stats(x: torch.Tensor, sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -81,9 +84,34 @@ def fd_inf(
     return float(intercept), {"sizes": sizes.tolist(), "fd": fds.tolist(), "slope": float(slope)}
 
 
+def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, seed: int = 0,
+                      device=None) -> tuple[float, dict]:
+    """FD_inf with both sets finite: FD of nested subsets holding the same fraction ``t`` of each set, fitted
+    as ``FD_inf + b / t``. FD's bias is ``c_g / N_g + c_r / N_r`` to first order, so a common fraction
+    removes both terms (the generated-only fit leaves the reference's). Each point is one ``TwoSampleFD``
+    evaluation on index prefixes (a small Gram eigenproblem when N < D).
+    """
+    from .fid import TwoSampleFD
+
+    n_g, n_r = len(gen), len(ref)
+    fractions = np.unique(np.linspace(min_fraction, 1.0, points))
+    sizes = [(max(2, round(t * n_g)), max(2, round(t * n_r))) for t in fractions]
+    if len({s for s, _ in sizes}) < 3:
+        raise ValueError(f"FD_inf needs at least 3 distinct subset sizes; {n_g} generated rows give fewer")
+    rng = numpy_rng(seed)
+    pg, pr = rng.permutation(n_g), rng.permutation(n_r)
+    fd_of = TwoSampleFD(np.asarray(gen)[pg], np.asarray(ref)[pr], device=device)
+    fds = np.array([fd_of(np.arange(a), np.arange(b)) for a, b in sizes])
+    t = np.array([a / n_g for a, _ in sizes])
+    slope, intercept = np.polyfit(1.0 / t, fds, 1)
+    # slope per 1/N_gen (FD = FD_inf + slope / n for n generated rows), as the generated-only fit reports it
+    return float(intercept), {"sizes": [a for a, _ in sizes], "ref_sizes": [b for _, b in sizes],
+                              "fd": fds.tolist(), "slope": float(slope) * n_g}
+
+
 class FDInf(Metric):
     name = "fd_inf"
-    version = "1"
+    version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
     outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
     per_extractor = True
 
@@ -95,25 +123,15 @@ class FDInf(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         if self.skip_reason(ctx):
             return {}
+        from . import functional as F
+
         st = MetricSettings.from_config(ctx.config)
-        kw = dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed)
-        dev = float64_device(ctx.device)
+        kw = dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed,
+                  device=float64_device(ctx.device))
         out = {}
         for e in ctx.embedding_extractors():
-            gen = torch.as_tensor(features_of(ctx.gen, e), device=dev).double()
-            ref = torch.as_tensor(features_of(ctx.ref, e), device=dev).double()
-            ref_stats = gaussian_stats(ref)
-            factor_ref = covariance_factor(ref_stats[1], ref)
-            value, details = fd_inf(gen, ref_stats, factor_ref=factor_ref, **kw)
-
-            def replicate(idx):
-                rows = torch.as_tensor(np.unique(idx), device=dev)
-                return fd_inf(gen[rows], ref_stats, factor_ref=factor_ref, **kw)[0]
-
-            ci = bootstrap_interval(replicate, len(gen), value, st, n_boot=st.fd_inf_n_bootstrap)
-            a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
-            a, b = torch.as_tensor(a, device=dev), torch.as_tensor(b, device=dev)
-            half_stats = gaussian_stats(ref[b])
-            rvr = fd_inf(ref[a], half_stats, factor_ref=covariance_factor(half_stats[1], ref[b]), **kw)[0]
-            out[f"fd_inf_{e}"] = MetricValue(value, False, ci, len(gen), len(ref), rvr, extra=details)
+            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
+            mv = F.fd_inf(gen, ref, n_bootstrap=st.fd_inf_n_bootstrap, alpha=st.alpha, **kw)
+            out[f"fd_inf_{e}"] = with_floor(mv, *matched_floor(
+                lambda x, y: max(0.0, fd_inf_two_sample(x, y, **kw)[0]), gen, ref, st, ctx.ref.patient_ids))
         return out

@@ -8,14 +8,11 @@ covariances.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
 from ..errors import DataError
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import bootstrap_ci, real_vs_real_split
 
 
 def _as64(x, device=None) -> torch.Tensor:
@@ -87,7 +84,8 @@ def covariance_factor(s, features=None) -> torch.Tensor:
 def _congruence(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``A^T S A`` for symmetric ``S``; with BLAS's triangular multiply on CPU when ``A`` is a Cholesky factor.
 
-    Only the lower triangle is guaranteed (all ``eigvalsh`` reads).
+    Only the lower triangle is guaranteed (all ``eigvalsh`` reads). A ``D x N`` centred-data factor is not
+    triangular even when it is all zero (identical rows): only a square factor may take the BLAS route.
     """
     # square: the D x N centred-data factor (N < D) is never triangular, even when its top rows are all zero
     if a.device.type == "cpu" and a.shape[0] == a.shape[1] and not torch.triu(a, 1).any():
@@ -173,6 +171,63 @@ class BootstrapFD:
         return float(diff @ diff) + self.tr_r + tr_b - 2 * tr_sqrt
 
 
+class TwoSampleFD:
+    """FD between weighted resamples of *both* sets, without refitting either (the reference is a sample too).
+
+    The non-zero eigenvalues of ``S_g S_r`` are the squared singular values of ``M = Z_g Z_r^T`` with
+    ``Z = sqrt(w) (X - m) / sqrt(n - 1)`` over the distinct rows drawn, so ``Tr((S_g S_r)^1/2)`` is the sum of
+    the square roots of the eigenvalues of the ``k x k`` matrix ``M M^T`` (k the smaller number of distinct
+    rows). ``M`` is read off the cross Gram matrix ``X_g X_r^T``, computed once, with rank-one corrections for
+    the resampled means. When ``N >> D`` the D-space route (weighted covariances, one D x D eigenproblem) is
+    cheaper and is used instead. Unit weights reproduce ``frechet_distance`` of the two sets.
+    """
+
+    def __init__(self, gen, ref, device=None):
+        xg, xr = _as64(gen, device), _as64(ref, device)
+        if xg.shape[1] != xr.shape[1]:
+            raise DataError(f"feature dimensions differ: {xg.shape[1]} vs {xr.shape[1]}")
+        center = xr.mean(0)  # distances to the reference mean keep the Gram entries small (less cancellation)
+        self.xg, self.xr = xg - center, xr - center
+        (ng, d), nr = self.xg.shape, self.xr.shape[0]
+        self.sq_g, self.sq_r = (self.xg * self.xg).sum(1), (self.xr * self.xr).sum(1)
+        k_g, k_r = 0.64 * ng, 0.64 * nr  # distinct rows in a resample
+        gram_cost = k_g * k_r * min(k_g, k_r) + min(k_g, k_r) ** 3
+        dspace_cost = (ng + nr) * d * d + 4 * d**3
+        self.cross = self.xg @ self.xr.T if gram_cost < dspace_cost and ng * nr <= 8192**2 else None
+
+    @staticmethod
+    def _moments(x, sq, w):
+        t = float(w.sum())
+        m = (w @ x) / t
+        return t, m, float((w @ sq - t * (m @ m)) / (t - 1))
+
+    def __call__(self, idx_g: np.ndarray, idx_r: np.ndarray | None) -> float:
+        ng, nr = len(self.xg), len(self.xr)
+        wg_np = np.bincount(idx_g, minlength=ng).astype(np.float64)
+        wr_np = np.ones(nr) if idx_r is None else np.bincount(idx_r, minlength=nr).astype(np.float64)
+        wg, wr = (torch.from_numpy(w).to(self.xg.device) for w in (wg_np, wr_np))
+        tg, mg, tr_g = self._moments(self.xg, self.sq_g, wg)
+        tr, mr, tr_r = self._moments(self.xr, self.sq_r, wr)
+        diff = mg - mr
+        if self.cross is None:
+            xg_c, xr_c = self.xg - mg, self.xr - mr
+            s_g = (xg_c * wg[:, None]).T @ xg_c / (tg - 1)
+            s_r = (xr_c * wr[:, None]).T @ xr_c / (tr - 1)
+            tr_sqrt = trace_sqrt_product(s_r, s_g)
+        else:
+            kg = torch.from_numpy(np.flatnonzero(wg_np)).to(self.xg.device)
+            kr = torch.from_numpy(np.flatnonzero(wr_np)).to(self.xg.device)
+            g_mr = self.cross @ wr / tr  # <x_g_i, m_r> for every generated row
+            mg_r = (wg @ self.cross) / tg  # <m_g, x_r_j> for every reference row
+            mm = float(mg_r @ wr) / tr
+            m = self.cross[kg[:, None], kr[None, :]]
+            m.sub_(g_mr[kg][:, None]).sub_(mg_r[kr][None, :]).add_(mm)
+            m.mul_(wg[kg].sqrt()[:, None]).mul_(wr[kr].sqrt()[None, :]).div_(((tg - 1) * (tr - 1)) ** 0.5)
+            small = m @ m.T if len(kg) <= len(kr) else m.T @ m
+            tr_sqrt = float(_eigvalsh(small).clamp(min=0).sqrt().sum())
+        return float(diff @ diff) + tr_g + tr_r - 2 * tr_sqrt
+
+
 def fid_from_features(f1, f2) -> float:
     if len(f2) < len(f1):  # factor the smaller set: an N x N eigenproblem when N <= D
         f1, f2 = f2, f1
@@ -189,51 +244,22 @@ class FID(Metric):
     accepts_reference_stats = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        out = {}
-        cfg = ctx.config
+        from . import functional as F
+        from .common import MetricSettings, matched_floor, with_floor
+
+        st = MetricSettings.from_config(ctx.config)
         dev = ctx.device if ctx.device != "mps" else "cpu"  # mps has no float64
+        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=dev)
+        out = {}
         for ext in ctx.embedding_extractors():
             g = ctx.gen.features[ext]
-            n_gen, d = g.shape
             cached = (ctx.ref.stats or {}).get(ext) if ext not in ctx.ref.features else None
-            if cached is not None:  # reference given as statistics (`cxrbench stats`)
-                mu_r, s_r = _as64(cached["mu"], dev), _as64(cached["sigma"], dev)
-                n_ref = int(cached["n"])
+            if cached is not None:  # reference given as statistics (`cxrbench stats`): its floor comes with them
+                mv = F.fid(g, ref_stats=cached, **kw)
+                mv.real_vs_real = cached.get("real_vs_real")
+                mv.extra.update({"real_vs_real_n": cached.get("real_vs_real_n"), "reference_from_statistics": True})
             else:
                 r = ctx.ref.features[ext]
-                n_ref = r.shape[0]
-                mu_r, s_r = gaussian_stats(r, device=dev)
-            if n_gen < d or n_ref < d:
-                warnings.warn(
-                    f"fid_{ext}: {n_gen} samples / {n_ref} reference images for {d}-d features; "
-                    "the covariance is rank-deficient and FID is biased upwards (compare only at equal N)",
-                    stacklevel=2,
-                )
-            # reused by every bootstrap replicate
-            factor_r = covariance_factor(s_r, None if cached is not None else r)
-            g64 = _as64(g, dev)
-            mu_g, s_g = gaussian_stats(g64)
-            value = frechet_distance(mu_r, s_r, mu_g, s_g, factor1=factor_r)
-
-            stat = BootstrapFD(g64, mu_r, s_r, factor_r)
-            ci = bootstrap_ci(stat, n_gen, n_boot=cfg.n_bootstrap, seed=cfg.seed, value=value)
-            if cached is not None:
-                out[f"fid_{ext}"] = MetricValue(
-                    value=value, higher_is_better=False, ci=ci, n_gen=n_gen, n_ref=n_ref,
-                    real_vs_real=cached.get("real_vs_real"),
-                    extra={"real_vs_real_n": cached.get("real_vs_real_n"), "reference_from_statistics": True},
-                )
-                continue
-            a, b = real_vs_real_split(r.shape[0], cfg.seed, ctx.ref.patient_ids)
-            rvr = fid_from_features(r[a], r[b]) if min(len(a), len(b)) >= 2 else None
-            # FID is biased upwards at small N (strongly when N < D), and the floor's halves are smaller than
-            # the sets compared: FID of len(a) generated images against the same half b is the like-for-like
-            # number to hold against the floor.
-            k = min(len(a), n_gen)
-            sub = np.random.default_rng(cfg.seed).choice(n_gen, size=k, replace=False)
-            matched = fid_from_features(g[sub], r[b]) if rvr is not None and k >= 2 else None
-            out[f"fid_{ext}"] = MetricValue(
-                value=value, higher_is_better=False, ci=ci, n_gen=n_gen, n_ref=r.shape[0], real_vs_real=rvr,
-                extra={"real_vs_real_n": [int(len(a)), int(len(b))], "value_at_real_vs_real_n": matched},
-            )
+                mv = with_floor(F.fid(g, r, **kw), *matched_floor(fid_from_features, g, r, st, ctx.ref.patient_ids))
+            out[f"fid_{ext}"] = mv
         return out

@@ -24,8 +24,7 @@ import torch
 
 from ..seeding import numpy_rng
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
-from .common import MetricSettings, bootstrap_interval, features_of, float64_device
+from .common import MetricSettings, features_of, float64_device, matched_floor, with_floor
 
 
 def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,29 +55,43 @@ class _Subset:
             return float("nan")
         # counts are small integers (exact in float32); the matvec is float32, the rest float64
         kw = (self.k_xx @ w.float()).double()
-        xx = (w @ kw - (w * self.k_xx.diagonal().double()).sum()) / (total * (total - 1))
+        w2 = w * w  # pairs of copies of one row are not distinct pairs: they leave the U-statistic
+        xx = (w @ kw - (w2 * self.k_xx.diagonal().double()).sum()) / (total * total - float(w2.sum()))
         xy = (w @ self.k_xy_rows) / (total * len(self.k_xy_rows))
         return float(xx + self.yy - 2 * xy)
 
 
 @dataclass
 class _WholeKernels:
-    """The full-kernel route's state for reweighting: ``K_gg``, subset indicators, per-row cross sums."""
+    """The full-kernel route's state for reweighting both sets: the three kernels and subset indicators."""
 
     k_gg: torch.Tensor  # (N_g, N_g) float64
+    k_rr: torch.Tensor  # (N_r, N_r) float64
+    k_gr: torch.Tensor  # (N_g, N_r) float64
     ind_g: torch.Tensor  # (N_g, S) float64: column s marks subset s's generated rows
-    xy_rows: torch.Tensor  # (N_g, S) float64: each generated row's kernel sum over subset s's reference rows
-    yy: torch.Tensor  # (S,) reference U-terms
-    m: int
+    ind_r: torch.Tensor  # (N_r, S) float64
 
-    def mmd2(self, counts: torch.Tensor) -> np.ndarray:
-        w = counts[:, None] * self.ind_g  # per-subset multiplicities, all subsets in one matmul
-        total = w.sum(0)
-        xx = ((w * (self.k_gg @ w)).sum(0) - (w * self.k_gg.diagonal()[:, None]).sum(0)) / (total * (total - 1))
-        xy = (w * self.xy_rows).sum(0) / (total * self.m)
-        v = (xx + self.yy - 2 * xy).cpu().numpy()
-        v[(total < 2).cpu().numpy()] = np.nan
+    @staticmethod
+    def _within(k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # distinct pairs only: copies of one row paired with each other would add k(x, x) terms that the
+        # original U-statistic never sees, biasing the replicates upward
+        w2 = w * w
+        return ((w * (k @ w)).sum(0) - (w2 * k.diagonal()[:, None]).sum(0)) / (w.sum(0) ** 2 - w2.sum(0))
+
+    def mmd2(self, counts_g: torch.Tensor, counts_r: torch.Tensor | None = None) -> np.ndarray:
+        wg = counts_g[:, None] * self.ind_g  # per-subset multiplicities, all subsets in one matmul
+        wr = self.ind_r if counts_r is None else counts_r[:, None] * self.ind_r
+        xy = (wg * (self.k_gr @ wr)).sum(0) / (wg.sum(0) * wr.sum(0))
+        v = (self._within(self.k_gg, wg) + self._within(self.k_rr, wr) - 2 * xy).cpu().numpy()
+        v[~np.isfinite(v)] = np.nan  # fewer than two distinct rows drawn into a subset
         return v
+
+
+def _nanmean(v) -> float:
+    """Mean over subsets with at least two distinct rows drawn; NaN (no warning) when there are none."""
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 @dataclass
@@ -89,16 +102,23 @@ class KIDResult:
     kept: list[_Subset] = field(default_factory=list, repr=False)
     whole: _WholeKernels | None = field(default=None, repr=False)
 
-    def reweighted(self, counts: np.ndarray) -> float:
-        """Mean MMD^2 over the kept subsets with per-generated-row multiplicities ``counts``."""
+    def reweighted(self, counts: np.ndarray, counts_ref: np.ndarray | None = None) -> float:
+        """Mean MMD^2 over the kept subsets with per-row multiplicities ``counts`` (and ``counts_ref``).
+
+        Reference weights need the whole-kernel route; the subset route keeps the reference fixed.
+        """
         if self.whole is not None:
-            c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=self.whole.k_gg.device)
-            return float(np.nanmean(self.whole.mmd2(c)))
+            dev = self.whole.k_gg.device
+            c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev)
+            cr = None if counts_ref is None else torch.as_tensor(np.asarray(counts_ref, dtype=np.float64), device=dev)
+            return _nanmean(self.whole.mmd2(c, cr))
+        if counts_ref is not None:
+            raise ValueError("reference weights need the whole-kernel route (kid(..., route='whole'))")
         if not self.kept:
             raise ValueError("no kernel blocks kept; call kid(..., keep=k) with k > 0")
         dev = self.kept[0].k_xx.device
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev)
-        return float(np.nanmean([s.mmd2(c[torch.as_tensor(s.gen_idx, device=dev)]) for s in self.kept]))
+        return _nanmean([s.mmd2(c[torch.as_tensor(s.gen_idx, device=dev)]) for s in self.kept])
 
 
 #: the whole-set route holds N x N float64 kernels; above this many entries per block it uses subsets
@@ -150,12 +170,13 @@ def kid(
     if route == "whole":
         ind_g = _indicators([g for g, _ in draws], n_g, device)
         ind_r = _indicators([r for _, r in draws], n_r, device)
-        yy = _u_sums(_poly_kernel(ref_t, ref_t), ind_r) / (m * (m - 1))
-        xy_rows = _poly_kernel(gen_t, ref_t) @ ind_r
-        k_gg = _poly_kernel(gen_t, gen_t)
-        vals = (_u_sums(k_gg, ind_g) / (m * (m - 1)) + yy - 2 * (ind_g * xy_rows).sum(0) / m**2).cpu().numpy()
+        k_rr, k_gr, k_gg = _poly_kernel(ref_t, ref_t), _poly_kernel(gen_t, ref_t), _poly_kernel(gen_t, gen_t)
+        yy = _u_sums(k_rr, ind_r) / (m * (m - 1))
+        vals = (_u_sums(k_gg, ind_g) / (m * (m - 1)) + yy - 2 * (ind_g * (k_gr @ ind_r)).sum(0) / m**2).cpu().numpy()
         k = min(keep, n_subsets)
-        whole = _WholeKernels(k_gg, ind_g[:, :k], xy_rows[:, :k], yy[:k], m) if k > 0 else None
+        if m == n_g == n_r:  # every subset is the whole of both sets: one column does for the bootstrap
+            k = min(k, 1)
+        whole = _WholeKernels(k_gg, k_rr, k_gr, ind_g[:, :k], ind_r[:, :k]) if k > 0 else None
         return KIDResult(float(vals.mean()), float(vals.std()), vals, whole=whole)
     if route != "subsets":
         raise ValueError(f"route {route!r}: expected auto, whole or subsets")
@@ -179,20 +200,15 @@ class KID(Metric):
     per_extractor = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        from . import functional as F
+
         st = MetricSettings.from_config(ctx.config)
         kw = dict(subset_size=st.kid_subset_size, n_subsets=st.kid_subsets, seed=st.seed,
                   device=float64_device(ctx.device))
         out = {}
         for e in ctx.embedding_extractors():
             gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            res = kid(gen, ref, keep=st.kid_boot_subsets, **kw)
-            ci = bootstrap_interval(lambda idx: res.reweighted(np.bincount(idx, minlength=len(gen))), len(gen),
-                                    res.mean, st)
-            a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
-            rvr = kid(ref[a], ref[b], **kw).mean
-            out[f"kid_{e}"] = MetricValue(
-                res.mean, False, ci, len(gen), len(ref), rvr,
-                extra={"std": res.std, "subset_size": min(st.kid_subset_size, len(gen), len(ref)),
-                       "subsets": st.kid_subsets},
-            )
+            mv = F.kid(gen, ref, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap, alpha=st.alpha, **kw)
+            out[f"kid_{e}"] = with_floor(mv, *matched_floor(lambda x, y: kid(x, y, **kw).mean, gen, ref, st,
+                                                            ctx.ref.patient_ids))
         return out

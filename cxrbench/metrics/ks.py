@@ -11,7 +11,7 @@ The value is the fraction of dimensions rejected (lower is better; 0 means no di
 apart); ``extra`` holds the median and maximum D, the dimension with the largest D by name and, for
 batteries of at most 64 dimensions, every dimension's D, p and decision.
 
-Bootstrap replicates recompute every D on the resampled generated set with a vectorised KS statistic
+Bootstrap replicates (both sets resampled, ``functional.ks_features``) recompute every D with a vectorised KS statistic
 (the same ECDF comparison as scipy, checked against it in the tests) and take p from the closed-form
 Kolmogorov limit with Stephens' correction (``ks_pvalues_fast``; scipy's own asymptotic p costs
 milliseconds per value), so 100 replicates of a 2048-dimensional battery stay cheap.
@@ -27,16 +27,16 @@ import torch
 from scipy import stats
 
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
 from .common import (
     MetricSettings,
-    bootstrap_interval,
     classifier_of,
     dimension_names,
     features_of,
     missing_classifier,
     float64_device,
+    matched_floor,
     missing_features,
+    with_floor,
 )
 
 #: batteries up to this many dimensions list every dimension in ``extra["dims"]``
@@ -92,6 +92,37 @@ def ks_pvalues_fast(d, n1: int, n2: int) -> np.ndarray:
     return np.clip(stats.kstwobign.sf((np.sqrt(en) + 0.12 + 0.11 / np.sqrt(en)) * np.asarray(d)), 0.0, 1.0)
 
 
+class WeightedKS:
+    """Every column's KS statistic for resamples of both sets, from counts, without sorting per replicate.
+
+    A resample's ECDF at a point is the cumulative count of the rows at or below it in the original sorted
+    order, so with the sorted columns and the positions of all ``n1 + n2`` original values in each (computed
+    once), a replicate is a cumsum and a gather: the supremum of ``|F1 - F2|`` is attained at a data value,
+    and a value drawn zero times changes neither ECDF. Same statistics as ``ks_statistics`` on the resampled
+    rows (checked in the tests), at a fraction of the cost of sorting D columns twice per replicate.
+    """
+
+    def __init__(self, x, y, device: str | torch.device = "cpu"):
+        xt = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64).T.contiguous()
+        yt = torch.as_tensor(np.asarray(y), device=device, dtype=torch.float64).T.contiguous()
+        xs, self.ox = xt.sort(1)
+        ys, self.oy = yt.sort(1)
+        both = torch.cat([xs, ys], 1)
+        self.ix = torch.searchsorted(xs, both, right=True)  # (D, n1 + n2): rows of x at or below each value
+        self.iy = torch.searchsorted(ys, both, right=True)
+
+    @staticmethod
+    def _ecdf(order: torch.Tensor, idx: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(counts, device=order.device, dtype=torch.float64)[order]  # counts in sorted order
+        cum = torch.cat([torch.zeros(len(c), 1, dtype=c.dtype, device=c.device), c.cumsum(1)], 1)
+        return cum.gather(1, idx) / float(counts.sum())
+
+    def __call__(self, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
+        f1 = self._ecdf(self.ox, self.ix, counts_x)
+        f2 = self._ecdf(self.oy, self.iy, counts_y)
+        return (f1 - f2).abs().amax(1).cpu().numpy()
+
+
 @dataclass
 class KSResult:
     d: np.ndarray
@@ -132,18 +163,13 @@ def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> 
 
 
 def ks_metric_value(gen, ref, names, *, st: MetricSettings, device, patient_ids=None) -> MetricValue:
-    """The battery as a MetricValue: bootstrap CI of the rejected fraction and the real-vs-real floor."""
-    res = ks_battery(gen, ref, names, q=st.ks_q)
-    ref_sorted = sorted_columns(ref, float64_device(device))  # the reference is fixed: sort it once
+    """The battery as a MetricValue: two-sample bootstrap CI of the rejected fraction and the matched floor."""
+    from . import functional as F
 
-    def replicate(idx):
-        d = ks_statistics(gen[idx], y_sorted=ref_sorted, device=float64_device(device))
-        return float(benjamini_hochberg(ks_pvalues_fast(d, len(idx), len(ref)), st.ks_q).mean())
-
-    ci = bootstrap_interval(replicate, len(gen), res.fraction, st, lower=0.0, upper=1.0)
-    a, b = real_vs_real_split(len(ref), st.seed, patient_ids)
-    rvr = ks_battery(ref[a], ref[b], names, q=st.ks_q).fraction
-    return MetricValue(res.fraction, False, ci, len(gen), len(ref), rvr, extra=res.extra(st.ks_q))
+    mv = F.ks_features(gen, ref, names=names, q=st.ks_q, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
+                       device=float64_device(device))
+    return with_floor(mv, *matched_floor(lambda x, y: ks_battery(x, y, names, q=st.ks_q).fraction, gen, ref, st,
+                                         patient_ids))
 
 
 class KSFeatures(Metric):

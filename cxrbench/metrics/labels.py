@@ -30,9 +30,18 @@ from sklearn.metrics import roc_auc_score
 
 from ..labels import canonical_label
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
-from .common import (MetricSettings, bootstrap_interval, classifier_of, dimension_names, features_of,
-                     missing_classifier)
+from .bootstrap import two_sample_bootstrap
+from .common import (
+    MetricSettings,
+    bootstrap_interval,
+    classifier_of,
+    dimension_names,
+    features_of,
+    matched_floor,
+    missing_classifier,
+    with_floor,
+    with_interval,
+)
 #: manifest columns that may hold each image's requested labels as one "A|B" (or "A,B") string
 LABEL_LIST_COLUMNS = ("labels", "requested_labels", "conditioning_labels")
 
@@ -87,7 +96,6 @@ class LabelDistribution(Metric):
         st = MetricSettings.from_config(ctx.config)
         gen, ref, names = _classifier_outputs(ctx)
         pg, pr = positives(gen), positives(ref)
-        a, b = real_vs_real_split(len(pr), st.seed, ctx.ref.patient_ids)
         prev_g, prev_r = pg.mean(0), pr.mean(0)
         worst = int(np.argmax(np.abs(prev_g - prev_r)))
         extras = {
@@ -108,8 +116,12 @@ class LabelDistribution(Metric):
         out = {}
         for key, fn in (("label_mae", label_mae), ("label_js", label_js), ("label_cooccurrence", label_cooccurrence)):
             value = fn(pg, pr)
-            ci = bootstrap_interval(lambda idx, fn=fn: fn(pg[idx], pr), len(pg), value, st, lower=0.0)
-            out[key] = MetricValue(value, False, ci, len(pg), len(pr), fn(pr[a], pr[b]), extra=extras[key])
+            # distances between prevalence tables are biased upward at finite N: basic bootstrap over both sets
+            iv = two_sample_bootstrap(lambda ig, ir, fn=fn: fn(pg[ig], pr[ir]), len(pg), len(pr), value,
+                                      n_boot=st.n_bootstrap, seed=st.seed, alpha=st.alpha, method="basic")
+            mv = with_interval(MetricValue(value, False, None, len(pg), len(pr), extra=extras[key]), iv,
+                               bias_corrected=True, lower=0.0)
+            out[key] = with_floor(mv, *matched_floor(fn, pg, pr, st, ctx.ref.patient_ids))
         return out
 
 

@@ -12,12 +12,12 @@ the same within the generated set (k = 5):
 All neighbour queries go through ``knn.py`` (chunked, never N x N). Balls are closed (``<=``; the prdc
 package uses ``<``, identical except on exact ties).
 
-Bootstrap over the generated set: precision and density are means of per-generated-point values, so a
-replicate averages the resampled values exactly. Recall and coverage ask, per real point, whether any
-present generated point falls in a ball; the ``boot_candidates`` best candidates of each real point are
-stored once and a replicate checks which are present (exact unless all of them are absent, probability
-about e^-K). Generated radii stay at their full-set values: resampling with replacement would put copies at
-distance 0 and collapse them.
+Bootstrap over both sets (the reference is a sample too): every value is a mean over the points of one
+set of "is it in a ball of a present point of the other set"; the ``boot_candidates`` deepest balls of
+every point are stored once and a replicate checks which are present (exact unless all of them are absent,
+probability about e^-K; density counts are exact up to ``boot_candidates`` balls per point) and averages
+with the resample's multiplicities. Radii stay at their full-set values: resampling with replacement would
+put copies at distance 0 and collapse them.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import torch
 
 from . import knn
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import real_vs_real_split
-from .common import MetricSettings, bootstrap_interval, features_of
+from .common import MetricSettings, features_of, matched_floor, with_floor
 
 
 @dataclass
@@ -48,22 +47,32 @@ class PRDCResult:
     #: per real point: its nearest generated indices (K,) and whether each lies inside the real ball
     cover_cand: np.ndarray
     cover_hit: np.ndarray
+    #: per generated point: candidate real balls (K,) (deepest first) and whether each one contains it
+    prec_cand: np.ndarray
+    prec_hit: np.ndarray
     k: int
 
     def as_dict(self) -> dict[str, float]:
         return {"precision": self.precision, "recall": self.recall, "density": self.density,
                 "coverage": self.coverage}
 
-    def resampled(self, idx: np.ndarray) -> dict[str, float]:
-        """The four values when the generated set is replaced by its rows ``idx`` (with repetition)."""
+    def resampled(self, idx: np.ndarray, idx_ref: np.ndarray | None = None) -> dict[str, float]:
+        """The four values when the generated set is replaced by its rows ``idx`` and the reference by its
+        rows ``idx_ref`` (with repetition; None keeps the reference)."""
         present = np.zeros(len(self.gen_counts), dtype=bool)
         present[idx] = True
-        c = self.gen_counts[idx]
+        if idx_ref is None:
+            c = self.gen_counts[idx]
+            ref_rows = slice(None)
+        else:
+            w_ref = np.bincount(idx_ref, minlength=len(self.recall_cand))
+            c = (self.prec_hit * w_ref[self.prec_cand]).sum(1)[idx]
+            ref_rows = idx_ref
         return {
             "precision": float((c > 0).mean()),
             "density": float(c.mean() / self.k),
-            "recall": float((self.recall_hit & present[self.recall_cand]).any(1).mean()),
-            "coverage": float((self.cover_hit & present[self.cover_cand]).any(1).mean()),
+            "recall": float((self.recall_hit & present[self.recall_cand]).any(1)[ref_rows].mean()),
+            "coverage": float((self.cover_hit & present[self.cover_cand]).any(1)[ref_rows].mean()),
         }
 
 
@@ -89,13 +98,14 @@ def prdc(
     recall_hit = ratio <= 1.0
     dist, cover_cand = knn.knn(real, gen, kc, **kw)
     cover_hit = dist <= r_real[:, None]
+    ratio, prec_cand = knn.knn(gen, real, min(boot_candidates, len(real)), scale=np.maximum(r_real, 1e-30), **kw)
     return PRDCResult(
         precision=float((gen_counts > 0).mean()),
         recall=float(recall_hit[:, 0].mean()),
         density=float(gen_counts.mean() / k),
         coverage=float(cover_hit[:, 0].mean()),
         gen_counts=gen_counts, recall_cand=recall_cand, recall_hit=recall_hit,
-        cover_cand=cover_cand, cover_hit=cover_hit, k=k,
+        cover_cand=cover_cand, cover_hit=cover_hit, prec_cand=prec_cand, prec_hit=ratio <= 1.0, k=k,
     )
 
 
@@ -114,16 +124,17 @@ class PRDC(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         if self.skip_reason(ctx):
             return {}
+        from . import functional as F
+
         st = MetricSettings.from_config(ctx.config)
         kw = dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=ctx.device, budget=st.knn_budget)
         out = {}
         for e in ctx.embedding_extractors():
             gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            res = prdc(ref, gen, **kw)
-            a, b = real_vs_real_split(len(ref), st.seed, ctx.ref.patient_ids)
-            rvr = prdc(ref[a], ref[b], **kw).as_dict()
-            for key, value in res.as_dict().items():
-                ci = bootstrap_interval(lambda idx, key=key: res.resampled(idx)[key], len(gen), value, st,
-                                        lower=0.0, upper=None if key == "density" else 1.0)
-                out[f"{key}_{e}"] = MetricValue(value, True, ci, len(gen), len(ref), rvr[key], extra={"k": st.prdc_k})
+            res = F.prdc(gen, ref, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, **kw)
+            floor, matched, sizes = matched_floor(lambda x, y: prdc(y, x, **kw).as_dict(), gen, ref, st,
+                                                  ctx.ref.patient_ids)
+            for key, mv in res.items():
+                out[f"{key}_{e}"] = with_floor(mv, None if floor is None else floor[key],
+                                               None if matched is None else matched[key], sizes)
         return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
