@@ -256,6 +256,14 @@ class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
 # building the protocol's package data from a trained run
 
 
+def run_network(run_dir: Path) -> CXR64Net:
+    """The feature network of a trained run (its ``net.*`` weights; the training heads are left behind)."""
+    state = torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)
+    net = CXR64Net()
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return net.eval()
+
+
 def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
     """Features of every NIH thumbnail through the harness's own extraction path (same kernels, same order)."""
     from cxrbench.data.sources import open_source
@@ -336,11 +344,11 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     from cxrbench.generator import atomic_torch_save, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = CXR64NetTrainer.from_pretrained(run_dir)
+    net = run_network(run_dir)
     weights = out_dir / WEIGHTS_FILE
-    atomic_torch_save({k: v.contiguous() for k, v in model.net.state_dict().items()}, weights)
+    atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
     table, feats, hashes, spec = nih_features(data_root, weights)
-    calib = calibrate_head(model.net, feats, table)
+    calib = calibrate_head(net, feats, table)
     atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
     for which in ("reference", "train"):
         m = (table["cxr64_split"] == which).to_numpy()

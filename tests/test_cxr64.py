@@ -211,8 +211,10 @@ def test_mode_collapse_lowers_recall_and_coverage(extractor, heldout):
         idx = rng.permutation(len(g))[: int(frac * len(g))]
         g[idx] = f[rng.choice(5, size=len(idx))]
         out.append(prdc(ref, g, k=5).as_dict())
-    for key in ("recall", "coverage"):
-        assert out[0][key] > out[1][key] > out[2][key], (key, out)
+    assert out[0]["coverage"] > out[1]["coverage"] > out[2]["coverage"], out
+    # recall (k-NN balls of the samples) sees only heavy collapse: copies shrink their own balls to 0, but the
+    # few distinct samples left get wider ones (Naeem et al.'s reason to prefer coverage)
+    assert out[2]["recall"] < out[0]["recall"], out
 
 
 @needs_data

@@ -35,7 +35,7 @@ WIDTHS = (16, 32, 64, 128)
 WEIGHTS_FILE = "cxr64-net.pt"
 HEAD_FILE = "cxr64-labels.json"
 #: sha256 of the shipped weights file; a file with other bytes is refused
-WEIGHTS_SHA256 = "5b5038d5ccf1cdf7c4ce769e566a83a1b9a843e0cc6e411119d9554af6f427ac"
+WEIGHTS_SHA256 = "e011d285e05438ef4794814e531becb2b5af3a12b1f0bec73102241172a26a92"
 
 
 def centre_crop_square(x: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,8 @@ SAMPLE_COUNT = 200
 EXTRACTORS = ("cxr64", "cxr64-classifier")
 METRICS = ("fid", "kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
 #: sha256 of the shipped feature files; a file with other bytes is refused
-REFERENCE_SHA256 = "d4ab114560d5bb175bf453e6417b63d77b41300239377a494eb09f14da003a05"
-TRAIN_SHA256 = "469aeb8c54cce396d953f806c9c0b7c25f6249c8037a7e711ba9e5a2dbe291df"
+REFERENCE_SHA256 = "170ed8cb592b58a70837a5e26f87eef2c4e02abf6f3d02dd7224a548a9def0de"
+TRAIN_SHA256 = "1a5e3082bb9ff67679c07571bd6b692c8c3a50368018e5405d88e5f77e3b1485"
 FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256)}
 
 

@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from baselines.cxr64net import CXR64NetTrainer  # noqa: E402
+from baselines.cxr64net import run_network  # noqa: E402
 from cxrbench.features.cxr64 import CXR64Extractor  # noqa: E402
 from cxrbench.labels import LABELS  # noqa: E402
 from cxrbench.metrics.fid import fid_from_features  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     x_k = images_of(kdir, k["path"])
     rows = []
     for run in runs:
-        net = CXR64NetTrainer.from_pretrained(run).net.eval()
+        net = run_network(run)
         ext = CXR64Extractor(network=net)
         f_ev, f_k = feats(ext, x_ev), feats(ext, x_k)
         fr, fh = f_ev[is_ref], f_ev[~is_ref][:200]
