@@ -65,9 +65,22 @@ def test_every_metric_emits_exactly_its_declared_keys(reference, train):
 
 
 def test_requirements_are_declared():
-    assert METRICS.get("ks_labels").requires_extractors == ("xrv-classifier",)
-    assert METRICS.get("labels").requires_extractors == ("xrv-classifier",)
+    from cxrbench.metrics.base import EvalContext, FeatureSet
+    from cxrbench.metrics.common import classifier_of
+
     assert METRICS.get("ks_pixels").requires_extractors == ("pixels",)
+    # label metrics read whichever label classifier ran (xrv-classifier first, else cxr64-classifier)
+    specs = {"xrv": {"kind": "embedding"}, "cxr64-classifier": {"kind": "probabilities"},
+             "xrv-classifier": {"kind": "probabilities"}}
+    gen = FeatureSet(name="samples", ids=[], hashes=[], features={k: np.zeros((0, 1)) for k in specs})
+    ctx = EvalContext(gen=gen, ref=gen, train=None, extractors=specs, config=None)
+    assert classifier_of(ctx) == "xrv-classifier"
+    ctx.extractors = {k: v for k, v in specs.items() if k != "xrv-classifier"}
+    assert classifier_of(ctx) == "cxr64-classifier"
+    ctx.extractors = {"xrv": specs["xrv"]}
+    for name in ("labels", "ks_labels", "label_adherence"):
+        assert METRICS.get(name).requires_extractors == ()
+        assert "label classifier" in METRICS.get(name)().skip_reason(ctx)
 
 
 def test_distances_grow_and_fidelity_falls_with_distribution_shift(reference):
