@@ -306,7 +306,11 @@ def calibrate_head(net: CXR64Net, feats: np.ndarray, table: pd.DataFrame, *, min
         entry = {"auroc_reference": auc, "auroc_heldout": auc_h, "positives": npos}
         if ok and auc >= min_auroc and auc_h >= min_auroc:
             lr = LogisticRegression(C=1e4).fit(logits[held, j : j + 1], y[held])
-            entry.update(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+            p = lr.predict_proba(logits[held, j : j + 1])[:, 1]
+            # operating point: the probability above which as many held-out images are called positive as are
+            # labelled so; mapped to 0.5 as torchxrayvision's op_threshs are, so prevalences are comparable
+            op = float(np.quantile(p, 1 - y[held].mean()))
+            entry.update(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), op=op)
             keep.append(name)
         report[name] = entry
     return {
@@ -314,8 +318,10 @@ def calibrate_head(net: CXR64Net, feats: np.ndarray, table: pd.DataFrame, *, min
         "index": [LABELS.index(n) for n in keep],
         "a": [report[n]["a"] for n in keep],
         "b": [report[n]["b"] for n in keep],
+        "op": [report[n]["op"] for n in keep],
         "rule": f"kept: AUROC >= {min_auroc} on both the held-out (calibration) and the reference split, with >= "
-                f"{min_pos} positives and negatives in each; Platt scaling fitted on the held-out split",
+                f"{min_pos} positives and negatives in each; Platt scaling fitted on the held-out split, then its "
+                "operating point (held-out prevalence) mapped to 0.5",
         "per_label": report,
     }
 
@@ -381,8 +387,10 @@ def pin_sources(pins: dict[str, str]) -> None:
     import cxrbench.protocols.cxr64 as proto
 
     f = Path(feat.__file__)
-    f.write_text(re.sub(r'^WEIGHTS_SHA256 = "[0-9a-zA-Z]*"', f'WEIGHTS_SHA256 = "{pins[feat.WEIGHTS_FILE]}"',
-                        f.read_text(), count=1, flags=re.M))
+    text = re.sub(r'^WEIGHTS_SHA256 = "[0-9a-zA-Z]*"', f'WEIGHTS_SHA256 = "{pins[feat.WEIGHTS_FILE]}"',
+                  f.read_text(), count=1, flags=re.M)
+    f.write_text(re.sub(r'^HEAD_SHA256 = "[0-9a-zA-Z]*"', f'HEAD_SHA256 = "{pins[feat.HEAD_FILE]}"', text, count=1,
+                        flags=re.M))
     f = Path(proto.__file__)
     text = f.read_text()
     for which, (fname, _) in proto.FEATURE_FILES.items():

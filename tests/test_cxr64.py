@@ -78,6 +78,7 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     ref[-100] ^= 1
     (tmp_path / "cxr64-reference.npz").write_bytes(bytes(ref))
     (tmp_path / "cxr64-train.npz").unlink()
+    (tmp_path / feat.HEAD_FILE).write_text((tmp_path / feat.HEAD_FILE).read_text().replace("0.", "0.9", 1))
     monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
     monkeypatch.setattr(proto, "shipped_path", lambda name: tmp_path / name)
     with pytest.raises(WeightsError, match=r"cxr64-net\.pt: sha256 .* not the pinned .*reinstall"):
@@ -86,6 +87,9 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
         proto.load_features("reference")
     with pytest.raises(WeightsError, match=r"cxr64-train\.npz: .*missing; reinstall"):
         proto.load_features("train")
+    monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
+    with pytest.raises(WeightsError, match=r"cxr64-labels\.json: sha256 .*label head"):
+        feat.CXR64ClassifierExtractor()
 
 
 def test_label_head_reproduces_its_recorded_reference_auroc():

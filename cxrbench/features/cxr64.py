@@ -36,6 +36,8 @@ WEIGHTS_FILE = "cxr64-net.pt"
 HEAD_FILE = "cxr64-labels.json"
 #: sha256 of the shipped weights file; a file with other bytes is refused
 WEIGHTS_SHA256 = "e011d285e05438ef4794814e531becb2b5af3a12b1f0bec73102241172a26a92"
+#: sha256 of the shipped label-head calibration (labels kept, Platt parameters, operating points)
+HEAD_SHA256 = "0221bb8f25089a34478551995660765027bd55d9380a1614eb6d38585eeebca9"
 
 
 def centre_crop_square(x: torch.Tensor) -> torch.Tensor:
@@ -172,8 +174,9 @@ class CXR64Extractor(FeatureExtractor):
 class CXR64ClassifierExtractor(FeatureExtractor):
     """Calibrated probabilities of the labels the ``cxr64`` head tells apart, from ``cxr64`` features.
 
-    Calibration (Platt: ``sigmoid(a * logit + b)`` per label) and the label list are shipped beside the
-    weights in ``cxr64-labels.json`` with the held-out AUROC that chose them.
+    Calibration (Platt: ``sigmoid(a * logit + b)`` per label, then the operating point mapped to 0.5 as
+    torchxrayvision's ``op_norm`` does) and the label list are shipped beside the weights in
+    ``cxr64-labels.json`` with the held-out AUROC that chose them.
     """
 
     name = "cxr64-classifier"
@@ -193,6 +196,10 @@ class CXR64ClassifierExtractor(FeatureExtractor):
                 raise WeightsError(f"{head_path}: the cxr64 label calibration is missing; reinstall cxrbench")
             calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
         else:
+            digest = file_sha256(head_path)
+            if digest != HEAD_SHA256:
+                raise WeightsError(f"{head_path}: sha256 {digest[:16]}... is not the pinned cxr64 label head "
+                                   f"({HEAD_SHA256[:16]}...); the file was altered: reinstall cxrbench or restore it")
             calib = json.loads(head_path.read_text())
         if not calib["labels"]:
             raise WeightsError(f"{head_path}: the cxr64 label head keeps no label; rebuild it "
@@ -205,6 +212,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
         self.register_buffer("b", b[idx].clone())
         self.register_buffer("a_cal", torch.tensor(calib["a"], dtype=torch.float32))
         self.register_buffer("b_cal", torch.tensor(calib["b"], dtype=torch.float32))
+        self.register_buffer("op", torch.tensor(calib.get("op", [0.5] * len(calib["labels"])), dtype=torch.float32))
         self.weights_id = base.weights_id
         self.calibration = calib
         self.eval()
@@ -212,12 +220,14 @@ class CXR64ClassifierExtractor(FeatureExtractor):
 
     def spec(self) -> dict:
         return {**super().spec(), "derived_from": self.derived_from, "labels": list(self.feature_names),
-                "calibration": "platt" if not self.weights_id.startswith("random") else "none (random weights)"}
+                "calibration": "platt+op_norm" if not self.weights_id.startswith("random") else "none (random weights)"}
 
     @torch.no_grad()
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
         logits = f.to(self.w) @ self.w.T + self.b
-        return torch.sigmoid(self.a_cal * logits + self.b_cal)
+        p = torch.sigmoid(self.a_cal * logits + self.b_cal)
+        # the operating point to 0.5, piecewise linearly (torchxrayvision's op_norm): "present" = p > 0.5
+        return torch.where(p < self.op, p / (2 * self.op), 1 - (1 - p) / (2 * (1 - self.op)))
 
     def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr64 features
         raise RuntimeError("cxr64-classifier is computed from cxr64 features; add cxr64 to the extractors")
