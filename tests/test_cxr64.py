@@ -255,3 +255,26 @@ def test_train_split_cxr64_train_is_the_protocol_split():
     assert set(src.ids) == want
     with pytest.raises(UsageError, match="cxr64 splits are"):
         _protocol_split(src, "cxr64-test")
+
+
+def test_submit_verify_and_check_under_cxr64(tmp_path):
+    """An entry made offline under the protocol verifies, passes its own check, and a noisier set regresses
+    (blur would not do: these LSGAN samples are noisy, and blurring them brings them nearer the reference)."""
+    from tests.benchmarks.cxr64_validity import noise
+
+    from .conftest import write_pngs
+
+    env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
+    r = _cli("submit", "--samples", str(EXAMPLES), "--card", str(ROOT / "examples" / "model.toml"),
+             "--out", str(tmp_path / "entries"), "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    (entry,) = (tmp_path / "entries").glob("*.json")
+    e = json.loads(entry.read_text())
+    assert e["comparable"] is True and e["protocol"] == {"name": "cxr64", "version": proto.VERSION}
+    assert _cli("verify", str(entry), "--samples", str(EXAMPLES), "--quiet", env=env).returncode == 0
+    assert _cli("check", "--samples", str(EXAMPLES), "--against", str(entry), "--quiet", env=env).returncode == 0
+    x = torch.stack([torch.from_numpy(load_image(p))[None] for p in sorted(EXAMPLES.glob("*.png"))])
+    write_pngs(tmp_path / "noisier", noise(x, 0.1))
+    r = _cli("check", "--samples", str(tmp_path / "noisier"), "--against", str(entry), "--metrics", "fid",
+             "--quiet", env=env)
+    assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
