@@ -44,7 +44,7 @@ from cxrbench.labels import LABELS
 from cxrbench.protocols.cxr64_splits import image_splits
 
 from .moco import augment
-from .trainer import Batch, Trainable
+from .trainer import Batch, Trainable, set_cosine_lr
 
 NIH = "nih1000_64px"
 KERMANY = "kermany_pediatric_covid_skytells"
@@ -240,11 +240,7 @@ class CXR64NetTrainer(Trainable, PretrainedMixin, nn.Module):
 
     def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
         c, opt = self.config, optimizers["adamw"]
-        lr = c.lr
-        if c.schedule_steps:
-            lr = c.lr * 0.5 * (1 + math.cos(math.pi * min(step, c.schedule_steps) / c.schedule_steps))
-        for pg in opt.param_groups:
-            pg["lr"] = lr
+        lr = set_cosine_lr(opt, c.lr, step, c.schedule_steps)
         out = self.losses(batch.images, batch.labels)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -59,7 +59,7 @@ from cxrbench.generator import PretrainedMixin, atomic_write_bytes
 from cxrbench.labels import LABELS
 from cxrbench.seeding import torch_generator
 
-from .trainer import Batch, Trainable, _TrainDescriptor
+from .trainer import Batch, Trainable, _TrainDescriptor, set_cosine_lr
 
 # ---------------------------------------------------------------------------------------------------------
 # config
@@ -449,11 +449,7 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
 
     def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
         c, opt = self.config, optimizers["sgd"]
-        lr = c.lr
-        if c.schedule_steps:
-            lr = c.lr * 0.5 * (1 + math.cos(math.pi * min(step, c.schedule_steps) / c.schedule_steps))
-        for pg in opt.param_groups:
-            pg["lr"] = lr
+        lr = set_cosine_lr(opt, c.lr, step, c.schedule_steps)
         groups = self.groups_of(batch.labels)
         out = self.training_loss(batch.images, groups, label_mode=self.label_mode)
         opt.zero_grad(set_to_none=True)

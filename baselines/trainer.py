@@ -263,6 +263,16 @@ def _train_new(cls, dataset, config, out_dir, *, options: TrainOptions | None = 
     return fit(cls(config), dataset, out_dir, options=options, device=device, log=log)
 
 
+def set_cosine_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, schedule_steps: int) -> float:
+    """Cosine decay of the learning rate over ``schedule_steps`` (0: constant); sets it and returns it."""
+    lr = base_lr
+    if schedule_steps:
+        lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(step, schedule_steps) / schedule_steps))
+    for pg in optimizer.param_groups:
+        pg["lr"] = lr
+    return lr
+
+
 class Trainable:
     """Mixin giving a baseline the class-level ``train(dataset, config, out_dir, ...)`` that drives :func:`fit`."""
 
