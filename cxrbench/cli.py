@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "verify",
     "check": "check",
     "leaderboard": "leaderboard",
+    "reproduce": "reproduce",
 }
 
 

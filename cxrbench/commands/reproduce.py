@@ -1,0 +1,149 @@
+"""``cxrbench reproduce RECIPE.toml``: one leaderboard row end to end (train, sample with a fixed seed, submit).
+
+A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything that decides the row:
+
+    [model]                          # a registered generator and overrides of its Config fields
+    name = "lsgan"
+    config = { image_size = 64 }
+    [data]                           # training images; split: a labels.csv split value or cxr64-train
+    path = "../shared/data/nih1000_64px"
+    split = "cxr64-train"
+    [train]                          # trainer budget (wall clock is per call; the run resumes)
+    seed = 0
+    max_minutes = 15
+    steps = 1000000
+    [sample]
+    n = 200
+    seed = 0
+    [card]                           # the model card (model.toml fields)
+    name = "LSGAN-64"
+    ...
+
+Each step is the subcommand a user would type (``train``, ``sample``, ``submit``), so a recipe reproduces
+exactly what those commands do; the commands it runs are printed first.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+from ..errors import UsageError
+
+HELP = "train, sample and submit one leaderboard recipe (leaderboard/recipes/NAME.toml)"
+EPILOG = """examples:
+  cxrbench reproduce leaderboard/recipes/lsgan.toml                 # runs/lsgan, samples, entry
+  cxrbench reproduce leaderboard/recipes/ddpm.toml --dry-run        # print the commands only
+  cxrbench reproduce leaderboard/recipes/vae.toml --max-minutes 1   # a shorter budget (not the recipe's row)
+"""
+
+SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels"},
+            "train": {"seed", "max_minutes", "steps", "epochs", "batch_size", "device", "checkpoint_every"},
+            "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
+            "gpu": None, "notes": None}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("recipe", type=Path, help="recipe TOML file")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where the model folder goes (default runs/)")
+    p.add_argument("--samples-dir", type=Path, default=Path("leaderboard/samples"),
+                   help="where the samples folder goes (default leaderboard/samples/)")
+    p.add_argument("--entries", type=Path, default=Path("leaderboard/entries"), help="entries folder")
+    p.add_argument("--max-minutes", type=float, default=None, help="override the recipe's training budget")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
+    p.add_argument("--force", action="store_true", help="replace an existing entry and samples")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_recipe(path: Path) -> dict:
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such recipe file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    for section, value in recipe.items():
+        if section not in SECTIONS:
+            raise UsageError(f"{path}: unknown section [{section}]; recipes have {', '.join(SECTIONS)}")
+        allowed = SECTIONS[section]
+        if allowed is not None and isinstance(value, dict) and set(value) - allowed:
+            raise UsageError(f"{path}: [{section}] has unknown keys {sorted(set(value) - allowed)}")
+    for need in ("model", "data", "card"):
+        if need not in recipe:
+            raise UsageError(f"{path}: a recipe needs a [{need}] section")
+    if "name" not in recipe["model"] or "path" not in recipe["data"]:
+        raise UsageError(f"{path}: [model] needs name and [data] needs path")
+    return recipe
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise UsageError(f"recipe value {v!r} cannot be written to TOML")
+
+
+def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path]]:
+    """The ``cxrbench`` argument lists the recipe runs, and the files it writes first (config, card)."""
+    slug = args.recipe.stem
+    run_dir, samples = args.runs / slug, args.samples_dir / slug
+    model, data = recipe["model"], recipe["data"]
+    train, sample = recipe.get("train", {}), recipe.get("sample", {})
+    files = {"config": run_dir.parent / f"{slug}.config.toml", "card": run_dir.parent / f"{slug}.model.toml"}
+    t = ["train", model["name"], "--data", str(data["path"]), "--out", str(run_dir), "--config", str(files["config"])]
+    if data.get("split"):
+        t += ["--split", data["split"]]
+    if data.get("labels"):
+        t += ["--labels", data["labels"]]
+    budget = {"seed": train.get("seed", 0), "max_minutes": args.max_minutes or train.get("max_minutes"),
+              "steps": args.steps or train.get("steps"), "epochs": train.get("epochs"),
+              "batch_size": train.get("batch_size"), "device": train.get("device"),
+              "checkpoint_every": train.get("checkpoint_every")}
+    for k, v in budget.items():
+        if v is not None:
+            t += ["--" + k.replace("_", "-"), str(v)]
+    s = ["sample", str(run_dir), "--n", str(sample.get("n", 200)), "--seed", str(sample.get("seed", 0)),
+         "--out", str(samples), "--batch-size", str(sample.get("batch_size", 64))]
+    if sample.get("bit_depth"):
+        s += ["--bit-depth", str(sample["bit_depth"])]
+    if args.force:
+        s.append("--overwrite")
+    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--out", str(args.entries),
+         "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
+    if args.force:
+        u.append("--force")
+    if args.quiet:
+        t.append("--quiet")
+        u.append("--quiet")
+    return [t, s, u], files
+
+
+def run(args) -> int:
+    import shlex
+
+    from ..cli import main as cli_main
+    from ..fileio import atomic_write_bytes
+
+    recipe = load_recipe(args.recipe)
+    steps, files = commands(recipe, args)
+    for argv in steps:
+        print("cxrbench " + shlex.join(argv), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    config = "".join(f"{k} = {_toml_value(v)}\n" for k, v in recipe["model"].get("config", {}).items())
+    card = "".join(f"{k} = {_toml_value(v)}\n" for k, v in recipe["card"].items())
+    atomic_write_bytes(files["config"], config.encode())
+    atomic_write_bytes(files["card"], card.encode())
+    for argv in steps:
+        rc = cli_main(argv)
+        if rc:
+            raise UsageError(f"{args.recipe}: `cxrbench {argv[0]}` failed (exit {rc}); fix it and run again: "
+                             "training resumes from its checkpoint")
+    return 0
