@@ -1,6 +1,6 @@
 """cxrbench: evaluation suite and reference generators for generative chest X-ray models."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def __getattr__(name):

@@ -9,357 +9,35 @@ stopped. Metrics are then pure functions of the cached features.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import platform
 import subprocess
-import sys
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
+from .config import (  # noqa: F401  (re-exported: the historical home of these names)
+    DEFAULT_EXTRACTORS, DEFAULT_PROTOCOL, PRECISIONS, EvalConfig, resolve_device,
+)
 from .data.sources import ImageSource, open_source
+from .extraction import (  # noqa: F401  (re-exported)
+    build_extractors, extract_features, extractor_spec, precision_scope, reference_statistics, run_extractor,
+)
 from .distributed import DistContext, from_env
 from .errors import DataError, UsageError
-from .features.cache import FeatureCache, chunk_key
+from .features.cache import FeatureCache
 from .metrics.base import EvalContext, FeatureSet, MetricValue
 from .protocols.cxr64 import PrecomputedSet
-from .registry import EXTRACTORS, METRICS
+from .reference_stats import check_specs, is_reference_stats, load_reference_stats
+from .registry import EXTRACTORS, METRICS, PROTOCOLS
 from .results import SCHEMA, Result
 
 PROTOCOL_VERSION = "1"
-DEFAULT_EXTRACTORS = ("inception", "xrv", "xrv-classifier", "pixels")
-
-
-@dataclass
-class EvalConfig:
-    """Every knob of an evaluation; the CLI flags mirror these fields and the resolved copy goes in results."""
-
-    extractors: tuple[str, ...] = DEFAULT_EXTRACTORS
-    metrics: tuple[str, ...] | None = None  # None: every registered metric whose inputs are available
-    weights: str = "auto"  # auto | random | a folder of weights files
-    weights_seed: int = 0
-    device: str = "auto"
-    batch_size: int = 32
-    num_workers: int | None = None  # None: min(4, CPU count); 0 decodes in the main process
-    chunk_size: int = 512
-    seed: int = 0
-    n_bootstrap: int = 200  # replicates for 95% CIs; coverage measured at 200 (tests/benchmarks/coverage.py)
-    cache_dir: str | None = None
-    use_cache: bool = True
-    samples_split: str | None = None
-    reference_split: str | None = None
-    train_reference: str | None = None
-    moco_checkpoint: str | None = None
-    skip_bad: bool = False
-    protocol: str = "default"  # "default", or a registered protocol run after the metrics ("augmentation")
-    augment_task: str | None = None  # protocol augmentation: "A vs B"; labels come from the reference
-    augment_n_real: int = 1000
-    augment_n_test: int = 300
-    augment_seeds: int = 3
-    progress: bool = True
-    precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
-    fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
-    xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
-    inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
-
-    def resolved(self, **over) -> "EvalConfig":
-        return dataclasses.replace(self, **over)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here; use --device auto or cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: expected auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
-
-
-class _Decode(torch.utils.data.Dataset):
-    """Decodes one image; a failure is returned (with its message), not raised, so all bad files are listed."""
-
-    def __init__(self, src: ImageSource):
-        self.src = src
-
-    def __len__(self):
-        return len(self.src)
-
-    def __getitem__(self, i):
-        try:
-            return i, torch.from_numpy(self.src.load(i)), None
-        except DataError as e:
-            return i, None, str(e)
-
-
-def _collate(batch):
-    return batch
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
-
-
-@contextlib.contextmanager
-def precision_scope(precision: str, device: str):
-    """TF32 switches for the run, restored afterwards (fp32 turns off cuDNN's default TF32 convolutions)."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    if not device.startswith("cuda"):
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@torch.no_grad()
-def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``e.extract(x)``, with channels_last input for a channels_last network and bf16 autocast for the network
-    forward when asked.
-
-    Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
-    back float32. Extractors without parameters (pixel statistics) always run in float32.
-    """
-    p = next(iter(e.parameters()), None)
-    if p is None:
-        return e.extract(x)
-    z = e.preprocess(x.to(p.device, torch.float32))
-    if "channels_last" in (getattr(e, "inference_kernels", None) or "") and z.ndim == 4:
-        z = z.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        f = e.forward(z)
-    return f.float()
-
-
-def extractor_spec(e, config: EvalConfig) -> dict:
-    """``e.spec()``, plus the precision when it is not fp32 (so reduced-precision features never share a cache
-    entry with fp32 ones, and fp32 keys are unchanged)."""
-    spec = e.spec()
-    if config.precision != "fp32" and next(iter(e.parameters()), None) is not None:
-        spec["precision"] = config.precision
-    return spec
-
-
-def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.nn.Module]:
-    out = {}
-    for name in names:
-        cls = EXTRACTORS.get(name)
-        kwargs = {"seed": config.weights_seed, "device": device}
-        kwargs.update({k: getattr(config, f) for k, f in getattr(cls, "config_kwargs", {}).items()})
-        if name == "moco":
-            kwargs["weights"] = config.moco_checkpoint or ("random" if config.weights == "random" else None)
-            if kwargs["weights"] is None:
-                raise UsageError("extractor 'moco' needs --moco-checkpoint DIR (a folder saved by `cxrbench train moco`)")
-        else:
-            kwargs["weights"] = config.weights
-        out[name] = cls(**kwargs)
-        if config.fast_kernels:
-            out[name].prepare_inference()  # BatchNorm folded, channels_last (oneDNN / cuDNN NHWC kernels)
-    for e in out.values():  # a derived extractor's features inherit its base network's kernels (and cache key)
-        base = out.get(getattr(e, "derived_from", None) or "")
-        if base is not None:
-            e.inference_kernels = base.inference_kernels
-    return out
-
-
-def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cache: FeatureCache, device: str,
-                     desc: str, dist: DistContext | None = None) -> tuple[dict[str, np.ndarray] | None, list]:
-    """Features of every image of ``src`` for every extractor; returns (features, bad images).
-
-    Under ``dist`` (several ranks) each rank looks up and extracts only its own chunks; rank 0 gathers them
-    and returns everything, the other ranks return ``(None, [])``.
-    """
-    dist = dist or DistContext()
-    n = len(src)
-    base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
-    derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
-    for k, e in derived.items():
-        if e.derived_from not in base:
-            raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
-    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
-    feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
-    chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
-    todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
-    mine = [ci for ci in range(len(chunks)) if dist.owns(ci)]
-    hits0, misses0 = cache.hits, cache.misses
-    for ci in mine:
-        s, t = chunks[ci]
-        hashes = src.hashes[s:t]
-        for k in list(base) + list(derived):
-            got = cache.get(chunk_key(hashes, specs[k]))
-            if got is not None and got.shape == (t - s, extractors[k].num_features):
-                feats[k][s:t] = got
-            else:
-                need = k if k in base else extractors[k].derived_from
-                todo.setdefault(ci, [])
-                if need not in todo[ci]:
-                    todo[ci].append(need)
-
-    bad: list[tuple[int, str]] = []
-    if todo:
-        batches = []
-        for ci in sorted(todo):
-            s, t = chunks[ci]
-            batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
-        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
-        if src._array is not None or sum(len(b) for b in batches) < 64:
-            workers = 0  # arrays are in memory; tiny sets do not repay worker start-up
-        loader = torch.utils.data.DataLoader(
-            _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-            pin_memory=device.startswith("cuda"), persistent_workers=False,
-        )
-        bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
-        chunk_of = lambda i: i // config.chunk_size  # noqa: E731
-        for batch in loader:
-            ci = chunk_of(batch[0][0])
-            good = [(i, img) for i, img, err in batch if err is None]
-            bad += [(i, err) for i, img, err in batch if err is not None]
-            # group by shape: mixed sizes are resized by each extractor's own preprocess
-            groups: dict[tuple, list] = {}
-            for i, img in good:
-                groups.setdefault(tuple(img.shape), []).append((i, img))
-            for items in groups.values():
-                idx = [i for i, _ in items]
-                x = torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True)
-                for k in todo[ci]:
-                    with precision_scope(config.precision, device):
-                        f = run_extractor(base[k], x, config.precision)
-                    feats[k][idx] = f.cpu().numpy()
-                    for dk, de in derived.items():
-                        if de.derived_from == k:
-                            feats[dk][idx] = de.from_features(f).cpu().numpy()
-            bar.update(len(batch))
-            last = batch[-1][0]
-            s, t = chunks[ci]
-            if last == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
-                for k in list(base) + list(derived):
-                    src_k = k if k in base else derived[k].derived_from
-                    if src_k in todo[ci]:
-                        cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
-        bar.close()
-    if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
-        payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
-                   "bad": bad, "hits": cache.hits - hits0, "misses": cache.misses - misses0}
-        gathered = dist.gather(payload)
-        if not dist.is_main:
-            return None, []
-        for r, p in enumerate(gathered):
-            if r == 0:
-                continue
-            for ci, fk in p["chunks"].items():
-                s, t = chunks[ci]
-                for k, v in fk.items():
-                    feats[k][s:t] = v
-            bad += p["bad"]
-            cache.hits += p["hits"]
-            cache.misses += p["misses"]
-    # Images that failed in an earlier (perhaps interrupted) run are NaN rows in cached chunks; they must be
-    # listed even when this run found other bad images in the chunks it computed.
-    # An extractor that returns NaN/Inf for a decodable image is listed too, rather than poisoning a metric.
-    known = {i for i, _ in bad}
-    for k in extractors:
-        failed = np.isnan(feats[k]).all(1)
-        nonfinite = ~np.isfinite(feats[k]).all(1) & ~failed
-        for i in np.flatnonzero(failed | nonfinite):
-            if int(i) not in known:
-                known.add(int(i))
-                bad.append((int(i), _failure_message(src, int(i), None if failed[i] else k)))
-    return feats, sorted(bad)
-
-
-def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | None:
-    """Mean and covariance of every embedding extractor's features over ``source``, streamed.
-
-    Features are never held: each batch goes through every extractor and into a ``RunningMoments`` on the
-    device (float64), so the memory is ``D^2`` per extractor whatever the number of images. This is how the
-    FID statistics of a large reference are made (``RunningMoments.save`` writes the ``.npz``). Under
-    torchrun each rank takes every ``WORLD_SIZE``-th batch and rank 0 merges the accumulators; other ranks
-    get ``None``. Returns ``{extractor: RunningMoments}``.
-    """
-    from .metrics.moments import RunningMoments
-
-    config = config or EvalConfig()
-    device = resolve_device(config.device)
-    dist, device = from_env(device)
-    try:
-        src = open_source(source, split=config.reference_split, role="reference", seed=config.seed,
-                          index=config.use_cache, cache_dir=config.cache_dir)
-        if src.unreadable and not config.skip_bad:
-            raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
-                            "fix or remove them, or pass --skip-bad")
-        nets = {k: e for k, e in build_extractors(config.extractors, config, device).items()
-                if e.kind == "embedding" and getattr(e, "derived_from", None) is None}
-        if not nets:
-            raise UsageError("reference statistics need an embedding extractor (inception, xrv, ...)")
-        acc = {k: RunningMoments(e.num_features, device=device) for k, e in nets.items()}
-        n, bs = len(src), config.batch_size
-        batches = [list(range(b, min(b + bs, n))) for i, b in enumerate(range(0, n, bs)) if dist.owns(i)]
-        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
-        loader = torch.utils.data.DataLoader(
-            _Decode(src), batch_sampler=batches, num_workers=0 if src._array is not None else workers,
-            collate_fn=_collate, pin_memory=device.startswith("cuda"),
-        )
-        bar = _progress(sum(map(len, batches)), "reference statistics", config.progress and dist.is_main)
-        with precision_scope(config.precision, device):
-            for batch in loader:
-                for i, img, err in batch:
-                    if err is not None and not config.skip_bad:
-                        raise DataError(f"{err}. Fix or remove it, or pass --skip-bad")
-                groups: dict[tuple, list] = {}
-                for i, img, err in batch:
-                    if err is None:
-                        groups.setdefault(tuple(img.shape), []).append(img)
-                for imgs in groups.values():
-                    x = torch.stack(imgs).unsqueeze(1).to(device, non_blocking=True)
-                    for k, e in nets.items():
-                        acc[k].update(run_extractor(e, x, config.precision))
-                bar.update(len(batch))
-        bar.close()
-        if dist.active:
-            gathered = dist.gather({k: m.to("cpu") for k, m in acc.items()})
-            if not dist.is_main:
-                return None
-            for other in gathered[1:]:
-                for k, m in other.items():
-                    acc[k].merge(m)
-        return acc
-    finally:
-        dist.close()
-
-
-def _failure_message(src: ImageSource, i: int, extractor: str | None) -> str:
-    """Why row ``i`` has no finite features; a failure cached by an earlier run is decoded again for its reason."""
-    where = src.path(i) or src.ids[i]
-    if extractor is not None:
-        return f"{where}: extractor {extractor} gave NaN/Inf features"
-    try:
-        src.load(i)
-    except DataError as e:
-        return str(e)
-    return f"{where}: could not be decoded in an earlier run (cached failure); clear the cache to retry"
-
-
 def _git_hash() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -415,9 +93,6 @@ def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
     return plan, skipped
 
 
-DEFAULT_PROTOCOL = "cxr64"
-
-
 def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train_reference=None) -> Result:
     """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
 
@@ -450,7 +125,6 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     plan, skipped_metrics = _metric_plan(config)
 
     train_reference = train_reference if train_reference is not None else config.train_reference
-    from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
     proto = _protocol(config)
     if hasattr(proto, "prepare"):  # a protocol that fixes the extractors, metrics and reference sets
@@ -615,8 +289,6 @@ def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
 
 def _protocol(config: EvalConfig):
     """The registered protocol object of ``config.protocol`` (None for "default": your own reference)."""
-    from .registry import PROTOCOLS
-
     return None if config.protocol == "default" else PROTOCOLS.get(config.protocol)()
 
 

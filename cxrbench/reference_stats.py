@@ -78,7 +78,8 @@ def write_reference_stats(reference, out, *, config) -> Path:
 
     from .data.sources import open_source
     from .features.cache import FeatureCache
-    from .harness import build_extractors, extract_features, resolve_device
+    from .config import resolve_device
+    from .extraction import build_extractors, extract_features
     from .metrics.bootstrap import real_vs_real_split
     from .metrics.fid import fid_from_features, gaussian_stats
 

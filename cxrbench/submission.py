@@ -57,7 +57,7 @@ def weights_of(result: dict) -> dict[str, str]:
 
 def config_from_entry(entry: dict, **local) -> Any:
     """The entry's resolved ``EvalConfig``, type-checked, with the machine-local fields from ``local``."""
-    from .harness import EvalConfig
+    from .config import EvalConfig
 
     stored = entry["result"]["config"]
     if not isinstance(stored, dict):

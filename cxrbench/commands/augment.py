@@ -75,7 +75,7 @@ def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
     from datetime import datetime, timezone
 
-    from .. import __version__
+    from ..version import __version__
     from ..harness import _git_hash, _versions
     from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
     from ..results import SCHEMA, Result

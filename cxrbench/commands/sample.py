@@ -180,7 +180,7 @@ def run(args) -> int:
 
     from ..fileio import atomic_write_bytes
     from ..generator import iter_samples
-    from ..harness import resolve_device
+    from ..config import resolve_device
     from ..labels import LABELS
 
     out = Path(args.out)

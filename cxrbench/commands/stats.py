@@ -47,7 +47,7 @@ def default_extractors() -> tuple[str, ...]:
 
 
 def config_from_args(args):
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     return EvalConfig(extractors=args.extractors or default_extractors(), weights=args.weights,
                       moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,

@@ -79,7 +79,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
     from .evaluate import resolve_protocol
 
     local = {k: v for k, v in local_from_args(args).items() if v is not None}

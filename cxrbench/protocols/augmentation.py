@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..config import EvalConfig, resolve_device
 from ..data.sources import ImageSource, _align_table, _read_csv, open_source
 from ..errors import DataError, UsageError
+from ..extraction import build_extractors, extract_features
+from ..features.cache import FeatureCache
 from ..labels import LABELS, NO_FINDING, canonical_label
 from ..metrics.base import MetricValue
 from ..metrics.bootstrap import bootstrap_ci
@@ -338,9 +341,6 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     ``real_features`` / ``synthetic_features`` (rows in each source's canonical order) skip extraction for
     the linear probe, e.g. when the harness has already extracted them.
     """
-    from ..harness import EvalConfig, build_extractors, extract_features, resolve_device
-    from ..features.cache import FeatureCache
-
     cfg = config or AugmentConfig()
     if cfg.classifier not in CLASSIFIERS:
         raise UsageError(f"--classifier {cfg.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
