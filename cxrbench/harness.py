@@ -10,17 +10,12 @@ stopped. Metrics are then pure functions of the cached features.
 from __future__ import annotations
 
 import dataclasses
-import platform
-import subprocess
 import time
 import warnings
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .version import __version__
 from .config import (  # noqa: F401  (re-exported: the historical home of these names)
     DEFAULT_EXTRACTORS, DEFAULT_PROTOCOL, PRECISIONS, EvalConfig, resolve_device,
 )
@@ -35,32 +30,10 @@ from .metrics.base import EvalContext, FeatureSet, MetricValue
 from .protocols.cxr64 import PrecomputedSet
 from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 from .registry import EXTRACTORS, METRICS, PROTOCOLS
-from .results import SCHEMA, Result
+from .provenance import make_result
+from .results import Result
 
 PROTOCOL_VERSION = "1"
-def _git_hash() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / ".git").exists():
-            return None
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "cxrbench": __version__}
-    for pkg in ("torch", "torchvision", "torchxrayvision", "numpy", "scipy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _feature_set(name: str, src: ImageSource, feats: dict, keep: np.ndarray) -> FeatureSet:
     sub = src.subset(keep) if len(keep) != len(src) else src
 
@@ -229,11 +202,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     if expected_n and n_found > expected_n:
         notes.append(f"protocol {proto.name}: the first {expected_n} of {n_found} samples in canonical (sha256) "
                      "order were evaluated")
-    result = Result(
-        schema=SCHEMA,
-        cxrbench_version=__version__,
-        git_hash=_git_hash(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    not_comparable = unpublished + outside + (
+        [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else [])
+    return make_result(
         protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
         samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
@@ -259,13 +230,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                "corrupt_entries_recomputed": len(cache.corrupt)},
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
-        versions=_versions(),
-        comparable=not unpublished and not outside and config.precision == "fp32",
-        not_comparable_because=unpublished + outside + (
-            [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []),
+        not_comparable_because=not_comparable,
         warnings=notes,
     )
-    return result
 
 
 def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:

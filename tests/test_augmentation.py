@@ -284,3 +284,36 @@ def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cac
         config=_cfg(cache_dir, n_real=40, n_test=30, n_bootstrap=50))
     for key, v in direct.items():
         assert res["metrics"][key] == json.loads(json.dumps(v.to_dict())), key
+
+
+def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_dir):
+    """Both commands build their result through ``provenance.make_result``: same top-level keys, versions,
+    commit, and comparability derived from the reasons."""
+    from cxrbench.cli import main
+    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.results import load
+
+    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
+    imgs, y, _ = _train_test_real(40, 40, seed=70)
+    write_pngs(real_dir, imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
+                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
+    syn_imgs, ys = _task_images(40, seed=71)
+    write_pngs(syn_dir, syn_imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
+                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    out = tmp_path / "aug.json"
+    assert main(["augment", "--real", str(real_dir), "--synthetic", str(syn_dir), "--task", "Pneumonia vs No Finding",
+                 "--n-real", "40", "--n-test", "30", "--extractor", "random-conv", "--weights", "random",
+                 "--cache-dir", cache_dir, "--n-bootstrap", "20", "--quiet", "--out", str(out)]) == 0
+    aug = load(out)
+    ev = json.loads(evaluate(syn_dir, real_dir, config=EvalConfig(
+        extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=20, cache_dir=cache_dir,
+        progress=False, num_workers=0)).to_json())
+    assert set(aug) - {"augmentation"} == set(ev)
+    for key in ("schema", "cxrbench_version", "git_hash", "versions"):
+        assert aug[key] == ev[key], key
+    for res in (aug, ev):
+        assert {"seed", "weights_seed"} <= set(res["seeds"]) and "device_resolved" in res["config"]
+        assert res["comparable"] is False and res["comparable"] == (not res["not_comparable_because"])
+        assert any("random" in why for why in res["not_comparable_because"])

@@ -73,13 +73,8 @@ def config_from_args(args):
 
 def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
-    from datetime import datetime, timezone
-
-    from ..version import __version__
-    from ..harness import _git_hash, _versions
     from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
-    from ..results import SCHEMA, Result
-
+    from ..provenance import make_result
     from ..registry import EXTRACTORS
 
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
@@ -87,9 +82,7 @@ def build_result(outcome, config, *, seconds: float):
                 if (why := EXTRACTORS.get(k).weights_problem(str(s.get("weights", ""))))]
     if config.classifier == "densenet" and config.weights == "random":
         random_w.append("densenet: random initialisation")
-    return Result(
-        schema=SCHEMA, cxrbench_version=__version__, git_hash=_git_hash(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return make_result(
         protocol={"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION},
         samples={**outcome.synthetic.describe(), "n_used": sum(outcome.details["synthetic_usable"].values()),
                  "skipped_files": [], "ignored_files": outcome.synthetic.ignored[:100]},
@@ -106,8 +99,6 @@ def build_result(outcome, config, *, seconds: float):
         device=outcome.device,
         seeds={"seed": config.seed, "training_seeds": outcome.details["training_seeds"],
                "weights_seed": config.weights_seed},
-        versions=_versions(),
-        comparable=not random_w,
         not_comparable_because=random_w,
         warnings=list(outcome.notes),
         augmentation=outcome.details,
