@@ -260,20 +260,26 @@ def test_registered_protocol_and_cli_result(tmp_path, cache_dir, capsys):
     assert rc != 0 and "unknown label 'Foo'" in err and "Traceback" not in err and not bad.exists()
 
 
+def _task_folders(tmp_path, seed: int):
+    """real/ (labels.csv) and syn/ (manifest.csv) PNG folders of the planted task, 80 and 40 images."""
+    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
+    imgs, y, _ = _train_test_real(40, 40, seed=seed)
+    write_pngs(real_dir, imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
+                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
+    syn_imgs, ys = _task_images(40, seed=seed + 1)
+    write_pngs(syn_dir, syn_imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
+                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    return real_dir, syn_dir
+
+
 def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cache_dir):
     """`evaluate --protocol augmentation` reuses the harness's features and gives the protocol's own numbers."""
     from cxrbench.harness import EvalConfig, evaluate
     from cxrbench.registry import PROTOCOLS
 
-    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
-    imgs, y, _ = _train_test_real(40, 40, seed=80)
-    write_pngs(real_dir, imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
-                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
-    syn_imgs, ys = _task_images(40, seed=81)
-    write_pngs(syn_dir, syn_imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
-                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    real_dir, syn_dir = _task_folders(tmp_path, seed=80)
     cfg = EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=50,
                      cache_dir=cache_dir, progress=False, num_workers=0, protocol="augmentation",
                      augment_task="Pneumonia vs No Finding", augment_n_real=40, augment_n_test=30, augment_seeds=3)
@@ -293,15 +299,7 @@ def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_
     from cxrbench.harness import EvalConfig, evaluate
     from cxrbench.results import load
 
-    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
-    imgs, y, _ = _train_test_real(40, 40, seed=70)
-    write_pngs(real_dir, imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
-                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
-    syn_imgs, ys = _task_images(40, seed=71)
-    write_pngs(syn_dir, syn_imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
-                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    real_dir, syn_dir = _task_folders(tmp_path, seed=70)
     out = tmp_path / "aug.json"
     assert main(["augment", "--real", str(real_dir), "--synthetic", str(syn_dir), "--task", "Pneumonia vs No Finding",
                  "--n-real", "40", "--n-test", "30", "--extractor", "random-conv", "--weights", "random",
