@@ -181,8 +181,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
-        if hasattr(proto, "run"):
-            _run_protocol(proto, config, ctx, sets, keep, feats, specs, device, metrics, metric_versions)
+        if hasattr(proto, "after_metrics") or hasattr(proto, "run"):
+            _run_protocol(proto, ctx, sets, keep, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
     duplicates = {r: _duplicates(sets[r]) for r in sets}
     for role, src in sets.items():
@@ -286,27 +286,12 @@ def _precomputed_feature_set(role: str, pre: PrecomputedSet, extractors: dict) -
                       patient_ids=pre.patient_ids, load_images=None)
 
 
-def _run_protocol(proto, config, ctx, sets, keep, feats, specs, device, metrics, metric_versions) -> None:
-    """A registered multi-step protocol on the same sets and cached features; its metrics join the result."""
-    if config.protocol == "augmentation":
-        from .protocols.augmentation import AugmentConfig
-
-        if not config.augment_task:
-            raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
-        emb = next((e for e in config.extractors if specs[e].get("kind") == "embedding"), None)
-        if emb is None:
-            raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
-        acfg = AugmentConfig(
-            n_real=config.augment_n_real, n_test=config.augment_n_test, seeds=config.augment_seeds, seed=config.seed,
-            extractor=emb, weights=config.weights, weights_seed=config.weights_seed, device=device,
-            batch_size=config.batch_size, num_workers=config.num_workers, cache_dir=config.cache_dir,
-            use_cache=config.use_cache, n_bootstrap=config.n_bootstrap, progress=config.progress,
-        )
-        values = proto.run(
-            sets["reference"].subset(keep["reference"]), sets["samples"].subset(keep["samples"]),
-            task=config.augment_task, config=acfg, real_features=feats["reference"][emb][keep["reference"]],
-            synthetic_features=feats["samples"][emb][keep["samples"]],
-        )
+def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
+    """A registered protocol's own step on the same sets and features, after the metrics; its metrics join the
+    result. ``proto.after_metrics(ctx, sources)`` gets the image sets without the skipped rows (in the rows'
+    order of ``ctx``'s features); a protocol with only ``run(ctx)`` gets the context alone."""
+    if hasattr(proto, "after_metrics"):
+        values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
     else:
         values = proto.run(ctx)
     metric_versions[f"protocol:{proto.name}"] = proto.version

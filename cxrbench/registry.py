@@ -190,3 +190,15 @@ PROTOCOLS = Registry(
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
     },
 )
+
+# classifiers of the augmentation protocol (``--classifier``): ``inputs``, ``image_size``, ``fit(...)``
+CLASSIFIERS = Registry(
+    "augmentation classifier",
+    "cxrbench.classifiers",
+    base="cxrbench.protocols.augmentation:AugmentClassifier",
+    builtins={
+        "linear": "cxrbench.protocols.augmentation:LinearProbe",
+        "cnn": "cxrbench.protocols.augmentation:CNNClassifier",
+        "densenet": "cxrbench.protocols.augmentation:DenseNetClassifier",
+    },
+)

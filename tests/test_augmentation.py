@@ -315,3 +315,29 @@ def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_
         assert {"seed", "weights_seed"} <= set(res["seeds"]) and "device_resolved" in res["config"]
         assert res["comparable"] is False and res["comparable"] == (not res["not_comparable_because"])
         assert any("random" in why for why in res["not_comparable_because"])
+
+
+def test_a_registered_classifier_is_used_by_the_protocol(monkeypatch, cache_dir):
+    """Classifiers are plug-ins: one registered under a new name runs every mode. Flipping the linear probe's
+    scores turns each AUROC a into 1 - a exactly (Mann-Whitney with ties at 1/2)."""
+    from cxrbench.protocols import augmentation as aug
+    from cxrbench.registry import CLASSIFIERS, Registry
+
+    class Flipped(aug.LinearProbe):
+        def fit(self, x_tr, y_tr, x_te, **kw):
+            return 1.0 - super().fit(x_tr, y_tr, x_te, **kw)
+
+    fresh = Registry("augmentation classifier", "test.group", base=CLASSIFIERS.base,
+                     builtins={n: CLASSIFIERS.get(n) for n in CLASSIFIERS.names()})
+    fresh.add("flipped", Flipped)
+    monkeypatch.setattr(aug, "CLASSIFIERS", fresh)
+    imgs, y = _task_images(120, seed=30)
+    real = _labeled(imgs, y, "real")
+    syn_imgs, ys = _task_images(60, seed=31)
+    syn = _labeled(syn_imgs, ys, "synthetic")
+    a = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10))
+    b = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10, classifier="flipped"))
+    for mode in aug.MODES:
+        assert b.metrics[f"aug_{mode}_auroc"].value == pytest.approx(1 - a.metrics[f"aug_{mode}_auroc"].value, abs=1e-12)
+    with pytest.raises(UsageError, match="expected one of cnn, densenet, flipped, linear"):
+        augment(real, syn, config=_cfg(cache_dir, classifier="nope"))
