@@ -143,7 +143,7 @@ def format_table(result) -> str:
 
 
 def run(args) -> int:
-    from ..harness import evaluate
+    from ..engine.evaluate import evaluate
 
     config = config_from_args(args)
     if args.protocol is None and args.reference is None and not args.quiet:
@@ -156,7 +156,7 @@ def run(args) -> int:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.report:
-        from ..report import write_report
+        from ..publish.report import write_report
 
         paths = write_report(result, args.report)
         print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)

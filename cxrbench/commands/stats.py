@@ -58,7 +58,7 @@ def config_from_args(args):
 
 def run(args) -> int:
     from ..errors import UsageError
-    from ..reference_stats import write_reference_stats
+    from ..engine.reference_stats import write_reference_stats
 
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")

@@ -92,8 +92,8 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..card import load_card
-    from ..submission import submit
+    from ..publish.card import load_card
+    from ..publish.submission import submit
     from .evaluate import format_table
 
     card = load_card(args.card)  # a bad card fails before any work

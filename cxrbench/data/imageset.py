@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..labels import LABELS, canonical_label
+from .labels import LABELS, canonical_label
 from . import index as _index
 from .io import IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..labels import LABELS, NIH14, NO_FINDING
+from .labels import LABELS, NIH14, NO_FINDING
 from ..errors import UsageError
 from .imageset import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
 

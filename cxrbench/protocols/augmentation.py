@@ -32,9 +32,9 @@ import torch
 from ..config import EvalConfig, resolve_device
 from ..data.sources import ImageSource, _align_table, _read_csv, open_source
 from ..errors import DataError, UsageError
-from ..extraction import build_extractors, extract_features
+from ..engine.extraction import build_extractors, extract_features
 from ..features.cache import FeatureCache
-from ..labels import LABELS, NO_FINDING, canonical_label
+from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..metrics.base import MetricValue
 from ..metrics.bootstrap import bootstrap_ci
 from ..registry import CLASSIFIERS

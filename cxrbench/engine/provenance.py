@@ -9,13 +9,13 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .results import SCHEMA, Result
-from .version import __version__
+from ..results import SCHEMA, Result
+from ..version import __version__
 
 
 def git_hash() -> str | None:
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]  # the checkout: cxrbench/engine/provenance.py
         if not (root / ".git").exists():
             return None
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import torch
 
-from .config import PRECISIONS, EvalConfig, resolve_device
-from .data.sources import ImageSource, open_source
+from ..config import PRECISIONS, EvalConfig, resolve_device
+from ..data.sources import ImageSource, open_source
 from .distributed import DistContext, from_env
-from .errors import DataError, UsageError
-from .features.cache import FeatureCache, chunk_key
-from .metrics.moments import RunningMoments
-from .registry import EXTRACTORS
+from ..errors import DataError, UsageError
+from ..features.cache import FeatureCache, chunk_key
+from ..metrics.moments import RunningMoments
+from ..registry import EXTRACTORS
 
 
 def _progress(total: int, desc: str, enabled: bool):
