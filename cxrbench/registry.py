@@ -181,7 +181,8 @@ GENERATORS = Registry("generator", "cxrbench.generators", base="cxrbench.generat
 REPRESENTATIONS = Registry("representation model", "cxrbench.representations",
                            base="cxrbench.generator:PretrainedMixin")
 
-# protocols share no base class yet: any class with ``name``, ``version`` and ``run``
+# protocols share no base class yet: a class with ``name``, ``version`` and the hooks the harness calls when
+# present: ``prepare(config, reference, train_reference)`` and ``after_metrics(ctx, sources)`` (or ``run(ctx)``)
 PROTOCOLS = Registry(
     "protocol",
     "cxrbench.protocols",
