@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from .version import __version__
 from .errors import CxrbenchError
 
 # subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)

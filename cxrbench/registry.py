@@ -159,14 +159,14 @@ METRICS = Registry(
     "cxrbench.metrics",
     base="cxrbench.metrics.base:Metric",
     builtins={
-        "fid": "cxrbench.metrics.fid:FID",
-        "fd_inf": "cxrbench.metrics.fd_inf:FDInf",
-        "kid": "cxrbench.metrics.kid:KID",
-        "prdc": "cxrbench.metrics.prdc:PRDC",
+        "fid": "cxrbench.metrics.registered:FID",
+        "fd_inf": "cxrbench.metrics.registered:FDInf",
+        "kid": "cxrbench.metrics.registered:KID",
+        "prdc": "cxrbench.metrics.registered:PRDC",
         "memorization": "cxrbench.metrics.memorization:Memorization",
-        "ks_features": "cxrbench.metrics.ks:KSFeatures",
-        "ks_labels": "cxrbench.metrics.ks:KSLabels",
-        "ks_pixels": "cxrbench.metrics.ks:KSPixels",
+        "ks_features": "cxrbench.metrics.registered:KSFeatures",
+        "ks_labels": "cxrbench.metrics.registered:KSLabels",
+        "ks_pixels": "cxrbench.metrics.registered:KSPixels",
         "labels": "cxrbench.metrics.labels:LabelDistribution",
         "label_adherence": "cxrbench.metrics.labels:LabelAdherence",
         "ms_ssim": "cxrbench.metrics.diversity:MSSSIM",
@@ -181,12 +181,25 @@ GENERATORS = Registry("generator", "cxrbench.generators", base="cxrbench.generat
 REPRESENTATIONS = Registry("representation model", "cxrbench.representations",
                            base="cxrbench.generator:PretrainedMixin")
 
-# protocols share no base class yet: any class with ``name``, ``version`` and ``run``
+# protocols share no base class yet: a class with ``name``, ``version`` and the hooks the harness calls when
+# present: ``prepare(config, reference, train_reference)`` and ``after_metrics(ctx, sources)`` (or ``run(ctx)``)
 PROTOCOLS = Registry(
     "protocol",
     "cxrbench.protocols",
     builtins={
         "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
+    },
+)
+
+# classifiers of the augmentation protocol (``--classifier``): ``inputs``, ``image_size``, ``fit(...)``
+CLASSIFIERS = Registry(
+    "augmentation classifier",
+    "cxrbench.classifiers",
+    base="cxrbench.protocols.augmentation:AugmentClassifier",
+    builtins={
+        "linear": "cxrbench.protocols.augmentation:LinearProbe",
+        "cnn": "cxrbench.protocols.augmentation:CNNClassifier",
+        "densenet": "cxrbench.protocols.augmentation:DenseNetClassifier",
     },
 )

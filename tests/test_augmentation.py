@@ -260,20 +260,26 @@ def test_registered_protocol_and_cli_result(tmp_path, cache_dir, capsys):
     assert rc != 0 and "unknown label 'Foo'" in err and "Traceback" not in err and not bad.exists()
 
 
+def _task_folders(tmp_path, seed: int):
+    """real/ (labels.csv) and syn/ (manifest.csv) PNG folders of the planted task, 80 and 40 images."""
+    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
+    imgs, y, _ = _train_test_real(40, 40, seed=seed)
+    write_pngs(real_dir, imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
+                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
+    syn_imgs, ys = _task_images(40, seed=seed + 1)
+    write_pngs(syn_dir, syn_imgs)
+    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
+                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    return real_dir, syn_dir
+
+
 def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cache_dir):
     """`evaluate --protocol augmentation` reuses the harness's features and gives the protocol's own numbers."""
     from cxrbench.harness import EvalConfig, evaluate
     from cxrbench.registry import PROTOCOLS
 
-    real_dir, syn_dir = tmp_path / "real", tmp_path / "syn"
-    imgs, y, _ = _train_test_real(40, 40, seed=80)
-    write_pngs(real_dir, imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(y))], "Pneumonia": y,
-                  "No Finding": 1 - y}).to_csv(real_dir / "labels.csv", index=False)
-    syn_imgs, ys = _task_images(40, seed=81)
-    write_pngs(syn_dir, syn_imgs)
-    pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(len(ys))], "Pneumonia": ys,
-                  "No Finding": 1 - ys}).to_csv(syn_dir / "manifest.csv", index=False)
+    real_dir, syn_dir = _task_folders(tmp_path, seed=80)
     cfg = EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=50,
                      cache_dir=cache_dir, progress=False, num_workers=0, protocol="augmentation",
                      augment_task="Pneumonia vs No Finding", augment_n_real=40, augment_n_test=30, augment_seeds=3)
@@ -284,3 +290,54 @@ def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cac
         config=_cfg(cache_dir, n_real=40, n_test=30, n_bootstrap=50))
     for key, v in direct.items():
         assert res["metrics"][key] == json.loads(json.dumps(v.to_dict())), key
+
+
+def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_dir):
+    """Both commands build their result through ``provenance.make_result``: same top-level keys, versions,
+    commit, and comparability derived from the reasons."""
+    from cxrbench.cli import main
+    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.results import load
+
+    real_dir, syn_dir = _task_folders(tmp_path, seed=70)
+    out = tmp_path / "aug.json"
+    assert main(["augment", "--real", str(real_dir), "--synthetic", str(syn_dir), "--task", "Pneumonia vs No Finding",
+                 "--n-real", "40", "--n-test", "30", "--extractor", "random-conv", "--weights", "random",
+                 "--cache-dir", cache_dir, "--n-bootstrap", "20", "--quiet", "--out", str(out)]) == 0
+    aug = load(out)
+    ev = json.loads(evaluate(syn_dir, real_dir, config=EvalConfig(
+        extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=20, cache_dir=cache_dir,
+        progress=False, num_workers=0)).to_json())
+    assert set(aug) - {"augmentation"} == set(ev)
+    for key in ("schema", "cxrbench_version", "git_hash", "versions"):
+        assert aug[key] == ev[key], key
+    for res in (aug, ev):
+        assert {"seed", "weights_seed"} <= set(res["seeds"]) and "device_resolved" in res["config"]
+        assert res["comparable"] is False and res["comparable"] == (not res["not_comparable_because"])
+        assert any("random" in why for why in res["not_comparable_because"])
+
+
+def test_a_registered_classifier_is_used_by_the_protocol(monkeypatch, cache_dir):
+    """Classifiers are plug-ins: one registered under a new name runs every mode. Flipping the linear probe's
+    scores turns each AUROC a into 1 - a exactly (Mann-Whitney with ties at 1/2)."""
+    from cxrbench.protocols import augmentation as aug
+    from cxrbench.registry import CLASSIFIERS, Registry
+
+    class Flipped(aug.LinearProbe):
+        def fit(self, x_tr, y_tr, x_te, **kw):
+            return 1.0 - super().fit(x_tr, y_tr, x_te, **kw)
+
+    fresh = Registry("augmentation classifier", "test.group", base=CLASSIFIERS.base,
+                     builtins={n: CLASSIFIERS.get(n) for n in CLASSIFIERS.names()})
+    fresh.add("flipped", Flipped)
+    monkeypatch.setattr(aug, "CLASSIFIERS", fresh)
+    imgs, y = _task_images(120, seed=30)
+    real = _labeled(imgs, y, "real")
+    syn_imgs, ys = _task_images(60, seed=31)
+    syn = _labeled(syn_imgs, ys, "synthetic")
+    a = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10))
+    b = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10, classifier="flipped"))
+    for mode in aug.MODES:
+        assert b.metrics[f"aug_{mode}_auroc"].value == pytest.approx(1 - a.metrics[f"aug_{mode}_auroc"].value, abs=1e-12)
+    with pytest.raises(UsageError, match="expected one of cnn, densenet, flipped, linear"):
+        augment(real, syn, config=_cfg(cache_dir, classifier="nope"))

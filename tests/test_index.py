@@ -19,7 +19,7 @@ def folder(tmp_path):
 
 def _counting(monkeypatch):
     """Record which files are read for hashing."""
-    from cxrbench.data import sources
+    from cxrbench.data import imageset as sources
 
     read = []
     orig = sources._hash_files

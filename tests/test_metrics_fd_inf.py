@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.metrics.fd_inf import FDInf, fd_inf, nested_stats
+from cxrbench.metrics.fd_inf import fd_inf, nested_stats
 from cxrbench.metrics.fid import frechet_distance, gaussian_stats
+from cxrbench.metrics.registered import FDInf
 
 from .metric_helpers import context, feature_set
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from cxrbench.metrics.kid import KID, kid, mmd2_unbiased
+from cxrbench.metrics.kid import kid, mmd2_unbiased
+from cxrbench.metrics.registered import KID
 
 from .metric_helpers import context, feature_set
 

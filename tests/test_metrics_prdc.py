@@ -6,7 +6,8 @@ import torch
 from prdc import compute_prdc
 
 from cxrbench.metrics import knn
-from cxrbench.metrics.prdc import PRDC, prdc
+from cxrbench.metrics.prdc import prdc
+from cxrbench.metrics.registered import PRDC
 
 from .metric_helpers import context, feature_set
 

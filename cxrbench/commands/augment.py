@@ -23,7 +23,8 @@ def _int_or_none(s: str):
 
 
 def add_arguments(p) -> None:
-    from ..protocols.augmentation import CLASSIFIERS, AugmentConfig
+    from ..protocols.augmentation import AugmentConfig
+    from ..registry import CLASSIFIERS
     from .options import add_config_flag
 
     d = AugmentConfig()  # the protocol's own knobs; those evaluate --protocol augmentation shares come from EvalConfig
@@ -40,7 +41,7 @@ def add_arguments(p) -> None:
     p.add_argument("--test-split", help="draw the test set only from images whose labels.csv split is this value")
     add_config_flag(p, "augment_seeds", "--seeds", help="training seeds (use >= 3)")
     add_config_flag(p, "seed", help="seed of the test draw and the bootstrap")
-    p.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier,
+    p.add_argument("--classifier", choices=CLASSIFIERS.names(), default=d.classifier,
                    help="linear probe on frozen features (CPU default), small CNN (64 px), DenseNet121 fine-tuning")
     p.add_argument("--extractor", default=d.extractor, help=f"frozen features for the linear probe (default {d.extractor})")
     add_config_flag(p, "weights", help="auto | random (offline, not comparable) | a weights folder")
@@ -73,23 +74,16 @@ def config_from_args(args):
 
 def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
-    from datetime import datetime, timezone
-
-    from .. import __version__
-    from ..harness import _git_hash, _versions
     from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
-    from ..results import SCHEMA, Result
-
-    from ..registry import EXTRACTORS
+    from ..engine.provenance import make_result
+    from ..registry import CLASSIFIERS, EXTRACTORS
 
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
     random_w = [why for k, s in outcome.extractors.items()
                 if (why := EXTRACTORS.get(k).weights_problem(str(s.get("weights", ""))))]
-    if config.classifier == "densenet" and config.weights == "random":
-        random_w.append("densenet: random initialisation")
-    return Result(
-        schema=SCHEMA, cxrbench_version=__version__, git_hash=_git_hash(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    if CLASSIFIERS.get(config.classifier).uses_weights and config.weights == "random":
+        random_w.append(f"{config.classifier}: random initialisation")
+    return make_result(
         protocol={"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION},
         samples={**outcome.synthetic.describe(), "n_used": sum(outcome.details["synthetic_usable"].values()),
                  "skipped_files": [], "ignored_files": outcome.synthetic.ignored[:100]},
@@ -106,8 +100,6 @@ def build_result(outcome, config, *, seconds: float):
         device=outcome.device,
         seeds={"seed": config.seed, "training_seeds": outcome.details["training_seeds"],
                "weights_seed": config.weights_seed},
-        versions=_versions(),
-        comparable=not random_w,
         not_comparable_because=random_w,
         warnings=list(outcome.notes),
         augmentation=outcome.details,

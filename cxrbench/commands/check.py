@@ -52,9 +52,9 @@ def run(args) -> int:
 def _run(args) -> int:
     import sys
 
-    from ..compare import Tolerance, format_table
-    from ..leaderboard import load_entry
-    from ..submission import check
+    from ..publish.compare import Tolerance, format_table
+    from ..publish.leaderboard import load_entry
+    from ..publish.submission import check
     from .submit import local_from_args
 
     tolerance = Tolerance.parse(args.tolerance)  # bad flags fail before any work

@@ -26,7 +26,7 @@ def _csv(s: str) -> tuple[str, ...]:
 
 def add_resize_arguments(p) -> None:
     """The peers' resize conventions (named in each extractor's spec, so they key the cache)."""
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     d = EvalConfig()
     p.add_argument("--xrv-resize", choices=["xrv", "torch-antialias"], default=d.xrv_resize,
@@ -36,7 +36,7 @@ def add_resize_arguments(p) -> None:
 
 
 def add_arguments(p) -> None:
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
@@ -83,7 +83,7 @@ def add_arguments(p) -> None:
 def resolve_protocol(args) -> str:
     """``--protocol``, or the default: cxr64 without ``--reference``, your own reference otherwise."""
     from ..errors import UsageError
-    from ..harness import DEFAULT_PROTOCOL
+    from ..config import DEFAULT_PROTOCOL
 
     protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol == DEFAULT_PROTOCOL and args.extractors is not None:
@@ -93,7 +93,7 @@ def resolve_protocol(args) -> str:
 
 
 def config_from_args(args):
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     return EvalConfig(
         **({"extractors": args.extractors} if args.extractors is not None else {}), metrics=args.metrics, weights=args.weights, device=args.device,
@@ -143,7 +143,7 @@ def format_table(result) -> str:
 
 
 def run(args) -> int:
-    from ..harness import evaluate
+    from ..engine.evaluate import evaluate
 
     config = config_from_args(args)
     if args.protocol is None and args.reference is None and not args.quiet:
@@ -156,7 +156,7 @@ def run(args) -> int:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.report:
-        from ..report import write_report
+        from ..publish.report import write_report
 
         paths = write_report(result, args.report)
         print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)

@@ -7,7 +7,7 @@ import dataclasses
 
 def config_default(name: str):
     """The default of ``EvalConfig.<name>``."""
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
     if name not in fields:

@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..report import load_and_write
+    from ..publish.report import load_and_write
 
     paths = load_and_write(args.result, args.out, seed=args.seed)
     print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)

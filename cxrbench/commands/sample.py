@@ -76,7 +76,7 @@ def load_model(run_dir: str | Path, device):
 
 
 def parse_label_names(text: str) -> list[str]:
-    from ..labels import LABELS, canonical_label
+    from ..data.labels import LABELS, canonical_label
 
     names = []
     for raw in text.split(","):
@@ -93,7 +93,7 @@ def read_label_csv(path: str | Path):
     """Label vectors (rows, 15) from a CSV whose label columns use LABELS names (NaN/empty -> 0)."""
     import pandas as pd
 
-    from ..labels import LABELS, canonical_label
+    from ..data.labels import LABELS, canonical_label
 
     path = Path(path)
     try:
@@ -180,8 +180,8 @@ def run(args) -> int:
 
     from ..fileio import atomic_write_bytes
     from ..generator import iter_samples
-    from ..harness import resolve_device
-    from ..labels import LABELS
+    from ..config import resolve_device
+    from ..data.labels import LABELS
 
     out = Path(args.out)
     if (out / "manifest.csv").exists() and not args.overwrite:

@@ -47,7 +47,7 @@ def default_extractors() -> tuple[str, ...]:
 
 
 def config_from_args(args):
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
 
     return EvalConfig(extractors=args.extractors or default_extractors(), weights=args.weights,
                       moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,
@@ -58,7 +58,7 @@ def config_from_args(args):
 
 def run(args) -> int:
     from ..errors import UsageError
-    from ..reference_stats import write_reference_stats
+    from ..engine.reference_stats import write_reference_stats
 
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")

@@ -79,7 +79,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..harness import EvalConfig
+    from ..config import EvalConfig
     from .evaluate import resolve_protocol
 
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
@@ -92,8 +92,8 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..card import load_card
-    from ..submission import submit
+    from ..publish.card import load_card
+    from ..publish.submission import submit
     from .evaluate import format_table
 
     card = load_card(args.card)  # a bad card fails before any work

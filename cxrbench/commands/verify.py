@@ -19,7 +19,7 @@ examples:
 
 
 def add_arguments(p) -> None:
-    from ..compare import ATOL, RTOL
+    from ..publish.compare import ATOL, RTOL
     from .submit import add_local_arguments
 
     p.add_argument("entry", type=Path, help="entry file, leaderboard/entries/NAME.json")
@@ -35,10 +35,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from ..compare import format_table
+    from ..publish.compare import format_table
     from ..errors import UsageError
-    from ..leaderboard import load_entry
-    from ..submission import verify
+    from ..publish.leaderboard import load_entry
+    from ..publish.submission import verify
     from .submit import local_from_args
 
     if not (args.rtol >= 0 and args.atol >= 0):

@@ -20,7 +20,7 @@ class ImageFolder(Dataset):
                  transform=None):
         src = open_source(path, split=split, role="data")
         if labels_csv is not None:
-            from .sources import _align_table, _read_csv
+            from .imageset import _align_table, _read_csv
 
             src.labels = _align_table(_read_csv(labels_csv), src.ids, labels_csv, src.root)
             if "patient_id" in src.labels.columns and src.labels["patient_id"].notna().all():

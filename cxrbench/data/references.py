@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..labels import LABELS, NIH14, NO_FINDING
+from .labels import LABELS, NIH14, NO_FINDING
 from ..errors import UsageError
-from .sources import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
+from .imageset import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
 
 REFERENCES = {
     "nih-cxr14": "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), PNGs as published",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from ..synthetic import synthetic_cxr
+from ..data.synthetic import synthetic_cxr
 from .base import FeatureExtractor, bn_recalibrate
 
 IMAGE_SIZE = 64

@@ -357,7 +357,7 @@ class InceptionV3Extractor(FeatureExtractor):
         self.net = FIDInceptionV3()
         if weights == "random":
             # Seeded init, then BatchNorm statistics from synthetic radiographs: features O(1), reproducible.
-            from ..synthetic import synthetic_cxr
+            from ..data.synthetic import synthetic_cxr
 
             torch.manual_seed(seed)
             self.net = FIDInceptionV3()

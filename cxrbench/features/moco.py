@@ -19,7 +19,7 @@ import torch
 from ..data.io import sha256_file
 from ..errors import WeightsError
 from ..registry import REPRESENTATIONS
-from ..synthetic import synthetic_cxr
+from ..data.synthetic import synthetic_cxr
 from .base import FeatureExtractor, bn_recalibrate
 
 

@@ -102,7 +102,7 @@ def build_densenet(weights: str, seed: int):
     torch.manual_seed(seed)
     net = xrv.models.DenseNet(weights=None)  # builds without download
     if weights == "random":
-        from ..synthetic import synthetic_cxr
+        from ..data.synthetic import synthetic_cxr
 
         x = F.interpolate(synthetic_cxr(16, 224, seed=seed), size=224) * 2048 - 1024
         bn_recalibrate(net.features, x)

@@ -20,14 +20,11 @@ to 0 and flagged.
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..seeding import numpy_rng
-from .base import EvalContext, Metric, MetricValue
-from .common import MetricSettings, features_of, float64_device, matched_floor, with_floor
 from .fid import BootstrapFD, covariance_factor, frechet_distance
 
 
@@ -107,31 +104,3 @@ def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, 
     # slope per 1/N_gen (FD = FD_inf + slope / n for n generated rows), as the generated-only fit reports it
     return float(intercept), {"sizes": [a for a, _ in sizes], "ref_sizes": [b for _, b in sizes],
                               "fd": fds.tolist(), "slope": float(slope) * n_g}
-
-
-class FDInf(Metric):
-    name = "fd_inf"
-    version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
-    outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
-    per_extractor = True
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        if len(ctx.gen) < 10 or len(ctx.ref) < 20:
-            return f"FD_inf needs at least 10 generated and 20 reference images, got {len(ctx.gen)}, {len(ctx.ref)}"
-        return None
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        from . import functional as F
-
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed,
-                  device=float64_device(ctx.device))
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            mv = F.fd_inf(gen, ref, n_bootstrap=st.fd_inf_n_bootstrap, alpha=st.alpha, **kw)
-            out[f"fd_inf_{e}"] = with_floor(mv, *matched_floor(
-                lambda x, y: max(0.0, fd_inf_two_sample(x, y, **kw)[0]), gen, ref, st, ctx.ref.patient_ids))
-        return out

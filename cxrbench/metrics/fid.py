@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import EvalContext, Metric, MetricValue
 
 
 def _as64(x, device=None) -> torch.Tensor:
@@ -234,32 +233,3 @@ def fid_from_features(f1, f2) -> float:
     mu1, s1 = gaussian_stats(f1)
     mu2, s2 = gaussian_stats(f2)
     return frechet_distance(mu1, s1, mu2, s2, factor1=covariance_factor(s1, f1))
-
-
-class FID(Metric):
-    name = "fid"
-    version = "1"
-    outputs = {"fid": False}
-    per_extractor = True
-    accepts_reference_stats = True
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        from . import functional as F
-        from .common import MetricSettings, matched_floor, with_floor
-
-        st = MetricSettings.from_config(ctx.config)
-        dev = ctx.device if ctx.device != "mps" else "cpu"  # mps has no float64
-        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=dev)
-        out = {}
-        for ext in ctx.embedding_extractors():
-            g = ctx.gen.features[ext]
-            cached = (ctx.ref.stats or {}).get(ext) if ext not in ctx.ref.features else None
-            if cached is not None:  # reference given as statistics (`cxrbench stats`): its floor comes with them
-                mv = F.fid(g, ref_stats=cached, **kw)
-                mv.real_vs_real = cached.get("real_vs_real")
-                mv.extra.update({"real_vs_real_n": cached.get("real_vs_real_n"), "reference_from_statistics": True})
-            else:
-                r = ctx.ref.features[ext]
-                mv = with_floor(F.fid(g, r, **kw), *matched_floor(fid_from_features, g, r, st, ctx.ref.patient_ids))
-            out[f"fid_{ext}"] = mv
-        return out

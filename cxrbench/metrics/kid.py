@@ -17,14 +17,11 @@ value exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..seeding import numpy_rng
-from .base import EvalContext, Metric, MetricValue
-from .common import MetricSettings, features_of, float64_device, matched_floor, with_floor
 
 
 def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -191,24 +188,3 @@ def kid(
         if s < keep:
             kept.append(_Subset(ig, k_xx.float(), k_xy.sum(1), yy))
     return KIDResult(float(vals.mean()), float(vals.std()), vals, kept)
-
-
-class KID(Metric):
-    name = "kid"
-    version = "1"
-    outputs: ClassVar[dict[str, bool]] = {"kid": False}
-    per_extractor = True
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        from . import functional as F
-
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(subset_size=st.kid_subset_size, n_subsets=st.kid_subsets, seed=st.seed,
-                  device=float64_device(ctx.device))
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            mv = F.kid(gen, ref, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap, alpha=st.alpha, **kw)
-            out[f"kid_{e}"] = with_floor(mv, *matched_floor(lambda x, y: kid(x, y, **kw).mean, gen, ref, st,
-                                                            ctx.ref.patient_ids))
-        return out

@@ -20,24 +20,11 @@ milliseconds per value), so 100 replicates of a 2048-dimensional battery stay ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy import stats
 
-from .base import EvalContext, Metric, MetricValue
-from .common import (
-    MetricSettings,
-    classifier_of,
-    dimension_names,
-    features_of,
-    missing_classifier,
-    float64_device,
-    matched_floor,
-    missing_features,
-    with_floor,
-)
 
 #: batteries up to this many dimensions list every dimension in ``extra["dims"]``
 MAX_LISTED_DIMS = 64
@@ -160,76 +147,3 @@ def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> 
     d, p = np.atleast_1d(r.statistic), np.atleast_1d(r.pvalue)
     names = names or [f"dim_{i}" for i in range(gen.shape[1])]
     return KSResult(d, p, benjamini_hochberg(p, q), list(names))
-
-
-def ks_metric_value(gen, ref, names, *, st: MetricSettings, device, patient_ids=None) -> MetricValue:
-    """The battery as a MetricValue: two-sample bootstrap CI of the rejected fraction and the matched floor."""
-    from . import functional as F
-
-    mv = F.ks_features(gen, ref, names=names, q=st.ks_q, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
-                       device=float64_device(device))
-    return with_floor(mv, *matched_floor(lambda x, y: ks_battery(x, y, names, q=st.ks_q).fraction, gen, ref, st,
-                                         patient_ids))
-
-
-class KSFeatures(Metric):
-    name = "ks_features"
-    version = "1"
-    outputs: ClassVar[dict[str, bool]] = {"ks_features": False}
-    per_extractor = True
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        st = MetricSettings.from_config(ctx.config)
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            out[f"ks_features_{e}"] = ks_metric_value(
-                gen, ref, dimension_names(ctx, e, gen.shape[1]), st=st, device=ctx.device,
-                patient_ids=ctx.ref.patient_ids,
-            )
-        return out
-
-
-class _KSOne(Metric):
-    """A battery over one non-embedding extractor's named outputs."""
-
-    extractor: ClassVar[str] = ""
-
-    def extractor_of(self, ctx: EvalContext) -> str:
-        return self.extractor
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        return missing_features(ctx, [self.extractor])
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        st = MetricSettings.from_config(ctx.config)
-        ext = self.extractor_of(ctx)
-        gen, ref = features_of(ctx.gen, ext), features_of(ctx.ref, ext)
-        keep = ~(np.isnan(gen).any(0) | np.isnan(ref).any(0))  # e.g. a pathology the head does not predict
-        names = [n for n, k in zip(dimension_names(ctx, ext, gen.shape[1]), keep) if k]
-        (key,) = self.outputs
-        value = ks_metric_value(gen[:, keep], ref[:, keep], names, st=st, device=ctx.device,
-                                patient_ids=ctx.ref.patient_ids)
-        return {key: value}
-
-
-class KSLabels(_KSOne):
-    name = "ks_labels"
-    version = "1"
-    outputs: ClassVar[dict[str, bool]] = {"ks_labels": False}
-
-    def extractor_of(self, ctx: EvalContext) -> str:
-        return classifier_of(ctx)
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        return missing_classifier(ctx)
-
-
-class KSPixels(_KSOne):
-    name = "ks_pixels"
-    version = "1"
-    outputs: ClassVar[dict[str, bool]] = {"ks_pixels": False}
-    requires_extractors = ("pixels",)
-    extractor = "pixels"

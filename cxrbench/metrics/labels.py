@@ -28,7 +28,7 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
-from ..labels import canonical_label
+from ..data.labels import canonical_label
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import two_sample_bootstrap
 from .common import (

@@ -23,14 +23,11 @@ put copies at distance 0 and collapse them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from . import knn
-from .base import EvalContext, Metric, MetricValue
-from .common import MetricSettings, features_of, matched_floor, with_floor
 
 
 @dataclass
@@ -107,34 +104,3 @@ def prdc(
         gen_counts=gen_counts, recall_cand=recall_cand, recall_hit=recall_hit,
         cover_cand=cover_cand, cover_hit=cover_hit, prec_cand=prec_cand, prec_hit=ratio <= 1.0, k=k,
     )
-
-
-class PRDC(Metric):
-    name = "prdc"
-    version = "1"
-    outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
-    per_extractor = True
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        k = MetricSettings.from_config(ctx.config).prdc_k
-        if len(ctx.gen) <= k or len(ctx.ref) <= 2 * k + 1:
-            return f"PRDC with k={k} needs more than {k} generated and {2 * k + 1} reference images"
-        return None
-
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        from . import functional as F
-
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=ctx.device, budget=st.knn_budget)
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            res = F.prdc(gen, ref, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, **kw)
-            floor, matched, sizes = matched_floor(lambda x, y: prdc(y, x, **kw).as_dict(), gen, ref, st,
-                                                  ctx.ref.patient_ids)
-            for key, mv in res.items():
-                out[f"{key}_{e}"] = with_floor(mv, None if floor is None else floor[key],
-                                               None if matched is None else matched[key], sizes)
-        return out

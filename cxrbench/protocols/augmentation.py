@@ -24,22 +24,26 @@ import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..config import EvalConfig, resolve_device
 from ..data.sources import ImageSource, _align_table, _read_csv, open_source
 from ..errors import DataError, UsageError
-from ..labels import LABELS, NO_FINDING, canonical_label
+from ..engine.extraction import build_extractors, extract_features
+from ..features.cache import FeatureCache
+from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..metrics.base import MetricValue
 from ..metrics.bootstrap import bootstrap_ci
+from ..registry import CLASSIFIERS
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "augmentation"
 PROTOCOL_VERSION = "1"
 MODES = ("real", "mixed", "augmented", "synthetic")
-CLASSIFIERS = ("linear", "cnn", "densenet")
 #: output key -> higher_is_better (the leaderboard reads this, never a hard-coded direction)
 OUTPUTS = {
     **{f"aug_{m}_{s}": True for m in MODES for s in ("auroc", "accuracy")},
@@ -74,6 +78,18 @@ class AugmentConfig:
     lr: float | None = None  # None: 1e-3 (cnn), 1e-4 (densenet)
     image_size: int | None = None  # None: 64 (cnn), 224 (densenet)
     progress: bool = True
+
+    @classmethod
+    def from_eval(cls, config, *, extractor: str, device: str) -> "AugmentConfig":
+        """The protocol's knobs under ``cxrbench evaluate --protocol augmentation``: the ``augment_*`` fields of
+        an ``EvalConfig`` and the settings the evaluation shares (weights, cache, bootstrap, ...)."""
+        return cls(
+            task=config.augment_task, n_real=config.augment_n_real, n_test=config.augment_n_test,
+            seeds=config.augment_seeds, seed=config.seed, extractor=extractor, weights=config.weights,
+            weights_seed=config.weights_seed, device=device, batch_size=config.batch_size,
+            num_workers=config.num_workers, cache_dir=config.cache_dir, use_cache=config.use_cache,
+            n_bootstrap=config.n_bootstrap, progress=config.progress,
+        )
 
 
 @dataclass
@@ -241,14 +257,35 @@ STATS = {"auroc": auroc, "accuracy": accuracy}
 
 # --------------------------------------------------------------------------------------------- classifiers
 
-def _fit_linear(x_tr, y_tr, x_te, *, seed: int, cfg: AugmentConfig) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+class AugmentClassifier:
+    """A classifier the protocol trains for every mode and seed; registered in ``registry.CLASSIFIERS``.
 
-    scaler = StandardScaler().fit(x_tr)
-    clf = LogisticRegression(C=cfg.c, max_iter=5000, random_state=seed)
-    clf.fit(scaler.transform(x_tr), y_tr)
-    return clf.predict_proba(scaler.transform(x_te))[:, 1]
+    ``inputs``: ``"features"`` (rows of the frozen extractor) or ``"images"`` (``image_size`` px squares);
+    ``fit`` returns P(class 1) for each test input. ``uses_weights``: initialised from ``weights``, so random
+    weights make the result incomparable.
+    """
+
+    inputs: ClassVar[str] = "images"
+    image_size: ClassVar[int] = 64
+    uses_weights: ClassVar[bool] = False
+
+    def fit(self, x_tr, y_tr, x_te, *, seed: int, cfg: AugmentConfig, device: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LinearProbe(AugmentClassifier):
+    """Logistic regression on standardised frozen features (``CLASSIFIERS["linear"]``)."""
+
+    inputs = "features"
+
+    def fit(self, x_tr, y_tr, x_te, *, seed: int, cfg: AugmentConfig, device: str) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(x_tr)
+        clf = LogisticRegression(C=cfg.c, max_iter=5000, random_state=seed)
+        clf.fit(scaler.transform(x_tr), y_tr)
+        return clf.predict_proba(scaler.transform(x_te))[:, 1]
 
 
 class SmallCNN(torch.nn.Module):
@@ -282,15 +319,58 @@ class _XRVBinary(torch.nn.Module):
         return self.head(self.net.features2(x * 2048.0 - 1024.0)).squeeze(1)
 
 
+class TorchClassifier(AugmentClassifier):
+    """A network trained from ``build`` with Adam and BCE; ``epochs`` / ``lr`` unless the config sets them."""
+
+    epochs: ClassVar[int] = 15
+    lr: ClassVar[float] = 1e-3
+
+    def build(self, cfg: AugmentConfig, seed: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def fit(self, x_tr, y_tr, x_te, *, seed: int, cfg: AugmentConfig, device: str) -> np.ndarray:
+        return _train_torch(self, x_tr, y_tr, x_te, seed=seed, cfg=cfg, device=device)
+
+
+class CNNClassifier(TorchClassifier):
+    """``CLASSIFIERS["cnn"]``: ``SmallCNN`` from scratch at 64 px."""
+
+    def build(self, cfg: AugmentConfig, seed: int) -> torch.nn.Module:
+        return SmallCNN()
+
+
+class DenseNetClassifier(TorchClassifier):
+    """``CLASSIFIERS["densenet"]``: torchxrayvision DenseNet121 fine-tuned at 224 px."""
+
+    image_size = 224
+    uses_weights = True
+    epochs = 5
+    lr = 1e-4
+
+    def build(self, cfg: AugmentConfig, seed: int) -> torch.nn.Module:
+        return _XRVBinary(cfg.weights, seed)
+
+
+def _classifier(name: str) -> AugmentClassifier:
+    if name not in CLASSIFIERS:
+        raise UsageError(f"--classifier {name!r}: expected one of {', '.join(CLASSIFIERS.names())}")
+    return CLASSIFIERS.get(name)()
+
+
 def _fit_torch(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, *, seed: int, cfg: AugmentConfig,
                device: str) -> np.ndarray:
+    """``cfg.classifier`` (an image classifier) trained on ``x_tr`` and applied to ``x_te``."""
+    return _classifier(cfg.classifier).fit(x_tr, y_tr, x_te, seed=seed, cfg=cfg, device=device)
+
+
+def _train_torch(clf: TorchClassifier, x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, *, seed: int,
+                 cfg: AugmentConfig, device: str) -> np.ndarray:
     from ..seeding import torch_generator
 
-    dense = cfg.classifier == "densenet"
-    epochs = cfg.epochs if cfg.epochs is not None else (5 if dense else 15)
-    lr = cfg.lr if cfg.lr is not None else (1e-4 if dense else 1e-3)
+    epochs = cfg.epochs if cfg.epochs is not None else clf.epochs
+    lr = cfg.lr if cfg.lr is not None else clf.lr
     torch.manual_seed(seed)
-    model = (_XRVBinary(cfg.weights, seed) if dense else SmallCNN()).to(device)
+    model = clf.build(cfg, seed).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch_generator(seed)
     yt = torch.as_tensor(y_tr, dtype=torch.float32)
@@ -338,12 +418,8 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     ``real_features`` / ``synthetic_features`` (rows in each source's canonical order) skip extraction for
     the linear probe, e.g. when the harness has already extracted them.
     """
-    from ..harness import EvalConfig, build_extractors, extract_features, resolve_device
-    from ..features.cache import FeatureCache
-
     cfg = config or AugmentConfig()
-    if cfg.classifier not in CLASSIFIERS:
-        raise UsageError(f"--classifier {cfg.classifier!r}: expected one of {', '.join(CLASSIFIERS)}")
+    clf = _classifier(cfg.classifier)
     if cfg.seeds < 1 or cfg.n_real < 4 or cfg.n_test < 4 or (cfg.n_synthetic is not None and cfg.n_synthetic < 2):
         raise UsageError("--seeds must be >= 1, --n-real and --n-test >= 4, --n-synthetic >= 2")
     if cfg.seeds < 3:
@@ -409,7 +485,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
                f"{int((y_syn < 0).sum())} neither/both (labels from {label_source})"
 
     # inputs of the classifier: frozen features, or images
-    if cfg.classifier == "linear":
+    if clf.inputs == "features":
         x_real = features(real_src, real_features, "real")
         x_syn = features(syn_src, synthetic_features, "synthetic")
         if extractors:
@@ -417,18 +493,13 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         else:
             specs[cfg.extractor] = {"name": cfg.extractor, "given": "features passed in by the caller"}
     else:
-        size = cfg.image_size or (224 if cfg.classifier == "densenet" else 64)
+        size = cfg.image_size or clf.image_size
         x_real = torch.zeros(len(real_src), 1, size, size)
         x_syn = torch.zeros(len(syn_src), 1, size, size)
         # only decode images that can be used
         keep_real = np.union1d(test, pool)
         x_real[keep_real] = _load_images(real_src, keep_real, size)
         x_syn[syn_usable] = _load_images(syn_src, syn_usable, size)
-
-    def fit(x_tr, y_tr, x_te, seed):
-        if cfg.classifier == "linear":
-            return _fit_linear(x_tr, y_tr, x_te, seed=seed, cfg=cfg)
-        return _fit_torch(x_tr, y_tr, x_te, seed=seed, cfg=cfg, device=device)
 
     def cat(a, b):
         return np.concatenate([a, b]) if isinstance(a, np.ndarray) else torch.cat([a, b])
@@ -458,7 +529,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         for m, (ri, si) in train.items():
             x_tr = cat(x_real[ri], x_syn[si])
             y_tr = np.concatenate([y_real[ri], y_syn[si]])
-            scores[m].append(fit(x_tr, y_tr, x_test, seed))
+            scores[m].append(clf.fit(x_tr, y_tr, x_test, seed=seed, cfg=cfg, device=device))
             sizes[m] = {"n_real": int(len(ri)), "n_synthetic": int(len(si))}
 
     metrics: dict[str, MetricValue] = {}
@@ -537,6 +608,19 @@ class AugmentationProtocol:
 
     def run(self, real, synthetic, *, task: str, config: AugmentConfig | None = None, **kwargs):
         return run_augmentation(real, synthetic, task=task, config=config, **kwargs)
+
+    def after_metrics(self, ctx, sources: dict[str, ImageSource]) -> dict[str, MetricValue]:
+        """The harness's hook (``evaluate --protocol augmentation``): the reference is the real set, the samples
+        the synthetic one; the linear probe reuses the harness's features of the first embedding extractor."""
+        config = ctx.config
+        if not config.augment_task:
+            raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
+        emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == "embedding"), None)
+        if emb is None:
+            raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
+        return self.run(sources["reference"], sources["samples"], task=config.augment_task,
+                        config=AugmentConfig.from_eval(config, extractor=emb, device=ctx.device),
+                        real_features=ctx.ref.features[emb], synthetic_features=ctx.gen.features[emb])
 
 
 def figure(outcome: AugmentOutcome, path) -> None:

@@ -1,0 +1,271 @@
+"""Image sets: a folder of images or an array file, with labels and manifests (named references build on
+these in ``references.py``; ``sources.open_source`` opens any of them).
+
+Every set is put in a canonical order (by file sha256, then relative path), so the features of a set, the
+set's hash and every metric are independent of directory listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+from .labels import LABELS, canonical_label
+from . import index as _index
+from .io import IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
+
+SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
+
+
+@dataclass
+class ImageSource:
+    """An ordered image set. ``ids`` are paths relative to ``root`` (or ``array[i]`` for arrays)."""
+
+    name: str  # what the user gave: a path or a reference name
+    root: Path | None
+    ids: list[str]
+    hashes: list[str]
+    kind: str = "folder"  # folder | array | named
+    split: str = "all"
+    labels: object = None  # pandas.DataFrame aligned with ids (LABELS columns + extras), or None
+    manifest: object = None  # pandas.DataFrame aligned with ids (samples' manifest.csv), or None
+    patient_ids: list[str] | None = None
+    ignored: list[str] = field(default_factory=list)  # files present but not images
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, message): cannot be read
+    notes: list[str] = field(default_factory=list)  # things about the set the result should warn about
+    _array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the set: sha256 over the sorted per-image sha256s (order and names do not matter)."""
+        return hashlib.sha256("\n".join(sorted(self.hashes)).encode()).hexdigest()
+
+    def path(self, i: int) -> Path | None:
+        return None if self.root is None or self._array is not None else self.root / self.ids[i]
+
+    def load(self, i: int) -> np.ndarray:
+        if self._array is not None:
+            return self._array[i]
+        return load_image(self.root / self.ids[i])
+
+    def subset(self, idx) -> "ImageSource":
+        idx = [int(i) for i in idx]
+        pick = lambda df: None if df is None else df.iloc[idx].reset_index(drop=True)  # noqa: E731
+        return ImageSource(
+            name=self.name, root=self.root, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
+            kind=self.kind, split=self.split, labels=pick(self.labels), manifest=pick(self.manifest),
+            patient_ids=None if self.patient_ids is None else [self.patient_ids[i] for i in idx],
+            ignored=list(self.ignored), unreadable=list(self.unreadable), notes=list(self.notes),
+            _array=None if self._array is None else self._array[idx],
+        )
+
+    def describe(self) -> dict:
+        return {"path": self.name, "kind": self.kind, "split": self.split, "n": len(self), "sha256": self.sha256}
+
+    def label_matrix(self) -> np.ndarray | None:
+        """(N, 15) float32 in LABELS order, NaN where unknown; None without labels."""
+        if self.labels is None:
+            return None
+        out = np.full((len(self), len(LABELS)), np.nan, dtype=np.float32)
+        for j, lab in enumerate(LABELS):
+            if lab in self.labels.columns:
+                out[:, j] = self.labels[lab].to_numpy(dtype=np.float32, na_value=np.nan)
+        return out
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable CSV ({e.__class__.__name__}: {e})") from None
+
+
+def _relative(p: str, csv_path: Path, column: str, root: str) -> str:
+    """``p`` as a normalised relative path; refuses absolute paths and any that climb out with ``..``."""
+    q = os.path.normpath(p.replace("\\", "/"))  # CSVs written on Windows use backslashes
+    if os.path.isabs(q) or q == ".." or q.startswith("../") or re.match(r"[A-Za-z]:", q):
+        raise DataError(f"{csv_path}: {column} {p!r} leaves its folder; use paths relative to {root}")
+    return Path(q).as_posix()
+
+
+def _check_label_values(df, csv_path: Path) -> None:
+    """Label columns must hold 0/1 (or probabilities in [0, 1]); blank means unknown. Anything else is refused
+    rather than read as a number it is not (e.g. CheXpert's -1 "uncertain", or "yes")."""
+    import pandas as pd
+
+    for c in df.columns:
+        if canonical_label(str(c)) is None:
+            continue
+        col = df[c]
+        num = pd.to_numeric(col, errors="coerce")
+        bad = (col.notna() & num.isna()) | ~(num.isna() | ((num >= 0) & (num <= 1)))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{csv_path}: label column {c!r} holds {str(col.iloc[i])!r} (row {i + 2}); use 1/0, or leave it blank "
+                "for unknown (map uncertain values such as -1 explicitly)"
+            )
+        df[c] = num.astype("float64")
+
+
+def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str] | None = None):
+    """Rows of ``df`` (first column = path relative to ``root``) in the order of ``ids``; label columns canonical."""
+    df = df.copy()
+    if len(df.columns) == 0:
+        raise DataError(f"{csv_path}: no columns; the first column must be 'path'")
+    key = "path" if "path" in df.columns else df.columns[0]
+    if df[key].isna().any():
+        raise DataError(f"{csv_path}: row {int(np.flatnonzero(df[key].isna().to_numpy())[0]) + 2} has no path")
+    df[key] = [_relative(str(p), csv_path, "path", root) for p in df[key]]
+    if "source" in df.columns:  # a manifest's source image: relative to the reference folder, never outside it
+        for p in df["source"].dropna():
+            _relative(str(p), csv_path, "source", "the reference folder")
+    _check_label_values(df, csv_path)
+    if df[key].duplicated().any():
+        dup = df[key][df[key].duplicated()].iloc[0]
+        raise DataError(f"{csv_path}: path {dup!r} is listed twice")
+    df = df.set_index(key)
+    rename = {}
+    for c in df.columns:
+        lab = canonical_label(str(c))
+        if lab is not None and lab != c and lab not in df.columns:
+            rename[c] = lab
+    df = df.rename(columns=rename)
+    if notes is not None:
+        listed = set(df.index)
+        stray = sorted(listed - set(ids))
+        unlisted = sum(1 for i in ids if i not in listed)
+        if stray:
+            notes.append(f"{csv_path.name}: {len(stray)} row(s) name no image in the folder (e.g. {stray[0]}); ignored")
+        if unlisted:
+            notes.append(f"{csv_path.name}: {unlisted} of {len(ids)} image(s) have no row; their labels are unknown")
+    return df.reindex(ids).reset_index().rename(columns={"index": "path", key: "path"})
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[str]]:
+    images, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # string joins, not pathlib: this loop runs once per file of a 112k-image reference on every open
+        rel_dir = os.path.relpath(dirpath, root)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        for fn in sorted(filenames):
+            if fn.startswith(".") or fn.lower() in SIDE_FILES:
+                continue
+            (images if os.path.splitext(fn)[1].lower() in IMAGE_SUFFIXES else ignored).append(prefix + fn)
+    return images, ignored
+
+
+def _hash_files(paths: list[Path], workers: int = 8) -> list[str | DataError]:
+    """sha256 of each file; a file that cannot be read (symlink loop, dangling link, I/O error) gives its
+    DataError in place, so that every such file is listed, not just the first."""
+
+    def one(p: Path) -> str | DataError:
+        try:
+            return sha256_file(p)
+        except OSError as e:
+            return DataError(f"{p}: cannot be read ({e.strerror or e})")
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(one, paths))
+
+
+def hash_folder_files(root: Path, rels: list[str], *, index: bool = True, cache_dir=None,
+                      present: set[str] | None = None) -> list[str | DataError]:
+    """sha256 of each ``root / rel``; through the folder's persistent index (``data/index.py``) unless
+    ``index`` is False (``cxrbench verify`` re-reads every byte: an index is not evidence)."""
+    if not index:
+        return _hash_files([root / p for p in rels])
+    return _index.hash_files(root, rels, _hash_files, cache_dir=cache_dir, present=present)
+
+
+def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples", index: bool = True,
+                cache_dir=None, split: str | None = None) -> ImageSource:
+    """A folder of images. With ``split`` a value of labels.csv's ``split`` column, only that split's images
+    are hashed (the set still needs ``select_split`` to be labelled with the split)."""
+    root = Path(path)
+    images, ignored = scan_folder(root)
+    if not images:
+        extra = f" (found {len(ignored)} other files, e.g. {ignored[0]})" if ignored else ""
+        raise DataError(
+            f"{root}: no images found{extra}; cxrbench reads {', '.join(sorted(IMAGE_SUFFIXES))} files "
+            f"(or pass a .npy/.npz array as --{role})"
+        )
+    tables = {attr: (root / fn, _read_csv(root / fn)) for fn, attr in (("labels.csv", "labels"),
+                                                                        ("manifest.csv", "manifest"))
+              if (root / fn).is_file()}
+    notes: list[str] = []
+    # tables checked and noted against every image in the folder, whichever split is hashed
+    full = {attr: _align_table(df, images, p, root, notes) for attr, (p, df) in tables.items()}
+    chosen = images
+    if split not in (None, "", "all", "half0", "half1") and "split" in getattr(full.get("labels"), "columns", ()):
+        keep = full["labels"]["split"].astype(str).to_numpy() == split
+        if keep.any():  # else select_split names the splits present
+            chosen = [p for p, k in zip(images, keep) if k]
+    hashes = hash_folder_files(root, chosen, index=index, cache_dir=cache_dir, present=set(images))
+    unreadable = [(chosen[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
+    ok = [i for i, h in enumerate(hashes) if not isinstance(h, DataError)]
+    order = sorted(ok, key=lambda i: (hashes[i], chosen[i]))
+    ids = [chosen[i] for i in order]
+    src = ImageSource(name=name or str(path), root=root, ids=ids, hashes=[hashes[i] for i in order], ignored=ignored,
+                      unreadable=unreadable, notes=notes)
+    for attr, (p, df) in tables.items():
+        setattr(src, attr, _align_table(df, ids, p, root))
+    if src.labels is None and src.manifest is not None:
+        # a samples manifest's requested labels double as the set's labels
+        src.labels = src.manifest
+    table = src.labels
+    if table is not None and "patient_id" in table.columns and table["patient_id"].notna().all():
+        src.patient_ids = [str(p) for p in table["patient_id"]]
+    return src
+
+
+def array_source(arr: np.ndarray, *, name: str, root: Path | None) -> ImageSource:
+    """An image set over decoded (N, H, W) float32 images, in canonical (hash) order."""
+    hashes = [sha256_bytes(a.tobytes() + str(a.shape).encode()) for a in arr]
+    order = sorted(range(len(arr)), key=lambda i: (hashes[i], i))
+    return ImageSource(
+        name=name, root=root, ids=[f"array[{i}]" for i in order], hashes=[hashes[i] for i in order],
+        kind="array", _array=arr[order],
+    )
+
+
+def open_array(path: str | os.PathLike) -> ImageSource:
+    return array_source(load_array_file(path), name=str(path), root=Path(path).parent)
+
+
+def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> ImageSource:
+    """``half0``/``half1``: deterministic (patient-wise when known) halves; other values: labels.csv ``split``."""
+    if split in (None, "", "all"):
+        return src
+    if split in ("half0", "half1"):
+        from ..metrics.bootstrap import real_vs_real_split
+
+        a, b = real_vs_real_split(len(src), seed, src.patient_ids)
+        out = src.subset(a if split == "half0" else b)
+    else:
+        if src.labels is None or "split" not in src.labels.columns:
+            raise UsageError(
+                f"{src.name}: split {split!r} needs a 'split' column in labels.csv; use half0/half1 otherwise"
+            )
+        # a named reference's patient-hash splits (hash-train/...) sit in their own column
+        key = "hash_split" if split.startswith("hash-") and "hash_split" in src.labels.columns else "split"
+        col = src.labels[key].astype(str)
+        idx = np.flatnonzero(col.to_numpy() == split)
+        if len(idx) == 0:
+            raise UsageError(f"{src.name}: no images with split {split!r}; splits present: {sorted(set(col))}")
+        out = src.subset(idx)
+    out.split = split
+    return out

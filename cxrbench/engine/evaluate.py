@@ -1,0 +1,328 @@
+"""``evaluate(samples, reference)``: one pass of feature extraction, then every metric.
+
+Each image set is processed in chunks (canonical order). For every chunk whose features are not all in the
+cache, the images are decoded once (DataLoader workers) and fed to every extractor still missing for that
+chunk in the same loop; derived extractors (the XRV classifier head) are computed from their base
+extractor's features. Finished chunks are cached as they complete, so an interrupted run resumes where it
+stopped. Metrics are then pure functions of the cached features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from ..config import (  # noqa: F401  (re-exported: the historical home of these names)
+    DEFAULT_EXTRACTORS, DEFAULT_PROTOCOL, PRECISIONS, EvalConfig, resolve_device,
+)
+from ..data.sources import ImageSource, open_source
+from .extraction import (  # noqa: F401  (re-exported)
+    build_extractors, extract_features, extractor_spec, precision_scope, reference_statistics, run_extractor,
+)
+from .distributed import DistContext, from_env
+from ..errors import DataError, UsageError
+from ..features.cache import FeatureCache
+from ..metrics.base import EvalContext, FeatureSet, MetricValue
+from ..protocols.cxr64 import PrecomputedSet
+from .reference_stats import check_specs, is_reference_stats, load_reference_stats
+from ..registry import EXTRACTORS, METRICS, PROTOCOLS
+from .provenance import make_result
+from ..results import Result
+
+PROTOCOL_VERSION = "1"
+def _feature_set(name: str, src: ImageSource, feats: dict, keep: np.ndarray) -> FeatureSet:
+    sub = src.subset(keep) if len(keep) != len(src) else src
+
+    def load_images(indices):
+        return [torch.from_numpy(sub.load(int(i))).unsqueeze(0) for i in indices]
+
+    return FeatureSet(
+        name=name, ids=sub.ids, hashes=sub.hashes, features={k: v[keep] for k, v in feats.items()},
+        labels=sub.labels, manifest=sub.manifest, patient_ids=sub.patient_ids, load_images=load_images,
+    )
+
+
+def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
+    names = list(config.metrics) if config.metrics else METRICS.names()
+    plan, skipped = [], {}
+    for name in names:
+        m = METRICS.get(name)()
+        missing = [e for e in m.requires_extractors if e not in config.extractors]
+        if missing:
+            if config.metrics:
+                raise UsageError(f"metric {name!r} needs extractor(s) {missing}; add them to --extractors")
+            skipped[name] = f"needs extractor(s) {', '.join(missing)} (add to --extractors)"
+            continue
+        if m.per_extractor and not any(
+            getattr(EXTRACTORS.get(e), "kind", "") == "embedding" for e in config.extractors
+        ):
+            skipped[name] = "needs an embedding extractor"
+            continue
+        plan.append(m)
+    return plan, skipped
+
+
+def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train_reference=None) -> Result:
+    """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
+
+    ``samples`` / ``reference`` are folders, ``.npy``/``.npz`` arrays, named references (``nih-cxr14``) or
+    ``ImageSource`` objects. With no reference (and no protocol), the default protocol ``cxr64`` runs: its
+    reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
+    """
+    config = config or EvalConfig()
+    if reference is None and config.protocol == "default" and train_reference is None:
+        config = config.resolved(protocol=DEFAULT_PROTOCOL)
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    dist, device = from_env(device)
+    try:
+        return _evaluate(samples, reference, config, train_reference, device, dist, t0)
+    finally:
+        dist.close()
+
+
+def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
+              t0: float) -> Result | None:
+    config = config.resolved(extractors=tuple(config.extractors), metrics=tuple(config.metrics) if config.metrics else None)
+    if config.precision not in PRECISIONS:
+        raise UsageError(f"--precision {config.precision}: expected one of {', '.join(PRECISIONS)}")
+    if config.n_bootstrap < 0 or config.batch_size < 1 or config.chunk_size < 1:
+        raise UsageError("--batch-size and chunk size must be >= 1 and --n-bootstrap >= 0")
+    for e in config.extractors:
+        if e not in EXTRACTORS:
+            EXTRACTORS.get(e)  # raises: unknown names fail before any work, listing the known ones
+    plan, skipped_metrics = _metric_plan(config)
+
+    train_reference = train_reference if train_reference is not None else config.train_reference
+
+    proto = _protocol(config)
+    if hasattr(proto, "prepare"):  # a protocol that fixes the extractors, metrics and reference sets
+        config, reference, train_reference = proto.prepare(config, reference, train_reference)
+        plan, skipped_metrics = _metric_plan(config)
+    elif reference is None:
+        raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
+                         f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
+    ref_stats = None
+    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)}
+    expected_n = getattr(proto, "sample_count", None)
+    n_found = len(sets["samples"])
+    if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
+        sets["samples"] = sets["samples"].subset(np.arange(expected_n))
+    precomputed = {}
+    if isinstance(reference, PrecomputedSet):
+        precomputed["reference"] = reference
+    if isinstance(train_reference, PrecomputedSet):
+        precomputed["train"] = train_reference
+        train_reference = None
+    if precomputed.get("reference") is not None:
+        pass
+    elif not isinstance(reference, ImageSource) and is_reference_stats(reference):
+        ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
+        if config.protocol != "default":
+            raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
+    else:
+        sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
+                                        index=config.use_cache, cache_dir=config.cache_dir)
+    if train_reference is not None:
+        sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed,
+                                    index=config.use_cache, cache_dir=config.cache_dir)
+    t_hash = time.perf_counter() - t0
+
+    extractors = build_extractors(config.extractors, config, device)
+    specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
+    for role, pre in precomputed.items():
+        _check_precomputed(role, pre, specs)
+    cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
+    feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
+    extracted = {}
+    for role, src in sets.items():
+        extracted[role] = extract_features(src, extractors, config, cache, device, desc=f"{role} features", dist=dist)
+        if dist.active:
+            continue  # every rank runs every set's collectives before rank 0 may stop on bad images
+        _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
+    if not dist.is_main:
+        return None  # rank 0 holds the gathered features, computes the metrics and writes the result
+    if dist.active:
+        for role, src in sets.items():
+            _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
+    t_extract = time.perf_counter() - t1
+
+    fsets = {r: _feature_set(r, sets[r], feats[r], keep[r]) for r in sets}
+    for role, pre in precomputed.items():
+        fsets[role] = _precomputed_feature_set(role, pre, extractors)
+    if ref_stats is not None:
+        check_specs(reference, ref_stats, specs)
+        fsets["reference"] = FeatureSet(name="reference", ids=[], hashes=[], features={}, stats=ref_stats["stats"])
+    for k, e in extractors.items():
+        if e.feature_names:
+            specs[k]["feature_names"] = list(e.feature_names)
+    ctx = EvalContext(gen=fsets["samples"], ref=fsets["reference"], train=fsets.get("train"), extractors=specs,
+                      config=config, device=device)
+    metrics: dict[str, dict] = {}
+    metric_versions, metric_times, notes = {}, {}, []
+    t2 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in plan:
+            reason = m.skip_reason(ctx) if hasattr(m, "skip_reason") else None
+            if ref_stats is not None and not m.accepts_reference_stats:
+                reason = "the reference is saved statistics (mean/covariance); this metric needs its images"
+            if reason:
+                skipped_metrics[m.name] = reason
+                continue
+            tm = time.perf_counter()
+            values: dict[str, MetricValue] = m.compute(ctx)
+            metric_times[m.name] = round(time.perf_counter() - tm, 3)
+            metric_versions[m.name] = m.version
+            for key, v in values.items():
+                metrics[key] = v.to_dict()
+        if hasattr(proto, "after_metrics") or hasattr(proto, "run"):
+            _run_protocol(proto, ctx, sets, keep, metrics, metric_versions)
+        notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    duplicates = {r: _duplicates(sets[r]) for r in sets}
+    for role, src in sets.items():
+        notes += [f"{role}: {x}" for x in src.notes]
+        if duplicates[role]:
+            extra = sum(len(g) - 1 for g in duplicates[role])
+            notes.append(f"{role}: {extra} image(s) are byte-identical copies of others (e.g. "
+                         f"{' = '.join(duplicates[role][0][:3])}); they count as separate images in every metric")
+    t_metrics = time.perf_counter() - t2
+
+    # each extractor judges its own weights (published sha256 pins on its class): random, unknown or
+    # self-made weights all make the numbers incomparable with published ones
+    unpublished = [why for e in extractors.values() if (why := e.unpublished_weights())]
+    outside = []
+    if expected_n and n_found < expected_n:
+        outside.append(f"protocol {proto.name} expects {expected_n} samples; {n_found} given")
+    if expected_n and n_found > expected_n:
+        notes.append(f"protocol {proto.name}: the first {expected_n} of {n_found} samples in canonical (sha256) "
+                     "order were evaluated")
+    not_comparable = unpublished + outside + (
+        [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else [])
+    return make_result(
+        protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
+        samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
+                 "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
+                 "duplicates": duplicates["samples"]},
+        reference=({**precomputed["reference"].describe(), "n_used": len(precomputed["reference"])}
+                   if "reference" in precomputed else
+                   {**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
+                    "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]}
+                   if ref_stats is None else
+                   {**ref_stats["meta"]["reference"], "kind": "statistics", "statistics_file": str(reference)}),
+        train_reference=(precomputed["train"].describe() if "train" in precomputed else
+                         None if "train" not in sets else {**sets["train"].describe(),
+                                                           "skipped_files": skipped_files["train"]}),
+        extractors=specs,
+        metrics=dict(sorted(metrics.items())),
+        metric_versions=metric_versions,
+        skipped_metrics=skipped_metrics,
+        config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
+                "distributed_backend": dist.backend},
+        timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
+                 "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times},
+        cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
+               "corrupt_entries_recomputed": len(cache.corrupt)},
+        device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        seeds={"seed": config.seed, "weights_seed": config.weights_seed},
+        not_comparable_because=not_comparable,
+        warnings=notes,
+    )
+
+
+def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
+    """Refuse a set with bad images (unless --skip-bad); record its features and which rows are kept."""
+    messages = [msg for _, msg in src.unreadable] + [msg for _, msg in bad]
+    if messages and not config.skip_bad:
+        bad = messages  # for the message below: unreadable files first, then undecodable ones
+        shown = "; ".join(bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(
+            f"{len(bad)} unreadable image(s) in {role} {src.name}: {shown}{more}. "
+            "Fix or remove them, or pass --skip-bad to evaluate without them (they are listed in the result)"
+        )
+    bad_idx = {i for i, _ in bad}
+    keep[role] = np.array([i for i in range(len(src)) if i not in bad_idx], dtype=np.int64)
+    skipped_files[role] = [rel for rel, _ in src.unreadable] + [src.ids[i] for i, _ in bad]
+    feats[role] = f
+    if len(keep[role]) < 2:
+        raise DataError(f"{role} {src.name}: {len(keep[role])} usable image(s); metrics need at least 2")
+
+
+def _protocol(config: EvalConfig):
+    """The registered protocol object of ``config.protocol`` (None for "default": your own reference)."""
+    return None if config.protocol == "default" else PROTOCOLS.get(config.protocol)()
+
+
+def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
+    """Shipped features are used only by the extractor (weights, version, preprocessing) that made them."""
+    fields = ("name", "version", "weights", "num_features", "input_size", "resize_filter")
+    for k, spec in pre.specs.items():
+        if k not in specs:
+            raise UsageError(f"{role} {pre.name}: its features are {k!r} features; add {k} to --extractors")
+        run = specs[k]
+        if str(run["weights"]).startswith("random"):
+            continue  # smoke runs (tests) with random weights: not comparable, marked so in the result
+        diff = [f for f in fields if run.get(f) != spec.get(f)]
+        if diff:
+            raise UsageError(f"{role} {pre.name}: its {k} features were made with a different {diff[0]} "
+                             f"({spec.get(diff[0])!r} vs {run.get(diff[0])!r}); use the matching cxrbench version")
+
+
+def _precomputed_feature_set(role: str, pre: PrecomputedSet, extractors: dict) -> FeatureSet:
+    """A FeatureSet from shipped features; derived extractors (label heads) are computed from their base."""
+    feats = dict(pre.features)
+    for k, e in extractors.items():
+        base = getattr(e, "derived_from", None)
+        if k not in feats and base in feats:
+            with torch.no_grad():
+                feats[k] = e.from_features(torch.from_numpy(feats[base])).cpu().numpy().astype(np.float32)
+    return FeatureSet(name=role, ids=pre.ids, hashes=pre.hashes, features=feats, labels=pre.labels,
+                      patient_ids=pre.patient_ids, load_images=None)
+
+
+def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
+    """A registered protocol's own step on the same sets and features, after the metrics; its metrics join the
+    result. ``proto.after_metrics(ctx, sources)`` gets the image sets without the skipped rows (in the rows'
+    order of ``ctx``'s features); a protocol with only ``run(ctx)`` gets the context alone."""
+    if hasattr(proto, "after_metrics"):
+        values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
+    else:
+        values = proto.run(ctx)
+    metric_versions[f"protocol:{proto.name}"] = proto.version
+    metrics.update({k: v.to_dict() for k, v in values.items()})
+
+
+def _duplicates(src: ImageSource) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for i, h in enumerate(src.hashes):
+        groups.setdefault(h, []).append(src.ids[i])
+    return [v for v in groups.values() if len(v) > 1][:50]
+
+
+def images_source(images, name: str = "generator") -> ImageSource:
+    """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
+    from ..data.io import array_to_images
+    from ..data.sources import array_source
+
+    arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
+    return array_source(arr, name=name, root=None)
+
+
+@torch.no_grad()
+def evaluate_generator(generator, n: int, reference, *, config: EvalConfig | None = None, labels=None,
+                       seed: int = 0, batch_size: int = 64) -> Result:
+    """Sample ``n`` images from ``generator`` (anything with ``sample(n, labels=, seed=)``) and evaluate them.
+
+    For use inside a training loop: nothing is written to disk except the feature cache. The images are
+    those ``cxrbench sample --seed SEED --batch-size BATCH_SIZE`` writes (``generator.sample_images``).
+    """
+    from ..generator import sample_images
+
+    imgs = sample_images(generator, n, labels=labels, seed=seed, batch_size=batch_size)
+    return evaluate(images_source(imgs, name=f"{type(generator).__name__} samples"), reference, config=config)

@@ -1,0 +1,2 @@
+"""Publishing results: model cards, leaderboard entries and rendering, submission / verify / check, result
+comparison and the HTML report."""

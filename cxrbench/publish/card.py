@@ -1,0 +1,152 @@
+"""Model cards: the ``model.toml`` that goes with every leaderboard submission.
+
+A card describes the model, never its numbers (cxrbench computes those itself). Example::
+
+    name = "DDPM-64"
+    authors = ["A. Author", "B. Author"]
+    url = "https://github.com/example/ddpm-cxr"
+    paper = "https://arxiv.org/abs/2006.11239"      # optional
+    training_data = "NIH ChestX-ray14, train split (patient-wise)"
+    resolution = 64                                  # or [height, width]
+    conditioning = "unconditional"                   # unconditional | labels | text | image
+    license = "Apache-2.0"
+
+Cards are untrusted input (they are rendered into the leaderboard's HTML): every field is type-checked,
+links must be http(s), and errors name the file and the field to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+CONDITIONING = ("unconditional", "labels", "text", "image")
+# A name becomes a file name (entries/<slug>.json) and an HTML anchor: keep it to a safe alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,79}$")
+_URL_RE = re.compile(r"^https?://[^\s<>\"']+$")
+_MAX_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    authors: tuple[str, ...]
+    training_data: str
+    resolution: tuple[int, int]  # (height, width)
+    conditioning: str
+    license: str
+    url: str | None = None
+    paper: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["authors"] = list(self.authors)
+        d["resolution"] = list(self.resolution)
+        return {k: v for k, v in d.items() if v is not None}  # absent optional fields stay absent (as in TOML)
+
+
+REQUIRED = ("name", "authors", "training_data", "resolution", "conditioning", "license")
+OPTIONAL = ("url", "paper")
+
+
+def slugify(name: str) -> str:
+    """``"DDPM 64 (v2)"`` -> ``"ddpm-64-v2"``: the entry's file name and the card's anchor."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+
+
+def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
+    """Validate a parsed card; every error names ``source`` and the field."""
+
+    def fail(field: str, why: str) -> DataError:
+        return DataError(f"{source}: field {field!r} {why}")
+
+    if not isinstance(d, dict):
+        raise DataError(f"{source}: a model card must be a TOML table of fields, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise DataError(
+            f"{source}: unknown field(s) {unknown}; a model card has {', '.join(REQUIRED + OPTIONAL)}"
+        )
+    missing = [f for f in REQUIRED if f not in d]
+    if missing:
+        raise DataError(f"{source}: missing required field(s) {missing}; see `cxrbench submit --help`")
+
+    def text(field: str) -> str:
+        v = d[field]
+        if not isinstance(v, str) or not v.strip():
+            raise fail(field, f"must be a non-empty string, got {v!r}")
+        if len(v) > _MAX_TEXT or any(ord(c) < 32 for c in v):
+            raise fail(field, f"must be one line of at most {_MAX_TEXT} characters")
+        return v.strip()
+
+    name = text("name")
+    if not _NAME_RE.match(name):
+        raise fail(
+            "name", f"= {name!r}: use 1-80 letters, digits, spaces and ._+()- , starting with a letter or digit"
+        )
+    authors = d["authors"]
+    if isinstance(authors, str):
+        raise fail("authors", f'must be a list of strings, e.g. authors = ["{authors}"]')
+    if not isinstance(authors, list) or not authors:
+        raise fail("authors", f"must be a non-empty list of strings, got {authors!r}")
+    for a in authors:
+        if not isinstance(a, str) or not a.strip() or len(a) > _MAX_TEXT or any(ord(c) < 32 for c in a):
+            raise fail("authors", f"holds {a!r}; every author must be a non-empty one-line string")
+    res = d["resolution"]
+    if isinstance(res, int) and not isinstance(res, bool):
+        res = [res, res]
+    if (
+        not isinstance(res, list)
+        or len(res) != 2
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 0 < r <= 65536 for r in res)
+    ):
+        raise fail("resolution", f"must be a positive integer or [height, width], got {d['resolution']!r}")
+    conditioning = text("conditioning")
+    if conditioning not in CONDITIONING:
+        raise fail("conditioning", f"= {conditioning!r}: choose one of {', '.join(CONDITIONING)}")
+    links: dict[str, str | None] = {}
+    for field in OPTIONAL:
+        if field not in d:
+            links[field] = None
+            continue
+        v = text(field)
+        if not _URL_RE.match(v):
+            raise fail(field, f"= {v!r}: must be an http:// or https:// link")
+        links[field] = v
+    return ModelCard(
+        name=name,
+        authors=tuple(a.strip() for a in authors),
+        training_data=text("training_data"),
+        resolution=(res[0], res[1]),
+        conditioning=conditioning,
+        license=text("license"),
+        url=links["url"],
+        paper=links["paper"],
+    )
+
+
+def load_card(path: str | os.PathLike) -> ModelCard:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such model card; write a model.toml (see `cxrbench submit --help`)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; pass the model card file (model.toml)") from None
+    try:
+        d = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; a model card is a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise DataError(f"{path}: not valid TOML ({e})") from None
+    return card_from_dict(d, str(path))

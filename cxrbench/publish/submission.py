@@ -1,0 +1,209 @@
+"""Submitting, verifying and regression-checking samples against leaderboard entries.
+
+``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
+(``cxrbench.entry/1``, see ``cxrbench.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
+reports the metrics that got worse than the entry by more than their noise.
+
+An entry's config is untrusted input: it is type-checked field by field against ``EvalConfig``, and the
+fields that name things on the submitter's machine (cache folder, workers, device, weights folder) are
+replaced by the local ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .card import ModelCard
+from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
+from ..errors import DataError, UsageError
+from .leaderboard import make_entry, write_public
+
+# Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
+LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
+
+
+@dataclass
+class Snapshot:
+    """A samples folder by content: the source the harness evaluates, and its per-file hashes."""
+
+    source: Any  # cxrbench.data.sources.ImageSource
+    files: dict[str, str]  # relative path -> sha256 (images the harness reads)
+    side_files: dict[str, str]  # labels.csv / manifest.csv -> sha256 (they change label metrics)
+
+
+def snapshot(samples: str | os.PathLike) -> Snapshot:
+    """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read)."""
+    from ..data.io import sha256_file
+    from ..data.sources import open_folder
+
+    root = Path(samples)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
+    src = open_folder(root, role="samples", index=False)  # every byte re-read: a hash index is not evidence
+    side = {fn: sha256_file(root / fn) for fn in ("labels.csv", "manifest.csv") if (root / fn).is_file()}
+    return Snapshot(src, dict(zip(src.ids, src.hashes)), side)
+
+
+def weights_of(result: dict) -> dict[str, str]:
+    """extractor -> weights id (sha256 of the weights file, or ``random:<seed>``), from a result."""
+    return {name: str(spec["weights"]) for name, spec in sorted(result["extractors"].items())}
+
+
+def config_from_entry(entry: dict, **local) -> Any:
+    """The entry's resolved ``EvalConfig``, type-checked, with the machine-local fields from ``local``."""
+    from ..config import EvalConfig
+
+    stored = entry["result"]["config"]
+    if not isinstance(stored, dict):
+        raise DataError(f"entry {entry['slug']}: result.config must be an object")
+    fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
+    defaults = EvalConfig()
+    kw: dict[str, Any] = {}
+    for name, value in stored.items():
+        if name not in fields or name in LOCAL_FIELDS:
+            continue  # device_resolved and the like are records, not knobs
+        default = getattr(defaults, name)
+        if name in ("extractors", "metrics"):
+            if value is None and name == "metrics":
+                kw[name] = None
+                continue
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise DataError(f"entry {entry['slug']}: config.{name} must be a list of names, got {value!r}")
+            kw[name] = tuple(value)
+        elif default is None:
+            if value is not None and not isinstance(value, (str, int)):
+                raise DataError(f"entry {entry['slug']}: config.{name} has an unexpected value {value!r}")
+            kw[name] = value
+        elif type(value) is not type(default):
+            raise DataError(
+                f"entry {entry['slug']}: config.{name} must be {type(default).__name__}, got {value!r}"
+            )
+        else:
+            kw[name] = value
+    if kw.get("weights") not in ("auto", "random"):
+        kw["weights"] = "auto"  # a folder on the submitter's machine; the weights hashes are compared instead
+    kw["samples_split"] = None  # a submission is the whole folder
+    kw.update({k: v for k, v in local.items() if v is not None})
+    return EvalConfig(**kw)
+
+
+def reference_of(entry: dict) -> str | None:
+    """Where the entry's reference is: its recorded path, or None for a protocol's shipped reference."""
+    ref = entry["result"]["reference"]
+    if isinstance(ref, dict) and ref.get("kind") == "features":
+        return None  # the protocol (config.protocol) ships it; evaluate() loads and hash-checks it
+    if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
+        raise DataError(f"entry {entry['slug']}: result.reference.path is missing; pass --reference")
+    return ref["path"]
+
+
+def submit(
+    samples: str | os.PathLike,
+    reference: str | None,
+    card: ModelCard,
+    out_dir: str | os.PathLike,
+    *,
+    config: Any,
+    force: bool = False,
+) -> tuple[Path, dict]:
+    """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry)."""
+    from ..engine.evaluate import evaluate
+
+    path = Path(out_dir) / f"{card.slug}.json"
+    if path.exists() and not force:
+        raise UsageError(f"{path}: an entry for {card.name!r} exists; pass --force to replace it")
+    if config.samples_split:
+        raise UsageError("a submission is a whole samples folder; drop --samples-split")
+    snap = snapshot(samples)
+    result = evaluate(snap.source, reference, config=config)
+    entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files)
+    if path.exists() and not force:  # created while we evaluated
+        raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
+    from ..results import _json_default
+
+    text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+    write_public(path, text.encode())
+    return path, entry
+
+
+def verify(
+    entry: dict,
+    samples: str | os.PathLike,
+    *,
+    reference: str | None = None,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    **local,
+) -> tuple[list[tuple[str, str, str, str]], dict | None]:
+    """(differences, recomputed result). Sample files are compared first: when any differs, the metrics
+    are not recomputed (they cannot match, and a recomputation can take hours)."""
+    from ..engine.evaluate import evaluate
+
+    snap = snapshot(samples)
+    stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
+    rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
+    rows += file_differences(stored_side, snap.side_files)
+    if rows:
+        return rows, None
+    local.setdefault("use_cache", False)  # recompute: a feature cache is not evidence
+    config = config_from_entry(entry, **local)
+    result = evaluate(snap.source, reference or reference_of(entry), config=config)
+    return verify_differences(entry, result, snap.files, weights_of(result), rtol=rtol, atol=atol), result
+
+
+def select_keys(metrics: dict, requested: list[str] | None) -> list[str]:
+    """Metric keys to check: exact keys, or metric names (``fid`` selects ``fid_inception``, ``fid_xrv``...)."""
+    have = sorted(k for k, m in metrics.items() if m["value"] is not None)
+    if not requested:
+        return have
+    out: list[str] = []
+    for r in requested:
+        hit = [r] if r in metrics else [k for k in sorted(metrics) if k.startswith(r + "_")]
+        if not hit:
+            raise UsageError(f"--metrics {r}: the entry has no such metric; it has {', '.join(sorted(metrics))}")
+        out += [k for k in hit if k not in out]
+    return out
+
+
+def check(
+    entry: dict,
+    samples: str | os.PathLike,
+    *,
+    metrics: list[str] | None = None,
+    tolerance: Tolerance | None = None,
+    reference: str | None = None,
+    **local,
+) -> tuple[list[CheckRow], dict]:
+    """Evaluate ``samples`` with the entry's config; one ``CheckRow`` per selected metric key."""
+    from ..engine.evaluate import evaluate
+
+    tolerance = tolerance or Tolerance("auto")
+    keys = select_keys(entry["result"]["metrics"], metrics)
+    config = config_from_entry(entry, **local)
+    if metrics:  # compute only the metrics that produce the selected keys
+        names = sorted(
+            n for n in entry["result"].get("metric_versions", {}) if any(k == n or k.startswith(n + "_") for k in keys)
+        )
+        if names:
+            config = dataclasses.replace(config, metrics=tuple(names))
+    result = evaluate(samples, reference or reference_of(entry), config=config)
+    problems = []
+    new_w = weights_of(result)
+    for name in sorted(set(entry["weights"]) | set(new_w)):
+        if entry["weights"].get(name) != new_w.get(name):
+            problems.append(f"weights of {name}: entry {entry['weights'].get(name)}, here {new_w.get(name)}")
+    if entry["result"]["reference"]["sha256"] != result["reference"]["sha256"]:
+        problems.append("the reference images differ from the entry's (sha256)")
+    if entry["protocol"] != result["protocol"]:
+        problems.append(f"protocol {entry['protocol']} vs {result['protocol']}")
+    if problems:
+        raise UsageError(
+            "cannot compare with the entry: " + "; ".join(problems) + " (pass the entry's --weights / --reference)"
+        )
+    return regressions(entry["result"]["metrics"], result["metrics"], keys, tolerance), result
