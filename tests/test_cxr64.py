@@ -278,3 +278,12 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
     r = _cli("check", "--samples", str(tmp_path / "noisier"), "--against", str(entry), "--metrics", "fid",
              "--quiet", env=env)
     assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
+
+
+def test_leaderboard_ranks_cxr64_by_its_headline_metric():
+    from cxrbench.publish.leaderboard import default_rank_key
+
+    keys = ["coverage_cxr64", "fd_inf_cxr64", "fid_cxr64", "fid_inception", "kid_cxr64"]
+    assert default_rank_key(keys, "cxr64") == proto.CXR64Protocol.headline == "fid_cxr64"
+    assert default_rank_key(keys, "default") == "fid_cxr64"  # first fid_ column, alphabetically
+    assert default_rank_key(["fid_inception", "kid_xrv"], "cxr64") == "fid_inception"

@@ -98,12 +98,8 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         cls = EXTRACTORS.get(name)
         kwargs = {"seed": config.weights_seed, "device": device}
         kwargs.update({k: getattr(config, f) for k, f in getattr(cls, "config_kwargs", {}).items()})
-        if name == "moco":
-            kwargs["weights"] = config.moco_checkpoint or ("random" if config.weights == "random" else None)
-            if kwargs["weights"] is None:
-                raise UsageError("extractor 'moco' needs --moco-checkpoint DIR (a folder saved by `cxrbench train moco`)")
-        else:
-            kwargs["weights"] = config.weights
+        # an extractor whose weights come from elsewhere than --weights (moco: --moco-checkpoint) says so itself
+        kwargs["weights"] = cls.weights_from_config(config) if hasattr(cls, "weights_from_config") else config.weights
         out[name] = cls(**kwargs)
         if config.fast_kernels:
             out[name].prepare_inference()  # BatchNorm folded, channels_last (oneDNN / cuDNN NHWC kernels)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.io import sha256_file
-from ..errors import WeightsError
+from ..errors import UsageError, WeightsError
 from ..registry import REPRESENTATIONS
 from ..data.synthetic import synthetic_cxr
 from .base import FeatureExtractor, bn_recalibrate
@@ -54,6 +54,14 @@ class MoCoExtractor(FeatureExtractor):
         self.model = model
         self.to(device)
         self.eval()
+
+    @staticmethod
+    def weights_from_config(config) -> str:
+        """``--moco-checkpoint DIR``, or "random" under ``--weights random``; nothing else names MoCo weights."""
+        weights = config.moco_checkpoint or ("random" if config.weights == "random" else None)
+        if weights is None:
+            raise UsageError("extractor 'moco' needs --moco-checkpoint DIR (a folder saved by `cxrbench train moco`)")
+        return weights
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.preprocess(x)

@@ -296,9 +296,16 @@ def rank(entries: list[dict], key: str, higher_is_better: bool) -> list[tuple[in
     return out + [(None, e) for e in sorted(none, key=lambda e: e["slug"])]
 
 
-def default_rank_key(keys: list[str]) -> str | None:
-    """The first Frechet distance column (the field's headline number), else the first key."""
+def default_rank_key(keys: list[str], protocol: str | None = None) -> str | None:
+    """The protocol's headline metric (``headline`` on its registered class, e.g. cxr64's ``fid_cxr64``) when the
+    table has it; else the first Frechet distance column (the field's headline number); else the first key."""
+    from ..registry import PROTOCOLS
+
     keys = sorted(keys)
+    if protocol and protocol in PROTOCOLS:
+        headline = getattr(PROTOCOLS.get(protocol), "headline", None)
+        if headline in keys:
+            return headline
     fids = [k for k in keys if k.startswith("fid_")]
     return (fids or keys or [None])[0]
 
@@ -520,7 +527,7 @@ def build(
                 continue
             prefix = g.slug if section == "ranked" else g.protocol_slug
             keys = sorted({k for e in rows_e for k in e["result"]["metrics"]})  # columns this table has values for
-            key = rank_by if rank_by in keys else default_rank_key(keys)
+            key = rank_by if rank_by in keys else default_rank_key(keys, g.protocol)
             hib = g.directions.get(key, False)
             if section == "ranked":
                 ranked = rank(rows_e, key, hib) if key else [(None, e) for e in rows_e]
