@@ -384,14 +384,14 @@ def pin_sources(pins: dict[str, str]) -> None:
 
     f = Path(feat.__file__)
     text = re.sub(r'^WEIGHTS_SHA256 = "[0-9a-zA-Z]*"', f'WEIGHTS_SHA256 = "{pins[feat.WEIGHTS_FILE]}"',
-                  f.read_text(), count=1, flags=re.M)
+                  f.read_text(), count=1, flags=re.MULTILINE)
     f.write_text(re.sub(r'^HEAD_SHA256 = "[0-9a-zA-Z]*"', f'HEAD_SHA256 = "{pins[feat.HEAD_FILE]}"', text, count=1,
-                        flags=re.M))
+                        flags=re.MULTILINE))
     f = Path(proto.__file__)
     text = f.read_text()
     for which, (fname, _) in proto.FEATURE_FILES.items():
         const = f"{which.upper()}_SHA256"
-        text = re.sub(rf'^{const} = "[0-9a-zA-Z]*"', f'{const} = "{pins[fname]}"', text, count=1, flags=re.M)
+        text = re.sub(rf'^{const} = "[0-9a-zA-Z]*"', f'{const} = "{pins[fname]}"', text, count=1, flags=re.MULTILINE)
     f.write_text(text)
 
 

@@ -23,8 +23,8 @@ The helpers ``make_unet``, ``make_schedulers``, ``denoise_loss`` and ``ddim_loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,7 @@ from cxrbench.generator import Generator
 from cxrbench.labels import LABELS
 from cxrbench.seeding import torch_generator
 
-from .trainer import (Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients,
-                      label_matrix)
+from .trainer import Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients, label_matrix
 
 
 @dataclass

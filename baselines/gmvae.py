@@ -310,7 +310,6 @@ class GMVAE(Trainable, Generator):
     def _check_labels(self, n, labels, seed):
         if labels is not None:
             raise UsageError(f"{self.name} is unconditional: sample without labels")
-        return None
 
     @torch.no_grad()
     def sample(self, n: int, *, labels=None, seed: int | None = None) -> torch.Tensor:

@@ -53,8 +53,16 @@ from cxrbench.generator import Generator
 from cxrbench.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers
-from .trainer import (Batch, LabelBankMixin, Trainable, _TrainDescriptor, attach_ema, averaged_weights,
-                      clip_gradients, label_matrix)
+from .trainer import (
+    Batch,
+    LabelBankMixin,
+    Trainable,
+    _TrainDescriptor,
+    attach_ema,
+    averaged_weights,
+    clip_gradients,
+    label_matrix,
+)
 
 PREFIX = "chest x-ray"
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")

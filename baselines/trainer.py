@@ -55,8 +55,9 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ from cxrbench.errors import CxrbenchError, DataError, UsageError
 from cxrbench.generator import atomic_torch_save, atomic_write_bytes
 from cxrbench.labels import LABELS
 from cxrbench.seeding import seed_everything, torch_generator
+
 # the options and Config helpers are the core CLI's contract with every trainable model; re-exported here
 from cxrbench.training import TrainOptions, config_from_overrides, config_to_dict, load_config_file  # noqa: F401
 

@@ -6,8 +6,8 @@ import argparse
 import importlib
 import sys
 
-from .version import __version__
 from .errors import CxrbenchError
+from .version import __version__
 
 # subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)
 COMMANDS = {

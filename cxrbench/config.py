@@ -49,7 +49,7 @@ class EvalConfig:
     xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
     inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
 
-    def resolved(self, **over) -> "EvalConfig":
+    def resolved(self, **over) -> EvalConfig:
         return dataclasses.replace(self, **over)
 
 

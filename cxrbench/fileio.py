@@ -68,3 +68,18 @@ def read_json_object(path: str | os.PathLike) -> dict:
     if not isinstance(meta, dict):
         raise CxrbenchError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     return meta
+
+
+def read_toml(path: str | os.PathLike, what: str = "file") -> dict:
+    """A TOML file as a dict; a missing or malformed file is one ``UsageError`` naming it."""
+    import tomllib
+
+    from .errors import UsageError
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None

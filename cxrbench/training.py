@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .fileio import read_toml
 
 
 @dataclass
@@ -76,10 +76,5 @@ def config_from_overrides(config_cls, overrides: dict[str, Any], *, source: str 
 def load_config_file(path: str | Path, config_cls, *, base=None):
     """A TOML file of overrides of ``config_cls``'s fields (top-level keys only)."""
     path = Path(path)
-    try:
-        overrides = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    overrides = read_toml(path, "config file")
     return config_from_overrides(config_cls, overrides, source=str(path), base=base)

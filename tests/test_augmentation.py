@@ -17,7 +17,13 @@ import torch
 from cxrbench.errors import DataError, UsageError
 from cxrbench.harness import images_source
 from cxrbench.protocols.augmentation import (
-    OUTPUTS, AugmentConfig, _classifier_labels, _test_split, augment, auroc, parse_task,
+    OUTPUTS,
+    AugmentConfig,
+    _classifier_labels,
+    _test_split,
+    augment,
+    auroc,
+    parse_task,
 )
 from cxrbench.synthetic import synthetic_cxr
 

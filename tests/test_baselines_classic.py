@@ -14,6 +14,7 @@ from torch import nn
 from baselines import gmvae, lsgan, pggan, vae
 from baselines.trainer import Batch
 from cxrbench.errors import UsageError, WeightsError
+
 from .generator_contract import GeneratorTesterMixin, LabelledImages
 
 

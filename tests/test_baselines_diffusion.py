@@ -12,6 +12,7 @@ from baselines import ddpm, diffusevae, ldm
 from baselines.trainer import Batch
 from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.labels import LABELS
+
 from .generator_contract import GeneratorTesterMixin, LabelledImages
 
 

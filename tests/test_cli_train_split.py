@@ -14,6 +14,7 @@ from cxrbench.errors import UsageError
 from cxrbench.labels import LABELS
 from cxrbench.registry import GENERATORS
 from cxrbench.synthetic import synthetic_cxr
+
 from .test_cli_train_sample import FS_TOML, call
 
 

@@ -40,11 +40,11 @@ def test_evaluate_on_copies_of_one_image_gives_numbers(tmp_path):
 
 # --- property tests over the functional API ---------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cxrbench.errors import DataError  # noqa: E402
-from cxrbench.metrics import functional as F  # noqa: E402
+from cxrbench.errors import DataError
+from cxrbench.metrics import functional as F
 
 
 def _direct_fid(a, b):

@@ -227,6 +227,7 @@ def test_pickled_payloads_are_refused_and_never_run(tmp_path, capsys):
     torch.save({"format": _Payload(marker)}, model_dir / "checkpoint.pt")
     with pytest.raises(CxrbenchError, match="checkpoint.pt: unreadable checkpoint"):
         from baselines.trainer import TrainOptions
+
         from .generator_contract import LabelledImages
 
         VAE.train(LabelledImages(4, 16, seed=0), VAEConfig(image_size=16, channels=(8, 16), z_dim=4, batch_size=2),

@@ -17,8 +17,8 @@ from cxrbench.results import load
 from .conftest import write_pngs
 
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]*)\"")
-ROW = re.compile(r'<tr data-metric="([^"]+)">(.*?)</tr>', re.S)
-CELL = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
+ROW = re.compile(r'<tr data-metric="([^"]+)">(.*?)</tr>', re.DOTALL)
+CELL = re.compile(r"<td[^>]*>(.*?)</td>", re.DOTALL)
 
 
 def _decoded_pngs(html: str) -> list[tuple[int, int]]:

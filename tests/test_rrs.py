@@ -125,7 +125,7 @@ def test_real_vs_real_matches_new_real_images_on_average():
     # held-out draws of the reference distribution score like the leave-one-out floor, halves score above it
     rng = np.random.default_rng(5)
     centre = rng.normal(size=16)
-    draw = lambda n: centre + rng.normal(size=(n, 16))  # noqa: E731
+    draw = lambda n: centre + rng.normal(size=(n, 16))
     v = compute(feature_set("gen", draw(400)), feature_set("ref", draw(400)), n_bootstrap=200)
     assert v.ci[0] <= v.real_vs_real <= v.ci[1]
     assert v.extra["real_vs_real_halves"] > v.ci[1]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cxrbench.errors import UsageError
-from cxrbench.harness import EvalConfig, evaluate, extract_features, images_source, reference_statistics
 from cxrbench.features.cache import FeatureCache
+from cxrbench.harness import EvalConfig, evaluate, extract_features, images_source, reference_statistics
 from cxrbench.metrics.fid import gaussian_stats
 from cxrbench.metrics.moments import RunningMoments
 from cxrbench.synthetic import synthetic_cxr

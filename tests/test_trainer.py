@@ -11,6 +11,7 @@ import torch
 from baselines.trainer import TrainOptions, config_from_overrides, load_config_file, resolve_device
 from baselines.vae import VAE, VAEConfig
 from cxrbench.errors import DataError, UsageError
+
 from .generator_contract import LabelledImages
 
 CFG = VAEConfig(image_size=16, channels=(8, 16), z_dim=8, batch_size=4)

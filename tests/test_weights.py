@@ -21,7 +21,6 @@ import torch
 from cxrbench.errors import WeightsError
 from cxrbench.synthetic import synthetic_cxr
 
-
 # --------------------------------------------------------------------------------------------------------
 # Synthetic legacy module pickles
 # --------------------------------------------------------------------------------------------------------
@@ -81,7 +80,6 @@ def save_module_pickle(net, path, *, legacy: bool, edit_state=None, old_paramete
 def _extra_attribute_and_submodule(net):
     net.training_note = "trained with lr 0.001"  # an attribute the current class never sets
     net.aux_head = torch.nn.Linear(3, 2)  # a submodule the current class lacks
-    return None
 
 
 def _no_buffers_set(state):
@@ -496,8 +494,8 @@ def test_an_inception_file_that_is_not_the_published_one_is_refused(own_inceptio
     from .conftest import write_pngs
 
     imgs = write_pngs(tmp_path / "imgs", synthetic_cxr(4, 16, seed=0))
-    import io
     import contextlib
+    import io
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

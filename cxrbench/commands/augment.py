@@ -74,8 +74,8 @@ def config_from_args(args):
 
 def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
-    from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
     from ..engine.provenance import make_result
+    from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
     from ..registry import CLASSIFIERS, EXTRACTORS
 
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`

@@ -82,8 +82,8 @@ def add_arguments(p) -> None:
 
 def resolve_protocol(args) -> str:
     """``--protocol``, or the default: cxr64 without ``--reference``, your own reference otherwise."""
-    from ..errors import UsageError
     from ..config import DEFAULT_PROTOCOL
+    from ..errors import UsageError
 
     protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol == DEFAULT_PROTOCOL and args.extractors is not None:

@@ -26,7 +26,6 @@ exactly what those commands do; the commands it runs are printed first.
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
 
 from ..errors import UsageError
@@ -58,12 +57,9 @@ def add_arguments(p) -> None:
 
 
 def load_recipe(path: Path) -> dict:
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such recipe file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    from ..fileio import read_toml
+
+    recipe = read_toml(path, "recipe file")
     for section, value in recipe.items():
         if section not in SECTIONS:
             raise UsageError(f"{path}: unknown section [{section}]; recipes have {', '.join(SECTIONS)}")

@@ -178,10 +178,10 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..fileio import atomic_write_bytes
-    from ..generator import iter_samples
     from ..config import resolve_device
     from ..data.labels import LABELS
+    from ..fileio import atomic_write_bytes
+    from ..generator import iter_samples
 
     out = Path(args.out)
     if (out / "manifest.csv").exists() and not args.overwrite:

@@ -57,8 +57,8 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..errors import UsageError
     from ..engine.reference_stats import write_reference_stats
+    from ..errors import UsageError
 
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")

@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from ..publish.compare import format_table
     from ..errors import UsageError
+    from ..publish.compare import format_table
     from ..publish.leaderboard import load_entry
     from ..publish.submission import verify
     from .submit import local_from_args

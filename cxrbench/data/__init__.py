@@ -1,8 +1,8 @@
 """Image I/O, image sets (folders, arrays, named references) and training datasets."""
 
+from .folder import ImageFolder
 from .io import array_to_images, load_array_file, load_image, sha256_file
 from .sources import ImageSource, open_folder, open_source, select_split
-from .folder import ImageFolder
 
 __all__ = [
     "ImageFolder", "ImageSource", "array_to_images", "load_array_file", "load_image", "open_folder",

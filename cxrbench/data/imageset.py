@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
-from .labels import LABELS, canonical_label
 from . import index as _index
 from .io import IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
+from .labels import LABELS, canonical_label
 
 SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
 
@@ -58,9 +58,9 @@ class ImageSource:
             return self._array[i]
         return load_image(self.root / self.ids[i])
 
-    def subset(self, idx) -> "ImageSource":
+    def subset(self, idx) -> ImageSource:
         idx = [int(i) for i in idx]
-        pick = lambda df: None if df is None else df.iloc[idx].reset_index(drop=True)  # noqa: E731
+        pick = lambda df: None if df is None else df.iloc[idx].reset_index(drop=True)
         return ImageSource(
             name=self.name, root=self.root, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
             kind=self.kind, split=self.split, labels=pick(self.labels), manifest=pick(self.manifest),

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .labels import LABELS, NIH14, NO_FINDING
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from .imageset import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
+from .labels import LABELS, NIH14, NO_FINDING
 
 REFERENCES = {
     "nih-cxr14": "NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC), PNGs as published",
@@ -143,7 +142,7 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0, index:
         defined = {p.stem for p in csvs}
         present = {p: p for p in images}
         # CheXpert paths start with "CheXpert-v1.0-small/..."; match on the trailing patientX/studyY/viewZ.jpg
-        tail = lambda s: "/".join(Path(s).parts[-3:])  # noqa: E731
+        tail = lambda s: "/".join(Path(s).parts[-3:])
         by_tail = {tail(p): p for p in present}
         meta = meta[meta["Path"].map(tail).isin(by_tail)]
         if meta.empty:

@@ -10,8 +10,19 @@ from pathlib import Path
 
 from ..errors import DataError
 from .imageset import (  # noqa: F401  (re-exported: the historical home of these names)
-    SIDE_FILES, ImageSource, _align_table, _check_label_values, _hash_files, _read_csv, _relative, array_source,
-    hash_folder_files, open_array, open_folder, scan_folder, select_split,
+    SIDE_FILES,
+    ImageSource,
+    _align_table,
+    _check_label_values,
+    _hash_files,
+    _read_csv,
+    _relative,
+    array_source,
+    hash_folder_files,
+    open_array,
+    open_folder,
+    scan_folder,
+    select_split,
 )
 from .io import ARRAY_SUFFIXES
 from .references import REFERENCES, open_reference

@@ -17,21 +17,30 @@ import numpy as np
 import torch
 
 from ..config import (  # noqa: F401  (re-exported: the historical home of these names)
-    DEFAULT_EXTRACTORS, DEFAULT_PROTOCOL, PRECISIONS, EvalConfig, resolve_device,
+    DEFAULT_EXTRACTORS,
+    DEFAULT_PROTOCOL,
+    PRECISIONS,
+    EvalConfig,
+    resolve_device,
 )
 from ..data.sources import ImageSource, open_source
-from .extraction import (  # noqa: F401  (re-exported)
-    build_extractors, extract_features, extractor_spec, precision_scope, reference_statistics, run_extractor,
-)
-from .distributed import DistContext, from_env
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..protocols.cxr64 import PrecomputedSet
-from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
-from .provenance import make_result
 from ..results import Result
+from .distributed import DistContext, from_env
+from .extraction import (  # noqa: F401  (re-exported)
+    build_extractors,
+    extract_features,
+    extractor_spec,
+    precision_scope,
+    reference_statistics,
+    run_extractor,
+)
+from .provenance import make_result
+from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
 PROTOCOL_VERSION = "1"
 def _feature_set(name: str, src: ImageSource, feats: dict, keep: np.ndarray) -> FeatureSet:
@@ -206,12 +215,12 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else [])
     return make_result(
         protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
-        samples={**sets["samples"].describe(), "n_used": int(len(keep["samples"])),
+        samples={**sets["samples"].describe(), "n_used": len(keep["samples"]),
                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
                  "duplicates": duplicates["samples"]},
         reference=({**precomputed["reference"].describe(), "n_used": len(precomputed["reference"])}
                    if "reference" in precomputed else
-                   {**sets["reference"].describe(), "n_used": int(len(keep["reference"])),
+                   {**sets["reference"].describe(), "n_used": len(keep["reference"]),
                     "skipped_files": skipped_files["reference"], "duplicates": duplicates["reference"]}
                    if ref_stats is None else
                    {**ref_stats["meta"]["reference"], "kind": "statistics", "statistics_file": str(reference)}),

@@ -15,11 +15,11 @@ import torch
 
 from ..config import PRECISIONS, EvalConfig, resolve_device
 from ..data.sources import ImageSource, open_source
-from .distributed import DistContext, from_env
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache, chunk_key
 from ..metrics.moments import RunningMoments
 from ..registry import EXTRACTORS
+from .distributed import DistContext, from_env
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -157,7 +157,7 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             pin_memory=device.startswith("cuda"), persistent_workers=False,
         )
         bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
-        chunk_of = lambda i: i // config.chunk_size  # noqa: E731
+        chunk_of = lambda i: i // config.chunk_size
         for batch in loader:
             ci = chunk_of(batch[0][0])
             good = [(i, img) for i, img, err in batch if err is None]

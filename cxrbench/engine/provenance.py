@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..results import SCHEMA, Result
@@ -46,7 +46,7 @@ def make_result(*, protocol: dict, samples: dict, reference: dict, train_referen
         schema=SCHEMA,
         cxrbench_version=__version__,
         git_hash=git_hash(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         protocol=protocol,
         samples=samples,
         reference=reference,

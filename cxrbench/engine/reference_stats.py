@@ -76,12 +76,12 @@ def write_reference_stats(reference, out, *, config) -> Path:
     """Extract the reference once and save its statistics (see module docstring)."""
     import torch
 
+    from ..config import resolve_device
     from ..data.sources import open_source
     from ..features.cache import FeatureCache
-    from ..config import resolve_device
-    from .extraction import build_extractors, extract_features
     from ..metrics.bootstrap import real_vs_real_split
     from ..metrics.fid import fid_from_features, gaussian_stats
+    from .extraction import build_extractors, extract_features
 
     device = resolve_device(config.device)
     src = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
@@ -100,7 +100,7 @@ def write_reference_stats(reference, out, *, config) -> Path:
         raise DataError(f"{src.name}: {len(keep)} usable image(s); statistics need at least 2")
     pids = None if src.patient_ids is None else [src.patient_ids[i] for i in keep]
     a, b = real_vs_real_split(len(keep), config.seed, pids)
-    meta = {"schema": SCHEMA, "reference": {**src.describe(), "n_used": int(len(keep)),
+    meta = {"schema": SCHEMA, "reference": {**src.describe(), "n_used": len(keep),
                                             "skipped_files": [src.ids[i] for i, _ in bad]},
             "seed": config.seed, "extractors": {}}
     arrays = {}
@@ -109,9 +109,9 @@ def write_reference_stats(reference, out, *, config) -> Path:
         mu, sigma = gaussian_stats(f)
         arrays[f"mu__{k}"] = mu.cpu().numpy()
         arrays[f"sigma__{k}"] = sigma.cpu().numpy()
-        meta["extractors"][k] = {"spec": e.spec(), "n": int(len(keep)),
+        meta["extractors"][k] = {"spec": e.spec(), "n": len(keep),
                                  "real_vs_real": fid_from_features(f[a], f[b]) if min(len(a), len(b)) >= 2 else None,
-                                 "real_vs_real_n": [int(len(a)), int(len(b))]}
+                                 "real_vs_real_n": [len(a), len(b)]}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
     atomic_write_bytes(out, buf.getvalue())

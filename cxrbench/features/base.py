@@ -68,7 +68,7 @@ class FeatureExtractor(nn.Module):
         return fold_sequential_batchnorm(self)
 
     @torch.no_grad()
-    def prepare_inference(self) -> "FeatureExtractor":
+    def prepare_inference(self) -> FeatureExtractor:
         """Rewrite the network for fast evaluation: BatchNorm folded into convolutions and channels_last.
 
         On CPU this makes Inception-v3 ~1.7x and DenseNet121 ~1.2x faster (oneDNN's NHWC kernels); the

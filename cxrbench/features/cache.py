@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.index import default_cache_dir  # noqa: F401 - one cache root for features and folder indexes
+from ..data.index import default_cache_dir
 from ..generator import atomic_write_bytes
 
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WeightsError
 from ..data.synthetic import synthetic_cxr
+from ..errors import WeightsError
 from .base import FeatureExtractor, bn_recalibrate
 
 IMAGE_SIZE = 64

@@ -29,7 +29,7 @@ class TorchmetricsFeature(nn.Module):
         self.base = base  # for a derived extractor (xrv-classifier): the network whose features it maps
         self.num_features = int(extractor.num_features)
 
-    def train(self, mode: bool = True) -> "TorchmetricsFeature":
+    def train(self, mode: bool = True) -> TorchmetricsFeature:
         return super().train(False)  # eval-only, silently: Lightning calls .train() on every submodule
 
     @torch.no_grad()

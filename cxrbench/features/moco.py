@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..data.io import sha256_file
+from ..data.synthetic import synthetic_cxr
 from ..errors import UsageError, WeightsError
 from ..registry import REPRESENTATIONS
-from ..data.synthetic import synthetic_cxr
 from .base import FeatureExtractor, bn_recalibrate
 
 

@@ -16,11 +16,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from ..errors import WeightsError
 from ..data.io import sha256_file
+from ..errors import WeightsError
 
 MIRROR_ENV = "CXRBENCH_WEIGHTS_MIRROR"
 

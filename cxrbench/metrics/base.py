@@ -9,8 +9,9 @@ and their keys get the extractor's suffix: ``fid`` -> ``fid_inception``, ``fid_x
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 

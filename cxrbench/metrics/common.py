@@ -109,7 +109,7 @@ def matched_floor(fn: Callable, gen, ref, st: MetricSettings, patient_ids=None) 
         except (ValueError, DataError):
             return None
 
-    return safe(ref[a], ref[b]), safe(gen[sub], ref[b]), [int(n_a), int(len(b))]
+    return safe(ref[a], ref[b]), safe(gen[sub], ref[b]), [int(n_a), len(b)]
 
 
 def with_floor(mv, floor, matched, sizes):

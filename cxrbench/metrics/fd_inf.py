@@ -20,7 +20,6 @@ to 0 and flagged.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

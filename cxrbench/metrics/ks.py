@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from scipy import stats
 
-
 #: batteries up to this many dimensions list every dimension in ``extra["dims"]``
 MAX_LISTED_DIMS = 64
 

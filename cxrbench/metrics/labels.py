@@ -42,6 +42,7 @@ from .common import (
     with_floor,
     with_interval,
 )
+
 #: manifest columns that may hold each image's requested labels as one "A|B" (or "A,B") string
 LABEL_LIST_COLUMNS = ("labels", "requested_labels", "conditioning_labels")
 

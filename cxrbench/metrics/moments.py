@@ -32,7 +32,7 @@ class RunningMoments:
     def device(self) -> torch.device:
         return self.sum.device
 
-    def update(self, x) -> "RunningMoments":
+    def update(self, x) -> RunningMoments:
         """Add the rows of an ``(N, D)`` batch (numpy or torch, any float dtype)."""
         x = torch.as_tensor(x).to(self.device, torch.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -54,7 +54,7 @@ class RunningMoments:
         o = self.outer + torch.outer(self.sum, d) + torch.outer(d, self.sum) + self.n * torch.outer(d, d)
         return s, o
 
-    def merge(self, other: "RunningMoments") -> "RunningMoments":
+    def merge(self, other: RunningMoments) -> RunningMoments:
         """Add another accumulator's rows (as if its batches had been passed to ``update``)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge {other.dim}-d moments into {self.dim}-d")
@@ -68,7 +68,7 @@ class RunningMoments:
         self.n += other.n
         return self
 
-    def to(self, device) -> "RunningMoments":
+    def to(self, device) -> RunningMoments:
         out = RunningMoments(self.dim, device=device)
         out.n, out.sum, out.outer = self.n, self.sum.to(out.device), self.outer.to(out.device)
         out.shift = None if self.shift is None else self.shift.to(out.device)
@@ -83,8 +83,9 @@ class RunningMoments:
         return self.shift + m, (cov + cov.T) / 2
 
     def save(self, path) -> None:
-        from ..generator import atomic_write_bytes
         import io
+
+        from ..generator import atomic_write_bytes
 
         mu, sigma = self.stats()
         buf = io.BytesIO()

@@ -14,8 +14,15 @@ import numpy as np
 from . import functional as F
 from .base import EvalContext, Metric, MetricValue
 from .common import (
-    MetricSettings, classifier_of, dimension_names, features_of, float64_device, matched_floor, missing_classifier,
-    missing_features, with_floor,
+    MetricSettings,
+    classifier_of,
+    dimension_names,
+    features_of,
+    float64_device,
+    matched_floor,
+    missing_classifier,
+    missing_features,
+    with_floor,
 )
 from .fd_inf import fd_inf_two_sample
 from .fid import fid_from_features

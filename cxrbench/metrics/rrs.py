@@ -157,7 +157,7 @@ class RRS(Metric):
         extra = {"mode": mode, "std": float(scores.std()), "median": float(np.median(scores)),
                  "real_vs_real_method": "leave-one-out: nearest other reference image"
                  + (" of another patient" if ctx.ref.patient_ids is not None else ""),
-                 "real_vs_real_halves": halves, "real_vs_real_halves_n": [int(len(a)), int(len(b))]}
+                 "real_vs_real_halves": halves, "real_vs_real_halves_n": [len(a), len(b)]}
         if len(scores) <= PER_IMAGE_MAX:
             extra["per_image"] = {
                 "ids": list(ctx.gen.ids),

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from ..config import EvalConfig, resolve_device
-from ..data.sources import ImageSource, _align_table, _read_csv, open_source
-from ..errors import DataError, UsageError
-from ..engine.extraction import build_extractors, extract_features
-from ..features.cache import FeatureCache
 from ..data.labels import LABELS, NO_FINDING, canonical_label
+from ..data.sources import ImageSource, _align_table, _read_csv, open_source
+from ..engine.extraction import build_extractors, extract_features
+from ..errors import DataError, UsageError
+from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
 from ..metrics.bootstrap import bootstrap_ci
 from ..registry import CLASSIFIERS
@@ -80,7 +80,7 @@ class AugmentConfig:
     progress: bool = True
 
     @classmethod
-    def from_eval(cls, config, *, extractor: str, device: str) -> "AugmentConfig":
+    def from_eval(cls, config, *, extractor: str, device: str) -> AugmentConfig:
         """The protocol's knobs under ``cxrbench evaluate --protocol augmentation``: the ``augment_*`` fields of
         an ``EvalConfig`` and the settings the evaluation shares (weights, cache, bootstrap, ...)."""
         return cls(
@@ -508,8 +508,9 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     x_test = x_real[test]
     scores: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
     sizes: dict[str, dict] = {}
-    from tqdm.auto import tqdm
     import sys
+
+    from tqdm.auto import tqdm
 
     for s in tqdm(range(cfg.seeds), desc="augmentation seeds", disable=not cfg.progress, file=sys.stderr, leave=False):
         seed = cfg.seed + 1 + s
@@ -530,7 +531,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
             x_tr = cat(x_real[ri], x_syn[si])
             y_tr = np.concatenate([y_real[ri], y_syn[si]])
             scores[m].append(clf.fit(x_tr, y_tr, x_test, seed=seed, cfg=cfg, device=device))
-            sizes[m] = {"n_real": int(len(ri)), "n_synthetic": int(len(si))}
+            sizes[m] = {"n_real": len(ri), "n_synthetic": len(si)}
 
     metrics: dict[str, MetricValue] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
@@ -567,7 +568,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         "classifier": cfg.classifier,
         "synthetic_label_source": label_source,
         "n_test": nt, "test_class_counts": {pos: int((y_test == 1).sum()), neg: int((y_test == 0).sum())},
-        "real_pool": {"n": int(len(pool)), pos: int((y_real[pool] == 1).sum()), neg: int((y_real[pool] == 0).sum())},
+        "real_pool": {"n": len(pool), pos: int((y_real[pool] == 1).sum()), neg: int((y_real[pool] == 0).sum())},
         "patient_disjoint": real_src.patient_ids is not None,
         "synthetic_usable": {pos: int((y_syn == 1).sum()), neg: int((y_syn == 0).sum())},
         "training_sizes": sizes,

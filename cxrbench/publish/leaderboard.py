@@ -39,9 +39,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import results
+from ..errors import DataError
 from ..results import ci_text, floor_text
 from .card import ModelCard, card_from_dict
-from ..errors import DataError
 
 SCHEMA = "cxrbench.entry/1"
 ENTRY_KEYS = ("schema", "name", "slug", "card", "protocol", "comparable", "samples", "weights", "result")

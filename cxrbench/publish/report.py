@@ -159,7 +159,7 @@ def _prevalence_figure(key: str, prev: dict) -> bytes:
     plt = _plt()
     labels = list(prev)
     y = np.arange(len(labels))
-    get = lambda s: [np.nan if prev[k].get(s) is None else float(prev[k][s]) for k in labels]  # noqa: E731
+    get = lambda s: [np.nan if prev[k].get(s) is None else float(prev[k][s]) for k in labels]
     fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(labels) + 1.2))
     ax.barh(y - 0.2, get("samples"), height=0.4, color="tab:orange", label="samples")
     ax.barh(y + 0.2, get("reference"), height=0.4, color="tab:blue", label="reference")
@@ -452,4 +452,4 @@ def load_and_write(path: str | os.PathLike, out_dir: str | os.PathLike, *, seed:
     return write_report(load(path), out_dir, base_dir=path.resolve().parent, seed=seed)
 
 
-__all__ = ["write_report", "load_and_write", "render_html", "render_markdown", "metric_rows"]
+__all__ = ["load_and_write", "metric_rows", "render_html", "render_markdown", "write_report"]

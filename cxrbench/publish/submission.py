@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError, UsageError
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from ..errors import DataError, UsageError
 from .leaderboard import make_entry, write_public
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.

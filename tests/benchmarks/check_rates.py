@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from cxrbench.compare import Tolerance, regressions  # noqa: E402
-from cxrbench.metrics import functional as F  # noqa: E402
+from cxrbench.compare import Tolerance, regressions
+from cxrbench.metrics import functional as F
 
 
 def evaluate(gen, ref, boot, seed):

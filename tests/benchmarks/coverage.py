@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from cxrbench.metrics import functional as F  # noqa: E402
-from cxrbench.metrics.fid import frechet_distance  # noqa: E402
+from cxrbench.metrics import functional as F
+from cxrbench.metrics.fid import frechet_distance
 
 SETTINGS = [  # (D, N): N >> D, N > D, N ~ D, N < D
     (8, 1000), (16, 2000), (32, 300), (64, 64), (64, 32),

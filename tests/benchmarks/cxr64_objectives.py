@@ -19,12 +19,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from baselines.cxr64net import run_network  # noqa: E402
-from cxrbench.features.cxr64 import CXR64Extractor  # noqa: E402
-from cxrbench.labels import LABELS  # noqa: E402
-from cxrbench.metrics.fid import fid_from_features  # noqa: E402
-from cxrbench.protocols.cxr64_splits import image_splits  # noqa: E402
-from tests.benchmarks.cxr64_validity import blur, feats, images_of, probe_auroc  # noqa: E402
+from baselines.cxr64net import run_network
+from cxrbench.features.cxr64 import CXR64Extractor
+from cxrbench.labels import LABELS
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.protocols.cxr64_splits import image_splits
+from tests.benchmarks.cxr64_validity import blur, feats, images_of, probe_auroc
 
 
 def main(argv=None) -> int:

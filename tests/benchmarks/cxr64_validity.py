@@ -31,12 +31,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cxrbench.data.io import load_image  # noqa: E402
-from cxrbench.features.cxr64 import CXR64Extractor, to_cxr64  # noqa: E402
-from cxrbench.metrics.fid import fid_from_features  # noqa: E402
-from cxrbench.metrics.prdc import prdc  # noqa: E402
-from cxrbench.protocols.cxr64 import SAMPLE_COUNT, load_features  # noqa: E402
-from cxrbench.protocols.cxr64_splits import image_splits  # noqa: E402
+from cxrbench.data.io import load_image
+from cxrbench.features.cxr64 import CXR64Extractor, to_cxr64
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.metrics.prdc import prdc
+from cxrbench.protocols.cxr64 import SAMPLE_COUNT, load_features
+from cxrbench.protocols.cxr64_splits import image_splits
 
 
 def images_of(folder: Path, paths) -> torch.Tensor:

@@ -42,16 +42,16 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from baselines.moco import Config, MoCoCXR, augment, to_square  # noqa: E402
-from baselines.trainer import TrainOptions  # noqa: E402
-from cxrbench.data import ImageFolder  # noqa: E402
-from cxrbench.features.base import bn_recalibrate  # noqa: E402
-from cxrbench.features.moco import MoCoExtractor  # noqa: E402
-from cxrbench.harness import EvalConfig  # noqa: E402
-from cxrbench.metrics.base import EvalContext, FeatureSet  # noqa: E402
-from cxrbench.metrics.fid import fid_from_features  # noqa: E402
-from cxrbench.metrics.rrs import RRS  # noqa: E402
-from cxrbench.seeding import seed_everything, torch_generator  # noqa: E402
+from baselines.moco import Config, MoCoCXR, augment, to_square
+from baselines.trainer import TrainOptions
+from cxrbench.data import ImageFolder
+from cxrbench.features.base import bn_recalibrate
+from cxrbench.features.moco import MoCoExtractor
+from cxrbench.harness import EvalConfig
+from cxrbench.metrics.base import EvalContext, FeatureSet
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.metrics.rrs import RRS
+from cxrbench.seeding import seed_everything, torch_generator
 
 DEFAULT_DATA = Path(os.environ.get("CXRBENCH_SHARED_DATA", REPO.parent / "shared" / "data")) / \
     "kermany_pediatric_covid_skytells"
