@@ -287,3 +287,11 @@ def test_leaderboard_ranks_cxr64_by_its_headline_metric():
     assert default_rank_key(keys, "cxr64") == proto.CXR64Protocol.headline == "fid_cxr64"
     assert default_rank_key(keys, "default") == "fid_cxr64"  # first fid_ column, alphabetically
     assert default_rank_key(["fid_inception", "kid_xrv"], "cxr64") == "fid_inception"
+
+
+def test_augmentation_labels_synthetic_images_with_the_probe_extractors_own_head():
+    from cxrbench.protocols.augmentation import _labeller
+
+    assert _labeller("cxr64", ("Effusion", "No Finding")) == ("cxr64", "cxr64-classifier")  # offline
+    assert _labeller("cxr64", ("Pneumonia", "No Finding")) == ("xrv", "xrv-classifier")  # not among its labels
+    assert _labeller("xrv", ("Effusion", "No Finding")) == ("xrv", "xrv-classifier")

@@ -149,8 +149,26 @@ def _has_task_columns(src: ImageSource, pos: str, neg: str) -> bool:
     return src.labels is not None and pos in src.labels.columns and neg in src.labels.columns
 
 
+def _labeller(extractor: str, task: tuple[str, str]) -> tuple[str, str]:
+    """(base, head) extractors that label synthetic images: ``extractor``'s own registered label head when it
+    predicts every label of ``task`` (No Finding = none present), else the XRV classifier."""
+    from ..registry import EXTRACTORS
+
+    for name in EXTRACTORS.names():
+        cls = EXTRACTORS.get(name)
+        if getattr(cls, "derived_from", None) == extractor and getattr(cls, "kind", "") == "probabilities":
+            try:
+                names = cls().feature_names or []
+            except Exception:  # noqa: BLE001 - a head that cannot be built here labels nothing; fall back to xrv
+                break
+            if all(lab == NO_FINDING or lab in names for lab in task):
+                return extractor, name
+            break
+    return "xrv", "xrv-classifier"
+
+
 def _classifier_labels(probs: np.ndarray, names: list[str], pos: str, neg: str) -> np.ndarray:
-    """Task labels from XRV classifier probabilities (> 0.5 = present; No Finding = nothing present)."""
+    """Task labels from classifier probabilities (> 0.5 = present; No Finding = nothing present)."""
     col = {canonical_label(n) or n: j for j, n in enumerate(names)}
     present = probs > 0.5
 
@@ -158,7 +176,7 @@ def _classifier_labels(probs: np.ndarray, names: list[str], pos: str, neg: str) 
         if lab == NO_FINDING:
             return ~present.any(1)
         if lab not in col:
-            raise UsageError(f"the XRV classifier has no output for {lab!r}; give --synthetic-labels (a manifest.csv)")
+            raise UsageError(f"the label classifier has no output for {lab!r}; give --synthetic-labels (a manifest.csv)")
         return present[:, col[lab]]
 
     a, b = has(pos), has(neg)
@@ -459,22 +477,24 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
             raise DataError(f"{len(bad)} unreadable image(s) in {role} {src.name}: {bad[0][1]}; remove them")
         return f[cfg.extractor]
 
-    # synthetic labels: manifest / labels table, else the XRV classifier
+    # synthetic labels: manifest / labels table, else a label classifier: the probe extractor's own head when it
+    # has one that predicts the task's labels (cxr64 -> cxr64-classifier, offline), else the XRV classifier
     if _has_task_columns(syn_src, pos, neg):
         y_syn = binary_labels(syn_src.label_matrix(), pos, neg)
         label_source = "manifest"
     else:
-        lcfg = dataclasses.replace(ecfg, extractors=("xrv", "xrv-classifier"))
-        lx = build_extractors(["xrv", "xrv-classifier"], lcfg, device)
-        f, bad = extract_features(syn_src, lx, lcfg, cache, device, desc="synthetic labels (xrv-classifier)")
+        base, head = _labeller(cfg.extractor, (pos, neg))
+        lcfg = dataclasses.replace(ecfg, extractors=(base, head))
+        lx = build_extractors([base, head], lcfg, device)
+        f, bad = extract_features(syn_src, lx, lcfg, cache, device, desc=f"synthetic labels ({head})")
         if bad:
             raise DataError(f"{len(bad)} unreadable image(s) in synthetic {syn_src.name}: {bad[0][1]}; remove them")
-        y_syn = _classifier_labels(f["xrv-classifier"], lx["xrv-classifier"].feature_names, pos, neg)
-        label_source = "xrv-classifier"
-        specs["xrv-classifier"] = lx["xrv-classifier"].spec()
+        y_syn = _classifier_labels(f[head], lx[head].feature_names, pos, neg)
+        label_source = head
+        specs[head] = lx[head].spec()
         weights_note = " (RANDOM weights: these labels are meaningless)" if cfg.weights == "random" else ""
         notes.append(f"synthetic labels were not given (no {pos!r}/{neg!r} columns in a manifest.csv); they come "
-                     f"from the XRV classifier (probability > 0.5 = present, No Finding = nothing present)"
+                     f"from the {head} classifier (probability > 0.5 = present, No Finding = nothing present)"
                      f"{weights_note}")
 
     test, pool = _test_split(real_src, y_real, cfg, (pos, neg))
