@@ -342,7 +342,8 @@ def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[
 
 def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
-    from cxrbench.features.cxr64 import HEAD_FILE, WEIGHTS_FILE, file_sha256
+    from cxrbench.data.io import sha256_file
+    from cxrbench.features.cxr64 import HEAD_FILE, WEIGHTS_FILE
     from cxrbench.generator import atomic_torch_save, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +356,7 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     for which in ("reference", "train"):
         m = (table["cxr64_split"] == which).to_numpy()
         _write_set(out_dir / f"cxr64-{which}.npz", table[m], feats[m], [h for h, k in zip(hashes, m) if k], spec, which)
-    return {f.name: file_sha256(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
+    return {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
 
 
 def main(argv=None) -> int:

@@ -246,8 +246,8 @@ def test_linear_probe_on_cxr64_beats_random_features(extractor):
 
 @needs_data
 def test_train_split_cxr64_train_is_the_protocol_split():
-    from cxrbench.commands.train import _protocol_split
     from cxrbench.data.sources import open_source
+    from cxrbench.protocols.cxr64_splits import select_cxr64_split as _protocol_split
 
     src = _protocol_split(open_source(NIH, role="data"), "cxr64-train")
     t = pd.read_csv(NIH / "labels.csv")

@@ -86,26 +86,12 @@ def build_config(cls, args) -> object:
     return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
 
 
-def _protocol_split(source, split: str):
-    """``cxr64-train`` / ``cxr64-heldout`` / ``cxr64-reference``: the cxr64 protocol's patient-disjoint NIH split."""
-    from ..protocols.cxr64_splits import SPLITS, image_splits
-
-    name = split.removeprefix("cxr64-")
-    need = {"patient_id", "view_position", "No Finding"}
-    if name not in SPLITS:
-        raise UsageError(f"--split {split}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
-    if source.labels is None or not need <= set(source.labels.columns):
-        raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
-                         "nih1000_64px layout) to apply the cxr64 patient split")
-    keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
-    return source.subset(keep)
-
-
 def run(args) -> int:
     from ..data import ImageFolder
     from ..data.sources import select_split
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
+    from ..protocols.cxr64_splits import select_cxr64_split
     from ..training import TrainOptions, config_to_dict
 
     cls = resolve_model(args.name)
@@ -122,7 +108,7 @@ def run(args) -> int:
         # the split is chosen after --labels is attached, so a split column in that CSV counts too
         source = ImageFolder(args.data, labels_csv=args.labels).source
         if args.split and args.split.startswith("cxr64-"):
-            source = _protocol_split(source, args.split)
+            source = select_cxr64_split(source, args.split)
         else:
             source = select_split(source, args.split)
         dataset = ImageFolder(source, transform=transform)

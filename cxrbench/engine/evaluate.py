@@ -128,8 +128,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     if isinstance(train_reference, PrecomputedSet):
         precomputed["train"] = train_reference
         train_reference = None
-    if precomputed.get("reference") is not None:
-        pass
+    if "reference" in precomputed:
+        pass  # shipped features: nothing to open
     elif not isinstance(reference, ImageSource) and is_reference_stats(reference):
         ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
         if config.protocol != "default":

@@ -10,13 +10,12 @@ embedded protocol ``cxr64`` (``cxrbench.protocols.cxr64``) carries its own netwo
   held-out NIH images (derived from the ``cxr64`` features, so the network runs once).
 
 Preprocessing (the only place size and range change): centre crop to a square (torchxrayvision's offset,
-``(w - s) // 2``), bilinear resize with antialiasing to 64 px when the input is another size, then
+``w // 2 - s // 2``), bilinear resize with antialiasing to 64 px when the input is another size, then
 ``[0, 1] -> [-1, 1]``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -25,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.io import sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import WeightsError
 from .base import FeatureExtractor, bn_recalibrate
+from .resize import center_crop_xrv
 
 IMAGE_SIZE = 64
 EMBED_DIM = 64
@@ -40,17 +41,9 @@ WEIGHTS_SHA256 = "e011d285e05438ef4794814e531becb2b5af3a12b1f0bec73102241172a26a
 HEAD_SHA256 = "0221bb8f25089a34478551995660765027bd55d9380a1614eb6d38585eeebca9"
 
 
-def centre_crop_square(x: torch.Tensor) -> torch.Tensor:
-    """Centre square of ``(N, C, H, W)``, offset as torchxrayvision's ``XRayCenterCrop`` (``(w - s) // 2``)."""
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return x[..., top : top + s, left : left + s]
-
-
 def to_cxr64(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     """Image contract ``(N, 1, H, W)`` in [0, 1] -> ``(N, 1, size, size)`` in [0, 1]: centre crop, then resize."""
-    x = centre_crop_square(x)
+    x = center_crop_xrv(x)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
@@ -106,14 +99,6 @@ def shipped_path(name: str) -> Path:
     return Path(str(resources.files("cxrbench.protocols") / "cxr64_data" / name))
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_network(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[CXR64Net, str]:
     """The shipped (or given) network and the sha256 of its file; a file that is not the pinned one is refused."""
     path = Path(path) if path is not None else shipped_path(WEIGHTS_FILE)
@@ -121,7 +106,7 @@ def load_network(path: Path | None = None, *, expected_sha256: str | None = None
     if not path.is_file():
         raise WeightsError(f"{path}: the cxr64 network weights are missing; reinstall cxrbench "
                            "(pip install --force-reinstall cxrbench) or restore the file from the repository")
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if expected != "any" and digest != expected:
         raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr64 weights ({expected[:16]}...); "
                            "the file was altered or truncated: reinstall cxrbench or restore the file from git")
@@ -196,7 +181,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
                 raise WeightsError(f"{head_path}: the cxr64 label calibration is missing; reinstall cxrbench")
             calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
         else:
-            digest = file_sha256(head_path)
+            digest = sha256_file(head_path)
             if digest != HEAD_SHA256:
                 raise WeightsError(f"{head_path}: sha256 {digest[:16]}... is not the pinned cxr64 label head "
                                    f"({HEAD_SHA256[:16]}...); the file was altered: reinstall cxrbench or restore it")

@@ -21,13 +21,13 @@ Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.io import sha256_file
 from ..errors import UsageError, WeightsError
-from ..features.cxr64 import file_sha256, shipped_path
+from ..features.cxr64 import shipped_path
 
 NAME = "cxr64"
 VERSION = "1"
@@ -77,7 +77,7 @@ def load_features(which: str) -> PrecomputedSet:
     if not path.is_file():
         raise WeightsError(f"{path}: the cxr64 {which} features are missing; reinstall cxrbench "
                            "(pip install --force-reinstall cxrbench) or restore the file from the repository")
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != expected:
         raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr64 {which} features "
                            f"({expected[:16]}...); the file was altered: reinstall cxrbench or restore it from git")
@@ -91,11 +91,6 @@ def load_features(which: str) -> PrecomputedSet:
             labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
             meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": f"{NAME}/{VERSION}"},
         )
-
-
-def set_sha256(hashes) -> str:
-    """The set hash cxrbench uses everywhere: sha256 over the sorted per-image sha256s."""
-    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
 class CXR64Protocol:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ..errors import UsageError
+
 SPLITS = {"train": 0.45, "reference": 0.35, "heldout": 0.20}
 
 
@@ -50,3 +52,16 @@ def image_splits(labels) -> list[str]:
     kinds = [f"{v}/{int(n)}" for v, n in zip(labels["view_position"], labels["No Finding"])]
     by_patient = patient_splits(ids, kinds)
     return [by_patient[p] for p in ids]
+
+
+def select_cxr64_split(source, split: str):
+    """``cxr64-train`` / ``cxr64-heldout`` / ``cxr64-reference``: the cxr64 protocol's patient-disjoint NIH split."""
+    name = split.removeprefix("cxr64-")
+    need = {"patient_id", "view_position", "No Finding"}
+    if name not in SPLITS:
+        raise UsageError(f"--split {split}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
+    if source.labels is None or not need <= set(source.labels.columns):
+        raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
+                         "nih1000_64px layout) to apply the cxr64 patient split")
+    keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
+    return source.subset(keep)
