@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.data.io import load_image
+from cxrbench.errors import DataError
 from cxrbench.features.cxr64 import CXR64Net, to_cxr64
 from cxrbench.generator import PretrainedMixin
 from cxrbench.labels import LABELS
@@ -112,6 +113,10 @@ def nih_table(data_root: Path) -> pd.DataFrame:
 def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
     """The (folder, rows) the network trains on; reference and held-out NIH images are never among them."""
     data_root = Path(data_root)
+    missing = [n for n in (NIH, KERMANY, *ADULT_SETS) if not (data_root / n / "labels.csv").is_file()]
+    if missing:
+        raise DataError(f"{data_root}: cxr64-net trains on the shared data root's {', '.join(missing)} folders "
+                        "(each with labels.csv); pass --data the folder that holds them (e.g. ../shared/data)")
     out = []
     nih = nih_table(data_root)
     out.append((data_root / NIH, nih[nih["cxr64_split"] == "train"]))

@@ -295,3 +295,8 @@ def test_augmentation_labels_synthetic_images_with_the_probe_extractors_own_head
     assert _labeller("cxr64", ("Effusion", "No Finding")) == ("cxr64", "cxr64-classifier")  # offline
     assert _labeller("cxr64", ("Pneumonia", "No Finding")) == ("xrv", "xrv-classifier")  # not among its labels
     assert _labeller("xrv", ("Effusion", "No Finding")) == ("xrv", "xrv-classifier")
+
+
+def test_training_the_network_on_a_wrong_data_root_is_one_clear_error(tmp_path):
+    r = _cli("train", "cxr64-net", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 1 and "pass --data the folder that holds them" in r.stderr and "Traceback" not in r.stderr
