@@ -37,7 +37,9 @@ What :func:`fit` does:
 - resumable checkpoints: ``out_dir/checkpoint.pt`` (weights, optimiser states, step, epoch position, RNG
   state, loss log) every ``checkpoint_every`` steps and at the end; calling again with the same config
   continues from it (a larger ``steps`` trains further); a different config is refused;
-- budgets: ``steps`` and/or ``epochs`` (whichever ends first) and ``max_minutes`` of wall clock per call;
+- budgets: ``steps`` and/or ``epochs`` (whichever ends first), ``max_minutes`` of wall clock per call and
+  ``cpu_minutes`` of this process's CPU time over the whole run (resumed calls included; a checkpoint
+  without a CPU clock counts its wall clock);
 - device ``"auto"``: cuda > mps > cpu;
 - progress on stderr (tqdm); the loss log as ``out_dir/losses.csv`` (step, epoch, elapsed_s, one column
   per loss, averaged over ``log_every`` steps) and a summary ``out_dir/train_state.json``;
@@ -360,7 +362,7 @@ def fit(
 
     model.to(dev)
     optimizers = model.configure_optimizers()
-    step, epoch, pos, elapsed_before = 0, 0, 0, 0.0
+    step, epoch, pos, elapsed_before, cpu_before = 0, 0, 0, 0.0, 0.0
     records: list[dict] = []
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
@@ -382,6 +384,7 @@ def fit(
             opt.load_state_dict(ckpt["optimizers"][k])
         step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["pos"])
         elapsed_before = float(ckpt["elapsed_s"])
+        cpu_before = float(ckpt.get("cpu_s", elapsed_before))
         records = list(ckpt["log"])
         _set_rng_state(ckpt["rng"])
     elif hasattr(model, "on_train_start"):
@@ -397,6 +400,7 @@ def fit(
                 "epoch": epoch,
                 "pos": pos,
                 "elapsed_s": elapsed_before + (time.monotonic() - t0),
+                "cpu_s": cpu_before + (time.process_time() - c0),
                 "model": model.state_dict(),
                 "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
                 "rng": _rng_state(),
@@ -408,6 +412,12 @@ def fit(
 
     t0 = time.monotonic()
     deadline = t0 + options.max_minutes * 60 if options.max_minutes is not None else math.inf
+    c0 = time.process_time()
+    cpu_deadline = c0 + options.cpu_minutes * 60 - cpu_before if options.cpu_minutes is not None else math.inf
+
+    def out_of_budget() -> bool:
+        # the recipe budget is the run's own CPU clock, so calling again after it trains nothing more
+        return time.monotonic() >= deadline or time.process_time() >= cpu_deadline
     out_of_time = False
     acc: dict[str, list[float]] = {}
     bar = tqdm(
@@ -431,7 +441,7 @@ def fit(
     checked_size = False
     model.train(True)
     while step < total:
-        if time.monotonic() >= deadline:
+        if out_of_budget():
             out_of_time = True
             break
         order = _epoch_order(n, options.seed, epoch)[pos * batch_size : steps_per_epoch * batch_size]
@@ -467,7 +477,7 @@ def fit(
                 save_checkpoint()
             if step >= total:
                 break
-            if time.monotonic() >= deadline:
+            if out_of_budget():
                 out_of_time = True
                 break
         if out_of_time:
@@ -489,6 +499,8 @@ def fit(
             else "epochs"
         ),
         "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3),
+        "cpu_s": round(cpu_before + time.process_time() - c0, 3),
+        "threads": torch.get_num_threads(),
         "device": str(dev),
         "n_train": n,
         "options": dataclasses.asdict(options),

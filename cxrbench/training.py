@@ -25,6 +25,9 @@ class TrainOptions:
     steps: int | None = None  # total optimisation steps (a resumed run counts the steps already done)
     epochs: float | None = None  # total passes over the data; with ``steps``, whichever ends first
     max_minutes: float | None = None  # wall-clock budget of this call
+    # CPU time of the whole run (resumed calls included), this process's own: a budget that other load on
+    # the machine does not shrink, which a recipe states with its thread count
+    cpu_minutes: float | None = None
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10

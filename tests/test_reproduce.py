@@ -72,3 +72,23 @@ def test_bad_recipe_is_one_clear_error(tmp_path, capsys):
     assert main(["reproduce", str(bad), "--dry-run"]) == 2
     assert "unknown keys ['steps_total']" in capsys.readouterr().err
     assert main(["reproduce", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_stages_train_first_and_their_folders_reach_later_configs(recipe, tmp_path, monkeypatch):
+    # seed 002's chain: a first diffusevae run, then a fine-tune that starts from its weights ("{base}")
+    monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "cache"))
+    arch = "image_size = 16, vae_channels = [8, 16], vae_z_dim = 8, block_out_channels = [8, 16], " \
+           "layers_per_block = 1, attention = false, norm_groups = 4, sample_steps = 2"
+    text = recipe.read_text().replace('name = "vae"\nconfig = { image_size = 16, channels = [8, 16], z_dim = 8 }',
+                                      f'name = "diffusevae"\nconfig = {{ {arch}, init_from = "{{base}}" }}')
+    text = f'[[stage]]\nid = "base"\nname = "diffusevae"\nconfig = {{ {arch} }}\ntrain = {{ steps = 2 }}\n' + text
+    recipe.write_text(text)
+    assert _run(recipe, tmp_path, "--dry-run") == 0
+    assert _run(recipe, tmp_path) == 0
+    base = json.loads((tmp_path / "runs" / "tiny-base" / "train_state.json").read_text())
+    final = json.loads((tmp_path / "runs" / "tiny" / "train_info.json").read_text())
+    assert base["step"] == 2
+    assert final["config"]["init_from"] == str(tmp_path / "runs" / "tiny-base")
+    # a stage reference that names no stage is one line, before anything trains
+    recipe.write_text(text.replace('init_from = "{base}"', 'init_from = "{nope}"'))
+    assert _run(recipe, tmp_path, "--dry-run") == 2

@@ -60,6 +60,19 @@ def test_budgets(tmp_path):
         VAE.train(ds, CFG, tmp_path / "x", options=TrainOptions(progress=False))
 
 
+def test_cpu_minutes_counts_the_resumed_calls(tmp_path):
+    # a recipe's budget is the run's own CPU clock: once a run has used it, calling again adds nothing
+    ds = LabelledImages(12, 16, seed=0)
+    VAE.train(ds, CFG, tmp_path / "t", options=TrainOptions(steps=4, progress=False))
+    before = json.loads((tmp_path / "t" / "train_state.json").read_text())
+    budget = before["cpu_s"] / 60 / 2  # less than the CPU time already spent
+    VAE.train(ds, CFG, tmp_path / "t", options=TrainOptions(steps=8, cpu_minutes=budget, progress=False))
+    after = json.loads((tmp_path / "t" / "train_state.json").read_text())
+    assert after["step"] == 4 and after["stopped_because"] == "max_minutes"
+    VAE.train(ds, CFG, tmp_path / "t", options=TrainOptions(steps=8, cpu_minutes=budget + 10, progress=False))
+    assert json.loads((tmp_path / "t" / "train_state.json").read_text())["step"] == 8
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     ds = LabelledImages(8, 16, seed=0)
     VAE.train(ds, CFG, tmp_path, options=TrainOptions(steps=1, progress=False))

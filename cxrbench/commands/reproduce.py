@@ -8,9 +8,10 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     [data]                           # training images; split: a labels.csv split value or cxr64-train
     path = "../shared/data/nih1000_64px"
     split = "cxr64-train"
-    [train]                          # trainer budget (wall clock is per call; the run resumes)
-    seed = 0
-    max_minutes = 15
+    [train]                          # trainer budget: cpu_minutes is the run's own clock (a rerun adds
+    seed = 0                         # nothing), threads the torch CPU threads it is stated for
+    cpu_minutes = 15
+    threads = 1
     steps = 1000000
     [sample]
     n = 200
@@ -18,6 +19,19 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     [card]                           # the model card (model.toml fields)
     name = "LSGAN-64"
     ...
+
+Earlier training stages (seed 002: a MoCo encoder, then plain DiffuseVAE, then its representation
+fine-tune) are ``[[stage]]`` tables, each trained into ``runs/<recipe>-<id>`` before ``[model]``; a string
+``"{id}"`` in a later config is replaced by that stage's folder::
+
+    [[stage]]
+    id = "moco"
+    name = "moco"
+    config = { image_size = 64 }
+    train = { cpu_minutes = 3, threads = 1 }
+    [model]
+    name = "diffusevae"
+    config = { rep_lambda = 0.1, rep_checkpoint = "{moco}" }
 
 Each step is the subcommand a user would type (``train``, ``sample``, ``submit``), so a recipe reproduces
 exactly what those commands do; the commands it runs are printed first.
@@ -37,8 +51,10 @@ EPILOG = """examples:
   cxrbench reproduce leaderboard/recipes/vae.toml --max-minutes 1   # a shorter budget (not the recipe's row)
 """
 
-SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels"},
-            "train": {"seed", "max_minutes", "steps", "epochs", "batch_size", "device", "checkpoint_every"},
+TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs", "batch_size", "device",
+              "checkpoint_every"}
+SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels"}, "train": TRAIN_KEYS,
+            "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
             "gpu": None, "notes": None}
 
@@ -71,6 +87,18 @@ def load_recipe(path: Path) -> dict:
             raise UsageError(f"{path}: a recipe needs a [{need}] section")
     if "name" not in recipe["model"] or "path" not in recipe["data"]:
         raise UsageError(f"{path}: [model] needs name and [data] needs path")
+    stages = recipe.get("stage", [])
+    if not isinstance(stages, list):
+        raise UsageError(f"{path}: stages are [[stage]] tables (an array), not one [stage]")
+    for i, st in enumerate(stages):
+        extra = set(st) - {"id", "name", "config", "train"}
+        if extra or "id" not in st or "name" not in st:
+            raise UsageError(f"{path}: [[stage]] {i + 1} needs id and name (and may have config, train); "
+                             f"unknown keys {sorted(extra)}" if extra else
+                             f"{path}: [[stage]] {i + 1} needs id and name (and may have config, train)")
+        if set(st.get("train", {})) - TRAIN_KEYS:
+            raise UsageError(f"{path}: [[stage]] {st['id']} train has unknown keys "
+                             f"{sorted(set(st['train']) - TRAIN_KEYS)}")
     return recipe
 
 
@@ -86,25 +114,55 @@ def _toml_value(v) -> str:
     raise UsageError(f"recipe value {v!r} cannot be written to TOML")
 
 
-def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path]]:
-    """The ``cxrbench`` argument lists the recipe runs, and the files it writes first (config, card)."""
+def _train_command(name: str, data: dict, out: Path, config_file: Path, train: dict, args) -> list[str]:
+    t = ["train", name, "--data", str(data["path"]), "--out", str(out), "--config", str(config_file)]
+    if data.get("split"):
+        t += ["--split", data["split"]]
+    if data.get("labels"):
+        t += ["--labels", data["labels"]]
+    budget = {k: train.get(k) for k in sorted(TRAIN_KEYS)}
+    budget["seed"] = train.get("seed", 0)
+    if args.max_minutes is not None:  # a shorter try: the override replaces both clocks
+        budget["max_minutes"], budget["cpu_minutes"] = args.max_minutes, None
+    if args.steps is not None:
+        budget["steps"] = args.steps
+    for k, v in budget.items():
+        if v is not None:
+            t += ["--" + k.replace("_", "-"), str(v)]
+    if args.quiet:
+        t.append("--quiet")
+    return t
+
+
+def _with_stage_folders(config: dict, folders: dict[str, Path]) -> dict:
+    """``"{id}"`` string values replaced by the folder stage ``id`` trained into."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, str) and v.startswith("{") and v.endswith("}"):
+            if v[1:-1] not in folders:
+                raise UsageError(f"config {k} = {v!r} names no earlier [[stage]] (stages: {', '.join(folders) or 'none'})")
+            v = str(folders[v[1:-1]])
+        out[k] = v
+    return out
+
+
+def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict[Path, dict]]:
+    """The ``cxrbench`` argument lists the recipe runs, the files it writes first (config, card), and each
+    config file's contents."""
     slug = args.recipe.stem
     run_dir, samples = args.runs / slug, args.samples_dir / slug
     model, data = recipe["model"], recipe["data"]
     train, sample = recipe.get("train", {}), recipe.get("sample", {})
     files = {"config": run_dir.parent / f"{slug}.config.toml", "card": run_dir.parent / f"{slug}.model.toml"}
-    t = ["train", model["name"], "--data", str(data["path"]), "--out", str(run_dir), "--config", str(files["config"])]
-    if data.get("split"):
-        t += ["--split", data["split"]]
-    if data.get("labels"):
-        t += ["--labels", data["labels"]]
-    budget = {"seed": train.get("seed", 0), "max_minutes": args.max_minutes or train.get("max_minutes"),
-              "steps": args.steps or train.get("steps"), "epochs": train.get("epochs"),
-              "batch_size": train.get("batch_size"), "device": train.get("device"),
-              "checkpoint_every": train.get("checkpoint_every")}
-    for k, v in budget.items():
-        if v is not None:
-            t += ["--" + k.replace("_", "-"), str(v)]
+    argvs, configs, folders = [], {}, {}
+    for st in recipe.get("stage", []):
+        out = args.runs / f"{slug}-{st['id']}"
+        config_file = args.runs / f"{slug}-{st['id']}.config.toml"
+        configs[config_file] = _with_stage_folders(st.get("config", {}), folders)
+        argvs.append(_train_command(st["name"], data, out, config_file, st.get("train", {}), args))
+        folders[st["id"]] = out
+    configs[files["config"]] = _with_stage_folders(model.get("config", {}), folders)
+    argvs.append(_train_command(model["name"], data, run_dir, files["config"], train, args))
     s = ["sample", str(run_dir), "--n", str(sample.get("n", 200)), "--seed", str(sample.get("seed", 0)),
          "--out", str(samples), "--batch-size", str(sample.get("batch_size", 64))]
     if sample.get("bit_depth"):
@@ -116,9 +174,8 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path]]:
     if args.force:
         u.append("--force")
     if args.quiet:
-        t.append("--quiet")
         u.append("--quiet")
-    return [t, s, u], files
+    return [*argvs, s, u], files, configs
 
 
 def run(args) -> int:
@@ -128,14 +185,14 @@ def run(args) -> int:
     from ..fileio import atomic_write_bytes
 
     recipe = load_recipe(args.recipe)
-    steps, files = commands(recipe, args)
+    steps, files, configs = commands(recipe, args)
     for argv in steps:
         print("cxrbench " + shlex.join(argv), file=sys.stderr)
     if args.dry_run:
         return 0
-    config = "".join(f"{k} = {_toml_value(v)}\n" for k, v in recipe["model"].get("config", {}).items())
+    for path, values in configs.items():
+        atomic_write_bytes(path, "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()).encode())
     card = "".join(f"{k} = {_toml_value(v)}\n" for k, v in recipe["card"].items())
-    atomic_write_bytes(files["config"], config.encode())
     atomic_write_bytes(files["card"], card.encode())
     for argv in steps:
         rc = cli_main(argv)

@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
     p.add_argument("--epochs", type=float, default=None, help="total passes over the data (with --steps: first hit)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall clock (resumable)")
+    p.add_argument("--cpu-minutes", type=float, default=None,
+                   help="stop once the run (resumed calls included) has used this much CPU time: a recipe's budget, "
+                        "fair under other load")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (a recipe's budget is stated per core count)")
     p.add_argument("--batch-size", type=int, default=None, help="override the Config's batch_size")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
@@ -94,6 +99,12 @@ def run(args) -> int:
     from ..protocols.cxr64_splits import select_cxr64_split
     from ..training import TrainOptions, config_to_dict
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads}: give 1 or more")
+        import torch
+
+        torch.set_num_threads(args.threads)
     cls = resolve_model(args.name)
     config = build_config(cls, args)
     size = getattr(config, "image_size", None)
@@ -116,6 +127,7 @@ def run(args) -> int:
         steps=args.steps,
         epochs=args.epochs,
         max_minutes=args.max_minutes,
+        cpu_minutes=args.cpu_minutes,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         num_workers=args.num_workers,
