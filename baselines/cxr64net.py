@@ -20,7 +20,7 @@ Objectives (``Config.objective``), compared by measurement in the protocol's not
 
 ``python -m baselines.cxr64net build --run runs/cxr64 --data ../shared/data`` then writes the package data:
 the network state dict, the Platt-calibrated label head with the held-out AUROC that chose its labels, and
-the features of the reference and training splits (``cxrbench/protocols/cxr64_data``).
+the features of the reference, training and held-out splits (``cxrbench/protocols/cxr64_data``).
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     table, feats, hashes, spec = nih_features(data_root, weights)
     calib = calibrate_head(net, feats, table)
     atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
-    for which in ("reference", "train"):
+    for which in ("reference", "train", "heldout"):
         m = (table["cxr64_split"] == which).to_numpy()
         _write_set(out_dir / f"cxr64-{which}.npz", table[m], feats[m], [h for h, k in zip(hashes, m) if k], spec, which)
     return {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.is_file()}

@@ -503,6 +503,8 @@ def fit(
         "threads": torch.get_num_threads(),
         "device": str(dev),
         "n_train": n,
+        "images_seen": step * batch_size,  # training images drawn (a GAN step is one batch for D and G)
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # EMA copies excluded
         "options": dataclasses.asdict(options),
         "config": config_to_dict(cfg),
     }

@@ -40,7 +40,7 @@ def fake_result(metrics: dict[str, tuple[float, bool]], *, protocol=("default", 
     return result, files
 
 
-def fake_entry(name: str, metrics, **kw) -> dict:
+def fake_entry(name: str, metrics, *, card_extra: dict | None = None, location: str | None = None, **kw) -> dict:
     card = card_from_dict(
         {
             "name": name,
@@ -50,7 +50,9 @@ def fake_entry(name: str, metrics, **kw) -> dict:
             "resolution": 32,
             "conditioning": "unconditional",
             "license": "MIT",
+            **(card_extra or {}),
         }
     )
-    result, files = fake_result(metrics, seed=hash(name) % 1000, **kw)
-    return make_entry(result, card, files, {"random-conv": result["extractors"]["random-conv"]["weights"]})
+    result, files = fake_result(metrics, seed=sum(map(ord, name)) % 1000, **kw)
+    return make_entry(result, card, files, {"random-conv": result["extractors"]["random-conv"]["weights"]},
+                      location=location)

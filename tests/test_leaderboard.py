@@ -211,3 +211,44 @@ def test_floors_are_shown_at_matched_n_beside_the_entrys_own_value_there(tmp_pat
     assert "20 not valid (floor 9.5 @4/8 (samples 26))" in md
     svg = next((tmp_path / "plots").glob("*fid_x.svg")).read_text()
     assert "samples @ the floor" in svg and "real vs real @ its N" in svg
+
+
+def test_reference_rows_give_scale_without_taking_a_rank(tmp_path):
+    real = fake_entry("Held-out real", {"fid_x": (2.0, False), "prec_x": (0.97, True)},
+                      card_extra={"kind": "reference"})
+    files = build(board()[:3] + [real], out_dir=tmp_path, entries_dir=tmp_path)
+    table = Tables(files["index.html"].decode()).tables["default-v1-ranked"]
+    # placed by its value (best FID first), but the models keep ranks 1, 2, 3
+    assert table["rows"] == ["held-out-real", "beta", "gamma", "alpha"]
+    md = files["README.md"].decode()
+    assert "| ref | [Held-out real](#card-held-out-real) (reference: real images)" in md
+    assert "| 1 | [Beta](#card-beta)" in md and "| 3 | [Alpha](#card-alpha)" in md
+
+
+def test_training_cost_and_thumbnails_come_from_the_card_and_the_samples(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    samples = tmp_path / "samples" / "m"
+    samples.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(samples / f"img_{i:03d}.png")
+    entries = tmp_path / "entries"
+    e = fake_entry("Model", {"fid_x": (3.0, False)}, location="../samples/m",
+                   card_extra={"training": {"steps": 1234, "cpu_minutes": 15.0, "parameters": 56789}})
+    files = build([e], out_dir=tmp_path, entries_dir=entries)
+    md = files["README.md"].decode()
+    assert "| 1 | [Model](#card-model) | 8 | 1,234 | 15.0 | 56,789 |" in md
+    grid = Image.open(io.BytesIO(files["thumbs/model.png"]))
+    assert grid.size == (8 * 64, 64)
+    # each tile is its sample, resized: the 4th tile matches the 4th file (paths in the entry's order)
+    tile = np.asarray(grid)[:, 3 * 64:4 * 64].astype(float)
+    want = np.asarray(Image.open(samples / "img_003.png").resize((64, 64), Image.Resampling.BILINEAR)).astype(float)
+    assert np.abs(tile - want).max() == 0
+    assert "](thumbs/model.png)" in md
+    # a sample file gone: no thumbnail rather than a wrong one
+    (samples / "img_000.png").unlink()
+    assert "thumbs/model.png" not in build([e], out_dir=tmp_path, entries_dir=entries)

@@ -77,3 +77,16 @@ def test_table_is_visible_in_a_screenshot(page, tmp_path):
     # The table header band (#f3f4f7) and text must be painted: a blank or error page is all one colour.
     hist = img.histogram()
     assert sum(hist[:128]) > 2000 and sum(hist[200:255]) > 2000
+
+
+def test_the_committed_board_shows_every_entry_in_chromium(tmp_path):
+    """The shipped leaderboard/index.html, as a browser builds it: every entry is a row of its table."""
+    import json
+
+    board = Path(__file__).resolve().parents[1] / "leaderboard"
+    slugs = sorted(json.loads(p.read_text())["slug"] for p in (board / "entries").glob("*.json"))
+    if not slugs:
+        pytest.skip("no committed entries")
+    tables = Tables(chromium(tmp_path, "--dump-dom", (board / "index.html").as_uri())).tables
+    shown = sorted(s for t in tables.values() for s in t["rows"])
+    assert shown == slugs

@@ -57,8 +57,12 @@ def test_recipe_trains_samples_and_submits_reproducibly(recipe, tmp_path, monkey
     info = json.loads((tmp_path / "runs" / "tiny" / "train_info.json").read_text())
     assert info["split"] == "train" and info["n_images"] == 16  # the recipe's split, not the whole folder
     assert entry["samples"]["n"] == 12 and entry["protocol"]["name"] == "cxr64"
-    assert main(["verify", str(tmp_path / "entries" / "tiny-vae.json"), "--samples", str(tmp_path / "samples" / "tiny"),
-                 "--quiet"]) == 0
+    state = json.loads((tmp_path / "runs" / "tiny" / "train_state.json").read_text())
+    cost = entry["card"]["training"]  # the training cost reaches the card, from the run's own record
+    assert cost["steps"] == 3 and cost["images_seen"] == 3 * min(state["config"]["batch_size"], 16)
+    assert cost["parameters"] == state["parameters"] > 0
+    # the entry records where its samples are: verify needs no other argument
+    assert main(["verify", str(tmp_path / "entries" / "tiny-vae.json"), "--quiet"]) == 0
     # again: the step budget is spent, so the same weights sample the same images and give the same numbers
     assert _run(recipe, tmp_path, "--force") == 0
     again = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())

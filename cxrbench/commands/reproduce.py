@@ -111,6 +111,8 @@ def _toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise UsageError(f"recipe value {v!r} cannot be written to TOML")
 
 
@@ -178,6 +180,22 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
     return [*argvs, s, u], files, configs
 
 
+def training_cost(run_dirs: list[Path]) -> dict:
+    """The card's ``[training]``: steps, images, CPU and wall minutes summed over the stages; the parameters
+    and threads of the last (the generator that samples)."""
+    import json
+
+    states = [json.loads((d / "train_state.json").read_text()) for d in run_dirs]
+    return {
+        "steps": sum(int(s["step"]) for s in states),
+        "images_seen": sum(int(s.get("images_seen", 0)) for s in states),
+        "cpu_minutes": round(sum(float(s.get("cpu_s", s["elapsed_s"])) for s in states) / 60, 2),
+        "wall_minutes": round(sum(float(s["elapsed_s"]) for s in states) / 60, 2),
+        **({"parameters": int(states[-1]["parameters"])} if "parameters" in states[-1] else {}),
+        **({"threads": int(states[-1]["threads"])} if "threads" in states[-1] else {}),
+    }
+
+
 def run(args) -> int:
     import shlex
 
@@ -192,9 +210,11 @@ def run(args) -> int:
         return 0
     for path, values in configs.items():
         atomic_write_bytes(path, "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()).encode())
-    card = "".join(f"{k} = {_toml_value(v)}\n" for k, v in recipe["card"].items())
-    atomic_write_bytes(files["card"], card.encode())
     for argv in steps:
+        if argv[0] == "sample":  # the card (with the training cost) is written once every stage has trained
+            card = {**recipe["card"], "training": training_cost([Path(a[a.index("--out") + 1])
+                                                                  for a in steps if a[0] == "train"])}
+            atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
         rc = cli_main(argv)
         if rc:
             raise UsageError(f"{args.recipe}: `cxrbench {argv[0]}` failed (exit {rc}); fix it and run again: "

@@ -13,6 +13,7 @@ atol (rtol 1e-6). The same code, weights and device reproduce numbers exactly; l
 when verifying on another kind of device. The feature cache is not used unless --use-cache.
 
 examples:
+  cxrbench verify leaderboard/entries/ddpm-64.json                  # the samples where the entry says
   cxrbench verify leaderboard/entries/ddpm-64.json --samples samples/ddpm/
   cxrbench verify leaderboard/entries/ddpm-64.json --samples samples/ddpm/ --reference /data/nih --rtol 1e-4
 """
@@ -23,7 +24,8 @@ def add_arguments(p) -> None:
     from .submit import add_local_arguments
 
     p.add_argument("entry", type=Path, help="entry file, leaderboard/entries/NAME.json")
-    p.add_argument("--samples", required=True, help="the submitted samples folder")
+    p.add_argument("--samples", help="the submitted samples folder (default: where the entry records it, relative "
+                   "to the entry file)")
     p.add_argument("--reference", help="where the entry's reference is on this machine (default: as recorded)")
     p.add_argument("--weights", help="folder of weights files on this machine (default: as recorded)")
     p.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance (default {RTOL:g})")
@@ -38,14 +40,15 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..publish.compare import format_table
     from ..publish.leaderboard import load_entry
-    from ..publish.submission import verify
+    from ..publish.submission import recorded_samples, verify
     from .submit import local_from_args
 
     if not (args.rtol >= 0 and args.atol >= 0):
         raise UsageError("--rtol and --atol must be >= 0")
     entry = load_entry(args.entry)
+    samples = args.samples or recorded_samples(entry, args.entry)
     rows, result = verify(
-        entry, args.samples, reference=args.reference, rtol=args.rtol, atol=args.atol, **local_from_args(args)
+        entry, samples, reference=args.reference, rtol=args.rtol, atol=args.atol, **local_from_args(args)
     )
     if rows:
         print(format_table(["what", "entry", "recomputed", "note"], [list(r) for r in rows]))

@@ -27,7 +27,7 @@ from ..data.sources import ImageSource, open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
-from ..protocols.cxr64 import PrecomputedSet
+from ..protocols.cxr64 import PrecomputedSet, shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
@@ -116,13 +116,21 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
                          f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
-    sets = {"samples": open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
-                                    index=config.use_cache, cache_dir=config.cache_dir)}
+    precomputed, sets = {}, {}
+    samples = shipped_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
+    if isinstance(samples, PrecomputedSet):
+        precomputed["samples"] = samples
+        samples_sha256 = _set_sha256(samples.hashes)  # of every row, as a folder's is of every file
+    else:
+        sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
+                                      index=config.use_cache, cache_dir=config.cache_dir)
     expected_n = getattr(proto, "sample_count", None)
-    n_found = len(sets["samples"])
+    n_found = len(samples if "samples" in precomputed else sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
-        sets["samples"] = sets["samples"].subset(np.arange(expected_n))
-    precomputed = {}
+        if "samples" in precomputed:
+            precomputed["samples"] = precomputed["samples"].subset(np.arange(expected_n))
+        else:
+            sets["samples"] = sets["samples"].subset(np.arange(expected_n))
     if isinstance(reference, PrecomputedSet):
         precomputed["reference"] = reference
     if isinstance(train_reference, PrecomputedSet):
@@ -215,9 +223,11 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else [])
     return make_result(
         protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
-        samples={**sets["samples"].describe(), "n_used": len(keep["samples"]),
-                 "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
-                 "duplicates": duplicates["samples"]},
+        samples=({**precomputed["samples"].describe(), "n_used": len(precomputed["samples"]),
+                  "sha256": samples_sha256} if "samples" in precomputed else
+                 {**sets["samples"].describe(), "n_used": len(keep["samples"]),
+                  "skipped_files": skipped_files["samples"], "ignored_files": sets["samples"].ignored[:100],
+                  "duplicates": duplicates["samples"]}),
         reference=({**precomputed["reference"].describe(), "n_used": len(precomputed["reference"])}
                    if "reference" in precomputed else
                    {**sets["reference"].describe(), "n_used": len(keep["reference"]),
@@ -305,6 +315,13 @@ def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
         values = proto.run(ctx)
     metric_versions[f"protocol:{proto.name}"] = proto.version
     metrics.update({k: v.to_dict() for k, v in values.items()})
+
+
+def _set_sha256(hashes: list[str]) -> str:
+    """A set's hash, as ``ImageSet.sha256`` defines it: sha256 over its sorted per-file sha256s."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
 def _duplicates(src: ImageSource) -> list[list[str]]:

@@ -37,7 +37,13 @@ METRICS = ("fid", "kid", "fd_inf", "prdc", "memorization", "ks_features", "ks_la
 #: sha256 of the shipped feature files; a file with other bytes is refused
 REFERENCE_SHA256 = "170ed8cb592b58a70837a5e26f87eef2c4e02abf6f3d02dd7224a548a9def0de"
 TRAIN_SHA256 = "1a5e3082bb9ff67679c07571bd6b692c8c3a50368018e5405d88e5f77e3b1485"
-FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256)}
+HELDOUT_SHA256 = "6fab0b39e223653062777ddd7502f7640881d6bbe209cb150a058e498a83cb56"
+FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256),
+                 "heldout": ("cxr64-heldout.npz", HELDOUT_SHA256)}
+#: real-image sets a leaderboard evaluates in place of a generator's samples, to give the board its scale:
+#: held-out NIH images (in no training split and not in the reference: what a perfect generator would score)
+#: and the training images themselves (a perfect memorizer, which memorization_cxr64 must flag)
+SHIPPED_SAMPLES = {"cxr64:heldout": "heldout", "cxr64:train": "train"}
 
 
 @dataclass
@@ -61,13 +67,33 @@ class PrecomputedSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, idx) -> PrecomputedSet:
+        idx = [int(i) for i in idx]
+        labels = None if self.labels is None else self.labels.iloc[idx].reset_index(drop=True)
+        return dataclasses.replace(
+            self, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
+            features={k: v[idx] for k, v in self.features.items()}, labels=labels,
+            patient_ids=None if self.patient_ids is None else [self.patient_ids[i] for i in idx])
+
+    def canonical(self) -> PrecomputedSet:
+        """Rows in sha256 order, as a samples folder is read (the protocol's first N are then the same N)."""
+        return self.subset(sorted(range(len(self)), key=lambda i: (self.hashes[i], self.ids[i])))
+
     def describe(self) -> dict:
         return {"path": self.name, "kind": "features", "split": self.meta.get("split"), "n": len(self),
                 "sha256": self.meta.get("sha256"), **{k: v for k, v in self.meta.items() if k not in ("split",)}}
 
 
+def shipped_samples(spec) -> PrecomputedSet | None:
+    """``"cxr64:heldout"`` / ``"cxr64:train"`` as a samples set (rows in sha256 order); None for anything else."""
+    if isinstance(spec, str) and spec in SHIPPED_SAMPLES:
+        return load_features(SHIPPED_SAMPLES[spec]).canonical()
+    return None
+
+
 def load_features(which: str) -> PrecomputedSet:
-    """The shipped ``reference`` or ``train`` set; a missing or altered file is refused, naming the fix."""
+    """The shipped ``reference``, ``train`` or ``heldout`` set; a missing or altered file is refused, naming the
+    fix."""
     import json
 
     import pandas as pd

@@ -10,6 +10,14 @@ A card describes the model, never its numbers (cxrbench computes those itself). 
     resolution = 64                                  # or [height, width]
     conditioning = "unconditional"                   # unconditional | labels | text | image
     license = "Apache-2.0"
+    kind = "model"                                   # optional: model | reference (a real-image row)
+    [training]                                       # optional: the cost, as `cxrbench reproduce` fills it
+    steps = 1200
+    images_seen = 76800
+    cpu_minutes = 15.0
+    wall_minutes = 22.4
+    parameters = 3400000
+    threads = 1
 
 Cards are untrusted input (they are rendered into the leaderboard's HTML): every field is type-checked,
 links must be http(s), and errors name the file and the field to fix.
@@ -27,6 +35,8 @@ from typing import Any
 from ..errors import DataError
 
 CONDITIONING = ("unconditional", "labels", "text", "image")
+KINDS = ("model", "reference")  # a reference row (real images) gives the board its scale; it is not ranked as a model
+TRAINING_KEYS = ("steps", "images_seen", "cpu_minutes", "wall_minutes", "parameters", "threads")
 # A name becomes a file name (entries/<slug>.json) and an HTML anchor: keep it to a safe alphabet.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,79}$")
 _URL_RE = re.compile(r"^https?://[^\s<>\"']+$")
@@ -43,6 +53,8 @@ class ModelCard:
     license: str
     url: str | None = None
     paper: str | None = None
+    kind: str = "model"
+    training: dict | None = None  # TRAINING_KEYS -> number
 
     @property
     def slug(self) -> str:
@@ -52,11 +64,14 @@ class ModelCard:
         d = asdict(self)
         d["authors"] = list(self.authors)
         d["resolution"] = list(self.resolution)
+        if d["kind"] == "model":
+            del d["kind"]  # the default stays implicit, so older entries keep their bytes
         return {k: v for k, v in d.items() if v is not None}  # absent optional fields stay absent (as in TOML)
 
 
 REQUIRED = ("name", "authors", "training_data", "resolution", "conditioning", "license")
-OPTIONAL = ("url", "paper")
+LINKS = ("url", "paper")
+OPTIONAL = (*LINKS, "kind", "training")
 
 
 def slugify(name: str) -> str:
@@ -114,8 +129,19 @@ def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
     conditioning = text("conditioning")
     if conditioning not in CONDITIONING:
         raise fail("conditioning", f"= {conditioning!r}: choose one of {', '.join(CONDITIONING)}")
+    kind = text("kind") if "kind" in d else "model"
+    if kind not in KINDS:
+        raise fail("kind", f"= {kind!r}: choose one of {', '.join(KINDS)}")
+    training = d.get("training")
+    if training is not None:
+        if not isinstance(training, dict) or set(training) - set(TRAINING_KEYS):
+            raise fail("training", f"must be a table with keys among {', '.join(TRAINING_KEYS)}, got {training!r}")
+        for k, v in training.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e15:
+                raise fail("training", f"{k} = {v!r} must be a non-negative number")
+        training = {k: training[k] for k in TRAINING_KEYS if k in training}
     links: dict[str, str | None] = {}
-    for field in OPTIONAL:
+    for field in LINKS:
         if field not in d:
             links[field] = None
             continue
@@ -132,6 +158,8 @@ def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
         license=text("license"),
         url=links["url"],
         paper=links["paper"],
+        kind=kind,
+        training=training,
     )
 
 

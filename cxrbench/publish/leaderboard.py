@@ -68,8 +68,11 @@ def make_entry(
     weights: dict[str, str],
     *,
     side_files: dict[str, str] | None = None,
+    location: str | None = None,
 ) -> dict[str, Any]:
-    """Bundle a computed result with its card and the provenance ``verify`` needs."""
+    """Bundle a computed result with its card and the provenance ``verify`` needs. ``location``: where the
+    samples are, relative to the entry's folder (or a protocol's shipped set), so that ``verify`` needs no
+    other argument."""
     results.validate(result)
     entry = {
         "schema": SCHEMA,
@@ -83,6 +86,7 @@ def make_entry(
             "sha256": result["samples"]["sha256"],
             "files": [{"path": p, "sha256": h} for p, h in sorted(files)],
             "side_files": [{"path": p, "sha256": h} for p, h in sorted((side_files or {}).items())],
+            **({"location": location} if location else {}),
         },
         "weights": dict(sorted(weights.items())),
         "result": dict(result),
@@ -145,6 +149,10 @@ def validate_entry(d: Any, source: str = "entry") -> None:
             if f["path"] in seen:
                 raise DataError(f"{source}: sample path {f['path']!r} is listed twice")
             seen.add(f["path"])
+    loc = s.get("location")
+    if loc is not None and (not isinstance(loc, str) or not loc or "\x00" in loc or "\\" in loc
+                            or PurePosixPath(loc).is_absolute()):
+        raise DataError(f"{source}: samples.location must be a relative POSIX path, got {loc!r}")
     if s.get("n") != len(s["files"]):
         raise DataError(f"{source}: samples.n = {s.get('n')!r} but {len(s['files'])} files are listed")
     if s.get("sha256") != set_sha256([f["sha256"] for f in s["files"]]):
@@ -393,7 +401,8 @@ th[aria-sort=ascending]::after{content:" \\25B4"} th[aria-sort=descending]::afte
 .plots{display:flex;flex-wrap:wrap;gap:.5em} .plots img{max-width:100%;border:1px solid #eee}
 .card{border:1px solid #ddd;border-radius:4px;padding:.4em 1em;margin:.6em 0} .card h3{margin:.3em 0}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.3em 0} dt{color:#555}
-code{font-size:.9em}
+code{font-size:.9em} .ref{background:#e8f1e4;color:#355e2b;border-radius:3px;padding:0 .3em;font-size:.8em}
+img.thumbs{max-width:100%;image-rendering:pixelated;border:1px solid #eee}
 """
 
 # Sortable tables: click a header to sort (first click puts the best first, by the metric's direction);
@@ -424,6 +433,70 @@ if(key){Array.prototype.forEach.call(tables,function(table){
 """
 
 
+def is_reference_row(e: dict) -> bool:
+    """A real-image row (held-out images, the training images): the board's scale, never ranked as a model."""
+    return e["card"].get("kind") == "reference"
+
+
+def _ordered(rows_e: list[dict], key: str | None, hib: bool) -> list[tuple[int | None, dict]]:
+    """Models ranked by ``key``; reference rows placed where their value falls, without a rank."""
+    models = [e for e in rows_e if not is_reference_row(e)]
+    refs = [e for e in rows_e if is_reference_row(e)]
+    if not key:
+        return [(None, e) for e in models + refs]
+    ranked = rank(models, key, hib)
+    sign = -1.0 if hib else 1.0
+
+    def order(t):
+        v = metric_value(t[1], key)
+        return (v is None, 0.0 if v is None else sign * v, is_reference_row(t[1]), t[1]["slug"])
+
+    return sorted(ranked + [(None, e) for e in refs], key=order)
+
+
+THUMB_COUNT, THUMB_COLS, THUMB_SIZE = 32, 8, 64
+REFERENCE_NOTE = ("Rows marked reference are real images evaluated exactly as samples are, to give the board its "
+                  "scale: they take no rank. Held-out real images (in no training split and not in the reference) "
+                  "show what a perfect generator would score; the training images themselves are a perfect "
+                  "memorizer, which the memorization metric must flag.")
+
+
+def thumbnail_grid(e: dict, entries_dir: str | os.PathLike) -> bytes | None:
+    """A PNG grid of the entry's first ``THUMB_COUNT`` samples (in file order), each at ``THUMB_SIZE`` px; None
+    when the samples are not in the repository (a reference row of real images, which are not redistributed)."""
+    loc = e["samples"].get("location")
+    if not loc or ":" in loc:
+        return None
+    folder = Path(entries_dir) / loc
+    paths = [folder / safe_relpath(f["path"], e["slug"]) for f in e["samples"]["files"][:THUMB_COUNT]]
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    from PIL import Image
+
+    rows = math.ceil(len(paths) / THUMB_COLS)
+    grid = Image.new("L", (THUMB_COLS * THUMB_SIZE, rows * THUMB_SIZE), 255)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            tile = im.convert("L").resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BILINEAR)
+        grid.paste(tile, ((i % THUMB_COLS) * THUMB_SIZE, (i // THUMB_COLS) * THUMB_SIZE))
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG", optimize=False)  # no time or text chunks: the bytes depend on the pixels only
+    return buf.getvalue()
+
+
+def _cost_cells(e: dict) -> list[tuple[str, float | None]]:
+    """(text, sort value) for the training-cost columns: steps, CPU minutes, parameters."""
+    t = e["card"].get("training") or {}
+    out = []
+    for k, fmt in (("steps", "{:,.0f}"), ("cpu_minutes", "{:.1f}"), ("parameters", "{:,.0f}")):
+        v = t.get(k)
+        out.append(("–" if v is None else fmt.format(v), v))
+    return out
+
+
+COST_HEADERS = (("steps", "train steps"), ("cpu_minutes", "CPU min"), ("parameters", "params"))
+
+
 def _card_rows(e: dict, entry_link: str) -> list[tuple[str, str, str | None]]:
     """(label, text, href) for a card; hrefs are http(s) only (validated) or the relative entry file."""
     c = e["card"]
@@ -436,6 +509,10 @@ def _card_rows(e: dict, entry_link: str) -> list[tuple[str, str, str | None]]:
         ("Resolution", f"{res[0]} x {res[1]}", None),
         ("Conditioning", c["conditioning"], None),
         ("License", c["license"], None),
+        ("Kind", "reference row: real images, not a model (not ranked)", None) if is_reference_row(e) else None,
+        ("Training", ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else
+                               f"{k.replace('_', ' ')} {v:g}" for k, v in c["training"].items()), None)
+        if c.get("training") else None,
         ("Protocol", f"{e['protocol']['name']} v{e['protocol']['version']}", None),
         ("Comparable", "yes" if e["comparable"] else "no (not the published weights; not ranked)", None),
         ("Samples", f"{e['samples']['n']} images, sha256 {e['samples']['sha256']}", None),
@@ -466,16 +543,17 @@ def render(
 ) -> list[Path]:
     """Write ``README.md``, ``index.html`` and ``plots/*.svg`` under ``out_dir``; returns the paths written.
 
-    Stale ``plots/*.svg`` files (from entries since removed) are deleted: ``plots/`` belongs to the renderer.
+    Stale ``plots/*.svg`` and ``thumbs/*.png`` files (from entries since removed) are deleted: those folders
+    belong to the renderer.
     """
     out = Path(out_dir)
     files = build(entries, out_dir=out, entries_dir=entries_dir, rank_by=rank_by)
     out.mkdir(parents=True, exist_ok=True)
-    plot_dir = out / "plots"
-    if plot_dir.is_dir():
-        for stale in sorted(plot_dir.glob("*.svg")):
-            if f"plots/{stale.name}" not in files:
-                stale.unlink()
+    for sub, pattern in (("plots", "*.svg"), ("thumbs", "*.png")):
+        if (out / sub).is_dir():
+            for stale in sorted((out / sub).glob(pattern)):
+                if f"{sub}/{stale.name}" not in files:
+                    stale.unlink()
     for name, data in files.items():
         write_public(out / name, data)
     return [out / name for name in files]
@@ -485,7 +563,7 @@ def build(
     entries: list[dict], *, out_dir: str | os.PathLike, entries_dir: str | os.PathLike, rank_by: str | None = None
 ) -> dict[str, bytes]:
     """The leaderboard's files as ``{path relative to out_dir: bytes}`` (README.md, index.html first, then
-    plots/*.svg), without writing anything; links to entry files are relative to ``out_dir``."""
+    plots/*.svg and thumbs/*.png), without writing anything; links to entry files are relative to ``out_dir``."""
     out = Path(out_dir)
     entries = sorted(entries, key=lambda e: e["slug"])  # input order must not change a byte
     groups = group_entries(entries)
@@ -501,6 +579,8 @@ def build(
         "↓ lower is better; brackets are bootstrap 95% CIs."),
         "",
     ]
+    if any(is_reference_row(e) for e in entries):
+        md += [REFERENCE_NOTE, ""]
     body: list[str] = [
         "<h1>cxrbench leaderboard</h1>",
         (f'<p class="note">{len(entries)} entr{"y" if len(entries) == 1 else "ies"}. Every number was computed '
@@ -509,6 +589,8 @@ def build(
         "weights, are ranked against each other. Click a column header to sort (first click: best first). "
         "&uarr; higher is better, &darr; lower is better; brackets are bootstrap 95% CIs.</p>"),
     ]
+    if any(is_reference_row(e) for e in entries):
+        body.append(f'<p class="note">{_h(REFERENCE_NOTE)}</p>')
     if not groups:
         md.append("No entries yet: add one with `cxrbench submit`.")
         body.append("<p>No entries yet: add one with <code>cxrbench submit</code>.</p>")
@@ -530,7 +612,7 @@ def build(
             key = rank_by if rank_by in keys else default_rank_key(keys, g.protocol)
             hib = g.directions.get(key, False)
             if section == "ranked":
-                ranked = rank(rows_e, key, hib) if key else [(None, e) for e in rows_e]
+                ranked = _ordered(rows_e, key, hib)
                 md.append(f"Ranked by `{key}` ({_arrow(hib)} {'higher' if hib else 'lower'} is better).")
                 body.append(
                     f'<p class="note">Ranked by <code>{_h(key)}</code> ({_arrow(hib)} '
@@ -548,7 +630,8 @@ def build(
                     "published ones and are never ranked.</p>"
                 )
             md.append("")
-            head = (["#"] if section == "ranked" else []) + ["Model", "n"]
+            cost = any(e["card"].get("training") for e in rows_e)  # columns only where some row states its cost
+            head = (["#"] if section == "ranked" else []) + ["Model", "n"] + [h for _, h in COST_HEADERS if cost]
             head += [f"{k} {_arrow(g.directions[k])}" for k in keys]
             md.append("| " + " | ".join(_md(h) for h in head) + " |")
             md.append("|" + "|".join([":--" if h == "Model" else "--:" for h in head]) + "|")
@@ -558,6 +641,7 @@ def build(
                 '<th class="name" data-key="model" data-hib="0">Model</th>',
                 '<th data-key="n" data-hib="1">n</th>',
             ]
+            th += [f'<th data-key="train_{k}" data-hib="0">{h}</th>' for k, h in COST_HEADERS if cost]
             th += [
                 f'<th data-key="{_h(k)}" data-hib="{int(g.directions[k])}" title="'
                 f'{"higher" if g.directions[k] else "lower"} is better">{_h(k)} {_arrow(g.directions[k])}</th>'
@@ -566,15 +650,20 @@ def build(
             trs = []
             for r, e in ranked:
                 mets = e["result"]["metrics"]
-                cells_md = ([str(r) if r else "–"] if section == "ranked" else []) + [
-                    f"[{_md(e['name'])}](#card-{e['slug']})",
+                ref = is_reference_row(e)
+                mark = "ref" if ref else (str(r) if r else "–")
+                tag = " (reference: real images)" if ref else ""
+                cells_md = ([mark] if section == "ranked" else []) + [
+                    f"[{_md(e['name'])}](#card-{e['slug']}){tag}",
                     str(e["samples"]["n"]),
-                ]
-                tds = [f'<td data-v="{r if r else ""}">{r if r else "–"}</td>'] if section == "ranked" else []
+                ] + [text for text, _ in _cost_cells(e) if cost]
+                tds = [f'<td data-v="{r if r else ""}">{mark}</td>'] if section == "ranked" else []
                 tds += [
-                    f'<td class="name" data-v="{_h(e["name"])}"><a href="#card-{e["slug"]}">{_h(e["name"])}</a></td>',
+                    f'<td class="name" data-v="{_h(e["name"])}"><a href="#card-{e["slug"]}">{_h(e["name"])}</a>'
+                    + (' <span class="ref">reference</span>' if ref else "") + "</td>",
                     f'<td data-v="{e["samples"]["n"]}">{e["samples"]["n"]}</td>',
                 ]
+                tds += [f'<td data-v="{"" if v is None else v}">{_h(text)}</td>' for text, v in _cost_cells(e) if cost]
                 for k in keys:
                     m = mets.get(k)
                     v = None if m is None else m["value"]
@@ -599,11 +688,12 @@ def build(
             # Per-metric plots, in the table's order (best first for the ranked section).
             imgs_md, imgs_html = [], []
             for k in keys:
-                order = rank(rows_e, k, g.directions[k]) if section == "ranked" else ranked
+                order = _ordered(rows_e, k, g.directions[k]) if section == "ranked" else ranked
                 svg = _plot_svg(
                     k,
                     g.directions[k],
-                    [(e["name"], e["result"]["metrics"].get(k)) for _, e in order],
+                    [(e["name"] + (" (real)" if is_reference_row(e) else ""), e["result"]["metrics"].get(k))
+                     for _, e in order],
                     title_suffix="" if section == "ranked" else " - not ranked",
                 )
                 if svg is None:
@@ -632,13 +722,19 @@ def build(
             md.append(f"- {label}: " + (f"<{href}>" if href and href.startswith("http") else
                                         f"[{_md(text)}]({href})" if href else _md(text)))
         md.append("")
+        thumb = thumbnail_grid(e, entries_dir)
+        if thumb is not None:
+            plots[f"thumbs/{e['slug']}.png"] = thumb
+            md += [f"![first {THUMB_COUNT} samples of {_md(e['name'])}](thumbs/{e['slug']}.png)", ""]
         dl = "".join(
             f"<dt>{_h(label)}</dt><dd>"
             + (f'<a href="{_h(href)}" rel="nofollow noopener">{_h(text)}</a>' if href else _h(text))
             + "</dd>"
             for label, text, href in rows
         )
-        body.append(f'<div class="card" id="card-{e["slug"]}"><h3>{_h(e["name"])}</h3><dl>{dl}</dl></div>')
+        img = ("" if thumb is None else f'<img class="thumbs" alt="first {THUMB_COUNT} samples" '
+               f'src="data:image/png;base64,{base64.b64encode(thumb).decode()}">')
+        body.append(f'<div class="card" id="card-{e["slug"]}"><h3>{_h(e["name"])}</h3><dl>{dl}</dl>{img}</div>')
 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -38,10 +38,17 @@ class Snapshot:
 
 
 def snapshot(samples: str | os.PathLike) -> Snapshot:
-    """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read)."""
+    """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read).
+
+    A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
+    is its features, pinned by sha256, with the hashes of the images they were computed from."""
     from ..data.io import sha256_file
     from ..data.sources import open_folder
+    from ..protocols.cxr64 import shipped_samples
 
+    pre = shipped_samples(str(samples))
+    if pre is not None:
+        return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
     if not root.is_dir():
         raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
@@ -122,7 +129,8 @@ def submit(
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
     snap = snapshot(samples)
     result = evaluate(snap.source, reference, config=config)
-    entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files)
+    entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files,
+                       location=samples_location(samples, path.parent))
     if path.exists() and not force:  # created while we evaluated
         raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
     from ..results import _json_default
@@ -130,6 +138,31 @@ def submit(
     text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
     write_public(path, text.encode())
     return path, entry
+
+
+def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
+    """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
+    from ..protocols.cxr64 import SHIPPED_SAMPLES
+
+    if str(samples) in SHIPPED_SAMPLES:
+        return str(samples)
+    return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
+
+
+def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
+    """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
+    from ..protocols.cxr64 import SHIPPED_SAMPLES
+
+    loc = entry["samples"].get("location")
+    if loc is None:
+        raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
+    if loc in SHIPPED_SAMPLES:
+        return loc
+    folder = Path(entry_path).parent / loc
+    if not folder.is_dir():
+        raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
+                         "pass --samples FOLDER")
+    return str(folder)
 
 
 def verify(
