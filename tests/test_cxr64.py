@@ -55,6 +55,10 @@ def heldout():
     return _images(NIH, t["path"])
 
 
+def _offline(samples):
+    return cxrbench.evaluate(samples, config=EvalConfig(protocol="cxr64", use_cache=False, progress=False))
+
+
 # --- shipped files ---------------------------------------------------------------------------------------
 
 
@@ -62,14 +66,17 @@ def test_shipped_files_are_the_pinned_ones():
     net, digest = feat.load_network()
     assert digest == feat.WEIGHTS_SHA256 == sha256_file(feat.shipped_path(feat.WEIGHTS_FILE))
     ref, train = proto.load_features("reference"), proto.load_features("train")
+    held = proto.load_features("heldout")
     assert ref.features["cxr64"].shape == (350, feat.EMBED_DIM) and np.isfinite(ref.features["cxr64"]).all()
     assert train.features["cxr64"].shape[1] == feat.EMBED_DIM and len(train) > len(ref)
-    assert ref.specs["cxr64"]["weights"] == feat.WEIGHTS_SHA256  # made by the shipped network
-    assert not set(ref.patient_ids) & set(train.patient_ids)  # patient-disjoint
+    assert held.features["cxr64"].shape == (201, feat.EMBED_DIM)
+    assert ref.specs["cxr64"]["weights"] == held.specs["cxr64"]["weights"] == feat.WEIGHTS_SHA256
+    pids = [set(x.patient_ids) for x in (ref, train, held)]
+    assert not pids[0] & pids[1] and not pids[0] & pids[2] and not pids[1] & pids[2]  # patient-disjoint
 
 
 def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
-    for name in (feat.WEIGHTS_FILE, "cxr64-reference.npz", "cxr64-train.npz", feat.HEAD_FILE):
+    for name in (feat.WEIGHTS_FILE, "cxr64-reference.npz", "cxr64-train.npz", "cxr64-heldout.npz", feat.HEAD_FILE):
         shutil.copy(feat.shipped_path(name), tmp_path / name)
     data = bytearray((tmp_path / feat.WEIGHTS_FILE).read_bytes())
     data[len(data) // 2] ^= 1
@@ -78,6 +85,9 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     ref[-100] ^= 1
     (tmp_path / "cxr64-reference.npz").write_bytes(bytes(ref))
     (tmp_path / "cxr64-train.npz").unlink()
+    held = bytearray((tmp_path / "cxr64-heldout.npz").read_bytes())
+    held[-100] ^= 1
+    (tmp_path / "cxr64-heldout.npz").write_bytes(bytes(held))
     (tmp_path / feat.HEAD_FILE).write_text((tmp_path / feat.HEAD_FILE).read_text().replace("0.", "0.9", 1))
     monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
     monkeypatch.setattr(proto, "shipped_path", lambda name: tmp_path / name)
@@ -87,6 +97,8 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
         proto.load_features("reference")
     with pytest.raises(WeightsError, match=r"cxr64-train\.npz: .*missing; reinstall"):
         proto.load_features("train")
+    with pytest.raises(WeightsError, match=r"cxr64-heldout\.npz: sha256 .*altered"):
+        proto.shipped_samples("cxr64:heldout")  # a reference row's samples are pinned like the reference
     monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
     with pytest.raises(WeightsError, match=r"cxr64-labels\.json: sha256 .*label head"):
         feat.CXR64ClassifierExtractor()
@@ -124,12 +136,13 @@ def test_patient_splits_are_disjoint_deterministic_and_near_their_targets():
 
 
 @needs_data
-def test_shipped_reference_is_the_reference_split_and_its_features_recompute(extractor):
+@pytest.mark.parametrize("which", ["reference", "heldout"])
+def test_shipped_sets_are_their_splits_and_their_features_recompute(extractor, which):
     t = pd.read_csv(NIH / "labels.csv")
     t["s"] = image_splits(t)
-    ref = proto.load_features("reference")
+    ref = proto.load_features(which)
     rows = t.set_index("image_index").loc[ref.ids]
-    assert (rows["s"] == "reference").all() and len(ref) == int((t["s"] == "reference").sum())
+    assert (rows["s"] == which).all() and len(ref) == int((t["s"] == which).sum())
     assert [sha256_file(NIH / p) for p in rows["path"][:20]] == ref.hashes[:20]
     got = _features(extractor, _images(NIH, rows["path"]))
     assert np.abs(got - ref.features["cxr64"]).max() < 1e-4 * np.abs(ref.features["cxr64"]).max()
@@ -278,6 +291,23 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
     r = _cli("check", "--samples", str(tmp_path / "noisier"), "--against", str(entry), "--metrics", "fid",
              "--quiet", env=env)
     assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
+
+
+def test_reference_rows_heldout_scores_near_the_floor_and_the_memorizer_is_flagged(tmp_path):
+    """The leaderboard's real-image rows run from the shipped features alone (no images, no data folder)."""
+    from cxrbench.publish.submission import samples_location, snapshot
+
+    held, mem = _offline("cxr64:heldout"), _offline("cxr64:train")
+    for r in (held, mem):
+        assert r["comparable"] is True and r["samples"]["n_used"] == proto.SAMPLE_COUNT
+    # the training images are the memorizer's samples: every one is its own nearest training image
+    assert mem["metrics"]["memorization_cxr64"]["value"] == 1.0
+    assert held["metrics"]["memorization_cxr64"]["value"] < 0.2
+    # held-out real images sit within the real-vs-real noise floor; the example LSGAN far above it
+    fid = held["metrics"]["fid_cxr64"]
+    assert fid["value"] < fid["real_vs_real"] < _offline(EXAMPLES)["metrics"]["fid_cxr64"]["value"] / 5
+    snap = snapshot("cxr64:heldout")  # an entry lists the images the features came from, by sha256
+    assert len(snap.files) == 201 and samples_location("cxr64:heldout", tmp_path) == "cxr64:heldout"
 
 
 def test_leaderboard_ranks_cxr64_by_its_headline_metric():
