@@ -69,7 +69,8 @@ def metric_rows(result: dict) -> list[dict]:
 
 
 def condition_rows(result: dict) -> tuple[list[dict], list[str]]:
-    """The per-condition table (rows as ``metric_rows`` plus ``condition``) and one line per skipped condition.
+    """The per-condition table (rows as ``metric_rows`` plus ``condition``) and one line per skipped condition,
+    skipped metric and flagged (not valid) value.
 
     Empty for unconditional samples (no ``per_condition`` block)."""
     rows, skipped = [], []
@@ -80,6 +81,7 @@ def condition_rows(result: dict) -> tuple[list[dict], list[str]]:
             continue
         rows += [{**r, "condition": lab, "counts": counts} for r in _rows(c["metrics"])]
         skipped += [f"{lab}: skipped {n}: {why}" for n, why in (c.get("skipped_metrics") or {}).items()]
+        skipped += [f"{lab}: {k} not valid: {m['reason']}" for k, m in c["metrics"].items() if m.get("reason")]
     return rows, skipped
 
 
