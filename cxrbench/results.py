@@ -4,7 +4,9 @@ Top-level keys (all documented in README "Result file"):
 ``schema, cxrbench_version, git_hash, created, protocol{name, version}, samples{path, n, sha256},
 reference{name, split, n, sha256}, train_reference (or null), extractors{name: spec}, metrics{key: {value,
 ci, higher_is_better, n_gen, n_ref, real_vs_real, ...}}, metric_versions{name: version}, config, timings,
-device, seeds, versions, comparable, warnings, skipped``.
+device, seeds, versions, comparable, warnings, skipped``; conditional samples (manifest label columns) add
+``per_condition{min_samples, min_reference, metric_names, conditions{label: {n_samples, n_reference,
+metrics{...} or skipped}}}`` (``engine/per_condition.py``).
 """
 
 from __future__ import annotations
@@ -95,9 +97,15 @@ def validate(d: dict, source: str = "result") -> None:
     missing = [k for k in REQUIRED if k not in d]
     if missing:
         raise DataError(f"{source}: missing keys {missing}")
-    if not isinstance(d["metrics"], dict):
+    _validate_metrics(d["metrics"], source)
+    if "per_condition" in d:
+        _validate_per_condition(d["per_condition"], source)
+
+
+def _validate_metrics(metrics, source: str) -> None:
+    if not isinstance(metrics, dict):
         raise DataError(f"{source}: 'metrics' must be an object")
-    for key, m in d["metrics"].items():
+    for key, m in metrics.items():
         if not isinstance(m, dict):
             raise DataError(f"{source}: metric {key!r} must be an object")
         gone = [k for k in METRIC_REQUIRED if k not in m]
@@ -108,6 +116,26 @@ def validate(d: dict, source: str = "result") -> None:
             raise DataError(f"{source}: metric {key!r} has a non-numeric value {v!r}")
         if not isinstance(m["higher_is_better"], bool):
             raise DataError(f"{source}: metric {key!r}: higher_is_better must be true or false")
+
+
+def _validate_per_condition(block, source: str) -> None:
+    """``per_condition``: ``{min_samples, min_reference, metric_names, conditions: {label: {n_samples, n_reference,
+    metrics{...} | skipped "reason"}}}``; each condition's metrics have the shape of the top-level ones."""
+    if not isinstance(block, dict) or not isinstance(block.get("conditions"), dict):
+        raise DataError(f"{source}: 'per_condition' must be an object with a 'conditions' object")
+    for lab, c in block["conditions"].items():
+        where = f"{source}: per_condition {lab!r}"
+        if not isinstance(c, dict):
+            raise DataError(f"{where} must be an object")
+        for k in ("n_samples", "n_reference"):
+            if not isinstance(c.get(k), int) or isinstance(c.get(k), bool):
+                raise DataError(f"{where}: {k} must be an integer")
+        if ("metrics" in c) == ("skipped" in c):
+            raise DataError(f"{where}: needs either 'metrics' or 'skipped' (the reason), not both or neither")
+        if "skipped" in c and not isinstance(c["skipped"], str):
+            raise DataError(f"{where}: skipped must be the reason, a string")
+        if "metrics" in c:
+            _validate_metrics(c["metrics"], where)
 
 
 def load(path: str | os.PathLike) -> Result:

@@ -122,9 +122,8 @@ def format_table(result) -> str:
             "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
+    lines += _condition_table(result)
     s = result["samples"]
     proto = result.get("protocol") or {}
     head = f"samples {s['path']} ({s['n_used']} images) vs reference {result['reference']['path']} " \
@@ -140,6 +139,30 @@ def format_table(result) -> str:
     for w in result.get("warnings", []):
         tail.append(f"warning: {w}")
     return "\n".join([head, *lines, *tail])
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Fixed-width lines: the header, a rule, then the rows."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _condition_table(result) -> list[str]:
+    """The per-condition table (conditional samples only; nothing otherwise)."""
+    from ..publish.report import condition_caption, condition_rows
+
+    rows, skipped = condition_rows(result)
+    if not rows and not skipped:
+        return []
+    out = ["", f"per condition: {condition_caption(result)}"]
+    if rows:
+        out += _aligned([("condition", "n gen/ref", "metric", "value", "95% CI", "real-vs-real @N (samples @N)",
+                          "better")] + [(r["condition"], r["counts"], r["key"], r["value"], r["ci"], r["floor"],
+                                         r["better"]) for r in rows])
+    out += [f"condition {line}" for line in skipped]
+    return out + [""]
 
 
 def run(args) -> int:

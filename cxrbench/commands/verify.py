@@ -57,6 +57,10 @@ def run(args) -> int:
         print(f"cxrbench verify: {args.entry}: FAILED, {len(rows)} difference(s)", file=sys.stderr)
         return 1
     n = len(entry["result"]["metrics"])
+    conds = (entry["result"].get("per_condition") or {}).get("conditions") or {}
+    n_cond = sum(len(c.get("metrics") or {}) for c in conds.values())
+    n_with = sum("metrics" in c for c in conds.values())
+    per_cond = f" and {n_cond} per-condition values ({n_with} conditions)" if n_cond else ""
     print(f"{args.entry}: verified: {entry['samples']['n']} sample files and weights match by sha256; "
-          f"{n} metrics recomputed within rtol {args.rtol:g}")
+          f"{n} metrics{per_cond} recomputed within rtol {args.rtol:g}")
     return 0

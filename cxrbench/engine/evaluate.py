@@ -39,6 +39,7 @@ from .extraction import (  # noqa: F401  (re-exported)
     reference_statistics,
     run_extractor,
 )
+from .per_condition import per_condition
 from .provenance import make_result
 from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
@@ -201,6 +202,12 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         if hasattr(proto, "after_metrics") or hasattr(proto, "run"):
             _run_protocol(proto, ctx, sets, keep, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    tc = time.perf_counter()
+    # conditional samples only: unconditional results keep exactly their keys
+    conditions = per_condition(plan, ctx, set(metric_versions))
+    sections = {} if conditions is None else {"per_condition": conditions}
+    if conditions is not None:
+        metric_times["per_condition"] = round(time.perf_counter() - tc, 3)
     duplicates = {r: _duplicates(sets[r]) for r in sets}
     for role, src in sets.items():
         notes += [f"{role}: {x}" for x in src.notes]
@@ -251,6 +258,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         not_comparable_because=not_comparable,
         warnings=notes,
+        **sections,
     )
 
 

@@ -103,6 +103,9 @@ class Metric:
     requires_extractors: ClassVar[tuple[str, ...]] = ()
     #: can run when the reference is given as saved statistics (mean/covariance) rather than images
     accepts_reference_stats: ClassVar[bool] = False
+    #: a pure function of the samples' and the reference's features, so it is also computed per condition
+    #: (samples requested with label L against reference images carrying L; ``engine/per_condition.py``)
+    per_condition: ClassVar[bool] = False
 
     def output_keys(self, extractors: list[str]) -> dict[str, bool]:
         if not self.per_extractor:

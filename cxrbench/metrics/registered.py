@@ -36,6 +36,7 @@ class FID(Metric):
     version = "1"
     outputs = {"fid": False}
     per_extractor = True
+    per_condition = True
     accepts_reference_stats = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
@@ -62,6 +63,7 @@ class KID(Metric):
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"kid": False}
     per_extractor = True
+    per_condition = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         st = MetricSettings.from_config(ctx.config)
@@ -81,6 +83,7 @@ class PRDC(Metric):
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
     per_extractor = True
+    per_condition = True
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         k = MetricSettings.from_config(ctx.config).prdc_k
@@ -110,6 +113,7 @@ class FDInf(Metric):
     version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
     outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
     per_extractor = True
+    per_condition = True
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         if len(ctx.gen) < 10 or len(ctx.ref) < 20:
@@ -144,6 +148,7 @@ class KSFeatures(Metric):
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"ks_features": False}
     per_extractor = True
+    per_condition = True
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         st = MetricSettings.from_config(ctx.config)
@@ -160,6 +165,7 @@ class KSFeatures(Metric):
 class _KSOne(Metric):
     """A battery over one non-embedding extractor's named outputs."""
 
+    per_condition = True
     extractor: ClassVar[str] = ""
 
     def extractor_of(self, ctx: EvalContext) -> str:

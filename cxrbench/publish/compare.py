@@ -1,8 +1,9 @@
 """Comparing a stored entry with a fresh evaluation: exact re-verification and regression checks.
 
-``verify_differences`` backs ``cxrbench verify``: every hash must match exactly and every number within
-numerical noise, ``|a - b| <= rtol * max(|a|, |b|) + atol`` (rtol 1e-6 by default: same code, same weights
-and same device give identical numbers; the slack absorbs BLAS summation order across machines).
+``verify_differences`` backs ``cxrbench verify``: every hash must match exactly and every number (the
+per-condition ones too) within numerical noise, ``|a - b| <= rtol * max(|a|, |b|) + atol`` (rtol 1e-6 by
+default: same code, same weights and same device give identical numbers; the slack absorbs BLAS summation
+order across machines).
 
 ``regressions`` backs ``cxrbench check``: a metric regresses when it is worse than the entry, in its own
 direction, by more than the allowed amount: with ``tolerance="auto"`` the noise of the two runs,
@@ -68,22 +69,46 @@ def verify_differences(
             rows.append((f"weights {name}", str(a)[:16], str(b)[:16], "hash"))
     if entry["comparable"] != result["comparable"]:
         rows.append(("comparable", str(entry["comparable"]), str(result["comparable"]), "weights kind"))
-    em, rm = entry["result"]["metrics"], result["metrics"]
+    rows += _metric_differences(entry["result"]["metrics"], result["metrics"], "", rtol, atol)
+    rows += _condition_differences(entry["result"].get("per_condition"), result.get("per_condition"), rtol, atol)
+    return rows
+
+
+def _metric_differences(em: dict, rm: dict, prefix: str, rtol: float, atol: float) -> list[tuple[str, str, str, str]]:
+    rows = []
     for key in sorted(set(em) | set(rm)):
+        name = prefix + key
         if key not in rm or key not in em:
-            rows.append((key, "present" if key in em else "-", "present" if key in rm else "-", "metric missing"))
+            rows.append((name, "present" if key in em else "-", "present" if key in rm else "-", "metric missing"))
             continue
         a, b = em[key], rm[key]
         for field in ("value", "real_vs_real"):
             if not _close(a[field], b[field], rtol, atol):
-                rows.append((f"{key}.{field}", _g(a[field]), _g(b[field]), _rel(a[field], b[field])))
+                rows.append((f"{name}.{field}", _g(a[field]), _g(b[field]), _rel(a[field], b[field])))
         ca, cb = a["ci"] or [None, None], b["ci"] or [None, None]
         for i, side in enumerate(("lo", "hi")):
             if not _close(ca[i], cb[i], rtol, atol):
-                rows.append((f"{key}.ci_{side}", _g(ca[i]), _g(cb[i]), _rel(ca[i], cb[i])))
+                rows.append((f"{name}.ci_{side}", _g(ca[i]), _g(cb[i]), _rel(ca[i], cb[i])))
         for field in ("n_gen", "n_ref", "higher_is_better"):
             if a[field] != b[field]:
-                rows.append((f"{key}.{field}", str(a[field]), str(b[field]), "differs"))
+                rows.append((f"{name}.{field}", str(a[field]), str(b[field]), "differs"))
+    return rows
+
+
+def _condition_differences(ec: dict | None, rc: dict | None, rtol: float, atol: float) -> list[tuple[str, str, str, str]]:
+    """The ``per_condition`` blocks: the same conditions, counts and skip reasons, and every number as above."""
+    ec, rc = (ec or {}).get("conditions", {}), (rc or {}).get("conditions", {})
+    rows = []
+    for lab in sorted(set(ec) | set(rc)):
+        name = f"per_condition[{lab}]"
+        if lab not in ec or lab not in rc:
+            rows.append((name, "present" if lab in ec else "-", "present" if lab in rc else "-", "condition missing"))
+            continue
+        a, b = ec[lab], rc[lab]
+        for field in ("n_samples", "n_reference", "skipped"):
+            if a.get(field) != b.get(field):
+                rows.append((f"{name}.{field}", str(a.get(field)), str(b.get(field)), "differs"))
+        rows += _metric_differences(a.get("metrics") or {}, b.get("metrics") or {}, f"{name}.", rtol, atol)
     return rows
 
 

@@ -3,7 +3,7 @@
 ``write_report(result, out_dir)`` writes ``report.html`` (self-contained: every figure is a base64 PNG data
 URI, no scripts or styles from elsewhere, so it opens from disk or an e-mail attachment) and ``report.md``
 with the same content, its figures as PNG files beside it. The table renders whatever metrics the result
-has; figures are drawn only for what a metric's ``extra`` carries:
+has, and a per-condition table when the result has a ``per_condition`` block (conditional samples); figures are drawn only for what a metric's ``extra`` carries:
 
 - ``prevalence`` ``{label: {samples, reference}}`` (label_mae): per-label prevalence bars;
 - ``dims`` ``{name: {d, p, rejected}}`` (ks_*): histogram of the per-dimension KS D;
@@ -65,8 +65,36 @@ def _fmt(x) -> str:
 
 def metric_rows(result: dict) -> list[dict]:
     """One row per metric key: the strings shown in both the HTML and the Markdown table."""
+    return _rows(result["metrics"])
+
+
+def condition_rows(result: dict) -> tuple[list[dict], list[str]]:
+    """The per-condition table (rows as ``metric_rows`` plus ``condition``) and one line per skipped condition,
+    skipped metric and flagged (not valid) value.
+
+    Empty for unconditional samples (no ``per_condition`` block)."""
+    rows, skipped = [], []
+    for lab, c in ((result.get("per_condition") or {}).get("conditions") or {}).items():
+        counts = f"{c['n_samples']}/{c['n_reference']}"
+        if "skipped" in c:
+            skipped.append(f"{lab} ({counts}): {c['skipped']}")
+            continue
+        rows += [{**r, "condition": lab, "counts": counts} for r in _rows(c["metrics"])]
+        skipped += [f"{lab}: skipped {n}: {why}" for n, why in (c.get("skipped_metrics") or {}).items()]
+        skipped += [f"{lab}: {k} not valid: {m['reason']}" for k, m in c["metrics"].items() if m.get("reason")]
+    return rows, skipped
+
+
+def condition_caption(result: dict) -> str:
+    pc = result.get("per_condition") or {}
+    return (f"samples requested with each label against the reference images that carry it (at least "
+            f"{pc.get('min_samples')} samples and {pc.get('min_reference')} reference images); CIs and floors "
+            "are the condition's own; No Finding is healthy")
+
+
+def _rows(metrics: dict) -> list[dict]:
     rows = []
-    for key, m in result["metrics"].items():
+    for key, m in metrics.items():
         rows.append({
             "key": key,
             "arrow": "\u2191" if m["higher_is_better"] else "\u2193",
@@ -355,6 +383,20 @@ def render_html(result: dict, rep: _Report) -> str:
                      f'<td class="num">{e(r["ci"])}</td><td class="num">{e(r["floor"])}</td>'
                      f'<td class="num">{e(r["n"])}</td></tr>')
     parts.append("</table>")
+    cond, cond_skipped = condition_rows(result)
+    if cond or cond_skipped:
+        parts.append(f"<h2>Per condition</h2><p>{e(condition_caption(result))}</p>")
+    if cond:
+        parts.append("<table><tr><th>condition</th><th>n gen/ref</th><th>metric</th><th>better</th><th>value</th>"
+                     "<th>95% CI</th><th>real vs real (noise floor) @N (samples @N)</th></tr>")
+        for r in cond:
+            parts.append(f'<tr data-condition="{e(r["condition"])}" data-metric="{e(r["key"])}">'
+                         f'<td>{e(r["condition"])}</td><td class="num">{e(r["counts"])}</td><td>{e(r["key"])}</td>'
+                         f'<td>{r["arrow"]} {r["better"]}</td><td class="num">{e(r["value"])}</td>'
+                         f'<td class="num">{e(r["ci"])}</td><td class="num">{e(r["floor"])}</td></tr>')
+        parts.append("</table>")
+    for line in cond_skipped:
+        parts.append(f'<p class="note">condition {e(line)}</p>')
     for name, why in (result.get("skipped_metrics") or {}).items():
         parts.append(f'<p class="note">skipped {e(name)}: {e(str(why))}</p>')
     for w in result.get("warnings") or []:
@@ -395,6 +437,16 @@ def render_markdown(result: dict, rep: _Report, figure_files: dict[str, str]) ->
     lines += [f"| {_md_cell(r['key'])} | {r['arrow']} {r['better']} | {r['value']} | {r['ci']} | {r['floor']} | "
               f"{r['n']} |" for r in metric_rows(result)]
     lines.append("")
+    cond, cond_skipped = condition_rows(result)
+    if cond or cond_skipped:
+        lines += ["## Per condition", "", condition_caption(result), ""]
+    if cond:
+        lines += ["| condition | n gen/ref | metric | better | value | 95% CI | real vs real (noise floor) @N (samples @N) |",
+                  "|---|---:|---|---|---:|---:|---:|"]
+        lines += [f"| {_md_cell(r['condition'])} | {r['counts']} | {_md_cell(r['key'])} | {r['arrow']} {r['better']} | "
+                  f"{r['value']} | {r['ci']} | {r['floor']} |" for r in cond]
+        lines.append("")
+    lines += [f"> condition {_md_cell(line)}" + "\n" for line in cond_skipped]
     notes = [f"skipped {n}: {w}" for n, w in (result.get("skipped_metrics") or {}).items()]
     notes += [f"warning: {w}" for w in result.get("warnings") or []] + rep.notes
     lines += [f"> {_md_cell(str(n))}" + "\n" for n in notes]
@@ -452,4 +504,4 @@ def load_and_write(path: str | os.PathLike, out_dir: str | os.PathLike, *, seed:
     return write_report(load(path), out_dir, base_dir=path.resolve().parent, seed=seed)
 
 
-__all__ = ["load_and_write", "metric_rows", "render_html", "render_markdown", "write_report"]
+__all__ = ["condition_rows", "load_and_write", "metric_rows", "render_html", "render_markdown", "write_report"]
