@@ -62,7 +62,10 @@ class AugmentConfig:
     n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
     seeds: int = 3
     seed: int = 0  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
-    test_split: str | None = None  # draw the test set from labels.csv `split` == this value only
+    # test / training images only from these splits (comma-separated labels.csv `split` values or cxr64-*);
+    # None with --extractor cxr64 on NIH labels: cxr64-heldout,cxr64-reference / cxr64-train
+    test_split: str | None = None
+    train_split: str | None = None
     classifier: str = "linear"
     extractor: str = "xrv"  # frozen features for `linear`
     weights: str = "auto"  # auto | random | a folder of weights files (extractor, and densenet init)
@@ -206,48 +209,102 @@ def _head(idx: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([idx[y[idx] == 0][: n // 2], idx[y[idx] == 1][: n - n // 2]])
 
 
+#: the cxr64 protocol's patient-disjoint NIH splits (``cxr64_splits``): with ``--extractor cxr64`` on the NIH
+#: thumbnails, the probe trains on the generators' training split and is tested on the two splits that neither
+#: the generators nor the cxr64 network's weights saw (the label head only calibrated and chose labels there)
+CXR64_TRAIN_SPLIT = "cxr64-train"
+CXR64_TEST_SPLIT = "cxr64-heldout,cxr64-reference"
+_NIH_COLUMNS = {"patient_id", "view_position", "No Finding"}
+
+
+def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
+    """Images whose split is one of ``spec`` (comma-separated): a labels.csv ``split`` value, or ``cxr64-*``
+    (the cxr64 protocol's patient split of the NIH thumbnails, computed from the labels)."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"{flag} {spec!r}: name a split")
+    mask = np.zeros(len(src), dtype=bool)
+    cxr64 = plain = None
+    for name in names:
+        if name.startswith("cxr64-"):
+            from .cxr64_splits import SPLITS, image_splits
+
+            if name.removeprefix("cxr64-") not in SPLITS:
+                raise UsageError(f"{flag} {name}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
+            if src.labels is None or not _NIH_COLUMNS <= set(src.labels.columns):
+                raise UsageError(f"{flag} {name}: {src.name} needs labels.csv columns {sorted(_NIH_COLUMNS)} "
+                                 "(the NIH nih1000_64px layout) for the cxr64 patient split")
+            if cxr64 is None:
+                cxr64 = np.array(image_splits(src.labels))
+            mask |= cxr64 == name.removeprefix("cxr64-")
+        else:
+            if src.labels is None or "split" not in src.labels.columns:
+                raise UsageError(f"{src.name}: {flag} {name} needs a 'split' column in the real labels")
+            if plain is None:
+                plain = src.labels["split"].astype(str).to_numpy()
+            if not (plain == name).any():
+                raise UsageError(f"{src.name}: no images with split {name!r}; splits present: {sorted(set(plain))}")
+            mask |= plain == name
+    return mask
+
+
+def _default_splits(cfg: AugmentConfig, src: ImageSource) -> AugmentConfig:
+    """Under the cxr64 extractor on NIH-layout labels, no split given: the cxr64 protocol's splits."""
+    if (cfg.extractor == "cxr64" and cfg.test_split is None and cfg.train_split is None and src.labels is not None
+            and _NIH_COLUMNS <= set(src.labels.columns)):
+        return dataclasses.replace(cfg, test_split=CXR64_TEST_SPLIT, train_split=CXR64_TRAIN_SPLIT)
+    return cfg
+
+
 def _test_split(src: ImageSource, y: np.ndarray, cfg: AugmentConfig, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(test indices, training-pool indices): balanced test, patient-disjoint, no file copies across."""
+    """(test indices, training-pool indices): balanced test, patient-disjoint, no file copies across.
+
+    Patients are visited in a seeded hash order, twice: first whole patients that fit the per-class quotas,
+    then, for what is still missing, part of a patient's images (the rest of that patient leaves the training
+    pool). Whole patients alone cannot always fill the quotas exactly (NIH's Effusion images come a dozen per
+    patient), which made a 60-image draw fail with 170 Effusion images available.
+    """
     usable = np.flatnonzero(y >= 0)
     candidates = usable
+    in_test_split = np.zeros(len(src), dtype=bool)
     if cfg.test_split is not None:
-        if src.labels is None or "split" not in src.labels.columns:
-            raise UsageError(f"{src.name}: --test-split needs a 'split' column in the real labels")
-        in_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
-        if not in_split.any():
-            raise UsageError(f"{src.name}: no images with split {cfg.test_split!r}; splits present: "
-                             f"{sorted(set(src.labels['split'].astype(str)))}")
-        candidates = usable[in_split[usable]]
+        in_test_split = _split_mask(src, cfg.test_split, "--test-split")
+        candidates = usable[in_test_split[usable]]
     patients = src.patient_ids or [f"img:{i}" for i in range(len(src))]
     groups: dict[str, list[int]] = {}
     for i in candidates:
         groups.setdefault(str(patients[i]), []).append(int(i))
     order = sorted(groups, key=lambda p: hashlib.sha256(f"{cfg.seed}:{p}".encode()).hexdigest())
     quota = {0: cfg.n_test // 2, 1: cfg.n_test - cfg.n_test // 2}
-    test: list[int] = []
-    for p in order:
-        imgs = groups[p]
-        need = {c: sum(1 for i in imgs if y[i] == c) for c in (0, 1)}
-        if all(need[c] <= quota[c] for c in (0, 1)):
-            test += imgs
-            for c in (0, 1):
-                quota[c] -= need[c]
-        if quota[0] == 0 and quota[1] == 0:
-            break
+    taken: dict[str, list[int]] = {}
+    for whole in (True, False):
+        for p in order:
+            if quota[0] == 0 and quota[1] == 0:
+                break
+            if p in taken:
+                continue
+            by_class = {c: [i for i in groups[p] if y[i] == c] for c in (0, 1)}
+            if whole and any(len(by_class[c]) > quota[c] for c in (0, 1)):
+                continue
+            pick = {c: by_class[c][: quota[c]] for c in (0, 1)}
+            if pick[0] or pick[1]:
+                taken[p] = pick[0] + pick[1]
+                for c in (0, 1):
+                    quota[c] -= len(pick[c])
     if quota[0] or quota[1]:
         counts = {c: int((y[candidates] == c).sum()) for c in (0, 1)}
         raise DataError(
             f"{src.name}: cannot draw {cfg.n_test} balanced test images for {names[0]} vs {names[1]}; "
             f"{counts[1]} {names[0]} and {counts[0]} {names[1]} images available for the test set; lower --n-test"
         )
-    test_arr = np.sort(np.array(test, dtype=np.int64))
-    test_patients = {str(patients[i]) for i in test_arr}
+    test_arr = np.sort(np.array([i for imgs in taken.values() for i in imgs], dtype=np.int64))
+    test_patients = set(taken)
     test_hashes = {src.hashes[i] for i in test_arr}
-    in_test_split = np.zeros(len(src), dtype=bool)
-    if cfg.test_split is not None:
-        in_test_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
+    in_train_split = np.ones(len(src), dtype=bool)
+    if cfg.train_split is not None:
+        in_train_split = _split_mask(src, cfg.train_split, "--train-split")
     pool = np.array([i for i in usable if str(patients[i]) not in test_patients and src.hashes[i] not in test_hashes
-                     and not in_test_split[i]], dtype=np.int64)
+                     and not in_test_split[i] and in_train_split[i]], dtype=np.int64)
     return test_arr, pool
 
 
@@ -455,6 +512,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         raise DataError(f"{real_src.name}: the real images need labels for {pos!r} and {neg!r} (labels.csv in the "
                         f"folder or --real-labels CSV); label columns found: {have or 'none'}")
     y_real = binary_labels(real_src.label_matrix(), pos, neg)
+    cfg = _default_splits(cfg, real_src)
 
     ecfg = EvalConfig(extractors=(cfg.extractor,), weights=cfg.weights, weights_seed=cfg.weights_seed, device=device,
                       batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir,
@@ -590,6 +648,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         "n_test": nt, "test_class_counts": {pos: int((y_test == 1).sum()), neg: int((y_test == 0).sum())},
         "real_pool": {"n": len(pool), pos: int((y_real[pool] == 1).sum()), neg: int((y_real[pool] == 0).sum())},
         "patient_disjoint": real_src.patient_ids is not None,
+        "splits": {"test": cfg.test_split, "train": cfg.train_split},
         "synthetic_usable": {pos: int((y_syn == 1).sum()), neg: int((y_syn == 0).sum())},
         "training_sizes": sizes,
         "training_seeds": [cfg.seed + 1 + s for s in range(cfg.seeds)],
