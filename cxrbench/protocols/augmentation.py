@@ -512,7 +512,12 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         raise DataError(f"{real_src.name}: the real images need labels for {pos!r} and {neg!r} (labels.csv in the "
                         f"folder or --real-labels CSV); label columns found: {have or 'none'}")
     y_real = binary_labels(real_src.label_matrix(), pos, neg)
+    given = cfg
     cfg = _default_splits(cfg, real_src)
+    if cfg is not given:
+        notes.append(f"cxr64 extractor on NIH labels: real training images from {cfg.train_split}, test images "
+                     f"from {cfg.test_split} (the cxr64 protocol's patient splits; neither seen by the generators "
+                     "nor by the cxr64 network's weights)")
 
     ecfg = EvalConfig(extractors=(cfg.extractor,), weights=cfg.weights, weights_seed=cfg.weights_seed, device=device,
                       batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir,
