@@ -233,3 +233,52 @@ def test_tampered_block_shape_is_refused_on_load(world, tmp_path):
     p.write_text(json.dumps(e))
     with pytest.raises(DataError, match="augmentation: metrics must be exactly"):
         load_entry(p)
+
+
+# --- intervals ----------------------------------------------------------------------------------------------
+
+
+def test_interval_covers_the_training_draw_variance_that_test_resampling_misses():
+    """Simulated coverage: a seed's statistic = true value + its training draw's offset (sd 0.04, as a seed's
+    gain on the NIH Effusion pool) + mean per-image noise. Resampling only test images ignores the draws
+    and misses the true value often; resampling seeds too covers it near the nominal rate."""
+    from cxrbench.metrics.bootstrap import bootstrap_ci
+    from cxrbench.protocols.augmentation import seed_and_test_ci
+
+    rng = np.random.default_rng(0)
+    n_test, n_seeds, sims = 80, 5, 120
+    hit_both = hit_test = 0
+    for r in range(sims):
+        offsets = rng.normal(0, 0.04, n_seeds)
+        per_image = rng.normal(0, 0.1, (n_seeds, n_test))  # sd of a seed's mean: 0.011
+
+        def stat(idx, k):
+            return offsets[k] + per_image[k, idx].mean()
+
+        lo, hi = seed_and_test_ci(stat, n_test, n_seeds, n_boot=200, seed=r)
+        hit_both += lo <= 0 <= hi
+        lo, hi = bootstrap_ci(lambda idx: np.mean([stat(idx, k) for k in range(n_seeds)]), n_test, n_boot=200, seed=r)
+        hit_test += lo <= 0 <= hi
+    assert hit_both / sims >= 0.8  # a few points under 0.95: a bootstrap over 5 seeds underestimates their spread
+    assert hit_test / sims < 0.6
+
+
+@pytest.mark.skipif(not NIH.is_dir(), reason="needs ../shared/data")
+def test_copies_of_real_training_images_show_no_gain_on_nih(tmp_path):
+    """Planted check on the real task: 'synthetic' images that are copies of cxr64-train images (true labels)."""
+    from cxrbench.data.labels import LABELS
+    from cxrbench.protocols.augmentation import augment
+
+    t = pd.read_csv(NIH / "labels.csv")
+    t = t[np.array(image_splits(t)) == "train"].sample(200, random_state=0)
+    (tmp_path / "copies").mkdir()
+    for k, p in enumerate(t["path"]):
+        shutil.copy(NIH / p, tmp_path / "copies" / f"{k:05d}.png")
+    t.assign(path=[f"{k:05d}.png" for k in range(len(t))])[["path", *LABELS]].to_csv(
+        tmp_path / "copies" / "manifest.csv", index=False)
+    cfg = AugmentConfig(task=TASK, extractor="cxr64", n_real=50, n_test=160, seeds=5, progress=False,
+                        cache_dir=str(tmp_path / "cache"), num_workers=0)
+    out = augment(str(NIH), str(tmp_path / "copies"), config=cfg)
+    gain = out.metrics["aug_gain_auroc"]
+    assert gain.ci[0] <= 0 <= gain.ci[1], gain
+    assert out.details["splits"] == {"test": CXR64_TEST_SPLIT, "train": CXR64_TRAIN_SPLIT}

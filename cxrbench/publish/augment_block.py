@@ -129,8 +129,9 @@ def validate(block: Any, source: str) -> None:
     if not isinstance(block, dict) or set(block) != set(BLOCK_KEYS):
         got = sorted(block) if isinstance(block, dict) else type(block).__name__
         raise DataError(f"{where} must hold exactly {list(BLOCK_KEYS)}, got {got}; re-create it with `cxrbench submit`")
-    if not isinstance(block["task"], str) or not isinstance(block["config"], dict):
-        raise DataError(f"{where}: task must be a string and config an object")
+    if not isinstance(block["task"], str) or not isinstance(block["config"], dict) or \
+            not isinstance(block["protocol"], dict) or not isinstance(block["weights"], dict):
+        raise DataError(f"{where}: task must be a string; config, protocol and weights objects")
     real = block["real"]
     if not isinstance(real, dict) or not isinstance(real.get("sha256"), str) or not isinstance(real.get("path"), str):
         raise DataError(f"{where}: real must be {{path, n, sha256}}")
@@ -165,6 +166,10 @@ def recheck(entry: dict, samples_source, *, real: str | os.PathLike | None = Non
     local.setdefault("use_cache", False)
     new = compute(samples_source, root, block["task"], stored_config=block["config"], **local)
     rows = []
+    if new["protocol"] != block["protocol"]:
+        a, b = block["protocol"], new["protocol"]
+        rows.append(("augmentation protocol", f"{a.get('name')} v{a.get('version')}", f"{b['name']} v{b['version']}",
+                     "protocol"))
     if new["real"]["sha256"] != block["real"]["sha256"]:
         rows.append(("augmentation real sha256", block["real"]["sha256"][:16], new["real"]["sha256"][:16], "hash"))
     for name in sorted(set(block["weights"]) | set(new["weights"])):
