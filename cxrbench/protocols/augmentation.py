@@ -497,11 +497,11 @@ def _load_images(src: ImageSource, idx: np.ndarray, size: int) -> torch.Tensor:
     """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize."""
     import torch.nn.functional as F
 
-    from ..features.xrv import center_crop_square
+    from ..features.resize import center_crop_xrv
 
     out = torch.empty(len(idx), 1, size, size)
     for k, i in enumerate(idx):
-        x = center_crop_square(torch.from_numpy(src.load(int(i)))[None, None].float())
+        x = center_crop_xrv(torch.from_numpy(src.load(int(i)))[None, None].float())
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[k] = x[0]
