@@ -38,7 +38,11 @@ def add_arguments(p) -> None:
     add_config_flag(p, "augment_n_test", "--n-test", help="held-out real test images")
     p.add_argument("--n-synthetic", type=_int_or_none, default=None, help="K synthetic images added in "
                    "`augmented` (default N)")
-    p.add_argument("--test-split", help="draw the test set only from images whose labels.csv split is this value")
+    p.add_argument("--test-split", help="draw the test set only from these splits (comma-separated labels.csv "
+                   "split values, or cxr64-train / cxr64-reference / cxr64-heldout); default with --extractor cxr64 "
+                   "on NIH labels: cxr64-heldout,cxr64-reference")
+    p.add_argument("--train-split", help="draw the real training images only from these splits (as --test-split); "
+                   "default with --extractor cxr64 on NIH labels: cxr64-train")
     add_config_flag(p, "augment_seeds", "--seeds", help="training seeds (use >= 3)")
     add_config_flag(p, "seed", help="seed of the test draw and the bootstrap")
     p.add_argument("--classifier", choices=CLASSIFIERS.names(), default=d.classifier,
@@ -65,7 +69,7 @@ def config_from_args(args):
 
     return AugmentConfig(
         task=args.task, n_real=args.n_real, n_test=args.n_test, n_synthetic=args.n_synthetic, seeds=args.seeds,
-        seed=args.seed, test_split=args.test_split, classifier=args.classifier, extractor=args.extractor,
+        seed=args.seed, test_split=args.test_split, train_split=args.train_split, classifier=args.classifier, extractor=args.extractor,
         weights=args.weights, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, n_bootstrap=args.n_bootstrap, epochs=args.epochs,
         lr=args.lr, image_size=args.image_size, progress=not args.quiet,

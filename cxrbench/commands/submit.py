@@ -75,6 +75,13 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--out", type=Path, default=Path("leaderboard/entries"), help="entries folder")
     p.add_argument("--force", action="store_true", help="replace an existing entry for this model")
+    p.add_argument("--augment", metavar="TASK", default=None, help="add the downstream augmentation block "
+                   "(aug_* metrics: linear probe on cxr64 features) for this 'A vs B' task; default: added for "
+                   "conditional samples under the cxr64 protocol when --augment-real is found, task "
+                   "'Effusion vs No Finding'")
+    p.add_argument("--augment-real", default=None, help="the NIH thumbnails folder (nih1000_64px) the augmentation "
+                   "trains and tests on (default ../shared/data/nih1000_64px)")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation block")
     add_local_arguments(p)
 
 
@@ -91,14 +98,35 @@ def config_from_args(args):
     )
 
 
+def format_augmentation(block: dict) -> str:
+    """The entry's augmentation block as the `augment` command's table."""
+    m = block["metrics"]
+    head = (f"augmentation ({block['task']}, {block['config']['classifier']} probe on {block['config']['extractor']}, "
+            f"{block['config']['seeds']} seeds, {block['details']['n_test']} real test images, synthetic labels "
+            f"from {block['details']['synthetic_label_source']}):")
+    rows = [f"  {k:<26} {m[k]['value']:+.3f}" + (f"  [{m[k]['ci'][0]:+.3f}, {m[k]['ci'][1]:+.3f}]" if m[k]["ci"] else "")
+            for k in sorted(m)]
+    return "\n".join([head, *rows])
+
+
 def run(args) -> int:
+    from ..errors import UsageError
     from ..publish.card import load_card
     from ..publish.submission import submit
     from .evaluate import format_table
 
+    if args.no_augment and args.augment:
+        raise UsageError("--augment and --no-augment contradict each other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
-    path, entry = submit(args.samples, args.reference, card, args.out, config=config_from_args(args), force=args.force)
+    notes: list[str] = []
+    path, entry = submit(args.samples, args.reference, card, args.out, config=config_from_args(args), force=args.force,
+                         augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,
+                         notes=notes)
     print(format_table(entry["result"]))
+    if "augmentation" in entry:
+        print(format_augmentation(entry["augmentation"]))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {path}" + ("" if entry["comparable"] else " (comparable: false; listed, never ranked)"))
     print(f"entry {path}: {entry['samples']['n']} files, sample set sha256 {entry['samples']['sha256']}",
           file=sys.stderr)

@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance (default {RTOL:g})")
     p.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance (default {ATOL:g})")
     p.add_argument("--use-cache", action="store_true", help="reuse cached features instead of recomputing")
+    p.add_argument("--augment-real", help="the real images of the entry's augmentation block (default: as recorded, "
+                   "else ../shared/data/nih1000_64px); absent: that block is not rechecked")
     add_local_arguments(p)
 
 
@@ -47,16 +49,21 @@ def run(args) -> int:
         raise UsageError("--rtol and --atol must be >= 0")
     entry = load_entry(args.entry)
     samples = args.samples or recorded_samples(entry, args.entry)
+    notes: list[str] = []
     rows, result = verify(
-        entry, samples, reference=args.reference, rtol=args.rtol, atol=args.atol, **local_from_args(args)
+        entry, samples, reference=args.reference, rtol=args.rtol, atol=args.atol,
+        augment_real=args.augment_real, notes=notes, **local_from_args(args)
     )
+    for note in notes:
+        print(note)
     if rows:
         print(format_table(["what", "entry", "recomputed", "note"], [list(r) for r in rows]))
         if result is None:
             print("metrics not recomputed: the sample files differ from the entry's")
         print(f"cxrbench verify: {args.entry}: FAILED, {len(rows)} difference(s)", file=sys.stderr)
         return 1
-    n = len(entry["result"]["metrics"])
+    n = len(entry["result"]["metrics"]) + (len(entry["augmentation"]["metrics"])
+                                            if "augmentation" in entry and not notes else 0)
     conds = (entry["result"].get("per_condition") or {}).get("conditions") or {}
     n_cond = sum(len(c.get("metrics") or {}) for c in conds.values())
     n_with = sum("metrics" in c for c in conds.values())

@@ -9,9 +9,9 @@ tested on the same held-out real images:
 Every training set is class-balanced. The test set is drawn once (patient-disjoint from the training pool
 when patient ids exist; exact file copies of test images are removed from the pool too); each seed redraws
 the training subsets and re-initialises the classifier. Reported per mode: accuracy and AUROC (mean over
-seeds, bootstrap CI over test images, per-seed values and their std); and the paired differences
-``aug_gain_*`` (augmented - real) and ``aug_mixed_delta_*`` (mixed - real), whose CIs resample the same test
-images for both modes and average over seeds.
+seeds, bootstrap CI over test images and training seeds, per-seed values and their std); and the paired
+differences ``aug_gain_*`` (augmented - real) and ``aug_mixed_delta_*`` (mixed - real), whose CIs resample the
+same test images and seeds for both modes.
 
 Classifiers: ``linear`` (logistic regression on frozen features, extracted once through the harness and its
 feature cache), ``cnn`` (a small CNN on 64 px images) and ``densenet`` (torchxrayvision DenseNet121
@@ -36,13 +36,12 @@ from ..engine.extraction import build_extractors, extract_features
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
-from ..metrics.bootstrap import bootstrap_ci
 from ..registry import CLASSIFIERS
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "augmentation"
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"  # 2: CIs resample training seeds too; partial-patient test draw
 MODES = ("real", "mixed", "augmented", "synthetic")
 #: output key -> higher_is_better (the leaderboard reads this, never a hard-coded direction)
 OUTPUTS = {
@@ -62,7 +61,10 @@ class AugmentConfig:
     n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
     seeds: int = 3
     seed: int = 0  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
-    test_split: str | None = None  # draw the test set from labels.csv `split` == this value only
+    # test / training images only from these splits (comma-separated labels.csv `split` values or cxr64-*);
+    # None with --extractor cxr64 on NIH labels: cxr64-heldout,cxr64-reference / cxr64-train
+    test_split: str | None = None
+    train_split: str | None = None
     classifier: str = "linear"
     extractor: str = "xrv"  # frozen features for `linear`
     weights: str = "auto"  # auto | random | a folder of weights files (extractor, and densenet init)
@@ -206,48 +208,102 @@ def _head(idx: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([idx[y[idx] == 0][: n // 2], idx[y[idx] == 1][: n - n // 2]])
 
 
+#: the cxr64 protocol's patient-disjoint NIH splits (``cxr64_splits``): with ``--extractor cxr64`` on the NIH
+#: thumbnails, the probe trains on the generators' training split and is tested on the two splits that neither
+#: the generators nor the cxr64 network's weights saw (the label head only calibrated and chose labels there)
+CXR64_TRAIN_SPLIT = "cxr64-train"
+CXR64_TEST_SPLIT = "cxr64-heldout,cxr64-reference"
+_NIH_COLUMNS = {"patient_id", "view_position", "No Finding"}
+
+
+def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
+    """Images whose split is one of ``spec`` (comma-separated): a labels.csv ``split`` value, or ``cxr64-*``
+    (the cxr64 protocol's patient split of the NIH thumbnails, computed from the labels)."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"{flag} {spec!r}: name a split")
+    mask = np.zeros(len(src), dtype=bool)
+    cxr64 = plain = None
+    for name in names:
+        if name.startswith("cxr64-"):
+            from .cxr64_splits import SPLITS, image_splits
+
+            if name.removeprefix("cxr64-") not in SPLITS:
+                raise UsageError(f"{flag} {name}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
+            if src.labels is None or not _NIH_COLUMNS <= set(src.labels.columns):
+                raise UsageError(f"{flag} {name}: {src.name} needs labels.csv columns {sorted(_NIH_COLUMNS)} "
+                                 "(the NIH nih1000_64px layout) for the cxr64 patient split")
+            if cxr64 is None:
+                cxr64 = np.array(image_splits(src.labels))
+            mask |= cxr64 == name.removeprefix("cxr64-")
+        else:
+            if src.labels is None or "split" not in src.labels.columns:
+                raise UsageError(f"{src.name}: {flag} {name} needs a 'split' column in the real labels")
+            if plain is None:
+                plain = src.labels["split"].astype(str).to_numpy()
+            if not (plain == name).any():
+                raise UsageError(f"{src.name}: no images with split {name!r}; splits present: {sorted(set(plain))}")
+            mask |= plain == name
+    return mask
+
+
+def _default_splits(cfg: AugmentConfig, src: ImageSource) -> AugmentConfig:
+    """Under the cxr64 extractor on NIH-layout labels, no split given: the cxr64 protocol's splits."""
+    if (cfg.extractor == "cxr64" and cfg.test_split is None and cfg.train_split is None and src.labels is not None
+            and _NIH_COLUMNS <= set(src.labels.columns)):
+        return dataclasses.replace(cfg, test_split=CXR64_TEST_SPLIT, train_split=CXR64_TRAIN_SPLIT)
+    return cfg
+
+
 def _test_split(src: ImageSource, y: np.ndarray, cfg: AugmentConfig, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(test indices, training-pool indices): balanced test, patient-disjoint, no file copies across."""
+    """(test indices, training-pool indices): balanced test, patient-disjoint, no file copies across.
+
+    Patients are visited in a seeded hash order, twice: first whole patients that fit the per-class quotas,
+    then, for what is still missing, part of a patient's images (the rest of that patient leaves the training
+    pool). Whole patients alone cannot always fill the quotas exactly (NIH's Effusion images come a dozen per
+    patient), which made a 60-image draw fail with 170 Effusion images available.
+    """
     usable = np.flatnonzero(y >= 0)
     candidates = usable
+    in_test_split = np.zeros(len(src), dtype=bool)
     if cfg.test_split is not None:
-        if src.labels is None or "split" not in src.labels.columns:
-            raise UsageError(f"{src.name}: --test-split needs a 'split' column in the real labels")
-        in_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
-        if not in_split.any():
-            raise UsageError(f"{src.name}: no images with split {cfg.test_split!r}; splits present: "
-                             f"{sorted(set(src.labels['split'].astype(str)))}")
-        candidates = usable[in_split[usable]]
+        in_test_split = _split_mask(src, cfg.test_split, "--test-split")
+        candidates = usable[in_test_split[usable]]
     patients = src.patient_ids or [f"img:{i}" for i in range(len(src))]
     groups: dict[str, list[int]] = {}
     for i in candidates:
         groups.setdefault(str(patients[i]), []).append(int(i))
     order = sorted(groups, key=lambda p: hashlib.sha256(f"{cfg.seed}:{p}".encode()).hexdigest())
     quota = {0: cfg.n_test // 2, 1: cfg.n_test - cfg.n_test // 2}
-    test: list[int] = []
-    for p in order:
-        imgs = groups[p]
-        need = {c: sum(1 for i in imgs if y[i] == c) for c in (0, 1)}
-        if all(need[c] <= quota[c] for c in (0, 1)):
-            test += imgs
-            for c in (0, 1):
-                quota[c] -= need[c]
-        if quota[0] == 0 and quota[1] == 0:
-            break
+    taken: dict[str, list[int]] = {}
+    for whole in (True, False):
+        for p in order:
+            if quota[0] == 0 and quota[1] == 0:
+                break
+            if p in taken:
+                continue
+            by_class = {c: [i for i in groups[p] if y[i] == c] for c in (0, 1)}
+            if whole and any(len(by_class[c]) > quota[c] for c in (0, 1)):
+                continue
+            pick = {c: by_class[c][: quota[c]] for c in (0, 1)}
+            if pick[0] or pick[1]:
+                taken[p] = pick[0] + pick[1]
+                for c in (0, 1):
+                    quota[c] -= len(pick[c])
     if quota[0] or quota[1]:
         counts = {c: int((y[candidates] == c).sum()) for c in (0, 1)}
         raise DataError(
             f"{src.name}: cannot draw {cfg.n_test} balanced test images for {names[0]} vs {names[1]}; "
             f"{counts[1]} {names[0]} and {counts[0]} {names[1]} images available for the test set; lower --n-test"
         )
-    test_arr = np.sort(np.array(test, dtype=np.int64))
-    test_patients = {str(patients[i]) for i in test_arr}
+    test_arr = np.sort(np.array([i for imgs in taken.values() for i in imgs], dtype=np.int64))
+    test_patients = set(taken)
     test_hashes = {src.hashes[i] for i in test_arr}
-    in_test_split = np.zeros(len(src), dtype=bool)
-    if cfg.test_split is not None:
-        in_test_split = src.labels["split"].astype(str).to_numpy() == cfg.test_split
+    in_train_split = np.ones(len(src), dtype=bool)
+    if cfg.train_split is not None:
+        in_train_split = _split_mask(src, cfg.train_split, "--train-split")
     pool = np.array([i for i in usable if str(patients[i]) not in test_patients and src.hashes[i] not in test_hashes
-                     and not in_test_split[i]], dtype=np.int64)
+                     and not in_test_split[i] and in_train_split[i]], dtype=np.int64)
     return test_arr, pool
 
 
@@ -271,6 +327,32 @@ def accuracy(y: np.ndarray, s: np.ndarray) -> float:
 
 
 STATS = {"auroc": auroc, "accuracy": accuracy}
+CI_METHOD = "percentile bootstrap over test images and training seeds"
+
+
+def seed_and_test_ci(stat, n_test: int, n_seeds: int, *, n_boot: int, seed: int,
+                     alpha: float = 0.05) -> tuple[float, float] | None:
+    """Percentile CI of the mean over seeds of ``stat(test_idx, k)`` (seed k's statistic on those test images).
+
+    Each replicate resamples the test images and, independently, the training seeds (both with replacement):
+    the training draw varies as much as the test set (with the NIH Effusion pool a seed's gain moves by
+    ~0.04 AUROC), and an interval over test images alone excluded 0 for copies of real training images.
+    Paired statistics stay paired: one test resample and one seed index serve both modes.
+    """
+    if n_boot <= 0 or n_test < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n_test, size=n_test)
+        ks = rng.integers(0, n_seeds, size=n_seeds) if n_seeds > 1 else np.zeros(1, dtype=np.int64)
+        per = {int(k): stat(idx, int(k)) for k in np.unique(ks)}
+        vals.append(float(np.mean([per[int(k)] for k in ks])))
+    v = np.array(vals, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))
 
 
 # --------------------------------------------------------------------------------------------- classifiers
@@ -415,11 +497,11 @@ def _load_images(src: ImageSource, idx: np.ndarray, size: int) -> torch.Tensor:
     """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize."""
     import torch.nn.functional as F
 
-    from ..features.xrv import center_crop_square
+    from ..features.resize import center_crop_xrv
 
     out = torch.empty(len(idx), 1, size, size)
     for k, i in enumerate(idx):
-        x = center_crop_square(torch.from_numpy(src.load(int(i)))[None, None].float())
+        x = center_crop_xrv(torch.from_numpy(src.load(int(i)))[None, None].float())
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[k] = x[0]
@@ -455,6 +537,12 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         raise DataError(f"{real_src.name}: the real images need labels for {pos!r} and {neg!r} (labels.csv in the "
                         f"folder or --real-labels CSV); label columns found: {have or 'none'}")
     y_real = binary_labels(real_src.label_matrix(), pos, neg)
+    given = cfg
+    cfg = _default_splits(cfg, real_src)
+    if cfg is not given:
+        notes.append(f"cxr64 extractor on NIH labels: real training images from {cfg.train_split}, test images "
+                     f"from {cfg.test_split} (the cxr64 protocol's patient splits; neither seen by the generators "
+                     "nor by the cxr64 network's weights)")
 
     ecfg = EvalConfig(extractors=(cfg.extractor,), weights=cfg.weights, weights_seed=cfg.weights_seed, device=device,
                       batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache_dir=cfg.cache_dir,
@@ -560,10 +648,11 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         for sname, fn in STATS.items():
             vals = [fn(y_test, sc) for sc in scores[m]]
             per_seed.setdefault(m, {})[sname] = vals
-            ci = bootstrap_ci(lambda idx, m=m, fn=fn: float(np.mean([fn(y_test[idx], sc[idx]) for sc in scores[m]])),
-                              nt, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+            ci = seed_and_test_ci(lambda idx, k, m=m, fn=fn: fn(y_test[idx], scores[m][k][idx]), nt, cfg.seeds,
+                                  n_boot=cfg.n_bootstrap, seed=cfg.seed)
             metrics[f"aug_{m}_{sname}"] = MetricValue(
                 value=float(np.mean(vals)), higher_is_better=True, ci=ci, n_gen=sizes[m]["n_synthetic"], n_ref=nt,
+                ci_method=CI_METHOD,
                 extra={"per_seed": vals, "std_over_seeds": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                        "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"]},
             )
@@ -571,16 +660,16 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         for sname, fn in STATS.items():
             diffs = [a - b for a, b in zip(per_seed[mode][sname], per_seed["real"][sname])]
 
-            def paired(idx, mode=mode, fn=fn):
-                return float(np.mean([fn(y_test[idx], a[idx]) - fn(y_test[idx], b[idx])
-                                      for a, b in zip(scores[mode], scores["real"])]))
+            def paired(idx, k, mode=mode, fn=fn):
+                return fn(y_test[idx], scores[mode][k][idx]) - fn(y_test[idx], scores["real"][k][idx])
 
             metrics[f"aug_{key}_{sname}"] = MetricValue(
                 value=float(np.mean(diffs)), higher_is_better=True,
-                ci=bootstrap_ci(paired, nt, n_boot=cfg.n_bootstrap, seed=cfg.seed),
-                n_gen=sizes[mode]["n_synthetic"], n_ref=nt,
+                ci=seed_and_test_ci(paired, nt, cfg.seeds, n_boot=cfg.n_bootstrap, seed=cfg.seed),
+                n_gen=sizes[mode]["n_synthetic"], n_ref=nt, ci_method=CI_METHOD,
                 extra={"per_seed": diffs, "std_over_seeds": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
-                       "definition": f"{mode} minus real, paired bootstrap over the same test images, mean over seeds"},
+                       "definition": f"{mode} minus real on the same test images and training seed, mean over "
+                                     "seeds"},
             )
 
     details = {
@@ -590,6 +679,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         "n_test": nt, "test_class_counts": {pos: int((y_test == 1).sum()), neg: int((y_test == 0).sum())},
         "real_pool": {"n": len(pool), pos: int((y_real[pool] == 1).sum()), neg: int((y_real[pool] == 0).sum())},
         "patient_disjoint": real_src.patient_ids is not None,
+        "splits": {"test": cfg.test_split, "train": cfg.train_split},
         "synthetic_usable": {pos: int((y_syn == 1).sum()), neg: int((y_syn == 0).sum())},
         "training_sizes": sizes,
         "training_seeds": [cfg.seed + 1 + s for s in range(cfg.seeds)],

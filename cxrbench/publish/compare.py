@@ -69,29 +69,32 @@ def verify_differences(
             rows.append((f"weights {name}", str(a)[:16], str(b)[:16], "hash"))
     if entry["comparable"] != result["comparable"]:
         rows.append(("comparable", str(entry["comparable"]), str(result["comparable"]), "weights kind"))
-    rows += _metric_differences(entry["result"]["metrics"], result["metrics"], "", rtol, atol)
+    rows += metric_differences(entry["result"]["metrics"], result["metrics"], rtol, atol)
     rows += _condition_differences(entry["result"].get("per_condition"), result.get("per_condition"), rtol, atol)
     return rows
 
 
-def _metric_differences(em: dict, rm: dict, prefix: str, rtol: float, atol: float) -> list[tuple[str, str, str, str]]:
+def metric_differences(em: dict, rm: dict, rtol: float, atol: float, *, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(what, stored, recomputed, note) for every metric key missing on one side or differing beyond noise."""
     rows = []
     for key in sorted(set(em) | set(rm)):
         name = prefix + key
         if key not in rm or key not in em:
-            rows.append((name, "present" if key in em else "-", "present" if key in rm else "-", "metric missing"))
+            rows.append((prefix + key, "present" if key in em else "-", "present" if key in rm else "-",
+                         "metric missing"))
             continue
         a, b = em[key], rm[key]
         for field in ("value", "real_vs_real"):
-            if not _close(a[field], b[field], rtol, atol):
-                rows.append((f"{name}.{field}", _g(a[field]), _g(b[field]), _rel(a[field], b[field])))
-        ca, cb = a["ci"] or [None, None], b["ci"] or [None, None]
+            if not _close(a.get(field), b.get(field), rtol, atol):
+                rows.append((f"{prefix}{key}.{field}", _g(a.get(field)), _g(b.get(field)),
+                             _rel(a.get(field), b.get(field))))
+        ca, cb = a.get("ci") or [None, None], b.get("ci") or [None, None]
         for i, side in enumerate(("lo", "hi")):
             if not _close(ca[i], cb[i], rtol, atol):
-                rows.append((f"{name}.ci_{side}", _g(ca[i]), _g(cb[i]), _rel(ca[i], cb[i])))
+                rows.append((f"{prefix}{key}.ci_{side}", _g(ca[i]), _g(cb[i]), _rel(ca[i], cb[i])))
         for field in ("n_gen", "n_ref", "higher_is_better"):
-            if a[field] != b[field]:
-                rows.append((f"{name}.{field}", str(a[field]), str(b[field]), "differs"))
+            if a.get(field) != b.get(field):
+                rows.append((f"{prefix}{key}.{field}", str(a.get(field)), str(b.get(field)), "differs"))
     return rows
 
 
@@ -108,7 +111,7 @@ def _condition_differences(ec: dict | None, rc: dict | None, rtol: float, atol: 
         for field in ("n_samples", "n_reference", "skipped"):
             if a.get(field) != b.get(field):
                 rows.append((f"{name}.{field}", str(a.get(field)), str(b.get(field)), "differs"))
-        rows += _metric_differences(a.get("metrics") or {}, b.get("metrics") or {}, f"{name}.", rtol, atol)
+        rows += metric_differences(a.get("metrics") or {}, b.get("metrics") or {}, rtol, atol, prefix=f"{name}.")
     return rows
 
 

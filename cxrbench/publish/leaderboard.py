@@ -13,6 +13,8 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
                  are labels.csv / manifest.csv, which feed the label metrics
     weights      {extractor: weights id}: the sha256 of each extractor's weights file (or random:<seed>)
     result       the full ``cxrbench.result/1`` the numbers come from
+    augmentation optional: downstream augmentation gain (``aug_*`` metrics) of a conditional model, see
+                 ``cxrbench.publish.augment_block``
 
 Ranking rules: only entries that share protocol name *and* version *and* extractor weights (the sha256 of
 every extractor's weights file) share a table; within it, only entries with ``comparable: true`` (every
@@ -69,10 +71,11 @@ def make_entry(
     *,
     side_files: dict[str, str] | None = None,
     location: str | None = None,
+    augmentation: dict | None = None,
 ) -> dict[str, Any]:
     """Bundle a computed result with its card and the provenance ``verify`` needs. ``location``: where the
     samples are, relative to the entry's folder (or a protocol's shipped set), so that ``verify`` needs no
-    other argument."""
+    other argument; ``augmentation``: the downstream-augmentation block (``cxrbench.publish.augment_block``)."""
     results.validate(result)
     entry = {
         "schema": SCHEMA,
@@ -91,6 +94,8 @@ def make_entry(
         "weights": dict(sorted(weights.items())),
         "result": dict(result),
     }
+    if augmentation is not None:
+        entry["augmentation"] = augmentation
     validate_entry(entry)
     return entry
 
@@ -176,6 +181,10 @@ def validate_entry(d: Any, source: str = "entry") -> None:
         rvr = m["real_vs_real"]
         if rvr is not None and not (_is_num(rvr) and math.isfinite(rvr)):
             raise DataError(f"{source}: metric {key!r}: real_vs_real must be a number or null")
+    if "augmentation" in d:
+        from .augment_block import validate as validate_augmentation
+
+        validate_augmentation(d["augmentation"], source)
 
 
 def _is_num(x) -> bool:

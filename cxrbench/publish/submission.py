@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UsageError
+from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
 from .leaderboard import make_entry, write_public
@@ -118,8 +119,16 @@ def submit(
     *,
     config: Any,
     force: bool = False,
+    augment_task: str | None = None,
+    augment_real: str | os.PathLike | None = None,
+    augment: bool = True,
+    notes: list[str] | None = None,
 ) -> tuple[Path, dict]:
-    """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry)."""
+    """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry).
+
+    The augmentation block (``augment_block``) is added when ``augment_task`` asks for it, or by default for
+    conditional samples under the cxr64 protocol when the real images are found; why it was not is appended
+    to ``notes``."""
     from ..engine.evaluate import evaluate
 
     path = Path(out_dir) / f"{card.slug}.json"
@@ -128,9 +137,25 @@ def submit(
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
     snap = snapshot(samples)
+    real, task, note = augment_block.plan(snap.source, task=augment_task, real=augment_real,
+                                          protocol=config.protocol, enabled=augment)
+    if note and notes is not None:
+        notes.append(note)
     result = evaluate(snap.source, reference, config=config)
+    block = None
+    if real is not None:
+        try:
+            block = augment_block.compute(
+                snap.source, real, task, stored_config={"weights": config.weights, "seed": config.seed,
+                                                        "n_bootstrap": config.n_bootstrap},
+                **{k: getattr(config, k) for k in augment_block.LOCAL_FIELDS})
+        except DataError as e:
+            if augment_task is not None:  # asked for: its failure is the submission's
+                raise
+            if notes is not None:  # automatic: e.g. too few samples of a class; the entry goes without it
+                notes.append(f"augmentation block not computed: {e}")
     entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files,
-                       location=samples_location(samples, path.parent))
+                       location=samples_location(samples, path.parent), augmentation=block)
     if path.exists() and not force:  # created while we evaluated
         raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
     from ..results import _json_default
@@ -172,10 +197,14 @@ def verify(
     reference: str | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
+    augment_real: str | os.PathLike | None = None,
+    notes: list[str] | None = None,
     **local,
 ) -> tuple[list[tuple[str, str, str, str]], dict | None]:
     """(differences, recomputed result). Sample files are compared first: when any differs, the metrics
-    are not recomputed (they cannot match, and a recomputation can take hours)."""
+    are not recomputed (they cannot match, and a recomputation can take hours). An augmentation block is
+    recomputed when its real images are found (``augment_real``, as recorded, or the default place); when
+    they are not, ``notes`` says so and the rest is still checked."""
     from ..engine.evaluate import evaluate
 
     snap = snapshot(samples)
@@ -187,7 +216,12 @@ def verify(
     local.setdefault("use_cache", False)  # recompute: a feature cache is not evidence
     config = config_from_entry(entry, **local)
     result = evaluate(snap.source, reference or reference_of(entry), config=config)
-    return verify_differences(entry, result, snap.files, weights_of(result), rtol=rtol, atol=atol), result
+    rows = verify_differences(entry, result, snap.files, weights_of(result), rtol=rtol, atol=atol)
+    aug_rows, note = augment_block.recheck(entry, snap.source, real=augment_real, rtol=rtol, atol=atol,
+                                           **dataclasses.asdict(config))
+    if note and notes is not None:
+        notes.append(note)
+    return rows + aug_rows, result
 
 
 def select_keys(metrics: dict, requested: list[str] | None) -> list[str]:
