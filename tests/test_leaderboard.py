@@ -193,7 +193,7 @@ def test_committed_leaderboard_is_rendered_from_the_committed_entries():
         assert strip((board / name).read_bytes()) == strip(files[name]), (
             f"leaderboard/{name} is stale: run `cxrbench leaderboard`"
         )
-    inputs = {"entries", "recipes", "samples"}  # what the board is rendered from, and how entries are made
+    inputs = {"entries", "recipes", "references", "samples"}  # what the board is rendered from, and how entries are made
     on_disk = {p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file() and not inputs & set(p.parts)}
     assert on_disk == set(files)
 
@@ -237,6 +237,7 @@ def test_training_cost_and_thumbnails_come_from_the_card_and_the_samples(tmp_pat
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(samples / f"img_{i:03d}.png")
     entries = tmp_path / "entries"
+    entries.mkdir()
     e = fake_entry("Model", {"fid_x": (3.0, False)}, location="../samples/m",
                    card_extra={"training": {"steps": 1234, "cpu_minutes": 15.0, "parameters": 56789}})
     files = build([e], out_dir=tmp_path, entries_dir=entries)
@@ -252,3 +253,31 @@ def test_training_cost_and_thumbnails_come_from_the_card_and_the_samples(tmp_pat
     # a sample file gone: no thumbnail rather than a wrong one
     (samples / "img_000.png").unlink()
     assert "thumbs/model.png" not in build([e], out_dir=tmp_path, entries_dir=entries)
+
+
+def test_conditional_models_get_augmentation_and_per_condition_tables():
+    from cxrbench.publish.leaderboard import _side_tables
+
+    def m(v, hib=True):
+        return {"value": v, "ci": [v - 0.01, v + 0.01], "higher_is_better": hib, "n_gen": 50, "n_ref": 160,
+                "real_vs_real": None}
+
+    def entry(name, gain, conditions):
+        e = fake_entry(name, {"fid_x": (5.0, False)})
+        e["augmentation"] = {"task": "Effusion vs No Finding", "details": {"training_sizes": {"real": 50}},
+                             "metrics": {"aug_gain_auroc": m(gain), "aug_real_auroc": m(0.7)}}
+        e["result"]["per_condition"] = {"min_samples": 20, "min_reference": 20, "conditions": conditions}
+        return e
+
+    a = entry("A", -0.02, {"Effusion": {"n_samples": 30, "n_reference": 45, "metrics": {"fid_x": m(9.0, False)}},
+                           "Pneumonia": {"n_samples": 1, "n_reference": 4, "skipped": "too few"}})
+    b = entry("B", 0.05, {"No Finding": {"n_samples": 90, "n_reference": 175, "metrics": {"fid_x": m(4.0, False)}}})
+    md, html_parts = _side_tables("g", [a, b])
+    text = "\n".join(md)
+    rows = [line for line in md if line.startswith("| [")]
+    # augmentation: best gain first; per condition: every qualifying (model, condition), skipped ones left out
+    assert rows[0].startswith("| [B](#card-b) |") and rows[1].startswith("| [A](#card-a) |")
+    assert "[A / Effusion (30/45)](#card-a)" in text and "[B / No Finding (90/175)](#card-b)" in text
+    assert "Pneumonia" not in text
+    assert any('id="g-aug-effusion-vs-no-finding"' in p for p in html_parts)
+    assert _side_tables("g", [fake_entry("C", {"fid_x": (5.0, False)})]) == ([], [])

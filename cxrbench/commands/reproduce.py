@@ -66,7 +66,9 @@ def add_arguments(p) -> None:
                    help="where the samples folder goes (default leaderboard/samples/)")
     p.add_argument("--entries", type=Path, default=Path("leaderboard/entries"), help="entries folder")
     p.add_argument("--max-minutes", type=float, default=None, help="override the recipe's training budget")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's step budget")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train the model exactly this many steps, with no time budget (the steps an entry's card "
+                        "records reproduce its weights on a machine of another speed)")
     p.add_argument("--force", action="store_true", help="replace an existing entry and samples")
     p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -116,7 +118,8 @@ def _toml_value(v) -> str:
     raise UsageError(f"recipe value {v!r} cannot be written to TOML")
 
 
-def _train_command(name: str, data: dict, out: Path, config_file: Path, train: dict, args) -> list[str]:
+def _train_command(name: str, data: dict, out: Path, config_file: Path, train: dict, args,
+                   final: bool = True) -> list[str]:
     t = ["train", name, "--data", str(data["path"]), "--out", str(out), "--config", str(config_file)]
     if data.get("split"):
         t += ["--split", data["split"]]
@@ -126,8 +129,9 @@ def _train_command(name: str, data: dict, out: Path, config_file: Path, train: d
     budget["seed"] = train.get("seed", 0)
     if args.max_minutes is not None:  # a shorter try: the override replaces both clocks
         budget["max_minutes"], budget["cpu_minutes"] = args.max_minutes, None
-    if args.steps is not None:
-        budget["steps"] = args.steps
+    if args.steps is not None and final:
+        # exactly the steps an entry's card records: the same weights on any machine, whatever its speed
+        budget["steps"], budget["cpu_minutes"], budget["max_minutes"] = args.steps, None, None
     for k, v in budget.items():
         if v is not None:
             t += ["--" + k.replace("_", "-"), str(v)]
@@ -161,7 +165,7 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
         out = args.runs / f"{slug}-{st['id']}"
         config_file = args.runs / f"{slug}-{st['id']}.config.toml"
         configs[config_file] = _with_stage_folders(st.get("config", {}), folders)
-        argvs.append(_train_command(st["name"], data, out, config_file, st.get("train", {}), args))
+        argvs.append(_train_command(st["name"], data, out, config_file, st.get("train", {}), args, final=False))
         folders[st["id"]] = out
     configs[files["config"]] = _with_stage_folders(model.get("config", {}), folders)
     argvs.append(_train_command(model["name"], data, run_dir, files["config"], train, args))

@@ -506,6 +506,96 @@ def _cost_cells(e: dict) -> list[tuple[str, float | None]]:
 COST_HEADERS = (("steps", "train steps"), ("cpu_minutes", "CPU min"), ("parameters", "params"))
 
 
+def _n_used(e: dict) -> int:
+    """The samples the numbers are over (a protocol evaluates its first N of a larger set)."""
+    return int(e["result"]["samples"].get("n_used", e["samples"]["n"]))
+
+
+def _metric_cell(m: dict | None) -> tuple[str, str]:
+    """(Markdown, HTML td) of one metric: value, CI and the real-vs-real floor at matched N."""
+    v = None if m is None else m["value"]
+    ci = _fmt_ci(m) if m else ""
+    fl = floor_text(m) if m and m.get("real_vs_real") is not None else ""
+    md = _fmt(v) + (f" {ci}" if ci else "") + (f" (floor {fl})" if fl else "")
+    td = (f'<td data-v="{"" if v is None else repr(float(v))}">{_fmt(v)}'
+          + (f'<span class="ci">{_h(ci)}</span>' if ci else "")
+          + (f'<span class="ci" title="real vs real at the sizes shown, and these samples at the '
+             f'same sizes">floor {_h(fl)}</span>' if fl else "")
+          + "</td>")
+    return md, td
+
+
+def _side_tables(g_slug: str, rows_e: list[dict]) -> tuple[list[str], list[str]]:
+    """The conditional models' own tables under a ranked one: downstream augmentation (``aug_*``, ranked by
+    the gain) and per-condition metrics (one row per model and condition, against the reference images
+    that carry the label). (Markdown lines, HTML parts); empty when no entry has either block."""
+    md: list[str] = []
+    body: list[str] = []
+    aug = [e for e in rows_e if e.get("augmentation")]
+    for task in sorted({e["augmentation"]["task"] for e in aug}):
+        es = [e for e in aug if e["augmentation"]["task"] == task]
+        keys = sorted({k for e in es for k in e["augmentation"]["metrics"]})
+        hib = {k: bool(m["higher_is_better"]) for e in es for k, m in e["augmentation"]["metrics"].items()}
+        order = sorted(es, key=lambda e: (-(e["augmentation"]["metrics"].get("aug_gain_auroc", {}).get("value")
+                                            or -math.inf), e["slug"]))
+        n_real = es[0]["augmentation"]["details"].get("training_sizes", {})
+        title = f"Downstream augmentation: {task}"
+        note = ("A linear probe on cxr64 features trained on real images, real plus synthetic, and synthetic only, "
+                "tested on held-out real images (patient-disjoint); gain = augmented minus real AUROC. 95% CIs "
+                "resample test images and training seeds together. Sorted by aug_gain_auroc.")
+        if n_real:
+            note += " Training sizes: " + ", ".join(f"{k} {v}" for k, v in sorted(n_real.items())) + "."
+        rows = [(e["name"], e["slug"], e["augmentation"]["metrics"]) for e in order]
+        md_t, html_t = _plain_table(f"{g_slug}-aug-{slugify_key(task)}", title, note, ["Model"], keys, hib, rows)
+        md += md_t
+        body += html_t
+    cond = [e for e in rows_e if (e["result"].get("per_condition") or {}).get("conditions")]
+    if cond:
+        rows, keys, hib = [], set(), {}
+        for e in sorted(cond, key=lambda e: e["slug"]):
+            for lab, c in sorted(e["result"]["per_condition"]["conditions"].items()):
+                if "metrics" not in c:
+                    continue
+                rows.append((f"{e['name']} / {lab} ({c['n_samples']}/{c['n_reference']})", e["slug"], c["metrics"]))
+                keys |= set(c["metrics"])
+                hib.update({k: bool(m["higher_is_better"]) for k, m in c["metrics"].items()})
+        pc = cond[0]["result"]["per_condition"]
+        note = ("Each condition's samples (those generated with the label requested) against the reference images "
+                "that carry the label; n = samples/reference. A condition needs at least "
+                f"{pc.get('min_samples')} samples and {pc.get('min_reference')} reference images. FID depends on N: "
+                "compare one condition across models, or use the value at the floor's sizes.")
+        md_t, html_t = _plain_table(f"{g_slug}-per-condition", "Per condition", note, ["Model / condition (n)"],
+                                    sorted(keys), hib, rows)
+        md += md_t
+        body += html_t
+    return md, body
+
+
+def slugify_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _plain_table(tid: str, title: str, note: str, first: list[str], keys: list[str], hib: dict[str, bool],
+                 rows: list[tuple[str, str, dict]]) -> tuple[list[str], list[str]]:
+    """A sortable metric table without ranks: (label, slug, metrics) rows."""
+    head = first + [f"{k} {_arrow(hib[k])}" for k in keys]
+    md = [f"#### {_md(title)}", "", _md(note), "", "| " + " | ".join(_md(h) for h in head) + " |",
+          "|" + "|".join([":--"] + ["--:"] * len(keys)) + "|"]
+    th = [f'<th class="name" data-key="model" data-hib="0">{_h(first[0])}</th>'] + [
+        f'<th data-key="{_h(k)}" data-hib="{int(hib[k])}">{_h(k)} {_arrow(hib[k])}</th>' for k in keys]
+    trs = []
+    for label, slug, mets in rows:
+        cells = [_metric_cell(mets.get(k)) for k in keys]
+        md.append("| " + " | ".join([f"[{_md(label)}](#card-{slug})"] + [c[0] for c in cells]) + " |")
+        trs.append(f'<tr data-slug="{slug}"><td class="name" data-v="{_h(label)}"><a href="#card-{slug}">'
+                   f'{_h(label)}</a></td>' + "".join(c[1] for c in cells) + "</tr>")
+    md.append("")
+    html_parts = [f"<h4>{_h(title)}</h4>", f'<p class="note">{_h(note)}</p>',
+                  f'<div class="scroll"><table id="{_h(tid)}" class="sortable"><thead><tr>{"".join(th)}</tr>'
+                  "</thead><tbody>\n" + "\n".join(trs) + "\n</tbody></table></div>"]
+    return md, html_parts
+
+
 def _card_rows(e: dict, entry_link: str) -> list[tuple[str, str, str | None]]:
     """(label, text, href) for a card; hrefs are http(s) only (validated) or the relative entry file."""
     c = e["card"]
@@ -664,28 +754,19 @@ def build(
                 tag = " (reference: real images)" if ref else ""
                 cells_md = ([mark] if section == "ranked" else []) + [
                     f"[{_md(e['name'])}](#card-{e['slug']}){tag}",
-                    str(e["samples"]["n"]),
+                    str(_n_used(e)),
                 ] + [text for text, _ in _cost_cells(e) if cost]
                 tds = [f'<td data-v="{r if r else ""}">{mark}</td>'] if section == "ranked" else []
                 tds += [
                     f'<td class="name" data-v="{_h(e["name"])}"><a href="#card-{e["slug"]}">{_h(e["name"])}</a>'
                     + (' <span class="ref">reference</span>' if ref else "") + "</td>",
-                    f'<td data-v="{e["samples"]["n"]}">{e["samples"]["n"]}</td>',
+                    f'<td data-v="{_n_used(e)}">{_n_used(e)}</td>',
                 ]
                 tds += [f'<td data-v="{"" if v is None else v}">{_h(text)}</td>' for text, v in _cost_cells(e) if cost]
                 for k in keys:
-                    m = mets.get(k)
-                    v = None if m is None else m["value"]
-                    ci = _fmt_ci(m) if m else ""
-                    fl = floor_text(m) if m and m.get("real_vs_real") is not None else ""
-                    cells_md.append(_fmt(v) + (f" {ci}" if ci else "") + (f" (floor {fl})" if fl else ""))
-                    tds.append(
-                        f'<td data-v="{"" if v is None else repr(float(v))}">{_fmt(v)}'
-                        + (f'<span class="ci">{_h(ci)}</span>' if ci else "")
-                        + (f'<span class="ci" title="real vs real at the sizes shown, and these samples at the '
-                           f'same sizes">floor {_h(fl)}</span>' if fl else "")
-                        + "</td>"
-                    )
+                    cell_md, cell_html = _metric_cell(mets.get(k))
+                    cells_md.append(cell_md)
+                    tds.append(cell_html)
                 md.append("| " + " | ".join(cells_md) + " |")
                 trs.append(f'<tr data-slug="{e["slug"]}">' + "".join(tds) + "</tr>")
             md.append("")
@@ -720,6 +801,10 @@ def build(
                     + "".join(imgs_html)
                     + "</div></details>"
                 )
+            if section == "ranked":
+                md_t, html_t = _side_tables(g.slug, rows_e)
+                md += md_t
+                body += html_t
 
     if entries:
         md += ["## Model cards", ""]
