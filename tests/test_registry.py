@@ -108,3 +108,12 @@ def test_every_builtin_resolves_to_its_registrys_base_class():
             obj = registry.get(name)  # runs the check
             assert base is None or issubclass(obj, base), (registry.kind, name)
     assert EXTRACTORS._base_class() is FeatureExtractor and len(EXTRACTORS._origin) >= 6
+
+
+def test_ls_lists_every_registry_including_classifiers(capsys):
+    from cxrbench.cli import main
+    from cxrbench.registry import CLASSIFIERS
+
+    assert main(["ls", "classifiers"]) == 0
+    shown = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert shown == CLASSIFIERS.names() and "linear" in shown

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-HELP = "list registered feature extractors, metrics, generators and protocols"
+HELP = "list registered feature extractors, metrics, generators, protocols and downstream classifiers"
 EPILOG = "example:\n  cxrbench ls\n"
 
 
 def add_arguments(p) -> None:
     p.add_argument("what", nargs="?", choices=["extractors", "metrics", "generators", "representations",
-                                              "protocols"], help="only this registry")
+                                              "protocols", "classifiers"], help="only this registry")
 
 
 def run(args) -> int:
-    from ..registry import EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REPRESENTATIONS
+    from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REPRESENTATIONS
 
     regs = {"extractors": EXTRACTORS, "metrics": METRICS, "generators": GENERATORS,
-            "representations": REPRESENTATIONS, "protocols": PROTOCOLS}
+            "representations": REPRESENTATIONS, "protocols": PROTOCOLS, "classifiers": CLASSIFIERS}
     for name, reg in regs.items():
         if args.what and args.what != name:
             continue
