@@ -48,6 +48,9 @@ class EvalConfig:
     fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
     xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
     inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
+    #: overrides of ``cxrbench.metrics.common.MetricSettings`` fields (kid_subset_size, prdc_k, ...);
+    #: CLI ``--metric-setting KEY=VALUE``; under a protocol they make the result not comparable
+    metric_settings: dict = dataclasses.field(default_factory=dict)
 
     def resolved(self, **over) -> EvalConfig:
         return dataclasses.replace(self, **over)

@@ -74,6 +74,9 @@ def add_arguments(p) -> None:
     p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
     p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
     p.add_argument("--augment-seeds", type=int, default=d.augment_seeds)
+    p.add_argument("--metric-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a metric setting, e.g. prdc_k=3 or kid_subset_size=500 (repeatable; "
+                        "cxrbench.metrics.common.MetricSettings lists them)")
     p.add_argument("--out", help="write the result JSON here (atomically)")
     p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
@@ -92,6 +95,30 @@ def resolve_protocol(args) -> str:
     return protocol
 
 
+def parse_metric_settings(items: list[str]) -> dict:
+    """``["prdc_k=3", "alpha=0.1"]`` -> typed overrides (checked against MetricSettings)."""
+    import dataclasses
+
+    from ..errors import UsageError
+    from ..metrics.common import MetricSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(MetricSettings)}
+    raw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--metric-setting {item!r}: write KEY=VALUE, e.g. prdc_k=3")
+        raw[key.strip()] = value.strip()
+    typed = {}
+    for key, value in raw.items():  # from text: numbers parsed by the field's type
+        default = defaults.get(key)
+        try:
+            typed[key] = int(value) if type(default) is int else float(value) if type(default) is float else value
+        except ValueError:
+            typed[key] = value  # check_overrides names the expected type
+    return MetricSettings.check_overrides(typed)
+
+
 def config_from_args(args):
     from ..config import EvalConfig
 
@@ -105,6 +132,7 @@ def config_from_args(args):
         protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
         augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
         fast_kernels=args.fast_kernels, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
+        metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])),
     )
 
 

@@ -27,6 +27,7 @@ from ..data.sources import ImageSource, open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
+from ..metrics.common import MetricSettings
 from ..protocols.cxr64 import PrecomputedSet, shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
@@ -106,6 +107,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         if e not in EXTRACTORS:
             EXTRACTORS.get(e)  # raises: unknown names fail before any work, listing the known ones
     plan, skipped_metrics = _metric_plan(config)
+    MetricSettings.check_overrides(config.metric_settings or {})  # a bad setting fails before any work
 
     train_reference = train_reference if train_reference is not None else config.train_reference
 
@@ -227,7 +229,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         notes.append(f"protocol {proto.name}: the first {expected_n} of {n_found} samples in canonical (sha256) "
                      "order were evaluated")
     not_comparable = unpublished + outside + (
-        [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else [])
+        [f"precision {config.precision}: published numbers are fp32"] if config.precision != "fp32" else []) + (
+        [f"metric settings {config.metric_settings} differ from protocol {config.protocol}'s"]
+        if config.metric_settings and proto is not None else [])
     return make_result(
         protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
         samples=({**precomputed["samples"].describe(), "n_used": len(precomputed["samples"]),

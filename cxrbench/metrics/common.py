@@ -7,8 +7,9 @@ statistics of two samples (FID, KID, PRDC, KS, label distances) resample both se
 ``matched_floor`` gives every metric its real-vs-real floor and its own value at the floor's sizes.
 
 ``MetricSettings.from_config(ctx.config)`` takes every field that the run's config also has under the
-same name (``EvalConfig.seed``, ``EvalConfig.n_bootstrap``, ...) and the defaults below for the rest, so the
-CLI, TOML protocols and the API all set them through the one config object.
+same name (``EvalConfig.seed``, ``EvalConfig.n_bootstrap``, ...), then ``EvalConfig.metric_settings`` (a dict
+of overrides: ``--metric-setting prdc_k=3`` on the CLI, ``metric_settings={"prdc_k": 3}`` in the API), and the
+defaults below for the rest, so every setting is reachable through the one config object.
 """
 
 from __future__ import annotations
@@ -62,7 +63,30 @@ class MetricSettings:
         if config is None:
             return cls()
         found = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)}
+        found.update(cls.check_overrides(getattr(config, "metric_settings", None) or {}))
         return cls(**found)
+
+    @classmethod
+    def check_overrides(cls, overrides: dict) -> dict:
+        """Overrides typed as the fields' defaults; an unknown key or a wrong type is one clear error."""
+        from ..errors import UsageError
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise UsageError(f"metric setting {key!r} does not exist; settings: {', '.join(sorted(fields))}")
+            default = fields[key].default
+            try:
+                if isinstance(value, bool) or (isinstance(value, str) and type(default) is not str):
+                    raise ValueError
+                out[key] = float(value) if type(default) is float else int(value) if type(default) is int else value
+                if type(default) is int and out[key] != value:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UsageError(f"metric setting {key} = {value!r}: expected a {type(default).__name__} "
+                                 f"(default {default!r})") from None
+        return out
 
 
 def bootstrap_interval(
