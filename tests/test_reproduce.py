@@ -96,3 +96,18 @@ def test_stages_train_first_and_their_folders_reach_later_configs(recipe, tmp_pa
     # a stage reference that names no stage is one line, before anything trains
     recipe.write_text(text.replace('init_from = "{base}"', 'init_from = "{nope}"'))
     assert _run(recipe, tmp_path, "--dry-run") == 2
+
+
+def test_every_shipped_recipe_is_valid_with_a_valid_card():
+    """A recipe fails before training, not at submit 15 minutes later, on a card the leaderboard refuses."""
+    from pathlib import Path
+
+    from cxrbench.commands.reproduce import load_recipe
+    from cxrbench.publish.card import card_from_dict
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "leaderboard" / "recipes").glob("*.toml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        recipe = load_recipe(path)
+        card_from_dict(recipe["card"], str(path))
+        assert recipe["data"]["split"] == "cxr64-train"  # every row trains on the protocol's training split

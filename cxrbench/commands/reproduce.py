@@ -89,6 +89,9 @@ def load_recipe(path: Path) -> dict:
             raise UsageError(f"{path}: a recipe needs a [{need}] section")
     if "name" not in recipe["model"] or "path" not in recipe["data"]:
         raise UsageError(f"{path}: [model] needs name and [data] needs path")
+    from ..publish.card import card_from_dict
+
+    card_from_dict(recipe["card"], f"{path}: [card]")  # refused now, not at submit after the training
     stages = recipe.get("stage", [])
     if not isinstance(stages, list):
         raise UsageError(f"{path}: stages are [[stage]] tables (an array), not one [stage]")
