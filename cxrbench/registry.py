@@ -204,3 +204,14 @@ CLASSIFIERS = Registry(
         "densenet": "cxrbench.protocols.augmentation:DenseNetClassifier",
     },
 )
+
+# named references (``--reference nih-cxr14``): a dataset's folder layout and metadata, read into a table
+REFERENCES = Registry(
+    "named reference",
+    "cxrbench.references",
+    base="cxrbench.data.references:NamedReference",
+    builtins={
+        "nih-cxr14": "cxrbench.data.references:NIHChestXray14",
+        "chexpert": "cxrbench.data.references:CheXpert",
+    },
+)

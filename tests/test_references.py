@@ -112,3 +112,38 @@ def test_chexpert_valid_csv_is_the_valid_split(tmp_path, monkeypatch):
     assert sorted(set(valid.patient_ids)) == ["patient64541", "patient64542"]
     assert len(open_reference("chexpert", split="train")) == 3
     assert valid.labels["Edema"].tolist() == [1.0, 1.0]
+
+
+def test_a_named_reference_is_a_registered_adapter(tmp_path, monkeypatch):
+    """An outside dataset plugs in by registering a NamedReference: no if-chain to edit."""
+    import pandas as pd
+
+    from cxrbench.data.references import NamedReference
+    from cxrbench.data.sources import open_source
+    from cxrbench.registry import REFERENCES, RegistryError
+    from cxrbench.synthetic import synthetic_cxr
+
+    from .conftest import write_pngs
+
+    class Tiny(NamedReference):
+        name = "tiny-test-set"
+        description = "a tiny test set"
+        official_splits = {}
+
+        def table(self, folder, images, others, split):
+            t = pd.DataFrame({"path": sorted(images)})
+            t["patient_id"] = [f"p{i // 2}" for i in range(len(t))]
+            t["Effusion"] = [float(i % 2) for i in range(len(t))]
+            t["split"] = float("nan")
+            return t, set(), []
+
+    monkeypatch.setenv("CXRBENCH_DATA", str(tmp_path))
+    write_pngs(tmp_path / "tiny-test-set", synthetic_cxr(12, 16, seed=0))
+    REFERENCES.add("tiny-test-set", Tiny)
+    try:
+        src = open_source("tiny-test-set", role="reference", split="hash-train", index=False)
+        assert 0 < len(src) < 12 and src.labels["Effusion"].notna().all()  # its table, then the common splits
+        with pytest.raises(RegistryError, match="not a subclass"):
+            REFERENCES.add("not-an-adapter", dict)
+    finally:
+        REFERENCES._entries.pop("tiny-test-set", None)

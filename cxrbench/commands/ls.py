@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-HELP = "list registered feature extractors, metrics, generators, protocols and downstream classifiers"
+HELP = "list registered feature extractors, metrics, generators, protocols, downstream classifiers and named references"
 EPILOG = "example:\n  cxrbench ls\n"
 
 
 def add_arguments(p) -> None:
     p.add_argument("what", nargs="?", choices=["extractors", "metrics", "generators", "representations",
-                                              "protocols", "classifiers"], help="only this registry")
+                                              "protocols", "classifiers", "references"], help="only this registry")
 
 
 def run(args) -> int:
-    from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REPRESENTATIONS
+    from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REFERENCES, REPRESENTATIONS
 
     regs = {"extractors": EXTRACTORS, "metrics": METRICS, "generators": GENERATORS,
-            "representations": REPRESENTATIONS, "protocols": PROTOCOLS, "classifiers": CLASSIFIERS}
+            "representations": REPRESENTATIONS, "protocols": PROTOCOLS, "classifiers": CLASSIFIERS, "references": REFERENCES}
     for name, reg in regs.items():
         if args.what and args.what != name:
             continue

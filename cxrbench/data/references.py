@@ -63,10 +63,9 @@ def _official_lists(folder: Path, others: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _split_rows(name: str, table, split: str, folder: Path, defined: set[str]):
+def _split_rows(name: str, table, split: str, folder: Path, defined: set[str], official: dict[str, str]):
     """Boolean mask of ``table``'s rows in ``split`` (a dataset split whose file is in ``defined``, or a hash
     split)."""
-    official = OFFICIAL_SPLITS[name]
     if split in HASH_SPLITS:
         mask = (table["hash_split"] == split).to_numpy()
     elif split in official:
@@ -85,9 +84,12 @@ def _split_rows(name: str, table, split: str, folder: Path, defined: set[str]):
 
 
 def _missing(name: str, folder: Path) -> DataError:
+    from ..registry import REFERENCES as ADAPTERS
+
     env = os.environ.get("CXRBENCH_DATA")
+    what = REFERENCES.get(name) or ADAPTERS.get(name).description or name
     return DataError(
-        f"reference {name!r} not found: put the {REFERENCES[name]} images under {folder} "
+        f"reference {name!r} not found: put the {what} images under {folder} "
         f"(CXRBENCH_DATA={'unset, default ' + str(data_root()) if env is None else env}), or pass a folder"
     )
 
@@ -98,18 +100,33 @@ def _xrv_csv(name: str) -> Path:
     return Path(xrv.__file__).parent / "data" / name
 
 
-def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
-                   cache_dir=None) -> ImageSource:
-    import pandas as pd
+class NamedReference:
+    """A dataset known by name (``--reference nih-cxr14``): where its images are and how its metadata reads.
 
-    folder = data_root() / name
-    if not folder.is_dir():
-        raise _missing(name, folder)
-    images, others = scan_folder(folder)
-    if not images:
-        raise _missing(name, folder)
-    notes: list[str] = []
-    if name == "nih-cxr14":
+    A subclass gives ``description`` (shown when the folder is missing), ``official_splits`` (split -> the
+    file that defines it) and ``table(folder, images, others, split)``: a DataFrame with ``path``, label
+    columns (``LABELS`` names), ``patient_id`` and ``split`` (the official split, NaN outside them), the set
+    of official splits found, and notes. Registered in ``cxrbench.registry.REFERENCES`` (entry-point group
+    ``cxrbench.references``), so an outside package can add a dataset without touching this module.
+    """
+
+    name = ""
+    description = ""
+    official_splits: dict[str, str] = {}
+
+    def table(self, folder: Path, images: list[str], others: list[str], split: str | None):
+        raise NotImplementedError
+
+
+class NIHChestXray14(NamedReference):
+    name = "nih-cxr14"
+    description = REFERENCES["nih-cxr14"]
+    official_splits = OFFICIAL_SPLITS["nih-cxr14"]
+
+    def table(self, folder, images, others, split):
+        import pandas as pd
+
+        notes: list[str] = []
         meta = pd.read_csv(_xrv_csv("Data_Entry_2017_v2020.csv.gz"))
         meta = meta.set_index("Image Index")
         by_name = {Path(p).name: p for p in images}
@@ -125,25 +142,32 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0, index:
         table["view_position"] = rows["View Position"].to_numpy()
         official = pd.Series(np.nan, index=keep, dtype=object)
         lists = _official_lists(folder, others)
-        defined = set(lists)
         for s, listed in lists.items():
             present = [n for n in listed if n in official.index]
             official.loc[present] = s
             if len(present) < len(listed) and s == split:
                 missing = next(n for n in listed if n not in official.index)
-                notes.append(f"{OFFICIAL_SPLITS[name][s]} lists {len(listed)} images, {len(listed) - len(present)} "
+                notes.append(f"{self.official_splits[s]} lists {len(listed)} images, {len(listed) - len(present)} "
                              f"of them not in the folder (e.g. {missing}): split {s!r} is not the full official list")
         table["split"] = official.to_numpy()
-    else:  # chexpert
+        return table, set(lists), notes
+
+
+class CheXpert(NamedReference):
+    name = "chexpert"
+    description = REFERENCES["chexpert"]
+    official_splits = OFFICIAL_SPLITS["chexpert"]
+
+    def table(self, folder, images, others, split):
+        import pandas as pd
+
         csvs = [p for p in folder.rglob("*.csv") if p.name in ("train.csv", "valid.csv")]
         if not csvs:
-            raise _missing(name, folder)
+            raise _missing(self.name, folder)
         meta = pd.concat([_read_csv(p).assign(_split=p.stem) for p in csvs], ignore_index=True)
-        defined = {p.stem for p in csvs}
-        present = {p: p for p in images}
         # CheXpert paths start with "CheXpert-v1.0-small/..."; match on the trailing patientX/studyY/viewZ.jpg
         tail = lambda s: "/".join(Path(s).parts[-3:])
-        by_tail = {tail(p): p for p in present}
+        by_tail = {tail(p): p for p in images}
         meta = meta[meta["Path"].map(tail).isin(by_tail)]
         if meta.empty:
             raise DataError(f"{folder}: no images match the paths listed in {[str(c) for c in csvs]}")
@@ -153,11 +177,26 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0, index:
             table[nih] = np.where(v == 1, 1.0, np.where(v == 0, 0.0, np.nan))
         table["patient_id"] = meta["Path"].str.extract(r"(patient\d+)")[0].to_numpy()
         table["split"] = meta["_split"].to_numpy()
+        return table, {p.stem for p in csvs}, []
+
+
+def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
+                   cache_dir=None) -> ImageSource:
+    from ..registry import REFERENCES as ADAPTERS
+
+    adapter = ADAPTERS.get(name)()
+    folder = data_root() / name
+    if not folder.is_dir():
+        raise _missing(name, folder)
+    images, others = scan_folder(folder)
+    if not images:
+        raise _missing(name, folder)
+    table, defined, notes = adapter.table(folder, images, others, split)
     table["hash_split"] = [patient_split(p) for p in table["patient_id"]]
     table = table.drop_duplicates("path").reset_index(drop=True)
     whole = split in (None, "", "all", "half0", "half1")
     if not whole:  # hash only the split's images: the rest of a 112k-image folder is never read
-        table = table[_split_rows(name, table, split, folder, defined)].reset_index(drop=True)
+        table = table[_split_rows(name, table, split, folder, defined, adapter.official_splits)].reset_index(drop=True)
     paths = table["path"].tolist()
     hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir)
     unreadable = [(paths[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]

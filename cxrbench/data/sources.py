@@ -25,7 +25,8 @@ from .imageset import (  # noqa: F401  (re-exported: the historical home of thes
     select_split,
 )
 from .io import ARRAY_SUFFIXES
-from .references import REFERENCES, open_reference
+from ..registry import REFERENCES as NAMED_REFERENCES
+from .references import open_reference
 
 
 def open_source(spec, *, split: str | None = None, role: str = "samples", seed: int = 0, index: bool = True,
@@ -45,10 +46,10 @@ def open_source(spec, *, split: str | None = None, role: str = "samples", seed: 
     elif p.is_file():
         raise DataError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
     else:
-        if s in REFERENCES:
+        if s in NAMED_REFERENCES:
             return open_reference(s, split=split, seed=seed, index=index, cache_dir=cache_dir)
         raise DataError(
             f"{s}: no such folder or file for --{role}"
-            + (f"; named references: {', '.join(sorted(REFERENCES))}" if role == "reference" else "")
+            + (f"; named references: {', '.join(sorted(NAMED_REFERENCES.names()))}" if role == "reference" else "")
         )
     return select_split(src, split, seed=seed)
