@@ -3,12 +3,18 @@ and a smooth random field carrying each image's own histogram; prints FID, preci
 
     python tests/benchmarks/cxr64_anatomy.py      # needs ../shared/data; about a minute on 2 cores
 """
-import numpy as np, pandas as pd, tempfile
+import tempfile
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 from PIL import Image
+from scipy.ndimage import gaussian_filter
+
 import cxrbench
 from cxrbench.config import EvalConfig
 from cxrbench.protocols.cxr64_splits import image_splits
+
 NIH = Path("../shared/data/nih1000_64px")
 t = pd.read_csv(NIH / "labels.csv"); t = t[np.array(image_splits(t)) == "heldout"].iloc[:200]
 rng = np.random.default_rng(0)
@@ -22,7 +28,6 @@ for name, block in (("intact", None), ("shuffle16", 16), ("shuffle8", 8), ("blur
             b = b[rng.permutation(len(b))]
             a = b.reshape(64 // block, 64 // block, block, block).swapaxes(1, 2).reshape(64, 64)
         elif block == "blobs":  # smooth random field with the image's histogram: no anatomy at all
-            from scipy.ndimage import gaussian_filter
             f = gaussian_filter(rng.normal(size=(64, 64)), 4)
             a = np.sort(a.ravel())[np.argsort(np.argsort(f.ravel()))].reshape(64, 64)
         Image.fromarray(a.astype(np.uint8)).save(d / f"{i:04d}.png")
