@@ -268,6 +268,9 @@ def test_train_split_cxr64_train_is_the_protocol_split():
     assert set(src.ids) == want
     with pytest.raises(UsageError, match="cxr64 splits are"):
         _protocol_split(src, "cxr64-test")
+    # a GPU recipe's data: any NIH folder without the reference and held-out patients; on nih1000 (every
+    # patient in one of the three splits) that is exactly the training split
+    assert set(_protocol_split(open_source(NIH, role="data"), "cxr64-disjoint").ids) == want
 
 
 def test_submit_verify_and_check_under_cxr64(tmp_path):

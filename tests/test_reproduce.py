@@ -105,9 +105,19 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
     from cxrbench.commands.reproduce import load_recipe
     from cxrbench.publish.card import card_from_dict
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "leaderboard" / "recipes").glob("*.toml"))
-    assert len(recipes) >= 9
+    from cxrbench.registry import GENERATORS, REPRESENTATIONS
+    from cxrbench.training import config_from_overrides
+
+    root = Path(__file__).resolve().parents[1] / "leaderboard" / "recipes"
+    recipes = sorted(root.glob("*.toml")) + sorted((root / "gpu").glob("*.toml"))
+    assert len(recipes) >= 17
     for path in recipes:
         recipe = load_recipe(path)
         card_from_dict(recipe["card"], str(path))
-        assert recipe["data"]["split"] == "cxr64-train"  # every row trains on the protocol's training split
+        # CPU rows train on the protocol's training split; GPU rows on full NIH without its evaluation patients
+        assert recipe["data"]["split"] == ("cxr64-disjoint" if path.parent.name == "gpu" else "cxr64-train")
+        for part in [*recipe.get("stage", []), recipe["model"]]:  # every Config override exists and is typed
+            name = part["name"]
+            cls = GENERATORS.get(name) if name in GENERATORS else REPRESENTATIONS.get(name)
+            config_from_overrides(cls.Config, part.get("config", {}), source=str(path))
+    assert len({p.stem for p in recipes}) == len(recipes)  # a recipe's name is its samples folder and run

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, help="labels CSV (first column path, one column per label)")
     p.add_argument("--split", default=None,
                    help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
-                        "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split")
+                        "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split; "
+                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")

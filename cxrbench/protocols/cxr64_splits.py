@@ -55,7 +55,13 @@ def image_splits(labels) -> list[str]:
 
 
 def select_cxr64_split(source, split: str):
-    """``cxr64-train`` / ``cxr64-heldout`` / ``cxr64-reference``: the cxr64 protocol's patient-disjoint NIH split."""
+    """``cxr64-train`` / ``cxr64-heldout`` / ``cxr64-reference``: the cxr64 protocol's patient-disjoint NIH split.
+
+    ``cxr64-disjoint``: any NIH folder (full resolution, a GPU recipe's data) without the patients of the
+    protocol's reference and held-out sets, whose ids ship with their features: training there keeps every
+    cxr64 number free of patient leakage."""
+    if split == "cxr64-disjoint":
+        return _without_protocol_patients(source, split)
     name = split.removeprefix("cxr64-")
     need = {"patient_id", "view_position", "No Finding"}
     if name not in SPLITS:
@@ -64,4 +70,16 @@ def select_cxr64_split(source, split: str):
         raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
                          "nih1000_64px layout) to apply the cxr64 patient split")
     keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
+    return source.subset(keep)
+
+
+def _without_protocol_patients(source, split: str):
+    from .cxr64 import load_features
+
+    if source.patient_ids is None and (source.labels is None or "patient_id" not in source.labels.columns):
+        raise UsageError(f"--split {split}: {source.name} has no patient ids (a labels.csv patient_id column or "
+                         "a named reference such as nih-cxr14); they decide which images stay out")
+    pids = source.patient_ids or source.labels["patient_id"].astype(str).tolist()
+    held = {str(p).lstrip("0") or "0" for w in ("reference", "heldout") for p in load_features(w).patient_ids}
+    keep = [i for i, p in enumerate(pids) if (str(p).lstrip("0") or "0") not in held]
     return source.subset(keep)
