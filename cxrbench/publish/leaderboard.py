@@ -709,6 +709,8 @@ def build(
             prefix = g.slug if section == "ranked" else g.protocol_slug
             keys = sorted({k for e in rows_e for k in e["result"]["metrics"]})  # columns this table has values for
             key = rank_by if rank_by in keys else default_rank_key(keys, g.protocol)
+            if key:
+                keys = [key] + [k for k in keys if k != key]  # the ranking metric is the first column
             hib = g.directions.get(key, False)
             if section == "ranked":
                 ranked = _ordered(rows_e, key, hib)
