@@ -99,7 +99,7 @@ def _xrv_csv(name: str) -> Path:
 
 
 def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
-                   cache_dir=None) -> ImageSource:
+                   cache_dir=None, dist=None) -> ImageSource:
     import pandas as pd
 
     folder = data_root() / name
@@ -159,7 +159,7 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0, index:
     if not whole:  # hash only the split's images: the rest of a 112k-image folder is never read
         table = table[_split_rows(name, table, split, folder, defined)].reset_index(drop=True)
     paths = table["path"].tolist()
-    hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir)
+    hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir, dist=dist)
     unreadable = [(paths[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
     order = sorted((i for i, h in enumerate(hashes) if isinstance(h, str)), key=lambda i: (hashes[i], paths[i]))
     table = table.iloc[order].reset_index(drop=True)

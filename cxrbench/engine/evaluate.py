@@ -124,7 +124,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         samples_sha256 = _set_sha256(samples.hashes)  # of every row, as a folder's is of every file
     else:
         sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
-                                      index=config.use_cache, cache_dir=config.cache_dir)
+                                      index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     expected_n = getattr(proto, "sample_count", None)
     n_found = len(samples if "samples" in precomputed else sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
@@ -145,10 +145,10 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
         sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
-                                        index=config.use_cache, cache_dir=config.cache_dir)
+                                        index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     if train_reference is not None:
         sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed,
-                                    index=config.use_cache, cache_dir=config.cache_dir)
+                                    index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     t_hash = time.perf_counter() - t0
 
     extractors = build_extractors(config.extractors, config, device)

@@ -246,7 +246,7 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
     dist, device = from_env(device)
     try:
         src = open_source(source, split=config.reference_split, role="reference", seed=config.seed,
-                          index=config.use_cache, cache_dir=config.cache_dir)
+                          index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
         if src.unreadable and not config.skip_bad:
             raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
                             "fix or remove them, or pass --skip-bad")
