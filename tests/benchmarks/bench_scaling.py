@@ -60,17 +60,19 @@ def _log(*a) -> None:
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
-def write_set(folder: Path, n: int, shift: float, seed: int, size: int = 64, start: int = 0) -> None:
+def write_set(folder: Path, n: int, shift: float, seed: int, size: int = 64, start: int = 0,
+              pool_size: int = POOL) -> None:
     """``n`` PNGs ``img_{i:07d}.png`` (i from ``start``): pool images with the index written into the top-left
-    corner's 4 pixels, so every file (hence every sha256) differs at the cost of generating ``POOL`` images."""
+    corner's 4 pixels, so every file (hence every sha256) differs at the cost of generating ``pool_size``
+    images. The pool depends on (shift, seed, size) only, so ranges written by several processes join up."""
     from PIL import Image
 
     from cxrbench.synthetic import synthetic_cxr
 
     folder.mkdir(parents=True, exist_ok=True)
-    pool = np.round(synthetic_cxr(POOL, size, shift=shift, seed=seed)[:, 0].numpy() * 255).astype(np.uint8)
+    pool = np.round(synthetic_cxr(pool_size, size, shift=shift, seed=seed)[:, 0].numpy() * 255).astype(np.uint8)
     for i in range(start, start + n):
-        a = pool[i % POOL].copy()
+        a = pool[i % pool_size].copy()
         a[0, :4] = np.frombuffer(int(i).to_bytes(4, "little"), dtype=np.uint8)
         Image.fromarray(a).save(folder / f"img_{i:07d}.png", compress_level=1)
 
