@@ -87,7 +87,7 @@ class _WholeKernels:
 @dataclass
 class _SubsetBlocks:
     """The whole-kernel route's bootstrap state when subsets are smaller than the sets: every kept subset's
-    three m x m kernel blocks (float32, gathered once from the whole kernels) and their float64 diagonals.
+    three m x m kernel blocks (float32) and their float64 diagonals.
 
     A replicate then costs ``3 k m^2`` multiply-adds (k kept subsets), not the ``3 k N^2`` of reweighting the
     N x N kernels through indicator columns: at N = 8192, m = 1000 that is 67x less per replicate, and the
@@ -104,22 +104,19 @@ class _SubsetBlocks:
     d_rr: torch.Tensor
 
     @classmethod
-    def gather(cls, kernels: dict, draws_g: np.ndarray, draws_r: np.ndarray) -> _SubsetBlocks:
-        """Blocks from ``kernels`` ({"gg", "rr", "gr"}: whole float64 kernels, popped as they are used, so
-        at most one whole kernel and the blocks are held at once)."""
-        dev = kernels["gg"].device
+    def build(cls, gen: torch.Tensor, ref: torch.Tensor, draws_g: np.ndarray, draws_r: np.ndarray) -> _SubsetBlocks:
+        """Blocks of the subsets ``draws_g[s]``, ``draws_r[s]``, computed from the float64 features (the same
+        values as the whole kernels' entries, and faster than gathering them) into preallocated tensors."""
+        dev = gen.device
         ig, ir = torch.as_tensor(draws_g, device=dev), torch.as_tensor(draws_r, device=dev)
-
-        def blocks(k, a, b):  # rows, then columns: two contiguous gathers, far faster than one 2-d index
-            return torch.stack([k.index_select(0, a[s]).index_select(1, b[s]).float() for s in range(len(a))])
-
-        k = kernels.pop("gg")
-        b_gg, d_gg = blocks(k, ig, ig), k.diagonal()[ig]
-        del k
-        k = kernels.pop("rr")
-        b_rr, d_rr = blocks(k, ir, ir), k.diagonal()[ir]
-        del k
-        b_gr = blocks(kernels.pop("gr"), ig, ir)
+        k, m = ig.shape
+        b_gg, b_rr, b_gr = (torch.empty(k, m, m, dtype=torch.float32, device=dev) for _ in range(3))
+        d_gg, d_rr = (torch.empty(k, m, dtype=torch.float64, device=dev) for _ in range(2))
+        for s in range(k):
+            x, y = gen.index_select(0, ig[s]), ref.index_select(0, ir[s])
+            kxx, kyy = _poly_kernel(x, x), _poly_kernel(y, y)
+            b_gg[s], b_rr[s], b_gr[s] = kxx, kyy, _poly_kernel(x, y)
+            d_gg[s], d_rr[s] = kxx.diagonal(), kyy.diagonal()
         return cls(ig, ir, b_gg, b_rr, b_gr, d_gg, d_rr)
 
     @staticmethod
@@ -258,9 +255,9 @@ def kid(
             k = min(k, 1)
         if k > 0 and (blocks == "yes" or (blocks == "auto" and max(n_g, n_r) > m)):
             # the replicates read k m x m blocks, in batches of replicates, instead of the N x N kernels
-            kernels = {"gg": k_gg, "rr": k_rr, "gr": k_gr}
-            del ind_g, ind_r, k_gg, k_rr, k_gr  # freed one by one while the blocks are gathered
-            whole = _SubsetBlocks.gather(kernels, np.stack([g for g, _ in draws[:k]]), np.stack([r for _, r in draws[:k]]))
+            del ind_g, ind_r, k_gg, k_rr, k_gr  # the blocks are built from the features
+            whole = _SubsetBlocks.build(gen_t, ref_t, np.stack([g for g, _ in draws[:k]]),
+                                        np.stack([r for _, r in draws[:k]]))
         else:
             whole = _WholeKernels(k_gg, k_rr, k_gr, ind_g[:, :k], ind_r[:, :k]) if k > 0 else None
         return KIDResult(float(vals.mean()), float(vals.std()), vals, whole=whole)
