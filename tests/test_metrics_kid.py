@@ -122,3 +122,20 @@ def test_metric_value_std_ci_and_floor(feats):
     assert v.extra["std"] > 0 and v.extra["subset_size"] == 50
     assert v.ci[0] <= v.value <= v.ci[1]
     assert abs(v.real_vs_real) < v.value
+
+
+def test_batched_replicates_on_kept_subsets_equal_one_at_a_time(feats):
+    """The subset route (reference fixed) reweights its kept blocks for a batch of replicates at once: the
+    values of one-at-a-time reweighting, including a replicate that leaves a subset under two rows (NaN)."""
+    a, b = feats
+    res = kid(b, a, subset_size=25, n_subsets=6, seed=8, keep=6, route="subsets")
+    rng = np.random.default_rng(9)
+    counts = [np.bincount(rng.integers(0, len(b), len(b)), minlength=len(b)) for _ in range(7)]
+    sparse = np.zeros(len(b), dtype=np.int64)
+    sparse[res.kept[0].gen_idx[0]] = 3  # one row of subset 0 drawn, nothing else of it
+    sparse[res.kept[1].gen_idx] = 1
+    counts.append(sparse)
+    many = res.reweighted_many(counts)
+    one = np.array([res.reweighted(c) for c in counts])
+    np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-9)
+    assert np.isfinite(many).all()  # the NaN subsets are left out of the mean, as one at a time

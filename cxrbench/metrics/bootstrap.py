@@ -80,7 +80,8 @@ def two_sample_bootstrap(
     for statistics that are unbiased for their own N-dependent target but whose replicates are pulled by
     the resample's duplicated rows rather than by any bias of the estimator (kNN balls: PRDC). The choice
     per metric comes from the coverage benchmark (tests/benchmarks/coverage.py). A ``stat`` with a
-    ``many(igs, irs)`` attribute (both sets resampled) gets ``BATCH`` replicates per call, the same draws.
+    ``many(igs, irs)`` attribute gets ``BATCH`` replicates per call (``irs`` all None for a fixed reference),
+    the same draws in the same order.
     """
     if method not in CI_METHODS:
         raise ValueError(f"CI method {method!r}: expected one of {CI_METHODS}")
@@ -89,7 +90,7 @@ def two_sample_bootstrap(
     rng = np.random.default_rng(seed)
     vals = np.empty(n_boot)
     many = getattr(stat, "many", None)  # replicates in batches (same draws, same order): see kid.py
-    step = BATCH if many is not None and n_ref is not None else 1
+    step = BATCH if many is not None else 1
     for b0 in range(0, n_boot, step):
         draws = []
         for _ in range(min(step, n_boot - b0)):

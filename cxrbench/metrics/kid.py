@@ -166,15 +166,41 @@ class KIDResult:
     values: np.ndarray
     kept: list[_Subset] = field(default_factory=list, repr=False)
     whole: _WholeKernels | _SubsetBlocks | None = field(default=None, repr=False)
+    kept_stack: torch.Tensor | None = field(default=None, repr=False)  # (k, m, m): the kept blocks
 
-    def reweighted_many(self, counts: np.ndarray, counts_ref: np.ndarray) -> np.ndarray:
-        """``reweighted`` of R replicates at once (``(R, N_g)`` and ``(R, N_r)`` counts); the block route only."""
-        if not isinstance(self.whole, _SubsetBlocks):
-            return np.array([self.reweighted(c, r) for c, r in zip(counts, counts_ref)])
-        dev = self.whole.d_gg.device
-        v = self.whole.mmd2_many(torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev),
-                                 torch.as_tensor(np.asarray(counts_ref, dtype=np.float64), device=dev))
+    def reweighted_many(self, counts: np.ndarray, counts_ref: np.ndarray | None = None) -> np.ndarray:
+        """``reweighted`` of R replicates at once (``(R, N_g)`` counts, and ``(R, N_r)`` or None): one batched
+        matmul per batch on the block and subset routes, the same values up to float32 round-off."""
+        if isinstance(self.whole, _SubsetBlocks):
+            dev = self.whole.d_gg.device
+            cg = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev)
+            cr = (torch.ones(len(cg), int(self.whole.idx_r.max()) + 1, dtype=torch.float64, device=dev)
+                  if counts_ref is None else torch.as_tensor(np.asarray(counts_ref, dtype=np.float64), device=dev))
+            v = self.whole.mmd2_many(cg, cr)
+        elif self.whole is None and self.kept_stack is not None and counts_ref is None:
+            v = self._kept_many(counts)
+        else:
+            refs = [None] * len(counts) if counts_ref is None else counts_ref
+            return np.array([self.reweighted(c, r) for c, r in zip(counts, refs)])
         return np.array([_nanmean(row) for row in v])
+
+    def _kept_many(self, counts) -> np.ndarray:
+        """``(R, k)`` values of the kept subsets (reference fixed) for R count vectors, as ``_Subset.mmd2``."""
+        b = self.kept_stack
+        dev = b.device
+        idx = torch.as_tensor(np.stack([s.gen_idx for s in self.kept]), device=dev)  # (k, m)
+        w = torch.as_tensor(np.asarray(counts, dtype=np.float64), device=dev).T[idx]  # (k, m, R)
+        kw = torch.bmm(b, w.float()).double()
+        w2 = w * w
+        diag = b.diagonal(dim1=1, dim2=2).double()[:, :, None]
+        total = w.sum(1)
+        xx = ((w * kw).sum(1) - (w2 * diag).sum(1)) / (total * total - w2.sum(1))
+        rows = torch.stack([s.k_xy_rows for s in self.kept])[:, :, None]
+        xy = (w * rows).sum(1) / (total * rows.shape[1])
+        yy = torch.tensor([s.yy for s in self.kept], dtype=torch.float64, device=dev)[:, None]
+        v = (xx + yy - 2 * xy).T.cpu().numpy()
+        v[~np.isfinite(v)] = np.nan  # fewer than two copies drawn into a subset (``_Subset.mmd2``: NaN)
+        return v
 
     def reweighted(self, counts: np.ndarray, counts_ref: np.ndarray | None = None) -> float:
         """Mean MMD^2 over the kept subsets with per-row multiplicities ``counts`` (and ``counts_ref``).
@@ -265,6 +291,9 @@ def kid(
         raise ValueError(f"route {route!r}: expected auto, whole or subsets")
     vals = np.empty(n_subsets)
     kept = []
+    # the kept blocks live in one (k, m, m) tensor (each _Subset holds a view), so the bootstrap can reweight
+    # them all in one batched matmul per batch of replicates
+    stack = torch.empty(min(keep, n_subsets), m, m, dtype=torch.float32, device=device) if keep > 0 else None
     for s, (ig, ir) in enumerate(draws):
         x, y = gen_t[torch.as_tensor(ig, device=device)], ref_t[torch.as_tensor(ir, device=device)]
         k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
@@ -272,5 +301,6 @@ def kid(
         xx = float((k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1)))
         vals[s] = xx + yy - 2 * float(k_xy.sum()) / m**2
         if s < keep:
-            kept.append(_Subset(ig, k_xx.float(), k_xy.sum(1), yy))
-    return KIDResult(float(vals.mean()), float(vals.std()), vals, kept)
+            stack[s] = k_xx
+            kept.append(_Subset(ig, stack[s], k_xy.sum(1), yy))
+    return KIDResult(float(vals.mean()), float(vals.std()), vals, kept, kept_stack=stack)
