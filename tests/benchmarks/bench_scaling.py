@@ -311,7 +311,8 @@ def report(runs: list[dict], skipped: list[str], out: Path) -> dict:
     for s in skipped:
         print("not run:", s)
     print("flags:", "; ".join(flags) if flags else "none")
-    doc = {"runs": runs, "stages": rows, "flags": flags, "not_run": skipped}
+    doc = {"argv": sys.argv, "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "runs": runs,
+           "stages": rows, "flags": flags, "not_run": skipped}
     (out / "scaling.json").write_text(json.dumps(doc, indent=1, default=float))
     try:
         plot(rows, out / "scaling.png")
