@@ -328,14 +328,14 @@ def plot(rows: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, am) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for name, row in rows.items():
-        if ":" in name:
-            continue
+    colors = plt.get_cmap("tab20").colors
+    for j, (name, row) in enumerate((k, v) for k, v in rows.items() if ":" not in k):
+        style = dict(color=colors[j % 20], marker="os^v"[j % 4], ls="-" if j < 10 else "--")
         lab = name + ("" if row.get("exponent") is None else f" (N^{row['exponent']:.2f})")
-        ax.loglog(row["n"], row["s"], "o-", label=lab, lw=2.5 if name == "total" else 1.2)
+        ax.loglog(row["n"], row["s"], label=lab, lw=2.5 if name == "total" else 1.2, **style)
         pk = [np.nan if p is None else p / 1024 for p in row["peak_mb"]]
         if np.isfinite(pk).any():
-            am.semilogx(row["n"], pk, "o-", label=name)
+            am.semilogx(row["n"], pk, label=name, **style)
     ax.set(xlabel="N generated = N reference", ylabel="wall time (s)", title="time per stage")
     am.axhline(4, color="k", ls=":", lw=1)
     am.set(xlabel="N generated = N reference", ylabel="peak RSS during the stage (GiB)", title="memory")
