@@ -168,8 +168,8 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
         )
         bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size
-        it, td = iter(loader), time.perf_counter()
-        for batch in it:
+        td = time.perf_counter()  # worker start-up counts as decoding
+        for batch in loader:
             tf = time.perf_counter()
             times["decode_s"] += tf - td
             ci = chunk_of(batch[0][0])
