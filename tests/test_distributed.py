@@ -59,3 +59,66 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert set(c1) == set(c2) and len(c1) == 5 + 4  # 36 and 28 images in chunks of 8; rank 0 gets 3 + 2
     for k in c1:
         np.testing.assert_array_equal(c1[k], c2[k])
+
+
+_HASH_SCRIPT = '''
+import json, sys
+from pathlib import Path
+import cxrbench.data.imageset as imageset
+from cxrbench.data.sources import open_source
+from cxrbench.engine.distributed import from_env
+
+folder, cache, out = sys.argv[1:4]
+read = []
+plain = imageset._hash_files
+imageset._hash_files = lambda paths, **kw: read.extend(map(str, paths)) or plain(paths, **kw)
+dist, _ = from_env("cpu")
+runs = {}
+for index in (False, True):
+    src = open_source(folder, index=index, cache_dir=cache, dist=dist)
+    runs[str(index)] = {"ids": src.ids, "hashes": src.hashes, "unreadable": [u for u, _ in src.unreadable]}
+runs["read"] = read
+Path(out, f"rank{dist.rank}.json").write_text(json.dumps(runs))
+dist.close()
+'''
+
+
+def test_torchrun_ranks_share_the_hashing(tmp_path):
+    """Each of 2 ranks reads about half the files, and both get the one-process order, hashes and index."""
+    from cxrbench.data.index import index_path
+    from cxrbench.data.sources import open_source
+    from cxrbench.synthetic import synthetic_cxr
+
+    folder = write_pngs(tmp_path / "imgs", synthetic_cxr(40, size=16, seed=3), "x")
+    (folder / "broken.png").symlink_to(folder / "missing.png")  # unreadable: listed the same way by both
+    script = tmp_path / "hash_ranks.py"
+    script.write_text(_HASH_SCRIPT)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "--monitor_interval", "0.1", str(script), str(folder), str(tmp_path / "c"), str(tmp_path)],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = open_source(folder, index=False)
+    for r in ranks:
+        for index in ("False", "True"):
+            assert r[index]["ids"] == one.ids and r[index]["hashes"] == one.hashes
+            assert r[index]["unreadable"] == [u for u, _ in one.unreadable] == ["broken.png"]
+    # the unindexed open and the first indexed open each read every file once, split between the ranks (the
+    # index's stat already finds the dangling link unreadable)
+    reads = [sorted(r["read"]) for r in ranks]
+    assert not set(reads[0]) & set(reads[1])
+    files = [str(folder / i) for i in one.ids]
+    assert sorted(reads[0] + reads[1]) == sorted(2 * files + [str(folder / "broken.png")])
+    assert all(10 <= len(x) <= 72 for x in reads)  # crc32 of the path: roughly half each
+    # rank 0 wrote the index: a one-process open now reads nothing
+    assert index_path(folder, tmp_path / "c").is_file()
+    import cxrbench.data.imageset as imageset
+
+    read_now = []
+    plain = imageset._hash_files
+    imageset._hash_files = lambda paths, **kw: read_now.extend(paths) or plain(paths, **kw)
+    try:
+        again = open_source(folder, index=True, cache_dir=tmp_path / "c")
+    finally:
+        imageset._hash_files = plain
+    assert again.hashes == one.hashes and read_now == []

@@ -83,3 +83,21 @@ def test_block_sizes_for_50k_stay_within_budget():
     for nq, nr, k in [(10, 10**6, 5), (10**6, 10, 5), (3, 3, 3)]:
         q, r = knn.block_sizes(nq, nr, budget=1000, min_ref=k)
         assert q * r <= 1000 and k <= r <= nr and 1 <= q <= nq
+
+
+def test_one_pass_serves_every_query_of_a_pair():
+    """knn_multi (PRDC's fused passes) returns exactly what separate knn and ball_counts calls return, over
+    several blocks in both directions."""
+    from cxrbench.metrics import knn as K
+
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=(230, 6)), rng.normal(size=(170, 6)) + 0.2
+    scale, radii = rng.uniform(0.5, 2.0, 170), rng.uniform(0.5, 1.5, 170)
+    for budget in (2**9, 2**24):
+        kw = dict(budget=budget)
+        (scaled, plain), counts = K.knn_multi(a, b, 7, scales=(scale, None), radii=radii, **kw)
+        for got, want in ((scaled, K.knn(a, b, 7, scale=scale, **kw)), (plain, K.knn(a, b, 7, **kw))):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(counts, K.ball_counts(a, b, radii, **kw))
+        assert counts.sum() > 0 and (counts < len(b)).all()

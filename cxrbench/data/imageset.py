@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,17 +183,42 @@ def _hash_files(paths: list[Path], workers: int = 8) -> list[str | DataError]:
         return list(ex.map(one, paths))
 
 
+def sharded_hasher(hasher, dist):
+    """``hasher`` split across the ranks of ``dist`` (anything with ``active``, ``rank``, ``world_size``,
+    ``is_main`` and ``all_gather(obj)``, e.g. ``engine.distributed.DistContext``): each rank reads the files
+    whose path's crc32 falls to it, then every rank gets every hash. The owner of a file depends on its path
+    alone, so ranks that were asked for different files (one changed between their index checks) still agree
+    on what they share; a file no rank hashed is hashed where it is missing. Every rank must call it the same
+    number of times (once per folder opened)."""
+    if dist is None or not dist.active:
+        return hasher
+
+    def run(paths: list[Path]) -> list:
+        mine = [p for p in paths if zlib.crc32(str(p).encode()) % dist.world_size == dist.rank]
+        merged: dict[str, object] = {}
+        for part in dist.all_gather(dict(zip(map(str, mine), hasher(mine)))):
+            merged.update(part)
+        missing = [p for p in paths if str(p) not in merged]
+        merged.update(zip(map(str, missing), hasher(missing)))
+        return [merged[str(p)] for p in paths]
+
+    return run
+
+
 def hash_folder_files(root: Path, rels: list[str], *, index: bool = True, cache_dir=None,
-                      present: set[str] | None = None) -> list[str | DataError]:
+                      present: set[str] | None = None, dist=None) -> list[str | DataError]:
     """sha256 of each ``root / rel``; through the folder's persistent index (``data/index.py``) unless
-    ``index`` is False (``cxrbench verify`` re-reads every byte: an index is not evidence)."""
+    ``index`` is False (``cxrbench verify`` re-reads every byte: an index is not evidence). Under ``dist``
+    (torchrun) the files are shared out between the ranks (``sharded_hasher``) and rank 0 writes the index."""
+    hasher = sharded_hasher(_hash_files, dist)
     if not index:
-        return _hash_files([root / p for p in rels])
-    return _index.hash_files(root, rels, _hash_files, cache_dir=cache_dir, present=present)
+        return hasher([root / p for p in rels])
+    return _index.hash_files(root, rels, hasher, cache_dir=cache_dir, present=present,
+                             write=dist is None or dist.is_main)
 
 
 def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str = "samples", index: bool = True,
-                cache_dir=None, split: str | None = None) -> ImageSource:
+                cache_dir=None, split: str | None = None, dist=None) -> ImageSource:
     """A folder of images. With ``split`` a value of labels.csv's ``split`` column, only that split's images
     are hashed (the set still needs ``select_split`` to be labelled with the split)."""
     root = Path(path)
@@ -214,7 +240,7 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
         keep = full["labels"]["split"].astype(str).to_numpy() == split
         if keep.any():  # else select_split names the splits present
             chosen = [p for p, k in zip(images, keep) if k]
-    hashes = hash_folder_files(root, chosen, index=index, cache_dir=cache_dir, present=set(images))
+    hashes = hash_folder_files(root, chosen, index=index, cache_dir=cache_dir, present=set(images), dist=dist)
     unreadable = [(chosen[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
     ok = [i for i, h in enumerate(hashes) if not isinstance(h, DataError)]
     order = sorted(ok, key=lambda i: (hashes[i], chosen[i]))

@@ -59,12 +59,14 @@ def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def hash_files(root: Path, rels: list[str], hasher, *, cache_dir=None, present: set[str] | None = None) -> list:
+def hash_files(root: Path, rels: list[str], hasher, *, cache_dir=None, present: set[str] | None = None,
+                write: bool = True) -> list:
     """sha256 of ``root / rel`` for each of ``rels`` (a DataError in place of a file that cannot be read),
     reading only files that are new or changed since the index last saw them.
 
     ``hasher(paths)`` hashes a list of paths (threaded); ``present``, when given, is every file now in the
-    folder, and entries for files gone from it are dropped.
+    folder, and entries for files gone from it are dropped. ``write`` False leaves the index file alone
+    (the other ranks under torchrun: rank 0 writes it).
     """
     root = Path(root)
     path = index_path(root, cache_dir)
@@ -99,7 +101,7 @@ def hash_files(root: Path, rels: list[str], hasher, *, cache_dir=None, present: 
         for r in gone:
             del entries[r]
         changed = changed or bool(gone)
-    if changed:
+    if changed and write:
         doc = {"schema": SCHEMA, "root": root_key, "files": entries}
         try:
             atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode())

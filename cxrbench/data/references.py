@@ -181,7 +181,7 @@ class CheXpert(NamedReference):
 
 
 def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
-                   cache_dir=None) -> ImageSource:
+                   cache_dir=None, dist=None) -> ImageSource:
     from ..registry import REFERENCES as ADAPTERS
 
     adapter = ADAPTERS.get(name)()
@@ -198,7 +198,7 @@ def open_reference(name: str, *, split: str | None = None, seed: int = 0, index:
     if not whole:  # hash only the split's images: the rest of a 112k-image folder is never read
         table = table[_split_rows(name, table, split, folder, defined, adapter.official_splits)].reset_index(drop=True)
     paths = table["path"].tolist()
-    hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir)
+    hashes = hash_folder_files(folder, paths, index=index, cache_dir=cache_dir, dist=dist)
     unreadable = [(paths[i], str(h)) for i, h in enumerate(hashes) if isinstance(h, DataError)]
     order = sorted((i for i, h in enumerate(hashes) if isinstance(h, str)), key=lambda i: (hashes[i], paths[i]))
     table = table.iloc[order].reset_index(drop=True)

@@ -1,7 +1,8 @@
 """Sharding feature extraction across processes with torch.distributed (``torchrun``).
 
 Under ``torchrun --nproc_per_node K -m cxrbench evaluate ...`` (RANK / WORLD_SIZE / LOCAL_RANK set), every
-rank opens the same image sets (same canonical order, same chunks), extracts the chunks ``ci % K == rank``
+rank opens the same image sets (each rank hashes about 1/K of the files and the hashes are all-gathered, so
+every rank has the same canonical order and chunks), extracts the chunks ``ci % K == rank``
 and writes them to the shared cache; the computed chunks are gathered on rank 0, which computes the metrics.
 Chunks are the unit of work, so cache entries are byte-identical to a single-process run's, and the
 features (hence every metric) are the same as one process gives.
@@ -49,6 +50,16 @@ class DistContext:
 
         out = [None] * self.world_size if self.is_main else None
         dist.gather_object(obj, out, dst=0, group=self._gather_group)
+        return out
+
+    def all_gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order, on every rank (sharded hashing: every rank needs every hash)."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self._gather_group)
         return out
 
     def close(self) -> None:

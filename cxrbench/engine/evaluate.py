@@ -126,7 +126,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         samples_sha256 = _set_sha256(samples.hashes)  # of every row, as a folder's is of every file
     else:
         sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
-                                      index=config.use_cache, cache_dir=config.cache_dir)
+                                      index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     expected_n = getattr(proto, "sample_count", None)
     n_found = len(samples if "samples" in precomputed else sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
@@ -147,10 +147,10 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
         sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
-                                        index=config.use_cache, cache_dir=config.cache_dir)
+                                        index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     if train_reference is not None:
         sets["train"] = open_source(train_reference, role="train-reference", seed=config.seed,
-                                    index=config.use_cache, cache_dir=config.cache_dir)
+                                    index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     t_hash = time.perf_counter() - t0
 
     extractors = build_extractors(config.extractors, config, device)
@@ -159,9 +159,10 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         _check_precomputed(role, pre, specs)
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     feats, keep, skipped_files, t1 = {}, {}, {}, time.perf_counter()
-    extracted = {}
+    extracted, stage_s = {}, {}
     for role, src in sets.items():
-        extracted[role] = extract_features(src, extractors, config, cache, device, desc=f"{role} features", dist=dist)
+        extracted[role] = extract_features(src, extractors, config, cache, device, desc=f"{role} features", dist=dist,
+                                           times=stage_s)
         if dist.active:
             continue  # every rank runs every set's collectives before rank 0 may stop on bad images
         _check_set(role, src, *extracted[role], config, feats, keep, skipped_files)
@@ -255,7 +256,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
                 "distributed_backend": dist.backend},
         timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
-                 "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times},
+                 "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times,
+                 # parts of extract_s on rank 0 (summed over the sets)
+                 **{k: round(v, 3) for k, v in stage_s.items()}},
         cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
                "corrupt_entries_recomputed": len(cache.corrupt)},
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),

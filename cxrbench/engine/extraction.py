@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -111,12 +112,20 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
 
 
 def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cache: FeatureCache, device: str,
-                     desc: str, dist: DistContext | None = None) -> tuple[dict[str, np.ndarray] | None, list]:
+                     desc: str, dist: DistContext | None = None,
+                     times: dict | None = None) -> tuple[dict[str, np.ndarray] | None, list]:
     """Features of every image of ``src`` for every extractor; returns (features, bad images).
 
     Under ``dist`` (several ranks) each rank looks up and extracts only its own chunks; rank 0 gathers them
-    and returns everything, the other ranks return ``(None, [])``.
+    and returns everything, the other ranks return ``(None, [])``. ``times`` (a dict), when given, gets
+    seconds added under ``decode_s`` (waiting for decoded batches: the decode itself without workers, what
+    the workers did not hide with them), ``forward_s`` (networks and derived heads, copies to the host) and
+    ``cache_s`` (cache lookups and writes).
     """
+    times = {} if times is None else times
+    for key in ("decode_s", "forward_s", "cache_s"):
+        times.setdefault(key, 0.0)
+    tc = time.perf_counter()
     dist = dist or DistContext()
     n = len(src)
     base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
@@ -142,6 +151,7 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
                 todo.setdefault(ci, [])
                 if need not in todo[ci]:
                     todo[ci].append(need)
+    times["cache_s"] += time.perf_counter() - tc
 
     bad: list[tuple[int, str]] = []
     if todo:
@@ -158,7 +168,10 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
         )
         bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size
+        td = time.perf_counter()  # worker start-up counts as decoding
         for batch in loader:
+            tf = time.perf_counter()
+            times["decode_s"] += tf - td
             ci = chunk_of(batch[0][0])
             good = [(i, img) for i, img, err in batch if err is None]
             bad += [(i, err) for i, img, err in batch if err is not None]
@@ -179,11 +192,15 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             bar.update(len(batch))
             last = batch[-1][0]
             s, t = chunks[ci]
+            tw = time.perf_counter()
+            times["forward_s"] += tw - tf
             if last == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
                 for k in list(base) + list(derived):
                     src_k = k if k in base else derived[k].derived_from
                     if src_k in todo[ci]:
                         cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
+            td = time.perf_counter()
+            times["cache_s"] += td - tw
         bar.close()
     if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
         payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
@@ -229,7 +246,7 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
     dist, device = from_env(device)
     try:
         src = open_source(source, split=config.reference_split, role="reference", seed=config.seed,
-                          index=config.use_cache, cache_dir=config.cache_dir)
+                          index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
         if src.unreadable and not config.skip_bad:
             raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
                             "fix or remove them, or pass --skip-bad")

@@ -35,6 +35,10 @@ def bootstrap_ci(
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
+#: replicates per call of a statistic's ``many(igs, irs)`` (when it has one): a batched statistic reads its
+#: state once per batch rather than once per replicate
+BATCH = 25
+
 #: interval methods ``two_sample_bootstrap`` knows
 CI_METHODS = ("basic", "percentile", "centred")
 
@@ -75,7 +79,9 @@ def two_sample_bootstrap(
     replicates). ``centred`` shifts the percentile interval so the replicates' median sits on the estimate:
     for statistics that are unbiased for their own N-dependent target but whose replicates are pulled by
     the resample's duplicated rows rather than by any bias of the estimator (kNN balls: PRDC). The choice
-    per metric comes from the coverage benchmark (tests/benchmarks/coverage.py).
+    per metric comes from the coverage benchmark (tests/benchmarks/coverage.py). A ``stat`` with a
+    ``many(igs, irs)`` attribute gets ``BATCH`` replicates per call (``irs`` all None for a fixed reference),
+    the same draws in the same order.
     """
     if method not in CI_METHODS:
         raise ValueError(f"CI method {method!r}: expected one of {CI_METHODS}")
@@ -83,10 +89,17 @@ def two_sample_bootstrap(
         return None
     rng = np.random.default_rng(seed)
     vals = np.empty(n_boot)
-    for b in range(n_boot):
-        ig = rng.integers(0, n_gen, size=n_gen)
-        ir = None if n_ref is None else rng.integers(0, n_ref, size=n_ref)
-        vals[b] = stat(ig, ir)
+    many = getattr(stat, "many", None)  # replicates in batches (same draws, same order): see kid.py
+    step = BATCH if many is not None else 1
+    for b0 in range(0, n_boot, step):
+        draws = []
+        for _ in range(min(step, n_boot - b0)):
+            ig = rng.integers(0, n_gen, size=n_gen)
+            draws.append((ig, None if n_ref is None else rng.integers(0, n_ref, size=n_ref)))
+        if step > 1:
+            vals[b0 : b0 + len(draws)] = many([ig for ig, _ in draws], [ir for _, ir in draws])
+        else:
+            vals[b0] = stat(*draws[0])
     what = "both sets" if n_ref is not None else "generated set; reference fixed"
     return interval_from_replicates(vals, value, alpha=alpha, method=method, what=what)
 

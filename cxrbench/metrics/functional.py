@@ -125,6 +125,10 @@ def kid(gen, ref, *, subset_size: int = 1000, n_subsets: int = 100, boot_subsets
         cr = np.bincount(ir, minlength=len(r)) if both else None
         return res.reweighted(np.bincount(ig, minlength=len(g)), cr)
 
+    stat.many = lambda igs, irs: res.reweighted_many(
+        [np.bincount(i, minlength=len(g)) for i in igs],
+        [np.bincount(i, minlength=len(r)) for i in irs] if both else None)
+
     iv = two_sample_bootstrap(stat, len(g), len(r) if both else None, res.mean, n_boot=n_bootstrap, seed=seed,
                               alpha=alpha, method="percentile")
     return with_interval(mv, iv, bias_corrected=False)

@@ -90,30 +90,48 @@ def knn(
     ``B(r, scale[r])`` contain ``q`` most deeply": a value ``<= 1`` means the ball contains the query.
     Returns ``(values (Nq, k) float64, indices (Nq, k) int64)``.
     """
+    (out,), _ = knn_multi(query, ref, k, scales=(scale,), device=device, dtype=dtype, budget=budget)
+    return out
+
+
+def knn_multi(query, ref, k: int, *, scales=(None,), radii=None, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, budget: int = DEFAULT_BUDGET):
+    """Several queries of one pair of sets in one pass over the distance blocks (each block is computed once).
+
+    For each entry of ``scales``, what ``knn(query, ref, k, scale=...)`` returns; with ``radii`` (one per
+    ``ref`` row) also ``ball_counts(query, ref, radii)``. Returns ``([(values, indices), ...], counts or
+    None)``, each equal to the separate call's (PRDC's six N x N passes become four).
+    """
     n_ref = len(ref)
     if not 1 <= k <= n_ref:
         raise ValueError(f"k={k} must be between 1 and the number of reference points ({n_ref})")
     pair = _Pair(query, ref, device=device, dtype=dtype, budget=budget, min_ref=k)
-    inv = None if scale is None else 1.0 / _as_tensor(scale, device, dtype)
-    out_v = torch.empty(len(pair.query), k, dtype=torch.float64)
-    out_i = torch.empty(len(pair.query), k, dtype=torch.int64)
-    best_v = best_i = None
+    invs = [None if s is None else 1.0 / _as_tensor(s, device, dtype) for s in scales]
+    rad = None if radii is None else _as_tensor(radii, device, dtype)
+    counts = None if rad is None else torch.zeros(len(pair.query), dtype=torch.int64, device=pair.query.device)
+    outs = [(torch.empty(len(pair.query), k, dtype=torch.float64), torch.empty(len(pair.query), k, dtype=torch.int64))
+            for _ in invs]
+    best: list = [None] * len(invs)
     for q0, r0, d in pair.blocks():
-        if inv is not None:
-            d = d * inv[r0 : r0 + d.shape[1]]
-        kk = min(k, d.shape[1])
-        v, i = torch.topk(d, kk, dim=1, largest=False)
-        i = i + r0
-        if r0 == 0:
-            best_v, best_i = v, i
-        else:  # merge with the running best: at most q x 2k
-            v, j = torch.topk(torch.cat([best_v, v], 1), k, dim=1, largest=False)
-            best_v, best_i = v, torch.gather(torch.cat([best_i, i], 1), 1, j)
-        if r0 + d.shape[1] >= n_ref:
-            v, i = _refine(pair.query[q0 : q0 + len(best_i)], pair.ref, best_i, inv, budget)
-            out_v[q0 : q0 + len(v)] = v.cpu()
-            out_i[q0 : q0 + len(i)] = i.cpu()
-    return out_v.numpy(), out_i.numpy()
+        if rad is not None:
+            counts[q0 : q0 + len(d)] += (d <= rad[r0 : r0 + d.shape[1]]).sum(1)
+        for j, inv in enumerate(invs):
+            dj = d if inv is None else d * inv[r0 : r0 + d.shape[1]]
+            kk = min(k, dj.shape[1])
+            v, i = torch.topk(dj, kk, dim=1, largest=False)
+            i = i + r0
+            if r0 == 0:
+                best[j] = v, i
+            else:  # merge with the running best: at most q x 2k
+                best_v, best_i = best[j]
+                v, sel = torch.topk(torch.cat([best_v, v], 1), k, dim=1, largest=False)
+                best[j] = v, torch.gather(torch.cat([best_i, i], 1), 1, sel)
+            if r0 + dj.shape[1] >= n_ref:
+                best_i = best[j][1]
+                v, i = _refine(pair.query[q0 : q0 + len(best_i)], pair.ref, best_i, inv, budget)
+                outs[j][0][q0 : q0 + len(v)] = v.cpu()
+                outs[j][1][q0 : q0 + len(i)] = i.cpu()
+    return [(v.numpy(), i.numpy()) for v, i in outs], None if counts is None else counts.cpu().numpy()
 
 
 def _refine(q: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor, inv, budget: int):

@@ -9,8 +9,9 @@ the same within the generated set (k = 5):
   expectation; above 1 when samples crowd the dense regions);
 - coverage: fraction of real points whose own ball contains at least one generated point.
 
-All neighbour queries go through ``knn.py`` (chunked, never N x N). Balls are closed (``<=``; the prdc
-package uses ``<``, identical except on exact ties).
+All neighbour queries go through ``knn.py`` (chunked, never N x N), in four passes over distance blocks:
+the two within-set radii, then one pass per direction serving every query of that direction. Balls are
+closed (``<=``; the prdc package uses ``<``, identical except on exact ties).
 
 Bootstrap over both sets (the reference is a sample too): every value is a mean over the points of one
 set of "is it in a ball of a present point of the other set"; the ``boot_candidates`` deepest balls of
@@ -88,14 +89,16 @@ def prdc(
         raise ValueError(f"PRDC with k={k} needs more than {k} points per set, got {len(real)} and {len(gen)}")
     r_real = knn.kth_radii(real, k, **kw)
     r_gen = knn.kth_radii(gen, k, **kw)
-    gen_counts = knn.ball_counts(gen, real, r_real, **kw)
     kc = min(boot_candidates, len(gen))
-    # recall: balls B(gen_j, r_gen(j)) containing real_i most deeply, i.e. smallest d / r_gen(j)
-    ratio, recall_cand = knn.knn(real, gen, kc, scale=np.maximum(r_gen, 1e-30), **kw)
+    # one pass over the real x generated distances: recall's candidates, the balls B(gen_j, r_gen(j))
+    # containing real_i most deeply (smallest d / r_gen(j)), and coverage's, the nearest generated points
+    ((ratio, recall_cand), (dist, cover_cand)), _ = knn.knn_multi(
+        real, gen, kc, scales=(np.maximum(r_gen, 1e-30), None), **kw)
     recall_hit = ratio <= 1.0
-    dist, cover_cand = knn.knn(real, gen, kc, **kw)
     cover_hit = dist <= r_real[:, None]
-    ratio, prec_cand = knn.knn(gen, real, min(boot_candidates, len(real)), scale=np.maximum(r_real, 1e-30), **kw)
+    # one pass over the generated x real distances: the real balls around each generated point and their count
+    ((ratio, prec_cand),), gen_counts = knn.knn_multi(
+        gen, real, min(boot_candidates, len(real)), scales=(np.maximum(r_real, 1e-30),), radii=r_real, **kw)
     return PRDCResult(
         precision=float((gen_counts > 0).mean()),
         recall=float(recall_hit[:, 0].mean()),
