@@ -25,6 +25,11 @@ from .labels import LABELS, canonical_label
 SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
 
 
+def set_sha256(file_hashes) -> str:
+    """A set's hash: sha256 over its sorted per-file sha256s (the result's and the entry's definition)."""
+    return hashlib.sha256("\n".join(sorted(file_hashes)).encode()).hexdigest()
+
+
 @dataclass
 class ImageSource:
     """An ordered image set. ``ids`` are paths relative to ``root`` (or ``array[i]`` for arrays)."""
@@ -49,7 +54,7 @@ class ImageSource:
     @property
     def sha256(self) -> str:
         """Hash of the set: sha256 over the sorted per-image sha256s (order and names do not matter)."""
-        return hashlib.sha256("\n".join(sorted(self.hashes)).encode()).hexdigest()
+        return set_sha256(self.hashes)
 
     def path(self, i: int) -> Path | None:
         return None if self.root is None or self._array is not None else self.root / self.ids[i]

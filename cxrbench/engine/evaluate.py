@@ -23,6 +23,7 @@ from ..config import (  # noqa: F401  (re-exported: the historical home of these
     EvalConfig,
     resolve_device,
 )
+from ..data.imageset import set_sha256
 from ..data.sources import ImageSource, open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
@@ -123,7 +124,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     samples = shipped_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
     if isinstance(samples, PrecomputedSet):
         precomputed["samples"] = samples
-        samples_sha256 = _set_sha256(samples.hashes)  # of every row, as a folder's is of every file
+        samples_sha256 = set_sha256(samples.hashes)  # of every row, as a folder's is of every file
     else:
         sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
                                       index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
@@ -330,13 +331,6 @@ def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
         values = proto.run(ctx)
     metric_versions[f"protocol:{proto.name}"] = proto.version
     metrics.update({k: v.to_dict() for k, v in values.items()})
-
-
-def _set_sha256(hashes: list[str]) -> str:
-    """A set's hash, as ``ImageSet.sha256`` defines it: sha256 over its sorted per-file sha256s."""
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
 def _duplicates(src: ImageSource) -> list[list[str]]:

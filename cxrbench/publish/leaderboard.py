@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import results
+from ..data.imageset import set_sha256
 from ..errors import DataError
 from ..results import ci_text, floor_text
 from .card import ModelCard, card_from_dict
@@ -56,11 +57,6 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 # --------------------------------------------------------------------------------------------------------
 # Entries: build, validate, load
 # --------------------------------------------------------------------------------------------------------
-
-
-def set_sha256(file_hashes: list[str]) -> str:
-    """The sample-set hash: sha256 over the sorted per-file sha256s (the harness's definition)."""
-    return hashlib.sha256("\n".join(sorted(file_hashes)).encode()).hexdigest()
 
 
 def make_entry(
