@@ -203,3 +203,17 @@ def test_fid_floor_is_compared_like_for_like(synthetic_folders, fast_config):
     s, d = same["metrics"]["fid_random-conv"], diff["metrics"]["fid_random-conv"]
     assert s["value_at_real_vs_real_n"] < 2 * s["real_vs_real"]
     assert d["value_at_real_vs_real_n"] > 3 * d["real_vs_real"]
+
+
+def test_stage_timings_nest_inside_the_extraction(synthetic_folders, fast_config):
+    """The profile's parts add up: decode + forward + cache is the extraction (up to loop overhead), and the
+    preprocessing plus each network's own time fit inside the forward stage."""
+    import dataclasses
+
+    cfg = dataclasses.replace(fast_config, extractors=("random-conv", "pixels"), use_cache=False)
+    t = evaluate(synthetic_folders["real_a"], synthetic_folders["real_b"], config=cfg)["timings"]
+    parts = t["decode_s"] + t["forward_s"] + t["cache_s"]
+    assert set(t["network_s"]) == {"random-conv", "pixels"}
+    assert t["preprocess_s"] + sum(t["network_s"].values()) <= t["forward_s"] + 1e-3
+    assert parts <= t["extract_s"] + 1e-3 and parts >= 0.8 * t["extract_s"]
+    assert t["build_extractors_s"] + t["hash_s"] + t["extract_s"] + t["metrics_s"] <= t["total_s"] + 1e-3

@@ -154,7 +154,9 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                                     index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
     t_hash = time.perf_counter() - t0
 
+    t_build = time.perf_counter()
     extractors = build_extractors(config.extractors, config, device)
+    t_build = time.perf_counter() - t_build
     specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     for role, pre in precomputed.items():
         _check_precomputed(role, pre, specs)
@@ -256,10 +258,12 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         skipped_metrics=skipped_metrics,
         config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
                 "distributed_backend": dist.backend},
-        timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
+        timings={"world_size": dist.world_size, "hash_s": round(t_hash, 3), "build_extractors_s": round(t_build, 3),
+                 "extract_s": round(t_extract, 3), "metrics_s": round(t_metrics, 3),
                  "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times,
                  # parts of extract_s on rank 0 (summed over the sets)
-                 **{k: round(v, 3) for k, v in stage_s.items()}},
+                 **{k: {n: round(x, 3) for n, x in v.items()} if isinstance(v, dict) else round(v, 3)
+                    for k, v in stage_s.items()}},
         cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
                "corrupt_entries_recomputed": len(cache.corrupt)},
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),

@@ -49,6 +49,48 @@ def _collate(batch):
     return batch
 
 
+def default_workers(config: EvalConfig) -> int:
+    return config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
+
+
+def decoded_batches(src: ImageSource, batches: list[list[int]], *, device: str, workers: int = 0,
+                    times: dict | None = None):
+    """The one decode loop: every image of ``batches`` (lists of row indices) decoded once, by DataLoader workers
+    when ``workers`` > 0, and yielded per batch as ``(rows, groups, bad)``: ``rows`` the batch's indices,
+    ``groups`` a list of ``(indices, x)`` with ``x`` the (k, 1, H, W) float32 images of one shape on ``device``
+    (mixed sizes are resized later by each consumer's own preprocessing), ``bad`` the ``(index, message)`` of
+    images that failed to decode. Feature extraction, streamed reference statistics and the augmentation
+    protocol's image classifiers all read images through it.
+
+    ``times["decode_s"]``, when given, accumulates the time spent waiting for decoded batches (the decoding
+    itself without workers; with them, what they did not hide behind the consumer's work) and the host-to-device
+    copy.
+    """
+    if not batches:
+        return
+    if src._array is not None or sum(map(len, batches)) < 64:
+        workers = 0  # arrays are in memory; tiny sets do not repay worker start-up
+    loader = torch.utils.data.DataLoader(
+        _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.startswith("cuda"), persistent_workers=False,
+    )
+    t = time.perf_counter()  # worker start-up counts as decoding
+    for batch in loader:
+        groups: dict[tuple, list] = {}
+        bad = []
+        for i, img, err in batch:
+            if err is None:
+                groups.setdefault(tuple(img.shape), []).append((i, img))
+            else:
+                bad.append((i, err))
+        out = [([i for i, _ in items], torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True))
+               for items in groups.values()]
+        if times is not None:
+            times["decode_s"] = times.get("decode_s", 0.0) + time.perf_counter() - t
+        yield [i for i, _, _ in batch], out, bad
+        t = time.perf_counter()
+
+
 @contextlib.contextmanager
 def precision_scope(precision: str, device: str):
     """TF32 switches for the run, restored afterwards (fp32 turns off cuDNN's default TF32 convolutions)."""
@@ -66,22 +108,41 @@ def precision_scope(precision: str, device: str):
 
 
 @torch.no_grad()
-def run_extractor(e, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+def run_extractor(e, x: torch.Tensor, precision: str = "fp32", *, times: dict | None = None,
+                  name: str | None = None) -> torch.Tensor:
     """``e.extract(x)``, with channels_last input for a channels_last network and bf16 autocast for the network
     forward when asked.
 
     Preprocessing stays float32 (Inception quantises to 8 bit; XRV rescales to [-1024, 1024]); features come
-    back float32. Extractors without parameters (pixel statistics) always run in float32.
+    back float32. Extractors without parameters (pixel statistics) always run in float32. ``times``, when
+    given, accumulates ``preprocess_s`` and ``network_s[name]`` (the network's forward alone).
     """
     p = next(iter(e.parameters()), None)
+    t0 = time.perf_counter()
     if p is None:
-        return e.extract(x)
-    z = e.preprocess(x.to(p.device, torch.float32))
-    if "channels_last" in (getattr(e, "inference_kernels", None) or "") and z.ndim == 4:
-        z = z.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        f = e.forward(z)
-    return f.float()
+        f = e.extract(x)
+        z_done = time.perf_counter()
+    else:
+        z = e.preprocess(x.to(p.device, torch.float32))
+        if "channels_last" in (getattr(e, "inference_kernels", None) or "") and z.ndim == 4:
+            z = z.contiguous(memory_format=torch.channels_last)
+        _sync(z)
+        z_done = time.perf_counter()
+        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            f = e.forward(z).float()
+    if times is not None:
+        _sync(f)
+        t1 = time.perf_counter()
+        times["preprocess_s"] = times.get("preprocess_s", 0.0) + z_done - t0
+        per = times.setdefault("network_s", {})
+        per[name or e.name] = per.get(name or e.name, 0.0) + t1 - z_done
+    return f
+
+
+def _sync(x: torch.Tensor) -> None:
+    """Wait for ``x``'s device (CUDA runs asynchronously), so a stage's time is its own."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
 
 
 def extractor_spec(e, config: EvalConfig) -> dict:
@@ -159,48 +220,31 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
         for ci in sorted(todo):
             s, t = chunks[ci]
             batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
-        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
-        if src._array is not None or sum(len(b) for b in batches) < 64:
-            workers = 0  # arrays are in memory; tiny sets do not repay worker start-up
-        loader = torch.utils.data.DataLoader(
-            _Decode(src), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-            pin_memory=device.startswith("cuda"), persistent_workers=False,
-        )
+        workers = default_workers(config)
         bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size
-        td = time.perf_counter()  # worker start-up counts as decoding
-        for batch in loader:
+        for rows, groups, bad_here in decoded_batches(src, batches, device=device, workers=workers, times=times):
             tf = time.perf_counter()
-            times["decode_s"] += tf - td
-            ci = chunk_of(batch[0][0])
-            good = [(i, img) for i, img, err in batch if err is None]
-            bad += [(i, err) for i, img, err in batch if err is not None]
-            # group by shape: mixed sizes are resized by each extractor's own preprocess
-            groups: dict[tuple, list] = {}
-            for i, img in good:
-                groups.setdefault(tuple(img.shape), []).append((i, img))
-            for items in groups.values():
-                idx = [i for i, _ in items]
-                x = torch.stack([img for _, img in items]).unsqueeze(1).to(device, non_blocking=True)
+            bad += bad_here
+            ci = chunk_of(rows[0])
+            for idx, x in groups:
                 for k in todo[ci]:
                     with precision_scope(config.precision, device):
-                        f = run_extractor(base[k], x, config.precision)
+                        f = run_extractor(base[k], x, config.precision, times=times, name=k)
                     feats[k][idx] = f.cpu().numpy()
                     for dk, de in derived.items():
                         if de.derived_from == k:
                             feats[dk][idx] = de.from_features(f).cpu().numpy()
-            bar.update(len(batch))
-            last = batch[-1][0]
+            bar.update(len(rows))
             s, t = chunks[ci]
             tw = time.perf_counter()
             times["forward_s"] += tw - tf
-            if last == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
+            if rows[-1] == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
                 for k in list(base) + list(derived):
                     src_k = k if k in base else derived[k].derived_from
                     if src_k in todo[ci]:
                         cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
-            td = time.perf_counter()
-            times["cache_s"] += td - tw
+            times["cache_s"] += time.perf_counter() - tw
         bar.close()
     if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
         payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
@@ -257,26 +301,15 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
         acc = {k: RunningMoments(e.num_features, device=device) for k, e in nets.items()}
         n, bs = len(src), config.batch_size
         batches = [list(range(b, min(b + bs, n))) for i, b in enumerate(range(0, n, bs)) if dist.owns(i)]
-        workers = config.num_workers if config.num_workers is not None else min(4, os.cpu_count() or 1)
-        loader = torch.utils.data.DataLoader(
-            _Decode(src), batch_sampler=batches, num_workers=0 if src._array is not None else workers,
-            collate_fn=_collate, pin_memory=device.startswith("cuda"),
-        )
         bar = _progress(sum(map(len, batches)), "reference statistics", config.progress and dist.is_main)
         with precision_scope(config.precision, device):
-            for batch in loader:
-                for i, img, err in batch:
-                    if err is not None and not config.skip_bad:
-                        raise DataError(f"{err}. Fix or remove it, or pass --skip-bad")
-                groups: dict[tuple, list] = {}
-                for i, img, err in batch:
-                    if err is None:
-                        groups.setdefault(tuple(img.shape), []).append(img)
-                for imgs in groups.values():
-                    x = torch.stack(imgs).unsqueeze(1).to(device, non_blocking=True)
+            for rows, groups, bad in decoded_batches(src, batches, device=device, workers=default_workers(config)):
+                if bad and not config.skip_bad:
+                    raise DataError(f"{bad[0][1]}. Fix or remove it, or pass --skip-bad")
+                for _, x in groups:
                     for k, e in nets.items():
                         acc[k].update(run_extractor(e, x, config.precision))
-                bar.update(len(batch))
+                bar.update(len(rows))
         bar.close()
         if dist.active:
             gathered = dist.gather({k: m.to("cpu") for k, m in acc.items()})

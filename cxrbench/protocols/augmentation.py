@@ -32,7 +32,7 @@ import torch
 from ..config import EvalConfig, resolve_device
 from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..data.sources import ImageSource, _align_table, _read_csv, open_source
-from ..engine.extraction import build_extractors, extract_features
+from ..engine.extraction import build_extractors, decoded_batches, default_workers, extract_features
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
@@ -493,18 +493,26 @@ def _train_torch(clf: TorchClassifier, x_tr: torch.Tensor, y_tr: np.ndarray, x_t
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def _load_images(src: ImageSource, idx: np.ndarray, size: int) -> torch.Tensor:
-    """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize."""
+def _load_images(src: ImageSource, idx: np.ndarray, size: int, *, batch_size: int = 64,
+                 workers: int = 0) -> torch.Tensor:
+    """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize; decoded by the
+    engine's one decode loop."""
     import torch.nn.functional as F
 
     from ..features.resize import center_crop_xrv
 
     out = torch.empty(len(idx), 1, size, size)
-    for k, i in enumerate(idx):
-        x = center_crop_xrv(torch.from_numpy(src.load(int(i)))[None, None].float())
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[k] = x[0]
+    pos = {int(i): k for k, i in enumerate(idx)}
+    rows = [int(i) for i in idx]
+    batches = [rows[b : b + batch_size] for b in range(0, len(rows), batch_size)]
+    for _, groups, bad in decoded_batches(src, batches, device="cpu", workers=workers):
+        if bad:
+            raise DataError(f"{bad[0][1]}; remove it or fix the file")
+        for ids, x in groups:
+            x = center_crop_xrv(x)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            out[[pos[i] for i in ids]] = x
     return out
 
 
@@ -606,8 +614,9 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         x_syn = torch.zeros(len(syn_src), 1, size, size)
         # only decode images that can be used
         keep_real = np.union1d(test, pool)
-        x_real[keep_real] = _load_images(real_src, keep_real, size)
-        x_syn[syn_usable] = _load_images(syn_src, syn_usable, size)
+        workers = default_workers(ecfg)
+        x_real[keep_real] = _load_images(real_src, keep_real, size, batch_size=cfg.batch_size, workers=workers)
+        x_syn[syn_usable] = _load_images(syn_src, syn_usable, size, batch_size=cfg.batch_size, workers=workers)
 
     def cat(a, b):
         return np.concatenate([a, b]) if isinstance(a, np.ndarray) else torch.cat([a, b])
