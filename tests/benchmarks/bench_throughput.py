@@ -114,7 +114,7 @@ def route_cxrbench(a) -> dict:
     r = json.loads(out.read_text())
     t = r["timings"]
     return {"values": {k: v["value"] for k, v in r["metrics"].items()},
-            "steps": {"hash": t["hash_s"], "extract": t["extract_s"], "metrics": t["metrics_s"]}}
+            "steps": {"hash": t["hash_s"], "extract": t["extract_s"], "metrics": t["metrics_s"]}, "timings": t}
 
 
 class _XRVFeatures:
@@ -211,10 +211,36 @@ def _run_route(name: str, a, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--route", name, *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "CXRBENCH_ALLOW_UNPUBLISHED_WEIGHTS": "1"}  # the self-made Inception file of prepare_weights
+    t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(f"route {name} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["process_s"] = time.perf_counter() - t  # interpreter start, imports and exit included
+    return out
+
+
+def profile_rows(r: dict) -> list[tuple[str, float]]:
+    """Every second of the cxrbench route's process, from its result's ``timings``: the stages measured
+    inside ``evaluate`` and, as remainders, what lies between them (so the rows sum to the process time)."""
+    t = r["timings"]
+    nets = t.get("network_s", {})
+    fwd_rest = t["forward_s"] - t.get("preprocess_s", 0.0) - sum(nets.values())
+    loop_rest = t["extract_s"] - t["decode_s"] - t["forward_s"] - t["cache_s"]
+    evaluate_rest = t["total_s"] - t["hash_s"] - t.get("build_extractors_s", 0.0) - t["extract_s"] - t["metrics_s"]
+    rows = [("interpreter start, imports, CLI, exit", r["process_s"] - t["total_s"]),
+            ("build extractors (load weights, fold BN)", t.get("build_extractors_s", 0.0)),
+            ("hash: list, read and sha256 both folders", t["hash_s"]),
+            ("decode: waiting for decoded batches", t["decode_s"]),
+            ("preprocessing (resize, quantise, layout)", t.get("preprocess_s", 0.0))]
+    rows += [(f"network forward: {k}", v) for k, v in nets.items()]
+    rows += [("features to host, derived heads", fwd_rest),
+             ("cache lookups and writes", t["cache_s"]),
+             ("extraction loop (progress, bookkeeping)", loop_rest)]
+    rows += [(f"metric {k} (CI + floor)", v) for k, v in t.get("per_metric_s", {}).items()]
+    rows += [("metrics loop, result assembly", t["metrics_s"] - sum(t.get("per_metric_s", {}).values())),
+             ("set checks, provenance", evaluate_rest)]
+    return rows
 
 
 # --- Frechet distance at 2048-d ------------------------------------------------------------------------------
@@ -342,6 +368,14 @@ def main() -> None:
         print(f"{name:10s} {r['wall_s']:8.1f} {n_img / r['wall_s']:8.1f} {r['peak_mb']:12.0f}  {steps}")
     print(f"ratio (peer wall / cxrbench wall): {res['peers']['wall_s'] / res['cxrbench']['wall_s']:.2f}x  "
           f"(images per second counts each of the {n_img} images once; both routes run Inception and XRV on all)")
+    print(f"ratio of whole processes (interpreter start and imports included): "
+          f"{res['peers']['process_s'] / res['cxrbench']['process_s']:.2f}x "
+          f"({res['peers']['process_s']:.1f} s / {res['cxrbench']['process_s']:.1f} s)")
+    rows = profile_rows(res["cxrbench"])
+    print(f"\ncxrbench route, every second of its process ({res['cxrbench']['process_s']:.1f} s):")
+    for label, v in rows:
+        print(f"  {label:44s} {v:8.1f} s  {100 * v / res['cxrbench']['process_s']:5.1f} %")
+    print(f"  {'sum':44s} {sum(v for _, v in rows):8.1f} s")
     print("\nagreement on shared metrics (same weights, same images):")
     for k, v in sorted(res["peers"]["values"].items()):
         c = res["cxrbench"]["values"].get(k)
