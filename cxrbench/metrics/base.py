@@ -103,6 +103,26 @@ class EvalContext:
         return [n for n, s in self.extractors.items() if s.get("kind") == "embedding"]
 
 
+@dataclass
+class FigureSpec:
+    """One figure of the report (``Metric.figures``), drawn by the report's renderer for ``kind`` from ``data``.
+
+    Kinds the report draws (``cxrbench.publish.report.RENDERERS``), with their ``data``: ``"ks_histogram"`` (a KS
+    value dict with ``dims``), ``"fd_against_1_over_n"`` (an FD_inf value dict with ``sizes`` and ``fd``),
+    ``"prevalence"`` (``{label: {"samples", "reference"}}``), ``"per_label"`` (``{"per_label": {label: v},
+    "reference_per_label": {label: v} or None}``), ``"nearest_pairs"`` (``[{"sample", "train", "distance"}]``,
+    paths relative to the samples' and training folders), and ``"note"`` (no figure: ``caption`` is a note
+    beside the table). A kind the report does not draw becomes a note saying so.
+    """
+
+    kind: str
+    key: str  # the result's metric key the figure shows (``fd_inf_xrv``)
+    name: str  # file stem and anchor, unique in the report
+    title: str = ""
+    caption: str = ""
+    data: Any = None
+
+
 class Metric:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
@@ -137,24 +157,6 @@ class Metric:
         """The report's figures (and notes) for one stored output: ``key`` as in the result (``fid_xrv``),
         ``value`` its stored dict (``MetricValue.to_dict()``). None by default."""
         return []
-
-
-@dataclass
-class FigureSpec:
-    """One figure of the report, drawn by the report's renderer for ``kind`` from ``data``.
-
-    Kinds the report draws (``cxrbench.publish.report.RENDERERS``): ``"ks_histogram"`` (data: the KS value dict
-    with ``dims``), ``"fd_against_1_over_n"`` (the FD_inf value dict with ``sizes``/``fd``), ``"prevalence"``
-    (``{label: {samples, reference}}``), ``"per_label"`` (``{"per_label", "reference_per_label"}``),
-    ``"nearest_pairs"`` (the memorization value dict with ``closest_pairs``), and ``"note"`` (no figure: the
-    caption is a note under the table). A kind the report does not know is shown as a note.
-    """
-
-    kind: str
-    name: str  # file stem and anchor, unique in the report
-    title: str = ""
-    caption: str = ""
-    data: Any = None
 
 
 @dataclass

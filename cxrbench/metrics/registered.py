@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import functional as F
-from .base import EvalContext, FeaturePair, MetricValue, TwoSampleMetric
+from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
 from .common import MetricSettings, classifier_of, float64_device, missing_classifier, missing_features
 from .fd_inf import fd_inf_two_sample
 from .fid import fid_from_features
@@ -108,6 +108,13 @@ class FDInf(TwoSampleMetric):
     def point(self, x, y, pair: FeaturePair) -> float:
         return max(0.0, fd_inf_two_sample(x, y, **self._kw(pair))[0])
 
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        sizes, fd = value.get("sizes"), value.get("fd")
+        if not (sizes and fd and len(sizes) == len(fd)):
+            return []
+        return [FigureSpec("fd_against_1_over_n", key, f"fd_{key}", f"{key}: FD against 1/N",
+                           "the intercept at 1/N = 0 is FD_inf", value)]
+
 
 class KSFeatures(TwoSampleMetric):
     """The KS battery over every dimension of an embedding (Benjamini-Hochberg at ``ks_q``)."""
@@ -123,6 +130,17 @@ class KSFeatures(TwoSampleMetric):
 
     def point(self, x, y, pair: FeaturePair) -> float:
         return ks_battery(x, y, pair.names, q=pair.settings.ks_q).fraction
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if isinstance(value.get("dims"), dict) and value["dims"]:
+            return [FigureSpec("ks_histogram", key, f"ks_{key}", f"{key}: KS D histogram",
+                               "two-sample KS statistic of every dimension; red: rejected after Benjamini-Hochberg",
+                               value)]
+        if value.get("max_d") is not None:  # the battery had too many dimensions to store each one
+            return [FigureSpec("note", key, f"ks_{key}", caption=(
+                f"{key}: per-dimension D not stored in the result (too many dimensions); median D "
+                f"{value['median_d']:.4g}, max D {value['max_d']:.4g} ({value.get('worst')})."))]
+        return []
 
 
 class _KSOne(KSFeatures):
