@@ -318,8 +318,9 @@ def test_leaderboard_ranks_cxr64_by_its_headline_metric():
 
     keys = ["coverage_cxr64", "fd_inf_cxr64", "fid_cxr64", "fid_inception", "kid_cxr64"]
     assert default_rank_key(keys, "cxr64") == proto.CXR64Protocol.headline == "fid_cxr64"
-    assert default_rank_key(keys, "default") == "fid_cxr64"  # first fid_ column, alphabetically
-    assert default_rank_key(["fid_inception", "kid_xrv"], "cxr64") == "fid_inception"
+    # no headline: the first of the fid metric's outputs for the table's extractors, alphabetically
+    assert default_rank_key(keys, "default", ["cxr64", "inception"]) == "fid_cxr64"
+    assert default_rank_key(["fid_inception", "kid_xrv"], "cxr64", ["inception", "xrv"]) == "fid_inception"
 
 
 def test_augmentation_labels_synthetic_images_with_the_probe_extractors_own_head():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from cxrbench.engine.metric_runner import run_metric
 from cxrbench.features.pixels import FEATURE_NAMES
 from cxrbench.metrics.ks import (
     benjamini_hochberg,
@@ -77,9 +78,9 @@ def test_the_three_batteries_as_metrics():
     ref = feature_set("reference", {"e": emb_r, "xrv-classifier": lab_r, "pixels": pix_r})
     ctx = context(gen, ref)
     ctx.extractors["xrv-classifier"]["feature_names"] = [f"path{i}" for i in range(18)]
-    feats = KSFeatures().compute(ctx)["ks_features_e"]
-    labels = KSLabels().compute(ctx)["ks_labels"]
-    pixels = KSPixels().compute(ctx)["ks_pixels"]
+    feats = run_metric(KSFeatures(), ctx)["ks_features_e"]
+    labels = run_metric(KSLabels(), ctx)["ks_labels"]
+    pixels = run_metric(KSPixels(), ctx)["ks_pixels"]
     assert feats.value > 0.8 and feats.real_vs_real < 0.1
     assert labels.extra["worst"] == "path7" and labels.extra["n_rejected"] >= 1
     assert pixels.extra["n_tests"] == 10 and set(pixels.extra["dims"]) == set(FEATURE_NAMES)
@@ -91,7 +92,7 @@ def test_the_three_batteries_as_metrics():
 def test_battery_skips_without_its_extractor():
     x = np.zeros((10, 4))
     ctx = context(feature_set("samples", {"e": x}), feature_set("reference", {"e": x}))
-    assert "pixels" in KSPixels().skip_reason(ctx) and KSPixels().compute(ctx) == {}
+    assert "pixels" in KSPixels().skip_reason(ctx) and run_metric(KSPixels(), ctx) == {}
 
 
 def test_weighted_ks_equals_the_statistic_of_the_resampled_rows():

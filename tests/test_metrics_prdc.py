@@ -5,6 +5,7 @@ import pytest
 import torch
 from prdc import compute_prdc
 
+from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics import knn
 from cxrbench.metrics.prdc import prdc
 from cxrbench.metrics.registered import PRDC
@@ -65,7 +66,7 @@ def test_metric_reports_all_four_per_extractor(sets):
     real, gen = sets
     ctx = context(feature_set("samples", {"a": gen, "b": gen[:, :8]}),
                   feature_set("reference", {"a": real, "b": real[:, :8]}))
-    out = PRDC().compute(ctx)
+    out = run_metric(PRDC(), ctx)
     assert set(out) == set(PRDC().output_keys(["a", "b"]))
     for v in out.values():
         assert v.higher_is_better and v.n_gen == len(gen) and v.n_ref == len(real)

@@ -168,7 +168,7 @@ def test_harness_writes_the_block_and_the_report_shows_it(world):
     assert "3 sample(s)" in conds["Edema"]["skipped"]
     fid = conds["Effusion"]["metrics"]["fid_random-conv"]
     assert (fid["n_gen"], fid["n_ref"]) == (22, 24)
-    md = render_markdown(result, type("R", (), {"figures": [], "notes": []})(), {})
+    md = render_markdown(result, type("R", (), {"figures": [], "notes": [], "pairs": []})(), {})
     assert "## Per condition" in md and "| Effusion | 22/24 | fid_random-conv |" in md
     assert "condition Edema (3/0)" in md
 

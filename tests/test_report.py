@@ -6,12 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from cxrbench.cli import main
 from cxrbench.harness import evaluate
-from cxrbench.report import write_report
+from cxrbench.report import RENDERERS, figure_specs, write_report
 from cxrbench.results import load
 
 from .conftest import write_pngs
@@ -71,25 +72,35 @@ def copies(result, tmp_path):
     return {name: tmp_path / name for name in ("real_a", "real_b", "shifted")}
 
 
-def _with_extras(result, folders):
-    """The random-conv result plus entries carrying every extra the report draws (as the metrics write them)."""
-    r = copy.deepcopy(result)
-    base = {"ci": [0.1, 0.3], "n_gen": 40, "n_ref": 40, "higher_is_better": False}
-    samples = sorted(p.name for p in folders["shifted"].glob("*.png"))
-    train = sorted(p.name for p in folders["real_b"].glob("*.png"))
-    r["train_reference"] = {"path": str(folders["real_b"]), "n": 40, "kind": "folder", "split": "all"}
-    r["metrics"].update({
-        "label_mae": {**base, "value": 0.2, "real_vs_real": 0.02, "worst": "Effusion", "threshold": 0.5,
-                      "prevalence": {"Effusion": {"samples": 0.5, "reference": 0.1},
-                                     "Mass": {"samples": 0.05, "reference": 0.07}}},
-        "ks_pixels": {**base, "value": 0.5, "real_vs_real": 0.0, "median_d": 0.3, "max_d": 0.8, "worst": "mean",
-                      "dims": {f"s{i}": {"d": 0.1 * i, "p": 0.01, "rejected": i > 3} for i in range(1, 9)}},
-        "fd_inf_random-conv": {**base, "value": 1.5, "real_vs_real": 0.1, "sizes": [10, 20, 30, 40],
-                               "fd": [4.0, 2.8, 2.3, 2.1], "slope": 25.0},
-        "memorization_random-conv": {**base, "value": 0.05, "real_vs_real": 0.05, "threshold": 1.0,
-                                     "closest_pairs": [{"sample": s, "train": t, "distance": 0.5 + i}
-                                                       for i, (s, t) in enumerate(zip(samples[:3], train[:3]))]},
-    })
+@pytest.fixture(scope="module")
+def evaluated_all(evaluated, tmp_path_factory):
+    """Every metric that draws a figure, computed by the engine: cxr64 (random weights), its label head and the
+    pixel statistics; the shifted set as conditional samples (every other one requests Effusion), real_b as the
+    generator's training set."""
+    from cxrbench.harness import EvalConfig
+
+    _, folders = evaluated
+    root = tmp_path_factory.mktemp("report_all")
+    cond = shutil.copytree(folders["shifted"], root / "cond")
+    names = sorted(p.name for p in cond.glob("*.png"))
+    pd.DataFrame({"path": names, "Effusion": [i % 2 for i in range(len(names))]}).to_csv(cond / "manifest.csv",
+                                                                                          index=False)
+    config = EvalConfig(extractors=("cxr64", "cxr64-classifier", "pixels"), weights="random", n_bootstrap=20,
+                        metrics=("fid", "fd_inf", "labels", "label_adherence", "ks_pixels", "memorization"),
+                        cache_dir=str(root / "cache"), progress=False, num_workers=0)
+    r = evaluate(cond, folders["real_a"], config=config, train_reference=folders["real_b"])
+    return r.save(root / "result.json"), {**folders, "cond": cond}
+
+
+@pytest.fixture
+def result_all(evaluated_all, tmp_path):
+    """``evaluated_all``'s result, re-pointed at this test's own copies of its folders."""
+    path, folders = evaluated_all
+    r = load(path)
+    for name in ("cond", "real_a", "real_b"):
+        shutil.copytree(folders[name], tmp_path / name)
+    r["samples"]["path"], r["reference"]["path"] = str(tmp_path / "cond"), str(tmp_path / "real_a")
+    r["train_reference"]["path"] = str(tmp_path / "real_b")
     return r
 
 
@@ -143,19 +154,50 @@ def test_report_renders_when_image_folders_are_gone(result, copies, tmp_path):
     assert not list(paths["md"].parent.glob("*.png"))
 
 
-def test_extras_get_their_figures(result, copies, tmp_path):
-    r = _with_extras(result, copies)
+def test_extras_get_their_figures(result_all, tmp_path):
+    r = result_all
     html = write_report(r, tmp_path / "rep")["html"].read_text()
     ids = re.findall(r'<figure id="([^"]+)"', html)
-    assert sorted(ids) == sorted(["grid_samples", "grid_reference", "fd_fd_inf_random-conv",
-                                  "prevalence_label_mae", "ks_ks_pixels", "pairs_memorization_random-conv"])
+    assert sorted(ids) == sorted(["grid_samples", "grid_reference", "fd_fd_inf_cxr64", "prevalence_label_mae",
+                                  "ks_ks_pixels", "pairs_memorization_cxr64", "per_label_label_adherence_auroc"])
     assert len(_decoded_pngs(html)) == len(ids)
     assert set(_table(html)) == set(r["metrics"])
+    pairs = r["metrics"]["memorization_cxr64"]["closest_pairs"]
+    assert all(p["sample"] in html and p["train"] in html for p in pairs[:6])  # the pairs' table
     # without the training folder the pairs figure becomes a note; the rest still renders
-    shutil.rmtree(copies["real_b"])
+    shutil.rmtree(tmp_path / "real_b")
     html = write_report(r, tmp_path / "rep2")["html"].read_text()
     assert "pairs_memorization" not in html and "nearest-pair images omitted" in html
     assert len(_decoded_pngs(html)) == len(ids) - 1
+
+
+def test_figures_come_from_the_registered_metric_that_made_the_key(result_all, tmp_path):
+    r = copy.deepcopy(result_all)
+    specs = {s.name: s for s in figure_specs(r)}
+    assert specs["ks_ks_pixels"].data is r["metrics"]["ks_pixels"]
+    # a metric this installation does not have (a plug-in elsewhere) gets no figure and no error, whatever its
+    # keys look like; so do keys no metric of the result declares
+    r["metric_versions"] = {**{k: v for k, v in r["metric_versions"].items() if k != "ks_pixels"},
+                            "not_installed": "1"}
+    r["metrics"]["ks_lookalike"] = copy.deepcopy(r["metrics"]["ks_pixels"])
+    assert {s.name for s in figure_specs(r)} == set(specs) - {"ks_ks_pixels"}
+    html = write_report(r, tmp_path / "rep")["html"].read_text()
+    assert "ks_ks_pixels" not in html and "ks_ks_lookalike" not in html
+    # a battery too wide to store per-dimension D: the KS metric's hook gives a note instead
+    r = copy.deepcopy(result_all)
+    del r["metrics"]["ks_pixels"]["dims"]
+    html = write_report(r, tmp_path / "rep2")["html"].read_text()
+    assert "ks_ks_pixels" not in html and "ks_pixels: per-dimension D not stored" in html
+
+
+def test_a_figure_kind_the_report_does_not_draw_is_a_note(result_all, tmp_path, monkeypatch):
+    from cxrbench.metrics.base import FigureSpec
+    from cxrbench.metrics.registered import FID
+
+    monkeypatch.setattr(FID, "figures", lambda self, key, value: [FigureSpec("violin", key, f"violin_{key}", "v")])
+    html = write_report(result_all, tmp_path / "rep")["html"].read_text()
+    assert "violin_fid_cxr64" not in html and "fid_cxr64: figure &#x27;v&#x27; not drawn" in html
+    assert set(RENDERERS) >= {"ks_histogram", "fd_against_1_over_n", "prevalence", "per_label", "nearest_pairs"}
 
 
 def test_cli_report_and_evaluate_report(evaluated, synthetic_folders, fast_config, tmp_path, capsys):
@@ -178,8 +220,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-def test_report_opens_in_headless_chromium(result, copies, tmp_path):
-    r = _with_extras(result, copies)
+def test_report_opens_in_headless_chromium(result_all, tmp_path):
+    r = result_all
     html = write_report(r, tmp_path / "rep")["html"]
     n_img = len(IMG.findall(html.read_text()))
 

@@ -41,6 +41,7 @@ from .extraction import (  # noqa: F401  (re-exported)
     reference_statistics,
     run_extractor,
 )
+from .metric_runner import run_metric
 from .per_condition import per_condition
 from .provenance import make_result
 from .reference_stats import check_specs, is_reference_stats, load_reference_stats
@@ -200,7 +201,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                 skipped_metrics[m.name] = reason
                 continue
             tm = time.perf_counter()
-            values: dict[str, MetricValue] = m.compute(ctx)
+            values: dict[str, MetricValue] = run_metric(m, ctx)
             metric_times[m.name] = round(time.perf_counter() - tm, 3)
             metric_versions[m.name] = m.version
             for key, v in values.items():

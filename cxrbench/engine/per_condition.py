@@ -3,8 +3,8 @@
 A conditional generator writes one 0/1 column per requested label into the samples' ``manifest.csv``
 (``cxrbench sample``); the reference carries its labels (``labels.csv``, or the label columns of a protocol's
 shipped features). For every label some sample requested, each metric that declares ``per_condition`` (the
-feature-distribution metrics: FID, KID, FD_inf, PRDC, the KS batteries) is computed again by its own
-``compute`` on the two row subsets, so each value has its own bootstrap CI and its own real-vs-real floor
+feature-distribution metrics: FID, KID, FD_inf, PRDC, the KS batteries) is computed again (``run_metric``)
+on the two row subsets, so each value has its own bootstrap CI and its own real-vs-real floor
 (two halves of the condition's reference images). "Healthy" is the ``No Finding`` label.
 
 A condition gets values only with at least ``MIN_SAMPLES`` samples and ``MIN_REFERENCE`` reference images:
@@ -23,6 +23,7 @@ import numpy as np
 from ..data.labels import LABELS
 from ..metrics.base import EvalContext, FeatureSet
 from ..metrics.labels import requested_labels
+from .metric_runner import run_metric
 
 MIN_SAMPLES = 20
 MIN_REFERENCE = 20
@@ -91,7 +92,7 @@ def _compute(metrics, sub: EvalContext) -> dict:
             if why:
                 skipped[m.name] = why
                 continue
-            values.update({k: v.to_dict() for k, v in m.compute(sub).items()})
+            values.update({k: v.to_dict() for k, v in run_metric(m, sub).items()})
     out: dict = {"metrics": dict(sorted(values.items()))}
     if skipped:
         out["skipped_metrics"] = skipped

@@ -4,6 +4,16 @@ A metric is a pure function of cached features (or of a few decoded images): it 
 keys with ``higher_is_better`` and a ``version``; the leaderboard reads those, never a hard-coded table.
 Per-extractor metrics (``per_extractor = True``) are computed once for every embedding extractor that ran
 and their keys get the extractor's suffix: ``fid`` -> ``fid_inception``, ``fid_xrv``.
+
+Two kinds of metric:
+
+- ``TwoSampleMetric``: a value of the samples' features against the reference's (FID, KID, PRDC, FD_inf, the KS
+  batteries). It supplies ``estimate`` (value and interval) and ``point`` (the bare estimate); the engine
+  (``cxrbench.engine.metric_runner.run_metric``) runs it for every extractor, adds the real-vs-real floor,
+  suffixes the keys and sets the direction from ``outputs``.
+- any other ``Metric`` (memorization, MS-SSIM, label metrics, RRS) implements ``compute(ctx)`` itself.
+
+Either kind may draw its own figures in the report: ``figures(key, value)`` returns ``FigureSpec``s.
 """
 
 from __future__ import annotations
@@ -93,6 +103,26 @@ class EvalContext:
         return [n for n, s in self.extractors.items() if s.get("kind") == "embedding"]
 
 
+@dataclass
+class FigureSpec:
+    """One figure of the report (``Metric.figures``), drawn by the report's renderer for ``kind`` from ``data``.
+
+    Kinds the report draws (``cxrbench.publish.report.RENDERERS``), with their ``data``: ``"ks_histogram"`` (a KS
+    value dict with ``dims``), ``"fd_against_1_over_n"`` (an FD_inf value dict with ``sizes`` and ``fd``),
+    ``"prevalence"`` (``{label: {"samples", "reference"}}``), ``"per_label"`` (``{"per_label": {label: v},
+    "reference_per_label": {label: v} or None}``), ``"nearest_pairs"`` (``[{"sample", "train", "distance"}]``,
+    paths relative to the samples' and training folders), and ``"note"`` (no figure: ``caption`` is a note
+    beside the table). A kind the report does not draw becomes a note saying so.
+    """
+
+    kind: str
+    key: str  # the result's metric key the figure shows (``fd_inf_xrv``)
+    name: str  # file stem and anchor, unique in the report
+    title: str = ""
+    caption: str = ""
+    data: Any = None
+
+
 class Metric:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
@@ -122,3 +152,80 @@ class Metric:
 
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        """The report's figures (and notes) for one stored output: ``key`` as in the result (``fid_xrv``),
+        ``value`` its stored dict (``MetricValue.to_dict()``). None by default."""
+        return []
+
+
+@dataclass
+class FeaturePair:
+    """What a ``TwoSampleMetric`` sees for one extractor; built by the engine.
+
+    ``ref`` is None where the reference is saved statistics (``cxrbench stats``): ``ref_stats`` then holds
+    ``{"mu", "sigma", "n", "real_vs_real", ...}`` and only metrics with ``accepts_reference_stats`` get here.
+    """
+
+    gen: np.ndarray  # (N_gen, D)
+    ref: np.ndarray | None  # (N_ref, D), rows in the reference's canonical order
+    extractor: str
+    names: list[str]  # the D dimensions' names (``common.dimension_names``)
+    settings: Any  # common.MetricSettings (common imports this module)
+    device: str = "cpu"
+    patient_ids: list[str] | None = None  # the reference's, for the patient-wise real-vs-real split
+    ref_stats: dict | None = None
+
+
+class TwoSampleMetric(Metric):
+    """A metric of the samples' features against the reference's; the engine owns the rest.
+
+    A subclass supplies two value functions; ``cxrbench.engine.metric_runner.run_metric(metric, ctx)`` runs it
+    once per extractor (``extractors_of``), computes the real-vs-real floor with ``point`` on two halves of the
+    reference (``common.matched_floor``) and the metric's own value at the floor's sizes, suffixes the keys with
+    ``_{extractor}`` (when ``per_extractor``) and sets ``higher_is_better`` from ``outputs``:
+
+    - ``estimate(pair)``: the value with its interval: a ``MetricValue`` (one output) or ``{output: MetricValue}``;
+    - ``point(x, y, pair)``: the bare estimate of rows ``x`` against rows ``y``: a float, or
+      ``{output: float}``.
+
+    Adding one is a class and a registration (``METRICS.register("mmd")`` or a ``cxrbench.metrics`` entry
+    point)::
+
+        from cxrbench.metrics.base import TwoSampleMetric, MetricValue
+
+        class MeanDistance(TwoSampleMetric):  # the README's example
+            name = "mean_dist"
+            outputs = {"mean_dist": False}  # -> mean_dist_<extractor>, lower is better
+
+            def point(self, x, y, pair):
+                return float(np.linalg.norm(x.mean(0) - y.mean(0)))
+
+            def estimate(self, pair):
+                return MetricValue(self.point(pair.gen, pair.ref, pair), False, n_gen=len(pair.gen),
+                                   n_ref=len(pair.ref))
+
+    Optional hooks: ``extractors_of(ctx)`` (default: every embedding extractor), ``prepare(pair)`` (e.g. drop
+    columns), ``skip_reason(ctx)``. ``compute`` is not for direct calls: use ``run_metric``.
+    """
+
+    per_extractor = True
+    per_condition = True
+
+    def extractors_of(self, ctx: EvalContext) -> list[str]:
+        """The extractors this metric runs on (their features must be in both sets)."""
+        return ctx.embedding_extractors()
+
+    def prepare(self, pair: FeaturePair) -> FeaturePair:
+        """The pair as ``estimate`` and ``point`` see it (e.g. columns dropped); unchanged by default."""
+        return pair
+
+    def estimate(self, pair: FeaturePair) -> MetricValue | dict[str, MetricValue]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def point(self, x: np.ndarray, y: np.ndarray, pair: FeaturePair) -> float | dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
+        raise TypeError(f"{type(self).__name__} is a TwoSampleMetric: the engine runs it; call "
+                        "cxrbench.engine.metric_runner.run_metric(metric, ctx)")

@@ -29,7 +29,7 @@ from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
 from ..data.labels import canonical_label
-from .base import EvalContext, Metric, MetricValue
+from .base import EvalContext, FigureSpec, Metric, MetricValue
 from .bootstrap import two_sample_bootstrap
 from .common import (
     MetricSettings,
@@ -125,6 +125,12 @@ class LabelDistribution(Metric):
             out[key] = with_floor(mv, *matched_floor(fn, pg, pr, st, ctx.ref.patient_ids))
         return out
 
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if not (isinstance(value.get("prevalence"), dict) and value["prevalence"]):
+            return []
+        return [FigureSpec("prevalence", key, f"prevalence_{key}", f"{key}: label prevalence",
+                           "fraction of images the classifier calls positive, per label", value["prevalence"])]
+
 
 # --- adherence of conditional samples -------------------------------------------------------------------
 
@@ -215,6 +221,12 @@ class LabelAdherence(Metric):
         rvr = _nanmean(list(ceiling.values())) if ceiling else None
         return {"label_adherence_auroc": MetricValue(
             value, True, ci, len(probs), len(ctx.ref), rvr, extra=extra)}
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if not (isinstance(value.get("per_label"), dict) and value["per_label"]):
+            return []
+        return [FigureSpec("per_label", key, f"per_label_{key}", f"{key}: per label", "dashed line: chance (0.5)",
+                           {"per_label": value["per_label"], "reference_per_label": value.get("reference_per_label")})]
 
     @staticmethod
     def _reference_ceiling(ctx: EvalContext, req, cols) -> dict[str, float]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import knn
-from .base import EvalContext, Metric, MetricValue
+from .base import EvalContext, FigureSpec, Metric, MetricValue
 from .bootstrap import real_vs_real_split
 from .common import MetricSettings, bootstrap_interval, features_of
 
@@ -102,3 +102,11 @@ class Memorization(Metric):
             }
             out[f"memorization_{e}"] = MetricValue(res.rate, False, ci, len(gen), len(ref), rvr, extra=extra)
         return out
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if not (isinstance(value.get("closest_pairs"), list) and value["closest_pairs"]):
+            return []
+        t = value.get("threshold")
+        return [FigureSpec("nearest_pairs", key, f"pairs_{key}", f"{key}: nearest pairs",
+                           "threshold (5th percentile of held-out-to-train distances): " + ("-" if t is None else f"{t:.4g}"),
+                           value["closest_pairs"])]

@@ -1,5 +1,7 @@
-"""The registered feature-distribution metrics (``fid``, ``fd_inf``, ``kid``, ``prdc``, ``ks_*``): adapters from
-an ``EvalContext`` to the functional API, with each metric's real-vs-real floor.
+"""The registered feature-distribution metrics (``fid``, ``fd_inf``, ``kid``, ``prdc``, ``ks_*``): each is its two
+value functions over the functional API (``estimate``: value and interval; ``point``: the bare estimate the
+real-vs-real floor uses). The engine (``engine/metric_runner.py``) runs them per extractor, adds the floor,
+the key suffix and the direction.
 
 They sit above ``functional`` (which builds on the estimators in ``fid.py``, ``kid.py``, ...), so no estimator
 module imports the functional API back.
@@ -7,23 +9,14 @@ module imports the functional API back.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import numpy as np
 
 from . import functional as F
-from .base import EvalContext, Metric, MetricValue
-from .common import (
-    MetricSettings,
-    classifier_of,
-    dimension_names,
-    features_of,
-    float64_device,
-    matched_floor,
-    missing_classifier,
-    missing_features,
-    with_floor,
-)
+from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
+from .common import MetricSettings, classifier_of, float64_device, missing_classifier, missing_features
 from .fd_inf import fd_inf_two_sample
 from .fid import fid_from_features
 from .kid import kid
@@ -31,59 +24,47 @@ from .ks import ks_battery
 from .prdc import prdc
 
 
-class FID(Metric):
+class FID(TwoSampleMetric):
     name = "fid"
     version = "1"
     outputs = {"fid": False}
-    per_extractor = True
-    per_condition = True
     accepts_reference_stats = True
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        st = MetricSettings.from_config(ctx.config)
-        dev = ctx.device if ctx.device != "mps" else "cpu"  # mps has no float64
-        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=dev)
-        out = {}
-        for ext in ctx.embedding_extractors():
-            g = ctx.gen.features[ext]
-            cached = (ctx.ref.stats or {}).get(ext) if ext not in ctx.ref.features else None
-            if cached is not None:  # reference given as statistics (`cxrbench stats`): its floor comes with them
-                mv = F.fid(g, ref_stats=cached, **kw)
-                mv.real_vs_real = cached.get("real_vs_real")
-                mv.extra.update({"real_vs_real_n": cached.get("real_vs_real_n"), "reference_from_statistics": True})
-            else:
-                r = ctx.ref.features[ext]
-                mv = with_floor(F.fid(g, r, **kw), *matched_floor(fid_from_features, g, r, st, ctx.ref.patient_ids))
-            out[f"fid_{ext}"] = mv
-        return out
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        st = pair.settings
+        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
+        if pair.ref is None:  # reference given as statistics (`cxrbench stats`)
+            return F.fid(pair.gen, ref_stats=pair.ref_stats, **kw)
+        return F.fid(pair.gen, pair.ref, **kw)
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return fid_from_features(x, y)
 
 
-class KID(Metric):
+class KID(TwoSampleMetric):
     name = "kid"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"kid": False}
-    per_extractor = True
-    per_condition = True
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(subset_size=st.kid_subset_size, n_subsets=st.kid_subsets, seed=st.seed,
-                  device=float64_device(ctx.device))
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            mv = F.kid(gen, ref, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap, alpha=st.alpha, **kw)
-            out[f"kid_{e}"] = with_floor(mv, *matched_floor(lambda x, y: kid(x, y, **kw).mean, gen, ref, st,
-                                                            ctx.ref.patient_ids))
-        return out
+    @staticmethod
+    def _kw(pair: FeaturePair) -> dict:
+        st = pair.settings
+        return dict(subset_size=st.kid_subset_size, n_subsets=st.kid_subsets, seed=st.seed,
+                    device=float64_device(pair.device))
+
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        st = pair.settings
+        return F.kid(pair.gen, pair.ref, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap, alpha=st.alpha,
+                     **self._kw(pair))
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return kid(x, y, **self._kw(pair)).mean
 
 
-class PRDC(Metric):
+class PRDC(TwoSampleMetric):
     name = "prdc"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
-    per_extractor = True
-    per_condition = True
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         k = MetricSettings.from_config(ctx.config).prdc_k
@@ -91,101 +72,93 @@ class PRDC(Metric):
             return f"PRDC with k={k} needs more than {k} generated and {2 * k + 1} reference images"
         return None
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=ctx.device, budget=st.knn_budget)
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            res = F.prdc(gen, ref, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, **kw)
-            floor, matched, sizes = matched_floor(lambda x, y: prdc(y, x, **kw).as_dict(), gen, ref, st,
-                                                  ctx.ref.patient_ids)
-            for key, mv in res.items():
-                out[f"{key}_{e}"] = with_floor(mv, None if floor is None else floor[key],
-                                               None if matched is None else matched[key], sizes)
-        return out
+    @staticmethod
+    def _kw(pair: FeaturePair) -> dict:
+        st = pair.settings
+        return dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=pair.device, budget=st.knn_budget)
+
+    def estimate(self, pair: FeaturePair) -> dict[str, MetricValue]:
+        st = pair.settings
+        return F.prdc(pair.gen, pair.ref, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, **self._kw(pair))
+
+    def point(self, x, y, pair: FeaturePair) -> dict[str, float]:
+        return prdc(y, x, **self._kw(pair)).as_dict()
 
 
-class FDInf(Metric):
+class FDInf(TwoSampleMetric):
     name = "fd_inf"
     version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
     outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
-    per_extractor = True
-    per_condition = True
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         if len(ctx.gen) < 10 or len(ctx.ref) < 20:
             return f"FD_inf needs at least 10 generated and 20 reference images, got {len(ctx.gen)}, {len(ctx.ref)}"
         return None
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        st = MetricSettings.from_config(ctx.config)
-        kw = dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed,
-                  device=float64_device(ctx.device))
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            mv = F.fd_inf(gen, ref, n_bootstrap=st.fd_inf_n_bootstrap, alpha=st.alpha, **kw)
-            out[f"fd_inf_{e}"] = with_floor(mv, *matched_floor(
-                lambda x, y: max(0.0, fd_inf_two_sample(x, y, **kw)[0]), gen, ref, st, ctx.ref.patient_ids))
-        return out
+    @staticmethod
+    def _kw(pair: FeaturePair) -> dict:
+        st = pair.settings
+        return dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed,
+                    device=float64_device(pair.device))
+
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        return F.fd_inf(pair.gen, pair.ref, n_bootstrap=pair.settings.fd_inf_n_bootstrap, alpha=pair.settings.alpha,
+                        **self._kw(pair))
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return max(0.0, fd_inf_two_sample(x, y, **self._kw(pair))[0])
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        sizes, fd = value.get("sizes"), value.get("fd")
+        if not (sizes and fd and len(sizes) == len(fd)):
+            return []
+        return [FigureSpec("fd_against_1_over_n", key, f"fd_{key}", f"{key}: FD against 1/N",
+                           "the intercept at 1/N = 0 is FD_inf", value)]
 
 
-def ks_metric_value(gen, ref, names, *, st: MetricSettings, device, patient_ids=None) -> MetricValue:
-    """The battery as a MetricValue: two-sample bootstrap CI of the rejected fraction and the matched floor."""
-    mv = F.ks_features(gen, ref, names=names, q=st.ks_q, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
-                       device=float64_device(device))
-    return with_floor(mv, *matched_floor(lambda x, y: ks_battery(x, y, names, q=st.ks_q).fraction, gen, ref, st,
-                                         patient_ids))
+class KSFeatures(TwoSampleMetric):
+    """The KS battery over every dimension of an embedding (Benjamini-Hochberg at ``ks_q``)."""
 
-
-class KSFeatures(Metric):
     name = "ks_features"
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"ks_features": False}
-    per_extractor = True
-    per_condition = True
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        st = MetricSettings.from_config(ctx.config)
-        out = {}
-        for e in ctx.embedding_extractors():
-            gen, ref = features_of(ctx.gen, e), features_of(ctx.ref, e)
-            out[f"ks_features_{e}"] = ks_metric_value(
-                gen, ref, dimension_names(ctx, e, gen.shape[1]), st=st, device=ctx.device,
-                patient_ids=ctx.ref.patient_ids,
-            )
-        return out
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        st = pair.settings
+        return F.ks_features(pair.gen, pair.ref, names=pair.names, q=st.ks_q, n_bootstrap=st.n_bootstrap,
+                             seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return ks_battery(x, y, pair.names, q=pair.settings.ks_q).fraction
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if isinstance(value.get("dims"), dict) and value["dims"]:
+            return [FigureSpec("ks_histogram", key, f"ks_{key}", f"{key}: KS D histogram",
+                               "two-sample KS statistic of every dimension; red: rejected after Benjamini-Hochberg",
+                               value)]
+        if value.get("max_d") is not None:  # the battery had too many dimensions to store each one
+            return [FigureSpec("note", key, f"ks_{key}", caption=(
+                f"{key}: per-dimension D not stored in the result (too many dimensions); median D "
+                f"{value['median_d']:.4g}, max D {value['max_d']:.4g} ({value.get('worst')})."))]
+        return []
 
 
-class _KSOne(Metric):
-    """A battery over one non-embedding extractor's named outputs."""
+class _KSOne(KSFeatures):
+    """A battery over one non-embedding extractor's named outputs; its key has no extractor suffix."""
 
-    per_condition = True
+    per_extractor = False
     extractor: ClassVar[str] = ""
 
-    def extractor_of(self, ctx: EvalContext) -> str:
-        return self.extractor
+    def extractors_of(self, ctx: EvalContext) -> list[str]:
+        return [self.extractor]
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         return missing_features(ctx, [self.extractor])
 
-    def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
-        if self.skip_reason(ctx):
-            return {}
-        st = MetricSettings.from_config(ctx.config)
-        ext = self.extractor_of(ctx)
-        gen, ref = features_of(ctx.gen, ext), features_of(ctx.ref, ext)
-        keep = ~(np.isnan(gen).any(0) | np.isnan(ref).any(0))  # e.g. a pathology the head does not predict
-        names = [n for n, k in zip(dimension_names(ctx, ext, gen.shape[1]), keep) if k]
-        (key,) = self.outputs
-        value = ks_metric_value(gen[:, keep], ref[:, keep], names, st=st, device=ctx.device,
-                                patient_ids=ctx.ref.patient_ids)
-        return {key: value}
+    def prepare(self, pair: FeaturePair) -> FeaturePair:
+        keep = ~(np.isnan(pair.gen).any(0) | np.isnan(pair.ref).any(0))  # e.g. a pathology the head does not predict
+        return dataclasses.replace(pair, gen=pair.gen[:, keep], ref=pair.ref[:, keep],
+                                   names=[n for n, k in zip(pair.names, keep) if k])
 
 
 class KSLabels(_KSOne):
@@ -193,8 +166,8 @@ class KSLabels(_KSOne):
     version = "1"
     outputs: ClassVar[dict[str, bool]] = {"ks_labels": False}
 
-    def extractor_of(self, ctx: EvalContext) -> str:
-        return classifier_of(ctx)
+    def extractors_of(self, ctx: EvalContext) -> list[str]:
+        return [classifier_of(ctx)]
 
     def skip_reason(self, ctx: EvalContext) -> str | None:
         return missing_classifier(ctx)

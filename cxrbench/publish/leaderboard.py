@@ -49,6 +49,8 @@ from .card import ModelCard, card_from_dict
 SCHEMA = "cxrbench.entry/1"
 ENTRY_KEYS = ("schema", "name", "slug", "card", "protocol", "comparable", "samples", "weights", "result")
 MAX_ENTRY_BYTES = 256 * 2**20  # an entry is JSON text; anything bigger is not one
+#: the ranking metric where the protocol names none (``--protocol default``, your own reference)
+HEADLINE_METRIC = "fid"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")  # metric / extractor / protocol names
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
@@ -309,18 +311,19 @@ def rank(entries: list[dict], key: str, higher_is_better: bool) -> list[tuple[in
     return out + [(None, e) for e in sorted(none, key=lambda e: e["slug"])]
 
 
-def default_rank_key(keys: list[str], protocol: str | None = None) -> str | None:
+def default_rank_key(keys: list[str], protocol: str | None = None, extractors=()) -> str | None:
     """The protocol's headline metric (``headline`` on its registered class, e.g. cxr64's ``fid_cxr64``) when the
-    table has it; else the first Frechet distance column (the field's headline number); else the first key."""
-    from ..registry import PROTOCOLS
+    table has it; else the first output of ``HEADLINE_METRIC`` (FID, the field's headline number) for the
+    table's ``extractors``, alphabetically; else the first key."""
+    from ..registry import METRICS, PROTOCOLS
 
     keys = sorted(keys)
     if protocol and protocol in PROTOCOLS:
         headline = getattr(PROTOCOLS.get(protocol), "headline", None)
         if headline in keys:
             return headline
-    fids = [k for k in keys if k.startswith("fid_")]
-    return (fids or keys or [None])[0]
+    own = METRICS.get(HEADLINE_METRIC)().output_keys(sorted(extractors))
+    return ([k for k in keys if k in own] or keys or [None])[0]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -704,7 +707,8 @@ def build(
                 continue
             prefix = g.slug if section == "ranked" else g.protocol_slug
             keys = sorted({k for e in rows_e for k in e["result"]["metrics"]})  # columns this table has values for
-            key = rank_by if rank_by in keys else default_rank_key(keys, g.protocol)
+            extractors = {x for e in rows_e for x in e["result"].get("extractors") or {}}
+            key = rank_by if rank_by in keys else default_rank_key(keys, g.protocol, extractors)
             if key:
                 keys = [key] + [k for k in keys if k != key]  # the ranking metric is the first column
             hib = g.directions.get(key, False)

@@ -3,13 +3,13 @@
 ``write_report(result, out_dir)`` writes ``report.html`` (self-contained: every figure is a base64 PNG data
 URI, no scripts or styles from elsewhere, so it opens from disk or an e-mail attachment) and ``report.md``
 with the same content, its figures as PNG files beside it. The table renders whatever metrics the result
-has, and a per-condition table when the result has a ``per_condition`` block (conditional samples); figures are drawn only for what a metric's ``extra`` carries:
+has, and a per-condition table when the result has a ``per_condition`` block (conditional samples).
 
-- ``prevalence`` ``{label: {samples, reference}}`` (label_mae): per-label prevalence bars;
-- ``dims`` ``{name: {d, p, rejected}}`` (ks_*): histogram of the per-dimension KS D;
-- ``closest_pairs`` ``[{sample, train, distance}]`` (memorization_*): nearest generated/training pairs;
-- ``sizes`` + ``fd`` (fd_inf_*): FD against 1/N with the fitted line extrapolated to 1/N = 0;
-- ``per_label`` ``{label: auroc}`` (label_adherence_auroc): per-label bars.
+Figures come from the metrics themselves: for every metric the result ran (``metric_versions``) that is
+registered here (``cxrbench.registry.METRICS``), its ``figures(key, value)`` hook returns ``FigureSpec``s for
+its stored outputs, and this module draws each with the renderer of its kind (``RENDERERS``): the KS D
+histogram, FD against 1/N, per-label prevalence or AUROC bars, nearest sample/training pairs. A metric not
+registered here (a plug-in not installed) gets no figures.
 
 Images are re-read from the result's ``samples`` / ``reference`` / ``train_reference`` paths; when those
 are gone the grids are left out with a note, and the rest of the report still renders.
@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..metrics.base import FigureSpec
+from ..registry import METRICS
 from ..results import ci_text, floor_text, validate
 
 GRID_IMAGES = 16  # images per grid (4 x 4)
@@ -47,6 +49,7 @@ class _Figure:
 class _Report:
     figures: list[_Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, dict]] = field(default_factory=list)  # (metric key, nearest sample/training pair)
 
 
 # --- formatting -------------------------------------------------------------------------------------------
@@ -278,47 +281,65 @@ def _pairs_figure(key: str, pairs: list[dict], gen_root: Path, train_root: Path)
     return _png(fig)
 
 
-def _metric_figures(result: dict, base: Path | None, rep: _Report) -> None:
-    for key, m in result["metrics"].items():
-        if isinstance(m.get("prevalence"), dict) and m["prevalence"]:
-            rep.figures.append(_Figure(f"prevalence_{key}", f"{key}: label prevalence",
-                                       _prevalence_figure(key, m["prevalence"]),
-                                       "fraction of images the classifier calls positive, per label"))
-        if isinstance(m.get("per_label"), dict) and m["per_label"]:
-            rep.figures.append(_Figure(f"per_label_{key}", f"{key}: per label",
-                                       _per_label_figure(key, m["per_label"], m.get("reference_per_label")),
-                                       "dashed line: chance (0.5)"))
-        if isinstance(m.get("dims"), dict) and m["dims"]:
-            rep.figures.append(_Figure(f"ks_{key}", f"{key}: KS D histogram", _ks_figure(key, m),
-                                       "two-sample KS statistic of every dimension; red: rejected after "
-                                       "Benjamini-Hochberg"))
-        elif key.startswith("ks_") and m.get("max_d") is not None:
-            rep.notes.append(f"{key}: per-dimension D not stored in the result (too many dimensions); "
-                             f"median D {_fmt(m.get('median_d'))}, max D {_fmt(m['max_d'])} ({m.get('worst')}).")
-        if m.get("sizes") and m.get("fd") and len(m["sizes"]) == len(m["fd"]):
-            rep.figures.append(_Figure(f"fd_{key}", f"{key}: FD against 1/N", _fd_figure(key, m),
-                                       "the intercept at 1/N = 0 is FD_inf"))
-        if isinstance(m.get("closest_pairs"), list) and m["closest_pairs"]:
-            _memorization(result, key, m, base, rep)
-
-
-def _memorization(result: dict, key: str, m: dict, base: Path | None, rep: _Report) -> None:
+def _memorization_figure(spec: FigureSpec, result: dict, base: Path | None) -> bytes | str:
     gen_root = _resolve((result.get("samples") or {}).get("path"), base)
     train_root = _resolve((result.get("train_reference") or {}).get("path"), base)
-    pairs = m["closest_pairs"][:N_PAIRS]
+    pairs = spec.data[:N_PAIRS]
     ok = gen_root is not None and train_root is not None and gen_root.is_dir() and train_root.is_dir() and all(
         (gen_root / p["sample"]).is_file() and (train_root / p["train"]).is_file() for p in pairs)
     if not ok:
-        rep.notes.append(f"{key}: nearest-pair images omitted (sample or training folder not available here); "
-                         "the pairs are listed in the table below.")
-        return
+        return (f"{spec.key}: nearest-pair images omitted (sample or training folder not available here); "
+                "the pairs are listed in the table below.")
     try:
-        png = _pairs_figure(key, pairs, gen_root, train_root)
+        return _pairs_figure(spec.key, pairs, gen_root, train_root)
     except DataError as e:
-        rep.notes.append(f"{key}: nearest-pair images omitted ({e}).")
-        return
-    rep.figures.append(_Figure(f"pairs_{key}", f"{key}: nearest pairs", png,
-                               f"threshold (5th percentile of held-out-to-train distances): {_fmt(m.get('threshold'))}"))
+        return f"{spec.key}: nearest-pair images omitted ({e})."
+
+
+#: figure kind (``FigureSpec.kind``) -> ``(spec, result, base_dir) -> PNG bytes, or a note saying why not drawn``
+RENDERERS = {
+    "ks_histogram": lambda spec, result, base: _ks_figure(spec.key, spec.data),
+    "fd_against_1_over_n": lambda spec, result, base: _fd_figure(spec.key, spec.data),
+    "prevalence": lambda spec, result, base: _prevalence_figure(spec.key, spec.data),
+    "per_label": lambda spec, result, base: _per_label_figure(spec.key, spec.data["per_label"],
+                                                              spec.data.get("reference_per_label")),
+    "nearest_pairs": _memorization_figure,
+}
+
+
+def figure_specs(result: dict) -> list[FigureSpec]:
+    """Every figure the result's metrics ask for, in the order of the result's metric keys.
+
+    A metric is found by name (``metric_versions``) in the registry; its output keys for the result's extractors
+    (``output_keys``) name the values it gets. Metrics not registered here (and protocols' own keys) get none.
+    """
+    owner = {}
+    extractors = list(result.get("extractors") or {})
+    for name in result.get("metric_versions") or {}:
+        if name in METRICS:
+            metric = METRICS.get(name)()
+            owner.update({key: metric for key in metric.output_keys(extractors)})
+    return [spec for key, value in result["metrics"].items() if key in owner
+            for spec in owner[key].figures(key, value)]
+
+
+def _metric_figures(result: dict, base: Path | None, rep: _Report) -> None:
+    for spec in figure_specs(result):
+        if spec.kind == "nearest_pairs":  # listed in a table too, whether or not the images can be shown
+            rep.pairs += [(spec.key, p) for p in spec.data[:N_PAIRS]]
+        if spec.kind == "note":
+            rep.notes.append(spec.caption)
+            continue
+        draw = RENDERERS.get(spec.kind)
+        if draw is None:
+            rep.notes.append(f"{spec.key}: figure {spec.title or spec.name!r} not drawn (this cxrbench draws no "
+                             f"{spec.kind!r} figures; known kinds: {', '.join(sorted(RENDERERS))}).")
+            continue
+        png = draw(spec, result, base)
+        if isinstance(png, str):
+            rep.notes.append(png)
+        else:
+            rep.figures.append(_Figure(spec.name, spec.title, png, spec.caption))
 
 
 # --- writers ----------------------------------------------------------------------------------------------
@@ -358,10 +379,6 @@ def _summary(result: dict) -> list[tuple[str, str]]:
         ("device", str(result.get("device", "-"))),
     ]
     return out
-
-
-def _pairs_rows(result: dict) -> list[tuple[str, dict]]:
-    return [(k, p) for k, m in result["metrics"].items() for p in (m.get("closest_pairs") or [])[:N_PAIRS]]
 
 
 def render_html(result: dict, rep: _Report) -> str:
@@ -411,7 +428,7 @@ def render_html(result: dict, rep: _Report) -> str:
         parts.append(f'<figure id="{e(f.name)}"{cls}><h3>{e(f.title)}</h3>'
                      f'<img alt="{e(f.title)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>{e(f.caption)}</figcaption></figure>")
-    pairs = _pairs_rows(result)
+    pairs = rep.pairs
     if pairs:
         parts.append("<h2>Closest generated/training pairs</h2><table><tr><th>metric</th><th>sample</th>"
                      "<th>training image</th><th>distance</th></tr>")
@@ -454,7 +471,7 @@ def render_markdown(result: dict, rep: _Report, figure_files: dict[str, str]) ->
         lines += ["## Figures", ""]
     for f in rep.figures:
         lines += [f"### {f.title}", "", f"![{f.title}]({figure_files[f.name]})", "", f"*{f.caption}*" if f.caption else "", ""]
-    pairs = _pairs_rows(result)
+    pairs = rep.pairs
     if pairs:
         lines += ["## Closest generated/training pairs", "", "| metric | sample | training image | distance |",
                   "|---|---|---|---:|"]
@@ -504,4 +521,5 @@ def load_and_write(path: str | os.PathLike, out_dir: str | os.PathLike, *, seed:
     return write_report(load(path), out_dir, base_dir=path.resolve().parent, seed=seed)
 
 
-__all__ = ["condition_rows", "load_and_write", "metric_rows", "render_html", "render_markdown", "write_report"]
+__all__ = ["RENDERERS", "condition_rows", "figure_specs", "load_and_write", "metric_rows", "render_html",
+           "render_markdown", "write_report"]

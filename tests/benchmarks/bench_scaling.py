@@ -172,24 +172,22 @@ def child(a) -> None:
     torch.set_num_threads(a.threads)
     import cxrbench
     import cxrbench.engine.evaluate as ev
+    import cxrbench.engine.metric_runner as runner
     import cxrbench.metrics.common as common
     import cxrbench.metrics.functional as functional
     import cxrbench.metrics.labels as labels_mod
     import cxrbench.metrics.memorization as mem_mod
     import cxrbench.metrics.prdc as prdc_mod
-    import cxrbench.metrics.registered as registered
     import cxrbench.metrics.rrs as rrs_mod
     from cxrbench.config import EvalConfig
-    from cxrbench.registry import METRICS
 
     sampler = _Sampler()
     sampler.start()
     st = _Stages(sampler)
     ev.open_source = st.wrap("hash", ev.open_source)
     ev.extract_features = st.wrap("extract", ev.extract_features)
-    for name in METRICS.names():
-        cls = METRICS.get(name)
-        cls.compute = st.wrap(name, cls.compute)
+    run = ev.run_metric  # every metric runs through the engine's run_metric: one stage per metric name
+    ev.run_metric = lambda m, ctx: st.wrap(m.name, run)(m, ctx)
     # bootstrap replicates: the shared drivers, PRDC's replicate loop, FD_inf's replicate refits
     for mod in (functional, labels_mod):
         mod.two_sample_bootstrap = st.sub("boot_s", mod.two_sample_bootstrap)
@@ -214,7 +212,7 @@ def child(a) -> None:
         return f_fd(*x, **kw)
 
     functional.fd_inf = fd_inf_reset
-    for mod in (registered, mem_mod, labels_mod, rrs_mod, common):
+    for mod in (runner, mem_mod, labels_mod, rrs_mod, common):
         if hasattr(mod, "matched_floor"):
             mod.matched_floor = st.sub("floor_s", mod.matched_floor)
 
