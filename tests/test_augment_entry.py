@@ -17,9 +17,8 @@ import torch
 from cxrbench.cli import main
 from cxrbench.data.sources import open_source
 from cxrbench.harness import images_source
+from cxrbench.features.cxr64 import CXR64Extractor
 from cxrbench.protocols.augmentation import (
-    CXR64_TEST_SPLIT,
-    CXR64_TRAIN_SPLIT,
     OUTPUTS,
     AugmentConfig,
     _default_splits,
@@ -28,6 +27,8 @@ from cxrbench.protocols.augmentation import (
 )
 from cxrbench.protocols.cxr64_splits import image_splits
 from cxrbench.synthetic import synthetic_cxr
+
+CXR64_TRAIN_SPLIT, CXR64_TEST_SPLIT = CXR64Extractor.augmentation_splits
 
 from .conftest import SHARED_DATA, write_pngs
 

@@ -78,6 +78,7 @@ def test_the_three_batteries_as_metrics():
     ref = feature_set("reference", {"e": emb_r, "xrv-classifier": lab_r, "pixels": pix_r})
     ctx = context(gen, ref)
     ctx.extractors["xrv-classifier"]["feature_names"] = [f"path{i}" for i in range(18)]
+    ctx.extractors["pixels"]["feature_names"] = list(FEATURE_NAMES)  # as the engine records every extractor's names
     feats = run_metric(KSFeatures(), ctx)["ks_features_e"]
     labels = run_metric(KSLabels(), ctx)["ks_labels"]
     pixels = run_metric(KSPixels(), ctx)["ks_pixels"]

@@ -181,24 +181,11 @@ def features_of(fs: FeatureSet, extractor: str) -> np.ndarray:
 
 
 def dimension_names(ctx: EvalContext, extractor: str, d: int) -> list[str]:
-    """Names of an extractor's output dimensions.
-
-    Taken from the extractor spec's ``feature_names`` when it carries them; the 18-output XRV classifier
-    falls back to torchxrayvision's ``default_pathologies`` (the output order of its DenseNet heads),
-    ``pixels`` to its statistic names; anything else is ``dim_<i>``.
-    """
+    """Names of an extractor's output dimensions: the spec's ``feature_names`` (the engine records every
+    extractor's ``feature_names``: pathologies, pixel statistics), else ``dim_<i>``."""
     names = (ctx.extractors.get(extractor) or {}).get("feature_names")
     if names and len(names) == d:
         return list(names)
-    if extractor == "xrv-classifier" and d == 18:
-        import torchxrayvision as xrv
-
-        return list(xrv.datasets.default_pathologies)
-    if extractor == "pixels":
-        from ..features.pixels import FEATURE_NAMES
-
-        if d == len(FEATURE_NAMES):
-            return list(FEATURE_NAMES)
     return [f"dim_{i}" for i in range(d)]
 
 

@@ -211,8 +211,6 @@ def _head(idx: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
 #: the cxr64 protocol's patient-disjoint NIH splits (``cxr64_splits``): with ``--extractor cxr64`` on the NIH
 #: thumbnails, the probe trains on the generators' training split and is tested on the two splits that neither
 #: the generators nor the cxr64 network's weights saw (the label head only calibrated and chose labels there)
-CXR64_TRAIN_SPLIT = "cxr64-train"
-CXR64_TEST_SPLIT = "cxr64-heldout,cxr64-reference"
 _NIH_COLUMNS = {"patient_id", "view_position", "No Finding"}
 
 
@@ -248,10 +246,15 @@ def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
 
 
 def _default_splits(cfg: AugmentConfig, src: ImageSource) -> AugmentConfig:
-    """Under the cxr64 extractor on NIH-layout labels, no split given: the cxr64 protocol's splits."""
-    if (cfg.extractor == "cxr64" and cfg.test_split is None and cfg.train_split is None and src.labels is not None
+    """No split given, NIH-layout labels, and an extractor whose weights were trained on named splits
+    (``augmentation_splits``: cxr64): train the probe on its training split, test on the splits it never saw."""
+    from ..registry import EXTRACTORS
+
+    splits = getattr(EXTRACTORS.get(cfg.extractor), "augmentation_splits", None)
+    if (splits and cfg.test_split is None and cfg.train_split is None and src.labels is not None
             and _NIH_COLUMNS <= set(src.labels.columns)):
-        return dataclasses.replace(cfg, test_split=CXR64_TEST_SPLIT, train_split=CXR64_TRAIN_SPLIT)
+        train, test = splits
+        return dataclasses.replace(cfg, test_split=test, train_split=train)
     return cfg
 
 
