@@ -139,7 +139,7 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
     torch.save(ref.state_dict(), tmp_path / "x.pt")
     plain = XRVDenseNetExtractor(weights=str(tmp_path / "x.pt"))
     fast = copy.deepcopy(plain).prepare_inference()
-    assert fast.inference_kernels == "bn-folded:59,channels_last"  # conv0+norm0 and 58 dense-layer conv1+norm2
+    assert fast.inference_kernels == "bn-folded:59,channels_last,dense-concat-free"  # conv0+norm0, 58 conv1+norm2
     x = synthetic_cxr(2, 224, seed=2)
     with torch.no_grad():
         want = ref.features2(x * 2048 - 1024)
@@ -154,7 +154,7 @@ def test_derived_extractor_is_keyed_by_its_base_kernels():
         cfg = EvalConfig(weights="random", fast_kernels=fast)
         ex = build_extractors(["xrv", "xrv-classifier"], cfg, "cpu")
         spec = extractor_spec(ex["xrv-classifier"], cfg)
-        assert spec.get("kernels") == ("bn-folded:59,channels_last" if fast else None)
+        assert spec.get("kernels") == ("bn-folded:59,channels_last,dense-concat-free" if fast else None)
         assert spec.get("kernels") == extractor_spec(ex["xrv"], cfg).get("kernels")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, bn_recalibrate
@@ -143,6 +144,47 @@ class XRVDenseNetExtractor(FeatureExtractor):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features2(x)
+
+    @torch.no_grad()
+    def prepare_inference(self) -> XRVDenseNetExtractor:
+        """BatchNorm folding and channels_last (the base rewrite), then every dense block writes its layers'
+        outputs into one preallocated buffer instead of concatenating: xrv's ``_DenseLayer`` returns
+        ``cat([x, new])``, so a block of L layers copies O(L^2) channels (14% of the forward on CPU)."""
+        if self.inference_kernels is not None:
+            return self
+        super().prepare_inference()
+        feats = self.net.features
+        n = 0
+        for name, block in list(feats.named_children()):
+            if type(block).__name__ == "_DenseBlock":
+                setattr(feats, name, ConcatFreeDenseBlock(block))
+                n += 1
+        if n:
+            self.inference_kernels += ",dense-concat-free"
+        return self
+
+
+class ConcatFreeDenseBlock(nn.Module):
+    """A DenseNet block (same layers, same weights) whose layers read a channel slice of one buffer and write
+    their ``growth`` new channels after it: the features equal the concatenating block's up to float round-off
+    (BatchNorm reads a strided view), without its quadratic copies."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(block.children())
+        self.growth = self.layers[0].conv2.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        buf = torch.empty((n, c + self.growth * len(self.layers), h, w), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        buf[:, :c] = x
+        for layer in self.layers:
+            # the layer's own Sequential (norm1, relu1, conv1, norm2 or its fold, relu2, conv2) without its cat
+            buf[:, c : c + self.growth] = nn.Sequential.forward(layer, buf[:, :c])
+            c += self.growth
+        return buf
 
 
 class XRVClassifierExtractor(FeatureExtractor):
