@@ -46,6 +46,9 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"  # fp32 | tf32 | bf16 (extractor forward only; published numbers are fp32)
     fast_kernels: bool = True  # BatchNorm folded into convs + channels_last (features move ~1e-6 relative)
+    #: torch.compile each network's forward (opt-in: on 2 CPU cores it compiles for 1-2 min and is not faster;
+    #: meant for GPUs); recorded in the extractor spec ("kernels": "...,compiled"), so it keys the cache
+    compile: bool = False
     xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
     inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
     #: overrides of ``cxrbench.metrics.common.MetricSettings`` fields (kid_subset_size, prdc_k, ...);

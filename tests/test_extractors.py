@@ -206,3 +206,17 @@ def test_clean_resize_matches_clean_fid_pipeline(inception, tmp_path):
     # and it is a different convention from the TF1 default
     x = torch.from_numpy(load_image(files[1]))[None, None]
     assert (inception.preprocess(x) - ours.preprocess(x)).abs().max() > 1e-2
+
+
+def test_compiled_forward_keeps_features_and_is_keyed_apart():
+    """``compile=True`` (torch.compile of each network) moves features no more than the BatchNorm fold does,
+    and is recorded in the spec, so compiled features never share a cache entry with eager ones."""
+    from cxrbench.harness import EvalConfig, build_extractors, extractor_spec, run_extractor
+
+    x = synthetic_cxr(8, 64, seed=1)
+    cfg_e, cfg_c = EvalConfig(weights="random"), EvalConfig(weights="random", compile=True)
+    eager = build_extractors(["cxr64"], cfg_e, "cpu")["cxr64"]
+    compiled = build_extractors(["cxr64"], cfg_c, "cpu")["cxr64"]
+    fe, fc = run_extractor(eager, x), run_extractor(compiled, x)
+    assert (fe - fc).abs().max() <= 1e-5 * fe.abs().max()
+    assert extractor_spec(compiled, cfg_c)["kernels"] == extractor_spec(eager, cfg_e)["kernels"] + ",compiled"

@@ -59,6 +59,9 @@ def add_arguments(p) -> None:
     p.add_argument("--plain-kernels", dest="fast_kernels", action="store_false",
                    help="run the networks as published (no BatchNorm folding, no channels_last): ~1.5x slower on "
                         "CPU, features differ from the default by ~1e-6 relative")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every network (features within ~1e-6 relative; recorded in the spec). "
+                        "For GPUs: on CPU it compiles for minutes and was not faster")
     add_resize_arguments(p)
     p.add_argument("--chunk-size", type=int, default=d.chunk_size,
                    help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
@@ -131,7 +134,7 @@ def config_from_args(args):
         moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
         protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
         augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
-        fast_kernels=args.fast_kernels, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
+        fast_kernels=args.fast_kernels, compile=args.compile, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
         metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])),
     )
 

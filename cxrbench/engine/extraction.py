@@ -165,6 +165,8 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         out[name] = cls(**kwargs)
         if config.fast_kernels:
             out[name].prepare_inference()  # BatchNorm folded, channels_last (oneDNN / cuDNN NHWC kernels)
+        if config.compile:
+            out[name].compile_forward()
     for e in out.values():  # a derived extractor's features inherit its base network's kernels (and cache key)
         base = out.get(getattr(e, "derived_from", None) or "")
         if base is not None:

@@ -85,6 +85,15 @@ class FeatureExtractor(nn.Module):
         self.inference_kernels = ",".join(kernels) or "plain"
         return self
 
+    def compile_forward(self) -> FeatureExtractor:
+        """``torch.compile`` the network's forward (inference only, static shapes per input size); recorded as
+        ``compiled`` in ``inference_kernels``, so compiled features get their own cache entries."""
+        if next(iter(self.parameters()), None) is None or "compiled" in (self.inference_kernels or ""):
+            return self
+        self.forward = torch.compile(self.forward, dynamic=False)  # instance attribute: __call__ and run_extractor use it
+        self.inference_kernels = f"{self.inference_kernels or 'plain'},compiled"
+        return self
+
     def spec(self) -> dict:
         """Everything that determines the features: keys the cache, recorded in results."""
         spec = {

@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--n-bootstrap", type=int, default=200)
     ap.add_argument("--data", default=None, help="folder for the PNGs (kept and reused; default: temporary)")
     ap.add_argument("--out", default="gpu_scaling_out")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the networks (EvalConfig.compile)")
     a = ap.parse_args()
 
     import cxrbench
@@ -155,7 +156,7 @@ def main() -> None:
         _log("evaluate ...")
         cfg = EvalConfig(extractors=("inception", "xrv"), metrics=tuple(a.metrics.split(",")), weights="random",
                          device=a.device, use_cache=False, progress=False, batch_size=a.batch_size,
-                         num_workers=a.workers, n_bootstrap=a.n_bootstrap)
+                         num_workers=a.workers, n_bootstrap=a.n_bootstrap, compile=a.compile)
         wall, res = timed(lambda: cxrbench.evaluate(str(gen), str(ref), config=cfg), a.device)
         tm = res["timings"]
         rows += [
@@ -163,19 +164,22 @@ def main() -> None:
             ("  hash (2 folders)", tm["hash_s"], 2 * a.n),
             ("  extract (inception + xrv)", tm["extract_s"], 2 * a.n),
             ("    waiting for decoded batches", tm.get("decode_s", float("nan")), None),
-            ("    networks + copies", tm.get("forward_s", float("nan")), None),
+            ("    preprocessing + networks + copies", tm.get("forward_s", float("nan")), None),
+            ("      preprocessing (resize, quantise)", tm.get("preprocess_s", float("nan")), None),
+            *[(f"      network {k}", v, 2 * a.n) for k, v in tm.get("network_s", {}).items()],
             ("    cache writes", tm.get("cache_s", float("nan")), None),
             ("  metrics", tm["metrics_s"], None),
         ]
-        other = wall - tm["hash_s"] - tm["extract_s"] - tm["metrics_s"]
+        other = wall - tm["hash_s"] - tm["extract_s"] - tm["metrics_s"] - tm.get("build_extractors_s", 0.0)
+        rows.append(("  build extractors", tm.get("build_extractors_s", float("nan")), None))
         rows += [(f"    {k}", v, None) for k, v in tm["per_metric_s"].items()]
-        rows.append(("  other (building the networks, the result)", other, None))
+        rows.append(("  other (set checks, the result)", other, None))
     _log("device timings ...")
     dev = device_timings(a.n, a.device, a.n_bootstrap)
     rows += [(f"device: {k[:-2]}", v, None) for k, v in dev.items()]
 
     print(f"gpu_scaling: N = {a.n:,} samples + {a.n:,} reference, {a.size} px, {dev_name}, torch {torch.__version__}, "
-          f"batch {a.batch_size}, {a.workers} workers")
+          f"batch {a.batch_size}, {a.workers} workers{', compiled networks' if a.compile else ''}")
     print(f"{'step':<44}{'seconds':>10}{'images/s':>12}")
     for name, s, n in rows:
         rate = f"{n / s:12.0f}" if n and s > 0 else f"{'':>12}"
