@@ -101,11 +101,15 @@ def test_weighted_ks_equals_the_statistic_of_the_resampled_rows():
     from cxrbench.metrics.ks import WeightedKS, ks_statistics
 
     rng = np.random.default_rng(3)
-    g, r = rng.normal(size=(120, 6)), rng.normal(size=(90, 6)) + 0.2
+    g, r = rng.normal(size=(120, 5)), rng.normal(size=(90, 5)) + 0.2
     g[:40, 0] = r[:10, 0] = 0.5  # ties within and across the sets
     r[:, 1] = np.round(r[:, 1])
     w = WeightedKS(g, r)
+    blocked = WeightedKS(g, r, budget=420)  # two columns per block, the last block short
+    assert blocked.cols == 2
     for _ in range(4):
         ig, ir = rng.integers(0, 120, 120), rng.integers(0, 90, 90)
-        got = w(np.bincount(ig, minlength=120), np.bincount(ir, minlength=90))
+        cg, cr = np.bincount(ig, minlength=120), np.bincount(ir, minlength=90)
+        got = w(cg, cr)
         np.testing.assert_allclose(got, ks_statistics(g[ig], r[ir]), atol=1e-12)
+        np.testing.assert_array_equal(blocked(cg, cr), got)

@@ -88,7 +88,7 @@ class WeightedKS:
     rows (checked in the tests), at a fraction of the cost of sorting D columns twice per replicate.
     """
 
-    def __init__(self, x, y, device: str | torch.device = "cpu"):
+    def __init__(self, x, y, device: str | torch.device = "cpu", budget: int = 2**19):
         xt = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64).T.contiguous()
         yt = torch.as_tensor(np.asarray(y), device=device, dtype=torch.float64).T.contiguous()
         xs, self.ox = xt.sort(1)
@@ -96,17 +96,30 @@ class WeightedKS:
         both = torch.cat([xs, ys], 1)
         self.ix = torch.searchsorted(xs, both, right=True)  # (D, n1 + n2): rows of x at or below each value
         self.iy = torch.searchsorted(ys, both, right=True)
+        # columns per block: a replicate's temporaries (~budget float64 each) stay in cache instead of streaming
+        # D x (n1 + n2) tables through memory several times (at 100k + 100k rows that made a replicate 8x slower
+        # than at 50k + 50k)
+        self.cols = max(1, budget // both.shape[1])
 
     @staticmethod
-    def _ecdf(order: torch.Tensor, idx: torch.Tensor, counts: np.ndarray) -> torch.Tensor:
-        c = torch.as_tensor(counts, device=order.device, dtype=torch.float64)[order]  # counts in sorted order
-        cum = torch.cat([torch.zeros(len(c), 1, dtype=c.dtype, device=c.device), c.cumsum(1)], 1)
-        return cum.gather(1, idx) / float(counts.sum())
+    def _ecdf(order: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor, total: float) -> torch.Tensor:
+        # counts in sorted order and their running sums in int32 (exact; half the bytes of float64 through the
+        # random gather), divided in float64 at the end: the same numbers as a float64 cumsum
+        c = counts[order]
+        cum = torch.cat([torch.zeros(len(c), 1, dtype=c.dtype, device=c.device), c.cumsum(1, dtype=torch.int32)], 1)
+        return cum.gather(1, idx).double().div_(total)
 
     def __call__(self, counts_x: np.ndarray, counts_y: np.ndarray) -> np.ndarray:
-        f1 = self._ecdf(self.ox, self.ix, counts_x)
-        f2 = self._ecdf(self.oy, self.iy, counts_y)
-        return (f1 - f2).abs().amax(1).cpu().numpy()
+        cx = torch.as_tensor(counts_x, device=self.ox.device, dtype=torch.int32)
+        cy = torch.as_tensor(counts_y, device=self.oy.device, dtype=torch.int32)
+        nx, ny = float(counts_x.sum()), float(counts_y.sum())
+        out = torch.empty(self.ox.shape[0], dtype=torch.float64, device=self.ox.device)
+        for a in range(0, len(out), self.cols):
+            b = a + self.cols
+            f1 = self._ecdf(self.ox[a:b], self.ix[a:b], cx, nx)
+            f1.sub_(self._ecdf(self.oy[a:b], self.iy[a:b], cy, ny))
+            out[a:b] = f1.abs_().amax(1)
+        return out.cpu().numpy()
 
 
 @dataclass
