@@ -104,6 +104,8 @@ def route_cxrbench(a) -> dict:
             "--n-bootstrap", str(a.n_bootstrap), "--batch-size", str(a.batch_size), "--out", str(out), "--json"]
     if a.num_workers is not None:
         argv += ["--num-workers", str(a.num_workers)]
+    if a.xrv_resize:
+        argv += ["--xrv-resize", a.xrv_resize]
     stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # the result JSON goes to --out
     try:
@@ -323,6 +325,9 @@ def main() -> None:
     p.add_argument("--n-bootstrap", type=int, default=100, help="cxrbench bootstrap replicates (peers compute none)")
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "cxrbench_bench"))
     p.add_argument("--skip-fd", action="store_true")
+    p.add_argument("--xrv-resize", default=None,
+                   help="cxrbench's XRV resize (default its own, xrv's XRayResizer); torch-antialias is what the "
+                        "peer route's XRV module does, so the XRV rows then compare the same preprocessing")
     p.add_argument("--knn-only", action="store_true", help="only the PRDC peak-memory measurement")
     p.add_argument("--knn-n", type=int, default=20000)
     p.add_argument("--knn-dim", type=int, default=64)
@@ -355,6 +360,8 @@ def main() -> None:
               "--batch-size", str(a.batch_size), "--n-bootstrap", str(a.n_bootstrap), "--work", str(work)]
     if a.num_workers is not None:
         common += ["--num-workers", str(a.num_workers)]
+    if a.xrv_resize:
+        common += ["--xrv-resize", a.xrv_resize]
     print(f"{a.n} vs {a.n} images at {a.size} px, device {a.device}, {os.cpu_count()} CPUs "
           f"(torch threads {torch.get_num_threads()}), batch {a.batch_size}")
     res = {}
