@@ -182,8 +182,8 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
     Under ``dist`` (several ranks) each rank looks up and extracts only its own chunks; rank 0 gathers them
     and returns everything, the other ranks return ``(None, [])``. ``times`` (a dict), when given, gets
     seconds added under ``decode_s`` (waiting for decoded batches: the decode itself without workers, what
-    the workers did not hide with them), ``forward_s`` (networks and derived heads, copies to the host) and
-    ``cache_s`` (cache lookups and writes).
+    the workers did not hide with them), ``forward_s`` (preprocessing, networks and derived heads, copies to
+    the host; of it ``preprocess_s`` and ``network_s[extractor]``) and ``cache_s`` (cache lookups and writes).
     """
     times = {} if times is None else times
     for key in ("decode_s", "forward_s", "cache_s"):
@@ -222,10 +222,10 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
         for ci in sorted(todo):
             s, t = chunks[ci]
             batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
-        workers = default_workers(config)
         bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
         chunk_of = lambda i: i // config.chunk_size
-        for rows, groups, bad_here in decoded_batches(src, batches, device=device, workers=workers, times=times):
+        decoded = decoded_batches(src, batches, device=device, workers=default_workers(config), times=times)
+        for rows, groups, bad_here in decoded:
             tf = time.perf_counter()
             bad += bad_here
             ci = chunk_of(rows[0])

@@ -121,8 +121,9 @@ def load_network(path: Path | None = None, *, expected_sha256: str | None = None
 
 class CXR64Extractor(FeatureExtractor):
     name = "cxr64"
-    #: (probe training split, probe test splits) of the augmentation protocol on NIH labels: the weights were
-    #: trained on cxr64-train images only, so the test images are ones the network never saw
+    #: (probe training split, probe test splits) of the augmentation protocol on NIH labels: the probe trains on
+    #: the generators' training split and is tested on the two splits that neither the generators nor these
+    #: weights saw (the label head only calibrated and chose labels there)
     augmentation_splits = ("cxr64-train", "cxr64-heldout,cxr64-reference")
     version = "1"
     kind = "embedding"

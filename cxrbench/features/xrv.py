@@ -156,7 +156,7 @@ class XRVDenseNetExtractor(FeatureExtractor):
         feats = self.net.features
         n = 0
         for name, block in list(feats.named_children()):
-            if type(block).__name__ == "_DenseBlock":
+            if isinstance(block, _xrv().models._DenseBlock):
                 setattr(feats, name, ConcatFreeDenseBlock(block))
                 n += 1
         if n:

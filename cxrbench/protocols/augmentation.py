@@ -208,9 +208,8 @@ def _head(idx: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([idx[y[idx] == 0][: n // 2], idx[y[idx] == 1][: n - n // 2]])
 
 
-#: the cxr64 protocol's patient-disjoint NIH splits (``cxr64_splits``): with ``--extractor cxr64`` on the NIH
-#: thumbnails, the probe trains on the generators' training split and is tested on the two splits that neither
-#: the generators nor the cxr64 network's weights saw (the label head only calibrated and chose labels there)
+#: the label columns that make a folder NIH-layout (patient ids, views), where named splits such as the cxr64
+#: protocol's (``cxr64_splits``; an extractor's ``augmentation_splits``) can be drawn
 _NIH_COLUMNS = {"patient_id", "view_position", "No Finding"}
 
 
