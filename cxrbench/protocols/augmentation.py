@@ -509,7 +509,7 @@ def _load_images(src: ImageSource, idx: np.ndarray, size: int, *, batch_size: in
     batches = [rows[b : b + batch_size] for b in range(0, len(rows), batch_size)]
     for _, groups, bad in decoded_batches(src, batches, device="cpu", workers=workers):
         if bad:
-            raise DataError(f"{bad[0][1]}; remove it or fix the file")
+            raise DataError(bad[0][1])  # names the file and the fix
         for ids, x in groups:
             x = center_crop_xrv(x)
             if x.shape[-1] != size:
