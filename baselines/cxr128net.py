@@ -1,0 +1,404 @@
+"""Training the ``cxr128`` protocol's feature network (``cxrbench train cxr128-net``), and building its files.
+
+The network (``cxrbench.features.cxr128.CXR128Net``) learns from every public radiograph in ``../shared/data``
+except the protocol's reference and held-out NIH images and any other image of their patients:
+
+- ``nih_extra_256px``: the ``cxr128`` training split (``cxrbench.protocols.cxr128_splits``);
+- ``nih1000_64px``: all of it, upsampled (its one patient shared with ``nih_extra_256px`` is in ``train``);
+- ``nih_fullres_samples``: the images whose patient is in neither protocol split;
+- Kermany pediatric set, ``NonAugmentedTrain`` only (its ``ValData`` stays unseen, as another population);
+- the adult COVID-19 / pneumonia sets, ``adult_covid_extra_256px`` included (frontal views).
+
+Objectives (``Config.objective``), compared in the protocol's note by how FID in the embedding orders image
+sets against a person's order (real < degraded < anatomy violated), not by probe AUROC:
+
+- ``contrastive``: InfoNCE between two X-ray views of each image with in-batch negatives (SimCLR form). The
+  views differ by crop, small rotation and shift, brightness/contrast and, at random, a little Gaussian blur
+  and noise, so that mild degradation is what the embedding learns to ignore, not what it encodes;
+- ``both``: the contrastive term plus multi-label BCE on the known labels (unknown ones masked);
+- ``lambda_orientation > 0`` (with either): a light anatomy pretext, a head that tells an upright view from
+  the same view turned 90/180/270 degrees or flipped upside down (Gidaris et al., "Unsupervised
+  representation learning by predicting image rotations", ICLR 2018). Those two corruption families are
+  then seen in training; the validity suite's other anatomy violations (patch shuffles, negatives, random
+  fields, blobs, splices) are not.
+
+There is no degradation head: the ``cxr64`` network's (its second view degraded, a head predicting type and
+strength) made sharpness and noise the main axes of its embedding.
+
+``python -m baselines.cxr128net build --run runs/cxr128 --data ../shared/data --pin`` then writes the package
+data (``cxrbench/protocols/cxr128_data``): the network state dict, the Platt-calibrated label head with the
+held-out AUROC that chose its labels, and the features of the reference, training and held-out splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrbench.data.io import load_image
+from cxrbench.errors import DataError
+from cxrbench.features.cxr128 import CXR128Net, to_cxr128
+from cxrbench.generator import PretrainedMixin
+from cxrbench.labels import LABELS
+from cxrbench.protocols.cxr128_splits import nih_splits
+
+from .cxr64net import _gauss_blur
+from .moco import augment
+from .trainer import Batch, Trainable, set_cosine_lr
+
+NIH = "nih_extra_256px"
+NIH_SMALL = "nih1000_64px"
+NIH_FULL = "nih_fullres_samples"
+KERMANY = "kermany_pediatric_covid_skytells"
+ADULT_SETS = ("covid_chestxray_ieee8023_2020-03_fork", "actualmed_covid_cxr", "figure1_covid_cxr",
+              "adult_covid_extra_256px")
+#: the orientation pretext's classes: upright, then turned by 90 / 180 / 270 degrees, then flipped upside down
+ORIENTATIONS = ("upright", "rot90", "rot180", "rot270", "vflip")
+
+
+@dataclass
+class Config:
+    image_size: int = 128
+    objective: str = "contrastive"  # contrastive | both (contrastive + label BCE)
+    lambda_orientation: float = 0.0  # weight of the orientation pretext (0: off)
+    lambda_bce: float = 1.0
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    schedule_steps: int = 0  # cosine decay length in steps (0: constant lr)
+    temperature: float = 0.2
+    # augmentations of the two views
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    rotation_deg: float = 10.0
+    translate: float = 0.06
+    brightness: float = 0.2
+    contrast: float = 0.3
+    hflip_prob: float = 0.0  # a mirrored chest is not a normal chest (heart on the right)
+    blur_prob: float = 0.3  # Gaussian blur, sigma U(0, blur_sigma) px at 128 px
+    blur_sigma: float = 1.0
+    noise_prob: float = 0.3  # additive Gaussian noise, std U(0, noise_std)
+    noise_std: float = 0.02
+
+    def __post_init__(self):
+        self.crop_scale = tuple(float(s) for s in self.crop_scale)
+        if self.objective not in ("contrastive", "both"):
+            raise ValueError(f"objective {self.objective!r}: expected contrastive or both")
+        if self.lambda_orientation < 0 or self.batch_size < 4:
+            raise ValueError("lambda_orientation >= 0 and batch_size >= 4 are needed")
+
+    def seen_families(self) -> list[str]:
+        """The corruption families this configuration shows the network during training (for the note)."""
+        seen = ["crop/shift/small rotation", "brightness/contrast"]
+        seen += ["Gaussian blur (mild, as invariance)"] * (self.blur_prob > 0)
+        seen += ["Gaussian noise (mild, as invariance)"] * (self.noise_prob > 0)
+        seen += ["rotation 90/180/270, vertical flip (pretext)"] * (self.lambda_orientation > 0)
+        return seen
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: list[str]):
+        self.images, self.labels, self.names = images, labels, names
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def _decode(folder: Path, paths) -> torch.Tensor:
+    return torch.stack([to_cxr128(torch.from_numpy(load_image(folder / p))[None, None])[0] for p in paths])
+
+
+def _label_rows(table: pd.DataFrame) -> torch.Tensor:
+    m = torch.full((len(table), len(LABELS)), float("nan"))
+    for j, name in enumerate(LABELS):
+        if name in table.columns:
+            m[:, j] = torch.tensor(pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64))
+    return m
+
+
+def _patient(image_index: str) -> str:
+    """NIH patient id of an image name ``00000013_005.png`` ("13"), as cxr128_splits compares them."""
+    return str(image_index).split("_")[0].lstrip("0") or "0"
+
+
+def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
+    """The (folder, rows) the network trains on; no reference or held-out patient is among them."""
+    data_root = Path(data_root)
+    missing = [n for n in (NIH, NIH_SMALL, KERMANY, *ADULT_SETS) if not (data_root / n / "labels.csv").is_file()]
+    if missing:
+        raise DataError(f"{data_root}: cxr128-net trains on the shared data root's {', '.join(missing)} folders "
+                        "(each with labels.csv); pass --data the folder that holds them (e.g. ../shared/data)")
+    nih = nih_splits(data_root)
+    protocol_patients = {_patient(i) for i in nih.loc[nih["cxr128_split"] != "train", "image_index"]}
+    out = [(data_root / NIH, nih[nih["cxr128_split"] == "train"])]
+    small = pd.read_csv(data_root / NIH_SMALL / "labels.csv")
+    out.append((data_root / NIH_SMALL, small[~small["image_index"].map(_patient).isin(protocol_patients)]))
+    if (data_root / NIH_FULL / "labels.csv").is_file():
+        full = pd.read_csv(data_root / NIH_FULL / "labels.csv")
+        full = full[~full["image_index"].map(_patient).isin(protocol_patients)]
+        full = full.drop_duplicates("image_index")  # some images were published by several repositories
+        out.append((data_root / NIH_FULL, full))
+    k = pd.read_csv(data_root / KERMANY / "labels.csv")
+    k = k[k["split"] == "NonAugmentedTrain"]
+    if "near_duplicate_of" in k.columns:
+        k = k[k["near_duplicate_of"].isna()]
+    out.append((data_root / KERMANY, k))
+    for name in ADULT_SETS:
+        t = pd.read_csv(data_root / name / "labels.csv")
+        if "view" in t.columns:
+            t = t[t["view"].astype(str) != "L"]
+        out.append((data_root / name, t))
+    return out
+
+
+def orient(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Each image turned by its class ``k`` (index into ORIENTATIONS)."""
+    out = x.clone()
+    for c in range(1, 4):
+        m = k == c
+        if m.any():
+            out[m] = torch.rot90(x[m], c, dims=(2, 3))
+    m = k == 4
+    if m.any():
+        out[m] = torch.flip(x[m], dims=(2,))
+    return out
+
+
+class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
+    """The network plus the training-only heads (projection, orientation), dropped when the weights are built."""
+
+    name = "cxr128-net"
+    Config = Config
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.net = CXR128Net()
+        d = self.net.embed.out_features
+        self.proj = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 128))
+        self.orientation = nn.Linear(d, len(ORIENTATIONS))
+
+    @classmethod
+    def training_dataset(cls, data_root, config: Config, *, split: str | None = None) -> _Images:
+        """Every training image decoded once to the protocol's 128 px contract."""
+        images, labels, names = [], [], []
+        for folder, table in training_tables(Path(data_root)):
+            images.append(_decode(folder, table["path"]))
+            labels.append(_label_rows(table))
+            names += [f"{folder.name}/{p}" for p in table["path"]]
+        return _Images(torch.cat(images), torch.cat(labels), names)
+
+    def configure_optimizers(self):
+        c = self.config
+        return {"adamw": torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay)}
+
+    def view(self, images: torch.Tensor) -> torch.Tensor:
+        """One random X-ray view: geometry and intensity (``baselines.moco.augment``), then mild blur / noise."""
+        c = self.config
+        x = augment(images, c)
+        n = x.shape[0]
+        if c.blur_prob > 0:
+            sigma = torch.where(torch.rand(n) < c.blur_prob, c.blur_sigma * torch.rand(n), torch.zeros(n))
+            x = _gauss_blur(x, sigma.to(x))
+        if c.noise_prob > 0:
+            std = torch.where(torch.rand(n) < c.noise_prob, c.noise_std * torch.rand(n), torch.zeros(n))
+            x = (x + std.to(x).view(-1, 1, 1, 1) * torch.randn(x.shape).to(x)).clamp(0, 1)
+        return x
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        n = images.shape[0]
+        views = [self.view(images), self.view(images)]
+        if c.lambda_orientation > 0:  # a third view of half the batch, turned or flipped in 4 of 5 cases
+            m = n // 2
+            k = torch.randint(0, len(ORIENTATIONS), (m,), device=images.device)
+            views.append(orient(self.view(images[:m]), k))
+        f = self.net.features(torch.cat(views) * 2 - 1)
+        out = {}
+        z = F.normalize(self.proj(f[: 2 * n]), dim=1)
+        sim = z @ z.T / c.temperature
+        sim.fill_diagonal_(float("-inf"))
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(images.device)
+        out["nce"] = F.cross_entropy(sim, target)
+        total = out["nce"]
+        if c.objective == "both":
+            logits = self.net.head(f[: 2 * n])
+            y = torch.cat([labels, labels])
+            known = ~y.isnan()
+            out["bce"] = F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
+            total = total + c.lambda_bce * out["bce"]
+        if c.lambda_orientation > 0:
+            out["orient"] = F.cross_entropy(self.orientation(f[2 * n :]), k)
+            total = total + c.lambda_orientation * out["orient"]
+        out["loss"] = total
+        return out
+
+    def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
+        c, opt = self.config, optimizers["adamw"]
+        lr = set_cosine_lr(opt, c.lr, step, c.schedule_steps)
+        out = self.losses(batch.images, batch.labels)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        return {"lr": lr, **{k: float(v.detach()) for k, v in out.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# building the protocol's package data from a trained run
+
+
+def run_network(run_dir: Path) -> CXR128Net:
+    """The feature network of a trained run (its ``net.*`` weights; the training heads are left behind)."""
+    state = torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)
+    net = CXR128Net()
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return net.eval()
+
+
+def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
+    """Features of every ``nih_extra_256px`` image through the harness's own extraction path (same kernels)."""
+    from cxrbench.config import EvalConfig
+    from cxrbench.data.sources import open_source
+    from cxrbench.engine.extraction import build_extractors, extract_features, extractor_spec
+    from cxrbench.features.cache import FeatureCache
+
+    folder = Path(data_root) / NIH
+    config = EvalConfig(extractors=("cxr128",), weights=str(weights_file), progress=False, num_workers=0)
+    ext = build_extractors(("cxr128",), config, "cpu")
+    src = open_source(folder, role="reference")
+    feats, bad = extract_features(src, ext, config, FeatureCache(None, enabled=False), "cpu", desc="nih")
+    if bad:
+        raise DataError(f"{folder}: undecodable images {bad[:3]}; restore the folder (its SHA256SUMS lists them)")
+    splits = nih_splits(data_root).set_index("path")["cxr128_split"]
+    table = pd.read_csv(folder / "labels.csv").set_index("path").loc[src.ids].reset_index()
+    table["cxr128_split"] = splits.loc[table["path"]].to_numpy()
+    return table, feats["cxr128"], list(src.hashes), extractor_spec(ext["cxr128"], config)
+
+
+def calibrate_head(net: CXR128Net, feats: np.ndarray, table: pd.DataFrame, *, min_auroc: float = 0.65,
+                   min_pos: int = 15) -> dict:
+    """Platt scaling of each label's logit on the held-out split; AUROC on both held-out splits chooses labels.
+
+    A label is kept when its AUROC is at least ``min_auroc`` on the held-out and the reference split, with at
+    least ``min_pos`` positives (and negatives) in each: with fewer, neither the calibration nor the AUROC
+    means much.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    with torch.no_grad():
+        logits = net.head(torch.from_numpy(feats)).numpy().astype(np.float64)
+    split = table["cxr128_split"].to_numpy()
+    held, ref = split == "heldout", split == "reference"
+    report, keep = {}, []
+    for j, name in enumerate(LABELS):
+        y = table[name].to_numpy().astype(int)
+        npos = {"heldout": int(y[held].sum()), "reference": int(y[ref].sum())}
+        ok = all(min_pos <= npos[s] <= m.sum() - min_pos for s, m in (("heldout", held), ("reference", ref)))
+        auc = float(roc_auc_score(y[ref], logits[ref, j])) if 0 < npos["reference"] < ref.sum() else float("nan")
+        auc_h = float(roc_auc_score(y[held], logits[held, j])) if 0 < npos["heldout"] < held.sum() else float("nan")
+        entry = {"auroc_reference": auc, "auroc_heldout": auc_h, "positives": npos}
+        if ok and auc >= min_auroc and auc_h >= min_auroc:
+            lr = LogisticRegression(C=1e4).fit(logits[held, j : j + 1], y[held])
+            p = lr.predict_proba(logits[held, j : j + 1])[:, 1]
+            # operating point: the probability above which as many held-out images are called positive as are
+            # labelled so; mapped to 0.5 as torchxrayvision's op_threshs are, so prevalences are comparable
+            op = float(np.quantile(p, 1 - y[held].mean()))
+            entry.update(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), op=op)
+            keep.append(name)
+        report[name] = entry
+    return {
+        "labels": keep,
+        "index": [LABELS.index(n) for n in keep],
+        "a": [report[n]["a"] for n in keep],
+        "b": [report[n]["b"] for n in keep],
+        "op": [report[n]["op"] for n in keep],
+        "rule": f"kept: AUROC >= {min_auroc} on both the held-out (calibration) and the reference split, with >= "
+                f"{min_pos} positives and negatives in each; Platt scaling fitted on the held-out split, then its "
+                "operating point (held-out prevalence) mapped to 0.5",
+        "per_label": report,
+    }
+
+
+def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[str], spec: dict, which: str):
+    import io
+
+    from cxrbench.generator import atomic_write_bytes
+
+    meta = {"name": f"cxr128 {which}: {len(table)} NIH ChestX-ray14 images (256 px originals at 128 px, "
+                    f"patient-disjoint split '{which}')",
+            "spec": spec, "label_columns": list(LABELS), "source": "nih_extra_256px (NIH ChestX-ray14, 256 px)"}
+    arrays = {"ids": np.array(table["image_index"], dtype=str), "hashes": np.array(hashes, dtype=str),
+              "features": feats.astype(np.float32), "patient_ids": np.array(table["patient_id"].astype(str), dtype=str),
+              "meta": np.array(json.dumps(meta, sort_keys=True))}
+    for c in LABELS:
+        arrays[f"label:{c}"] = table[c].to_numpy().astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # uncompressed: the bytes (and the pinned sha256) do not depend on zlib
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
+    """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
+    from cxrbench.data.io import sha256_file
+    from cxrbench.features.cxr128 import HEAD_FILE, WEIGHTS_FILE
+    from cxrbench.generator import atomic_torch_save, atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net = run_network(run_dir)
+    weights = out_dir / WEIGHTS_FILE
+    atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+    table, feats, hashes, spec = nih_features(data_root, weights)
+    calib = calibrate_head(net, feats, table)
+    atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
+    for which in ("reference", "train", "heldout"):
+        m = (table["cxr128_split"] == which).to_numpy()
+        _write_set(out_dir / f"cxr128-{which}.npz", table[m], feats[m], [h for h, k in zip(hashes, m) if k], spec,
+                   which)
+    return {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
+
+
+def pin_sources(pins: dict[str, str]) -> None:
+    """Rewrite the pinned sha256s in ``features/cxr128.py`` and ``protocols/cxr128.py`` (the pins live in code)."""
+    import cxrbench.features.cxr128 as feat
+    import cxrbench.protocols.cxr128 as proto
+
+    consts = {Path(feat.__file__): {"WEIGHTS_SHA256": pins[feat.WEIGHTS_FILE], "HEAD_SHA256": pins[feat.HEAD_FILE]},
+              Path(proto.__file__): {f"{w.upper()}_SHA256": pins[f] for w, (f, _) in proto.FEATURE_FILES.items()}}
+    for path, values in consts.items():
+        text = path.read_text()
+        for const, digest in values.items():
+            text = re.sub(rf'^{const} = "[0-9a-zA-Z]*"', f'{const} = "{digest}"', text, count=1, flags=re.MULTILINE)
+        path.write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m baselines.cxr128net", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write cxrbench/protocols/cxr128_data from a trained run")
+    b.add_argument("--run", required=True, help="folder written by `cxrbench train cxr128-net`")
+    b.add_argument("--data", default="../shared/data", help="the shared data root (nih_extra_256px inside)")
+    b.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "cxrbench/protocols/cxr128_data"))
+    b.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
+    args = p.parse_args(argv)
+    pins = build(Path(args.run), Path(args.data), Path(args.out))
+    for name, digest in pins.items():
+        print(f"{digest}  {name}")
+    if args.pin:
+        pin_sources(pins)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""The ``cxr128`` feature network: a CXR ResNet that cxrbench trains itself and ships, pinned by sha256.
+
+The embedded protocol ``cxr128`` (``cxrbench.protocols.cxr128``) carries its own network: trained with
+``cxrbench train cxr128-net`` (``baselines/cxr128net.py``) on public radiographs, never on the protocol's
+reference or held-out NIH images (nor any image of their patients), stored as a ``weights_only`` state dict
+inside the package and refused when its bytes differ from the pinned hash.
+
+It replaces ``cxr64``, whose 64-d features were effectively three axes of sharpness and noise and so ranked
+blob images with no anatomy above chests. The objective here was chosen by how well FID in the embedding
+orders image sets as a person would (real < degraded < anatomy violated), not by probe AUROC: self-supervised
+features agree with human judgment where medically supervised ones do not (Stein et al., "Exposing flaws of
+generative model evaluation metrics and their unfair treatment of diffusion models", NeurIPS 2023; Woodland
+et al., "Feature extraction for generative medical imaging evaluation: new evidence against an evolving
+trend", MICCAI 2024).
+
+- ``cxr128``: the 128-d embedding (FID, KID, PRDC, memorization, KS over features run in it).
+- ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
+  held-out NIH splits (derived from the ``cxr128`` features, so the network runs once).
+
+Preprocessing (the only place size and range change): centre crop to a square (torchxrayvision's offset,
+``w // 2 - s // 2``), bilinear resize with antialiasing to 128 px when the input is another size, then
+``[0, 1] -> [-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.io import sha256_file
+from ..data.synthetic import synthetic_cxr
+from ..errors import WeightsError
+from .base import FeatureExtractor, bn_recalibrate
+from .cxr64 import _Block
+from .resize import center_crop_xrv
+
+IMAGE_SIZE = 128
+EMBED_DIM = 128
+WIDTHS = (16, 32, 64, 128)
+#: the last 4 x 4 map is pooled to 2 x 2 and flattened, not averaged to 1 x 1: a chest has a fixed layout
+#: (apices up, heart left of centre), and a global average would discard where things are
+POOL = 2
+WEIGHTS_FILE = "cxr128-net.pt"
+HEAD_FILE = "cxr128-labels.json"
+#: sha256 of the shipped weights file; a file with other bytes is refused
+WEIGHTS_SHA256 = ""
+#: sha256 of the shipped label-head calibration (labels kept, Platt parameters, operating points)
+HEAD_SHA256 = ""
+
+
+def to_cxr128(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Image contract ``(N, 1, H, W)`` in [0, 1] -> ``(N, 1, size, size)`` in [0, 1]: centre crop, then resize."""
+    x = center_crop_xrv(x)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+class CXR128Net(nn.Module):
+    """128 px, 1 channel -> 128-d embedding (``embed``) and 15 label logits (``head``, NIH-14 + No Finding).
+
+    A stride-2 stem and four stride-2 stages (64 to 4 px), 24 to 192 channels (~1.6M parameters, ~90M
+    multiply-adds an image: trainable on a CPU in minutes).
+    """
+
+    def __init__(self, widths=WIDTHS, embed_dim: int = EMBED_DIM, num_labels: int = 15):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for w in widths:
+            blocks += [_Block(cin, w, 2), _Block(w, w, 1)]
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.embed = nn.Linear(widths[-1] * POOL * POOL, embed_dim)
+        self.head = nn.Linear(embed_dim, num_labels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, 128, 128)`` in [-1, 1] -> ``(N, embed_dim)``."""
+        return self.embed(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), POOL).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def shipped_path(name: str) -> Path:
+    """A file shipped with the ``cxr128`` protocol (package data)."""
+    return Path(str(resources.files("cxrbench.protocols") / "cxr128_data" / name))
+
+
+def load_network(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[CXR128Net, str]:
+    """The shipped (or given) network and the sha256 of its file; a file that is not the pinned one is refused."""
+    path = Path(path) if path is not None else shipped_path(WEIGHTS_FILE)
+    expected = WEIGHTS_SHA256 if expected_sha256 is None else expected_sha256
+    if not path.is_file():
+        raise WeightsError(f"{path}: the cxr128 network weights are missing; reinstall cxrbench "
+                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
+    digest = sha256_file(path)
+    if expected != "any" and digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 weights ({expected[:16]}...); "
+                           "the file was altered or truncated: reinstall cxrbench or restore the file from git")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = CXR128Net()
+        net.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    except Exception as e:  # a wrong file that happens to be named like ours
+        raise WeightsError(f"{path}: not a cxr128 state dict ({e.__class__.__name__}: {str(e)[:120]})") from None
+    return net.eval(), digest
+
+
+class CXR128Extractor(FeatureExtractor):
+    name = "cxr128"
+    version = "1"
+    kind = "embedding"
+    num_features = EMBED_DIM
+    input_size = IMAGE_SIZE
+    resize_filter = "centre crop (xrv offset) + bilinear-antialias (torch) to 128 px"
+    published_sha256 = (WEIGHTS_SHA256,)  # the shipped file: results with it are comparable
+
+    def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
+                 network: CXR128Net | None = None) -> None:
+        """``weights``: "auto" (the shipped, pinned file; also for any other value but "random"), "random"
+        (seeded init with BatchNorm statistics from synthetic radiographs: tests and smoke runs), or a path to a
+        ``cxr128-net.pt`` file (accepted whatever its hash: for retraining; such results are not comparable)."""
+        super().__init__()
+        if network is not None:
+            self.net, self.weights_id = network, "memory"
+        elif weights is not None and str(weights) == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.net = CXR128Net()
+            bn_recalibrate(self.net, to_cxr128(synthetic_cxr(32, IMAGE_SIZE, seed=seed)) * 2 - 1)
+            self.weights_id = f"random:{seed}"
+        else:
+            custom = weights not in (None, "", "auto") and Path(str(weights)).is_file()
+            self.net, self.weights_id = load_network(Path(str(weights)) if custom else None,
+                                                     expected_sha256="any" if custom else None)
+        self.net.eval()
+        self.to(device)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return to_cxr128(x) * 2 - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+class CXR128ClassifierExtractor(FeatureExtractor):
+    """Calibrated probabilities of the labels the ``cxr128`` head tells apart, from ``cxr128`` features.
+
+    Calibration (Platt: ``sigmoid(a * logit + b)`` per label, then the operating point mapped to 0.5 as
+    torchxrayvision's ``op_norm`` does) and the label list are shipped beside the weights in
+    ``cxr128-labels.json`` with the held-out AUROC that chose them.
+    """
+
+    name = "cxr128-classifier"
+    version = "1"
+    kind = "probabilities"
+    derived_from = "cxr128"
+    input_size = IMAGE_SIZE
+    resize_filter = CXR128Extractor.resize_filter
+    published_sha256 = (WEIGHTS_SHA256,)
+
+    def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        base = CXR128Extractor(weights=weights, seed=seed, device="cpu")
+        head_path = shipped_path(HEAD_FILE)
+        if str(weights) == "random" or not head_path.is_file():
+            if str(weights) != "random":
+                raise WeightsError(f"{head_path}: the cxr128 label calibration is missing; reinstall cxrbench")
+            calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
+        else:
+            digest = sha256_file(head_path)
+            if digest != HEAD_SHA256:
+                raise WeightsError(f"{head_path}: sha256 {digest[:16]}... is not the pinned cxr128 label head "
+                                   f"({HEAD_SHA256[:16]}...); the file was altered: reinstall cxrbench or restore it")
+            calib = json.loads(head_path.read_text())
+        if not calib["labels"]:
+            raise WeightsError(f"{head_path}: the cxr128 label head keeps no label; rebuild it "
+                               "(python -m baselines.cxr128net build) from a trained network")
+        self.feature_names = list(calib["labels"])
+        self.num_features = len(self.feature_names)
+        w, b = base.net.head.weight.detach(), base.net.head.bias.detach()
+        idx = torch.tensor(calib["index"], dtype=torch.long)
+        self.register_buffer("w", w[idx].clone())
+        self.register_buffer("b", b[idx].clone())
+        self.register_buffer("a_cal", torch.tensor(calib["a"], dtype=torch.float32))
+        self.register_buffer("b_cal", torch.tensor(calib["b"], dtype=torch.float32))
+        self.register_buffer("op", torch.tensor(calib.get("op", [0.5] * len(calib["labels"])), dtype=torch.float32))
+        self.weights_id = base.weights_id
+        self.calibration = calib
+        self.eval()
+        self.to(device)
+
+    def spec(self) -> dict:
+        return {**super().spec(), "derived_from": self.derived_from, "labels": list(self.feature_names),
+                "calibration": "platt+op_norm" if not self.weights_id.startswith("random") else "none (random weights)"}
+
+    @torch.no_grad()
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        logits = f.to(self.w) @ self.w.T + self.b
+        p = torch.sigmoid(self.a_cal * logits + self.b_cal)
+        # the operating point to 0.5, piecewise linearly (torchxrayvision's op_norm): "present" = p > 0.5
+        return torch.where(p < self.op, p / (2 * self.op), 1 - (1 - p) / (2 * (1 - self.op)))
+
+    def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
+        raise RuntimeError("cxr128-classifier is computed from cxr128 features; add cxr128 to the extractors")
+
+    forward = preprocess
