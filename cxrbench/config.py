@@ -13,7 +13,7 @@ from .errors import UsageError
 
 DEFAULT_EXTRACTORS = ("inception", "xrv", "xrv-classifier", "pixels")
 #: what ``evaluate`` runs when given no reference (its reference, network and metrics ship with cxrbench)
-DEFAULT_PROTOCOL = "cxr64"
+DEFAULT_PROTOCOL = "cxr128"
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 

@@ -152,6 +152,8 @@ EXTRACTORS = Registry(
         "moco": "cxrbench.features.moco:MoCoExtractor",
         "cxr64": "cxrbench.features.cxr64:CXR64Extractor",
         "cxr64-classifier": "cxrbench.features.cxr64:CXR64ClassifierExtractor",
+        "cxr128": "cxrbench.features.cxr128:CXR128Extractor",
+        "cxr128-classifier": "cxrbench.features.cxr128:CXR128ClassifierExtractor",
     },
 )
 
@@ -190,6 +192,7 @@ PROTOCOLS = Registry(
     builtins={
         "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
+        "cxr128": "cxrbench.protocols.cxr128:CXR128Protocol",
     },
 )
 

@@ -6,7 +6,7 @@ import sys
 
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
-  # the default protocol cxr64: comparable numbers offline (network, reference and metrics ship with cxrbench)
+  # the default protocol cxr128: comparable numbers offline (network, reference and metrics ship with cxrbench)
   cxrbench evaluate --samples samples/
   # two halves of one real folder (a noise-floor check), offline with seeded random weights
   cxrbench evaluate --samples ../shared/data/nih1000_64px --samples-split half0 \\
@@ -41,7 +41,7 @@ def add_arguments(p) -> None:
     d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
     p.add_argument("--reference", default=None, help="folder, .npz array, statistics .npz, or a name: nih-cxr14, "
-                   "chexpert (default: none, and the cxr64 protocol runs with its shipped reference)")
+                   "chexpert (default: none, and the cxr128 protocol runs with its shipped reference)")
     p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
     p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
                    "chexpert: train, valid | hash-train, hash-valid, hash-test")
@@ -71,8 +71,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
-    p.add_argument("--protocol", default=None, help="cxr64 (embedded, comparable offline; the default without "
-                   "--reference) | augmentation (downstream classifier gain) | default (your own --reference)")
+    p.add_argument("--protocol", default=None, help="cxr128 (embedded, comparable offline; the default without "
+                   "--reference) | cxr64 (retired: its network ranks blobs above chests) | augmentation (downstream classifier gain) | default (your own --reference)")
     p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
     p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
     p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
@@ -87,13 +87,13 @@ def add_arguments(p) -> None:
 
 
 def resolve_protocol(args) -> str:
-    """``--protocol``, or the default: cxr64 without ``--reference``, your own reference otherwise."""
+    """``--protocol``, or the default: cxr128 without ``--reference``, your own reference otherwise."""
     from ..config import DEFAULT_PROTOCOL
     from ..errors import UsageError
 
     protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
-    if protocol == DEFAULT_PROTOCOL and args.extractors is not None:
-        raise UsageError(f"--protocol {protocol} fixes its extractors (cxr64, cxr64-classifier); drop --extractors, "
+    if protocol in ("cxr128", "cxr64") and args.extractors is not None:
+        raise UsageError(f"--protocol {protocol} fixes its extractors ({protocol}, {protocol}-classifier); drop --extractors, "
                          "or pass --reference to evaluate with extractors of your choice")
     return protocol
 

@@ -15,7 +15,7 @@ model.toml fields: name, authors (list), training_data, resolution (int or [h, w
 (unconditional | labels | text | image), license; optional url and paper (http(s) links).
 
 examples:
-  # under the default protocol cxr64 (no --reference: comparable offline, ranked on the cxr64 board)
+  # under the default protocol cxr128 (no --reference: comparable offline, ranked on the cxr128 board)
   cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --out leaderboard/entries/
   cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --reference nih-cxr14 \\
       --reference-split test --out leaderboard/entries/
@@ -59,11 +59,11 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
-                   "none, and the cxr64 protocol runs with its shipped reference)")
+                   "none, and the cxr128 protocol runs with its shipped reference)")
     p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
                    "chexpert: train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--train-reference", help="the generator's training images (for memorization)")
-    p.add_argument("--protocol", default=None, help="cxr64 (the default without --reference) | default (your own "
+    p.add_argument("--protocol", default=None, help="cxr128 (the default without --reference) | cxr64 (retired) | default (your own "
                    "--reference) | augmentation")
     add_config_flag(p, "weights", help="auto (published weights) | random (smoke run, never ranked) | a folder "
                     "holding the weights files")

@@ -29,7 +29,8 @@ from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.common import MetricSettings
-from ..protocols.cxr64 import PrecomputedSet, shipped_samples
+from ..protocols.cxr64 import PrecomputedSet
+from ..protocols.shipped import shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
@@ -83,7 +84,7 @@ def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train
     """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
 
     ``samples`` / ``reference`` are folders, ``.npy``/``.npz`` arrays, named references (``nih-cxr14``) or
-    ``ImageSource`` objects. With no reference (and no protocol), the default protocol ``cxr64`` runs: its
+    ``ImageSource`` objects. With no reference (and no protocol), the default protocol ``cxr128`` runs: its
     reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
     config = config or EvalConfig()
@@ -122,7 +123,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                          f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
     precomputed, sets = {}, {}
-    samples = shipped_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
+    samples = shipped_samples(samples) or samples  # "cxr128:heldout": a protocol's real-image row
     if isinstance(samples, PrecomputedSet):
         precomputed["samples"] = samples
         samples_sha256 = set_sha256(samples.hashes)  # of every row, as a folder's is of every file

@@ -190,7 +190,7 @@ def dimension_names(ctx: EvalContext, extractor: str, d: int) -> list[str]:
 
 
 #: label classifiers in order of preference when several ran (the published one first)
-CLASSIFIERS = ("xrv-classifier", "cxr64-classifier")
+CLASSIFIERS = ("xrv-classifier", "cxr128-classifier", "cxr64-classifier")
 
 
 def classifier_of(ctx: EvalContext) -> str | None:

@@ -41,11 +41,11 @@ class Snapshot:
 def snapshot(samples: str | os.PathLike) -> Snapshot:
     """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read).
 
-    A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
+    A protocol's shipped real-image set (``cxr128:heldout``, ``cxr64:train``, ...: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
     from ..data.io import sha256_file
     from ..data.sources import open_folder
-    from ..protocols.cxr64 import shipped_samples
+    from ..protocols.shipped import shipped_samples
 
     pre = shipped_samples(str(samples))
     if pre is not None:
@@ -167,7 +167,7 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..protocols.shipped import SHIPPED_SAMPLES
 
     if str(samples) in SHIPPED_SAMPLES:
         return str(samples)
@@ -176,7 +176,7 @@ def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..protocols.shipped import SHIPPED_SAMPLES
 
     loc = entry["samples"].get("location")
     if loc is None:

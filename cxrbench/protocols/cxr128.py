@@ -1,0 +1,111 @@
+"""Protocol ``cxr128``: comparable numbers offline, with no data and no download (the default protocol).
+
+Everything that makes two numbers comparable is fixed here and shipped inside the package:
+
+- the feature network ``cxr128`` (128-d embedding) and its label head ``cxr128-classifier``, trained by
+  cxrbench on public radiographs and pinned by sha256 (``cxrbench.features.cxr128``), chosen because FID in
+  its embedding orders image sets as a person does (real < degraded < anatomy violated);
+- the preprocessing: any input is centre-cropped and resized to 128 px (bilinear, antialiased), as the
+  extractor spec in every result says;
+- the reference: features of the 599 NIH ChestX-ray14 images (256 px originals) of the ``reference`` split
+  (``cxr128_splits``: patient-disjoint from everything the network and the bundled generators train on),
+  shipped as derived numbers with their labels and patient ids, never as images;
+- the held-out split's features (309 images of other patients): the real row a perfect generator would
+  score at the protocol's sample count (``cxr128:heldout``), and the label head's calibration set;
+- the training split's features, so ``memorization_cxr128`` runs against what the bundled generators saw;
+- the sample count: the first ``SAMPLE_COUNT`` samples in canonical (sha256) order, what the held-out split
+  supplies; fewer makes the result not comparable;
+- the metric list: every feature metric (FID, KID, PRDC, memorization, KS over features and over label
+  probabilities, label distribution and adherence). FD-infinity is not in it: its 1/N extrapolation needs at
+  least as many rows as dimensions in the smallest fitted subset (a fifth of N), 60 < 128 at N = 300.
+
+Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong to the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..data.io import sha256_file
+from ..errors import UsageError, WeightsError
+from ..features.cxr128 import shipped_path
+from .cxr64 import PrecomputedSet
+
+NAME = "cxr128"
+VERSION = "1"
+SAMPLE_COUNT = 300
+EXTRACTORS = ("cxr128", "cxr128-classifier")
+METRICS = ("fid", "kid", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
+#: sha256 of the shipped feature files; a file with other bytes is refused
+REFERENCE_SHA256 = ""
+TRAIN_SHA256 = ""
+HELDOUT_SHA256 = ""
+FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
+                 "train": ("cxr128-train.npz", TRAIN_SHA256),
+                 "heldout": ("cxr128-heldout.npz", HELDOUT_SHA256)}
+#: real-image sets a leaderboard evaluates in place of a generator's samples, to give the board its scale:
+#: held-out NIH images (what a perfect generator would score) and the training images (a perfect memorizer)
+SHIPPED_SAMPLES = {"cxr128:heldout": "heldout", "cxr128:train": "train"}
+
+
+def shipped_samples(spec) -> PrecomputedSet | None:
+    """``"cxr128:heldout"`` / ``"cxr128:train"`` as a samples set (rows in sha256 order); None otherwise."""
+    if isinstance(spec, str) and spec in SHIPPED_SAMPLES:
+        return load_features(SHIPPED_SAMPLES[spec]).canonical()
+    return None
+
+
+def load_features(which: str) -> PrecomputedSet:
+    """The shipped ``reference``, ``train`` or ``heldout`` set; a missing or altered file is refused, naming the
+    fix."""
+    import pandas as pd
+
+    fname, expected = FEATURE_FILES[which]
+    path = shipped_path(fname)
+    if not path.is_file():
+        raise WeightsError(f"{path}: the cxr128 {which} features are missing; reinstall cxrbench "
+                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 {which} features "
+                           f"({expected[:16]}...); the file was altered: reinstall cxrbench or restore it from git")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})
+        return PrecomputedSet(
+            name=meta["name"], ids=[str(x) for x in z["ids"]], hashes=[str(x) for x in z["hashes"]],
+            features={"cxr128": z["features"].astype(np.float32)}, specs={"cxr128": meta["spec"]},
+            labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
+            meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": f"{NAME}/{VERSION}"},
+        )
+
+
+class CXR128Protocol:
+    """Registry entry ``PROTOCOLS["cxr128"]``: fixes extractors, metrics, sample count and the shipped sets."""
+
+    name = NAME
+    version = VERSION
+    sample_count = SAMPLE_COUNT
+    headline = "fid_cxr128"
+
+    def prepare(self, config, reference, train_reference):
+        """The config and the sets an evaluation under this protocol uses; a conflicting request is refused."""
+        if reference is not None:
+            raise UsageError(
+                f"--protocol {NAME} fixes its reference (held-out NIH features shipped with cxrbench); drop "
+                "--reference, or drop --protocol to evaluate against your own reference (numbers then are not "
+                f"comparable with {NAME} ones)")
+        if train_reference is not None:
+            raise UsageError(f"--protocol {NAME} fixes the training reference for memorization (the protocol's "
+                             "NIH training split); drop --train-reference")
+        if config.weights not in ("auto", "random"):
+            raise UsageError(f"--protocol {NAME} uses its own shipped weights; drop --weights {config.weights}")
+        asked = set(config.metrics or ()) - set(METRICS)
+        if asked:
+            raise UsageError(f"--protocol {NAME} does not include {sorted(asked)}; its metrics: {', '.join(METRICS)}"
+                             + (" (FD-infinity is not valid at its N: a fifth of 300 rows for 128-d features)"
+                                if "fd_inf" in asked else ""))
+        config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
+        return config, load_features("reference"), load_features("train")
