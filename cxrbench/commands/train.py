@@ -28,7 +28,9 @@ examples:
   cxrbench train moco --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/moco --epochs 5
   # on the cxr64 protocol's patient-disjoint NIH training split (what the leaderboard's models train on)
   cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
-  # the cxr64 protocol's own feature network (its data: NIH cxr64-train + Kermany train + adult sets)
+  # the cxr128 protocol's own feature network (every public radiograph but its reference / held-out patients)
+  cxrbench train cxr128-net --data ../shared/data --out runs/cxr128 --config cxr128.toml --steps 400 --threads 1
+  # the retired cxr64 protocol's network (its data: NIH cxr64-train + Kermany train + adult sets)
   cxrbench train cxr64-net --data ../shared/data --out runs/cxr64 --epochs 30
 """
 
