@@ -383,9 +383,9 @@ def run_suite(extractor: str, *, data_root, protocol: str = "cxr128", config: Ev
     names = tuple(dict.fromkeys([n_ for n_ in (getattr(cls, "derived_from", None), extractor) if n_]))
     config = dataclasses.replace(config, extractors=names)
     device = resolve_device(config.device)
+    nets = build_extractors(names, config, device)  # missing weights fail here, before any data is looked at
     data = SuiteData(data_root, protocol=protocol, n=n, seed=seed, samples_dir=samples_dir,
                      progress_dir=progress_dir, skip_missing=skip_missing, corruption_names=corruption_names)
-    nets = build_extractors(names, config, device)  # missing weights fail here, before any image is read
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     t0 = time.perf_counter()
     ref = _features(data.reference(), extractor, nets, config, cache, device, "validity reference")
