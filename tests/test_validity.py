@@ -157,6 +157,10 @@ def test_a_known_inversion_is_reported_and_costs_tau():
     assert s["kendall_tau_generators"] < 1.0
     assert s["blob_ranks"]["gen:ldm"]["rank_generators"] == 2  # only real is closer
 
+    # identical features give FIDs equal up to round-off: a tie, and a tie is not the expected order
+    tie = dict(good, **{"vflip:moderate": good["real"] * (1 + 1e-15)})
+    assert ("real", "vflip:moderate") in {(c["better"], c["worse"]) for c in summarize(_sets(), tie)["violations"]}
+
 
 def test_expected_pairs_follow_tiers_and_strengths():
     pairs = {(a, b): r for a, b, r in expected_pairs(_sets())}
