@@ -115,9 +115,11 @@ def low_resolution(x: torch.Tensor, factor: int, seed: int = 0) -> torch.Tensor:
 
 
 def gan_artefacts(x: torch.Tensor, amplitude: float, seed: int = 0) -> torch.Tensor:
-    """The upsampling artefacts of generators with transposed convolutions: the image rebuilt from half
-    resolution by nearest-neighbour upsampling (2 px blocks), with a 2-px checkerboard of relative amplitude
-    ``amplitude`` (Odena, Dumoulin and Olah, "Deconvolution and Checkerboard Artifacts", 2016).
+    """The upsampling artefacts of generators built from transposed convolutions (Odena, Dumoulin and Olah,
+    "Deconvolution and Checkerboard Artifacts", Distill 2016): the image rebuilt from half resolution by
+    nearest-neighbour upsampling (2 px blocks), times a checkerboard of 2x2 px cells of relative amplitude
+    ``amplitude`` (the grid an uneven stride-2 overlap leaves one layer before the output). Cells of 2 px
+    rather than 1 px keep the grid visible to an extractor that looks at half the resolution.
 
     Radiologist: "a fine grid or screen pattern over a slightly blocky chest; an artefact of the
     display or the digitiser, the chest is readable".
@@ -127,7 +129,7 @@ def gan_artefacts(x: torch.Tensor, amplitude: float, seed: int = 0) -> torch.Ten
     small = F.avg_pool2d(x, 2, ceil_mode=True)
     up = F.interpolate(small, scale_factor=2, mode="nearest")[..., :h, :w]
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    checker = ((yy + xx) % 2).float() * 2 - 1  # +-1 alternating pixels
+    checker = ((yy // 2 + xx // 2) % 2).float() * 2 - 1  # +-1 alternating 2x2 cells
     return (up * (1 + amplitude * checker)).clamp(0, 1)
 
 
