@@ -74,6 +74,11 @@ def test_blur_lowers_high_frequency_energy_monotonically(images):
     assert _hf_energy(C.apply("lowres", images, "mild")) > _hf_energy(C.apply("lowres", images, "moderate"))
 
 
+def test_blur_strength_is_in_128px_units(images):
+    # 64 px images: the suite's mild blur (sigma 1 px at 128 px) is sigma 0.5 px
+    assert torch.equal(C.apply("blur", images, "mild"), C.gaussian_blur(images, 0.5))
+
+
 def test_random_field_has_the_source_histogram_and_spectrum_but_not_its_image(images):
     f = C.random_field(images, seed=2)
     for a, b in zip(f, images):

@@ -262,16 +262,19 @@ class Corruption:
     kind: str  # "degraded" | "violated"
     strengths: dict  # "mild" / "moderate" -> the function's parameter
     parameter: str
+    #: the parameter is a length in pixels of a 128 px image, scaled with the image's width
+    per_128px: bool = False
 
     @property
     def doc(self) -> str:
         return (self.fn.__doc__ or "").strip()
 
 
-#: Strengths for 128 px images. Moderate degradations were chosen so that a radiologist still reads the
+#: Strengths for 128 px images (blur's sigma scales with the width; low resolution is a factor, noise, JPEG
+#: quality, contrast and the artefact grid are per pixel). Moderate degradations were chosen so that a radiologist still reads the
 #: large anatomy (heart, mediastinum, diaphragm, lung fields) with no effort; mild ones are just visible.
 CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
-    Corruption("blur", gaussian_blur, "degraded", {"mild": 1.0, "moderate": 2.0}, "sigma_px"),
+    Corruption("blur", gaussian_blur, "degraded", {"mild": 1.0, "moderate": 2.0}, "sigma_px", per_128px=True),
     Corruption("noise", gaussian_noise, "degraded", {"mild": 0.03, "moderate": 0.08}, "std"),
     Corruption("jpeg", jpeg, "degraded", {"mild": 30, "moderate": 10}, "quality"),
     Corruption("contrast", contrast, "degraded", {"mild": 0.7, "moderate": 0.4}, "factor"),
@@ -294,4 +297,5 @@ def apply(name: str, x: torch.Tensor, strength: str = "moderate", seed: int = 0)
     c = CORRUPTIONS[name]
     if strength not in c.strengths:
         raise UsageError(f"corruption {name!r} has strengths {', '.join(c.strengths)}, not {strength!r}")
-    return c.fn(x, c.strengths[strength], seed=seed)
+    value = c.strengths[strength] * (x.shape[-1] / 128 if c.per_128px else 1)
+    return c.fn(x, value, seed=seed)
