@@ -23,6 +23,7 @@ COMMANDS = {
     "check": "check",
     "leaderboard": "leaderboard",
     "reproduce": "reproduce",
+    "validate": "validate",
 }
 
 
