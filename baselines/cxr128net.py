@@ -87,6 +87,8 @@ class Config:
     blur_sigma: float = 1.0
     noise_prob: float = 0.3  # additive Gaussian noise, std U(0, noise_std)
     noise_std: float = 0.02
+    lowres_prob: float = 0.0  # downsampled by a factor U(1, lowres_factor) (area), upsampled back (bilinear)
+    lowres_factor: float = 4.0
 
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
@@ -100,6 +102,7 @@ class Config:
         seen = ["crop/shift/small rotation", "brightness/contrast"]
         seen += ["Gaussian blur (mild, as invariance)"] * (self.blur_prob > 0)
         seen += ["Gaussian noise (mild, as invariance)"] * (self.noise_prob > 0)
+        seen += ["low resolution (as invariance)"] * (self.lowres_prob > 0)
         seen += ["rotation 90/180/270, vertical flip (pretext)"] * (self.lambda_orientation > 0)
         return seen
 
@@ -162,6 +165,15 @@ def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
     return out
 
 
+def _lowres(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` at ``1 / factor`` of its size (area average) and back (bilinear): a thumbnail blown up."""
+    if factor <= 1.01:
+        return x
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def orient(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Each image turned by its class ``k`` (index into ORIENTATIONS)."""
     out = x.clone()
@@ -208,6 +220,9 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         c = self.config
         x = augment(images, c)
         n = x.shape[0]
+        if c.lowres_prob > 0:
+            f = torch.where(torch.rand(n) < c.lowres_prob, 1 + (c.lowres_factor - 1) * torch.rand(n), torch.ones(n))
+            x = torch.stack([_lowres(x[i : i + 1], float(f[i]))[0] for i in range(n)])
         if c.blur_prob > 0:
             sigma = torch.where(torch.rand(n) < c.blur_prob, c.blur_sigma * torch.rand(n), torch.zeros(n))
             x = _gauss_blur(x, sigma.to(x))
@@ -264,6 +279,39 @@ def run_network(run_dir: Path) -> CXR128Net:
     net = CXR128Net()
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()
+
+
+def fit_label_head(net: CXR128Net, data_root: Path, *, c: float = 0.05) -> dict:
+    """A network trained without labels gets its label head as a linear probe on the frozen embedding.
+
+    One L2-regularised logistic regression per label on the training images whose label is known (the
+    training tables: NIH findings, Pneumonia / No Finding of the other sets), written into ``net.head`` so
+    the shipped state dict holds it like a jointly trained head; calibration and the choice of labels then
+    happen on the held-out splits as for any head. Returns the number of training images per label.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    data = CXR128NetTrainer.training_dataset(data_root, Config())
+    with torch.no_grad():
+        f = torch.cat([net.features(data.images[i : i + 256] * 2 - 1) for i in range(0, len(data), 256)]).numpy()
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    z = (f - mu) / sd  # standardised for the solver; folded back into the head's weights below
+    w = torch.zeros_like(net.head.weight)
+    b = torch.zeros_like(net.head.bias)
+    counts = {}
+    for j, name in enumerate(LABELS):
+        y = data.labels[:, j].numpy()
+        known = ~np.isnan(y)
+        counts[name] = int(known.sum())
+        if known.sum() < 20 or len(set(y[known])) < 2:
+            continue
+        lr = LogisticRegression(C=c, max_iter=2000).fit(z[known], y[known].astype(int))
+        w[j] = torch.from_numpy(lr.coef_[0] / sd).float()
+        b[j] = float(lr.intercept_[0] - (lr.coef_[0] * mu / sd).sum())
+    with torch.no_grad():
+        net.head.weight.copy_(w)
+        net.head.bias.copy_(b)
+    return counts
 
 
 def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
@@ -357,6 +405,9 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     net = run_network(run_dir)
+    config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    if config.get("objective", "contrastive") == "contrastive":  # no label term: the head is a linear probe
+        fit_label_head(net, data_root)
     weights = out_dir / WEIGHTS_FILE
     atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
     table, feats, hashes, spec = nih_features(data_root, weights)

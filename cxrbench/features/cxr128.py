@@ -125,7 +125,8 @@ class CXR128Extractor(FeatureExtractor):
                  network: CXR128Net | None = None) -> None:
         """``weights``: "auto" (the shipped, pinned file; also for any other value but "random"), "random"
         (seeded init with BatchNorm statistics from synthetic radiographs: tests and smoke runs), or a path to a
-        ``cxr128-net.pt`` file (accepted whatever its hash: for retraining; such results are not comparable)."""
+        ``cxr128-net.pt`` file or a folder holding one (accepted whatever its hash: for retraining and for
+        validating a candidate network; such results are not comparable)."""
         super().__init__()
         if network is not None:
             self.net, self.weights_id = network, "memory"
@@ -136,8 +137,11 @@ class CXR128Extractor(FeatureExtractor):
             bn_recalibrate(self.net, to_cxr128(synthetic_cxr(32, IMAGE_SIZE, seed=seed)) * 2 - 1)
             self.weights_id = f"random:{seed}"
         else:
-            custom = weights not in (None, "", "auto") and Path(str(weights)).is_file()
-            self.net, self.weights_id = load_network(Path(str(weights)) if custom else None,
+            path = Path(str(weights)) if weights not in (None, "", "auto") else None
+            if path is not None and path.is_dir():
+                path = path / WEIGHTS_FILE
+            custom = path is not None and path.is_file()
+            self.net, self.weights_id = load_network(path if custom else None,
                                                      expected_sha256="any" if custom else None)
         self.net.eval()
         self.to(device)
