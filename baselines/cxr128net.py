@@ -281,37 +281,31 @@ def run_network(run_dir: Path) -> CXR128Net:
     return net.eval()
 
 
-def fit_label_head(net: CXR128Net, data_root: Path, *, c: float = 0.05) -> dict:
+def fit_label_head(net: CXR128Net, feats: np.ndarray, table: pd.DataFrame, *, c: float = 0.05) -> None:
     """A network trained without labels gets its label head as a linear probe on the frozen embedding.
 
-    One L2-regularised logistic regression per label on the training images whose label is known (the
-    training tables: NIH findings, Pneumonia / No Finding of the other sets), written into ``net.head`` so
-    the shipped state dict holds it like a jointly trained head; calibration and the choice of labels then
-    happen on the held-out splits as for any head. Returns the number of training images per label.
+    One L2-regularised logistic regression per label on the features of the protocol's NIH ``train`` split
+    (the images the bundled generators train on; never the reference or held-out patients), written into
+    ``net.head`` so that the shipped state dict holds it like a jointly trained head. Calibration and the
+    choice of labels then happen on the two held-out splits, as for any head.
     """
     from sklearn.linear_model import LogisticRegression
 
-    data = CXR128NetTrainer.training_dataset(data_root, Config())
-    with torch.no_grad():
-        f = torch.cat([net.features(data.images[i : i + 256] * 2 - 1) for i in range(0, len(data), 256)]).numpy()
+    train = (table["cxr128_split"] == "train").to_numpy()
+    f = feats[train].astype(np.float64)
     mu, sd = f.mean(0), f.std(0) + 1e-6
     z = (f - mu) / sd  # standardised for the solver; folded back into the head's weights below
-    w = torch.zeros_like(net.head.weight)
-    b = torch.zeros_like(net.head.bias)
-    counts = {}
+    w, b = torch.zeros_like(net.head.weight), torch.zeros_like(net.head.bias)
     for j, name in enumerate(LABELS):
-        y = data.labels[:, j].numpy()
-        known = ~np.isnan(y)
-        counts[name] = int(known.sum())
-        if known.sum() < 20 or len(set(y[known])) < 2:
+        y = table.loc[train, name].to_numpy().astype(int)
+        if y.min() == y.max():
             continue
-        lr = LogisticRegression(C=c, max_iter=2000).fit(z[known], y[known].astype(int))
+        lr = LogisticRegression(C=c, max_iter=5000).fit(z, y)
         w[j] = torch.from_numpy(lr.coef_[0] / sd).float()
         b[j] = float(lr.intercept_[0] - (lr.coef_[0] * mu / sd).sum())
     with torch.no_grad():
         net.head.weight.copy_(w)
         net.head.bias.copy_(b)
-    return counts
 
 
 def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
@@ -406,11 +400,13 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     net = run_network(run_dir)
     config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    if config.get("objective", "contrastive") == "contrastive":  # no label term: the head is a linear probe
-        fit_label_head(net, data_root)
     weights = out_dir / WEIGHTS_FILE
     atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
     table, feats, hashes, spec = nih_features(data_root, weights)
+    if config.get("objective", "contrastive") == "contrastive":  # no label term: the head is a linear probe
+        fit_label_head(net, feats, table)  # the embedding does not change: the features above stay valid
+        atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+        spec = {**spec, "weights": sha256_file(weights)}
     calib = calibrate_head(net, feats, table)
     atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
     for which in ("reference", "train", "heldout"):

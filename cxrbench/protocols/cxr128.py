@@ -39,9 +39,9 @@ SAMPLE_COUNT = 300
 EXTRACTORS = ("cxr128", "cxr128-classifier")
 METRICS = ("fid", "kid", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
 #: sha256 of the shipped feature files; a file with other bytes is refused
-REFERENCE_SHA256 = ""
-TRAIN_SHA256 = ""
-HELDOUT_SHA256 = ""
+REFERENCE_SHA256 = "599499e75c240b33190779d4b1971ba4a3c511efc2d138c3f0b1023c5cdfbcab"
+TRAIN_SHA256 = "95368e83af1aaf118d688a2f97cc5931fc2f9cf5d0c88dfe57861d5031c49548"
+HELDOUT_SHA256 = "fe1ce87127cb697e6a03612de0454e859c8e3c7f28ce0bb8762833af006999c5"
 FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
                  "train": ("cxr128-train.npz", TRAIN_SHA256),
                  "heldout": ("cxr128-heldout.npz", HELDOUT_SHA256)}
