@@ -41,7 +41,9 @@ from ..registry import CLASSIFIERS
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "augmentation"
-PROTOCOL_VERSION = "2"  # 2: CIs resample training seeds too; partial-patient test draw
+# 2: CIs resample training seeds too; partial-patient test draw. 3: the linear probe solved to convergence, so its
+# AUROCs no longer depend on the CPU's BLAS kernels (an entry verified on one machine verifies on every other)
+PROTOCOL_VERSION = "3"
 MODES = ("real", "mixed", "augmented", "synthetic")
 #: output key -> higher_is_better (the leaderboard reads this, never a hard-coded direction)
 OUTPUTS = {
@@ -329,6 +331,14 @@ def accuracy(y: np.ndarray, s: np.ndarray) -> float:
 
 
 STATS = {"auroc": auroc, "accuracy": accuracy}
+#: how many resolution steps ``cxrbench verify`` lets a recomputed rank statistic move: a test pair whose two
+#: scores tie to the last digits can order either way when the features come from another CPU's kernels
+VERIFY_STEPS = 1
+
+
+def resolution_fields(step: float) -> dict[str, float]:
+    """``resolution`` (one test pair or image, averaged over seeds) and ``verify_atol`` (what verify allows)."""
+    return {"resolution": step, "verify_atol": VERIFY_STEPS * step}
 CI_METHOD = "percentile bootstrap over test images and training seeds"
 
 
@@ -385,7 +395,12 @@ class LinearProbe(AugmentClassifier):
         from sklearn.preprocessing import StandardScaler
 
         scaler = StandardScaler().fit(x_tr)
-        clf = LogisticRegression(C=cfg.c, max_iter=5000, random_state=seed)
+        # Newton steps to a gradient of 1e-8 (quadratic convergence puts the scores ~1e-11 from the optimum; at
+        # 1e-12 the line search runs out of float precision and falls back to lbfgs): the L2-penalised loss has
+        # one minimum, and reaching it makes the scores a function of the data alone. lbfgs stopped at its default
+        # tol 1e-4, where the path (and so the CPU's BLAS kernel) decides the last digits, and one near-tied test
+        # pair flipped an entry's AUROC on another CPU.
+        clf = LogisticRegression(C=cfg.c, solver="newton-cholesky", tol=1e-8, max_iter=200, random_state=seed)
         clf.fit(scaler.transform(x_tr), y_tr)
         return clf.predict_proba(scaler.transform(x_te))[:, 1]
 
@@ -655,6 +670,9 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     metrics: dict[str, MetricValue] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
     nt = len(test)
+    n_pos = int((y_test == 1).sum())
+    # the smallest step of each statistic's mean over seeds: one test pair (AUROC) or one test image (accuracy)
+    step = {"auroc": 1.0 / max(n_pos * (nt - n_pos), 1) / cfg.seeds, "accuracy": 1.0 / max(nt, 1) / cfg.seeds}
     for m in MODES:
         for sname, fn in STATS.items():
             vals = [fn(y_test, sc) for sc in scores[m]]
@@ -665,7 +683,8 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
                 value=float(np.mean(vals)), higher_is_better=True, ci=ci, n_gen=sizes[m]["n_synthetic"], n_ref=nt,
                 ci_method=CI_METHOD,
                 extra={"per_seed": vals, "std_over_seeds": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-                       "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"]},
+                       "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"],
+                       **resolution_fields(step[sname])},
             )
     for key, mode in (("gain", "augmented"), ("mixed_delta", "mixed")):
         for sname, fn in STATS.items():
@@ -680,7 +699,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
                 n_gen=sizes[mode]["n_synthetic"], n_ref=nt, ci_method=CI_METHOD,
                 extra={"per_seed": diffs, "std_over_seeds": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
                        "definition": f"{mode} minus real on the same test images and training seed, mean over "
-                                     "seeds"},
+                                     "seeds", **resolution_fields(step[sname])},
             )
 
     details = {
