@@ -52,7 +52,7 @@ from torch import nn
 
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix

@@ -4,7 +4,7 @@ Seed 001 fine-tuned Stable Diffusion 2.1 with DreamBooth on NIH images whose pro
 then again with a position word ("top left", ...) derived from the NIH bounding boxes. Here:
 
 - prompts: ``"chest x-ray, edema, effusion, bottom right"`` -- the fixed prefix, the findings (LABELS names,
-  any case; "pleural thickening" and the other aliases of ``cxrbench.labels`` accepted) and at most one
+  any case; "pleural thickening" and the other aliases of ``cxrbench.data.labels`` accepted) and at most one
   position of a 3 x 3 grid (:data:`POSITIONS`). A prompt is built from a training image's label vector and,
   when the image has a box, its position (:func:`bbox_position`: the centre of the image's first box in
   ``BBox_List_2017.csv.gz``, which torchxrayvision ships; image coordinates, so "left" is the image's left,
@@ -50,7 +50,7 @@ from torch import nn
 
 from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS, canonical_label
+from cxrbench.data.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers
 from .trainer import (

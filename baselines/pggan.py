@@ -53,7 +53,7 @@ from torch import nn
 
 from cxrbench.errors import UsageError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS, canonical_label
+from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix

@@ -68,13 +68,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cxrbench.data.labels import LABELS
 from cxrbench.errors import CxrbenchError, DataError, UsageError
-from cxrbench.generator import atomic_torch_save, atomic_write_bytes
-from cxrbench.labels import LABELS
+from cxrbench.fileio import atomic_torch_save, atomic_write_bytes
 from cxrbench.seeding import seed_everything, torch_generator
-
-# the options and Config helpers are the core CLI's contract with every trainable model; re-exported here
-from cxrbench.training import TrainOptions, config_from_overrides, config_to_dict, load_config_file  # noqa: F401
+from cxrbench.training import TrainOptions, config_to_dict
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cxrbench.checkpoint/1"
@@ -140,7 +138,7 @@ class LabelBankMixin:
         if not rows or torch.stack(rows).isnan().all():
             raise DataError(
                 f"{self.name} is conditional and needs training labels: give a folder with labels.csv "
-                "or --labels CSV (columns named as in cxrbench.labels.LABELS)"
+                "or --labels CSV (columns named as in cxrbench.data.labels.LABELS)"
             )
         lab = torch.nan_to_num(torch.stack(rows), nan=0.0)
         reps = math.ceil(bank.shape[0] / len(lab))

@@ -19,10 +19,6 @@ from torch import nn
 from .errors import CxrbenchError, DataError, UsageError
 from .fileio import atomic_torch_save, atomic_write_bytes, read_json_object
 
-# the file helpers live in fileio.py; their old import path from here keeps working
-__all__ = ["Generator", "PretrainedMixin", "SampleBatch", "atomic_torch_save", "atomic_write_bytes", "batch_seed",
-           "iter_samples", "read_json_object", "sample_images"]
-
 
 class PretrainedMixin:
     """``save_pretrained(dir)`` / ``from_pretrained(dir)``: a model is a folder, config plus weights."""

@@ -16,7 +16,7 @@ import torch
 
 from cxrbench.cli import main
 from cxrbench.data.sources import open_source
-from cxrbench.harness import images_source
+from cxrbench.engine.evaluate import images_source
 from cxrbench.features.cxr64 import CXR64Extractor
 from cxrbench.protocols.augmentation import (
     OUTPUTS,
@@ -26,7 +26,7 @@ from cxrbench.protocols.augmentation import (
     binary_labels,
 )
 from cxrbench.protocols.cxr64_splits import image_splits
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 CXR64_TRAIN_SPLIT, CXR64_TEST_SPLIT = CXR64Extractor.augmentation_splits
 

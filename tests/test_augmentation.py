@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cxrbench.errors import DataError, UsageError
-from cxrbench.harness import images_source
+from cxrbench.engine.evaluate import images_source
 from cxrbench.protocols.augmentation import (
     OUTPUTS,
     AugmentConfig,
@@ -25,7 +25,7 @@ from cxrbench.protocols.augmentation import (
     auroc,
     parse_task,
 )
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 
@@ -156,7 +156,8 @@ def test_same_seeds_same_numbers_and_seeds_redraw(cache_dir):
     assert c.details["test_ids"] != a.details["test_ids"]
     # features handed in by a caller (the harness path) give the same numbers as extracting them here
     from cxrbench.features.cache import FeatureCache
-    from cxrbench.harness import EvalConfig, build_extractors, extract_features
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors, extract_features
 
     ecfg = EvalConfig(extractors=("random-conv",), weights="random", progress=False, num_workers=0)
     ex = build_extractors(["random-conv"], ecfg, "cpu")
@@ -319,7 +320,8 @@ def _task_folders(tmp_path, seed: int):
 
 def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cache_dir):
     """`evaluate --protocol augmentation` reuses the harness's features and gives the protocol's own numbers."""
-    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.evaluate import evaluate
     from cxrbench.registry import PROTOCOLS
 
     real_dir, syn_dir = _task_folders(tmp_path, seed=80)
@@ -339,7 +341,8 @@ def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_
     """Both commands build their result through ``provenance.make_result``: same top-level keys, versions,
     commit, and comparability derived from the reasons."""
     from cxrbench.cli import main
-    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.evaluate import evaluate
     from cxrbench.results import load
 
     real_dir, syn_dir = _task_folders(tmp_path, seed=70)

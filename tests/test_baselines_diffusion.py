@@ -11,7 +11,7 @@ import torch
 from baselines import ddpm, diffusevae, ldm
 from baselines.trainer import Batch
 from cxrbench.errors import DataError, UsageError, WeightsError
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 
 from .generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -116,7 +116,7 @@ def test_prompts_condition_sampling():
 def test_ldm_training_uses_positions(tmp_path):
     # a labels.csv position column reaches the training prompts through LDM.train's dataset wrapper
     from cxrbench.data import ImageFolder
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
     from tests.conftest import write_pngs
 
     write_pngs(tmp_path / "imgs", synthetic_cxr(4, 16, seed=0))
@@ -132,7 +132,7 @@ def test_ldm_training_uses_positions(tmp_path):
         "img_0002.png": "chest x-ray, edema, center", "img_0003.png": "chest x-ray, bottom right",
     }
     # and LDM.train takes such a folder through the shared trainer
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
     from cxrbench.data.transforms import CXRTransform
 
     train_set = ImageFolder(tmp_path / "imgs", transform=CXRTransform(image_size=16))
@@ -196,7 +196,7 @@ def test_reconstruct_cli_writes_paired_manifest(tmp_path):
     import pandas as pd
 
     from cxrbench.cli import main
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
     from tests.conftest import write_pngs
 
     torch.manual_seed(0)
@@ -261,7 +261,7 @@ def _sample(model, n=2, seed=0):
 def test_ema_is_saved_sampled_and_resumed_exactly(tmp_path, name):
     import copy
 
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
     from cxrbench.registry import GENERATORS
 
     cls, cfg = GENERATORS.get(name), DIFFUSION[name]()
@@ -393,7 +393,7 @@ def tiny_sd_folder(root, prediction_type="v_prediction"):
 def test_ldm_stable_diffusion_path_uses_the_folders_scheduler(tmp_path):
     from diffusers import PNDMScheduler
 
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
 
     folder = tiny_sd_folder(tmp_path / "sd")
     cfg = ldm.LDMConfig(image_size=16, pretrained_dir=str(folder), sample_steps=2, batch_size=4, label_bank_size=8)
@@ -461,7 +461,7 @@ def test_representation_term_ignores_large_timesteps():
 
 
 def test_diffusevae_fine_tune_stage_starts_from_the_first_stage(tmp_path):
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
 
     ds = LabelledImages(8, 16, seed=0)
     opts = TrainOptions(steps=2, progress=False)

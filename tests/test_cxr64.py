@@ -19,7 +19,7 @@ import cxrbench
 from cxrbench.data.io import load_image, sha256_file
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features import cxr64 as feat
-from cxrbench.harness import EvalConfig
+from cxrbench.config import EvalConfig
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.metrics.prdc import prdc
 from cxrbench.protocols import cxr64 as proto

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cxrbench.cli import main
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 

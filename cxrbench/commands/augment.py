@@ -11,7 +11,7 @@ EPILOG = """examples:
   # offline smoke run with seeded random xrv features and a linear probe (numbers not comparable)
   cxrbench augment --real ../shared/data/kermany_pediatric_covid_skytells --synthetic samples/ \\
       --task "Pneumonia vs No Finding" --n-real 400 --n-test 300 --weights random --out aug.json
-  # seed 001's setting on GPU, DenseNet121 fine-tuning, with a figure
+  # Malik & Humair's setting on GPU, DenseNet121 fine-tuning, with a figure
   cxrbench augment --real nih/ --real-labels nih/labels.csv --synthetic samples/ \\
       --synthetic-labels samples/manifest.csv --task "Edema vs No Finding" --n-real 1000 --n-test 300 \\
       --seeds 3 --classifier densenet --device cuda --figure aug.png --out aug.json

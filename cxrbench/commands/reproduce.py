@@ -20,7 +20,7 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     name = "LSGAN-64"
     ...
 
-Earlier training stages (seed 002: a MoCo encoder, then plain DiffuseVAE, then its representation
+Earlier training stages (the Mphasis white paper: a MoCo encoder, then plain DiffuseVAE, then its representation
 fine-tune) are ``[[stage]]`` tables, each trained into ``runs/<recipe>-<id>`` before ``[model]``; a string
 ``"{id}"`` in a later config is replaced by that stage's folder::
 

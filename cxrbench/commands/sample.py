@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="write into an OUT that already holds a manifest")
-    o = p.add_argument_group("latent optimisation toward a class (seed 004; unconditional pggan)")
+    o = p.add_argument_group("latent optimisation toward a class (Segal et al. 2020; unconditional pggan)")
     o.add_argument("--optimize-toward", metavar="LABEL", default=None,
                    help="optimise each latent so that the classifier finds LABEL")
     o.add_argument("--classifier", default="xrv-classifier", help="registered probabilities extractor to guide with")
@@ -104,7 +104,7 @@ def read_label_csv(path: str | Path):
         raise DataError(f"{path}: cannot be read as CSV ({e.__class__.__name__})") from None
     cols = {canonical_label(str(c)): c for c in df.columns if canonical_label(str(c)) is not None}
     if not cols:
-        raise DataError(f"{path}: no label columns; name columns as in cxrbench.labels.LABELS ({', '.join(LABELS)})")
+        raise DataError(f"{path}: no label columns; name columns as in cxrbench.data.labels.LABELS ({', '.join(LABELS)})")
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     out = np.zeros((len(df), len(LABELS)), dtype=np.float32)

@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--equalize", action="store_true", help="histogram equalisation (seed 000/003 preprocessing)")
+    p.add_argument("--equalize", action="store_true", help="histogram equalisation (Kumar & Triana 2023 preprocessing)")
     p.add_argument("--no-crop", action="store_true", help="squash to a square instead of resize + center crop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -94,7 +94,7 @@ def build_config(cls, args) -> object:
 
 def run(args) -> int:
     from ..data import ImageFolder
-    from ..data.sources import select_split
+    from ..data.imageset import select_split
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
     from ..protocols.cxr64_splits import select_cxr64_split

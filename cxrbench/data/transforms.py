@@ -1,7 +1,7 @@
 """Training-time image transforms for the baselines (not used for evaluation: extractors preprocess).
 
 Each transform maps one image tensor ``(C, H, W)`` float32 in ``[0, 1]`` to another; ``CXRTransform``
-chains them for ``ImageFolder(..., transform=...)``. Seeds 000/003 preprocess CXR14 for their VAE, GAN and
+chains them for ``ImageFolder(..., transform=...)``. Kumar & Triana (Stanford, 2023) preprocess CXR14 for their VAE, GAN and
 GMVAE as "resize to 224, center crop, grayscale, histogram equalisation": ``seed_preprocessing()``.
 """
 
@@ -88,7 +88,7 @@ class CXRTransform:
 
     ``image_size`` is the output side. With ``crop`` the shorter side is resized to ``image_size`` and the
     centre cropped (aspect kept); without, the whole image is squashed to a square. ``equalize`` applies
-    histogram equalisation after resizing (seeds 000/003). ``channels=3`` replicates the grey channel
+    histogram equalisation after resizing (Kumar & Triana 2023). ``channels=3`` replicates the grey channel
     (the seed's GMVAE fed 3-channel images to VGG16); inside cxrbench images stay 1-channel.
     """
 
@@ -121,5 +121,5 @@ class CXRTransform:
 
 
 def seed_preprocessing(image_size: int = 224) -> CXRTransform:
-    """Seeds 000/003: resize to 224, center crop, grayscale, histogram equalisation."""
+    """Kumar & Triana (2023): resize to 224, center crop, grayscale, histogram equalisation."""
     return CXRTransform(image_size=image_size, crop=True, equalize=True)

@@ -16,15 +16,14 @@ import warnings
 import numpy as np
 import torch
 
-from ..config import (  # noqa: F401  (re-exported: the historical home of these names)
-    DEFAULT_EXTRACTORS,
+from ..config import (
     DEFAULT_PROTOCOL,
     PRECISIONS,
     EvalConfig,
     resolve_device,
 )
-from ..data.imageset import set_sha256
-from ..data.sources import ImageSource, open_source
+from ..data.imageset import ImageSource, set_sha256
+from ..data.sources import open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
@@ -33,13 +32,10 @@ from ..protocols.cxr64 import PrecomputedSet, shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
-from .extraction import (  # noqa: F401  (re-exported)
+from .extraction import (
     build_extractors,
     extract_features,
     extractor_spec,
-    precision_scope,
-    reference_statistics,
-    run_extractor,
 )
 from .metric_runner import run_metric
 from .per_condition import per_condition
@@ -347,8 +343,8 @@ def _duplicates(src: ImageSource) -> list[list[str]]:
 
 def images_source(images, name: str = "generator") -> ImageSource:
     """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
+    from ..data.imageset import array_source
     from ..data.io import array_to_images
-    from ..data.sources import array_source
 
     arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
     return array_source(arr, name=name, root=None)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..config import PRECISIONS, EvalConfig, resolve_device
-from ..data.sources import ImageSource, open_source
+from ..data.imageset import ImageSource
+from ..data.sources import open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache, chunk_key
 from ..metrics.moments import RunningMoments

@@ -1,7 +1,7 @@
 """Reference statistics: per-extractor mean and covariance of a reference set, saved once, reused by FID.
 
 ``cxrbench stats --reference nih-cxr14 --out nih.npz`` writes a ``.npz`` (no pickles) with ``meta`` (JSON:
-schema ``cxrbench.reference_stats/1``, the reference's path/split/n/sha256, each extractor's full spec, the
+schema ``cxrbench.engine.reference_stats/1``, the reference's path/split/n/sha256, each extractor's full spec, the
 real-vs-real FID of its halves) and ``mu__<extractor>`` / ``sigma__<extractor>`` (float64). ``evaluate
 --reference nih.npz`` then costs only the samples' forward passes; metrics that need the reference's
 features themselves (KID, PRDC, KS, ...) are listed as skipped. The stored extractor spec must equal the
@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from ..fileio import atomic_write_bytes
 
-SCHEMA = "cxrbench.reference_stats/1"
+SCHEMA = "cxrbench.engine.reference_stats/1"
 
 
 def is_reference_stats(path) -> bool:

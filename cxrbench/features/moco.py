@@ -1,4 +1,4 @@
-"""The MoCo-CXR representation (seed 002) as a feature extractor: every embedding metric runs in its space.
+"""The MoCo-CXR representation (the Mphasis white paper, Selvadeepa et al. 2023) as a feature extractor: every embedding metric runs in its space.
 
 There are no published weights: the extractor loads a folder written by ``cxrbench train moco`` (or
 ``MoCoCXR.save_pretrained``): ``config.json`` + ``model.pt``. ``weights`` is that folder (or its

@@ -214,7 +214,7 @@ class XRVClassifierExtractor(FeatureExtractor):
         return {**super().spec(), "derived_from": self.derived_from, "calibration": "op_threshs" if
                 bool(torch.isfinite(self.op_threshs).any()) else "none (random weights: plain sigmoid)"}
 
-    # no @torch.no_grad: seed 004's latent optimisation (cxrbench sample --optimize-toward) differentiates
+    # no @torch.no_grad: Segal et al. (2020)'s latent optimisation (cxrbench sample --optimize-toward) differentiates
     # through it; the head's weights are frozen and extracted features carry no graph, so nothing changes here
     def from_features(self, feats: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(self.head(feats.to(self.op_threshs.device)))

@@ -1,4 +1,5 @@
-"""Reconstructed-representation score (seed 002): ``1 - cos`` in the MoCo-CXR embedding; lower is better.
+"""Reconstructed-representation score (Selvadeepa et al., "Synthetic Chest X-ray Image Generator",
+Mphasis NEXT Labs white paper, 2023): ``1 - cos`` in the MoCo-CXR embedding; lower is better.
 
 - Paired mode, when the samples' ``manifest.csv`` has a ``source`` column (reconstructions, image-to-image
   models): each sample against the reference image it was made from. ``source`` names the reference image

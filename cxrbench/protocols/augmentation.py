@@ -1,9 +1,10 @@
-"""Downstream augmentation gain (seed 001 Table I, seed 003): do synthetic images help a real classifier?
+"""Downstream augmentation gain (Malik & Humair 2023, Table I;
+Kumar & Triana 2023): do synthetic images help a real classifier?
 
 A binary task ``"A vs B"`` (label names, ``No Finding`` allowed) is learned from four training sets and
 tested on the same held-out real images:
 
-``real``       N real images                      ``mixed``      N/2 real + N/2 synthetic (seed 001)
+``real``       N real images                      ``mixed``      N/2 real + N/2 synthetic (Malik & Humair)
 ``augmented``  the N real images + K synthetic    ``synthetic``  N synthetic images only
 
 Every training set is class-balanced. The test set is drawn once (patient-disjoint from the training pool
@@ -31,7 +32,8 @@ import torch
 
 from ..config import EvalConfig, resolve_device
 from ..data.labels import LABELS, NO_FINDING, canonical_label
-from ..data.sources import ImageSource, _align_table, _read_csv, open_source
+from ..data.imageset import ImageSource, _align_table, _read_csv
+from ..data.sources import open_source
 from ..engine.extraction import build_extractors, decoded_batches, default_workers, extract_features
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache

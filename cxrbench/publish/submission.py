@@ -1,7 +1,7 @@
 """Submitting, verifying and regression-checking samples against leaderboard entries.
 
 ``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
-(``cxrbench.entry/1``, see ``cxrbench.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+(``cxrbench.entry/1``, see ``cxrbench.publish.leaderboard``). ``verify`` re-hashes the samples and recomputes every
 number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
 reports the metrics that got worse than the entry by more than their noise.
 
@@ -44,7 +44,7 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
     from ..data.io import sha256_file
-    from ..data.sources import open_folder
+    from ..data.imageset import open_folder
     from ..protocols.cxr64 import shipped_samples
 
     pre = shipped_samples(str(samples))
