@@ -16,7 +16,7 @@ from cxrbench.features.moco import MoCoExtractor
 from cxrbench.config import EvalConfig
 from cxrbench.metrics import rrs
 from cxrbench.metrics.base import EvalContext, FeatureSet
-from cxrbench.metrics.bootstrap import real_vs_real_split
+from cxrbench.data.splits import real_vs_real_split
 from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs

@@ -79,7 +79,7 @@ def write_reference_stats(reference, out, *, config) -> Path:
     from ..config import resolve_device
     from ..data.sources import open_source
     from ..features.cache import FeatureCache
-    from ..metrics.bootstrap import real_vs_real_split
+    from ..data.splits import real_vs_real_split
     from ..metrics.fid import fid_from_features, gaussian_stats
     from .extraction import build_extractors, extract_features
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.splits import real_vs_real_split
 from ..errors import DataError
 from .base import EvalContext, FeatureSet
-from .bootstrap import bootstrap_ci, real_vs_real_split
+from .bootstrap import bootstrap_ci
 
 
 @dataclass(frozen=True)

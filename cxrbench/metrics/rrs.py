@@ -24,9 +24,10 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..data.splits import real_vs_real_split
 from ..errors import DataError
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import bootstrap_ci, real_vs_real_split
+from .bootstrap import bootstrap_ci
 
 PER_IMAGE_MAX = 10_000
 HIST_BINS = 50
