@@ -231,6 +231,55 @@ def test_pggan_schedule_grows_to_full_resolution():
     assert levels[15] == (1, 0.5)  # halfway through the first fade-in
 
 
+def _pggan_budget_run(tmp_path, options):
+    import pandas as pd
+
+    from baselines.trainer import TrainOptions
+
+    cfg = pggan.PGGANConfig(image_size=16, fmap_base=32, fmap_max=16, z_dim=8, batch_size=4, ema_decay=0.5)
+    assert cfg.phase_steps == 0  # the default: phases laid out over the budget
+    ds = LabelledImages(8, 16, seed=0)
+    model = pggan.PGGAN.train(ds, cfg, tmp_path, options=TrainOptions(progress=False, log_every=1, **options))
+    log = pd.read_csv(tmp_path / "losses.csv")
+    return model, list(zip(log["level"].astype(int), log["alpha"]))
+
+
+def test_pggan_short_step_budget_ends_at_the_final_level_with_alpha_1(tmp_path):
+    model, sched = _pggan_budget_run(tmp_path, {"steps": 12})
+    assert len(sched) == 12
+    assert (int(model.level), float(model.alpha)) == (2, 1.0)  # what sample() renders: the final level
+    assert sched[-3:] == [(2, 1.0)] * 3  # the last quarter stabilises at full resolution
+    assert sched[0] == (0, 1.0) and any(lv == 1 and a < 1 for lv, a in sched)  # it did grow through level 1
+    assert all(b >= a for a, b in zip(sched, sched[1:]))  # (level, alpha) never goes back
+    assert pggan.PGGAN.from_pretrained(tmp_path).sample(2, seed=0).shape == (2, 1, 16, 16)
+
+
+def test_pggan_cpu_budget_ends_at_the_final_level_with_alpha_1(tmp_path, monkeypatch):
+    # a 15-CPU-minute budget with a step count nobody knows in advance (the PGGAN-64 that was scored at
+    # alpha 0.29): a fake CPU clock, 0.1 s per reading, makes the run end after a dozen steps
+    from baselines import trainer
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.1 * next(clock))
+    model, sched = _pggan_budget_run(tmp_path, {"steps": 10**6, "cpu_minutes": 0.05})
+    assert 5 <= len(sched) < 100
+    assert (int(model.level), float(model.alpha)) == (2, 1.0)
+    final = sum(1 for s in sched if s == (2, 1.0))
+    assert final >= 0.25 * len(sched) - 1  # stabilisation time at full resolution before the budget ended
+
+
+def test_pggan_budget_schedule_lays_out_equal_phases():
+    model = pggan.PGGAN(pggan.PGGANConfig(image_size=32, fmap_base=32, fmap_max=16, z_dim=8))
+    assert model.schedule_at(0.0) == (0, 1.0)
+    # 3 levels: 6 phases of 0.125 in the first 0.75 of the budget
+    assert model.schedule_at(0.125 + 0.0625) == (1, pytest.approx(0.5))  # halfway through the first fade-in
+    assert model.schedule_at(0.3) == (1, 1.0)
+    assert model.schedule_at(0.749)[0] == 3 and model.schedule_at(0.749)[1] < 1
+    assert model.schedule_at(0.75) == model.schedule_at(1.0) == (3, 1.0)
+    with pytest.raises(ValueError, match="final_fraction"):
+        pggan.PGGANConfig(final_fraction=1.0)
+
+
 def test_pggan_fade_in_starts_as_the_level_below():
     torch.manual_seed(0)
     cfg = pggan.PGGANConfig(image_size=16, fmap_base=32, fmap_max=16, z_dim=8)
