@@ -427,3 +427,74 @@ def test_fs_gmvae_encoder_sees_the_labels_and_old_folders_load(tmp_path):
     assert torch.equal(old.encoder.head.weight[:, :-15], state["encoder.head.weight"])
     assert torch.equal(old.encoder(x, y0)[0], old.encoder(x, y1)[0])
     assert torch.equal(test.draw(old, 2, seed=0), test.draw(model, 2, seed=0))  # the decoder is unchanged
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GMVAE with a frozen encoder pretrained on radiographs (the MoCo model), the report's z and K
+
+
+def _tiny_moco(folder):
+    from baselines import moco
+
+    torch.manual_seed(3)
+    model = moco.MoCoCXR(moco.Config(image_size=32, width=8, batch_size=4, bn_splits=2, queue_size=8))
+    for m in model.modules():  # BatchNorm statistics away from their init, as a trained model's are
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def _moco_gmvae(folder, cls=gmvae.GMVAE, **kw):
+    cfg = {**gmvae.VARIANTS["GMVAE V4"], **gmvae.MOCO_ENCODER, "encoder_weights": str(folder),
+           "moco_width": 8, "moco_image_size": 32, "image_size": 32, "transition_channels": 8, "batch_size": 4,
+           "decoder": "linear", "linear_hidden": 16, **kw}
+    return cls(cls.Config(**cfg))
+
+
+@pytest.mark.parametrize("cls", [gmvae.GMVAE, gmvae.FSGMVAE])
+def test_gmvae_moco_encoder_is_loaded_frozen_and_the_report_z_and_k(tmp_path, cls):
+    moco = _tiny_moco(tmp_path / "moco")
+    torch.manual_seed(0)
+    model = _moco_gmvae(tmp_path / "moco", cls)
+    assert model.config.z_dim == 1000 and model.config.k == 50  # Table 4, GMVAE V4 / FS-GMVAE V1
+    assert model.prior()[0].shape == (50, 1000) and model.encoder.head.out_features == 2 * 1000
+    ds = LabelledImages(8, 32, seed=0)
+    model.on_train_start(ds)
+    # the encoder is the MoCo model's: its pooled feature map is MoCo's own embedding
+    x = ds.images[:4]
+    feats = model.encoder.features.eval()(x)
+    assert feats.shape == (4, 64, 1, 1)  # 512 * 8 / 64 channels, 32 px / 32
+    assert torch.allclose(feats.mean(dim=(2, 3)), moco.encode(x), atol=1e-5)
+    before = {k: v.clone() for k, v in model.encoder.features.state_dict().items()}
+    head = model.encoder.head.weight.detach().clone()
+    opts = model.configure_optimizers()
+    model.train()
+    for step in range(2):
+        logged = model.training_step(Batch(x, ds.labels[:4]), opts, step)
+    assert all(math.isfinite(v) for v in logged.values())
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder.features.parameters())
+    after = model.encoder.features.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert not torch.equal(head, model.encoder.head.weight)  # what sits on top of it trains
+    model.save_pretrained(tmp_path / "run")
+    (tmp_path / "moco" / "model.pt").unlink()  # the saved GMVAE holds the encoder it was trained with
+    loaded = cls.from_pretrained(tmp_path / "run")
+    assert torch.equal(loaded.encoder.features(x), model.encoder.features(x))
+
+
+def test_gmvae_moco_encoder_refuses_other_folders_and_settings(tmp_path):
+    from baselines import vae as vae_module
+
+    _tiny_moco(tmp_path / "moco")
+    ds = LabelledImages(4, 32, seed=0)
+    with pytest.raises(WeightsError, match="cxrbench train moco"):
+        _moco_gmvae(tmp_path / "missing").on_train_start(ds)
+    vae_module.VAE(vae_module.VAEConfig(image_size=16, channels=(8, 16), z_dim=8)).save_pretrained(tmp_path / "vae")
+    with pytest.raises(WeightsError, match="a vae folder, not a MoCo one.*never the evaluation protocol"):
+        _moco_gmvae(tmp_path / "vae").on_train_start(ds)
+    with pytest.raises(UsageError, match="moco_width = 8"):
+        _moco_gmvae(tmp_path / "moco", moco_width=16).on_train_start(ds)
+    with pytest.raises(ValueError, match="imagenet_normalize"):
+        gmvae.GMVAEConfig(encoder="moco")
