@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ class DiffuseVAE(LabelBankMixin, Trainable, Generator):
     name = "diffusevae"
     Config = DiffuseVAEConfig
     # folders saved before the conditions and the stages: unconditional, trained side by side
-    legacy_config = {"conditions": [], "vae_fraction": 0.0}
+    legacy_config: ClassVar[dict] = {"conditions": [], "vae_fraction": 0.0}
 
     def __init__(self, config: DiffuseVAEConfig):
         super().__init__(config)

@@ -130,8 +130,8 @@ class GMVAEConfig:
             raise ValueError(f"encoder must be vgg16, densenet121, conv or moco, got {self.encoder!r}")
         if self.encoder == "moco":
             if self.imagenet_normalize:
-                raise ValueError("imagenet_normalize is for the ImageNet encoders; set it false with encoder = \"moco\" "
-                                 "(MoCo takes one grey channel in [-1, 1])")
+                raise ValueError("imagenet_normalize is for the ImageNet encoders; set it false with "
+                                 "encoder = \"moco\" (MoCo takes one grey channel in [-1, 1])")
             if self.moco_arch not in MOCO_ARCHS:
                 raise ValueError(f"moco_arch must be one of {', '.join(MOCO_ARCHS)}, got {self.moco_arch!r}")
             if self.moco_width < 1 or self.moco_image_size < 32:

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--equalize", action="store_true", help="histogram equalisation (Kumar & Triana's preprocessing; a recipe's [data] equalize = true)")
+    p.add_argument("--equalize", action="store_true",
+                   help="histogram equalisation (Kumar & Triana's preprocessing; a recipe's [data] equalize = true)")
     p.add_argument("--no-crop", action="store_true", help="squash to a square instead of resize + center crop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
