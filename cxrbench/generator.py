@@ -25,6 +25,9 @@ class PretrainedMixin:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # a dataclass
+    #: Config values that a folder saved before a field existed is read with, where today's default would
+    #: build another model (DiffuseVAE's ``conditions``: folders saved before it are unconditional)
+    legacy_config: ClassVar[dict] = {}
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
@@ -48,6 +51,7 @@ class PretrainedMixin:
         config = meta.get("config", {})
         if not isinstance(config, dict):
             raise CxrbenchError(f"{cfg_path}: 'config' must be an object of {cls.name} Config fields")
+        config = {**cls.legacy_config, **config}
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = set(config) - fields
         if unknown:

@@ -5,9 +5,9 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     [model]                          # a registered generator and overrides of its Config fields
     name = "lsgan"
     config = { image_size = 64 }
-    [data]                           # training images; split: a labels.csv split value or cxr64-train
-    path = "../shared/data/nih1000_64px"
-    split = "cxr64-train"
+    [data]                           # training images; split: a labels.csv split value or cxr64-train;
+    path = "../shared/data/nih1000_64px"   # equalize = true: histogram equalisation of every training
+    split = "cxr64-train"                  # image (Kumar & Triana's preprocessing; `train --equalize`)
     [train]                          # trainer budget: cpu_minutes is the run's own clock (a rerun adds
     seed = 0                         # nothing), threads the torch CPU threads it is stated for
     cpu_minutes = 15
@@ -53,7 +53,7 @@ EPILOG = """examples:
 
 TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs", "batch_size", "device",
               "checkpoint_every"}
-SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels"}, "train": TRAIN_KEYS,
+SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels", "equalize"}, "train": TRAIN_KEYS,
             "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
             "gpu": None, "notes": None}
@@ -89,6 +89,8 @@ def load_recipe(path: Path) -> dict:
             raise UsageError(f"{path}: a recipe needs a [{need}] section")
     if "name" not in recipe["model"] or "path" not in recipe["data"]:
         raise UsageError(f"{path}: [model] needs name and [data] needs path")
+    if not isinstance(recipe["data"].get("equalize", False), bool):
+        raise UsageError(f"{path}: [data] equalize must be true or false, got {recipe['data']['equalize']!r}")
     from ..publish.card import card_from_dict
 
     card_from_dict(recipe["card"], f"{path}: [card]")  # refused now, not at submit after the training
@@ -128,6 +130,8 @@ def _train_command(name: str, data: dict, out: Path, config_file: Path, train: d
         t += ["--split", data["split"]]
     if data.get("labels"):
         t += ["--labels", data["labels"]]
+    if data.get("equalize"):
+        t.append("--equalize")
     budget = {k: train.get(k) for k in sorted(TRAIN_KEYS)}
     budget["seed"] = train.get("seed", 0)
     if args.max_minutes is not None:  # a shorter try: the override replaces both clocks

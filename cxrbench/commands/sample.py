@@ -301,6 +301,11 @@ def run_reconstruct(args, model, out: Path) -> int:
     n = len(src) if args.n is None else min(args.n, len(src))
     if n < 1:
         raise UsageError(f"--reconstruct {args.reconstruct}: no images to reconstruct")
+    conditional = getattr(model, "conditional", False)
+    known = src.source.label_matrix()
+    if conditional and (known is None or np.isnan(known).all()):
+        raise UsageError(f"--reconstruct {args.reconstruct}: {model.name} is conditional and needs the source "
+                         "images' labels; put a labels.csv (path and label columns) in that folder")
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(n - 1)))
     rows = []
@@ -308,8 +313,11 @@ def run_reconstruct(args, model, out: Path) -> int:
     for b, start in enumerate(range(0, n, args.batch_size)):
         m = min(args.batch_size, n - start)
         seed = batch_seed(args.seed, b)
-        batch = torch.stack([src[i][0] for i in range(start, start + m)])
-        arr = model.reconstruct(batch, seed=seed).detach().cpu().clamp(0, 1).numpy()[:, 0]
+        items = [src[i] for i in range(start, start + m)]
+        batch = torch.stack([it[0] for it in items])
+        # a conditional model reconstructs each image under its own labels (unknown ones count as absent)
+        kw = {"labels": torch.stack([it[1] for it in items])} if conditional else {}
+        arr = model.reconstruct(batch, seed=seed, **kw).detach().cpu().clamp(0, 1).numpy()[:, 0]
         for i in range(m):
             rel = f"{start + i:0{width}d}.png"
             atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))
