@@ -23,12 +23,12 @@ from ..config import (
     resolve_device,
 )
 from ..data.imageset import ImageSource, set_sha256
+from ..data.precomputed import PrecomputedSet
 from ..data.sources import open_source
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.common import MetricSettings
-from ..protocols.cxr64 import PrecomputedSet, shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
@@ -39,6 +39,7 @@ from .extraction import (
 )
 from .metric_runner import run_metric
 from .per_condition import per_condition
+from .protocol import protocol_samples
 from .provenance import make_result
 from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
@@ -110,22 +111,22 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     train_reference = train_reference if train_reference is not None else config.train_reference
 
     proto = _protocol(config)
-    if hasattr(proto, "prepare"):  # a protocol that fixes the extractors, metrics and reference sets
+    if proto is not None:  # a protocol may fix the extractors, metrics and reference sets
         config, reference, train_reference = proto.prepare(config, reference, train_reference)
         plan, skipped_metrics = _metric_plan(config)
-    elif reference is None:
+    if reference is None:
         raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
                          f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
     precomputed, sets = {}, {}
-    samples = shipped_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
+    samples = protocol_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
     if isinstance(samples, PrecomputedSet):
         precomputed["samples"] = samples
         samples_sha256 = set_sha256(samples.hashes)  # of every row, as a folder's is of every file
     else:
         sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
                                       index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
-    expected_n = getattr(proto, "sample_count", None)
+    expected_n = proto.sample_count if proto is not None else None
     n_found = len(samples if "samples" in precomputed else sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
         if "samples" in precomputed:
@@ -202,7 +203,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
-        if hasattr(proto, "after_metrics") or hasattr(proto, "run"):
+        if proto is not None and proto.adds_metrics:
             _run_protocol(proto, ctx, sets, keep, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
     tc = time.perf_counter()
@@ -234,7 +235,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         [f"metric settings {config.metric_settings} differ from protocol {config.protocol}'s"]
         if config.metric_settings and proto is not None else [])
     return make_result(
-        protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
+        protocol={"name": config.protocol, "version": proto.version if proto is not None else PROTOCOL_VERSION},
         samples=({**precomputed["samples"].describe(), "n_used": len(precomputed["samples"]),
                   "sha256": samples_sha256} if "samples" in precomputed else
                  {**sets["samples"].describe(), "n_used": len(keep["samples"]),
@@ -325,11 +326,8 @@ def _precomputed_feature_set(role: str, pre: PrecomputedSet, extractors: dict) -
 def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
     """A registered protocol's own step on the same sets and features, after the metrics; its metrics join the
     result. ``proto.after_metrics(ctx, sources)`` gets the image sets without the skipped rows (in the rows'
-    order of ``ctx``'s features); a protocol with only ``run(ctx)`` gets the context alone."""
-    if hasattr(proto, "after_metrics"):
-        values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
-    else:
-        values = proto.run(ctx)
+    order of ``ctx``'s features)."""
+    values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
     metric_versions[f"protocol:{proto.name}"] = proto.version
     metrics.update({k: v.to_dict() for k, v in values.items()})
 

@@ -35,6 +35,7 @@ from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..data.imageset import ImageSource, _align_table, _read_csv
 from ..data.sources import open_source
 from ..engine.extraction import build_extractors, decoded_batches, default_workers, extract_features
+from ..engine.protocol import Protocol
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
@@ -741,11 +742,12 @@ def run_augmentation(real, synthetic, *, task: str, config: AugmentConfig | None
     return out.metrics
 
 
-class AugmentationProtocol:
+class AugmentationProtocol(Protocol):
     """Registry entry ``PROTOCOLS["augmentation"]``: metadata plus :func:`run_augmentation`."""
 
     name = PROTOCOL_NAME
     version = PROTOCOL_VERSION
+    adds_metrics = True
     outputs = OUTPUTS
     Config = AugmentConfig
 

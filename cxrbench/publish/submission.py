@@ -45,9 +45,9 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
     from ..data.io import sha256_file
     from ..data.imageset import open_folder
-    from ..protocols.cxr64 import shipped_samples
+    from ..engine.protocol import protocol_samples
 
-    pre = shipped_samples(str(samples))
+    pre = protocol_samples(str(samples))
     if pre is not None:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
@@ -167,21 +167,21 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
-    if str(samples) in SHIPPED_SAMPLES:
+    if protocol_samples(str(samples)) is not None:
         return str(samples)
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
     loc = entry["samples"].get("location")
     if loc is None:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
-    if loc in SHIPPED_SAMPLES:
+    if protocol_samples(loc) is not None:
         return loc
     folder = Path(entry_path).parent / loc
     if not folder.is_dir():
