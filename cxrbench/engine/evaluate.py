@@ -26,6 +26,7 @@ from ..data.imageset import ImageSource, set_sha256
 from ..data.precomputed import PrecomputedSet
 from ..data.sources import open_source
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.common import MetricSettings
@@ -68,7 +69,7 @@ def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
             skipped[name] = f"needs extractor(s) {', '.join(missing)} (add to --extractors)"
             continue
         if m.per_extractor and not any(
-            getattr(EXTRACTORS.get(e), "kind", "") == "embedding" for e in config.extractors
+            EXTRACTORS.get(e).kind == FeatureKind.EMBEDDING for e in config.extractors
         ):
             skipped[name] = "needs an embedding extractor"
             continue
@@ -84,7 +85,7 @@ def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train
     reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
     config = config or EvalConfig()
-    if reference is None and config.protocol == "default" and train_reference is None:
+    if reference is None and not config.under_protocol and train_reference is None:
         config = config.resolved(protocol=DEFAULT_PROTOCOL)
     t0 = time.perf_counter()
     device = resolve_device(config.device)
@@ -142,7 +143,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         pass  # shipped features: nothing to open
     elif not isinstance(reference, ImageSource) and is_reference_stats(reference):
         ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
-        if config.protocol != "default":
+        if config.under_protocol:
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
         sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
@@ -292,8 +293,8 @@ def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
 
 
 def _protocol(config: EvalConfig):
-    """The registered protocol object of ``config.protocol`` (None for "default": your own reference)."""
-    return None if config.protocol == "default" else PROTOCOLS.get(config.protocol)()
+    """The registered protocol object of ``config.protocol`` (None: the user's own reference)."""
+    return PROTOCOLS.get(config.protocol)() if config.under_protocol else None
 
 
 def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
@@ -303,7 +304,7 @@ def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
         if k not in specs:
             raise UsageError(f"{role} {pre.name}: its features are {k!r} features; add {k} to --extractors")
         run = specs[k]
-        if str(run["weights"]).startswith("random"):
+        if is_random_weights(run["weights"]):
             continue  # smoke runs (tests) with random weights: not comparable, marked so in the result
         diff = [f for f in fields if run.get(f) != spec.get(f)]
         if diff:
