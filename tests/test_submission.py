@@ -195,3 +195,23 @@ def test_entry_config_is_type_checked_and_machine_fields_are_local(world):
         broken["result"]["config"][field] = bad
         with pytest.raises(DataError, match=f"config.{field}"):
             config_from_entry(broken)
+
+
+def test_check_against_a_result_file_as_well_as_an_entry(world, tmp_path, capsys):
+    """A CI baseline from `evaluate --out`, no card or submit: passes on the same samples, fails on worse ones."""
+    baseline = tmp_path / "baseline.json"
+    assert main(["evaluate", "--samples", str(world["samples"]), "--reference", str(world["ref"]), "--weights",
+                 "random", "--extractors", "random-conv", "--metrics", "fid", "--n-bootstrap", "50",
+                 "--num-workers", "0", "--cache-dir", world["cache"], "--quiet", "--out", str(baseline)]) == 0
+    capsys.readouterr()
+    for against in (baseline, world["entry"]):
+        base = ["check", "--against", str(against), "--num-workers", "0", "--cache-dir", world["cache"], "--quiet"]
+        assert main(base + ["--samples", str(world["samples"])]) == 0, against
+        assert "no regression in 1 metric" in capsys.readouterr().err
+        assert main(base + ["--samples", str(world["blurred"])]) == 1, against
+        assert "fid_random-conv" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something/1"}))
+    assert main(["check", "--samples", str(world["samples"]), "--against", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "cxrbench.entry/1" in err and "cxrbench.result/1" in err

@@ -101,6 +101,35 @@ def config_from_entry(entry: dict, **local) -> Any:
     return EvalConfig(**kw)
 
 
+def load_baseline(path: str | os.PathLike) -> dict:
+    """What ``check --against`` compares with: a leaderboard entry (``cxrbench.entry/1``) as it is, or a result
+    file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
+    baseline needs neither a model card nor ``submit``."""
+    from .. import results
+    from .leaderboard import MAX_ENTRY_BYTES, SCHEMA as ENTRY_SCHEMA, load_entry
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not an entry or a result file")
+        schema = json.loads(path.read_bytes().decode("utf-8")).get("schema")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; pass an entry (leaderboard/entries/NAME.json) or a result "
+                        "file (cxrbench evaluate --out FILE)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; pass an entry or a result file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError) as e:
+        raise DataError(f"{path}: not a JSON object ({type(e).__name__}); pass an entry or a result file") from None
+    if schema == ENTRY_SCHEMA:
+        return load_entry(path)
+    if schema != results.SCHEMA:
+        raise DataError(f"{path}: schema is {schema!r}; expected an entry ({ENTRY_SCHEMA!r}) or a result "
+                        f"({results.SCHEMA!r})")
+    result = dict(results.load(path))
+    return {"slug": path.name, "result": result, "weights": weights_of(result),
+            "protocol": {"name": result["protocol"]["name"], "version": result["protocol"]["version"]}}
+
+
 def reference_of(entry: dict) -> str | None:
     """Where the entry's reference is: its recorded path, or None for a protocol's shipped reference."""
     ref = entry["result"]["reference"]
