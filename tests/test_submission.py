@@ -51,7 +51,7 @@ def world(tmp_path_factory):
         "cache": str(root / "cache"),
     }
     (root / "model.toml").write_text(CARD)
-    rc = submit(w, "--out", str(root / "entries"))
+    rc = submit(w, "--entries", str(root / "entries"))
     assert rc == 0
     w["entry"] = root / "entries" / "tiny-gan.json"
     return w
@@ -89,12 +89,12 @@ def test_entry_records_hashes_card_and_protocol(world):
 
 def test_submit_refuses_to_overwrite_without_force(world, capsys):
     before = world["entry"].read_bytes()
-    assert submit(world, "--out", str(world["entry"].parent)) == 2
+    assert submit(world, "--entries", str(world["entry"].parent)) == 2
     assert "--force" in capsys.readouterr().err
     assert world["entry"].read_bytes() == before
     forced = world["root"] / "forced"
     shutil.copytree(world["entry"].parent, forced)
-    assert submit(world, "--out", str(forced), "--force") == 0
+    assert submit(world, "--entries", str(forced), "--force") == 0
     new = json.loads((forced / "tiny-gan.json").read_text())
     old = json.loads(before)
     assert new["result"]["metrics"] == old["result"]["metrics"]  # seeded: the same numbers again
@@ -103,7 +103,7 @@ def test_submit_refuses_to_overwrite_without_force(world, capsys):
 def test_submit_rejects_a_bad_card_before_evaluating(world, tmp_path, capsys):
     (tmp_path / "model.toml").write_text(CARD.replace("resolution = 32", "resolution = 0"))
     rc = main(["submit", "--samples", str(world["samples"]), "--card", str(tmp_path / "model.toml"),
-               "--reference", str(world["ref"]), "--out", str(tmp_path / "entries"), "--quiet"])
+               "--reference", str(world["ref"]), "--entries", str(tmp_path / "entries"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "model.toml" in err and "'resolution'" in err and "Traceback" not in err
     assert not (tmp_path / "entries").exists()
