@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import (
+    DEFAULT_EXTRACTORS,
     DEFAULT_PROTOCOL,
     PRECISIONS,
     EvalConfig,
@@ -100,6 +101,7 @@ def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train
     reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
     config = config_with(config, knobs)
+    config = _extractors_of_stats(config, reference)
     if reference is None and config.protocol == "default" and train_reference is None:
         config = config.resolved(protocol=DEFAULT_PROTOCOL)
     t0 = time.perf_counter()
@@ -109,6 +111,16 @@ def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train
         return _evaluate(samples, reference, config, train_reference, device, dist, t0)
     finally:
         dist.close()
+
+
+def _extractors_of_stats(config: EvalConfig, reference) -> EvalConfig:
+    """Against a statistics file (``cxrbench stats``) with the default extractors, the file's extractors: FID
+    can use no others, and the defaults would need weights (a download) that the file may not have used."""
+    if tuple(config.extractors) != DEFAULT_EXTRACTORS or isinstance(reference, (ImageSource, PrecomputedSet)):
+        return config
+    if reference is None or not is_reference_stats(reference):
+        return config
+    return config.resolved(extractors=tuple(load_reference_stats(reference)["stats"]))
 
 
 def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
