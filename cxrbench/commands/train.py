@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
                         "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split; "
-                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients")
+                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients; "
+                        "all: every image (default: all, refused on a folder holding the cxr64 protocol's "
+                        "reference or held-out images)")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")
@@ -92,6 +94,29 @@ def build_config(cls, args) -> object:
     return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
 
 
+def _check_protocol_leak(source, args) -> None:
+    """A folder holding the cxr64 protocol's reference or held-out images (``nih1000_64px``, or another NIH
+    folder with their patients): with no --split, refused (every cxr64 number of the model would be measured
+    on its training data); with a split of the folder's own, a warning. ``--split all`` says it is meant."""
+    from ..protocols.cxr64_splits import protocol_overlap
+
+    if args.split == "all":
+        return
+    seen = protocol_overlap(source)
+    n = max(seen["images"], seen["patient_images"])
+    if not n:
+        return
+    use = "--split cxr64-train (the protocol's training split)" if seen["train_split_present"] else \
+        "--split cxr64-disjoint (without the protocol's reference and held-out patients)"
+    which = "images of" if seen["images"] else "images of patients in"
+    what = (f"{n} of the {len(source)} images{'' if args.split is None else f' of split {args.split!r}'} in "
+            f"{args.data} are {which} the cxr64 protocol's reference or held-out set, so the model's cxr64 "
+            "numbers would be measured on its training data")
+    if args.split is None:
+        raise UsageError(f"{what}; pass {use}, or --split all to train on every image anyway")
+    print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
+
+
 def run(args) -> int:
     from ..data import ImageFolder
     from ..data.imageset import select_split
@@ -123,6 +148,7 @@ def run(args) -> int:
             source = select_cxr64_split(source, args.split)
         else:
             source = select_split(source, args.split)
+            _check_protocol_leak(source, args)
         dataset = ImageFolder(source, transform=transform)
     options = TrainOptions(
         steps=args.steps,
