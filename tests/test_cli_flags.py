@@ -23,9 +23,9 @@ def test_report_is_an_html_folder_and_entries_an_entries_folder_everywhere():
     seen = {"--report": [], "--entries": [], "--figure": []}
     for name, p in _subparsers().items():
         flags = _visible(p)
-        for flag in seen:
+        for flag, commands in seen.items():
             if flag in flags:
-                seen[flag].append(name)
+                commands.append(name)
         if "--report" in flags:
             assert flags["--report"].metavar == "DIR" and "report.html" in flags["--report"].help, name
         if "--entries" in flags:

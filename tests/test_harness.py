@@ -223,8 +223,8 @@ def test_stage_timings_nest_inside_the_extraction(synthetic_folders, fast_config
 def test_evalconfig_fields_as_keywords_beside_config(synthetic_folders, tmp_path):
     """clean-fid / torch-fidelity style: knobs as keywords; with config= the keyword replaces that field."""
     a, b = synthetic_folders["real_a"], synthetic_folders["real_b"]
-    kw = dict(extractors=("random-conv",), metrics=("fid",), weights="random", progress=False, num_workers=0,
-              cache_dir=str(tmp_path / "c"))
+    kw = {"extractors": ("random-conv",), "metrics": ("fid",), "weights": "random", "progress": False,
+          "num_workers": 0, "cache_dir": str(tmp_path / "c")}
     only_kw = evaluate(a, b, n_bootstrap=0, batch_size=7, **kw)
     assert only_kw["config"]["batch_size"] == 7 and only_kw["config"]["n_bootstrap"] == 0
     assert only_kw["metrics"]["fid_random-conv"]["ci"] is None  # n_bootstrap=0 took effect

@@ -20,12 +20,12 @@ losses.csv, train_state.json and train_info.json. A --config TOML file holds ove
 Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
 
 examples:
-  cxrbench train lsgan --data ../shared/data/nih1000_64px --split train --image-size 32 --out runs/lsgan32 \\
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --split cxr64-train --image-size 32 --out runs/lsgan32 \\
       --steps 2000
-  cxrbench train vae --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/vae \\
+  cxrbench train vae --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/vae \\
       --config vae.toml --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
-  cxrbench train moco --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/moco --epochs 5
+  cxrbench train moco --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/moco --epochs 5
   # on the cxr64 protocol's patient-disjoint NIH training split (what the leaderboard's models train on)
   cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
   # the cxr64 protocol's own feature network (its data: NIH cxr64-train + Kermany train + adult sets)

@@ -43,8 +43,8 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
-    from ..data.io import sha256_file
     from ..data.imageset import open_folder
+    from ..data.io import sha256_file
     from ..protocols.cxr64 import shipped_samples
 
     pre = shipped_samples(str(samples))
@@ -106,7 +106,8 @@ def load_baseline(path: str | os.PathLike) -> dict:
     file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
     baseline needs neither a model card nor ``submit``."""
     from .. import results
-    from .leaderboard import MAX_ENTRY_BYTES, SCHEMA as ENTRY_SCHEMA, load_entry
+    from .leaderboard import MAX_ENTRY_BYTES, load_entry
+    from .leaderboard import SCHEMA as ENTRY_SCHEMA
 
     path = Path(path)
     try:
