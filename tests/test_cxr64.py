@@ -283,7 +283,7 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
 
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
     r = _cli("submit", "--samples", str(EXAMPLES), "--card", str(ROOT / "examples" / "model.toml"),
-             "--out", str(tmp_path / "entries"), "--quiet", env=env)
+             "--entries", str(tmp_path / "entries"), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     (entry,) = (tmp_path / "entries").glob("*.json")
     e = json.loads(entry.read_text())

@@ -27,7 +27,7 @@ def _int_or_none(s: str):
 def add_arguments(p) -> None:
     from ..protocols.augmentation import AugmentConfig
     from ..registry import CLASSIFIERS
-    from .options import add_config_flag
+    from .options import add_config_flag, add_moved_flag
 
     d = AugmentConfig()  # the protocol's own knobs; those evaluate --protocol augmentation shares come from EvalConfig
     p.add_argument("--real", required=True, help="folder of real images with labels.csv (or --real-labels)")
@@ -61,7 +61,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--out", help="write the result JSON (cxrbench.result/1) here")
-    p.add_argument("--figure", "--report", dest="figure", help="write a PNG figure of the per-mode scores here")
+    p.add_argument("--figure", metavar="FILE.png", help="write a PNG figure of the per-mode scores here")
+    # --report names an HTML report folder (evaluate --report DIR); the PNG here is --figure
+    add_moved_flag(p, "--report", "is not an augment flag: the PNG figure is --figure FILE.png (--report names an "
+                   "HTML report folder, as in evaluate)")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

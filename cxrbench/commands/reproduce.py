@@ -182,7 +182,7 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
         s += ["--bit-depth", str(sample["bit_depth"])]
     if args.force:
         s.append("--overwrite")
-    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--out", str(args.entries),
+    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--entries", str(args.entries),
          "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
     if args.force:
         u.append("--force")

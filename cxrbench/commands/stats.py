@@ -10,6 +10,9 @@ HELP = "save a reference set's per-extractor mean/covariance (for FID against it
 EPILOG = """examples:
   cxrbench stats --reference nih-cxr14 --reference-split test --out nih-test.npz
   cxrbench evaluate --samples samples/ --reference nih-test.npz
+  # offline: the cxr64 protocol's network ships with cxrbench (evaluate takes the file's extractors)
+  cxrbench stats --reference real/ --extractors cxr64 --out real-cxr64.npz
+  cxrbench evaluate --samples samples/ --reference real-cxr64.npz
 """
 
 

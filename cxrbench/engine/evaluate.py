@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import (
+    DEFAULT_EXTRACTORS,
     DEFAULT_PROTOCOL,
     PRECISIONS,
     EvalConfig,
@@ -77,14 +78,32 @@ def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
     return plan, skipped
 
 
-def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train_reference=None) -> Result:
-    """Evaluate a samples set against a reference set; see ``EvalConfig`` for the knobs.
+def config_with(config: EvalConfig | None, knobs: dict, where: str = "evaluate") -> EvalConfig:
+    """``config`` (default ``EvalConfig()``) with the keyword knobs replacing its fields; a keyword that is not
+    a field is a ``UsageError`` listing the fields (a typo must not fall back to a default silently)."""
+    fields = [f.name for f in dataclasses.fields(EvalConfig)]
+    unknown = sorted(set(knobs) - set(fields))
+    if unknown:
+        raise UsageError(f"{where}(): unknown keyword(s) {', '.join(unknown)}; the knobs are EvalConfig's fields: "
+                         f"{', '.join(fields)}")
+    config = config or EvalConfig()
+    return config.resolved(**knobs) if knobs else config
+
+
+def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train_reference=None,
+             **knobs) -> Result:
+    """Evaluate a samples set against a reference set.
+
+    The knobs are ``EvalConfig``'s fields, given either as keywords (``device="cpu"``, ``batch_size=64``,
+    ``extractors=("xrv",)``, ``metrics=("fid",)``, ``n_bootstrap=0``, ...) or as ``config=``; given both,
+    each keyword replaces that field of ``config`` (the keyword wins). An unknown keyword is a ``UsageError``.
 
     ``samples`` / ``reference`` are folders, ``.npy``/``.npz`` arrays, named references (``nih-cxr14``) or
     ``ImageSource`` objects. With no reference (and no protocol), the default protocol ``cxr64`` runs: its
     reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
-    config = config or EvalConfig()
+    config = config_with(config, knobs)
+    config = _extractors_of_stats(config, reference)
     if reference is None and not config.under_protocol and train_reference is None:
         config = config.resolved(protocol=DEFAULT_PROTOCOL)
     t0 = time.perf_counter()
@@ -110,6 +129,16 @@ class _Sets:
     samples_sha256: str | None = None
     keep: dict = dataclasses.field(default_factory=dict)
     skipped_files: dict = dataclasses.field(default_factory=dict)
+
+
+def _extractors_of_stats(config: EvalConfig, reference) -> EvalConfig:
+    """Against a statistics file (``cxrbench stats``) with the default extractors, the file's extractors: FID
+    can use no others, and the defaults would need weights (a download) that the file may not have used."""
+    if tuple(config.extractors) != DEFAULT_EXTRACTORS or isinstance(reference, (ImageSource, PrecomputedSet)):
+        return config
+    if reference is None or not is_reference_stats(reference):
+        return config
+    return config.resolved(extractors=tuple(load_reference_stats(reference)["stats"]))
 
 
 def _evaluate(samples, reference, config: EvalConfig, train_reference, device: str, dist: DistContext,
@@ -406,13 +435,17 @@ def images_source(images, name: str = "generator") -> ImageSource:
 
 @torch.no_grad()
 def evaluate_generator(generator, n: int, reference, *, config: EvalConfig | None = None, labels=None,
-                       seed: int = 0, batch_size: int = 64) -> Result:
+                       seed: int = 0, batch_size: int = 64, **knobs) -> Result:
     """Sample ``n`` images from ``generator`` (anything with ``sample(n, labels=, seed=)``) and evaluate them.
+
+    ``seed`` and ``batch_size`` are the sampling's; the other keywords are ``EvalConfig`` fields, as in
+    ``evaluate`` (merged into ``config``, the keyword wins).
 
     For use inside a training loop: nothing is written to disk except the feature cache. The images are
     those ``cxrbench sample --seed SEED --batch-size BATCH_SIZE`` writes (``generator.sample_images``).
     """
     from ..generator import sample_images
 
+    config = config_with(config, knobs, "evaluate_generator")  # a typo fails before the sampling
     imgs = sample_images(generator, n, labels=labels, seed=seed, batch_size=batch_size)
     return evaluate(images_source(imgs, name=f"{type(generator).__name__} samples"), reference, config=config)

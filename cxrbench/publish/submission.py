@@ -43,8 +43,8 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
-    from ..data.io import sha256_file
     from ..data.imageset import open_folder
+    from ..data.io import sha256_file
     from ..engine.protocol import protocol_samples
 
     pre = protocol_samples(str(samples))
@@ -99,6 +99,36 @@ def config_from_entry(entry: dict, **local) -> Any:
     kw["samples_split"] = None  # a submission is the whole folder
     kw.update({k: v for k, v in local.items() if v is not None})
     return EvalConfig(**kw)
+
+
+def load_baseline(path: str | os.PathLike) -> dict:
+    """What ``check --against`` compares with: a leaderboard entry (``cxrbench.entry/1``) as it is, or a result
+    file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
+    baseline needs neither a model card nor ``submit``."""
+    from .. import results
+    from .leaderboard import MAX_ENTRY_BYTES, load_entry
+    from .leaderboard import SCHEMA as ENTRY_SCHEMA
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not an entry or a result file")
+        schema = json.loads(path.read_bytes().decode("utf-8")).get("schema")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; pass an entry (leaderboard/entries/NAME.json) or a result "
+                        "file (cxrbench evaluate --out FILE)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; pass an entry or a result file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError) as e:
+        raise DataError(f"{path}: not a JSON object ({type(e).__name__}); pass an entry or a result file") from None
+    if schema == ENTRY_SCHEMA:
+        return load_entry(path)
+    if schema != results.SCHEMA:
+        raise DataError(f"{path}: schema is {schema!r}; expected an entry ({ENTRY_SCHEMA!r}) or a result "
+                        f"({results.SCHEMA!r})")
+    result = dict(results.load(path))
+    return {"slug": path.name, "result": result, "weights": weights_of(result),
+            "protocol": {"name": result["protocol"]["name"], "version": result["protocol"]["version"]}}
 
 
 def reference_of(entry: dict) -> str | None:
