@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UsageError
+from ..registry import PROTOCOLS
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
@@ -38,8 +39,19 @@ class Snapshot:
     side_files: dict[str, str]  # labels.csv / manifest.csv -> sha256 (they change label metrics)
 
 
-def snapshot(samples: str | os.PathLike) -> Snapshot:
+def sample_count(protocol: str | None) -> int | None:
+    """How many samples ``protocol`` evaluates (its first N in canonical order); None: every one."""
+    if not protocol or protocol == "default":
+        return None
+    return getattr(PROTOCOLS.get(protocol), "sample_count", None)
+
+
+def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
     """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read).
+
+    ``limit``: a protocol's sample count. A larger folder's submission is its first ``limit`` files in
+    canonical (sha256) order, the ones the protocol evaluates: the entry lists exactly those, so that its
+    hash is the result's and ``verify`` of the same folder picks the same files.
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
@@ -54,6 +66,11 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
     if not root.is_dir():
         raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
     src = open_folder(root, role="samples", index=False)  # every byte re-read: a hash index is not evidence
+    if limit and len(src) > limit:
+        n = len(src)
+        src = src.subset(range(limit))
+        src.notes.append(f"the submission is the first {limit} of the folder's {n} images in canonical (sha256) "
+                         f"order, the protocol's sample count; the other {n - limit} are not part of it")
     side = {fn: sha256_file(root / fn) for fn in ("labels.csv", "manifest.csv") if (root / fn).is_file()}
     return Snapshot(src, dict(zip(src.ids, src.hashes)), side)
 
@@ -136,7 +153,7 @@ def submit(
         raise UsageError(f"{path}: an entry for {card.name!r} exists; pass --force to replace it")
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(config.protocol))
     real, task, note = augment_block.plan(snap.source, task=augment_task, real=augment_real,
                                           protocol=config.protocol, enabled=augment)
     if note and notes is not None:
@@ -207,7 +224,7 @@ def verify(
     they are not, ``notes`` says so and the rest is still checked."""
     from ..engine.evaluate import evaluate
 
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(entry["protocol"]["name"]))
     stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
     rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
     rows += file_differences(stored_side, snap.side_files)
