@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import CxrbenchError
 from .version import __version__
@@ -52,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+    def one_line(message, category, filename, lineno, file=None, line=None):  # a user reads it: no source line
+        print(f"cxrbench {args.command}: warning: {message}", file=sys.stderr if file is None else file)
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args._run(args) or 0)
     except CxrbenchError as e:
         print(f"cxrbench {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .fileio import atomic_write_bytes
+from .fileio import write_output
 
 SCHEMA = "cxrbench.result/1"
 REQUIRED = (
@@ -69,8 +69,7 @@ class Result(dict):
 
     def save(self, path: str | os.PathLike) -> Path:
         validate(self)
-        atomic_write_bytes(path, self.to_json().encode())
-        return Path(path)
+        return write_output(path, self.to_json().encode())
 
 
 def _json_default(o: Any):

@@ -190,6 +190,62 @@ def test_cache_entries_are_never_seen_half_written(tmp_path):
     assert [p.name for p in (tmp_path / "features" / "ab").iterdir()] == ["ab" * 32 + ".npz"]  # no temp left
 
 
+def _disk_full(monkeypatch):
+    """Every file written from here on fails as on a full disk (at fsync, after part of it was written)."""
+    import errno
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("how", ["cache-dir-is-a-file", "disk-full"])
+def test_a_cache_that_cannot_be_written_warns_once_and_the_run_goes_on(how, tiny, tmp_path, capsys, monkeypatch):
+    gen, ref = tiny
+    rc, clean, _ = _cli(gen, ref, tmp_path, capsys, "--no-cache")
+    if how == "cache-dir-is-a-file":
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        _disk_full(monkeypatch)
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    warned = [line for line in err.splitlines() if "feature cache" in line]
+    assert len(warned) == 1 and "cannot be written" in warned[0] and str(tmp_path / "cache") in warned[0], err
+    assert "cannot be written" in res["cache"]["write_error"]
+    assert res["metrics"] == clean["metrics"]  # the features in memory were complete
+    if how == "disk-full":
+        assert not list((tmp_path / "cache").rglob("*.tmp"))  # no half-written entry left behind
+
+
+@pytest.mark.parametrize("how", ["folder-is-a-file", "disk-full"])
+def test_an_out_file_that_cannot_be_written_is_one_line_and_leaves_nothing(how, tiny, tmp_path, capsys,
+                                                                             monkeypatch):
+    gen, ref = tiny
+    if how == "folder-is-a-file":
+        (tmp_path / "results").write_text("not a folder")
+    else:
+        (tmp_path / "results").mkdir()
+        _disk_full(monkeypatch)
+    out = tmp_path / "results" / "r.json"
+    rc, _, err = _cli(gen, ref, tmp_path, capsys, "--no-cache", "--out", str(out))
+    lines = err.strip().splitlines()
+    assert rc == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert str(out) in lines[0] and "cannot be written" in lines[0]
+    if how == "disk-full":
+        assert list((tmp_path / "results").iterdir()) == []  # neither the result nor its temporary file
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    gen, ref = tiny
+    rc, _, _ = _cli(gen, ref, tmp_path, capsys, "--out", str(tmp_path / "r.json"))
+    _disk_full(monkeypatch)
+    rc = cli.main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and str(tmp_path / "rep") in err[0] and "cannot be written" in err[0], err
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.suffix in (".tmp", ".md", ".html")]
+
+
 def test_same_inputs_give_bit_identical_metrics_and_the_result_says_how(tiny, fast_config):
     gen, ref = tiny
     cfg = dataclasses.replace(fast_config, use_cache=False, n_bootstrap=10, seed=7, weights_seed=3)

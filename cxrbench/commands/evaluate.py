@@ -198,8 +198,11 @@ def _condition_table(result) -> list[str]:
 
 def run(args) -> int:
     from ..engine.evaluate import evaluate
+    from ..fileio import check_writable
 
     config = config_from_args(args)
+    if args.out:
+        check_writable(args.out)  # before the work, not after it
     if args.protocol is None and args.reference is None and not args.quiet:
         print(f"no --reference: evaluating under the default protocol {config.protocol} (shipped network, reference "
               "and metrics; comparable offline)", file=sys.stderr)

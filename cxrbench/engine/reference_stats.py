@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..fileio import atomic_write_bytes
+from ..fileio import write_output
 
 SCHEMA = "cxrbench.reference_stats/1"
 
@@ -114,6 +114,6 @@ def write_reference_stats(reference, out, *, config) -> Path:
                                  "real_vs_real_n": [len(a), len(b)]}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-    atomic_write_bytes(out, buf.getvalue())
+    write_output(out, buf.getvalue())
     del torch
     return Path(out)

@@ -627,9 +627,9 @@ def _rel_link(target: Path, out_dir: Path) -> str:
 
 def write_public(path: str | os.PathLike, data: bytes) -> Path:
     """Atomic write, then the usual umask permissions (mkstemp makes 0600; leaderboard files are served)."""
-    from ..fileio import atomic_write_bytes
+    from ..fileio import write_output
 
-    atomic_write_bytes(path, data)
+    write_output(path, data)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)

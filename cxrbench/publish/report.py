@@ -496,7 +496,7 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
 
     ``base_dir``: where relative image paths in the result are also looked for (the result file's folder).
     """
-    from ..fileio import atomic_write_bytes
+    from ..fileio import write_output
 
     validate(result, "result")
     out = Path(out_dir)
@@ -507,10 +507,10 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
     files = {}
     for f in rep.figures:
         files[f.name] = re.sub(r"[^A-Za-z0-9_.-]", "_", f.name) + ".png"  # metric keys are free-form
-        atomic_write_bytes(out / files[f.name], f.png)
+        write_output(out / files[f.name], f.png)
     paths = {"html": out / "report.html", "md": out / "report.md"}
-    atomic_write_bytes(paths["html"], render_html(result, rep).encode("utf-8"))
-    atomic_write_bytes(paths["md"], render_markdown(result, rep, files).encode("utf-8"))
+    write_output(paths["html"], render_html(result, rep).encode("utf-8"))
+    write_output(paths["md"], render_markdown(result, rep, files).encode("utf-8"))
     return paths
 
 
