@@ -108,6 +108,33 @@ def safe_relpath(p: Any, source: str) -> str:
     return p
 
 
+def samples_root(entries_dir: str | os.PathLike) -> Path:
+    """The tree an entry's ``samples.location`` may lead into: the repository that holds the entries folder
+    (the nearest folder above it with ``.git``), else the folder above the entries folder (``leaderboard/``:
+    ``entries/`` beside ``samples/``)."""
+    d = Path(entries_dir).resolve()
+    for p in (d, *d.parents):
+        if (p / ".git").exists():
+            return p
+    return d.parent
+
+
+def samples_folder(e: dict, entries_dir: str | os.PathLike, source: str, hint: str = "") -> Path | None:
+    """The folder ``e``'s ``samples.location`` names, relative to its entries folder; None when it records
+    none or names a protocol's shipped set (``cxr64:heldout``). An entry is untrusted: a location that resolves
+    outside ``samples_root`` (``../../..``, or a link out) is refused, so that verify and the leaderboard never
+    read, hash or publish thumbnails of an arbitrary folder on the machine."""
+    loc = e["samples"].get("location")
+    if not loc or ":" in loc:
+        return None
+    folder = Path(entries_dir) / loc
+    root = samples_root(entries_dir)
+    if not folder.resolve().is_relative_to(root):
+        raise DataError(f"{source}: samples.location {loc!r} leads to {folder.resolve()}, outside {root} (the tree "
+                        f"holding the entry); an entry's samples must be inside it{hint}")
+    return folder
+
+
 def validate_entry(d: Any, source: str = "entry") -> None:
     """Schema-check an (untrusted) entry; every message names ``source`` and what is wrong."""
     if not isinstance(d, dict):
@@ -472,10 +499,9 @@ REFERENCE_NOTE = ("Rows marked reference are real images evaluated exactly as sa
 def thumbnail_grid(e: dict, entries_dir: str | os.PathLike) -> bytes | None:
     """A PNG grid of the entry's first ``THUMB_COUNT`` samples (in file order), each at ``THUMB_SIZE`` px; None
     when the samples are not in the repository (a reference row of real images, which are not redistributed)."""
-    loc = e["samples"].get("location")
-    if not loc or ":" in loc:
+    folder = samples_folder(e, entries_dir, e.get("_file", e["slug"]))
+    if folder is None:
         return None
-    folder = Path(entries_dir) / loc
     paths = [folder / safe_relpath(f["path"], e["slug"]) for f in e["samples"]["files"][:THUMB_COUNT]]
     if not paths or not all(p.is_file() for p in paths):
         return None

@@ -24,7 +24,7 @@ from ..registry import PROTOCOLS
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .leaderboard import make_entry, write_public
+from .leaderboard import make_entry, samples_folder, write_public
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -200,7 +200,10 @@ def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
     if loc in SHIPPED_SAMPLES:
         return loc
-    folder = Path(entry_path).parent / loc
+    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
+    if folder is None:
+        raise UsageError(f"{entry_path}: its samples.location {loc!r} is no shipped sample set "
+                         f"({', '.join(sorted(SHIPPED_SAMPLES))}); pass --samples FOLDER")
     if not folder.is_dir():
         raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
                          "pass --samples FOLDER")
