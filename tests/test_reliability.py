@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cxrbench import cli
 from cxrbench.errors import CxrbenchError, DataError
@@ -68,6 +69,14 @@ HOSTILE = {
                                and "manifest.csv", "leaves its folder"),
     "labels-uncertain": (lambda d: (d / "labels.csv").write_text("path,Effusion\nimg_0000.png,-1\n")
                          and "labels.csv", "-1"),
+    # a typo would silently drop the label from every label metric
+    "manifest-label-typo": (lambda d: (d / "manifest.csv").write_text("path,Efusion,seed\nimg_0000.png,1,7\n")
+                            and "manifest.csv", "'Efusion': not a label name; did you mean 'Effusion'?"),
+    "manifest-unknown-label": (lambda d: (d / "manifest.csv").write_text("path,Lung Opacity\nimg_0000.png,1\n")
+                               and "manifest.csv", "Pleural_Thickening, Hernia, No Finding"),
+    "manifest-label-list-typo": (lambda d: (d / "manifest.csv").write_text("path,labels\nimg_0000.png,Edema|Efusion\n")
+                                 and "manifest.csv", "'labels' holds 'Efusion'"),
+    "tiny-image": (lambda d: Image.new("L", (1, 1), 128).save(d / "tiny.png") or "tiny.png", "1x1 pixels, below"),
 }
 
 
@@ -80,6 +89,36 @@ def test_hostile_inputs_are_refused_in_one_line_naming_the_file(case, tiny, tmp_
     assert rc == 1 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and words in lines[0], err
+
+
+def test_manifest_metadata_columns_pass_and_tiny_images_are_skippable(tiny, tmp_path, capsys):
+    gen, ref = tiny
+    names = sorted(p.name for p in gen.glob("*.png"))
+    rows = "".join(f"{n},{i % 2},{i},a prompt,{1.5 + i}\n" for i, n in enumerate(names))
+    (gen / "manifest.csv").write_text("path,Effusion,seed,prompt,guidance\n" + rows)  # guidance: not 0/1
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0, err
+    Image.new("L", (8, 40), 128).save(gen / "thin.png")
+    rc, res, err = _cli(gen, ref, tmp_path, capsys, "--skip-bad")
+    assert rc == 0 and res["samples"]["skipped_files"] == ["thin.png"] and res["samples"]["n_used"] == len(names)
+
+
+def test_dicom_files_without_an_extension_are_evaluated(tiny, tmp_path, capsys):
+    """PACS exports name files by UID, with no extension (or the UID's last digits as one): such a DICOM is
+    one of the images, not an ignored file."""
+    from .test_io import _dicom
+
+    gen, ref = tiny
+    rc, before, _ = _cli(gen, ref, tmp_path, capsys)
+    px = (np.asarray(Image.open(gen / "img_0000.png"), dtype=np.float64) * 16).astype(np.uint16)
+    _dicom(gen / "IM0001", px)
+    _dicom(gen / "1.2.840.113619.2.55", px[::-1])
+    (gen / "notes.txt").write_text("not an image")
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0, err
+    assert res["samples"]["n_used"] == before["samples"]["n_used"] + 2
+    assert res["samples"]["ignored_files"] == ["notes.txt"]
+    assert res["metrics"] != before["metrics"]
 
 
 def test_unreadable_files_are_skippable_and_listed(tiny, tmp_path, capsys):
