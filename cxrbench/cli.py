@@ -34,6 +34,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their layout, and every option shows its default unless its help already says it (a None
+    default is resolved later and described in the help; a switch's False needs no saying)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text.lower()
+                or any(action.default is x for x in (None, False, True, argparse.SUPPRESS)) or action.default == []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cxrbench", description="Evaluate generative chest X-ray models.")
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
@@ -41,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f".commands.{module}", __package__)
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           epilog=getattr(mod, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog=getattr(mod, "EPILOG", None), formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, UsageError
 from .fileio import write_output
 
 SCHEMA = "cxrbench.result/1"
@@ -142,7 +142,7 @@ def load(path: str | os.PathLike) -> Result:
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: no such result file") from None
+        raise UsageError(f"{path}: no such result file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     validate(d, str(path))

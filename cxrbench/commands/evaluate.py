@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
                    "test, not comparable) | a folder holding the weights files")
     p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per forward pass")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=d.precision,
                    help="extractor forward precision; anything but fp32 marks the result not comparable")
     p.add_argument("--plain-kernels", dest="fast_kernels", action="store_false",
@@ -74,9 +74,12 @@ def add_arguments(p) -> None:
     p.add_argument("--protocol", default=None, help="cxr64 (embedded, comparable offline; the default without "
                    "--reference) | augmentation (downstream classifier gain) | default (your own --reference)")
     p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
-    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
-    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
-    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds)
+    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real,
+                   help="protocol augmentation: N real training images")
+    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test,
+                   help="protocol augmentation: held-out real test images")
+    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds,
+                   help="protocol augmentation: training seeds (use >= 3)")
     p.add_argument("--metric-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="override a metric setting, e.g. prdc_k=3 or kid_subset_size=500 (repeatable; "
                         "cxrbench.metrics.common.MetricSettings lists them)")

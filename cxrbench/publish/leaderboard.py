@@ -42,7 +42,7 @@ from typing import Any
 
 from .. import results
 from ..data.imageset import set_sha256
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..results import ci_text, floor_text
 from .card import ModelCard, card_from_dict
 
@@ -223,9 +223,9 @@ def load_entry(path: str | os.PathLike) -> dict[str, Any]:
             raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not a leaderboard entry")
         d = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path}: no such entry file") from None
+        raise UsageError(f"{path}: no such entry file") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder; pass an entry file (leaderboard/entries/NAME.json)") from None
+        raise UsageError(f"{path}: is a folder; pass an entry file (leaderboard/entries/NAME.json)") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     validate_entry(d, str(path))
@@ -236,7 +236,7 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Every ``*.json`` directly in ``folder`` (no recursion, no symlinks out), sorted by slug."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
+        raise UsageError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
     root = folder.resolve()
     out = []
     for p in sorted(folder.glob("*.json")):

@@ -64,7 +64,7 @@ def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
     if not root.is_dir():
-        raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
+        raise UsageError(f"{root}: no such samples folder; a submission is a folder of generated images")
     src = open_folder(root, role="samples", index=False)  # every byte re-read: a hash index is not evidence
     if limit and len(src) > limit:
         n = len(src)
