@@ -145,18 +145,28 @@ def config_from_args(args):
 def format_table(result) -> str:
     from ..results import ci_text, floor_text
 
-    rows = [("metric", "value", "95% CI", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
-    flagged = []
+    # a biased distance's interval is for the population value, not for the value at these N: the table shows
+    # the estimate the interval belongs to beside it, so that no value sits next to an interval it is not in
+    rows = [("metric", "value @N", "estimate [95% CI]", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
+    flagged, corrected = [], False
     for key, m in result["metrics"].items():
-        v = m["value"]
+        v, bc = m["value"], m.get("value_bias_corrected")
         if m.get("reason"):
             flagged.append(f"{key}: {m['reason']}")
+        ci = ci_text(m)
+        if ci.startswith("["):
+            est = v if bc is None else bc
+            corrected |= bc is not None
+            ci = f"{'-' if est is None else f'{est:.4g}'}{'*' if bc is not None else ''} {ci}"
         rows.append((
-            key, "-" if v is None else f"{v:.4g}", ci_text(m), floor_text(m),
+            key, "-" if v is None else f"{v:.4g}", ci, floor_text(m),
             "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
     lines = _aligned(rows)
+    if corrected:
+        lines.append("* bias-corrected (value minus the bootstrap's bias estimate): the estimate of the population "
+                     "value the interval is for; the value @N is biased upward")
     lines += _condition_table(result)
     s = result["samples"]
     proto = result.get("protocol") or {}
