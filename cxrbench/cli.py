@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except CxrbenchError as e:
         print(f"cxrbench {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk or a folder that cannot be written, wherever it strikes: the file, one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cxrbench {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cxrbench {args.command}: interrupted; finished feature chunks are cached and will be reused",
               file=sys.stderr)

@@ -273,6 +273,36 @@ def test_an_out_file_that_cannot_be_written_is_one_line_and_leaves_nothing(how, 
     assert str(out) in lines[0] and "cannot be written" in lines[0]
     if how == "disk-full":
         assert list((tmp_path / "results").iterdir()) == []  # neither the result nor its temporary file
+    else:
+        assert not (tmp_path / "cache").exists()  # refused before any image was read
+
+
+def test_a_report_folder_that_cannot_be_made_is_refused_before_the_work(tiny, tmp_path, capsys):
+    gen, ref = tiny
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    rc, _, err = _cli(gen, ref, tmp_path, capsys, "--report", str(tmp_path / "taken" / "rep"))
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and str(tmp_path / "taken") in lines[0], err
+    assert not (tmp_path / "cache").exists()
+    rc, _, _ = _cli(gen, ref, tmp_path, capsys, "--out", str(tmp_path / "r.json"))
+    assert cli.main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "taken") in err[0] and "not a folder" in err[0], err
+
+
+def test_an_os_error_anywhere_in_a_command_is_one_line_naming_the_file(monkeypatch, capsys):
+    """Outputs not written through fileio (checkpoints, sample PNGs) still end in one line on a full disk."""
+    import errno
+
+    from cxrbench.commands import ls
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/model.pt")
+
+    monkeypatch.setattr(ls, "run", full)
+    assert cli.main(["ls"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cxrbench ls: error: /data/run/model.pt: No space left on device"]
 
 
 def test_a_report_that_cannot_be_written_is_one_line(tiny, tmp_path, capsys, monkeypatch):

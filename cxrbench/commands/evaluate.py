@@ -214,8 +214,8 @@ def run(args) -> int:
     from ..fileio import check_writable
 
     config = config_from_args(args)
-    if args.out:
-        check_writable(args.out)  # before the work, not after it
+    for path in ([args.out] if args.out else []) + ([f"{args.report}/report.html"] if args.report else []):
+        check_writable(path)  # before the work, not after it
     if args.protocol is None and args.reference is None and not args.quiet:
         print(f"no --reference: evaluating under the default protocol {config.protocol} (shipped network, reference "
               "and metrics; comparable offline)", file=sys.stderr)

@@ -508,7 +508,10 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; pass --out a folder for the report")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: the report folder cannot be created ({e.strerror or e}); pass a writable --out") from None
     rep = build(result, base_dir=base_dir, seed=seed)
     files = {}
     for f in rep.figures:
