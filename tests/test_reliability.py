@@ -121,6 +121,19 @@ def test_dicom_files_without_an_extension_are_evaluated(tiny, tmp_path, capsys):
     assert res["metrics"] != before["metrics"]
 
 
+def test_looking_for_dicom_by_content_never_opens_a_named_pipe(tmp_path):
+    """Opening a FIFO to read its first bytes would block the scan for ever; it is listed as ignored."""
+    from cxrbench.data.imageset import scan_folder
+
+    Image.new("L", (16, 16)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe")
+    out = []
+    t = threading.Thread(target=lambda: out.append(scan_folder(tmp_path)), daemon=True)
+    t.start()
+    t.join(30)  # a guard against hanging the suite, not a timing: the scan takes milliseconds
+    assert out == [(["a.png"], ["pipe"])]
+
+
 def test_unreadable_files_are_skippable_and_listed(tiny, tmp_path, capsys):
     gen, ref = tiny
     loop = _loop(gen)

@@ -194,8 +194,11 @@ def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str
 
 
 def _dicom_magic(path: str) -> bool:
-    """A DICOM file by content: PACS exports often have no extension, or a UID's last digits as one."""
+    """A DICOM file by content: PACS exports often have no extension, or a UID's last digits as one. Only
+    regular files are opened (a named pipe would block the scan)."""
     try:
+        if not os.path.isfile(path):
+            return False
         with open(path, "rb") as f:
             return f.read(132)[128:132] == b"DICM"
     except OSError:
