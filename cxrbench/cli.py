@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+
     def one_line(message, category, filename, lineno, file=None, line=None):  # a user reads it: no source line
         print(f"cxrbench {args.command}: warning: {message}", file=sys.stderr if file is None else file)
 

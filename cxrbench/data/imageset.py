@@ -7,6 +7,7 @@ set's hash and every metric are independent of directory listing order.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -137,15 +138,13 @@ def _check_manifest_columns(df, csv_path: Path) -> None:
     """A samples manifest holds requested labels, so a column that reads as a label but is none (a typo such as
     ``Efusion``, a CheXpert-only name, 0/1 values under an unknown name) is refused: it would silently drop that
     label from every label metric. Other columns (generator metadata with other values) pass."""
-    import difflib
-
     import pandas as pd
 
     lower = [lab.lower() for lab in LABELS]
     for c in df.columns[1:] if "path" not in df.columns else df.columns:
         name = str(c)
-        if name in MANIFEST_METADATA or canonical_label(name) is not None:
-            continue
+        if name in MANIFEST_METADATA or name.startswith("Unnamed:") or canonical_label(name) is not None:
+            continue  # "Unnamed: 0": the index pandas writes by default, not a label
         if name in LABEL_LIST_COLUMNS:
             for s in df[c].dropna():
                 for t in str(s).replace(",", "|").split("|"):
