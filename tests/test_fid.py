@@ -106,7 +106,7 @@ def test_real_vs_real_split_is_patient_wise_and_deterministic():
 
 def test_fid_grows_with_distribution_shift_random_conv():
     from cxrbench.features.random_conv import RandomConvExtractor
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     ext = RandomConvExtractor(seed=0)
     ref = ext.extract(synthetic_cxr(200, 32, 0.0, seed=10)).numpy()
@@ -163,7 +163,7 @@ def test_cli_table_shows_the_estimate_each_interval_belongs_to(tmp_path, capsys)
     import re
 
     from cxrbench.cli import main
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     from .conftest import write_pngs
 
