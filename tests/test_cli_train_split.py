@@ -11,9 +11,9 @@ from PIL import Image
 
 from cxrbench.commands import train as train_cmd
 from cxrbench.errors import UsageError
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.registry import GENERATORS
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .test_cli_train_sample import FS_TOML, call
 

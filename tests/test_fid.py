@@ -5,7 +5,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
+from cxrbench.data.splits import real_vs_real_split
+from cxrbench.metrics.bootstrap import bootstrap_ci
 from cxrbench.metrics.fid import (
     BootstrapFD,
     covariance_factor,

@@ -9,7 +9,8 @@ import torch
 
 from cxrbench.cli import main
 from cxrbench.errors import DataError, UsageError
-from cxrbench.harness import EvalConfig, evaluate, evaluate_generator
+from cxrbench.config import EvalConfig
+from cxrbench.engine.evaluate import evaluate, evaluate_generator
 from cxrbench.results import load, validate
 
 from .conftest import shared_folder, write_pngs
@@ -28,7 +29,7 @@ def test_result_schema_and_ordering(synthetic_folders, fast_config):
 
 
 def test_order_of_files_does_not_matter(tmp_path, synthetic_folders, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     imgs = synthetic_cxr(40, 32, 0.0, seed=1)
     renamed = write_pngs(tmp_path / "renamed", imgs.flip(0), prefix="zz")  # same images, other names/order
@@ -74,7 +75,7 @@ def test_bad_images_are_listed_and_skippable(synthetic_folders, fast_config):
 
 
 def test_mixed_sizes_and_arrays(tmp_path, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     write_pngs(tmp_path / "mixed", synthetic_cxr(10, 32, seed=1), prefix="a")
     write_pngs(tmp_path / "mixed", synthetic_cxr(10, 48, seed=2), prefix="b", bits=16)
@@ -85,7 +86,7 @@ def test_mixed_sizes_and_arrays(tmp_path, fast_config):
 
 
 def test_evaluate_generator_matches_folder_evaluation(tmp_path, synthetic_folders, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     class Gen:
         def sample(self, n, *, labels=None, seed=None):
@@ -106,7 +107,7 @@ def test_user_mistakes(tmp_path, synthetic_folders, fast_config):
     (empty / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="notes.txt"):
         evaluate(empty, synthetic_folders["real_b"], config=fast_config)
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     one = write_pngs(tmp_path / "one", synthetic_cxr(1, 32))
     with pytest.raises(DataError, match="at least 2"):
@@ -127,7 +128,7 @@ def test_named_reference_missing_says_where_to_put_it(tmp_path, monkeypatch, syn
 
 def test_nih_reference_uses_torchxrayvision_metadata(tmp_path, monkeypatch, fast_config, synthetic_folders):
     from cxrbench.data.references import open_reference
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     names = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
     folder = tmp_path / "data" / "nih-cxr14" / "images"
@@ -213,7 +214,7 @@ def test_fid_monotone_in_blur_and_noise_on_real_images(extractor, tmp_path):
     import torchvision.transforms.functional as TF
 
     from cxrbench.data import open_source
-    from cxrbench.harness import images_source
+    from cxrbench.engine.evaluate import images_source
 
     src = open_source(shared_folder("nih1000_64px"))
     imgs = torch.stack([torch.from_numpy(src.load(i)) for i in range(200)]).unsqueeze(1)

@@ -135,7 +135,7 @@ def test_validate_refuses_a_malformed_block():
 # --- end to end: the harness, the report and `cxrbench verify` on a conditional samples folder --------------
 
 def _folder(root, names, seed, table):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     imgs = synthetic_cxr(len(names), 32, 0.0, seed=seed)
     imgs[np.array(names) == "Effusion"] = torch.flip(imgs[np.array(names) == "Effusion"], dims=[-1])

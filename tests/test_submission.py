@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrbench.cli import main
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 
@@ -79,7 +79,7 @@ def test_entry_records_hashes_card_and_protocol(world):
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in world["samples"].glob("*.png")}
     assert {f["path"]: f["sha256"] for f in e["samples"]["files"]} == files
     # the sample-set hash is the harness's own (sha256 over the sorted per-file hashes)
-    from cxrbench.data.sources import open_folder
+    from cxrbench.data.imageset import open_folder
 
     assert e["samples"]["sha256"] == e["result"]["samples"]["sha256"] == open_folder(world["samples"]).sha256
     assert e["weights"] == {"random-conv": "random:0"} and e["comparable"] is False
@@ -202,7 +202,7 @@ def test_check_usage_errors_exit_2(world, tmp_path):
 
 def test_entry_config_is_type_checked_and_machine_fields_are_local(world):
     from cxrbench.errors import DataError
-    from cxrbench.submission import config_from_entry
+    from cxrbench.publish.submission import config_from_entry
 
     e = json.loads(world["entry"].read_text())
     e["result"]["config"].update(cache_dir="/submitter/cache", device="cuda:3", weights="/submitter/weights")

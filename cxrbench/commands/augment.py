@@ -6,12 +6,14 @@ import dataclasses
 import sys
 import time
 
+from ..features.base import is_random_weights
+
 HELP = "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real"
 EPILOG = """examples:
   # offline smoke run with seeded random xrv features and a linear probe (numbers not comparable)
   cxrbench augment --real ../shared/data/kermany_pediatric_covid_skytells --synthetic samples/ \\
       --task "Pneumonia vs No Finding" --n-real 400 --n-test 300 --weights random --out aug.json
-  # seed 001's setting on GPU, DenseNet121 fine-tuning, with a figure
+  # Malik & Humair's setting on GPU, DenseNet121 fine-tuning, with a figure
   cxrbench augment --real nih/ --real-labels nih/labels.csv --synthetic samples/ \\
       --synthetic-labels samples/manifest.csv --task "Edema vs No Finding" --n-real 1000 --n-test 300 \\
       --seeds 3 --classifier densenet --device cuda --figure aug.png --out aug.json
@@ -85,7 +87,7 @@ def build_result(outcome, config, *, seconds: float):
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
     random_w = [why for k, s in outcome.extractors.items()
                 if (why := EXTRACTORS.get(k).weights_problem(str(s.get("weights", ""))))]
-    if CLASSIFIERS.get(config.classifier).uses_weights and config.weights == "random":
+    if CLASSIFIERS.get(config.classifier).uses_weights and is_random_weights(config.weights):
         random_w.append(f"{config.classifier}: random initialisation")
     return make_result(
         protocol={"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION},

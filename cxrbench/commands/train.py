@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, data order and noise")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--equalize", action="store_true", help="histogram equalisation (seed 000/003 preprocessing)")
+    p.add_argument("--equalize", action="store_true",
+                   help="histogram equalisation (Kumar & Triana's preprocessing; a recipe's [data] equalize = true)")
     p.add_argument("--no-crop", action="store_true", help="squash to a square instead of resize + center crop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -91,9 +92,28 @@ def build_config(cls, args) -> object:
     return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
 
 
+def _refuse_other_preprocessing(out: Path, spec) -> None:
+    """A resumed run must see its images preprocessed as before (the model's Config does not hold the
+    transform, so the trainer's own config check cannot catch, e.g., --equalize added on resume)."""
+    info_path = out / "train_info.json"
+    if not (out / "checkpoint.pt").is_file() or not info_path.is_file():
+        return
+    try:
+        before = json.loads(info_path.read_text()).get("transform")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable info file: the checkpoint's own checks still apply
+    if before is not None and before != spec:
+        changed = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k)) if (
+            isinstance(before, dict) and isinstance(spec, dict)) else ["transform"]
+        raise UsageError(
+            f"{out}: its checkpoint was trained with other preprocessing ({', '.join(changed)} differ; "
+            f"see {info_path.name}); use a new --out folder, or the same flags (e.g. --equalize) to resume"
+        )
+
+
 def run(args) -> int:
     from ..data import ImageFolder
-    from ..data.sources import select_split
+    from ..data.imageset import select_split
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
     from ..protocols.cxr64_splits import select_cxr64_split
@@ -135,13 +155,15 @@ def run(args) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    spec = transform.spec() if transform is not None else "model-defined"
+    _refuse_other_preprocessing(out, spec)
     info = {
         "model": args.name,
         "data": str(Path(args.data).resolve()),
         "labels": str(Path(args.labels).resolve()) if args.labels else None,
         "split": args.split or "all",
         "n_images": len(dataset),
-        "transform": transform.spec() if transform is not None else "model-defined",
+        "transform": spec,
         "config": config_to_dict(config),
     }
     atomic_write_bytes(out / "train_info.json", json.dumps(info, indent=2, sort_keys=True).encode())

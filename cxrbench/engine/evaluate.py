@@ -16,33 +16,31 @@ import warnings
 import numpy as np
 import torch
 
-from ..config import (  # noqa: F401  (re-exported: the historical home of these names)
-    DEFAULT_EXTRACTORS,
+from ..config import (
     DEFAULT_PROTOCOL,
     PRECISIONS,
     EvalConfig,
     resolve_device,
 )
-from ..data.imageset import set_sha256
-from ..data.sources import ImageSource, open_source
+from ..data.imageset import ImageSource, set_sha256
+from ..data.precomputed import PrecomputedSet
+from ..data.sources import open_source
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.common import MetricSettings
-from ..protocols.cxr64 import PrecomputedSet, shipped_samples
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
-from .extraction import (  # noqa: F401  (re-exported)
+from .extraction import (
     build_extractors,
     extract_features,
     extractor_spec,
-    precision_scope,
-    reference_statistics,
-    run_extractor,
 )
 from .metric_runner import run_metric
 from .per_condition import per_condition
+from .protocol import protocol_samples
 from .provenance import make_result
 from .reference_stats import check_specs, is_reference_stats, load_reference_stats
 
@@ -71,7 +69,7 @@ def _metric_plan(config: EvalConfig) -> tuple[list, dict[str, str]]:
             skipped[name] = f"needs extractor(s) {', '.join(missing)} (add to --extractors)"
             continue
         if m.per_extractor and not any(
-            getattr(EXTRACTORS.get(e), "kind", "") == "embedding" for e in config.extractors
+            EXTRACTORS.get(e).kind == FeatureKind.EMBEDDING for e in config.extractors
         ):
             skipped[name] = "needs an embedding extractor"
             continue
@@ -87,7 +85,7 @@ def evaluate(samples, reference=None, *, config: EvalConfig | None = None, train
     reference, network and metrics ship with cxrbench. Returns a ``Result`` (``cxrbench.result/1``).
     """
     config = config or EvalConfig()
-    if reference is None and config.protocol == "default" and train_reference is None:
+    if reference is None and not config.under_protocol and train_reference is None:
         config = config.resolved(protocol=DEFAULT_PROTOCOL)
     t0 = time.perf_counter()
     device = resolve_device(config.device)
@@ -114,22 +112,22 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     train_reference = train_reference if train_reference is not None else config.train_reference
 
     proto = _protocol(config)
-    if hasattr(proto, "prepare"):  # a protocol that fixes the extractors, metrics and reference sets
+    if proto is not None:  # a protocol may fix the extractors, metrics and reference sets
         config, reference, train_reference = proto.prepare(config, reference, train_reference)
         plan, skipped_metrics = _metric_plan(config)
-    elif reference is None:
+    if reference is None:
         raise UsageError("no reference given: pass --reference (a folder, array, statistics file or dataset name), "
                          f"or evaluate under a protocol that ships one (--protocol {DEFAULT_PROTOCOL})")
     ref_stats = None
     precomputed, sets = {}, {}
-    samples = shipped_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
+    samples = protocol_samples(samples) or samples  # "cxr64:heldout": a protocol's real-image row
     if isinstance(samples, PrecomputedSet):
         precomputed["samples"] = samples
         samples_sha256 = set_sha256(samples.hashes)  # of every row, as a folder's is of every file
     else:
         sets["samples"] = open_source(samples, split=config.samples_split, role="samples", seed=config.seed,
                                       index=config.use_cache, cache_dir=config.cache_dir, dist=dist)
-    expected_n = getattr(proto, "sample_count", None)
+    expected_n = proto.sample_count if proto is not None else None
     n_found = len(samples if "samples" in precomputed else sets["samples"])
     if expected_n and n_found > expected_n:  # the protocol's N: the first in canonical (sha256) order
         if "samples" in precomputed:
@@ -145,7 +143,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         pass  # shipped features: nothing to open
     elif not isinstance(reference, ImageSource) and is_reference_stats(reference):
         ref_stats = load_reference_stats(reference)  # statistics from `cxrbench stats`: no reference images
-        if config.protocol != "default":
+        if config.under_protocol:
             raise UsageError(f"--protocol {config.protocol} needs reference images, not statistics ({reference})")
     else:
         sets["reference"] = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
@@ -206,7 +204,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
             metric_versions[m.name] = m.version
             for key, v in values.items():
                 metrics[key] = v.to_dict()
-        if hasattr(proto, "after_metrics") or hasattr(proto, "run"):
+        if proto is not None and proto.adds_metrics:
             _run_protocol(proto, ctx, sets, keep, metrics, metric_versions)
         notes += sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
     tc = time.perf_counter()
@@ -238,7 +236,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         [f"metric settings {config.metric_settings} differ from protocol {config.protocol}'s"]
         if config.metric_settings and proto is not None else [])
     return make_result(
-        protocol={"name": config.protocol, "version": getattr(proto, "version", PROTOCOL_VERSION)},
+        protocol={"name": config.protocol, "version": proto.version if proto is not None else PROTOCOL_VERSION},
         samples=({**precomputed["samples"].describe(), "n_used": len(precomputed["samples"]),
                   "sha256": samples_sha256} if "samples" in precomputed else
                  {**sets["samples"].describe(), "n_used": len(keep["samples"]),
@@ -296,8 +294,8 @@ def _check_set(role, src, f, bad, config, feats, keep, skipped_files) -> None:
 
 
 def _protocol(config: EvalConfig):
-    """The registered protocol object of ``config.protocol`` (None for "default": your own reference)."""
-    return None if config.protocol == "default" else PROTOCOLS.get(config.protocol)()
+    """The registered protocol object of ``config.protocol`` (None: the user's own reference)."""
+    return PROTOCOLS.get(config.protocol)() if config.under_protocol else None
 
 
 def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
@@ -307,7 +305,7 @@ def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
         if k not in specs:
             raise UsageError(f"{role} {pre.name}: its features are {k!r} features; add {k} to --extractors")
         run = specs[k]
-        if str(run["weights"]).startswith("random"):
+        if is_random_weights(run["weights"]):
             continue  # smoke runs (tests) with random weights: not comparable, marked so in the result
         diff = [f for f in fields if run.get(f) != spec.get(f)]
         if diff:
@@ -330,11 +328,8 @@ def _precomputed_feature_set(role: str, pre: PrecomputedSet, extractors: dict) -
 def _run_protocol(proto, ctx, sets, keep, metrics, metric_versions) -> None:
     """A registered protocol's own step on the same sets and features, after the metrics; its metrics join the
     result. ``proto.after_metrics(ctx, sources)`` gets the image sets without the skipped rows (in the rows'
-    order of ``ctx``'s features); a protocol with only ``run(ctx)`` gets the context alone."""
-    if hasattr(proto, "after_metrics"):
-        values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
-    else:
-        values = proto.run(ctx)
+    order of ``ctx``'s features)."""
+    values = proto.after_metrics(ctx, {role: src.subset(keep[role]) for role, src in sets.items()})
     metric_versions[f"protocol:{proto.name}"] = proto.version
     metrics.update({k: v.to_dict() for k, v in values.items()})
 
@@ -348,8 +343,8 @@ def _duplicates(src: ImageSource) -> list[list[str]]:
 
 def images_source(images, name: str = "generator") -> ImageSource:
     """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
+    from ..data.imageset import array_source
     from ..data.io import array_to_images
-    from ..data.sources import array_source
 
     arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
     return array_source(arr, name=name, root=None)

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.splits import real_vs_real_split
 from ..errors import DataError
+from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
-from .bootstrap import bootstrap_ci, real_vs_real_split
+from .bootstrap import bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ CLASSIFIERS = ("xrv-classifier", "cxr64-classifier")
 
 def classifier_of(ctx: EvalContext) -> str | None:
     """The label classifier (an extractor of kind "probabilities") whose outputs the label metrics read."""
-    ran = [n for n, s in ctx.extractors.items() if s.get("kind") == "probabilities" and n in ctx.gen.features]
+    ran = [n for n, s in ctx.extractors.items() if s.get("kind") == FeatureKind.PROBABILITIES and n in ctx.gen.features]
     ran.sort(key=lambda n: CLASSIFIERS.index(n) if n in CLASSIFIERS else len(CLASSIFIERS))
     return ran[0] if ran else None
 

@@ -21,8 +21,13 @@ from ..errors import UsageError
 SPLITS = {"train": 0.45, "reference": 0.35, "heldout": 0.20}
 
 
-def patient_splits(patient_ids, views=None) -> dict[str, str]:
-    """``{patient_id: split}`` for an image list (one patient id per image; ``views`` one view per image)."""
+def patient_splits(patient_ids, views=None, *, shares: dict[str, float] = SPLITS, salt: str = "cxr64",
+                   fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """``{patient_id: split}`` for an image list (one patient id per image; ``views`` one view per image).
+
+    ``shares``: each split's target share; ``salt`` orders ties; ``fixed``: patients whose split is decided
+    beforehand (counted toward their split's fill, so the others still meet the targets)."""
+    fixed = {str(p): s for p, s in (fixed or {}).items()}
     views = ["any"] * len(patient_ids) if views is None else [str(v) for v in views]
     counts: dict[str, dict[str, int]] = {}
     for p, v in zip(patient_ids, views):
@@ -32,14 +37,15 @@ def patient_splits(patient_ids, views=None) -> dict[str, str]:
     for c in counts.values():
         for v, k in c.items():
             total[v] = total.get(v, 0) + k
-    order = sorted(counts, key=lambda p: (-sum(counts[p].values()), hashlib.sha256(f"cxr64:{p}".encode()).hexdigest()))
-    filled = {s: dict.fromkeys(total, 0) for s in SPLITS}
+    order = sorted(counts, key=lambda p: (p not in fixed, -sum(counts[p].values()),
+                                          hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()))
+    filled = {s: dict.fromkeys(total, 0) for s in shares}
     out = {}
     for p in order:
-        def shortfall(s):  # images of this patient's views still missing from split s (ties: SPLITS order)
-            return sum(k * (SPLITS[s] * total[v] - filled[s][v]) for v, k in counts[p].items())
+        def shortfall(s):  # images of this patient's views still missing from split s (ties: shares order)
+            return sum(k * (shares[s] * total[v] - filled[s][v]) for v, k in counts[p].items())
 
-        s = max(SPLITS, key=shortfall)
+        s = fixed[p] if p in fixed else max(shares, key=shortfall)
         out[p] = s
         for v, k in counts[p].items():
             filled[s][v] += k

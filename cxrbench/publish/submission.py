@@ -1,7 +1,7 @@
 """Submitting, verifying and regression-checking samples against leaderboard entries.
 
 ``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
-(``cxrbench.entry/1``, see ``cxrbench.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+(``cxrbench.entry/1``, see ``cxrbench.publish.leaderboard``). ``verify`` re-hashes the samples and recomputes every
 number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
 reports the metrics that got worse than the entry by more than their noise.
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
 from ..registry import PROTOCOLS
 from . import augment_block
@@ -39,11 +40,9 @@ class Snapshot:
     side_files: dict[str, str]  # labels.csv / manifest.csv -> sha256 (they change label metrics)
 
 
-def sample_count(protocol: str | None) -> int | None:
+def sample_count(protocol: str) -> int | None:
     """How many samples ``protocol`` evaluates (its first N in canonical order); None: every one."""
-    if not protocol or protocol == "default":
-        return None
-    return getattr(PROTOCOLS.get(protocol), "sample_count", None)
+    return None if protocol == OWN_REFERENCE else PROTOCOLS.get(protocol).sample_count
 
 
 def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
@@ -56,10 +55,10 @@ def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
     from ..data.io import sha256_file
-    from ..data.sources import open_folder
-    from ..protocols.cxr64 import shipped_samples
+    from ..data.imageset import open_folder
+    from ..engine.protocol import protocol_samples
 
-    pre = shipped_samples(str(samples))
+    pre = protocol_samples(str(samples))
     if pre is not None:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
@@ -184,21 +183,21 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
-    if str(samples) in SHIPPED_SAMPLES:
+    if protocol_samples(str(samples)) is not None:
         return str(samples)
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
     loc = entry["samples"].get("location")
     if loc is None:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
-    if loc in SHIPPED_SAMPLES:
+    if protocol_samples(loc) is not None:
         return loc
     folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
     if folder is None:

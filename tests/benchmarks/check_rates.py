@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from cxrbench.compare import Tolerance, regressions
+from cxrbench.publish.compare import Tolerance, regressions
 from cxrbench.metrics import functional as F
 
 

@@ -1,0 +1,73 @@
+"""Patient-disjoint splits of the 256 px NIH ChestX-ray14 images (``nih_extra_256px``) behind the ``cxr128`` protocol.
+
+The same balanced patient assignment as ``cxr64`` (largest patients first, each to the split whose shortfall
+is largest for the kinds of image it brings: view AP/PA x normal/abnormal), with its own salt and targets
+near 600 / 300 / the rest:
+
+- ``reference`` (~37.6%, ~600 images): the protocol's reference; its features ship, never its images, and
+  neither the protocol's network nor a bundled generator sees it;
+- ``heldout`` (~19.4%, >= 300 images): real images in neither; they supply the held-out real row at the
+  protocol's sample count and calibrate the label head;
+- ``train`` (the rest, ~690 images): what the bundled generators train on (the feature network trains on it
+  too, with every other public radiograph that is neither reference nor held-out).
+
+NIH patients span folders: a patient of ``nih_extra_256px`` who also appears in ``nih1000_64px`` (one does)
+is put in ``train``, so that no image of a reference or held-out patient is anywhere else in the data.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .cxr64_splits import patient_splits
+
+SPLITS = {"train": 0.43, "reference": 0.376, "heldout": 0.194}
+SALT = "cxr128"
+
+
+def _norm(pid) -> str:
+    """Patient ids compare as integers ("00282" and "282" are one NIH patient)."""
+    return str(pid).strip().lstrip("0") or "0"
+
+
+def image_splits(labels, *, other_patients=()) -> list[str]:
+    """The split of each row of an NIH ``labels.csv`` table (``patient_id``, ``view_position``, ``No Finding``).
+
+    ``other_patients``: patient ids that appear in other NIH folders; they go to ``train``."""
+    ids = [_norm(p) for p in labels["patient_id"]]
+    kinds = [f"{v}/{int(n)}" for v, n in zip(labels["view_position"], labels["No Finding"])]
+    others = {_norm(p) for p in other_patients}
+    by_patient = patient_splits(ids, kinds, shares=SPLITS, salt=SALT,
+                                fixed={p: "train" for p in set(ids) & others})
+    return [by_patient[p] for p in ids]
+
+
+def nih_splits(data_root) -> "object":
+    """``labels.csv`` of ``data_root/nih_extra_256px`` with a ``cxr128_split`` column (patients of
+    ``data_root/nih1000_64px`` forced to ``train`` where that folder is present)."""
+    import pandas as pd  # heavy; only callers that read the data folder need it
+
+    from pathlib import Path
+
+    root = Path(data_root)
+    csv = root / "nih_extra_256px" / "labels.csv"
+    if not csv.is_file():
+        raise UsageError(f"{csv} not found: the cxr128 splits are defined on the nih_extra_256px folder "
+                         "(pass the data folder that holds it)")
+    table = pd.read_csv(csv)
+    small = root / "nih1000_64px" / "labels.csv"
+    others = pd.read_csv(small)["patient_id"].tolist() if small.is_file() else []
+    table["cxr128_split"] = image_splits(table, other_patients=others)
+    return table
+
+
+def select_cxr128_split(source, split: str):
+    """``cxr128-train`` / ``cxr128-heldout`` / ``cxr128-reference`` of an NIH folder with the nih_extra layout."""
+    name = split.removeprefix("cxr128-")
+    need = {"patient_id", "view_position", "No Finding"}
+    if name not in SPLITS:
+        raise UsageError(f"--split {split}: the cxr128 splits are {', '.join('cxr128-' + s for s in SPLITS)}")
+    if source.labels is None or not need <= set(source.labels.columns):
+        raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
+                         "nih_extra_256px layout) to apply the cxr128 patient split")
+    keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
+    return source.subset(keep)
