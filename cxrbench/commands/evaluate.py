@@ -143,6 +143,7 @@ def config_from_args(args):
 
 
 def format_table(result) -> str:
+    from ..config import OWN_REFERENCE
     from ..results import ci_text, floor_text
 
     # a biased distance's interval is for the population value, not for the value at these N: the table shows

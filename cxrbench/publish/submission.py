@@ -201,8 +201,8 @@ def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
         return loc
     folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
     if folder is None:
-        raise UsageError(f"{entry_path}: its samples.location {loc!r} is no shipped sample set "
-                         f"({', '.join(sorted(SHIPPED_SAMPLES))}); pass --samples FOLDER")
+        raise UsageError(f"{entry_path}: its samples.location {loc!r} names no protocol's shipped sample set "
+                         "(such as cxr64:heldout); pass --samples FOLDER")
     if not folder.is_dir():
         raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
                          "pass --samples FOLDER")
