@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..config import OWN_REFERENCE
+
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
   # the default protocol cxr64: comparable numbers offline (network, reference and metrics ship with cxrbench)
@@ -91,7 +93,7 @@ def add_arguments(p) -> None:
 
 def resolve_protocol(args) -> str:
     """``--protocol``, or the default: cxr64 without ``--reference``, your own reference otherwise."""
-    from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE
+    from ..config import DEFAULT_PROTOCOL
     from ..errors import UsageError
 
     protocol = args.protocol or (OWN_REFERENCE if args.reference is not None else DEFAULT_PROTOCOL)
