@@ -297,6 +297,34 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
     assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
 
 
+def test_submit_of_more_samples_than_the_protocol_count_lists_the_evaluated_ones_and_verifies(tmp_path):
+    """228 images under a 200-sample protocol: the entry is the 200 the protocol evaluated (first in sha256
+    order), not the whole folder, and verify of the same folder picks the same 200."""
+    from PIL import Image
+
+    folder = tmp_path / "s228"
+    folder.mkdir()
+    pngs = sorted(EXAMPLES.glob("*.png"))
+    for p in pngs:
+        shutil.copy(p, folder / p.name)
+    for i, p in enumerate(pngs[:28]):  # one pixel changed: new files, new hashes
+        a = np.array(Image.open(p)).astype(np.int64)
+        a[0, 0] = (a[0, 0] + 1) % 256
+        Image.fromarray(a.astype(np.uint8)).save(folder / f"extra_{i:03d}.png")
+    env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
+    r = _cli("submit", "--samples", str(folder), "--card", str(ROOT / "examples" / "model.toml"),
+             "--out", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
+    assert r.returncode == 0, r.stderr
+    (entry,) = (tmp_path / "entries").glob("*.json")
+    e = json.loads(entry.read_text())
+    first = sorted((sha256_file(p), p.name) for p in folder.glob("*.png"))[:proto.SAMPLE_COUNT]
+    assert sorted((f["sha256"], f["path"]) for f in e["samples"]["files"]) == first
+    assert e["samples"]["n"] == e["result"]["samples"]["n_used"] == proto.SAMPLE_COUNT
+    assert any("first 200 of the folder's 228" in w for w in e["result"]["warnings"])
+    r = _cli("verify", str(entry), "--quiet", env=env)  # the folder where the entry records it
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_reference_rows_heldout_scores_near_the_floor_and_the_memorizer_is_flagged(tmp_path):
     """The leaderboard's real-image rows run from the shipped features alone (no images, no data folder)."""
     from cxrbench.publish.submission import samples_location, snapshot

@@ -1,5 +1,6 @@
 """`cxrbench evaluate` end to end: result schema, cache reuse, bad input, the CLI."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_user_mistakes(tmp_path, synthetic_folders, fast_config):
     one = write_pngs(tmp_path / "one", synthetic_cxr(1, 32))
     with pytest.raises(DataError, match="at least 2"):
         evaluate(one, synthetic_folders["real_b"], config=fast_config)
-    with pytest.raises(DataError, match="no such folder"):
+    with pytest.raises(UsageError, match="no such folder"):
         evaluate(tmp_path / "nope", synthetic_folders["real_b"], config=fast_config)
     with pytest.raises(UsageError, match="registered feature extractors: .*inception"):
         evaluate(synthetic_folders["real_a"], synthetic_folders["real_b"],
@@ -171,6 +172,39 @@ def test_cli_errors_are_one_line_and_write_nothing(synthetic_folders, tmp_path, 
     assert rc == 1 and "x.png" in err and "Traceback" not in err and not out.exists()
     assert main(["evaluate", "--samples", str(bad), "--reference", "x", "--device", "tpu"]) == 2
     assert "--device tpu" in capsys.readouterr().err
+
+
+def test_exit_codes_usage_errors_are_2_and_failed_runs_are_1(synthetic_folders, tmp_path, capsys):
+    """One convention for every command: 2 when the command line names something that is not there or is
+    wrong, 1 when the run itself fails (or a check/verify finds a difference)."""
+    gone, real = str(tmp_path / "no-such-folder"), str(synthetic_folders["real_b"])
+    (tmp_path / "model.toml").write_text('name = "M"\nauthors = ["a"]\ntraining_data = "t"\nresolution = 32\n'
+                                         'conditioning = "unconditional"\nlicense = "MIT"\n')
+    usage = {
+        "evaluate": ["evaluate", "--samples", gone, "--reference", real],
+        "evaluate-reference": ["evaluate", "--samples", real, "--reference", gone],
+        "check": ["check", "--samples", gone, "--against", str(tmp_path / "no-entry.json")],
+        "submit": ["submit", "--samples", gone, "--card", str(tmp_path / "model.toml"), "--reference", real,
+                   "--entries", str(tmp_path / "entries")],
+        "submit-card": ["submit", "--samples", real, "--card", str(tmp_path / "no-card.toml"), "--reference", real],
+        "verify": ["verify", str(tmp_path / "no-entry.json")],
+        "report": ["report", str(tmp_path / "no-result.json"), "--out", str(tmp_path / "rep")],
+        "leaderboard": ["leaderboard", "--entries", gone, "--out", str(tmp_path / "lb")],
+        "stats": ["stats", "--reference", gone, "--out", str(tmp_path / "s.npz")],
+        "flag": ["evaluate", "--samples", real, "--bogus"],
+    }
+    for name, argv in usage.items():
+        with pytest.raises(SystemExit) if name == "flag" else contextlib.nullcontext() as exited:
+            rc = main(argv)
+        rc = exited.value.code if name == "flag" else rc
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, (name, rc, err)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"nope")
+    assert main(["evaluate", "--samples", str(bad), "--reference", real, "--weights", "random", "--extractors",
+                 "random-conv", "--metrics", "fid", "--quiet", "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "x.png" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -115,6 +115,25 @@ def test_verify_passes_an_untouched_entry(world, capsys):
     assert "verified" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_samples_location_outside_the_entrys_tree(world, tmp_path, capsys):
+    """An entry is untrusted: ``samples.location`` must not send verify to hash any folder on the machine."""
+    shutil.copytree(world["samples"], tmp_path / "private")  # the entry's very files, outside its tree
+    (tmp_path / "lb" / "entries").mkdir(parents=True)
+    e = json.loads(world["entry"].read_text())
+    e["samples"]["location"] = "../../private"
+    entry = tmp_path / "lb" / "entries" / "tiny-gan.json"
+    entry.write_text(json.dumps(e))
+    rc = main(["verify", str(entry), "--num-workers", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "tiny-gan.json" in err[0] and "'../../private'" in err[0], err
+    assert "outside" in err[0] and "--samples" in err[0]
+    # inside the tree it is followed
+    shutil.copytree(world["samples"], tmp_path / "lb" / "samples")
+    e["samples"]["location"] = "../samples"
+    entry.write_text(json.dumps(e))
+    assert main(["verify", str(entry), "--num-workers", "0", "--quiet"]) == 0
+
+
 def test_verify_fails_on_an_edited_value(world, tmp_path, capsys):
     e = json.loads(world["entry"].read_text())
     m = e["result"]["metrics"]["fid_random-conv"]

@@ -148,9 +148,12 @@ def _ci(m, sign="") -> str:
 
 
 def run(args) -> int:
+    from ..fileio import check_writable
     from ..protocols.augmentation import augment, figure
 
     cfg = config_from_args(args)
+    if args.out:
+        check_writable(args.out)  # before the work, not after it
     t0 = time.perf_counter()
     outcome = augment(args.real, args.synthetic, config=cfg, real_labels=args.real_labels,
                       synthetic_labels=args.synthetic_labels)

@@ -34,10 +34,10 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("run", help="trained model folder (config.json + model.pt), e.g. the --out of cxrbench train")
-    p.add_argument("--n", type=int, default=None, help="number of images (default: the rows of --labels-csv)")
+    p.add_argument("--n", type=int, default=None, help="number of images; required, except with --labels-csv "
+                   "(default: its rows) or --reconstruct (default: every source image)")
     p.add_argument("--out", required=True, help="folder to write PNGs and manifest.csv into")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", default=None,
@@ -47,10 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
     g.add_argument("--prompt", default=None,
                    help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first batch (each batch's seed derives from it)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="write into an OUT that already holds a manifest")
     o = p.add_argument_group("latent optimisation toward a class (Segal et al. 2020; unconditional pggan)")
     o.add_argument("--optimize-toward", metavar="LABEL", default=None,
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--classifier", default="xrv-classifier", help="registered probabilities extractor to guide with")
     o.add_argument("--weights", default=None, help="classifier weights: a path, or 'random' (offline smoke runs)")
     o.add_argument("--opt-steps", type=int, default=100, help="Adam steps on the latents")
-    o.add_argument("--opt-lr", type=float, default=0.05)
+    o.add_argument("--opt-lr", type=float, default=0.05, help="Adam learning rate on the latents")
 
 
 def load_model(run_dir: str | Path, device):
@@ -189,6 +189,8 @@ def run(args) -> int:
         raise UsageError(f"{out}: already holds samples (manifest.csv); choose a new --out or pass --overwrite")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.n is None and not args.labels_csv and args.reconstruct is None:  # before the model is loaded
+        raise UsageError("--n is required: give the number of images (or --labels-csv, whose rows it then is)")
     device = resolve_device(args.device)
     model = load_model(args.run, device)
     if args.reconstruct is not None:

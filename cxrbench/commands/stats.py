@@ -64,9 +64,11 @@ def config_from_args(args):
 def run(args) -> int:
     from ..engine.reference_stats import write_reference_stats
     from ..errors import UsageError
+    from ..fileio import check_writable
 
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")
+    check_writable(args.out)
     path = write_reference_stats(args.reference, args.out, config=config_from_args(args))
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -115,6 +115,7 @@ def format_augmentation(block: dict) -> str:
 
 def run(args) -> int:
     from ..errors import UsageError
+    from ..fileio import check_writable
     from ..publish.card import load_card
     from ..publish.submission import submit
     from .evaluate import format_table
@@ -122,6 +123,7 @@ def run(args) -> int:
     if args.no_augment and args.augment:
         raise UsageError("--augment and --no-augment contradict each other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
+    check_writable(args.entries / f"{card.slug}.json")
     notes: list[str] = []
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
                          augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,

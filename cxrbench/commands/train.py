@@ -34,7 +34,6 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("name", help="registered model name (cxrbench.generators or cxrbench.representations)")
     p.add_argument("--data", required=True, help="folder of training images (labels.csv inside is used if present)")
@@ -58,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (a recipe's budget is stated per core count)")
     p.add_argument("--batch-size", type=int, default=None, help="override the Config's batch_size")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, data order and noise")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--equalize", action="store_true",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import UsageError
 from ..registry import REFERENCES as NAMED_REFERENCES
 from .imageset import (
     ImageSource,
@@ -36,11 +36,11 @@ def open_source(spec, *, split: str | None = None, role: str = "samples", seed: 
     elif p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES:
         src = open_array(p)
     elif p.is_file():
-        raise DataError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
+        raise UsageError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
     else:
         if s in NAMED_REFERENCES:
             return open_reference(s, split=split, seed=seed, index=index, cache_dir=cache_dir, dist=dist)
-        raise DataError(
+        raise UsageError(
             f"{s}: no such folder or file for --{role}"
             + (f"; named references: {', '.join(sorted(NAMED_REFERENCES.names()))}" if role == "reference" else "")
         )

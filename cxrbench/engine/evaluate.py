@@ -200,7 +200,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
                  **{k: {n: round(x, 3) for n, x in v.items()} if isinstance(v, dict) else round(v, 3)
                     for k, v in stage_s.items()}},
         cache={"dir": str(cache.root) if cache.enabled else None, "hits": cache.hits, "misses": cache.misses,
-               "corrupt_entries_recomputed": len(cache.corrupt)},
+               "corrupt_entries_recomputed": len(cache.corrupt),
+               **({"write_error": cache.write_error} if cache.write_error else {})},
         device=device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         seeds={"seed": config.seed, "weights_seed": config.weights_seed},
         not_comparable_because=_not_comparable(extractors, s, proto, config),

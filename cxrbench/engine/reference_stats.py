@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
-from ..fileio import atomic_write_bytes
+from ..fileio import write_output
 
 SCHEMA = "cxrbench.engine.reference_stats/1"
 
@@ -115,6 +115,6 @@ def write_reference_stats(reference, out, *, config) -> Path:
                                  "real_vs_real_n": [len(a), len(b)]}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-    atomic_write_bytes(out, buf.getvalue())
+    write_output(out, buf.getvalue())
     del torch
     return Path(out)

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
-from ..data.labels import canonical_label
+from ..data.labels import LABEL_LIST_COLUMNS, canonical_label
 from .base import EvalContext, FigureSpec, Metric, MetricValue
 from .bootstrap import two_sample_bootstrap
 from .common import (
@@ -44,9 +44,6 @@ from .common import (
     with_floor,
     with_interval,
 )
-
-#: manifest columns that may hold each image's requested labels as one "A|B" (or "A,B") string
-LABEL_LIST_COLUMNS = ("labels", "requested_labels", "conditioning_labels")
 
 
 def positives(probs: np.ndarray) -> np.ndarray:

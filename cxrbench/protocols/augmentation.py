@@ -144,7 +144,7 @@ def _attach_labels(src: ImageSource, csv: str | None, role: str) -> None:
 
     p = Path(csv)
     if not p.is_file():
-        raise DataError(f"{p}: no such labels file for --{role}-labels")
+        raise UsageError(f"{p}: no such labels file for --{role}-labels")
     if src.root is None or src._array is not None:
         raise UsageError(f"--{role}-labels needs --{role} to be a folder (array files carry no paths)")
     table = _align_table(_read_csv(p), src.ids, p, src.root)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
+from ..registry import PROTOCOLS
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .leaderboard import make_entry, write_public
+from .leaderboard import make_entry, samples_folder, write_public
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -38,8 +40,17 @@ class Snapshot:
     side_files: dict[str, str]  # labels.csv / manifest.csv -> sha256 (they change label metrics)
 
 
-def snapshot(samples: str | os.PathLike) -> Snapshot:
+def sample_count(protocol: str) -> int | None:
+    """How many samples ``protocol`` evaluates (its first N in canonical order); None: every one."""
+    return None if protocol == OWN_REFERENCE else PROTOCOLS.get(protocol).sample_count
+
+
+def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
     """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read).
+
+    ``limit``: a protocol's sample count. A larger folder's submission is its first ``limit`` files in
+    canonical (sha256) order, the ones the protocol evaluates: the entry lists exactly those, so that its
+    hash is the result's and ``verify`` of the same folder picks the same files.
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
@@ -52,8 +63,13 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
     if not root.is_dir():
-        raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
+        raise UsageError(f"{root}: no such samples folder; a submission is a folder of generated images")
     src = open_folder(root, role="samples", index=False)  # every byte re-read: a hash index is not evidence
+    if limit and len(src) > limit:
+        n = len(src)
+        src = src.subset(range(limit))
+        src.notes.append(f"the submission is the first {limit} of the folder's {n} images in canonical (sha256) "
+                         f"order, the protocol's sample count; the other {n - limit} are not part of it")
     side = {fn: sha256_file(root / fn) for fn in ("labels.csv", "manifest.csv") if (root / fn).is_file()}
     return Snapshot(src, dict(zip(src.ids, src.hashes)), side)
 
@@ -166,7 +182,7 @@ def submit(
         raise UsageError(f"{path}: an entry for {card.name!r} exists; pass --force to replace it")
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(config.protocol))
     real, task, note = augment_block.plan(snap.source, task=augment_task, real=augment_real,
                                           protocol=config.protocol, enabled=augment)
     if note and notes is not None:
@@ -213,7 +229,10 @@ def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
     if protocol_samples(loc) is not None:
         return loc
-    folder = Path(entry_path).parent / loc
+    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
+    if folder is None:
+        raise UsageError(f"{entry_path}: its samples.location {loc!r} names no protocol's shipped sample set "
+                         "(such as cxr64:heldout); pass --samples FOLDER")
     if not folder.is_dir():
         raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
                          "pass --samples FOLDER")
@@ -237,7 +256,7 @@ def verify(
     they are not, ``notes`` says so and the rest is still checked."""
     from ..engine.evaluate import evaluate
 
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(entry["protocol"]["name"]))
     stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
     rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
     rows += file_differences(stored_side, snap.side_files)
