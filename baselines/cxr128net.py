@@ -48,7 +48,7 @@ from cxrbench.data.io import load_image
 from cxrbench.errors import DataError
 from cxrbench.features.cxr128 import CXR128Net, to_cxr128
 from cxrbench.generator import PretrainedMixin
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.protocols.cxr128_splits import nih_splits
 
 from .cxr64net import _gauss_blur
@@ -376,7 +376,7 @@ def calibrate_head(net: CXR128Net, feats: np.ndarray, table: pd.DataFrame, *, mi
 def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[str], spec: dict, which: str):
     import io
 
-    from cxrbench.generator import atomic_write_bytes
+    from cxrbench.fileio import atomic_write_bytes
 
     meta = {"name": f"cxr128 {which}: {len(table)} NIH ChestX-ray14 images (256 px originals at 128 px, "
                     f"patient-disjoint split '{which}')",
@@ -395,7 +395,7 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
     from cxrbench.data.io import sha256_file
     from cxrbench.features.cxr128 import HEAD_FILE, WEIGHTS_FILE
-    from cxrbench.generator import atomic_torch_save, atomic_write_bytes
+    from cxrbench.fileio import atomic_torch_save, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     net = run_network(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import CxrbenchError
 from .version import __version__
@@ -34,6 +35,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their layout, and every option shows its default unless its help already says it (a None
+    default is resolved later and described in the help; a switch's False needs no saying)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.required or "default" in text.lower()
+                or any(action.default is x for x in (None, False, True, argparse.SUPPRESS)) or action.default == []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cxrbench", description="Evaluate generative chest X-ray models.")
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
@@ -41,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f".commands.{module}", __package__)
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           epilog=getattr(mod, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog=getattr(mod, "EPILOG", None), formatter_class=_HelpFormatter)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, cli_main=main)  # `reproduce` runs its stages as CLI commands
     return parser
 
 
@@ -53,11 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # a user reads it: no source line
+        print(f"cxrbench {args.command}: warning: {message}", file=sys.stderr if file is None else file)
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args._run(args) or 0)
     except CxrbenchError as e:
         print(f"cxrbench {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk or a folder that cannot be written, wherever it strikes: the file, one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cxrbench {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cxrbench {args.command}: interrupted; finished feature chunks are cached and will be reused",
               file=sys.stderr)

@@ -43,6 +43,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_output(path: str | os.PathLike, data: bytes) -> Path:
+    """``atomic_write_bytes`` for a file the user asked for (a result, a report, an entry): a disk that is full
+    or a folder that cannot be written is one ``CxrbenchError`` naming the file, and nothing is left behind."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise CxrbenchError(f"{path}: cannot be written ({e.strerror or e}); nothing was written there. Free space "
+                            "or pass a writable path") from None
+    return Path(path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before the work, not after it, when ``path``'s folder cannot be created or written into."""
+    folder = Path(path).absolute().parent
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CxrbenchError(f"{path}: cannot be written ({probe} is not a writable folder); pass a writable path")
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 

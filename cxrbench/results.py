@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .fileio import atomic_write_bytes
+from .errors import DataError, UsageError
+from .fileio import write_output
 
 SCHEMA = "cxrbench.result/1"
 REQUIRED = (
@@ -69,8 +69,7 @@ class Result(dict):
 
     def save(self, path: str | os.PathLike) -> Path:
         validate(self)
-        atomic_write_bytes(path, self.to_json().encode())
-        return Path(path)
+        return write_output(path, self.to_json().encode())
 
 
 def _json_default(o: Any):
@@ -143,7 +142,7 @@ def load(path: str | os.PathLike) -> Result:
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: no such result file") from None
+        raise UsageError(f"{path}: no such result file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     validate(d, str(path))

@@ -9,7 +9,7 @@ import pytest
 
 from cxrbench.cli import build_parser
 from cxrbench.commands import evaluate, stats, submit
-from cxrbench.harness import EvalConfig
+from cxrbench.config import EvalConfig
 from cxrbench.registry import EXTRACTORS
 
 DEFAULTS = EvalConfig()
@@ -69,3 +69,28 @@ def test_augment_command_matches_evaluate_protocol_augmentation():
              "n_bootstrap": "n_bootstrap", "batch_size": "batch_size", "device": "device", "weights": "weights",
              "num_workers": "num_workers", "use_cache": "use_cache", "progress": "progress"}
     assert {a: getattr(cfg, a) for a in pairs} == {a: getattr(DEFAULTS, b) for a, b in pairs.items()}
+
+
+@pytest.mark.parametrize("command", sorted(subparsers()))
+def test_every_option_with_a_default_shows_it_in_help(command):
+    p = subparsers()[command]
+    formatter = p._get_formatter()
+    missing = []
+    for a in p._actions:
+        if (not a.option_strings or a.required or any(a.default is x for x in (None, False, True, argparse.SUPPRESS))
+                or a.default == []):
+            continue  # a None default is resolved later and its help says how; a switch needs no default
+        text = formatter._expand_help(a) if a.help else ""
+        if "default" not in text.lower():
+            missing.append(a.option_strings[0])
+    assert not missing, f"{command}: options whose --help hides their default: {missing}"
+    assert "(default: 200)" in subparsers()["evaluate"].format_help()  # --n-bootstrap, read from EvalConfig
+
+
+def test_sample_n_is_documented_as_required_and_missing_it_is_a_usage_error(tmp_path, capsys):
+    from cxrbench.cli import main
+
+    assert "required" in subparsers()["sample"].format_help().split("--n N", 2)[-1].split("--out")[0]
+    # refused before the model folder is even read
+    assert main(["sample", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "s")]) == 2
+    assert "--n is required" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import cxrbench
 from cxrbench.config import DEFAULT_PROTOCOL, EvalConfig
 from cxrbench.data.io import load_image, sha256_file
+from cxrbench.engine.protocol import protocol_samples
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features import cxr128 as feat
 from cxrbench.metrics.fid import fid_from_features
@@ -90,7 +91,7 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"cxr128-train\.npz: .*missing; reinstall"):
         proto.load_features("train")
     with pytest.raises(WeightsError, match=r"cxr128-heldout\.npz: sha256 .*altered"):
-        proto.shipped_samples("cxr128:heldout")  # a reference row's samples are pinned like the reference
+        protocol_samples("cxr128:heldout")  # a reference row's samples are pinned like the reference
     monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
     with pytest.raises(WeightsError, match=r"cxr128-labels\.json: sha256 .*label head"):
         feat.CXR128ClassifierExtractor()

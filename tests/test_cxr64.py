@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import cxrbench
+from cxrbench.config import EvalConfig
 from cxrbench.data.io import load_image, sha256_file
+from cxrbench.engine.protocol import protocol_samples
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features import cxr64 as feat
-from cxrbench.harness import EvalConfig
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.metrics.prdc import prdc
 from cxrbench.protocols import cxr64 as proto
@@ -98,7 +99,7 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"cxr64-train\.npz: .*missing; reinstall"):
         proto.load_features("train")
     with pytest.raises(WeightsError, match=r"cxr64-heldout\.npz: sha256 .*altered"):
-        proto.shipped_samples("cxr64:heldout")  # a reference row's samples are pinned like the reference
+        protocol_samples("cxr64:heldout")  # a reference row's samples are pinned like the reference
     monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
     with pytest.raises(WeightsError, match=r"cxr64-labels\.json: sha256 .*label head"):
         feat.CXR64ClassifierExtractor()
@@ -283,7 +284,7 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
 
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
     r = _cli("submit", "--samples", str(EXAMPLES), "--card", str(ROOT / "examples" / "model.toml"),
-             "--protocol", "cxr64", "--out", str(tmp_path / "entries"), "--quiet", env=env)
+             "--protocol", "cxr64", "--entries", str(tmp_path / "entries"), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     (entry,) = (tmp_path / "entries").glob("*.json")
     e = json.loads(entry.read_text())
@@ -295,6 +296,34 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
     r = _cli("check", "--samples", str(tmp_path / "noisier"), "--against", str(entry), "--metrics", "fid",
              "--quiet", env=env)
     assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
+
+
+def test_submit_of_more_samples_than_the_protocol_count_lists_the_evaluated_ones_and_verifies(tmp_path):
+    """228 images under a 200-sample protocol: the entry is the 200 the protocol evaluated (first in sha256
+    order), not the whole folder, and verify of the same folder picks the same 200."""
+    from PIL import Image
+
+    folder = tmp_path / "s228"
+    folder.mkdir()
+    pngs = sorted(EXAMPLES.glob("*.png"))
+    for p in pngs:
+        shutil.copy(p, folder / p.name)
+    for i, p in enumerate(pngs[:28]):  # one pixel changed: new files, new hashes
+        a = np.array(Image.open(p)).astype(np.int64)
+        a[0, 0] = (a[0, 0] + 1) % 256
+        Image.fromarray(a.astype(np.uint8)).save(folder / f"extra_{i:03d}.png")
+    env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
+    r = _cli("submit", "--samples", str(folder), "--card", str(ROOT / "examples" / "model.toml"),
+             "--out", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
+    assert r.returncode == 0, r.stderr
+    (entry,) = (tmp_path / "entries").glob("*.json")
+    e = json.loads(entry.read_text())
+    first = sorted((sha256_file(p), p.name) for p in folder.glob("*.png"))[:proto.SAMPLE_COUNT]
+    assert sorted((f["sha256"], f["path"]) for f in e["samples"]["files"]) == first
+    assert e["samples"]["n"] == e["result"]["samples"]["n_used"] == proto.SAMPLE_COUNT
+    assert any("first 200 of the folder's 228" in w for w in e["result"]["warnings"])
+    r = _cli("verify", str(entry), "--quiet", env=env)  # the folder where the entry records it
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_reference_rows_heldout_scores_near_the_floor_and_the_memorizer_is_flagged(tmp_path):

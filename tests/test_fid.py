@@ -5,7 +5,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
+from cxrbench.data.splits import real_vs_real_split
+from cxrbench.metrics.bootstrap import bootstrap_ci
 from cxrbench.metrics.fid import (
     BootstrapFD,
     covariance_factor,
@@ -106,7 +107,7 @@ def test_real_vs_real_split_is_patient_wise_and_deterministic():
 
 def test_fid_grows_with_distribution_shift_random_conv():
     from cxrbench.features.random_conv import RandomConvExtractor
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     ext = RandomConvExtractor(seed=0)
     ref = ext.extract(synthetic_cxr(200, 32, 0.0, seed=10)).numpy()
@@ -139,3 +140,47 @@ def test_fewer_samples_than_dims_with_dead_leading_features_matches_scipy():
     f1[:, :8] = f2[:, :8] = 0.0
     want = _scipy_fd(f1, f2)
     assert abs(fid_from_features(f1, f2) - want) < 1e-6 * want
+
+
+def test_a_result_is_a_float_and_prints_the_estimate_its_interval_belongs_to():
+    """FID at 500 x 64-d rows overstates the population FD several times over; its basic-bootstrap interval is
+    for the population FD. The value and the estimate the interval belongs to are both shown, each labelled."""
+    from cxrbench.metrics import functional as F
+
+    rng = np.random.default_rng(0)
+    r = F.fid(fake=rng.standard_normal((500, 64)), real=rng.standard_normal((400, 64)) + 0.1, n_bootstrap=50)
+    assert float(r) == r.value and isinstance(float(F.kid(fake=rng.standard_normal((60, 8)),
+                                                           real=rng.standard_normal((60, 8)), n_bootstrap=10)), float)
+    lo, hi = r.ci
+    assert not lo <= r.value <= hi  # the case at hand: the value at N is outside the population interval
+    assert r.estimate == r.value_bias_corrected and lo <= r.estimate <= hi
+    text = str(r)
+    assert f"{r.value:.4g} (at N = 500/400)" in text
+    assert f"population estimate {r.estimate:.4g} (bias-corrected), 95% CI [{lo:.4g}, {hi:.4g}]" in text
+
+
+def test_cli_table_shows_the_estimate_each_interval_belongs_to(tmp_path, capsys):
+    import json
+    import re
+
+    from cxrbench.cli import main
+    from cxrbench.data.synthetic import synthetic_cxr
+
+    from .conftest import write_pngs
+
+    # 130 rows of 64-d random-conv features: FID valid (>= 2 rows per dimension), so it has an interval
+    gen = write_pngs(tmp_path / "gen", synthetic_cxr(130, 16, 0.5, seed=1))
+    ref = write_pngs(tmp_path / "ref", synthetic_cxr(130, 16, 0.0, seed=2))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--samples", str(gen), "--reference", str(ref), "--weights", "random", "--extractors",
+                 "random-conv", "--metrics", "fid,kid", "--n-bootstrap", "20", "--num-workers", "0", "--quiet",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    res = json.loads(out.read_text())["metrics"]
+    assert "value @N" in table and "estimate [95% CI]" in table and "* bias-corrected" in table
+    for key, m in res.items():
+        row = next(line for line in table.splitlines() if line.startswith(key + " "))
+        est = m.get("value_bias_corrected", m["value"])
+        got = re.search(r"(\S+?)\*? \[([^,]+), ([^\]]+)\]", row)
+        assert got and got.group(1) == f"{est:.4g}", row
+        assert float(got.group(2)) <= float(got.group(1)) <= float(got.group(3)), row

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import re
 from html.parser import HTMLParser
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cxrbench.errors import DataError
-from cxrbench.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
+from cxrbench.publish.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
 
 from .leaderboard_helpers import fake_entry
 
@@ -263,6 +264,29 @@ def test_training_cost_and_thumbnails_come_from_the_card_and_the_samples(tmp_pat
     # a sample file gone: no thumbnail rather than a wrong one
     (samples / "img_000.png").unlink()
     assert "thumbs/model.png" not in build([e], out_dir=tmp_path, entries_dir=entries)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink"])
+def test_a_samples_location_outside_the_tree_is_refused_not_thumbnailed(tmp_path, how):
+    """A hostile entry must not make the rendered board publish thumbnails of a folder outside its tree."""
+    import numpy as np
+    from PIL import Image
+
+    private = tmp_path / "private"
+    private.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((32, 32), 17 * i, dtype=np.uint8)).save(private / f"img_{i:03d}.png")
+    entries = tmp_path / "lb" / "entries"
+    entries.mkdir(parents=True)
+    if how == "dotdot":
+        loc = "../../private"
+    else:
+        (tmp_path / "lb" / "samples").mkdir()
+        os.symlink(private, tmp_path / "lb" / "samples" / "m")
+        loc = "../samples/m"
+    e = fake_entry("Model", {"fid_x": (3.0, False)}, location=loc)
+    with pytest.raises(DataError, match="samples.location .* outside"):
+        build([e], out_dir=tmp_path / "lb", entries_dir=entries)
 
 
 def test_conditional_models_get_augmentation_and_per_condition_tables():

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cxrbench import cli
 from cxrbench.errors import CxrbenchError, DataError
-from cxrbench.harness import evaluate
+from cxrbench.engine.evaluate import evaluate
 
 from .conftest import write_pngs
 
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tiny(tmp_path):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     return (write_pngs(tmp_path / "gen", synthetic_cxr(12, 16, 0.5, seed=1)),
             write_pngs(tmp_path / "ref", synthetic_cxr(16, 16, 0.0, seed=2)))
@@ -68,6 +69,14 @@ HOSTILE = {
                                and "manifest.csv", "leaves its folder"),
     "labels-uncertain": (lambda d: (d / "labels.csv").write_text("path,Effusion\nimg_0000.png,-1\n")
                          and "labels.csv", "-1"),
+    # a typo would silently drop the label from every label metric
+    "manifest-label-typo": (lambda d: (d / "manifest.csv").write_text("path,Efusion,seed\nimg_0000.png,1,7\n")
+                            and "manifest.csv", "'Efusion': not a label name; did you mean 'Effusion'?"),
+    "manifest-unknown-label": (lambda d: (d / "manifest.csv").write_text("path,Lung Opacity\nimg_0000.png,1\n")
+                               and "manifest.csv", "Pleural_Thickening, Hernia, No Finding"),
+    "manifest-label-list-typo": (lambda d: (d / "manifest.csv").write_text("path,labels\nimg_0000.png,Edema|Efusion\n")
+                                 and "manifest.csv", "'labels' holds 'Efusion'"),
+    "tiny-image": (lambda d: Image.new("L", (1, 1), 128).save(d / "tiny.png") or "tiny.png", "1x1 pixels, below"),
 }
 
 
@@ -80,6 +89,49 @@ def test_hostile_inputs_are_refused_in_one_line_naming_the_file(case, tiny, tmp_
     assert rc == 1 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and words in lines[0], err
+
+
+def test_manifest_metadata_columns_pass_and_tiny_images_are_skippable(tiny, tmp_path, capsys):
+    gen, ref = tiny
+    names = sorted(p.name for p in gen.glob("*.png"))
+    rows = "".join(f"{n},{i % 2},{i},a prompt,{1.5 + i}\n" for i, n in enumerate(names))
+    (gen / "manifest.csv").write_text("path,Effusion,seed,prompt,guidance\n" + rows)  # guidance: not 0/1
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0, err
+    Image.new("L", (8, 40), 128).save(gen / "thin.png")
+    rc, res, err = _cli(gen, ref, tmp_path, capsys, "--skip-bad")
+    assert rc == 0 and res["samples"]["skipped_files"] == ["thin.png"] and res["samples"]["n_used"] == len(names)
+
+
+def test_dicom_files_without_an_extension_are_evaluated(tiny, tmp_path, capsys):
+    """PACS exports name files by UID, with no extension (or the UID's last digits as one): such a DICOM is
+    one of the images, not an ignored file."""
+    from .test_io import _dicom
+
+    gen, ref = tiny
+    rc, before, _ = _cli(gen, ref, tmp_path, capsys)
+    px = (np.asarray(Image.open(gen / "img_0000.png"), dtype=np.float64) * 16).astype(np.uint16)
+    _dicom(gen / "IM0001", px)
+    _dicom(gen / "1.2.840.113619.2.55", px[::-1])
+    (gen / "notes.txt").write_text("not an image")
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0, err
+    assert res["samples"]["n_used"] == before["samples"]["n_used"] + 2
+    assert res["samples"]["ignored_files"] == ["notes.txt"]
+    assert res["metrics"] != before["metrics"]
+
+
+def test_looking_for_dicom_by_content_never_opens_a_named_pipe(tmp_path):
+    """Opening a FIFO to read its first bytes would block the scan for ever; it is listed as ignored."""
+    from cxrbench.data.imageset import scan_folder
+
+    Image.new("L", (16, 16)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe")
+    out = []
+    t = threading.Thread(target=lambda: out.append(scan_folder(tmp_path)), daemon=True)
+    t.start()
+    t.join(30)  # a guard against hanging the suite, not a timing: the scan takes milliseconds
+    assert out == [(["a.png"], ["pipe"])]
 
 
 def test_unreadable_files_are_skippable_and_listed(tiny, tmp_path, capsys):
@@ -190,6 +242,92 @@ def test_cache_entries_are_never_seen_half_written(tmp_path):
     assert [p.name for p in (tmp_path / "features" / "ab").iterdir()] == ["ab" * 32 + ".npz"]  # no temp left
 
 
+def _disk_full(monkeypatch):
+    """Every file written from here on fails as on a full disk (at fsync, after part of it was written)."""
+    import errno
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("how", ["cache-dir-is-a-file", "disk-full"])
+def test_a_cache_that_cannot_be_written_warns_once_and_the_run_goes_on(how, tiny, tmp_path, capsys, monkeypatch):
+    gen, ref = tiny
+    rc, clean, _ = _cli(gen, ref, tmp_path, capsys, "--no-cache")
+    if how == "cache-dir-is-a-file":
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        _disk_full(monkeypatch)
+    rc, res, err = _cli(gen, ref, tmp_path, capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    warned = [line for line in err.splitlines() if "feature cache" in line]
+    assert len(warned) == 1 and "cannot be written" in warned[0] and str(tmp_path / "cache") in warned[0], err
+    assert "cannot be written" in res["cache"]["write_error"]
+    assert res["metrics"] == clean["metrics"]  # the features in memory were complete
+    if how == "disk-full":
+        assert not list((tmp_path / "cache").rglob("*.tmp"))  # no half-written entry left behind
+
+
+@pytest.mark.parametrize("how", ["folder-is-a-file", "disk-full"])
+def test_an_out_file_that_cannot_be_written_is_one_line_and_leaves_nothing(how, tiny, tmp_path, capsys,
+                                                                             monkeypatch):
+    gen, ref = tiny
+    if how == "folder-is-a-file":
+        (tmp_path / "results").write_text("not a folder")
+    else:
+        (tmp_path / "results").mkdir()
+        _disk_full(monkeypatch)
+    out = tmp_path / "results" / "r.json"
+    rc, _, err = _cli(gen, ref, tmp_path, capsys, "--no-cache", "--out", str(out))
+    lines = err.strip().splitlines()
+    assert rc == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert str(out) in lines[0] and "cannot be written" in lines[0]
+    if how == "disk-full":
+        assert list((tmp_path / "results").iterdir()) == []  # neither the result nor its temporary file
+    else:
+        assert not (tmp_path / "cache").exists()  # refused before any image was read
+
+
+def test_a_report_folder_that_cannot_be_made_is_refused_before_the_work(tiny, tmp_path, capsys):
+    gen, ref = tiny
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    rc, _, err = _cli(gen, ref, tmp_path, capsys, "--report", str(tmp_path / "taken" / "rep"))
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and str(tmp_path / "taken") in lines[0], err
+    assert not (tmp_path / "cache").exists()
+    rc, _, _ = _cli(gen, ref, tmp_path, capsys, "--out", str(tmp_path / "r.json"))
+    assert cli.main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "taken") in err[0] and "not a folder" in err[0], err
+
+
+def test_an_os_error_anywhere_in_a_command_is_one_line_naming_the_file(monkeypatch, capsys):
+    """Outputs not written through fileio (checkpoints, sample PNGs) still end in one line on a full disk."""
+    import errno
+
+    from cxrbench.commands import ls
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/model.pt")
+
+    monkeypatch.setattr(ls, "run", full)
+    assert cli.main(["ls"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cxrbench ls: error: /data/run/model.pt: No space left on device"]
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    gen, ref = tiny
+    rc, _, _ = _cli(gen, ref, tmp_path, capsys, "--out", str(tmp_path / "r.json"))
+    _disk_full(monkeypatch)
+    rc = cli.main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and str(tmp_path / "rep") in err[0] and "cannot be written" in err[0], err
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.suffix in (".tmp", ".md", ".html")]
+
+
 def test_same_inputs_give_bit_identical_metrics_and_the_result_says_how(tiny, fast_config):
     gen, ref = tiny
     cfg = dataclasses.replace(fast_config, use_cache=False, n_bootstrap=10, seed=7, weights_seed=3)
@@ -226,7 +364,7 @@ def test_pickled_payloads_are_refused_and_never_run(tmp_path, capsys):
     assert "model.pt: cannot be loaded as plain weights" in capsys.readouterr().err
     torch.save({"format": _Payload(marker)}, model_dir / "checkpoint.pt")
     with pytest.raises(CxrbenchError, match="checkpoint.pt: unreadable checkpoint"):
-        from baselines.trainer import TrainOptions
+        from cxrbench.training import TrainOptions
 
         from .generator_contract import LabelledImages
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cxrbench.cli import main
-from cxrbench.harness import evaluate
-from cxrbench.report import RENDERERS, figure_specs, write_report
+from cxrbench.engine.evaluate import evaluate
+from cxrbench.publish.report import RENDERERS, figure_specs, write_report
 from cxrbench.results import load
 
 from .conftest import write_pngs
@@ -43,8 +43,8 @@ def _table(html: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """One random-conv evaluation shared by the tests (as conftest's synthetic_folders + fast_config)."""
-    from cxrbench.harness import EvalConfig
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.config import EvalConfig
+    from cxrbench.data.synthetic import synthetic_cxr
 
     root = tmp_path_factory.mktemp("report")
     folders = {"real_a": write_pngs(root / "real_a", synthetic_cxr(40, 32, 0.0, seed=1)),
@@ -77,7 +77,7 @@ def evaluated_all(evaluated, tmp_path_factory):
     """Every metric that draws a figure, computed by the engine: cxr64 (random weights), its label head and the
     pixel statistics; the shifted set as conditional samples (every other one requests Effusion), real_b as the
     generator's training set."""
-    from cxrbench.harness import EvalConfig
+    from cxrbench.config import EvalConfig
 
     _, folders = evaluated
     root = tmp_path_factory.mktemp("report_all")
@@ -213,6 +213,30 @@ def test_cli_report_and_evaluate_report(evaluated, synthetic_folders, fast_confi
                  "--num-workers", "0", "--cache-dir", fast_config.cache_dir, "--report", str(tmp_path / "c")]) == 0
     html = (tmp_path / "c" / "report.html").read_text()
     assert set(_table(html)) == set(result["metrics"]) and len(_decoded_pngs(html)) == 2
+
+
+def test_text_from_a_crafted_result_is_escaped_in_markdown_as_in_html(result, tmp_path):
+    """report.md is rendered as HTML by GitHub and most viewers: text from a result must not become markup."""
+    import json
+
+    xss = ['<script>alert(1)</script>', '<img src=x onerror="alert(2)">', "[click](javascript:alert(3))"]
+    r = copy.deepcopy(result)
+    key = next(iter(r["metrics"]))
+    r["metrics"][xss[0]] = dict(r["metrics"].pop(key), reason=xss[1])
+    r["warnings"] = [xss[2], "a | b"]
+    r["not_comparable_because"] = [xss[1]]
+    r["comparable"] = False
+    r["skipped_metrics"] = {xss[0]: xss[1]}
+    r["device"] = xss[1]
+    (tmp_path / "crafted.json").write_text(json.dumps(r))
+    assert main(["report", str(tmp_path / "crafted.json"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    for doc in (md, html):
+        assert "<script>alert" not in doc and "<img src=x" not in doc, doc
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md and "&lt;img src=x onerror" in md
+    assert not re.search(r"(?<!\\)\]\(javascript:", md) and "\\[click\\](javascript:alert(3))" in md
+    assert "a \\| b" in md  # a pipe in text does not split a table cell
 
 
 CHROMIUM = Path("/usr/bin/chromium")

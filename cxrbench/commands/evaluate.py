@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..config import OWN_REFERENCE
+
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
   # the default protocol cxr128: comparable numbers offline (network, reference and metrics ship with cxrbench)
@@ -53,7 +55,7 @@ def add_arguments(p) -> None:
                    "test, not comparable) | a folder holding the weights files")
     p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per forward pass")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=d.precision,
                    help="extractor forward precision; anything but fp32 marks the result not comparable")
     p.add_argument("--plain-kernels", dest="fast_kernels", action="store_false",
@@ -74,9 +76,12 @@ def add_arguments(p) -> None:
     p.add_argument("--protocol", default=None, help="cxr128 (embedded, comparable offline; the default without "
                    "--reference) | cxr64 (retired: its network ranks blobs above chests) | augmentation (downstream classifier gain) | default (your own --reference)")
     p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
-    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real)
-    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test)
-    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds)
+    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real,
+                   help="protocol augmentation: N real training images")
+    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test,
+                   help="protocol augmentation: held-out real test images")
+    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds,
+                   help="protocol augmentation: training seeds (use >= 3)")
     p.add_argument("--metric-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="override a metric setting, e.g. prdc_k=3 or kid_subset_size=500 (repeatable; "
                         "cxrbench.metrics.common.MetricSettings lists them)")
@@ -91,7 +96,7 @@ def resolve_protocol(args) -> str:
     from ..config import DEFAULT_PROTOCOL
     from ..errors import UsageError
 
-    protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
+    protocol = args.protocol or (OWN_REFERENCE if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol in ("cxr128", "cxr64") and args.extractors is not None:
         raise UsageError(f"--protocol {protocol} fixes its extractors ({protocol}, {protocol}-classifier); drop --extractors, "
                          "or pass --reference to evaluate with extractors of your choice")
@@ -140,26 +145,37 @@ def config_from_args(args):
 
 
 def format_table(result) -> str:
+    from ..config import OWN_REFERENCE
     from ..results import ci_text, floor_text
 
-    rows = [("metric", "value", "95% CI", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
-    flagged = []
+    # a biased distance's interval is for the population value, not for the value at these N: the table shows
+    # the estimate the interval belongs to beside it, so that no value sits next to an interval it is not in
+    rows = [("metric", "value @N", "estimate [95% CI]", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
+    flagged, corrected = [], False
     for key, m in result["metrics"].items():
-        v = m["value"]
+        v, bc = m["value"], m.get("value_bias_corrected")
         if m.get("reason"):
             flagged.append(f"{key}: {m['reason']}")
+        ci = ci_text(m)
+        if ci.startswith("["):
+            est = v if bc is None else bc
+            corrected |= bc is not None
+            ci = f"{'-' if est is None else f'{est:.4g}'}{'*' if bc is not None else ''} {ci}"
         rows.append((
-            key, "-" if v is None else f"{v:.4g}", ci_text(m), floor_text(m),
+            key, "-" if v is None else f"{v:.4g}", ci, floor_text(m),
             "higher" if m["higher_is_better"] else "lower",
             f"{m['n_gen']}/{m['n_ref']}",
         ))
     lines = _aligned(rows)
+    if corrected:
+        lines.append("* bias-corrected (value minus the bootstrap's bias estimate): the estimate of the population "
+                     "value the interval is for; the value @N is biased upward")
     lines += _condition_table(result)
     s = result["samples"]
     proto = result.get("protocol") or {}
     head = f"samples {s['path']} ({s['n_used']} images) vs reference {result['reference']['path']} " \
            f"({result['reference']['n_used']} images), device {result['device']}"
-    if proto.get("name") not in (None, "default"):
+    if proto.get("name") not in (None, OWN_REFERENCE):
         head = f"protocol {proto['name']} v{proto.get('version')}: {head}"
     tail = []
     if not result["comparable"]:
@@ -198,8 +214,11 @@ def _condition_table(result) -> list[str]:
 
 def run(args) -> int:
     from ..engine.evaluate import evaluate
+    from ..fileio import check_writable
 
     config = config_from_args(args)
+    for path in ([args.out] if args.out else []) + ([f"{args.report}/report.html"] if args.report else []):
+        check_writable(path)  # before the work, not after it
     if args.protocol is None and args.reference is None and not args.quiet:
         print(f"no --reference: evaluating under the default protocol {config.protocol} (shipped network, reference "
               "and metrics; comparable offline)", file=sys.stderr)

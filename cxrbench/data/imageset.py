@@ -7,6 +7,7 @@ set's hash and every metric are independent of directory listing order.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -20,9 +21,12 @@ import numpy as np
 from ..errors import DataError, UsageError
 from . import index as _index
 from .io import IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
-from .labels import LABELS, canonical_label
+from .labels import LABEL_LIST_COLUMNS, LABELS, MANIFEST_METADATA, canonical_label, unknown_label
 
 SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
+#: smallest short side of an image in a set: smaller is no radiograph (a broken generator output), and upsampled
+#: to an extractor's input (64 to 299 px) it would give features that mean nothing
+MIN_SIDE = 16
 
 
 def set_sha256(file_hashes) -> str:
@@ -60,9 +64,13 @@ class ImageSource:
         return None if self.root is None or self._array is not None else self.root / self.ids[i]
 
     def load(self, i: int) -> np.ndarray:
-        if self._array is not None:
-            return self._array[i]
-        return load_image(self.root / self.ids[i])
+        img = self._array[i] if self._array is not None else load_image(self.root / self.ids[i])
+        if min(img.shape[-2:]) < MIN_SIDE:
+            where = self.path(i) or f"{self.name} {self.ids[i]}"
+            raise DataError(f"{where}: {img.shape[-1]}x{img.shape[-2]} pixels, below the {MIN_SIDE} px short side "
+                            "cxrbench evaluates (upsampled to an extractor's input it would give meaningless "
+                            "features); regenerate it at full size or remove it")
+        return img
 
     def subset(self, idx) -> ImageSource:
         idx = [int(i) for i in idx]
@@ -126,6 +134,30 @@ def _check_label_values(df, csv_path: Path) -> None:
         df[c] = num.astype("float64")
 
 
+def _check_manifest_columns(df, csv_path: Path) -> None:
+    """A samples manifest holds requested labels, so a column that reads as a label but is none (a typo such as
+    ``Efusion``, a CheXpert-only name, 0/1 values under an unknown name) is refused: it would silently drop that
+    label from every label metric. Other columns (generator metadata with other values) pass."""
+    import pandas as pd
+
+    lower = [lab.lower() for lab in LABELS]
+    for c in df.columns[1:] if "path" not in df.columns else df.columns:
+        name = str(c)
+        if name in MANIFEST_METADATA or name.startswith("Unnamed:") or canonical_label(name) is not None:
+            continue  # "Unnamed: 0": the index pandas writes by default, not a label
+        if name in LABEL_LIST_COLUMNS:
+            for s in df[c].dropna():
+                for t in str(s).replace(",", "|").split("|"):
+                    if t.strip() and canonical_label(t) is None:
+                        raise DataError(unknown_label(f"{csv_path}: column {name!r} holds", t.strip()))
+            continue
+        num = pd.to_numeric(df[c], errors="coerce")
+        binary = len(df) > 0 and df[c].notna().any() and bool(num[df[c].notna()].isin([0, 1]).all())
+        if binary or difflib.get_close_matches(name.strip().lower(), lower, n=1, cutoff=0.8):
+            raise DataError(unknown_label(f"{csv_path}: column", name) + " (rename the column, or drop it if it "
+                            "is no label)")
+
+
 def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str] | None = None):
     """Rows of ``df`` (first column = path relative to ``root``) in the order of ``ids``; label columns canonical."""
     df = df.copy()
@@ -160,7 +192,20 @@ def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str
     return df.reindex(ids).reset_index().rename(columns={"index": "path", key: "path"})
 
 
+def _dicom_magic(path: str) -> bool:
+    """A DICOM file by content: PACS exports often have no extension, or a UID's last digits as one. Only
+    regular files are opened (a named pipe would block the scan)."""
+    try:
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def scan_folder(root: Path) -> tuple[list[str], list[str]]:
+    """(images, ignored): images by suffix, or DICOM by its magic bytes; side files and hidden files skipped."""
     images, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -170,7 +215,9 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
         for fn in sorted(filenames):
             if fn.startswith(".") or fn.lower() in SIDE_FILES:
                 continue
-            (images if os.path.splitext(fn)[1].lower() in IMAGE_SUFFIXES else ignored).append(prefix + fn)
+            is_image = (os.path.splitext(fn)[1].lower() in IMAGE_SUFFIXES
+                        or _dicom_magic(os.path.join(dirpath, fn)))
+            (images if is_image else ignored).append(prefix + fn)
     return images, ignored
 
 
@@ -237,6 +284,8 @@ def open_folder(path: str | os.PathLike, *, name: str | None = None, role: str =
     tables = {attr: (root / fn, _read_csv(root / fn)) for fn, attr in (("labels.csv", "labels"),
                                                                         ("manifest.csv", "manifest"))
               if (root / fn).is_file()}
+    if "manifest" in tables:  # a reference's labels.csv may carry labels of its own dataset (COVID-19, ...)
+        _check_manifest_columns(tables["manifest"][1], tables["manifest"][0])
     notes: list[str] = []
     # tables checked and noted against every image in the folder, whichever split is hashed
     full = {attr: _align_table(df, images, p, root, notes) for attr, (p, df) in tables.items()}
@@ -282,7 +331,7 @@ def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> Image
     if split in (None, "", "all"):
         return src
     if split in ("half0", "half1"):
-        from ..metrics.bootstrap import real_vs_real_split
+        from .splits import real_vs_real_split
 
         a, b = real_vs_real_split(len(src), seed, src.patient_ids)
         out = src.subset(a if split == "half0" else b)

@@ -1,31 +1,22 @@
 """Opening an image set by what the user typed: a folder, an array file, or a named reference.
 
-The set types themselves live in ``imageset.py`` (re-exported here), so that ``references.py`` builds on them
-without importing this module back.
+The set types themselves live in ``imageset.py``, so that ``references.py`` builds on them without importing
+this module back.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
-from .imageset import (  # noqa: F401  (re-exported: the historical home of these names)
-    SIDE_FILES,
+from ..errors import UsageError
+from ..registry import REFERENCES as NAMED_REFERENCES
+from .imageset import (
     ImageSource,
-    _align_table,
-    _check_label_values,
-    _hash_files,
-    _read_csv,
-    _relative,
-    array_source,
-    hash_folder_files,
     open_array,
     open_folder,
-    scan_folder,
     select_split,
 )
 from .io import ARRAY_SUFFIXES
-from ..registry import REFERENCES as NAMED_REFERENCES
 from .references import open_reference
 
 
@@ -45,11 +36,11 @@ def open_source(spec, *, split: str | None = None, role: str = "samples", seed: 
     elif p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES:
         src = open_array(p)
     elif p.is_file():
-        raise DataError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
+        raise UsageError(f"{p}: --{role} must be a folder of images or a .npy/.npz array of images")
     else:
         if s in NAMED_REFERENCES:
             return open_reference(s, split=split, seed=seed, index=index, cache_dir=cache_dir, dist=dist)
-        raise DataError(
+        raise UsageError(
             f"{s}: no such folder or file for --{role}"
             + (f"; named references: {', '.join(sorted(NAMED_REFERENCES.names()))}" if role == "reference" else "")
         )

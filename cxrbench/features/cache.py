@@ -13,12 +13,13 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..data.index import default_cache_dir
-from ..generator import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 def chunk_key(hashes: list[str], spec: dict) -> str:
@@ -33,6 +34,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.corrupt: list[str] = []
+        self.write_error: str | None = None  # why entries could not be written (then no more are tried)
 
     def _path(self, key: str) -> Path:
         return self.root / "features" / key[:2] / f"{key}.npz"
@@ -44,7 +46,7 @@ class FeatureCache:
         try:
             with np.load(p, allow_pickle=False) as z:
                 feats, checksum = z["features"], str(z["checksum"])
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, PermissionError):  # absent or unreadable, not corrupt
             self.misses += 1
             return None
         except Exception:  # truncated / not an npz: treat as absent, recompute
@@ -59,9 +61,17 @@ class FeatureCache:
         return feats
 
     def put(self, key: str, feats: np.ndarray) -> None:
-        if not self.enabled:
+        if not self.enabled or self.write_error is not None:
             return
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         buf = io.BytesIO()
         np.savez(buf, features=feats, checksum=np.array(hashlib.sha256(feats.tobytes()).hexdigest()))
-        atomic_write_bytes(self._path(key), buf.getvalue())
+        try:
+            atomic_write_bytes(self._path(key), buf.getvalue())
+        except OSError as e:
+            # the cache only saves time: a full disk or a read-only folder must not cost the run; the features
+            # in memory are complete, so warn once and stop trying
+            self.write_error = (f"feature cache {self.root} cannot be written ({e.strerror or e}); features are "
+                                "not cached, so the next run recomputes them (set --cache-dir or CXRBENCH_CACHE to "
+                                "a writable folder, or pass --no-cache)")
+            warnings.warn(self.write_error, stacklevel=2)

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..features.base import FeatureKind
+
 
 @dataclass
 class MetricValue:
@@ -43,6 +45,29 @@ class MetricValue:
     #: False where the metric flags itself as unreliable (interval not expected to cover; see ``reason``)
     valid: bool = True
     reason: str | None = None
+
+    def __float__(self) -> float:
+        """The value, as ``float(torchmetrics_fid.compute())`` or clean-fid's number is used."""
+        return float(self.value)
+
+    @property
+    def estimate(self) -> float:
+        """The number ``ci`` is an interval for: the population value's estimate. For a biased estimator
+        (FID, FD of labels) that is ``value_bias_corrected``, not ``value`` (FID at these N, which overstates
+        the population FD; at 500 x 64-d rows by several times)."""
+        return self.value if self.value_bias_corrected is None else self.value_bias_corrected
+
+    def __str__(self) -> str:
+        """One line a reader cannot misread: the value at these N, and the estimate the interval belongs to."""
+        at = f"{self.value:.4g} (at N = {self.n_gen}/{self.n_ref})"
+        if not self.valid:
+            return f"{at}; not valid: {self.reason}"
+        if self.ci is None:
+            return at
+        ci = f"95% CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}] ({self.ci_method})"
+        if self.value_bias_corrected is None:
+            return f"{at}, {ci}"
+        return f"{at}; population estimate {self.value_bias_corrected:.4g} (bias-corrected), {ci}"
 
     def to_dict(self) -> dict:
         d = {
@@ -100,7 +125,7 @@ class EvalContext:
     device: str = "cpu"
 
     def embedding_extractors(self) -> list[str]:
-        return [n for n, s in self.extractors.items() if s.get("kind") == "embedding"]
+        return [n for n, s in self.extractors.items() if s.get("kind") == FeatureKind.EMBEDDING]
 
 
 @dataclass

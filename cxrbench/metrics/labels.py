@@ -1,4 +1,6 @@
-"""Label-distribution matching (seeds 004 and 001): does a classifier see the same findings, as often?
+"""Label-distribution matching (Segal et al., "Synthesising Clinically Realistic Chest
+X-rays using Generative Adversarial Networks", 2020; Malik & Humair, "Evaluating the Feasibility of Using
+Generative Models to Generate Chest X-Ray Data", 2023): does a classifier see the same findings, as often?
 
 A label classifier labels the reference and the samples: the XRV classifier (torchxrayvision DenseNet121,
 18 pathology heads, ``xrv-classifier``) or, under the ``cxr64`` protocol, the ``cxr64-classifier`` head
@@ -28,7 +30,7 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
-from ..data.labels import canonical_label
+from ..data.labels import LABEL_LIST_COLUMNS, canonical_label
 from .base import EvalContext, FigureSpec, Metric, MetricValue
 from .bootstrap import two_sample_bootstrap
 from .common import (
@@ -42,9 +44,6 @@ from .common import (
     with_floor,
     with_interval,
 )
-
-#: manifest columns that may hold each image's requested labels as one "A|B" (or "A,B") string
-LABEL_LIST_COLUMNS = ("labels", "requested_labels", "conditioning_labels")
 
 
 def positives(probs: np.ndarray) -> np.ndarray:

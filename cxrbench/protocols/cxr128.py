@@ -31,7 +31,8 @@ import numpy as np
 from ..data.io import sha256_file
 from ..errors import UsageError, WeightsError
 from ..features.cxr128 import shipped_path
-from .cxr64 import PrecomputedSet
+from ..data.precomputed import PrecomputedSet
+from ..engine.protocol import Protocol
 
 NAME = "cxr128"
 VERSION = "1"
@@ -45,16 +46,10 @@ HELDOUT_SHA256 = "fe1ce87127cb697e6a03612de0454e859c8e3c7f28ce0bb8762833af006999
 FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
                  "train": ("cxr128-train.npz", TRAIN_SHA256),
                  "heldout": ("cxr128-heldout.npz", HELDOUT_SHA256)}
-#: real-image sets a leaderboard evaluates in place of a generator's samples, to give the board its scale:
-#: held-out NIH images (what a perfect generator would score) and the training images (a perfect memorizer)
-SHIPPED_SAMPLES = {"cxr128:heldout": "heldout", "cxr128:train": "train"}
-
-
-def shipped_samples(spec) -> PrecomputedSet | None:
-    """``"cxr128:heldout"`` / ``"cxr128:train"`` as a samples set (rows in sha256 order); None otherwise."""
-    if isinstance(spec, str) and spec in SHIPPED_SAMPLES:
-        return load_features(SHIPPED_SAMPLES[spec]).canonical()
-    return None
+#: real-image sets a leaderboard evaluates in place of a generator's samples (``cxr128:heldout``), to give the
+#: board its scale: held-out NIH images (what a perfect generator would score) and the training images (a
+#: perfect memorizer, which memorization_cxr128 must flag)
+SHIPPED_SAMPLES = ("heldout", "train")
 
 
 def load_features(which: str) -> PrecomputedSet:
@@ -82,7 +77,7 @@ def load_features(which: str) -> PrecomputedSet:
         )
 
 
-class CXR128Protocol:
+class CXR128Protocol(Protocol):
     """Registry entry ``PROTOCOLS["cxr128"]``: fixes extractors, metrics, sample count and the shipped sets."""
 
     name = NAME
@@ -109,3 +104,7 @@ class CXR128Protocol:
                                 if "fd_inf" in asked else ""))
         config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
         return config, load_features("reference"), load_features("train")
+
+    def shipped_samples(self, which: str) -> PrecomputedSet | None:
+        """``cxr128:heldout`` / ``cxr128:train`` as a samples set (rows in sha256 order)."""
+        return load_features(which).canonical() if which in SHIPPED_SAMPLES else None

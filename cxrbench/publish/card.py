@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 
 CONDITIONING = ("unconditional", "labels", "text", "image")
 KINDS = ("model", "reference")  # a reference row (real images) gives the board its scale; it is not ranked as a model
@@ -168,7 +168,7 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: no such model card; write a model.toml (see `cxrbench submit --help`)") from None
+        raise UsageError(f"{path}: no such model card; write a model.toml (see `cxrbench submit --help`)") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder; pass the model card file (model.toml)") from None
     try:

@@ -4,7 +4,7 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
 
     schema       "cxrbench.entry/1"
     name, slug   the model card's name and the file-name-safe form of it (entries/<slug>.json)
-    card         the validated model card (see cxrbench.card)
+    card         the validated model card (see cxrbench.publish.card)
     protocol     {name, version}: copied from the result
     comparable   false when any extractor ran with weights other than its published file (random, self-made,
                  unknown sha256) or below fp32 precision (copied from the result)
@@ -42,7 +42,7 @@ from typing import Any
 
 from .. import results
 from ..data.imageset import set_sha256
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..results import ci_text, floor_text
 from .card import ModelCard, card_from_dict
 
@@ -106,6 +106,33 @@ def safe_relpath(p: Any, source: str) -> str:
     if pp.is_absolute() or any(part in ("..", ".", "") for part in p.split("/")):
         raise DataError(f"{source}: sample path {p!r} escapes the samples folder; entries hold relative paths only")
     return p
+
+
+def samples_root(entries_dir: str | os.PathLike) -> Path:
+    """The tree an entry's ``samples.location`` may lead into: the repository that holds the entries folder
+    (the nearest folder above it with ``.git``), else the folder above the entries folder (``leaderboard/``:
+    ``entries/`` beside ``samples/``)."""
+    d = Path(entries_dir).resolve()
+    for p in (d, *d.parents):
+        if (p / ".git").exists():
+            return p
+    return d.parent
+
+
+def samples_folder(e: dict, entries_dir: str | os.PathLike, source: str, hint: str = "") -> Path | None:
+    """The folder ``e``'s ``samples.location`` names, relative to its entries folder; None when it records
+    none or names a protocol's shipped set (``cxr64:heldout``). An entry is untrusted: a location that resolves
+    outside ``samples_root`` (``../../..``, or a link out) is refused, so that verify and the leaderboard never
+    read, hash or publish thumbnails of an arbitrary folder on the machine."""
+    loc = e["samples"].get("location")
+    if not loc or ":" in loc:
+        return None
+    folder = Path(entries_dir) / loc
+    root = samples_root(entries_dir)
+    if not folder.resolve().is_relative_to(root):
+        raise DataError(f"{source}: samples.location {loc!r} leads to {folder.resolve()}, outside {root} (the tree "
+                        f"holding the entry); an entry's samples must be inside it{hint}")
+    return folder
 
 
 def validate_entry(d: Any, source: str = "entry") -> None:
@@ -196,9 +223,9 @@ def load_entry(path: str | os.PathLike) -> dict[str, Any]:
             raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not a leaderboard entry")
         d = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path}: no such entry file") from None
+        raise UsageError(f"{path}: no such entry file") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder; pass an entry file (leaderboard/entries/NAME.json)") from None
+        raise UsageError(f"{path}: is a folder; pass an entry file (leaderboard/entries/NAME.json)") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     validate_entry(d, str(path))
@@ -209,7 +236,7 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Every ``*.json`` directly in ``folder`` (no recursion, no symlinks out), sorted by slug."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
+        raise UsageError(f"{folder}: no such entries folder; create entries with `cxrbench submit --entries {folder}`")
     root = folder.resolve()
     out = []
     for p in sorted(folder.glob("*.json")):
@@ -472,10 +499,9 @@ REFERENCE_NOTE = ("Rows marked reference are real images evaluated exactly as sa
 def thumbnail_grid(e: dict, entries_dir: str | os.PathLike) -> bytes | None:
     """A PNG grid of the entry's first ``THUMB_COUNT`` samples (in file order), each at ``THUMB_SIZE`` px; None
     when the samples are not in the repository (a reference row of real images, which are not redistributed)."""
-    loc = e["samples"].get("location")
-    if not loc or ":" in loc:
+    folder = samples_folder(e, entries_dir, e.get("_file", e["slug"]))
+    if folder is None:
         return None
-    folder = Path(entries_dir) / loc
     paths = [folder / safe_relpath(f["path"], e["slug"]) for f in e["samples"]["files"][:THUMB_COUNT]]
     if not paths or not all(p.is_file() for p in paths):
         return None
@@ -627,9 +653,9 @@ def _rel_link(target: Path, out_dir: Path) -> str:
 
 def write_public(path: str | os.PathLike, data: bytes) -> Path:
     """Atomic write, then the usual umask permissions (mkstemp makes 0600; leaderboard files are served)."""
-    from ..fileio import atomic_write_bytes
+    from ..fileio import write_output
 
-    atomic_write_bytes(path, data)
+    write_output(path, data)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)

@@ -141,7 +141,7 @@ def _resolve(path: str | None, base: Path | None) -> Path | None:
 def _pick_images(desc: dict | None, base: Path | None, k: int, seed: int) -> tuple[list[np.ndarray], str | None]:
     """Up to ``k`` seeded-random images of a set, or ([], why not)."""
     from ..data.io import ARRAY_SUFFIXES, load_array_file, load_image
-    from ..data.sources import scan_folder
+    from ..data.imageset import scan_folder
 
     if not desc:
         return [], "not part of this result"
@@ -439,20 +439,25 @@ def render_html(result: dict, rep: _Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+def _md_cell(s) -> str:
+    """Text from a result into Markdown, escaped as report.html escapes it: Markdown renderers pass raw HTML
+    through (a crafted result could carry ``<script>`` or ``<img onerror>``), and backslashes keep links,
+    code, emphasis and table cells from being made out of it."""
+    s = html.escape(str(s), quote=False)
+    return re.sub(r"([\\`*\[\]|])", r"\\\1", s).replace("\r", " ").replace("\n", " ")
 
 
 def render_markdown(result: dict, rep: _Report, figure_files: dict[str, str]) -> str:
+    c = _md_cell
     lines = ["# cxrbench report", ""]
     if not result["comparable"]:
         lines += [f"> **Not comparable** with published numbers: "
-                  f"{'; '.join(result.get('not_comparable_because', [])) or 'see config'}", ""]
-    lines += [f"- **{k}**: {_md_cell(v)}" for k, v in _summary(result)] + ["", "## Metrics", ""]
+                  f"{c('; '.join(result.get('not_comparable_because', [])) or 'see config')}", ""]
+    lines += [f"- **{k}**: {c(v)}" for k, v in _summary(result)] + ["", "## Metrics", ""]
     lines += ["| metric | better | value | 95% CI | real vs real (noise floor) @N (samples @N) | n gen/ref |",
               "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {_md_cell(r['key'])} | {r['arrow']} {r['better']} | {r['value']} | {r['ci']} | {r['floor']} | "
-              f"{r['n']} |" for r in metric_rows(result)]
+    lines += [f"| {c(r['key'])} | {r['arrow']} {r['better']} | {c(r['value'])} | {c(r['ci'])} | {c(r['floor'])} | "
+              f"{c(r['n'])} |" for r in metric_rows(result)]
     lines.append("")
     cond, cond_skipped = condition_rows(result)
     if cond or cond_skipped:
@@ -460,23 +465,24 @@ def render_markdown(result: dict, rep: _Report, figure_files: dict[str, str]) ->
     if cond:
         lines += ["| condition | n gen/ref | metric | better | value | 95% CI | real vs real (noise floor) @N (samples @N) |",
                   "|---|---:|---|---|---:|---:|---:|"]
-        lines += [f"| {_md_cell(r['condition'])} | {r['counts']} | {_md_cell(r['key'])} | {r['arrow']} {r['better']} | "
-                  f"{r['value']} | {r['ci']} | {r['floor']} |" for r in cond]
+        lines += [f"| {c(r['condition'])} | {c(r['counts'])} | {c(r['key'])} | {r['arrow']} {r['better']} | "
+                  f"{c(r['value'])} | {c(r['ci'])} | {c(r['floor'])} |" for r in cond]
         lines.append("")
-    lines += [f"> condition {_md_cell(line)}" + "\n" for line in cond_skipped]
+    lines += [f"> condition {c(line)}" + "\n" for line in cond_skipped]
     notes = [f"skipped {n}: {w}" for n, w in (result.get("skipped_metrics") or {}).items()]
     notes += [f"warning: {w}" for w in result.get("warnings") or []] + rep.notes
-    lines += [f"> {_md_cell(str(n))}" + "\n" for n in notes]
+    lines += [f"> {c(n)}" + "\n" for n in notes]
     if rep.figures:
         lines += ["## Figures", ""]
     for f in rep.figures:
-        lines += [f"### {f.title}", "", f"![{f.title}]({figure_files[f.name]})", "", f"*{f.caption}*" if f.caption else "", ""]
+        lines += [f"### {c(f.title)}", "", f"![{c(f.title)}]({figure_files[f.name]})", "",
+                  f"*{c(f.caption)}*" if f.caption else "", ""]
     pairs = rep.pairs
     if pairs:
         lines += ["## Closest generated/training pairs", "", "| metric | sample | training image | distance |",
                   "|---|---|---|---:|"]
-        lines += [f"| {k} | {_md_cell(str(p.get('sample')))} | {_md_cell(str(p.get('train')))} | "
-                  f"{_fmt(p.get('distance'))} |" for k, p in pairs]
+        lines += [f"| {c(k)} | {c(p.get('sample'))} | {c(p.get('train'))} | {c(_fmt(p.get('distance')))} |"
+                  for k, p in pairs]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -496,21 +502,24 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
 
     ``base_dir``: where relative image paths in the result are also looked for (the result file's folder).
     """
-    from ..fileio import atomic_write_bytes
+    from ..fileio import write_output
 
     validate(result, "result")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; pass --out a folder for the report")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: the report folder cannot be created ({e.strerror or e}); pass a writable --out") from None
     rep = build(result, base_dir=base_dir, seed=seed)
     files = {}
     for f in rep.figures:
         files[f.name] = re.sub(r"[^A-Za-z0-9_.-]", "_", f.name) + ".png"  # metric keys are free-form
-        atomic_write_bytes(out / files[f.name], f.png)
+        write_output(out / files[f.name], f.png)
     paths = {"html": out / "report.html", "md": out / "report.md"}
-    atomic_write_bytes(paths["html"], render_html(result, rep).encode("utf-8"))
-    atomic_write_bytes(paths["md"], render_markdown(result, rep, files).encode("utf-8"))
+    write_output(paths["html"], render_html(result, rep).encode("utf-8"))
+    write_output(paths["md"], render_markdown(result, rep, files).encode("utf-8"))
     return paths
 
 

@@ -1,7 +1,7 @@
 """Submitting, verifying and regression-checking samples against leaderboard entries.
 
 ``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
-(``cxrbench.entry/1``, see ``cxrbench.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+(``cxrbench.entry/1``, see ``cxrbench.publish.leaderboard``). ``verify`` re-hashes the samples and recomputes every
 number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
 reports the metrics that got worse than the entry by more than their noise.
 
@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
+from ..registry import PROTOCOLS
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .leaderboard import make_entry, write_public
+from .leaderboard import make_entry, samples_folder, write_public
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -38,22 +40,36 @@ class Snapshot:
     side_files: dict[str, str]  # labels.csv / manifest.csv -> sha256 (they change label metrics)
 
 
-def snapshot(samples: str | os.PathLike) -> Snapshot:
+def sample_count(protocol: str) -> int | None:
+    """How many samples ``protocol`` evaluates (its first N in canonical order); None: every one."""
+    return None if protocol == OWN_REFERENCE else PROTOCOLS.get(protocol).sample_count
+
+
+def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
     """Hash a samples folder once; the harness then evaluates this very ``ImageSource`` (no second read).
 
-    A protocol's shipped real-image set (``cxr128:heldout``, ``cxr64:train``, ...: the leaderboard's reference rows)
-    is its features, pinned by sha256, with the hashes of the images they were computed from."""
-    from ..data.io import sha256_file
-    from ..data.sources import open_folder
-    from ..protocols.shipped import shipped_samples
+    ``limit``: a protocol's sample count. A larger folder's submission is its first ``limit`` files in
+    canonical (sha256) order, the ones the protocol evaluates: the entry lists exactly those, so that its
+    hash is the result's and ``verify`` of the same folder picks the same files.
 
-    pre = shipped_samples(str(samples))
+    A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
+    is its features, pinned by sha256, with the hashes of the images they were computed from."""
+    from ..data.imageset import open_folder
+    from ..data.io import sha256_file
+    from ..engine.protocol import protocol_samples
+
+    pre = protocol_samples(str(samples))
     if pre is not None:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
     if not root.is_dir():
-        raise DataError(f"{root}: no such samples folder; a submission is a folder of generated images")
+        raise UsageError(f"{root}: no such samples folder; a submission is a folder of generated images")
     src = open_folder(root, role="samples", index=False)  # every byte re-read: a hash index is not evidence
+    if limit and len(src) > limit:
+        n = len(src)
+        src = src.subset(range(limit))
+        src.notes.append(f"the submission is the first {limit} of the folder's {n} images in canonical (sha256) "
+                         f"order, the protocol's sample count; the other {n - limit} are not part of it")
     side = {fn: sha256_file(root / fn) for fn in ("labels.csv", "manifest.csv") if (root / fn).is_file()}
     return Snapshot(src, dict(zip(src.ids, src.hashes)), side)
 
@@ -101,6 +117,36 @@ def config_from_entry(entry: dict, **local) -> Any:
     return EvalConfig(**kw)
 
 
+def load_baseline(path: str | os.PathLike) -> dict:
+    """What ``check --against`` compares with: a leaderboard entry (``cxrbench.entry/1``) as it is, or a result
+    file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
+    baseline needs neither a model card nor ``submit``."""
+    from .. import results
+    from .leaderboard import MAX_ENTRY_BYTES, load_entry
+    from .leaderboard import SCHEMA as ENTRY_SCHEMA
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not an entry or a result file")
+        schema = json.loads(path.read_bytes().decode("utf-8")).get("schema")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; pass an entry (leaderboard/entries/NAME.json) or a result "
+                        "file (cxrbench evaluate --out FILE)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; pass an entry or a result file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError) as e:
+        raise DataError(f"{path}: not a JSON object ({type(e).__name__}); pass an entry or a result file") from None
+    if schema == ENTRY_SCHEMA:
+        return load_entry(path)
+    if schema != results.SCHEMA:
+        raise DataError(f"{path}: schema is {schema!r}; expected an entry ({ENTRY_SCHEMA!r}) or a result "
+                        f"({results.SCHEMA!r})")
+    result = dict(results.load(path))
+    return {"slug": path.name, "result": result, "weights": weights_of(result),
+            "protocol": {"name": result["protocol"]["name"], "version": result["protocol"]["version"]}}
+
+
 def reference_of(entry: dict) -> str | None:
     """Where the entry's reference is: its recorded path, or None for a protocol's shipped reference."""
     ref = entry["result"]["reference"]
@@ -136,7 +182,7 @@ def submit(
         raise UsageError(f"{path}: an entry for {card.name!r} exists; pass --force to replace it")
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(config.protocol))
     real, task, note = augment_block.plan(snap.source, task=augment_task, real=augment_real,
                                           protocol=config.protocol, enabled=augment)
     if note and notes is not None:
@@ -167,23 +213,26 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..protocols.shipped import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
-    if str(samples) in SHIPPED_SAMPLES:
+    if protocol_samples(str(samples)) is not None:
         return str(samples)
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..protocols.shipped import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
     loc = entry["samples"].get("location")
     if loc is None:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
-    if loc in SHIPPED_SAMPLES:
+    if protocol_samples(loc) is not None:
         return loc
-    folder = Path(entry_path).parent / loc
+    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
+    if folder is None:
+        raise UsageError(f"{entry_path}: its samples.location {loc!r} names no protocol's shipped sample set "
+                         "(such as cxr64:heldout); pass --samples FOLDER")
     if not folder.is_dir():
         raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
                          "pass --samples FOLDER")
@@ -207,7 +256,7 @@ def verify(
     they are not, ``notes`` says so and the rest is still checked."""
     from ..engine.evaluate import evaluate
 
-    snap = snapshot(samples)
+    snap = snapshot(samples, sample_count(entry["protocol"]["name"]))
     stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
     rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
     rows += file_differences(stored_side, snap.side_files)
