@@ -31,14 +31,13 @@ measured. Sets in one tier are ones a person cannot rank against each other.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -88,34 +87,36 @@ CLASSES = ("real", "degraded", "violated", "population", "generator", "progress"
 CLASS_LEVEL = {"real": 0, "degraded": 1, "violated": 2}
 
 
+def _cxr128_table(data_root: Path) -> pd.DataFrame:
+    table = cxr128_splits.nih_splits(data_root)
+    return table.assign(_split=table["cxr128_split"])
+
+
+def _cxr64_table(data_root: Path) -> pd.DataFrame:
+    table = pd.read_csv(Path(data_root) / "nih1000_64px" / "labels.csv")
+    return table.assign(_split=cxr64_splits.image_splits(table))
+
+
 @dataclasses.dataclass(frozen=True)
 class ProtocolData:
-    """Where a protocol's real images come from: the folder, its split function and the image size."""
+    """Where a protocol's real images come from: the folder, its split table and the image size."""
 
     name: str
     folder: str
     size: int
+    table: Callable[[Path], pd.DataFrame]  # labels.csv of the folder with a ``_split`` column
 
-    def splits(self, data_root: Path):
-        """(labels table with a ``_split`` column, image folder)."""
+    def splits(self, data_root: Path) -> tuple[pd.DataFrame, Path]:
         root = Path(data_root) / self.folder
         if not (root / "labels.csv").is_file():
             raise DataError(f"{root}/labels.csv not found: the {self.name} validity sets are built from the "
                             f"{self.folder} folder; pass --data DIR holding it (the shared data folder)")
-        if self.name == "cxr128":
-            table = cxr128_splits.nih_splits(data_root)
-            table["_split"] = table["cxr128_split"]
-        else:
-            import pandas as pd
-
-            table = pd.read_csv(root / "labels.csv")
-            table["_split"] = cxr64_splits.image_splits(table)
-        return table, root
+        return self.table(Path(data_root)), root
 
 
 PROTOCOL_DATA = {
-    "cxr128": ProtocolData("cxr128", "nih_extra_256px", 128),
-    "cxr64": ProtocolData("cxr64", "nih1000_64px", 64),
+    "cxr128": ProtocolData("cxr128", "nih_extra_256px", 128, _cxr128_table),
+    "cxr64": ProtocolData("cxr64", "nih1000_64px", 64, _cxr64_table),
 }
 
 
@@ -231,8 +232,6 @@ class SuiteData:
                 x = corruptions.apply(name, real, strength, seed=self.seed * 1000 + k)
                 yield ValiditySet(f"{name}:{strength}", c.kind, name, strength, source=src, n=len(x)), x
         if self.kermany is not None:
-            import pandas as pd
-
             t = pd.read_csv(self.kermany / "labels.csv")
             # ValData only: the cxr64 network trained on NonAugmentedTrain
             keep = (t["likely_population"].astype(str).str.startswith("pediatric") & t["near_duplicate_of"].isna()
