@@ -435,7 +435,8 @@ def plot(result: dict, path) -> Path:
 
     colours = {"real": "black", "degraded": "tab:blue", "violated": "tab:red", "population": "tab:purple",
                "generator": "tab:green", "progress": "tab:orange"}
-    sets = sorted(result["sets"], key=lambda s: (CLASSES.index(s["cls"]), s["tier"] or 0, s["name"]))
+    sets = sorted(result["sets"], key=lambda s: (CLASSES.index(s["cls"]), s["group"] if s["cls"] == "progress" else "",
+                                                 s["tier"] or 0, s["name"]))
     fig, ax = plt.subplots(figsize=(max(8, 0.32 * len(sets)), 5))
     for i, s in enumerate(sets):
         v = max(s["value"], 1e-6)
