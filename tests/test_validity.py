@@ -162,6 +162,7 @@ def test_a_known_inversion_is_reported_and_costs_tau():
     assert s["kendall_tau"] == pytest.approx((n_pairs - 2 * len(got)) / n_pairs)
     assert s["kendall_tau_generators"] < 1.0
     assert s["blob_ranks"]["gen:ldm"]["rank_generators"] == 2  # only real is closer
+    assert s["closest_violated"] == {"set": "vflip:moderate", "value": 2.5, "x_floor": 2.5}
 
     # identical features give FIDs equal up to round-off: a tie, and a tie is not the expected order
     tie = dict(good, **{"vflip:moderate": good["real"] * (1 + 1e-15)})

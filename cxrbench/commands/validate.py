@@ -100,6 +100,9 @@ def run(args) -> int:
     for name, r in res["blob_ranks"].items():
         extra = f", {r['rank_generators']} of {r['of_generators']} among real + generator sets" if "rank_generators" in r else ""
         print(f"blob set {name}: rank {r['rank_all']} of {r['of_all']} sets (1 = closest to the reference){extra}")
+    if "closest_violated" in res:
+        c = res["closest_violated"]
+        print(f"closest anatomy-violated set: {c['set']} at {c['x_floor']:.2f} x the real-vs-real floor")
     if "unseen_families" in res:
         u = res["unseen_families"]
         print(f"families unseen in training: {u['violations']} of {u['pairs']} pairs violated, tau {_fmt(u['kendall_tau'])}")

@@ -362,6 +362,12 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
             out["blob_ranks"][s.name] = {"rank_all": ranked.index(s.name) + 1, "of_all": len(ranked)}
             if s.name in gen_ranked:
                 out["blob_ranks"][s.name].update(rank_generators=gen_ranked.index(s.name) + 1, of_generators=len(gen_ranked))
+    floor = values.get("real")
+    violated = [s.name for s in sets if s.cls == "violated" and s.name in values]
+    if violated and floor and floor > 0:
+        near = min(violated, key=values.get)
+        # how far the anatomy-violated set nearest to the reference stays above the real-vs-real floor
+        out["closest_violated"] = {"set": near, "value": values[near], "x_floor": values[near] / floor}
     if seen_families:
         # the order must hold on the corruption families the network never saw while training
         unseen = [c for c in checks if not any(by_name[n].group in seen_families for n in (c["better"], c["worse"])
