@@ -41,7 +41,7 @@ from cxrbench.data.io import load_image
 from cxrbench.errors import DataError
 from cxrbench.features.cxr64 import CXR64Net, to_cxr64
 from cxrbench.generator import PretrainedMixin
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.protocols.cxr64_splits import image_splits
 
 from .moco import augment
@@ -269,7 +269,8 @@ def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.
     """Features of every NIH thumbnail through the harness's own extraction path (same kernels, same order)."""
     from cxrbench.data.sources import open_source
     from cxrbench.features.cache import FeatureCache
-    from cxrbench.harness import EvalConfig, build_extractors, extract_features, extractor_spec
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors, extract_features, extractor_spec
 
     folder = Path(data_root) / NIH
     config = EvalConfig(extractors=("cxr64",), weights=str(weights_file), progress=False, num_workers=0)
@@ -331,7 +332,7 @@ def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[
     import io
     import json as _json
 
-    from cxrbench.generator import atomic_write_bytes
+    from cxrbench.fileio import atomic_write_bytes
 
     meta = {"name": f"cxr64 {which}: {len(table)} NIH ChestX-ray14 images (64 px, patient-disjoint split '{which}')",
             "spec": spec, "label_columns": list(LABELS), "source": "nih1000_64px (NIH ChestX-ray14 thumbnails)"}
@@ -349,7 +350,7 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
     from cxrbench.data.io import sha256_file
     from cxrbench.features.cxr64 import HEAD_FILE, WEIGHTS_FILE
-    from cxrbench.generator import atomic_torch_save, atomic_write_bytes
+    from cxrbench.fileio import atomic_torch_save, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     net = run_network(run_dir)

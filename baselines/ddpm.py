@@ -32,7 +32,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients, label_matrix

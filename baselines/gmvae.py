@@ -1,7 +1,8 @@
-"""Gaussian-mixture VAE (``gmvae``) and its label-conditioned variant (``fs-gmvae``) of seed 003.
+"""Gaussian-mixture VAE (``gmvae``) and its label-conditioned variant (``fs-gmvae``) of Kumar & Triana.
 
-Seed 003 (Kumar & Triana, section 4, 5.1, Tables 2-5) trains GMVAEs (Dilokthanakul et al.; the CS236
-formulation) on CXR14 with an ImageNet feature encoder:
+Kumar & Triana, "Generating Synthetic Chest X-Rays with generative modeling" (Stanford course report;
+undated, it cites the CS 236 course of fall 2023), section 4, 5.1 and Tables 2-5, train GMVAEs
+(Dilokthanakul et al.; the CS236 formulation) on CXR14 with an ImageNet feature encoder:
 
 - encoder: the convolutional features of VGG16 (512 x 7 x 7 at 224 px) or DenseNet121 (1024 x 7 x 7), fed
   the grey image replicated to 3 channels, optionally ImageNet-normalised ("Normalize Blue" in Table 4);
@@ -9,7 +10,7 @@ formulation) on CXR14 with an ImageNet feature encoder:
   (``encoder_weights``: a torchvision state dict, e.g. ``vgg16-397923af.pth``), loaded when training starts;
 - optional transition layer (after Mao et al.): Conv2d 1x1 (features -> 300), BatchNorm(300), ReLU,
   MaxPool(7) (here adaptive max pooling to 1x1, which is MaxPool(7) at 224 px and works at any size),
-  Linear(300 -> 2z); without it the feature map is flattened into Linear(-> 2z). The seed says "output
+  Linear(300 -> 2z); without it the feature map is flattened into Linear(-> 2z). The report says "output
   desired z dimension"; a VAE needs a mean and a variance, so the layer gives both (CS236:
   ``gaussian_parameters`` splits 2z into mean and softplus variance);
 - decoders: "decoder1" (Table 2: ConvTranspose2d k=4 s=2 p=1, 14->6->3->3->3 channels from a 14 x 14 map)
@@ -17,12 +18,12 @@ formulation) on CXR14 with an ImageNet feature encoder:
   from z to the input map that the tables do not show (nor count), with LeakyReLU(0.2) between the
   transposed convolutions (the tables give no activations; ReLU dies in decoder1's 3-channel layers and
   cuts the output off from z) and a sigmoid at the end; and "linear" ("Linear Layers" of FS-GMVAE V1/V2, unspecified in
-  the seed): Linear(z, 512) -> ReLU -> Linear(512, S*S) -> sigmoid, one channel. The convolutional
-  decoders output 3 channels, as the seed trained on 3-channel images; the loss compares them with the
+  the report): Linear(z, 512) -> ReLU -> Linear(512, S*S) -> sigmoid, one channel. The convolutional
+  decoders output 3 channels, as the report trained on 3-channel images; the loss compares them with the
   replicated grey image and ``sample`` averages them back to one channel;
 - prior: a uniform mixture of K Gaussians with learned means and variances (CS236 ``z_pre``);
   KL(q(z|x) || p(z)) is the single-sample estimate log q(z|x) - log p(z);
-- loss: MSE reconstruction (mean over pixels, as for the seed's VAE) + beta * KL; Adam lr 1e-4, batch 64;
+- loss: MSE reconstruction (mean over pixels, as for the report's VAE) + beta * KL; Adam lr 1e-4, batch 64;
   against the summed squared error the KL weight is then ``beta * H * W`` (``baselines/vae.py`` explains;
   ``reconstruction = "sum"`` gives the ELBO-consistent scaling, where beta = 1 is the ELBO);
 - ``fs-gmvae`` concatenates the label vector y (15 NIH labels + No Finding, 0/1) to z before the decoder
@@ -35,11 +36,26 @@ Table 4's variants are in ``VARIANTS`` (``GMVAE.Config(**VARIANTS["GMVAE V8"])``
 (Table 5, which counts only convolution *weights*, no biases): VGG16 features 14,714,688; decoder1 1,920
 weights (+15 biases); decoder2 172,800 weights (+115 biases); both checked in the tests. DenseNet121
 features have 6,953,856. For CPU runs and tests ``encoder="conv"`` is a small VGG-style stack
-(``conv_channels``, one 3x3 conv + ReLU + max-pool per entry).
+(``conv_channels``, one 3x3 conv + ReLU + max-pool per entry), trained from scratch.
+
+No ImageNet weights can be had on these machines, so the report's frozen pretrained encoder ("GM-VAE (Encoder
+in Eval)", Table 5) has a stand-in here, ``encoder = "moco"``: a representation model pretrained *on
+radiographs* by cxrbench, the MoCo v2 model of the Mphasis white paper (``baselines/moco.py``, trained with
+``cxrbench train moco`` on the generator's own training split, e.g. as a recipe's first ``[[stage]]``). It is
+not the report's model (ImageNet VGG16 / DenseNet121), and it is never the evaluation protocol's own feature
+network: a generator whose encoder were the ruler would be fitted to it. Its ResNet feature map (before the
+average pooling; ``C x S/32 x S/32`` as VGG16's 512 x 7 x 7 at 224 px) feeds the transition layer or the
+flattening exactly as VGG16's features do; the grey image goes in as MoCo saw it in training (one channel,
+resized to ``moco_image_size``, [-1, 1]), so ``imagenet_normalize`` must be false. ``moco_arch``,
+``moco_width`` and ``moco_image_size`` repeat the MoCo folder's architecture so that a saved GMVAE folder
+builds without it (checked when the weights load, at the start of training); the weights are copied in and
+saved with the GMVAE. ``MOCO_ENCODER`` holds the frozen setting, to combine with a Table 4 variant's z and
+K: ``GMVAE.Config(**{**VARIANTS["GMVAE V8"], **MOCO_ENCODER, "encoder_weights": "runs/moco"})``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -52,15 +68,20 @@ from torch import nn
 
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.seeding import torch_generator
 
+from .moco import ARCHS as MOCO_ARCHS
+from .moco import MoCoCXR, build_backbone, to_square
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix
 from .vae import squared_error
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODER_CHANNELS = {"decoder1": (14, 6, 3, 3, 3), "decoder2": (128, 64, 32, 16, 3)}
+
+# the report's frozen pretrained encoder with a radiograph MoCo model in place of ImageNet VGG16 (see above)
+MOCO_ENCODER = dict(encoder="moco", imagenet_normalize=False, freeze_encoder=True)
 
 # Table 4. "Normalize Blue" = ImageNet normalisation; "Linear Layers" = the "linear" decoder.
 VARIANTS = {
@@ -82,10 +103,15 @@ VARIANTS = {
 @dataclass
 class GMVAEConfig:
     image_size: int = 224
-    encoder: str = "vgg16"  # vgg16 | densenet121 | conv
-    encoder_weights: str = ""  # local torchvision ImageNet state dict for vgg16/densenet121; "" = random init
+    encoder: str = "vgg16"  # vgg16 | densenet121 | conv | moco
+    # vgg16/densenet121: a local torchvision ImageNet state dict ("" = random init); moco: the folder of a
+    # model trained by `cxrbench train moco` (required)
+    encoder_weights: str = ""
     freeze_encoder: bool = False  # Table 5's "encoder in eval"
     conv_channels: tuple[int, ...] = (32, 64, 128)  # encoder="conv" only
+    moco_arch: str = "resnet18"  # encoder="moco": the MoCo folder's arch, width and image_size
+    moco_width: int = 64
+    moco_image_size: int = 224
     imagenet_normalize: bool = True
     transition: bool = True
     transition_channels: int = 300
@@ -93,15 +119,23 @@ class GMVAEConfig:
     k: int = 50
     decoder: str = "decoder2"  # decoder1 | decoder2 | linear
     linear_hidden: int = 512
-    beta: float = 0.002  # as the seed's VAE; the seed gives none for the GMVAE
-    reconstruction: str = "mean"  # "mean" over pixels (the seed's; KL weight beta*H*W) | "sum" (the ELBO's)
+    beta: float = 0.002  # as the report's VAE; it gives none for the GMVAE
+    reconstruction: str = "mean"  # "mean" over pixels (the report's; KL weight beta*H*W) | "sum" (the ELBO's)
     lr: float = 1e-4
     batch_size: int = 64
     label_bank_size: int = 1024  # fs-gmvae: training label vectors kept to draw unrequested labels from
 
     def __post_init__(self):
-        if self.encoder not in ("vgg16", "densenet121", "conv"):
-            raise ValueError(f"encoder must be vgg16, densenet121 or conv, got {self.encoder!r}")
+        if self.encoder not in ("vgg16", "densenet121", "conv", "moco"):
+            raise ValueError(f"encoder must be vgg16, densenet121, conv or moco, got {self.encoder!r}")
+        if self.encoder == "moco":
+            if self.imagenet_normalize:
+                raise ValueError("imagenet_normalize is for the ImageNet encoders; set it false with "
+                                 "encoder = \"moco\" (MoCo takes one grey channel in [-1, 1])")
+            if self.moco_arch not in MOCO_ARCHS:
+                raise ValueError(f"moco_arch must be one of {', '.join(MOCO_ARCHS)}, got {self.moco_arch!r}")
+            if self.moco_width < 1 or self.moco_image_size < 32:
+                raise ValueError("moco_width >= 1 and moco_image_size >= 32 are needed")
         if self.decoder not in ("decoder1", "decoder2", "linear"):
             raise ValueError(f"decoder must be decoder1, decoder2 or linear, got {self.decoder!r}")
         if self.decoder != "linear" and self.image_size % 16:
@@ -110,7 +144,7 @@ class GMVAEConfig:
             )
         if self.reconstruction not in ("mean", "sum"):
             raise ValueError(f"reconstruction must be mean or sum, got {self.reconstruction!r}")
-        if self.encoder != "conv" and self.image_size < 32:
+        if self.encoder in ("vgg16", "densenet121") and self.image_size < 32:
             raise ValueError(f"{self.encoder} pools 32x: image_size must be at least 32, got {self.image_size}")
 
 
@@ -131,6 +165,22 @@ def _torchvision_features(name: str) -> tuple[nn.Module, int]:
     net = torchvision.models.densenet121(weights=None)
     # torchvision's DenseNet applies ReLU after its features in forward(); keep it with the features
     return nn.Sequential(net.features, nn.ReLU()), 1024
+
+
+class MoCoFeatures(nn.Module):
+    """The ResNet trunk of a MoCo model (``baselines/moco.py``) up to its last feature map, fed as MoCo was
+    trained: one grey channel, resized to its ``image_size``, in [-1, 1]."""
+
+    def __init__(self, arch: str, width: int, image_size: int):
+        super().__init__()
+        self.backbone = build_backbone(arch, width)
+        self.image_size = image_size
+
+    def forward(self, x):
+        b = self.backbone
+        x = to_square(x, self.image_size) * 2 - 1  # moco.normalize
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
 
 def _conv_features(channels) -> tuple[nn.Module, int]:
@@ -169,22 +219,56 @@ def load_imagenet_features(features: nn.Module, name: str, path: str | Path) -> 
         raise WeightsError(f"{path}: not a torchvision {name} state dict ({detail})") from e
 
 
+def load_moco_features(features: MoCoFeatures, cfg: GMVAEConfig) -> None:
+    """Copy the trunk of the MoCo model saved in ``cfg.encoder_weights`` into ``features``."""
+    folder = Path(cfg.encoder_weights) if cfg.encoder_weights else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise WeightsError(
+            f"{folder or 'encoder_weights'}: encoder = \"moco\" needs encoder_weights = the folder of a model "
+            "trained by `cxrbench train moco` (config.json + model.pt), e.g. a recipe's first [[stage]]"
+        )
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != MoCoCXR.name:
+        raise WeightsError(
+            f"{folder}: a {kind or 'unknown'} folder, not a MoCo one; the GMVAE's pretrained encoder is a MoCo "
+            "model trained by `cxrbench train moco`, never the evaluation protocol's feature network"
+        )
+    moco = MoCoCXR.from_pretrained(folder)
+    mc = moco.config
+    want = {"moco_arch": mc.arch, "moco_width": mc.width, "moco_image_size": mc.image_size}
+    wrong = {k: v for k, v in want.items() if getattr(cfg, k) != v}
+    if wrong:
+        raise UsageError(
+            f"{folder}: the MoCo model is {mc.arch}, width {mc.width}, image_size {mc.image_size}; set "
+            f"{', '.join(f'{k} = {v!r}' for k, v in wrong.items())} in the GMVAE config"
+        )
+    features.backbone.load_state_dict(moco.encoder_q.backbone.state_dict())
+
+
 class FeatureEncoder(nn.Module):
-    """Grey image -> 3 channels -> CNN features -> (transition) [+ labels] -> mean and variance of q(z|x[,y])."""
+    """Grey image -> (3 channels) -> CNN features -> (transition) [+ labels] -> mean and variance of q(z|x[,y])."""
 
     def __init__(self, cfg: GMVAEConfig, label_dim: int = 0):
         super().__init__()
         self.label_dim = label_dim
         self.normalize = cfg.imagenet_normalize
+        self.grey = cfg.encoder == "moco"  # MoCo's stem takes the one grey channel
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        size = cfg.image_size
         if cfg.encoder == "conv":
             self.features, c_feat = _conv_features(cfg.conv_channels)
             pools = len(cfg.conv_channels)
+        elif cfg.encoder == "moco":
+            self.features = MoCoFeatures(cfg.moco_arch, cfg.moco_width, cfg.moco_image_size)
+            c_feat, pools, size = self.features.backbone.out_dim, 5, cfg.moco_image_size
         else:
             self.features, c_feat = _torchvision_features(cfg.encoder)
             pools = 5
-        side = max(cfg.image_size // 2**pools, 1)
+        side = max(size // 2**pools, 1)
         if cfg.transition:
             t = cfg.transition_channels
             self.transition = nn.Sequential(
@@ -197,7 +281,8 @@ class FeatureEncoder(nn.Module):
         self.register_load_state_dict_pre_hook(_zero_label_weights_for_old_folders)
 
     def forward(self, x, labels=None):
-        x = x.expand(-1, 3, -1, -1)
+        if not self.grey:
+            x = x.expand(-1, 3, -1, -1)
         if self.normalize:
             x = (x - self.mean) / self.std
         h = self.transition(self.features(x))
@@ -273,9 +358,11 @@ class GMVAE(Trainable, Generator):
         return m, F.softplus(v) + 1e-8
 
     def on_train_start(self, dataset) -> None:
-        if self.config.encoder_weights:
+        if self.config.encoder == "moco":
+            load_moco_features(self.encoder.features, self.config)
+        elif self.config.encoder_weights:
             if self.config.encoder == "conv":
-                raise UsageError("encoder_weights apply to vgg16/densenet121 encoders, not encoder = \"conv\"")
+                raise UsageError("encoder_weights apply to vgg16/densenet121/moco encoders, not encoder = \"conv\"")
             load_imagenet_features(self.encoder.features, self.config.encoder, self.config.encoder_weights)
 
     def decode(self, z, labels=None):

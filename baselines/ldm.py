@@ -1,10 +1,15 @@
-"""Latent diffusion conditioned on text prompts (seed 001, Malik & Humair; RoentGen-style).
+"""Latent diffusion conditioned on text prompts, trained from scratch by default (RoentGen-style prompts).
 
-Seed 001 fine-tuned Stable Diffusion 2.1 with DreamBooth on NIH images whose prompts name their findings,
-then again with a position word ("top left", ...) derived from the NIH bounding boxes. Here:
+Malik & Humair, "Evaluating the feasibility of using Generative Models to generate Chest X-Ray Data" (LUMS),
+fine-tuned Stable Diffusion 2.1 with DreamBooth on NIH images whose prompts name their findings, then again
+with a position word ("top left", ...) derived from the NIH bounding boxes. No Stable Diffusion weights can be
+had on these machines, so the model that trains by default (and the leaderboard's "LDM" rows) is **not** that
+fine-tune: it is a small latent diffusion model (about 4.1M parameters at 64 px) trained from scratch on the
+same kind of prompts; its recipes name it "latent diffusion from scratch". The fine-tune is the
+``pretrained_dir`` path below, for a machine that has the weights. Here:
 
 - prompts: ``"chest x-ray, edema, effusion, bottom right"`` -- the fixed prefix, the findings (LABELS names,
-  any case; "pleural thickening" and the other aliases of ``cxrbench.labels`` accepted) and at most one
+  any case; "pleural thickening" and the other aliases of ``cxrbench.data.labels`` accepted) and at most one
   position of a 3 x 3 grid (:data:`POSITIONS`). A prompt is built from a training image's label vector and,
   when the image has a box, its position (:func:`bbox_position`: the centre of the image's first box in
   ``BBox_List_2017.csv.gz``, which torchxrayvision ships; image coordinates, so "left" is the image's left,
@@ -17,7 +22,7 @@ then again with a position word ("top left", ...) derived from the NIH bounding 
   UNet learns on the autoencoder's current latents (detached), scaled to unit variance by a running
   estimate kept with the weights (``latent_std``).
 - pretrained (``pretrained_dir``: a local diffusers Stable Diffusion / RoentGen folder with vae/, unet/,
-  text_encoder/, tokenizer/, scheduler/; needs ``transformers``): the seed's DreamBooth-style fine-tune -- the
+  text_encoder/, tokenizer/, scheduler/; needs ``transformers``): Malik & Humair's DreamBooth-style fine-tune -- the
   UNet trains on (prompt, image) pairs, the autoencoder and CLIP text encoder stay frozen; grey images are
   repeated to 3 channels on the way in and averaged on the way out. The noise schedule and the prediction
   type (epsilon for SD 1.x / 2.x-base, v for SD 2.x at 768 px) are the folder's ``scheduler/`` config, which
@@ -50,7 +55,7 @@ from torch import nn
 
 from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS, canonical_label
+from cxrbench.data.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers
 from .trainer import (

@@ -1,4 +1,5 @@
-"""DCGAN-style least-squares GAN of seed 003 (Kumar & Triana), generator and discriminator of Figure 7.
+"""DCGAN-style least-squares GAN of Kumar & Triana ("Generating Synthetic Chest X-Rays with Generative
+Modeling", Stanford), generator and discriminator of Figure 7.
 
 - generator: ConvTranspose2d(z, 512, k=4, s=1, p=0) on z as a 1x1 map, then ConvTranspose2d(k=4, s=2, p=1)
   512->256->128->64->32, each with BatchNorm and ReLU, then ConvTranspose2d 32->1 and tanh;

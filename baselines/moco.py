@@ -1,6 +1,7 @@
-"""MoCo v2 for chest radiographs, with the auxiliary clustering loss of seed 002.
+"""MoCo v2 for chest radiographs, with the auxiliary clustering loss of the Mphasis
+white paper (Selvadeepa et al., "Synthetic Chest X-ray Image Generator", 2023).
 
-Seed 002 (Mphasis whitepaper) evaluates generated CXRs in the embedding of a self-supervised MoCo model
+The white paper evaluates generated CXRs in the embedding of a self-supervised MoCo model
 trained on radiographs, with ``L = L_moco + lambda * L_kmeans``: the clustering term pulls every embedding
 toward the centroid of its group, so that images of the same kind (same findings) sit together.
 
@@ -55,8 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from cxrbench.generator import PretrainedMixin, atomic_write_bytes
-from cxrbench.labels import LABELS
+from cxrbench.generator import PretrainedMixin
+from cxrbench.fileio import atomic_write_bytes
+from cxrbench.data.labels import LABELS
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, Trainable, _TrainDescriptor, set_cosine_lr
@@ -81,7 +83,7 @@ class Config:
     momentum: float = 0.99  # key encoder EMA (MoCo: 0.999 for 200 ImageNet epochs; 0.99 follows short runs)
     temperature: float = 0.2
     bn_splits: int = 4  # BatchNorm chunks standing in for MoCo's per-GPU shuffle BN
-    # clustering term (seed 002): L = L_moco + lambda_kmeans * L_kmeans
+    # clustering term (the white paper): L = L_moco + lambda_kmeans * L_kmeans
     lambda_kmeans: float = 0.5
     num_clusters: int = 8  # k-means K; with labels, at most this many label groups
     use_labels: bool = True  # False: learned k-means even when the dataset has labels
@@ -272,7 +274,7 @@ class MoCoCXR(Trainable, PretrainedMixin, nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(N, D)`` of images ``(N, 1, H, W)`` in [0, 1], differentiable in the
-        images (seed 002's representation loss for DiffuseVAE backpropagates through it); call in eval mode."""
+        images (the white paper's representation loss for DiffuseVAE backpropagates through it); call in eval mode."""
         return self.encoder_q.backbone(self.preprocess(images))
 
     @torch.no_grad()

@@ -1,5 +1,7 @@
-"""Progressive growing GAN (Karras et al. 2018), as seeds 001 and 004 use it for CXR14, plus seed 004's
-latent-space optimisation toward a class.
+"""Progressive growing GAN (Karras et al. 2018), as Malik & Humair ("Evaluating the feasibility of using
+Generative Models to generate Chest X-Ray Data", LUMS) and Segal et al. ("Synthesising clinically realistic
+Chest X-rays using GANs", arXiv 2010.03975, 2020) use it for CXR14, plus Segal et al.'s latent-space
+optimisation toward a class.
 
 The network and training follow Karras et al.:
 
@@ -10,9 +12,14 @@ The network and training follow Karras et al.:
   feature, a 3x3 convolution and two dense layers;
 - equalised learning rate: weights are drawn N(0, 1) and scaled at run time by He's constant;
 - a new level fades in: its output is blended with the upsampled output of the level below with a weight
-  alpha going 0 -> 1 over ``phase_steps`` steps (and the real images are blended the same way), then the
-  level trains stabilised for ``phase_steps``; full resolution is reached after
-  ``2 * levels * phase_steps`` steps (the last fade-in ends there), where ``levels = log2(image_size / 4)``;
+  alpha going 0 -> 1 over one phase (and the real images are blended the same way), then the level trains
+  stabilised for one phase; ``levels = log2(image_size / 4)``. The phases are laid out over the training
+  budget (``phase_steps = 0``, the default): the first ``1 - final_fraction`` of the budget holds the 2 *
+  levels phases (stabilise 4 px, then fade in and stabilise each level), each an equal share, and the last
+  ``final_fraction`` (a quarter) trains the full resolution at alpha = 1, whatever the budget is in (steps,
+  epochs, CPU or wall minutes; the trainer's ``progress``). Fixed phases (``phase_steps > 0``, Karras:
+  800k images) reach full resolution after ``2 * levels * phase_steps`` steps only: a budget that ends
+  before stops inside a fade-in (a 15-CPU-minute PGGAN-64 with 150-step phases was scored at alpha 0.29);
 - WGAN-GP loss (gradient penalty 10 on interpolates) plus the drift term 0.001 * E[D(x)^2]; Adam lr 1e-3,
   betas (0, 0.99); one discriminator and one generator update per step;
 - samples come from an exponential moving average of the generator weights with Karras's half-life of
@@ -24,11 +31,11 @@ The network and training follow Karras et al.:
   generator itself; ``ema_decay`` (folders saved before this schedule) fixes the per-step decay instead;
 - channels per level ``min(fmap_base / 2**(level + 1), fmap_max)`` (Karras: 8192 and 512).
 
-Conditional variant (``conditional = true``, not in the seeds): the 15-label vector is concatenated to the
+Conditional variant (``conditional = true``, in none of the source papers): the 15-label vector is concatenated to the
 normalised latent in the generator, and the discriminator gets a projection term (Miyato & Koyama 2018)
 ``<embed(y), h>`` on its last hidden features.
 
-Seed 004 (Segal et al.) trains an *unconditional* PGGAN and then steers samples toward a pathology by
+Segal et al. train an *unconditional* PGGAN and then steer samples toward a pathology by
 optimising the latent vector against a classifier: :meth:`PGGAN.optimize_toward` does gradient ascent on
 log p(class | G(z)) over z with Adam. The classifier is any callable mapping images ``(N, 1, H, W)`` in
 [0, 1] to per-class probabilities ``(N, C)`` (logits are accepted too: outputs outside [0, 1] go through
@@ -53,7 +60,7 @@ from torch import nn
 
 from cxrbench.errors import UsageError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS, canonical_label
+from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix
@@ -65,7 +72,8 @@ class PGGANConfig:
     z_dim: int = 512
     fmap_base: int = 8192
     fmap_max: int = 512
-    phase_steps: int = 2000  # steps per fade-in and per stabilisation phase
+    phase_steps: int = 0  # steps per fade-in and per stabilisation phase; 0: phases laid out over the budget
+    final_fraction: float = 0.25  # phase_steps = 0: the budget's share at full resolution with alpha = 1
     lr: float = 1e-3
     beta1: float = 0.0
     beta2: float = 0.99
@@ -83,6 +91,10 @@ class PGGANConfig:
         levels = math.log2(self.image_size / 4) if self.image_size >= 4 else -1
         if levels < 0 or levels != int(levels):
             raise ValueError(f"image_size must be 4 * 2**L (4, 8, 16, 32, ...), got {self.image_size}")
+        if self.phase_steps < 0:
+            raise ValueError(f"phase_steps must be >= 0 (0: phases laid out over the budget), got {self.phase_steps}")
+        if not 0 < self.final_fraction < 1:
+            raise ValueError(f"final_fraction must be in (0, 1), got {self.final_fraction}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,8 +233,13 @@ class PGDiscriminator(nn.Module):
         return out
 
 
+def _level_start_for_old_folders(module, state_dict, prefix, *args) -> None:
+    # folders saved before the budget schedule have fixed phases, where ema_beta does not read it
+    state_dict.setdefault(prefix + "level_start", torch.zeros((), dtype=torch.long))
+
+
 # ---------------------------------------------------------------------------------------------------------
-# classifier guidance (seed 004)
+# classifier guidance (Segal et al.)
 
 
 def class_index(classifier, label: str) -> int:
@@ -272,6 +289,8 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
         # where training stands (saved with the weights, so a sampled model knows its resolution)
         self.register_buffer("level", torch.zeros((), dtype=torch.long))
         self.register_buffer("alpha", torch.ones(()))
+        self.register_buffer("level_start", torch.zeros((), dtype=torch.long))  # step the level's fade-in began
+        self.register_load_state_dict_pre_hook(_level_start_for_old_folders)
         if config.conditional:
             self.register_buffer("label_bank", torch.zeros(config.label_bank_size, len(LABELS)))
 
@@ -279,8 +298,25 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
     def conditional(self) -> bool:
         return self.config.conditional
 
+    def schedule_at(self, progress: float) -> tuple[int, float]:
+        """(level, alpha) when ``progress`` of the budget is used (``phase_steps = 0``): 2 * levels equal
+        phases in the first ``1 - final_fraction``, then the full resolution at alpha = 1."""
+        grow = 1.0 - self.config.final_fraction
+        if self.levels == 0 or progress >= grow:
+            return self.levels, 1.0
+        phase_len = grow / (2 * self.levels)
+        phase = min(int(progress / phase_len), 2 * self.levels - 1)  # rounding at the boundary
+        level = (phase + 1) // 2
+        alpha = min((progress - phase * phase_len) / phase_len, 1.0) if phase % 2 else 1.0
+        return level, alpha
+
+    def current_schedule(self, step: int) -> tuple[int, float]:
+        """(level, alpha) of the step about to train: by steps, or by the trainer's ``progress``."""
+        return self.schedule(step) if self.config.phase_steps else self.schedule_at(self.progress)
+
     def schedule(self, step: int) -> tuple[int, float]:
-        """(level, alpha) at ``step``: stabilise level 0, then fade in and stabilise each further level."""
+        """(level, alpha) at ``step`` with fixed ``phase_steps``: stabilise level 0, then fade in and stabilise
+        each further level."""
         phase = step // self.config.phase_steps
         if phase >= 2 * self.levels:
             return self.levels, 1.0
@@ -293,8 +329,11 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
         c = self.config
         if c.ema_decay is not None:
             return c.ema_decay
-        level, _ = self.schedule(step)
-        level_start = max(0, 2 * level - 1) * c.phase_steps  # a level's fade-in starts at phase 2 * level - 1
+        if c.phase_steps:
+            level, _ = self.schedule(step)
+            level_start = max(0, 2 * level - 1) * c.phase_steps  # a level's fade-in starts at phase 2 * level - 1
+        else:
+            level_start = int(self.level_start)
         half_life = min(c.ema_kimg * 1000, c.ema_rampup * (step - level_start + 1) * c.batch_size)
         return 0.5 ** (c.batch_size / max(half_life, 1e-8))
 
@@ -319,7 +358,9 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
 
     def training_step(self, batch: Batch, optimizers, step: int) -> dict[str, float]:
         c = self.config
-        level, alpha = self.schedule(step)
+        level, alpha = self.current_schedule(step)
+        if level != int(self.level):
+            self.level_start.fill_(step)
         self.level.fill_(level)
         self.alpha.fill_(alpha)
         real = self._reals(batch.images, level, alpha)
@@ -387,7 +428,7 @@ class PGGAN(LabelBankMixin, Trainable, Generator):
 
     def optimize_toward(self, label: str, n: int, *, classifier, steps: int = 100, lr: float = 0.05,
                         seed: int | None = None, labels=None) -> tuple[torch.Tensor, dict]:
-        """Seed 004: optimise ``n`` latents so that ``classifier`` finds ``label`` in G(z).
+        """Segal et al.: optimise ``n`` latents so that ``classifier`` finds ``label`` in G(z).
 
         Returns the images ``(n, 1, S, S)`` in [0, 1] and ``{"log_p_start", "log_p_end"}`` (mean over images).
         """

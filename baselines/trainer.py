@@ -40,6 +40,11 @@ What :func:`fit` does:
 - budgets: ``steps`` and/or ``epochs`` (whichever ends first), ``max_minutes`` of wall clock per call and
   ``cpu_minutes`` of this process's CPU time over the whole run (resumed calls included; a checkpoint
   without a CPU clock counts its wall clock);
+- progress: before every step ``model.progress`` is set to the fraction of the budget used so far, the
+  largest of step / steps, CPU time / cpu_minutes and this call's wall clock / max_minutes (never
+  decreasing, kept in the checkpoint), so that a model can lay out a schedule over a time budget whose step
+  count nobody knows in advance (PGGAN's growth phases, DiffuseVAE's stages). Under a time budget it depends
+  on the machine's speed: ``--steps N`` then gives the schedule's shape over N steps, not the same weights;
 - device ``"auto"``: cuda > mps > cpu;
 - progress on stderr (tqdm); the loss log as ``out_dir/losses.csv`` (step, epoch, elapsed_s, one column
   per loss, averaged over ``log_every`` steps) and a summary ``out_dir/train_state.json``;
@@ -68,13 +73,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cxrbench.data.labels import LABELS
 from cxrbench.errors import CxrbenchError, DataError, UsageError
-from cxrbench.generator import atomic_torch_save, atomic_write_bytes
-from cxrbench.labels import LABELS
+from cxrbench.fileio import atomic_torch_save, atomic_write_bytes
 from cxrbench.seeding import seed_everything, torch_generator
-
-# the options and Config helpers are the core CLI's contract with every trainable model; re-exported here
-from cxrbench.training import TrainOptions, config_from_overrides, config_to_dict, load_config_file  # noqa: F401
+from cxrbench.training import TrainOptions, config_to_dict
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cxrbench.checkpoint/1"
@@ -140,7 +143,7 @@ class LabelBankMixin:
         if not rows or torch.stack(rows).isnan().all():
             raise DataError(
                 f"{self.name} is conditional and needs training labels: give a folder with labels.csv "
-                "or --labels CSV (columns named as in cxrbench.labels.LABELS)"
+                "or --labels CSV (columns named as in cxrbench.data.labels.LABELS)"
             )
         lab = torch.nan_to_num(torch.stack(rows), nan=0.0)
         reps = math.ceil(bank.shape[0] / len(lab))
@@ -281,6 +284,9 @@ class Trainable:
     """Mixin giving a baseline the class-level ``train(dataset, config, out_dir, ...)`` that drives :func:`fit`."""
 
     train = _TrainDescriptor()
+    #: fraction of the training budget used before the current step, in [0, 1]; :func:`fit` sets it
+    #: before every step (0 when ``training_step`` is called outside it)
+    progress: float = 0.0
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -362,7 +368,7 @@ def fit(
 
     model.to(dev)
     optimizers = model.configure_optimizers()
-    step, epoch, pos, elapsed_before, cpu_before = 0, 0, 0, 0.0, 0.0
+    step, epoch, pos, elapsed_before, cpu_before, progress = 0, 0, 0, 0.0, 0.0, 0.0
     records: list[dict] = []
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file():
@@ -386,6 +392,7 @@ def fit(
         elapsed_before = float(ckpt["elapsed_s"])
         cpu_before = float(ckpt.get("cpu_s", elapsed_before))
         records = list(ckpt["log"])
+        progress = float(ckpt.get("progress", 0.0))
         _set_rng_state(ckpt["rng"])
     elif hasattr(model, "on_train_start"):
         model.on_train_start(dataset)
@@ -405,6 +412,7 @@ def fit(
                 "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
                 "rng": _rng_state(),
                 "log": records,
+                "progress": progress,
             },
             ckpt_path,
         )
@@ -414,6 +422,16 @@ def fit(
     deadline = t0 + options.max_minutes * 60 if options.max_minutes is not None else math.inf
     c0 = time.process_time()
     cpu_deadline = c0 + options.cpu_minutes * 60 - cpu_before if options.cpu_minutes is not None else math.inf
+
+    def budget_used() -> float:
+        used = [progress]  # never decreases, also when a resumed call sets a longer budget
+        if not math.isinf(total):
+            used.append(step / total)
+        if options.cpu_minutes is not None:
+            used.append((cpu_before + time.process_time() - c0) / (options.cpu_minutes * 60))
+        if options.max_minutes is not None:
+            used.append((time.monotonic() - t0) / (options.max_minutes * 60))
+        return min(1.0, max(used))
 
     def out_of_budget() -> bool:
         # the recipe budget is the run's own CPU clock, so calling again after it trains nothing more
@@ -465,6 +483,8 @@ def fit(
                         f"training images are {tuple(images.shape[1:])} but {model.name} is configured for "
                         f"{want}; resize them (cxrbench train --image-size {cfg.image_size}) or change image_size"
                     )
+            progress = budget_used()
+            model.progress = progress
             losses = model.training_step(Batch(images.to(dev), labels.to(dev)), optimizers, step)
             step += 1
             pos += 1

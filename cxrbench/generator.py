@@ -19,16 +19,15 @@ from torch import nn
 from .errors import CxrbenchError, DataError, UsageError
 from .fileio import atomic_torch_save, atomic_write_bytes, read_json_object
 
-# the file helpers live in fileio.py; their old import path from here keeps working
-__all__ = ["Generator", "PretrainedMixin", "SampleBatch", "atomic_torch_save", "atomic_write_bytes", "batch_seed",
-           "iter_samples", "read_json_object", "sample_images"]
-
 
 class PretrainedMixin:
     """``save_pretrained(dir)`` / ``from_pretrained(dir)``: a model is a folder, config plus weights."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # a dataclass
+    #: Config values that a folder saved before a field existed is read with, where today's default would
+    #: build another model (DiffuseVAE's ``conditions``: folders saved before it are unconditional)
+    legacy_config: ClassVar[dict] = {}
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
@@ -52,6 +51,7 @@ class PretrainedMixin:
         config = meta.get("config", {})
         if not isinstance(config, dict):
             raise CxrbenchError(f"{cfg_path}: 'config' must be an object of {cls.name} Config fields")
+        config = {**cls.legacy_config, **config}
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = set(config) - fields
         if unknown:

@@ -35,7 +35,7 @@ def write_pngs(folder: Path, images: torch.Tensor, prefix: str = "img", bits: in
 @pytest.fixture
 def synthetic_folders(tmp_path):
     """real_a, real_b: two draws of one distribution; shifted: a different distribution."""
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     return {
         "real_a": write_pngs(tmp_path / "real_a", synthetic_cxr(40, 32, 0.0, seed=1)),
@@ -46,7 +46,7 @@ def synthetic_folders(tmp_path):
 
 @pytest.fixture
 def fast_config(tmp_path):
-    from cxrbench.harness import EvalConfig
+    from cxrbench.config import EvalConfig
 
     return EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=20,
                       cache_dir=str(tmp_path / "cache"), progress=False, num_workers=0)

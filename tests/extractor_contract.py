@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from cxrbench.features.base import FeatureExtractor
-from cxrbench.harness import run_extractor
+from cxrbench.engine.extraction import run_extractor
 from cxrbench.registry import EXTRACTORS
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 SPEC_KEYS = {"name", "version", "weights", "num_features", "input_size", "resize_filter", "kind"}
 KINDS = {"embedding", "probabilities", "statistics"}

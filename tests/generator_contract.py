@@ -15,12 +15,13 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from baselines.trainer import Batch, TrainOptions, config_to_dict
+from baselines.trainer import Batch
+from cxrbench.training import TrainOptions, config_to_dict
 from cxrbench.errors import UsageError
 from cxrbench.generator import Generator
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.registry import GENERATORS
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 
 class LabelledImages(torch.utils.data.Dataset):

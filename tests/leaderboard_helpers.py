@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
-from cxrbench.card import card_from_dict
-from cxrbench.leaderboard import make_entry, set_sha256
+from cxrbench.publish.card import card_from_dict
+from cxrbench.publish.leaderboard import make_entry, set_sha256
 from cxrbench.results import SCHEMA
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cxrbench.errors import DataError, UsageError
-from cxrbench.harness import images_source
+from cxrbench.engine.evaluate import images_source
 from cxrbench.protocols.augmentation import (
     OUTPUTS,
     AugmentConfig,
@@ -25,7 +25,7 @@ from cxrbench.protocols.augmentation import (
     auroc,
     parse_task,
 )
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 
@@ -82,6 +82,43 @@ def test_auroc_matches_sklearn_with_ties():
     assert np.isnan(auroc(np.ones(5), np.arange(5.0)))
 
 
+def test_linear_probe_reaches_the_penalised_optimum_found_independently():
+    """The probe's scores are the unique minimiser's (found here by scipy's trust-region Newton on sklearn's
+    objective, C * log-loss + ||w||^2 / 2, intercept free), not wherever a solver stopped: lbfgs at its default
+    tolerance stopped 4e-3 away, so the BLAS kernels of a CPU decided which near-tied test pairs flipped."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+    from sklearn.preprocessing import StandardScaler
+
+    from cxrbench.protocols.augmentation import LinearProbe
+
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(100, 64)), rng.normal(size=(160, 64))
+    y = (x[:, 0] + rng.normal(size=100) > 0).astype(np.int64)
+    cfg = AugmentConfig(c=1.0)
+    got = LinearProbe().fit(x, y, xt, seed=1, cfg=cfg, device="cpu")
+    scaler = StandardScaler().fit(x)
+    a, at = (np.c_[scaler.transform(v), np.ones(len(v))] for v in (x, xt))
+
+    def f(w):
+        z = a @ w
+        return cfg.c * np.sum(np.logaddexp(0, z) - y * z) + 0.5 * w[:-1] @ w[:-1]
+
+    def grad(w):
+        r = cfg.c * a.T @ (expit(a @ w) - y)
+        r[:-1] += w[:-1]
+        return r
+
+    def hess(w):
+        p = expit(a @ w)
+        h = cfg.c * (a.T * (p * (1 - p))) @ a
+        h[:-1, :-1] += np.eye(a.shape[1] - 1)
+        return h
+
+    w = minimize(f, np.zeros(a.shape[1]), jac=grad, hess=hess, method="trust-exact", options={"gtol": 1e-12}).x
+    assert np.abs(got - expit(at @ w)).max() < 1e-6  # lbfgs at its default tol: 4e-3
+
+
 def test_classifier_labels_no_finding_means_nothing_present():
     names = ["Atelectasis", "Effusion", "Pneumonia"]
     p = np.array([[0.1, 0.2, 0.9], [0.1, 0.2, 0.3], [0.6, 0.2, 0.9], [0.6, 0.1, 0.2]])
@@ -119,7 +156,8 @@ def test_same_seeds_same_numbers_and_seeds_redraw(cache_dir):
     assert c.details["test_ids"] != a.details["test_ids"]
     # features handed in by a caller (the harness path) give the same numbers as extracting them here
     from cxrbench.features.cache import FeatureCache
-    from cxrbench.harness import EvalConfig, build_extractors, extract_features
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors, extract_features
 
     ecfg = EvalConfig(extractors=("random-conv",), weights="random", progress=False, num_workers=0)
     ex = build_extractors(["random-conv"], ecfg, "cpu")
@@ -282,7 +320,8 @@ def _task_folders(tmp_path, seed: int):
 
 def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cache_dir):
     """`evaluate --protocol augmentation` reuses the harness's features and gives the protocol's own numbers."""
-    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.evaluate import evaluate
     from cxrbench.registry import PROTOCOLS
 
     real_dir, syn_dir = _task_folders(tmp_path, seed=80)
@@ -302,7 +341,8 @@ def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_
     """Both commands build their result through ``provenance.make_result``: same top-level keys, versions,
     commit, and comparability derived from the reasons."""
     from cxrbench.cli import main
-    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.evaluate import evaluate
     from cxrbench.results import load
 
     real_dir, syn_dir = _task_folders(tmp_path, seed=70)

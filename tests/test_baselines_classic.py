@@ -90,15 +90,16 @@ def test_lsgan_parameter_counts_match_seed_table5():
     assert not any(m.bias is not None for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
 
 
-def test_vae_parameter_counts_at_seed_configuration():
+def test_vae_parameter_counts_match_table5_exactly():
+    # Kumar & Triana, Table 5: encoder 4,711,648; mean and logvar 8,389,632 each; decoder 11,184,033;
+    # total 32,674,945. The defaults are the report's configuration (128 px, z = 1024).
     model = vae.VAE(vae.VAEConfig())
-    assert count(model.encoder) == 4_711_648  # Table 5, exactly
-    assert count(model.fc_mu) + count(model.fc_logvar) == 8_389_632  # Table 5, exactly
-    # decoder: the z -> 512x4x4 layer plus Figure 4's stack; Table 5's 11,184,033 is one bias-free
-    # 512 x 8192 matrix more (documented deviation in baselines/vae.py)
-    assert count(model.decoder.fc) == 512 * 8192 + 8192
-    assert count(model.decoder.net) == 2_787_233
-    assert count(model.decoder) == 11_184_033 - 512 * 8192
+    assert model.config.z_dim == 1024 and model.config.image_size == 128
+    assert count(model.encoder) == 4_711_648
+    assert count(model.fc_mu) == count(model.fc_logvar) == 8_389_632
+    assert count(model.decoder) == 11_184_033
+    assert count(model) == 32_674_945
+    assert count(model.encoder) + count(model.fc_mu) + count(model.fc_logvar) + count(model.decoder) == count(model)
 
 
 def test_gmvae_parameter_counts_match_seed_table5():
@@ -228,6 +229,55 @@ def test_pggan_schedule_grows_to_full_resolution():
     first_full = next(s for s, (lv, a) in enumerate(levels) if lv == 3 and a == 1.0)
     assert first_full == 2 * 3 * 10  # stabilise 4 px, then fade in + stabilise each of 3 levels
     assert levels[15] == (1, 0.5)  # halfway through the first fade-in
+
+
+def _pggan_budget_run(tmp_path, options):
+    import pandas as pd
+
+    from cxrbench.training import TrainOptions
+
+    cfg = pggan.PGGANConfig(image_size=16, fmap_base=32, fmap_max=16, z_dim=8, batch_size=4, ema_decay=0.5)
+    assert cfg.phase_steps == 0  # the default: phases laid out over the budget
+    ds = LabelledImages(8, 16, seed=0)
+    model = pggan.PGGAN.train(ds, cfg, tmp_path, options=TrainOptions(progress=False, log_every=1, **options))
+    log = pd.read_csv(tmp_path / "losses.csv")
+    return model, list(zip(log["level"].astype(int), log["alpha"]))
+
+
+def test_pggan_short_step_budget_ends_at_the_final_level_with_alpha_1(tmp_path):
+    model, sched = _pggan_budget_run(tmp_path, {"steps": 12})
+    assert len(sched) == 12
+    assert (int(model.level), float(model.alpha)) == (2, 1.0)  # what sample() renders: the final level
+    assert sched[-3:] == [(2, 1.0)] * 3  # the last quarter stabilises at full resolution
+    assert sched[0] == (0, 1.0) and any(lv == 1 and a < 1 for lv, a in sched)  # it did grow through level 1
+    assert all(b >= a for a, b in zip(sched, sched[1:]))  # (level, alpha) never goes back
+    assert pggan.PGGAN.from_pretrained(tmp_path).sample(2, seed=0).shape == (2, 1, 16, 16)
+
+
+def test_pggan_cpu_budget_ends_at_the_final_level_with_alpha_1(tmp_path, monkeypatch):
+    # a 15-CPU-minute budget with a step count nobody knows in advance (the PGGAN-64 that was scored at
+    # alpha 0.29): a fake CPU clock, 0.1 s per reading, makes the run end after a dozen steps
+    from baselines import trainer
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.1 * next(clock))
+    model, sched = _pggan_budget_run(tmp_path, {"steps": 10**6, "cpu_minutes": 0.05})
+    assert 5 <= len(sched) < 100
+    assert (int(model.level), float(model.alpha)) == (2, 1.0)
+    final = sum(1 for s in sched if s == (2, 1.0))
+    assert final >= 0.25 * len(sched) - 1  # stabilisation time at full resolution before the budget ended
+
+
+def test_pggan_budget_schedule_lays_out_equal_phases():
+    model = pggan.PGGAN(pggan.PGGANConfig(image_size=32, fmap_base=32, fmap_max=16, z_dim=8))
+    assert model.schedule_at(0.0) == (0, 1.0)
+    # 3 levels: 6 phases of 0.125 in the first 0.75 of the budget
+    assert model.schedule_at(0.125 + 0.0625) == (1, pytest.approx(0.5))  # halfway through the first fade-in
+    assert model.schedule_at(0.3) == (1, 1.0)
+    assert model.schedule_at(0.749)[0] == 3 and model.schedule_at(0.749)[1] < 1
+    assert model.schedule_at(0.75) == model.schedule_at(1.0) == (3, 1.0)
+    with pytest.raises(ValueError, match="final_fraction"):
+        pggan.PGGANConfig(final_fraction=1.0)
 
 
 def test_pggan_fade_in_starts_as_the_level_below():
@@ -377,3 +427,74 @@ def test_fs_gmvae_encoder_sees_the_labels_and_old_folders_load(tmp_path):
     assert torch.equal(old.encoder.head.weight[:, :-15], state["encoder.head.weight"])
     assert torch.equal(old.encoder(x, y0)[0], old.encoder(x, y1)[0])
     assert torch.equal(test.draw(old, 2, seed=0), test.draw(model, 2, seed=0))  # the decoder is unchanged
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GMVAE with a frozen encoder pretrained on radiographs (the MoCo model), the report's z and K
+
+
+def _tiny_moco(folder):
+    from baselines import moco
+
+    torch.manual_seed(3)
+    model = moco.MoCoCXR(moco.Config(image_size=32, width=8, batch_size=4, bn_splits=2, queue_size=8))
+    for m in model.modules():  # BatchNorm statistics away from their init, as a trained model's are
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def _moco_gmvae(folder, cls=gmvae.GMVAE, **kw):
+    cfg = {**gmvae.VARIANTS["GMVAE V4"], **gmvae.MOCO_ENCODER, "encoder_weights": str(folder),
+           "moco_width": 8, "moco_image_size": 32, "image_size": 32, "transition_channels": 8, "batch_size": 4,
+           "decoder": "linear", "linear_hidden": 16, **kw}
+    return cls(cls.Config(**cfg))
+
+
+@pytest.mark.parametrize("cls", [gmvae.GMVAE, gmvae.FSGMVAE])
+def test_gmvae_moco_encoder_is_loaded_frozen_and_the_report_z_and_k(tmp_path, cls):
+    moco = _tiny_moco(tmp_path / "moco")
+    torch.manual_seed(0)
+    model = _moco_gmvae(tmp_path / "moco", cls)
+    assert model.config.z_dim == 1000 and model.config.k == 50  # Table 4, GMVAE V4 / FS-GMVAE V1
+    assert model.prior()[0].shape == (50, 1000) and model.encoder.head.out_features == 2 * 1000
+    ds = LabelledImages(8, 32, seed=0)
+    model.on_train_start(ds)
+    # the encoder is the MoCo model's: its pooled feature map is MoCo's own embedding
+    x = ds.images[:4]
+    feats = model.encoder.features.eval()(x)
+    assert feats.shape == (4, 64, 1, 1)  # 512 * 8 / 64 channels, 32 px / 32
+    assert torch.allclose(feats.mean(dim=(2, 3)), moco.encode(x), atol=1e-5)
+    before = {k: v.clone() for k, v in model.encoder.features.state_dict().items()}
+    head = model.encoder.head.weight.detach().clone()
+    opts = model.configure_optimizers()
+    model.train()
+    for step in range(2):
+        logged = model.training_step(Batch(x, ds.labels[:4]), opts, step)
+    assert all(math.isfinite(v) for v in logged.values())
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder.features.parameters())
+    after = model.encoder.features.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert not torch.equal(head, model.encoder.head.weight)  # what sits on top of it trains
+    model.save_pretrained(tmp_path / "run")
+    (tmp_path / "moco" / "model.pt").unlink()  # the saved GMVAE holds the encoder it was trained with
+    loaded = cls.from_pretrained(tmp_path / "run")
+    assert torch.equal(loaded.encoder.features(x), model.encoder.features(x))
+
+
+def test_gmvae_moco_encoder_refuses_other_folders_and_settings(tmp_path):
+    from baselines import vae as vae_module
+
+    _tiny_moco(tmp_path / "moco")
+    ds = LabelledImages(4, 32, seed=0)
+    with pytest.raises(WeightsError, match="cxrbench train moco"):
+        _moco_gmvae(tmp_path / "missing").on_train_start(ds)
+    vae_module.VAE(vae_module.VAEConfig(image_size=16, channels=(8, 16), z_dim=8)).save_pretrained(tmp_path / "vae")
+    with pytest.raises(WeightsError, match="a vae folder, not a MoCo one.*never the evaluation protocol"):
+        _moco_gmvae(tmp_path / "vae").on_train_start(ds)
+    with pytest.raises(UsageError, match="moco_width = 8"):
+        _moco_gmvae(tmp_path / "moco", moco_width=16).on_train_start(ds)
+    with pytest.raises(ValueError, match="imagenet_normalize"):
+        gmvae.GMVAEConfig(encoder="moco")

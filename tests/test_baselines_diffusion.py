@@ -1,4 +1,4 @@
-"""Issue 6 baselines (DDPM, DiffuseVAE, latent diffusion): the shared generator contract on tiny configs
+"""Diffusion baselines (DDPM, DiffuseVAE, latent diffusion): the shared generator contract on tiny configs
 (16 px, 2 sampling steps, as diffusers' fast tests) and model-specific properties."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from baselines import ddpm, diffusevae, ldm
 from baselines.trainer import Batch
 from cxrbench.errors import DataError, UsageError, WeightsError
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 
 from .generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -116,7 +116,7 @@ def test_prompts_condition_sampling():
 def test_ldm_training_uses_positions(tmp_path):
     # a labels.csv position column reaches the training prompts through LDM.train's dataset wrapper
     from cxrbench.data import ImageFolder
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
     from tests.conftest import write_pngs
 
     write_pngs(tmp_path / "imgs", synthetic_cxr(4, 16, seed=0))
@@ -132,7 +132,7 @@ def test_ldm_training_uses_positions(tmp_path):
         "img_0002.png": "chest x-ray, edema, center", "img_0003.png": "chest x-ray, bottom right",
     }
     # and LDM.train takes such a folder through the shared trainer
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
     from cxrbench.data.transforms import CXRTransform
 
     train_set = ImageFolder(tmp_path / "imgs", transform=CXRTransform(image_size=16))
@@ -148,10 +148,19 @@ def test_ldm_training_uses_positions(tmp_path):
 
 
 def tiny_diffusevae(**kw):
+    # vae_fraction 0.25: stage 2 from the second of four steps, so that a run of 2 steps resumed to 4
+    # switches at the same step as 4 straight (the EMA test)
+    kw = {"vae_fraction": 0.25, "label_bank_size": 8, **kw}
     return diffusevae.DiffuseVAEConfig(
         image_size=16, vae_channels=(8, 16), vae_z_dim=8, block_out_channels=(8, 16), layers_per_block=1,
         attention=False, norm_groups=8, num_train_timesteps=100, sample_steps=2, batch_size=4, **kw,
     )
+
+
+def one_condition(n: int, name: str) -> torch.Tensor:
+    y = torch.zeros(n, len(LABELS))
+    y[:, LABELS.index(name)] = 1
+    return y
 
 
 class TestDiffuseVAE(GeneratorTesterMixin):
@@ -160,6 +169,30 @@ class TestDiffuseVAE(GeneratorTesterMixin):
     def config(self):
         return tiny_diffusevae(rep_lambda=0.5)
 
+    def labels_for(self, n: int, seed: int = 0):
+        # what it can be asked for: the white paper's conditions, one per image, or none of them
+        g = torch.Generator().manual_seed(seed)
+        y = torch.zeros(n, len(LABELS))
+        pick = torch.randint(0, 4, (n,), generator=g)
+        for i, k in enumerate(pick.tolist()):
+            if k < 3:
+                y[i, LABELS.index(diffusevae.PAPER_CONDITIONS[k])] = 1
+        return y
+
+    def test_labels(self):
+        model = self.trained()
+        a = model.sample(4, labels=one_condition(4, "Pneumonia"), seed=3)
+        b = model.sample(4, labels=one_condition(4, "Effusion"), seed=3)
+        assert not torch.equal(a, b), "the condition does not reach the images"
+        with pytest.raises(UsageError, match="Atelectasis requested"):
+            model.sample(2, labels=one_condition(2, "Atelectasis"), seed=0)
+        with pytest.raises(UsageError):
+            model.sample(2, labels=torch.zeros(2, 3), seed=0)
+        drawn = model.draw_labels(64, seed=0)
+        outside = [j for j in range(len(LABELS)) if LABELS[j] not in diffusevae.PAPER_CONDITIONS]
+        assert drawn.shape == (64, len(LABELS)) and not drawn[:, outside].any()  # draws name only conditions
+        assert drawn[:, [LABELS.index(c) for c in diffusevae.PAPER_CONDITIONS]].any()
+
 
 def test_representation_term_changes_the_loss():
     images = LabelledImages(4, 16, seed=1).images
@@ -167,12 +200,14 @@ def test_representation_term_changes_the_loss():
     for lam in (0.0, 0.5):
         torch.manual_seed(0)
         model = diffusevae.DiffuseVAE(tiny_diffusevae(rep_lambda=lam))
+        model.progress = 1.0  # stage 2: the DDPM trains
         opts = model.configure_optimizers()
         torch.manual_seed(1)
         logged = model.training_step(Batch(images, torch.zeros(4, len(LABELS))), opts, 0)
         runs[lam] = (logged, model.unet.conv_in.weight.detach().clone())
     (plain, w0), (rep, w1) = runs[0.0], runs[0.5]
     assert "rep" not in plain and rep["rep"] > 0
+    assert plain["stage"] == rep["stage"] == 2
     assert rep["diffusion"] == pytest.approx(plain["diffusion"])  # same init, same noise: the term is extra
     assert rep["loss"] == pytest.approx(plain["loss"] + 0.5 * rep["rep"], rel=1e-5)
     assert not torch.equal(w0, w1)  # and its gradient reaches the UNet
@@ -196,7 +231,7 @@ def test_reconstruct_cli_writes_paired_manifest(tmp_path):
     import pandas as pd
 
     from cxrbench.cli import main
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
     from tests.conftest import write_pngs
 
     torch.manual_seed(0)
@@ -204,6 +239,9 @@ def test_reconstruct_cli_writes_paired_manifest(tmp_path):
     model.save_pretrained(tmp_path / "run")
     write_pngs(tmp_path / "src" / "sub", synthetic_cxr(3, 16, seed=0))
     argv = ["sample", str(tmp_path / "run"), "--reconstruct", str(tmp_path / "src"), "--out", str(tmp_path / "rec")]
+    assert main(argv + ["--batch-size", "1"]) == 2  # conditional: the sources' labels are needed
+    (tmp_path / "src" / "labels.csv").write_text(
+        "path,Pneumonia,Effusion,No Finding\nsub/img_0000.png,1,0,0\nsub/img_0001.png,0,1,0\nsub/img_0002.png,0,0,1\n")
     assert main(argv + ["--batch-size", "1"]) == 0
     man = pd.read_csv(tmp_path / "rec" / "manifest.csv")
     assert sorted(man["source"]) == [f"sub/img_{i:04d}.png" for i in range(3)]
@@ -213,10 +251,12 @@ def test_reconstruct_cli_writes_paired_manifest(tmp_path):
     # each written image is the model's reconstruction of the source it names
     folder = ImageFolder(tmp_path / "src", transform=CXRTransform(image_size=16))
     for _, row in man.iterrows():
-        src = folder[folder.ids.index(row["source"])][0][None]
-        want = model.reconstruct(src, seed=int(row["seed"]))[0, 0].numpy()
+        image, labels = folder[folder.ids.index(row["source"])]
+        want = model.reconstruct(image[None], labels=labels[None], seed=int(row["seed"]))[0, 0].numpy()
         got = load_image(tmp_path / "rec" / row["path"])
         assert abs(got - want).max() <= 1 / 255 + 1e-6
+        other = model.reconstruct(image[None], labels=torch.zeros(1, len(LABELS)), seed=int(row["seed"]))
+        assert abs(got - other[0, 0].numpy()).max() > 1 / 255  # under its own condition, not another
 
 
 def test_sample_cli_prompt(tmp_path):
@@ -261,7 +301,7 @@ def _sample(model, n=2, seed=0):
 def test_ema_is_saved_sampled_and_resumed_exactly(tmp_path, name):
     import copy
 
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
     from cxrbench.registry import GENERATORS
 
     cls, cfg = GENERATORS.get(name), DIFFUSION[name]()
@@ -393,7 +433,7 @@ def tiny_sd_folder(root, prediction_type="v_prediction"):
 def test_ldm_stable_diffusion_path_uses_the_folders_scheduler(tmp_path):
     from diffusers import PNDMScheduler
 
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
 
     folder = tiny_sd_folder(tmp_path / "sd")
     cfg = ldm.LDMConfig(image_size=16, pretrained_dir=str(folder), sample_steps=2, batch_size=4, label_bank_size=8)
@@ -432,14 +472,15 @@ def test_diffusevae_conditions_on_a_posterior_sample():
     torch.manual_seed(0)
     model = diffusevae.DiffuseVAE(tiny_diffusevae())
     x = LabelledImages(4, 16, seed=1).images
+    y = torch.eye(3)[[0, 1, 2, 0]]
     torch.manual_seed(3)
-    a = model.condition(x)
+    a = model.condition(x, y)
     torch.manual_seed(3)
-    mu, logvar = model.vae.encode(x)
-    want = model.vae.decoder(mu + torch.randn_like(mu) * (0.5 * logvar).exp()) * 2 - 1
+    mu, logvar = model.vae.encode(x, y)
+    want = model.vae.decode(mu + torch.randn_like(mu) * (0.5 * logvar).exp(), y) * 2 - 1
     assert torch.equal(a, want)
-    assert not torch.equal(a, model.condition(x))  # a fresh sample each call
-    assert not torch.allclose(a, model.vae.decoder(mu) * 2 - 1)
+    assert not torch.equal(a, model.condition(x, y))  # a fresh sample each call
+    assert not torch.allclose(a, model.vae.decode(mu, y) * 2 - 1)
 
 
 def test_representation_term_ignores_large_timesteps():
@@ -461,7 +502,7 @@ def test_representation_term_ignores_large_timesteps():
 
 
 def test_diffusevae_fine_tune_stage_starts_from_the_first_stage(tmp_path):
-    from baselines.trainer import TrainOptions
+    from cxrbench.training import TrainOptions
 
     ds = LabelledImages(8, 16, seed=0)
     opts = TrainOptions(steps=2, progress=False)
@@ -482,3 +523,126 @@ def test_diffusevae_fine_tune_stage_starts_from_the_first_stage(tmp_path):
     bad = dataclasses.replace(tiny_diffusevae(), vae_z_dim=4, init_from=str(tmp_path / "stage1"))
     with pytest.raises(UsageError, match="init_from .*stage1.*same architecture"):
         diffusevae.DiffuseVAE.train(ds, bad, tmp_path / "bad", options=opts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DiffuseVAE: the white paper's single conditions and staged training
+
+
+def test_diffusevae_condition_reaches_the_vae_and_the_unet():
+    torch.manual_seed(0)
+    model = diffusevae.DiffuseVAE(tiny_diffusevae()).eval()
+    assert model.config.conditions == ("Pneumonia", "Effusion", "No Finding")
+    pneumonia, effusion = torch.tensor([[1.0, 0, 0]]), torch.tensor([[0, 1.0, 0]])
+    z = torch.randn(1, 8)
+    assert not torch.equal(model.vae.decode(z, pneumonia), model.vae.decode(z, effusion))
+    xt, cond, t = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16), torch.tensor([50])
+    assert not torch.equal(model.eps(xt, t, cond, pneumonia), model.eps(xt, t, cond, effusion))
+    # the 15-column request of the Generator contract maps onto the condition columns
+    assert torch.equal(model.condition_vector(one_condition(1, "Effusion")), effusion)
+    assert torch.equal(model.condition_vector(one_condition(1, "Atelectasis")), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="unknown label 'Flu'"):
+        tiny_diffusevae(conditions=("Pneumonia", "Flu"))
+    assert tiny_diffusevae(conditions=("pleural effusion",)).conditions == ("Effusion",)
+
+
+def test_sample_cli_per_condition_writes_the_condition_to_the_manifest(tmp_path):
+    import pandas as pd
+
+    from cxrbench.cli import main
+    from cxrbench.data import load_image
+
+    torch.manual_seed(0)
+    model = diffusevae.DiffuseVAE(tiny_diffusevae()).eval()
+    model.save_pretrained(tmp_path / "run")
+    images = {}
+    for name in ("Pneumonia", "Effusion", "No Finding"):
+        out = tmp_path / name.replace(" ", "-")
+        assert main(["sample", str(tmp_path / "run"), "--n", "3", "--labels", name, "--out", str(out)]) == 0
+        man = pd.read_csv(out / "manifest.csv")
+        assert (man[name] == 1).all()
+        assert (man[[c for c in LABELS if c != name]] == 0).all().all()  # that condition alone
+        want = model.sample(3, labels=one_condition(3, name), seed=int(man["seed"][0]))
+        got = torch.stack([torch.from_numpy(load_image(out / p)) for p in man["path"]])
+        assert (got - want[:, 0]).abs().max() <= 1 / 255 + 1e-6
+        images[name] = got
+    assert not torch.equal(images["Pneumonia"], images["Effusion"])  # same seed, another condition
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--labels", "Atelectasis",
+                 "--out", str(tmp_path / "bad")]) == 2
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_diffusevae_trains_the_vae_then_the_ddpm_on_the_frozen_vae():
+    torch.manual_seed(0)
+    model = diffusevae.DiffuseVAE(tiny_diffusevae(vae_fraction=0.5))
+    ds = LabelledImages(4, 16, seed=1)
+    batch = Batch(ds.images, ds.labels)
+    opts = model.configure_optimizers()
+    model.train()
+    # stage 1: the VAE alone
+    unet0, vae0 = _state(model.unet), _state(model.vae)
+    model.progress = 0.2
+    logged = model.training_step(batch, opts, 0)
+    assert logged["stage"] == 1 and "diffusion" not in logged and "vae_rec" in logged
+    assert _same(unet0, _state(model.unet)) and not _same(vae0, _state(model.vae))
+    assert all(p.grad is None for p in model.unet.parameters())
+    # stage 2 from half the budget: the VAE takes its average and stays frozen, the DDPM trains
+    for step, progress in ((1, 0.5), (2, 0.7), (3, 0.9)):
+        model.progress = progress
+        logged = model.training_step(batch, opts, step)
+        assert logged["stage"] == 2 and "vae_rec" not in logged and "diffusion" in logged
+        if step == 1:
+            assert _same(_state(model.vae), _state(model.ema.averaged["vae"]))
+            frozen, unet1 = _state(model.vae), _state(model.unet)
+    assert _same(frozen, _state(model.vae))  # weights and BatchNorm statistics
+    assert all(p.grad is None for p in model.vae.parameters()) and not model.vae.training
+    assert not _same(unet1, _state(model.unet))
+    assert _same(frozen, _state(model.ema.averaged["vae"]))  # what samples is the frozen VAE
+    model.progress = 0.1  # a resumed call with a longer budget does not go back to stage 1
+    assert model.training_step(batch, opts, 4)["stage"] == 2
+
+
+def test_diffusevae_stages_follow_the_trainers_budget(tmp_path):
+    import pandas as pd
+
+    from cxrbench.training import TrainOptions
+
+    ds = LabelledImages(8, 16, seed=0)
+    model = diffusevae.DiffuseVAE.train(ds, tiny_diffusevae(vae_fraction=0.5), tmp_path,
+                                        options=TrainOptions(steps=6, progress=False, log_every=1))
+    log = pd.read_csv(tmp_path / "losses.csv")
+    assert log["stage"].tolist() == [1, 1, 1, 2, 2, 2]
+    assert log["diffusion"].isna().tolist() == [True] * 3 + [False] * 3
+    assert int(model.stage) == 2
+    # the fine-tune run (init_from) trains the DDPM only, from its first step
+    second = diffusevae.DiffuseVAE.train(ds, tiny_diffusevae(vae_fraction=0.5, init_from=str(tmp_path)),
+                                         tmp_path / "fine", options=TrainOptions(steps=2, progress=False, log_every=1))
+    assert pd.read_csv(tmp_path / "fine" / "losses.csv")["stage"].tolist() == [2, 2]
+    assert _same(_state(second.vae), _state(model.vae))
+
+
+def test_diffusevae_folder_saved_before_conditions_loads_unconditional(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    old = diffusevae.DiffuseVAE(tiny_diffusevae(conditions=(), vae_fraction=0.0))
+    old.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    for key in ("conditions", "vae_fraction", "label_bank_size"):
+        meta["config"].pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    del state["stage"]
+    torch.save(state, tmp_path / "model.pt")
+    loaded = diffusevae.DiffuseVAE.from_pretrained(tmp_path)
+    assert not loaded.conditional and loaded.config.vae_fraction == 0
+    assert torch.equal(loaded.sample(2, seed=0), old.eval().sample(2, seed=0))
+    with pytest.raises(UsageError, match="unconditional"):
+        loaded.sample(2, labels=one_condition(2, "Pneumonia"))

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.trainer import TrainOptions, config_from_overrides
+from cxrbench.training import TrainOptions, config_from_overrides
 from cxrbench.data import ImageFolder
 from cxrbench.data.transforms import CXRTransform
-from cxrbench.harness import EvalConfig, evaluate_generator, images_source
+from cxrbench.config import EvalConfig
+from cxrbench.engine.evaluate import evaluate_generator, images_source
 from cxrbench.registry import GENERATORS
 from cxrbench.seeding import seed_everything
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxrbench.card import card_from_dict, load_card, slugify
+from cxrbench.publish.card import card_from_dict, load_card, slugify
 from cxrbench.errors import CxrbenchError, DataError
 
 GOOD = """\

@@ -9,7 +9,7 @@ import pytest
 
 from cxrbench.cli import build_parser
 from cxrbench.commands import evaluate, stats, submit
-from cxrbench.harness import EvalConfig
+from cxrbench.config import EvalConfig
 from cxrbench.registry import EXTRACTORS
 
 DEFAULTS = EvalConfig()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cxrbench.compare import Tolerance, file_differences, regressions, verify_differences
+from cxrbench.publish.compare import Tolerance, file_differences, regressions, verify_differences
 from cxrbench.errors import UsageError
 
 from .leaderboard_helpers import fake_entry

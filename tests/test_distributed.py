@@ -30,7 +30,7 @@ def _cache_entries(root):
 
 
 def test_torchrun_two_ranks_match_one_process(tmp_path):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     samples = write_pngs(tmp_path / "samples", synthetic_cxr(36, size=32, shift=0.3, seed=1), "s")
     reference = write_pngs(tmp_path / "reference", synthetic_cxr(28, size=32, shift=0.0, seed=2), "r")
@@ -87,7 +87,7 @@ def test_torchrun_ranks_share_the_hashing(tmp_path):
     """Each of 2 ranks reads about half the files, and both get the one-process order, hashes and index."""
     from cxrbench.data.index import index_path
     from cxrbench.data.sources import open_source
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     folder = write_pngs(tmp_path / "imgs", synthetic_cxr(40, size=16, seed=3), "x")
     (folder / "broken.png").symlink_to(folder / "missing.png")  # unreadable: listed the same way by both

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
 
     from cxrbench.features.inception import InceptionV3Extractor
     from cxrbench.features.xrv import XRVDenseNetExtractor
-    from cxrbench.harness import run_extractor
+    from cxrbench.engine.extraction import run_extractor
 
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(inception.net.state_dict(), path)
@@ -148,7 +148,8 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
 
 
 def test_derived_extractor_is_keyed_by_its_base_kernels():
-    from cxrbench.harness import EvalConfig, build_extractors, extractor_spec
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors, extractor_spec
 
     for fast in (True, False):
         cfg = EvalConfig(weights="random", fast_kernels=fast)
@@ -211,7 +212,8 @@ def test_clean_resize_matches_clean_fid_pipeline(inception, tmp_path):
 def test_compiled_forward_keeps_features_and_is_keyed_apart():
     """``compile=True`` (torch.compile of each network) moves features no more than the BatchNorm fold does,
     and is recorded in the spec, so compiled features never share a cache entry with eager ones."""
-    from cxrbench.harness import EvalConfig, build_extractors, extractor_spec, run_extractor
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors, extractor_spec, run_extractor
 
     x = synthetic_cxr(8, 64, seed=1)
     cfg_e, cfg_c = EvalConfig(weights="random"), EvalConfig(weights="random", compile=True)

@@ -5,7 +5,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from cxrbench.metrics.bootstrap import bootstrap_ci, real_vs_real_split
+from cxrbench.data.splits import real_vs_real_split
+from cxrbench.metrics.bootstrap import bootstrap_ci
 from cxrbench.metrics.fid import (
     BootstrapFD,
     covariance_factor,
@@ -106,7 +107,7 @@ def test_real_vs_real_split_is_patient_wise_and_deterministic():
 
 def test_fid_grows_with_distribution_shift_random_conv():
     from cxrbench.features.random_conv import RandomConvExtractor
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     ext = RandomConvExtractor(seed=0)
     ref = ext.extract(synthetic_cxr(200, 32, 0.0, seed=10)).numpy()

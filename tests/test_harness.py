@@ -8,7 +8,8 @@ import torch
 
 from cxrbench.cli import main
 from cxrbench.errors import DataError, UsageError
-from cxrbench.harness import EvalConfig, evaluate, evaluate_generator
+from cxrbench.config import EvalConfig
+from cxrbench.engine.evaluate import evaluate, evaluate_generator
 from cxrbench.results import load, validate
 
 from .conftest import shared_folder, write_pngs
@@ -27,7 +28,7 @@ def test_result_schema_and_ordering(synthetic_folders, fast_config):
 
 
 def test_order_of_files_does_not_matter(tmp_path, synthetic_folders, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     imgs = synthetic_cxr(40, 32, 0.0, seed=1)
     renamed = write_pngs(tmp_path / "renamed", imgs.flip(0), prefix="zz")  # same images, other names/order
@@ -73,7 +74,7 @@ def test_bad_images_are_listed_and_skippable(synthetic_folders, fast_config):
 
 
 def test_mixed_sizes_and_arrays(tmp_path, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     write_pngs(tmp_path / "mixed", synthetic_cxr(10, 32, seed=1), prefix="a")
     write_pngs(tmp_path / "mixed", synthetic_cxr(10, 48, seed=2), prefix="b", bits=16)
@@ -84,7 +85,7 @@ def test_mixed_sizes_and_arrays(tmp_path, fast_config):
 
 
 def test_evaluate_generator_matches_folder_evaluation(tmp_path, synthetic_folders, fast_config):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     class Gen:
         def sample(self, n, *, labels=None, seed=None):
@@ -105,7 +106,7 @@ def test_user_mistakes(tmp_path, synthetic_folders, fast_config):
     (empty / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="notes.txt"):
         evaluate(empty, synthetic_folders["real_b"], config=fast_config)
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     one = write_pngs(tmp_path / "one", synthetic_cxr(1, 32))
     with pytest.raises(DataError, match="at least 2"):
@@ -126,7 +127,7 @@ def test_named_reference_missing_says_where_to_put_it(tmp_path, monkeypatch, syn
 
 def test_nih_reference_uses_torchxrayvision_metadata(tmp_path, monkeypatch, fast_config, synthetic_folders):
     from cxrbench.data.references import open_reference
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     names = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
     folder = tmp_path / "data" / "nih-cxr14" / "images"
@@ -179,7 +180,7 @@ def test_fid_monotone_in_blur_and_noise_on_real_images(extractor, tmp_path):
     import torchvision.transforms.functional as TF
 
     from cxrbench.data import open_source
-    from cxrbench.harness import images_source
+    from cxrbench.engine.evaluate import images_source
 
     src = open_source(shared_folder("nih1000_64px"))
     imgs = torch.stack([torch.from_numpy(src.load(i)) for i in range(200)]).unsqueeze(1)
@@ -217,3 +218,21 @@ def test_stage_timings_nest_inside_the_extraction(synthetic_folders, fast_config
     assert t["preprocess_s"] + sum(t["network_s"].values()) <= t["forward_s"] + 1e-3
     assert parts <= t["extract_s"] + 1e-3 and parts >= 0.8 * t["extract_s"]
     assert t["build_extractors_s"] + t["hash_s"] + t["extract_s"] + t["metrics_s"] <= t["total_s"] + 1e-3
+
+
+def test_evalconfig_fields_as_keywords_beside_config(synthetic_folders, tmp_path):
+    """clean-fid / torch-fidelity style: knobs as keywords; with config= the keyword replaces that field."""
+    a, b = synthetic_folders["real_a"], synthetic_folders["real_b"]
+    kw = {"extractors": ("random-conv",), "metrics": ("fid",), "weights": "random", "progress": False,
+          "num_workers": 0, "cache_dir": str(tmp_path / "c")}
+    only_kw = evaluate(a, b, n_bootstrap=0, batch_size=7, **kw)
+    assert only_kw["config"]["batch_size"] == 7 and only_kw["config"]["n_bootstrap"] == 0
+    assert only_kw["metrics"]["fid_random-conv"]["ci"] is None  # n_bootstrap=0 took effect
+    base = EvalConfig(n_bootstrap=20, batch_size=5, **kw)
+    merged = evaluate(a, b, config=base, batch_size=9)
+    assert merged["config"]["batch_size"] == 9 and merged["config"]["n_bootstrap"] == 20  # keyword wins
+    assert base.batch_size == 5  # the caller's config is not mutated
+    assert merged.value("fid_random-conv") == only_kw.value("fid_random-conv")
+    with pytest.raises(UsageError, match="n_bootstrap.*batch_size|batch_size.*n_bootstrap") as e:
+        evaluate(a, b, config=base, bootstraps=5)
+    assert "bootstraps" in str(e.value)

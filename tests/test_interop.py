@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cxrbench.features import torchmetrics_feature
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 
@@ -24,7 +24,8 @@ def sets(tmp_path):
 
 
 def _cxrbench(sets, tmp_path, extractor, metrics):
-    from cxrbench.harness import EvalConfig, evaluate
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.evaluate import evaluate
 
     cfg = EvalConfig(extractors=(extractor,), metrics=metrics, weights="random", n_bootstrap=2, progress=False,
                      num_workers=0, cache_dir=str(tmp_path / "cache"))

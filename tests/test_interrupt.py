@@ -43,7 +43,7 @@ def _entries(cache: Path) -> list[Path]:
 
 @pytest.fixture
 def folders(tmp_path):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     # tiny images so that a chunk takes a fraction of a second
     return (write_pngs(tmp_path / "gen", synthetic_cxr(240, 16, 0.5, seed=1)),
@@ -106,7 +106,7 @@ def test_two_evaluations_sharing_one_cache_at_once(folders, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_during_training_resumes_from_checkpoint(tmp_path):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     data = write_pngs(tmp_path / "train", synthetic_cxr(16, 32, 0.0, seed=0))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxrbench.errors import DataError
-from cxrbench.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
+from cxrbench.publish.leaderboard import build, group_entries, load_entries, rank, render, validate_entry
 
 from .leaderboard_helpers import fake_entry
 

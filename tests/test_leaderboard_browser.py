@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrbench.leaderboard import render
+from cxrbench.publish.leaderboard import render
 
 from .leaderboard_helpers import fake_entry
 from .test_leaderboard import Tables

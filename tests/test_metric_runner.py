@@ -11,7 +11,7 @@ import pytest
 
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics.base import MetricValue, TwoSampleMetric
-from cxrbench.metrics.bootstrap import real_vs_real_split
+from cxrbench.data.splits import real_vs_real_split
 from cxrbench.registry import METRICS
 
 from .metric_helpers import context, feature_set

@@ -6,7 +6,7 @@ import pytest
 from cxrbench.cli import main
 from cxrbench.commands.evaluate import parse_metric_settings
 from cxrbench.errors import UsageError
-from cxrbench.harness import evaluate
+from cxrbench.engine.evaluate import evaluate
 from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.prdc import prdc
 

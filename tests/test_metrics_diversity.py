@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cxrbench.metrics.diversity import MSSSIM, pair_ms_ssim, random_pairs, to_square
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .metric_helpers import context, feature_set
 

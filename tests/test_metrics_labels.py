@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from cxrbench.labels import NIH14
+from cxrbench.data.labels import NIH14
 from cxrbench.metrics.labels import (
     LabelAdherence,
     LabelDistribution,

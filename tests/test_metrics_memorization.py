@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cxrbench.metrics.memorization import Memorization
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .metric_helpers import context, feature_set, thumbnails
 

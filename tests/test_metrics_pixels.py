@@ -6,7 +6,7 @@ import torch
 
 from cxrbench.features.pixels import FEATURE_NAMES, PixelStatsExtractor
 from cxrbench.registry import EXTRACTORS
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 
 def test_registered_weight_free_statistics_extractor():

@@ -9,7 +9,7 @@ from cxrbench.engine.metric_runner import run_metric
 from cxrbench.features.pixels import PixelStatsExtractor
 from cxrbench.metrics.base import Metric
 from cxrbench.registry import METRICS
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .metric_helpers import context, feature_set, thumbnails
 

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from baselines.moco import Config, MoCoCXR, augment
-from baselines.trainer import Batch, TrainOptions
+from baselines.trainer import Batch
+from cxrbench.training import TrainOptions
 from cxrbench.data.io import sha256_file
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.labels import LABELS
+from cxrbench.data.labels import LABELS
 from cxrbench.registry import EXTRACTORS, REPRESENTATIONS
 from cxrbench.seeding import seed_everything, torch_generator
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 NAN = float("nan")
 

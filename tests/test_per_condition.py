@@ -135,7 +135,7 @@ def test_validate_refuses_a_malformed_block():
 # --- end to end: the harness, the report and `cxrbench verify` on a conditional samples folder --------------
 
 def _folder(root, names, seed, table):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     imgs = synthetic_cxr(len(names), 32, 0.0, seed=seed)
     imgs[np.array(names) == "Effusion"] = torch.flip(imgs[np.array(names) == "Effusion"], dims=[-1])
@@ -156,7 +156,7 @@ def world(tmp_path_factory):
                                      'license = "MIT"\n')
     assert main(["submit", "--samples", str(samples), "--card", str(root / "model.toml"), "--reference", str(ref),
                  "--weights", "random", "--extractors", "random-conv", "--metrics", "fid", "--n-bootstrap", "20",
-                 "--num-workers", "0", "--cache-dir", str(root / "cache"), "--quiet", "--out",
+                 "--num-workers", "0", "--cache-dir", str(root / "cache"), "--quiet", "--entries",
                  str(root / "entries")]) == 0
     return {"root": root, "samples": samples, "entry": root / "entries" / "cond-gan.json"}
 

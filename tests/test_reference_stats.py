@@ -4,7 +4,7 @@ import pytest
 
 from cxrbench.cli import main
 from cxrbench.errors import UsageError
-from cxrbench.harness import evaluate
+from cxrbench.engine.evaluate import evaluate
 
 
 def test_fid_from_statistics_equals_fid_from_images(synthetic_folders, fast_config, tmp_path, capsys):

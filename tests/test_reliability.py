@@ -19,7 +19,7 @@ import torch
 
 from cxrbench import cli
 from cxrbench.errors import CxrbenchError, DataError
-from cxrbench.harness import evaluate
+from cxrbench.engine.evaluate import evaluate
 
 from .conftest import write_pngs
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tiny(tmp_path):
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     return (write_pngs(tmp_path / "gen", synthetic_cxr(12, 16, 0.5, seed=1)),
             write_pngs(tmp_path / "ref", synthetic_cxr(16, 16, 0.0, seed=2)))
@@ -226,7 +226,7 @@ def test_pickled_payloads_are_refused_and_never_run(tmp_path, capsys):
     assert "model.pt: cannot be loaded as plain weights" in capsys.readouterr().err
     torch.save({"format": _Payload(marker)}, model_dir / "checkpoint.pt")
     with pytest.raises(CxrbenchError, match="checkpoint.pt: unreadable checkpoint"):
-        from baselines.trainer import TrainOptions
+        from cxrbench.training import TrainOptions
 
         from .generator_contract import LabelledImages
 

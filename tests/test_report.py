@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cxrbench.cli import main
-from cxrbench.harness import evaluate
-from cxrbench.report import RENDERERS, figure_specs, write_report
+from cxrbench.engine.evaluate import evaluate
+from cxrbench.publish.report import RENDERERS, figure_specs, write_report
 from cxrbench.results import load
 
 from .conftest import write_pngs
@@ -43,8 +43,8 @@ def _table(html: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """One random-conv evaluation shared by the tests (as conftest's synthetic_folders + fast_config)."""
-    from cxrbench.harness import EvalConfig
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.config import EvalConfig
+    from cxrbench.data.synthetic import synthetic_cxr
 
     root = tmp_path_factory.mktemp("report")
     folders = {"real_a": write_pngs(root / "real_a", synthetic_cxr(40, 32, 0.0, seed=1)),
@@ -77,7 +77,7 @@ def evaluated_all(evaluated, tmp_path_factory):
     """Every metric that draws a figure, computed by the engine: cxr64 (random weights), its label head and the
     pixel statistics; the shifted set as conditional samples (every other one requests Effusion), real_b as the
     generator's training set."""
-    from cxrbench.harness import EvalConfig
+    from cxrbench.config import EvalConfig
 
     _, folders = evaluated
     root = tmp_path_factory.mktemp("report_all")

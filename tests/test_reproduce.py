@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cxrbench.cli import main
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 
@@ -79,9 +79,10 @@ def test_bad_recipe_is_one_clear_error(tmp_path, capsys):
 
 
 def test_stages_train_first_and_their_folders_reach_later_configs(recipe, tmp_path, monkeypatch):
-    # seed 002's chain: a first diffusevae run, then a fine-tune that starts from its weights ("{base}")
+    # the white paper's chain: a first diffusevae run, then a fine-tune that starts from its weights ("{base}")
     monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "cache"))
-    arch = "image_size = 16, vae_channels = [8, 16], vae_z_dim = 8, block_out_channels = [8, 16], " \
+    # unconditional (conditions = []): the tiny data set has no label columns
+    arch = "image_size = 16, conditions = [], vae_channels = [8, 16], vae_z_dim = 8, block_out_channels = [8, 16], " \
            "layers_per_block = 1, attention = false, norm_groups = 4, sample_steps = 2"
     text = recipe.read_text().replace('name = "vae"\nconfig = { image_size = 16, channels = [8, 16], z_dim = 8 }',
                                       f'name = "diffusevae"\nconfig = {{ {arch}, init_from = "{{base}}" }}')

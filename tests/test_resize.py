@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import shared_folder
 
@@ -121,7 +121,8 @@ def test_resize_option_is_named_and_keys_the_cache(fast_densenet):
 
 def test_harness_passes_the_option(fast_densenet):
     from cxrbench.errors import UsageError
-    from cxrbench.harness import EvalConfig, build_extractors
+    from cxrbench.config import EvalConfig
+    from cxrbench.engine.extraction import build_extractors
 
     nets = build_extractors(("xrv", "xrv-classifier"), EvalConfig(weights="random", xrv_resize="torch-antialias"),
                             "cpu")

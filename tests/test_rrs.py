@@ -13,11 +13,11 @@ from cxrbench.cli import main
 from cxrbench.errors import DataError
 from cxrbench.features.base import bn_recalibrate
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.harness import EvalConfig
+from cxrbench.config import EvalConfig
 from cxrbench.metrics import rrs
 from cxrbench.metrics.base import EvalContext, FeatureSet
-from cxrbench.metrics.bootstrap import real_vs_real_split
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.splits import real_vs_real_split
+from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
 

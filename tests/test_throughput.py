@@ -5,10 +5,12 @@ import pytest
 
 from cxrbench.errors import UsageError
 from cxrbench.features.cache import FeatureCache
-from cxrbench.harness import EvalConfig, evaluate, extract_features, images_source, reference_statistics
+from cxrbench.config import EvalConfig
+from cxrbench.engine.evaluate import evaluate, images_source
+from cxrbench.engine.extraction import extract_features, reference_statistics
 from cxrbench.metrics.fid import gaussian_stats
 from cxrbench.metrics.moments import RunningMoments
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 
 def _close(a, b, tol=1e-10):
@@ -39,7 +41,7 @@ def test_reference_statistics_stream_matches_full_features_and_npz_round_trips(t
     cfg = EvalConfig(extractors=("random-conv",), weights="random", device="cpu", batch_size=8, chunk_size=16,
                      num_workers=0, progress=False, use_cache=False)
     acc = reference_statistics(src, config=cfg)
-    from cxrbench.harness import build_extractors
+    from cxrbench.engine.extraction import build_extractors
 
     ex = build_extractors(cfg.extractors, cfg, "cpu")
     feats, bad = extract_features(src, ex, cfg, FeatureCache(enabled=False), "cpu", desc="x")

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from baselines.trainer import TrainOptions, config_from_overrides, load_config_file, resolve_device
+from cxrbench.training import TrainOptions, config_from_overrides, load_config_file
+from baselines.trainer import resolve_device
 from baselines.vae import VAE, VAEConfig
 from cxrbench.errors import DataError, UsageError
 

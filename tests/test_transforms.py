@@ -14,7 +14,7 @@ from cxrbench.data.transforms import (
     seed_preprocessing,
     to_grayscale,
 )
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 
 def test_grayscale_matches_pillow_luma():

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cxrbench.errors import WeightsError
-from cxrbench.synthetic import synthetic_cxr
+from cxrbench.data.synthetic import synthetic_cxr
 
 # --------------------------------------------------------------------------------------------------------
 # Synthetic legacy module pickles
@@ -513,7 +513,7 @@ def test_comparable_only_when_every_extractor_has_its_published_weights(tmp_path
     import dataclasses
 
     from cxrbench.features.xrv import XRVDenseNetExtractor
-    from cxrbench.harness import evaluate
+    from cxrbench.engine.evaluate import evaluate
 
     from .conftest import write_pngs
 
@@ -542,7 +542,7 @@ def test_comparable_only_when_every_extractor_has_its_published_weights(tmp_path
 
 
 def test_leaderboard_never_ranks_entries_with_different_extractor_weights_together(tmp_path):
-    from cxrbench.leaderboard import group_entries, render
+    from cxrbench.publish.leaderboard import group_entries, render
 
     from .leaderboard_helpers import fake_entry
     from .test_leaderboard import Tables

@@ -5,9 +5,9 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     [model]                          # a registered generator and overrides of its Config fields
     name = "lsgan"
     config = { image_size = 64 }
-    [data]                           # training images; split: a labels.csv split value or cxr64-train
-    path = "../shared/data/nih1000_64px"
-    split = "cxr64-train"
+    [data]                           # training images; split: a labels.csv split value or cxr64-train;
+    path = "../shared/data/nih1000_64px"   # equalize = true: histogram equalisation of every training
+    split = "cxr64-train"                  # image (Kumar & Triana's preprocessing; `train --equalize`)
     [train]                          # trainer budget: cpu_minutes is the run's own clock (a rerun adds
     seed = 0                         # nothing), threads the torch CPU threads it is stated for
     cpu_minutes = 15
@@ -20,7 +20,7 @@ A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything t
     name = "LSGAN-64"
     ...
 
-Earlier training stages (seed 002: a MoCo encoder, then plain DiffuseVAE, then its representation
+Earlier training stages (the Mphasis white paper: a MoCo encoder, then plain DiffuseVAE, then its representation
 fine-tune) are ``[[stage]]`` tables, each trained into ``runs/<recipe>-<id>`` before ``[model]``; a string
 ``"{id}"`` in a later config is replaced by that stage's folder::
 
@@ -53,7 +53,7 @@ EPILOG = """examples:
 
 TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs", "batch_size", "device",
               "checkpoint_every"}
-SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels"}, "train": TRAIN_KEYS,
+SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels", "equalize"}, "train": TRAIN_KEYS,
             "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
             "gpu": None, "notes": None}
@@ -89,6 +89,8 @@ def load_recipe(path: Path) -> dict:
             raise UsageError(f"{path}: a recipe needs a [{need}] section")
     if "name" not in recipe["model"] or "path" not in recipe["data"]:
         raise UsageError(f"{path}: [model] needs name and [data] needs path")
+    if not isinstance(recipe["data"].get("equalize", False), bool):
+        raise UsageError(f"{path}: [data] equalize must be true or false, got {recipe['data']['equalize']!r}")
     from ..publish.card import card_from_dict
 
     card_from_dict(recipe["card"], f"{path}: [card]")  # refused now, not at submit after the training
@@ -128,6 +130,8 @@ def _train_command(name: str, data: dict, out: Path, config_file: Path, train: d
         t += ["--split", data["split"]]
     if data.get("labels"):
         t += ["--labels", data["labels"]]
+    if data.get("equalize"):
+        t.append("--equalize")
     budget = {k: train.get(k) for k in sorted(TRAIN_KEYS)}
     budget["seed"] = train.get("seed", 0)
     if args.max_minutes is not None:  # a shorter try: the override replaces both clocks
@@ -178,7 +182,7 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
         s += ["--bit-depth", str(sample["bit_depth"])]
     if args.force:
         s.append("--overwrite")
-    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--out", str(args.entries),
+    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--entries", str(args.entries),
          "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
     if args.force:
         u.append("--force")
@@ -206,7 +210,6 @@ def training_cost(run_dirs: list[Path]) -> dict:
 def run(args) -> int:
     import shlex
 
-    from ..cli import main as cli_main
     from ..fileio import atomic_write_bytes
 
     recipe = load_recipe(args.recipe)
@@ -222,7 +225,7 @@ def run(args) -> int:
             card = {**recipe["card"], "training": training_cost([Path(a[a.index("--out") + 1])
                                                                   for a in steps if a[0] == "train"])}
             atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
-        rc = cli_main(argv)
+        rc = args.cli_main(argv)  # the CLI hands itself in: a command never imports the CLI above it
         if rc:
             raise UsageError(f"{args.recipe}: `cxrbench {argv[0]}` failed (exit {rc}); fix it and run again: "
                              "training resumes from its checkpoint")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind
 
 HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
 
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="write into an OUT that already holds a manifest")
-    o = p.add_argument_group("latent optimisation toward a class (seed 004; unconditional pggan)")
+    o = p.add_argument_group("latent optimisation toward a class (Segal et al. 2020; unconditional pggan)")
     o.add_argument("--optimize-toward", metavar="LABEL", default=None,
                    help="optimise each latent so that the classifier finds LABEL")
     o.add_argument("--classifier", default="xrv-classifier", help="registered probabilities extractor to guide with")
@@ -104,7 +105,7 @@ def read_label_csv(path: str | Path):
         raise DataError(f"{path}: cannot be read as CSV ({e.__class__.__name__})") from None
     cols = {canonical_label(str(c)): c for c in df.columns if canonical_label(str(c)) is not None}
     if not cols:
-        raise DataError(f"{path}: no label columns; name columns as in cxrbench.labels.LABELS ({', '.join(LABELS)})")
+        raise DataError(f"{path}: no label columns; name columns as in cxrbench.data.labels.LABELS ({', '.join(LABELS)})")
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     out = np.zeros((len(df), len(LABELS)), dtype=np.float32)
@@ -169,7 +170,7 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
             raise UsageError(f"classifier {n!r} cannot be built with weights={weights!r}") from None
 
     clf = make(name)
-    if getattr(clf, "kind", "probabilities") != "probabilities":
+    if getattr(clf, "kind", FeatureKind.PROBABILITIES) != FeatureKind.PROBABILITIES:
         raise UsageError(f"--classifier {name!r} gives {clf.kind} features, not class probabilities")
     base_name = getattr(clf, "derived_from", None)
     return ImageClassifier(clf, make(base_name) if base_name else None)
@@ -301,6 +302,11 @@ def run_reconstruct(args, model, out: Path) -> int:
     n = len(src) if args.n is None else min(args.n, len(src))
     if n < 1:
         raise UsageError(f"--reconstruct {args.reconstruct}: no images to reconstruct")
+    conditional = getattr(model, "conditional", False)
+    known = src.source.label_matrix()
+    if conditional and (known is None or np.isnan(known).all()):
+        raise UsageError(f"--reconstruct {args.reconstruct}: {model.name} is conditional and needs the source "
+                         "images' labels; put a labels.csv (path and label columns) in that folder")
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(n - 1)))
     rows = []
@@ -308,8 +314,11 @@ def run_reconstruct(args, model, out: Path) -> int:
     for b, start in enumerate(range(0, n, args.batch_size)):
         m = min(args.batch_size, n - start)
         seed = batch_seed(args.seed, b)
-        batch = torch.stack([src[i][0] for i in range(start, start + m)])
-        arr = model.reconstruct(batch, seed=seed).detach().cpu().clamp(0, 1).numpy()[:, 0]
+        items = [src[i] for i in range(start, start + m)]
+        batch = torch.stack([it[0] for it in items])
+        # a conditional model reconstructs each image under its own labels (unknown ones count as absent)
+        kw = {"labels": torch.stack([it[1] for it in items])} if conditional else {}
+        arr = model.reconstruct(batch, seed=seed, **kw).detach().cpu().clamp(0, 1).numpy()[:, 0]
         for i in range(m):
             rel = f"{start + i:0{width}d}.png"
             atomic_write_bytes(out / rel, encode_png(arr[i], args.bit_depth))

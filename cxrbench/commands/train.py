@@ -20,12 +20,12 @@ losses.csv, train_state.json and train_info.json. A --config TOML file holds ove
 Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
 
 examples:
-  cxrbench train lsgan --data ../shared/data/nih1000_64px --split train --image-size 32 --out runs/lsgan32 \\
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --split cxr64-train --image-size 32 --out runs/lsgan32 \\
       --steps 2000
-  cxrbench train vae --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/vae \\
+  cxrbench train vae --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/vae \\
       --config vae.toml --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
-  cxrbench train moco --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/moco --epochs 5
+  cxrbench train moco --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/moco --epochs 5
   # on the cxr64 protocol's patient-disjoint NIH training split (what the leaderboard's models train on)
   cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
   # the cxr64 protocol's own feature network (its data: NIH cxr64-train + Kermany train + adult sets)
@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
                         "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split; "
-                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients")
+                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients; "
+                        "all: every image (default: all, refused on a folder holding the cxr64 protocol's "
+                        "reference or held-out images)")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")
@@ -59,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--equalize", action="store_true", help="histogram equalisation (seed 000/003 preprocessing)")
+    p.add_argument("--equalize", action="store_true",
+                   help="histogram equalisation (Kumar & Triana's preprocessing; a recipe's [data] equalize = true)")
     p.add_argument("--no-crop", action="store_true", help="squash to a square instead of resize + center crop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -92,9 +95,51 @@ def build_config(cls, args) -> object:
     return config_from_overrides(cls.Config, flags, source="command line", base=config) if flags else config
 
 
+def _refuse_other_preprocessing(out: Path, spec) -> None:
+    """A resumed run must see its images preprocessed as before (the model's Config does not hold the
+    transform, so the trainer's own config check cannot catch, e.g., --equalize added on resume)."""
+    info_path = out / "train_info.json"
+    if not (out / "checkpoint.pt").is_file() or not info_path.is_file():
+        return
+    try:
+        before = json.loads(info_path.read_text()).get("transform")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable info file: the checkpoint's own checks still apply
+    if before is not None and before != spec:
+        changed = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k)) if (
+            isinstance(before, dict) and isinstance(spec, dict)) else ["transform"]
+        raise UsageError(
+            f"{out}: its checkpoint was trained with other preprocessing ({', '.join(changed)} differ; "
+            f"see {info_path.name}); use a new --out folder, or the same flags (e.g. --equalize) to resume"
+        )
+
+
+def _check_protocol_leak(source, args) -> None:
+    """A folder holding the cxr64 protocol's reference or held-out images (``nih1000_64px``, or another NIH
+    folder with their patients): with no --split, refused (every cxr64 number of the model would be measured
+    on its training data); with a split of the folder's own, a warning. ``--split all`` says it is meant."""
+    from ..protocols.cxr64_splits import protocol_overlap
+
+    if args.split == "all":
+        return
+    seen = protocol_overlap(source)
+    n = max(seen["images"], seen["patient_images"])
+    if not n:
+        return
+    use = "--split cxr64-train (the protocol's training split)" if seen["train_split_present"] else \
+        "--split cxr64-disjoint (without the protocol's reference and held-out patients)"
+    which = "images of" if seen["images"] else "images of patients in"
+    what = (f"{n} of the {len(source)} images{'' if args.split is None else f' of split {args.split!r}'} in "
+            f"{args.data} are {which} the cxr64 protocol's reference or held-out set, so the model's cxr64 "
+            "numbers would be measured on its training data")
+    if args.split is None:
+        raise UsageError(f"{what}; pass {use}, or --split all to train on every image anyway")
+    print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
+
+
 def run(args) -> int:
     from ..data import ImageFolder
-    from ..data.sources import select_split
+    from ..data.imageset import select_split
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
     from ..protocols.cxr64_splits import select_cxr64_split
@@ -123,6 +168,7 @@ def run(args) -> int:
             source = select_cxr64_split(source, args.split)
         else:
             source = select_split(source, args.split)
+            _check_protocol_leak(source, args)
         dataset = ImageFolder(source, transform=transform)
     options = TrainOptions(
         steps=args.steps,
@@ -136,13 +182,15 @@ def run(args) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    spec = transform.spec() if transform is not None else "model-defined"
+    _refuse_other_preprocessing(out, spec)
     info = {
         "model": args.name,
         "data": str(Path(args.data).resolve()),
         "labels": str(Path(args.labels).resolve()) if args.labels else None,
         "split": args.split or "all",
         "n_images": len(dataset),
-        "transform": transform.spec() if transform is not None else "model-defined",
+        "transform": spec,
         "config": config_to_dict(config),
     }
     atomic_write_bytes(out / "train_info.json", json.dumps(info, indent=2, sort_keys=True).encode())

@@ -2,7 +2,8 @@
 
 from .folder import ImageFolder
 from .io import array_to_images, load_array_file, load_image, sha256_file
-from .sources import ImageSource, open_folder, open_source, select_split
+from .imageset import ImageSource, open_folder, select_split
+from .sources import open_source
 
 __all__ = [
     "ImageFolder", "ImageSource", "array_to_images", "load_array_file", "load_image", "open_folder",

@@ -7,7 +7,8 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from .sources import ImageSource, open_source
+from .imageset import ImageSource
+from .sources import open_source
 
 
 class ImageFolder(Dataset):

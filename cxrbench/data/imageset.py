@@ -282,7 +282,7 @@ def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> Image
     if split in (None, "", "all"):
         return src
     if split in ("half0", "half1"):
-        from ..metrics.bootstrap import real_vs_real_split
+        from .splits import real_vs_real_split
 
         a, b = real_vs_real_split(len(src), seed, src.patient_ids)
         out = src.subset(a if split == "half0" else b)

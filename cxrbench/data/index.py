@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import DataError
-from ..generator import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 SCHEMA = "cxrbench.index/1"
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -1,7 +1,7 @@
 """Opening an image set by what the user typed: a folder, an array file, or a named reference.
 
-The set types themselves live in ``imageset.py`` (re-exported here), so that ``references.py`` builds on them
-without importing this module back.
+The set types themselves live in ``imageset.py``, so that ``references.py`` builds on them without importing
+this module back.
 """
 
 from __future__ import annotations
@@ -9,23 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .imageset import (  # noqa: F401  (re-exported: the historical home of these names)
-    SIDE_FILES,
+from ..registry import REFERENCES as NAMED_REFERENCES
+from .imageset import (
     ImageSource,
-    _align_table,
-    _check_label_values,
-    _hash_files,
-    _read_csv,
-    _relative,
-    array_source,
-    hash_folder_files,
     open_array,
     open_folder,
-    scan_folder,
     select_split,
 )
 from .io import ARRAY_SUFFIXES
-from ..registry import REFERENCES as NAMED_REFERENCES
 from .references import open_reference
 
 

@@ -1,8 +1,10 @@
 """Training-time image transforms for the baselines (not used for evaluation: extractors preprocess).
 
 Each transform maps one image tensor ``(C, H, W)`` float32 in ``[0, 1]`` to another; ``CXRTransform``
-chains them for ``ImageFolder(..., transform=...)``. Seeds 000/003 preprocess CXR14 for their VAE, GAN and
-GMVAE as "resize to 224, center crop, grayscale, histogram equalisation": ``seed_preprocessing()``.
+chains them for ``ImageFolder(..., transform=...)``. Kumar & Triana ("Generating Synthetic Chest X-Rays with
+generative modeling", poster and report) preprocess CXR14 for their VAE, GAN and GMVAE as "resize to 224,
+center crop, grayscale, histogram equalisation": ``seed_preprocessing()``. A recipe asks for the
+equalisation with ``[data] equalize = true`` (``cxrbench train --equalize``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
 def equalize_histogram(img: torch.Tensor, *, bins: int = 256) -> torch.Tensor:
     """Histogram equalisation per channel: each value maps to the fraction of pixels at or below its bin.
 
-    Values are binned into ``bins`` levels (256: as for the 8-bit images the seeds used); the map is the
+    Values are binned into ``bins`` levels (256: as for the 8-bit images Kumar & Triana used); the map is the
     empirical CDF rescaled so that the darkest occupied level goes to 0 and the brightest to 1 (the
     classic ``(cdf - cdf_min) / (n - cdf_min)``). A constant image is returned unchanged.
     """
@@ -88,8 +90,8 @@ class CXRTransform:
 
     ``image_size`` is the output side. With ``crop`` the shorter side is resized to ``image_size`` and the
     centre cropped (aspect kept); without, the whole image is squashed to a square. ``equalize`` applies
-    histogram equalisation after resizing (seeds 000/003). ``channels=3`` replicates the grey channel
-    (the seed's GMVAE fed 3-channel images to VGG16); inside cxrbench images stay 1-channel.
+    histogram equalisation after resizing (Kumar & Triana). ``channels=3`` replicates the grey channel
+    (Kumar & Triana's GMVAE fed 3-channel images to VGG16); inside cxrbench images stay 1-channel.
     """
 
     image_size: int
@@ -121,5 +123,5 @@ class CXRTransform:
 
 
 def seed_preprocessing(image_size: int = 224) -> CXRTransform:
-    """Seeds 000/003: resize to 224, center crop, grayscale, histogram equalisation."""
+    """Kumar & Triana: resize to 224, center crop, grayscale, histogram equalisation."""
     return CXRTransform(image_size=image_size, crop=True, equalize=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.index import default_cache_dir
-from ..generator import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 def chunk_key(hashes: list[str], spec: dict) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,25 +126,3 @@ def interval_from_replicates(vals, value: float, *, alpha: float = 0.05, method:
     if inflate != 1.0:
         method = f"{method} x{inflate:g}"
     return Interval(float(lo), float(hi), f"{method} bootstrap ({what})", float(vals.mean() - value), int(vals.size))
-
-
-def real_vs_real_split(
-    n: int, seed: int = 0, patient_ids: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of ``range(n)``; patient-wise when patient ids are known (no patient in both).
-
-    Deterministic for a given seed: patients are ordered by a seeded hash of their id, then assigned
-    greedily to the smaller half so the halves stay balanced in images.
-    """
-    if patient_ids is None or len(set(patient_ids)) < 2:
-        perm = np.random.default_rng(seed).permutation(n)
-        return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(patient_ids):
-        groups.setdefault(str(p), []).append(i)
-    order = sorted(groups, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    a: list[int] = []
-    b: list[int] = []
-    for p in order:
-        (a if len(a) <= len(b) else b).extend(groups[p])
-    return np.sort(np.array(a, dtype=np.int64)), np.sort(np.array(b, dtype=np.int64))

@@ -1,4 +1,6 @@
-"""Label-distribution matching (seeds 004 and 001): does a classifier see the same findings, as often?
+"""Label-distribution matching (Segal et al., "Synthesising Clinically Realistic Chest
+X-rays using Generative Adversarial Networks", 2020; Malik & Humair, "Evaluating the Feasibility of Using
+Generative Models to Generate Chest X-Ray Data", 2023): does a classifier see the same findings, as often?
 
 A label classifier labels the reference and the samples: the XRV classifier (torchxrayvision DenseNet121,
 18 pathology heads, ``xrv-classifier``) or, under the ``cxr64`` protocol, the ``cxr64-classifier`` head

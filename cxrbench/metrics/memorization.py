@@ -20,9 +20,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..data.splits import real_vs_real_split
 from . import knn
 from .base import EvalContext, FigureSpec, Metric, MetricValue
-from .bootstrap import real_vs_real_split
 from .common import MetricSettings, bootstrap_interval, features_of
 
 

@@ -85,7 +85,7 @@ class RunningMoments:
     def save(self, path) -> None:
         import io
 
-        from ..generator import atomic_write_bytes
+        from ..fileio import atomic_write_bytes
 
         mu, sigma = self.stats()
         buf = io.BytesIO()

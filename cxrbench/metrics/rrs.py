@@ -1,4 +1,5 @@
-"""Reconstructed-representation score (seed 002): ``1 - cos`` in the MoCo-CXR embedding; lower is better.
+"""Reconstructed-representation score (Selvadeepa et al., "Synthetic Chest X-ray Image Generator",
+Mphasis NEXT Labs white paper, 2023): ``1 - cos`` in the MoCo-CXR embedding; lower is better.
 
 - Paired mode, when the samples' ``manifest.csv`` has a ``source`` column (reconstructions, image-to-image
   models): each sample against the reference image it was made from. ``source`` names the reference image
@@ -23,9 +24,10 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..data.splits import real_vs_real_split
 from ..errors import DataError
 from .base import EvalContext, Metric, MetricValue
-from .bootstrap import bootstrap_ci, real_vs_real_split
+from .bootstrap import bootstrap_ci
 
 PER_IMAGE_MAX = 10_000
 HIST_BINS = 50

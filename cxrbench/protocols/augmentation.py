@@ -1,9 +1,10 @@
-"""Downstream augmentation gain (seed 001 Table I, seed 003): do synthetic images help a real classifier?
+"""Downstream augmentation gain (Malik & Humair 2023, Table I;
+Kumar & Triana 2023): do synthetic images help a real classifier?
 
 A binary task ``"A vs B"`` (label names, ``No Finding`` allowed) is learned from four training sets and
 tested on the same held-out real images:
 
-``real``       N real images                      ``mixed``      N/2 real + N/2 synthetic (seed 001)
+``real``       N real images                      ``mixed``      N/2 real + N/2 synthetic (Malik & Humair)
 ``augmented``  the N real images + K synthetic    ``synthetic``  N synthetic images only
 
 Every training set is class-balanced. The test set is drawn once (patient-disjoint from the training pool
@@ -30,10 +31,13 @@ import numpy as np
 import torch
 
 from ..config import EvalConfig, resolve_device
+from ..data.imageset import ImageSource, _align_table, _read_csv
 from ..data.labels import LABELS, NO_FINDING, canonical_label
-from ..data.sources import ImageSource, _align_table, _read_csv, open_source
+from ..data.sources import open_source
 from ..engine.extraction import build_extractors, decoded_batches, default_workers, extract_features
+from ..engine.protocol import Protocol
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
 from ..registry import CLASSIFIERS
@@ -41,7 +45,9 @@ from ..registry import CLASSIFIERS
 log = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "augmentation"
-PROTOCOL_VERSION = "2"  # 2: CIs resample training seeds too; partial-patient test draw
+# 2: CIs resample training seeds too; partial-patient test draw. 3: the linear probe solved to convergence, so its
+# AUROCs no longer depend on the CPU's BLAS kernels (an entry verified on one machine verifies on every other)
+PROTOCOL_VERSION = "3"
 MODES = ("real", "mixed", "augmented", "synthetic")
 #: output key -> higher_is_better (the leaderboard reads this, never a hard-coded direction)
 OUTPUTS = {
@@ -158,7 +164,7 @@ def _labeller(extractor: str, task: tuple[str, str]) -> tuple[str, str]:
 
     for name in EXTRACTORS.names():
         cls = EXTRACTORS.get(name)
-        if getattr(cls, "derived_from", None) == extractor and getattr(cls, "kind", "") == "probabilities":
+        if getattr(cls, "derived_from", None) == extractor and cls.kind == FeatureKind.PROBABILITIES:
             try:
                 names = cls().feature_names or []
             except Exception:  # noqa: BLE001 - a head that cannot be built here labels nothing; fall back to xrv
@@ -329,6 +335,14 @@ def accuracy(y: np.ndarray, s: np.ndarray) -> float:
 
 
 STATS = {"auroc": auroc, "accuracy": accuracy}
+#: how many resolution steps ``cxrbench verify`` lets a recomputed rank statistic move: a test pair whose two
+#: scores tie to the last digits can order either way when the features come from another CPU's kernels
+VERIFY_STEPS = 1
+
+
+def resolution_fields(step: float) -> dict[str, float]:
+    """``resolution`` (one test pair or image, averaged over seeds) and ``verify_atol`` (what verify allows)."""
+    return {"resolution": step, "verify_atol": VERIFY_STEPS * step}
 CI_METHOD = "percentile bootstrap over test images and training seeds"
 
 
@@ -385,7 +399,12 @@ class LinearProbe(AugmentClassifier):
         from sklearn.preprocessing import StandardScaler
 
         scaler = StandardScaler().fit(x_tr)
-        clf = LogisticRegression(C=cfg.c, max_iter=5000, random_state=seed)
+        # Newton steps to a gradient of 1e-8 (quadratic convergence puts the scores ~1e-11 from the optimum; at
+        # 1e-12 the line search runs out of float precision and falls back to lbfgs): the L2-penalised loss has
+        # one minimum, and reaching it makes the scores a function of the data alone. lbfgs stopped at its default
+        # tol 1e-4, where the path (and so the CPU's BLAS kernel) decides the last digits, and one near-tied test
+        # pair flipped an entry's AUROC on another CPU.
+        clf = LogisticRegression(C=cfg.c, solver="newton-cholesky", tol=1e-8, max_iter=200, random_state=seed)
         clf.fit(scaler.transform(x_tr), y_tr)
         return clf.predict_proba(scaler.transform(x_te))[:, 1]
 
@@ -590,7 +609,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         y_syn = _classifier_labels(f[head], lx[head].feature_names, pos, neg)
         label_source = head
         specs[head] = lx[head].spec()
-        weights_note = " (RANDOM weights: these labels are meaningless)" if cfg.weights == "random" else ""
+        weights_note = " (RANDOM weights: these labels are meaningless)" if is_random_weights(cfg.weights) else ""
         notes.append(f"synthetic labels were not given (no {pos!r}/{neg!r} columns in a manifest.csv); they come "
                      f"from the {head} classifier (probability > 0.5 = present, No Finding = nothing present)"
                      f"{weights_note}")
@@ -655,6 +674,9 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
     metrics: dict[str, MetricValue] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
     nt = len(test)
+    n_pos = int((y_test == 1).sum())
+    # the smallest step of each statistic's mean over seeds: one test pair (AUROC) or one test image (accuracy)
+    step = {"auroc": 1.0 / max(n_pos * (nt - n_pos), 1) / cfg.seeds, "accuracy": 1.0 / max(nt, 1) / cfg.seeds}
     for m in MODES:
         for sname, fn in STATS.items():
             vals = [fn(y_test, sc) for sc in scores[m]]
@@ -665,7 +687,8 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
                 value=float(np.mean(vals)), higher_is_better=True, ci=ci, n_gen=sizes[m]["n_synthetic"], n_ref=nt,
                 ci_method=CI_METHOD,
                 extra={"per_seed": vals, "std_over_seeds": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-                       "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"]},
+                       "n_train_real": sizes[m]["n_real"], "n_train_synthetic": sizes[m]["n_synthetic"],
+                       **resolution_fields(step[sname])},
             )
     for key, mode in (("gain", "augmented"), ("mixed_delta", "mixed")):
         for sname, fn in STATS.items():
@@ -680,7 +703,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
                 n_gen=sizes[mode]["n_synthetic"], n_ref=nt, ci_method=CI_METHOD,
                 extra={"per_seed": diffs, "std_over_seeds": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None,
                        "definition": f"{mode} minus real on the same test images and training seed, mean over "
-                                     "seeds"},
+                                     "seeds", **resolution_fields(step[sname])},
             )
 
     details = {
@@ -720,11 +743,12 @@ def run_augmentation(real, synthetic, *, task: str, config: AugmentConfig | None
     return out.metrics
 
 
-class AugmentationProtocol:
+class AugmentationProtocol(Protocol):
     """Registry entry ``PROTOCOLS["augmentation"]``: metadata plus :func:`run_augmentation`."""
 
     name = PROTOCOL_NAME
     version = PROTOCOL_VERSION
+    adds_metrics = True
     outputs = OUTPUTS
     Config = AugmentConfig
 
@@ -737,7 +761,7 @@ class AugmentationProtocol:
         config = ctx.config
         if not config.augment_task:
             raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
-        emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == "embedding"), None)
+        emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == FeatureKind.EMBEDDING), None)
         if emb is None:
             raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
         return self.run(sources["reference"], sources["samples"], task=config.augment_task,

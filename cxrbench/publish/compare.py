@@ -32,6 +32,11 @@ def _close(a, b, rtol: float, atol: float) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b)) + atol
 
 
+def _finite(v) -> float:
+    """A stated tolerance as a number: 0 when absent or not a finite non-negative number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else 0.0
+
+
 def file_differences(stored: dict[str, str], found: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what, stored, found, note) for every sample file removed, added or changed, named by path."""
     rows = []
@@ -84,13 +89,18 @@ def metric_differences(em: dict, rm: dict, rtol: float, atol: float, *, prefix: 
                          "metric missing"))
             continue
         a, b = em[key], rm[key]
+        # a rank statistic (AUROC, accuracy) moves in steps of one test pair or image; its tolerance comes from
+        # the recomputation (never from the entry, which could claim any), and the entry must state the same one
+        key_atol = max(atol, _finite(b.get("verify_atol")))
+        if _finite(a.get("verify_atol")) != _finite(b.get("verify_atol")):
+            rows.append((f"{prefix}{key}.verify_atol", _g(a.get("verify_atol")), _g(b.get("verify_atol")), "differs"))
         for field in ("value", "real_vs_real"):
-            if not _close(a.get(field), b.get(field), rtol, atol):
+            if not _close(a.get(field), b.get(field), rtol, key_atol):
                 rows.append((f"{prefix}{key}.{field}", _g(a.get(field)), _g(b.get(field)),
                              _rel(a.get(field), b.get(field))))
         ca, cb = a.get("ci") or [None, None], b.get("ci") or [None, None]
         for i, side in enumerate(("lo", "hi")):
-            if not _close(ca[i], cb[i], rtol, atol):
+            if not _close(ca[i], cb[i], rtol, key_atol):
                 rows.append((f"{prefix}{key}.ci_{side}", _g(ca[i]), _g(cb[i]), _rel(ca[i], cb[i])))
         for field in ("n_gen", "n_ref", "higher_is_better"):
             if a.get(field) != b.get(field):

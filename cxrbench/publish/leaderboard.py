@@ -4,7 +4,7 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
 
     schema       "cxrbench.entry/1"
     name, slug   the model card's name and the file-name-safe form of it (entries/<slug>.json)
-    card         the validated model card (see cxrbench.card)
+    card         the validated model card (see cxrbench.publish.card)
     protocol     {name, version}: copied from the result
     comparable   false when any extractor ran with weights other than its published file (random, self-made,
                  unknown sha256) or below fp32 precision (copied from the result)
@@ -209,7 +209,7 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Every ``*.json`` directly in ``folder`` (no recursion, no symlinks out), sorted by slug."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
+        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --entries {folder}`")
     root = folder.resolve()
     out = []
     for p in sorted(folder.glob("*.json")):

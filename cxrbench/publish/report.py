@@ -141,7 +141,7 @@ def _resolve(path: str | None, base: Path | None) -> Path | None:
 def _pick_images(desc: dict | None, base: Path | None, k: int, seed: int) -> tuple[list[np.ndarray], str | None]:
     """Up to ``k`` seeded-random images of a set, or ([], why not)."""
     from ..data.io import ARRAY_SUFFIXES, load_array_file, load_image
-    from ..data.sources import scan_folder
+    from ..data.imageset import scan_folder
 
     if not desc:
         return [], "not part of this result"

@@ -67,7 +67,7 @@ def write_set(folder: Path, n: int, shift: float, seed: int, size: int = 64, sta
     images. The pool depends on (shift, seed, size) only, so ranges written by several processes join up."""
     from PIL import Image
 
-    from cxrbench.synthetic import synthetic_cxr
+    from cxrbench.data.synthetic import synthetic_cxr
 
     folder.mkdir(parents=True, exist_ok=True)
     pool = np.round(synthetic_cxr(pool_size, size, shift=shift, seed=seed)[:, 0].numpy() * 255).astype(np.uint8)

@@ -69,7 +69,7 @@ def prepare_images(work: Path, n: int, size: int, seed: int = 0) -> tuple[Path, 
             left, top = (im.width - s) // 2, (im.height - s) // 2
             im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
         else:  # not enough real images here: procedural radiographs
-            from cxrbench.synthetic import synthetic_cxr
+            from cxrbench.data.synthetic import synthetic_cxr
 
             a = synthetic_cxr(1, size, seed=seed + i)[0, 0].numpy()
             im = Image.fromarray(np.round(a * 255).astype(np.uint8))

@@ -43,11 +43,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from baselines.moco import Config, MoCoCXR, augment, to_square
-from baselines.trainer import TrainOptions
+from cxrbench.training import TrainOptions
 from cxrbench.data import ImageFolder
 from cxrbench.features.base import bn_recalibrate
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.harness import EvalConfig
+from cxrbench.config import EvalConfig
 from cxrbench.metrics.base import EvalContext, FeatureSet
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.metrics.rrs import RRS
