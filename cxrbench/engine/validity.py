@@ -48,7 +48,6 @@ from ..data.io import load_image
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.functional import fid
-from ..protocols import cxr64_splits, cxr128_splits
 from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
 from .extraction import build_extractors, extract_features
@@ -87,19 +86,10 @@ CLASSES = ("real", "degraded", "violated", "population", "generator", "progress"
 CLASS_LEVEL = {"real": 0, "degraded": 1, "violated": 2}
 
 
-def _cxr128_table(data_root: Path) -> pd.DataFrame:
-    table = cxr128_splits.nih_splits(data_root)
-    return table.assign(_split=table["cxr128_split"])
-
-
-def _cxr64_table(data_root: Path) -> pd.DataFrame:
-    table = pd.read_csv(Path(data_root) / "nih1000_64px" / "labels.csv")
-    return table.assign(_split=cxr64_splits.image_splits(table))
-
-
 @dataclasses.dataclass(frozen=True)
 class ProtocolData:
-    """Where a protocol's real images come from: the folder, its split table and the image size."""
+    """Where a protocol's real images come from: the folder, its split table and the image size (the
+    protocols' own instances are in ``protocols.validity_sets``)."""
 
     name: str
     folder: str
@@ -112,12 +102,6 @@ class ProtocolData:
             raise DataError(f"{root}/labels.csv not found: the {self.name} validity sets are built from the "
                             f"{self.folder} folder; pass --data DIR holding it (the shared data folder)")
         return self.table(Path(data_root)), root
-
-
-PROTOCOL_DATA = {
-    "cxr128": ProtocolData("cxr128", "nih_extra_256px", 128, _cxr128_table),
-    "cxr64": ProtocolData("cxr64", "nih1000_64px", 64, _cxr64_table),
-}
 
 
 @dataclasses.dataclass
@@ -174,12 +158,10 @@ def progress_ladders(progress_dir: Path) -> dict[str, list[Path]]:
 class SuiteData:
     """The validity sets of one protocol, built on demand: ``reference()`` and ``sets()``."""
 
-    def __init__(self, data_root, *, protocol: str = "cxr128", n: int = DEFAULT_N, seed: int = 0,
+    def __init__(self, data_root, *, protocol: ProtocolData, n: int = DEFAULT_N, seed: int = 0,
                  samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR, skip_missing: bool = False,
                  corruption_names=None):
-        if protocol not in PROTOCOL_DATA:
-            raise UsageError(f"--protocol {protocol}: the validity suite knows {', '.join(PROTOCOL_DATA)}")
-        self.protocol = PROTOCOL_DATA[protocol]
+        self.protocol = protocol
         self.data_root = Path(data_root)
         self.size, self.n, self.seed = self.protocol.size, int(n), int(seed)
         self.samples_dir, self.progress_dir = Path(samples_dir), Path(progress_dir)
@@ -388,7 +370,7 @@ def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalCon
     return feats[name].astype(np.float64)
 
 
-def run_suite(extractor: str, *, data_root, protocol: str = "cxr128", config: EvalConfig | None = None,
+def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: EvalConfig | None = None,
               n: int = DEFAULT_N, seed: int = 0, samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR,
               skip_missing: bool = False, corruption_names=None, log=None) -> dict:
     """Measure every validity set's FID against the protocol's reference through ``extractor``; returns the
@@ -412,7 +394,7 @@ def run_suite(extractor: str, *, data_root, protocol: str = "cxr128", config: Ev
     sets, values = [], {}
     for s, x in data.sets():
         f = _features(x, extractor, nets, config, cache, device, s.name)
-        values[s.name] = fid(f, ref, n_bootstrap=0).value
+        values[s.name] = fid(real=ref, fake=f).value  # point estimate: no bootstrap interval (speed)
         sets.append(s)
         log(f"{s.name:<40} {values[s.name]:12.4g}")
     seen = tuple(getattr(nets[extractor], "training_corruptions", None) or TRAINING_CORRUPTIONS.get(extractor, ()))
