@@ -1,5 +1,6 @@
 """The validity suite: corruptions do what they say, the order checks find inversions, `cxrbench validate` runs."""
 
+import itertools
 import json
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_flip_and_negative_are_involutions_and_four_rotations_the_identity(image
 
 def test_blur_lowers_high_frequency_energy_monotonically(images):
     energies = [_hf_energy(images)] + [_hf_energy(C.gaussian_blur(images, s)) for s in (0.5, 1, 2, 4)]
-    assert all(a > b for a, b in zip(energies, energies[1:])), energies
+    assert all(a > b for a, b in itertools.pairwise(energies)), energies
     # the suite's own mild/moderate strengths order the same way, as do low resolution's
     assert _hf_energy(C.apply("blur", images, "mild")) > _hf_energy(C.apply("blur", images, "moderate"))
     assert _hf_energy(C.apply("lowres", images, "mild")) > _hf_energy(C.apply("lowres", images, "moderate"))
@@ -161,6 +162,7 @@ def test_a_known_inversion_is_reported_and_costs_tau():
     assert s["kendall_tau"] == pytest.approx((n_pairs - 2 * len(got)) / n_pairs)
     assert s["kendall_tau_generators"] < 1.0
     assert s["blob_ranks"]["gen:ldm"]["rank_generators"] == 2  # only real is closer
+    assert s["closest_violated"] == {"set": "vflip:moderate", "value": 2.5, "x_floor": 2.5}
 
     # identical features give FIDs equal up to round-off: a tie, and a tie is not the expected order
     tie = dict(good, **{"vflip:moderate": good["real"] * (1 + 1e-15)})

@@ -26,7 +26,8 @@ def default_data() -> str:
 
 
 def add_arguments(p) -> None:
-    from ..engine.validity import DEFAULT_N, PROGRESS_DIR, PROTOCOL_DATA, SAMPLES_DIR
+    from ..engine.validity import DEFAULT_N, PROGRESS_DIR, SAMPLES_DIR
+    from ..protocols.validity_sets import PROTOCOL_DATA
     from .options import add_config_flag
 
     p.add_argument("--extractor", required=True, help="a registered extractor (`cxrbench ls`)")
@@ -61,13 +62,15 @@ def run(args) -> int:
     from ..engine.validity import plot, run_suite
     from ..errors import UsageError
     from ..fileio import atomic_write_bytes
+    from ..protocols.validity_sets import PROTOCOL_DATA
 
     if args.n < 10:
         raise UsageError(f"--n {args.n}: the suite needs at least 10 images per set")
     config = EvalConfig(weights=args.weights, device=args.device, batch_size=args.batch_size,
                         cache_dir=args.cache_dir, progress=not args.quiet)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    res = run_suite(args.extractor, data_root=Path(args.data or default_data()), protocol=args.protocol,
+    res = run_suite(args.extractor, data_root=Path(args.data or default_data()),
+                    protocol=PROTOCOL_DATA[args.protocol],
                     config=config, n=args.n, seed=args.seed, samples_dir=args.samples_dir,
                     progress_dir=args.progress_dir, skip_missing=args.skip_missing, log=log)
     out = Path(args.out)
@@ -100,6 +103,9 @@ def run(args) -> int:
     for name, r in res["blob_ranks"].items():
         extra = f", {r['rank_generators']} of {r['of_generators']} among real + generator sets" if "rank_generators" in r else ""
         print(f"blob set {name}: rank {r['rank_all']} of {r['of_all']} sets (1 = closest to the reference){extra}")
+    if "closest_violated" in res:
+        c = res["closest_violated"]
+        print(f"closest anatomy-violated set: {c['set']} at {c['x_floor']:.2f} x the real-vs-real floor")
     if "unseen_families" in res:
         u = res["unseen_families"]
         print(f"families unseen in training: {u['violations']} of {u['pairs']} pairs violated, tau {_fmt(u['kendall_tau'])}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def _check(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
+    r = max(1, math.ceil(3 * sigma))
     t = torch.arange(-r, r + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -200,7 +200,7 @@ def patch_shuffle(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tensor
     nothing is where it belongs".
     """
     x = _check(x)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     th, tw = h // grid, w // grid
     g = torch_generator(seed)
     out = x.clone()

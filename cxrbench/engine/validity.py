@@ -31,14 +31,13 @@ measured. Sets in one tier are ones a person cannot rank against each other.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +48,6 @@ from ..data.io import load_image
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..metrics.functional import fid
-from ..protocols import cxr64_splits, cxr128_splits
 from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
 from .extraction import build_extractors, extract_features
@@ -90,33 +88,20 @@ CLASS_LEVEL = {"real": 0, "degraded": 1, "violated": 2}
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolData:
-    """Where a protocol's real images come from: the folder, its split function and the image size."""
+    """Where a protocol's real images come from: the folder, its split table and the image size (the
+    protocols' own instances are in ``protocols.validity_sets``)."""
 
     name: str
     folder: str
     size: int
+    table: Callable[[Path], pd.DataFrame]  # labels.csv of the folder with a ``_split`` column
 
-    def splits(self, data_root: Path):
-        """(labels table with a ``_split`` column, image folder)."""
+    def splits(self, data_root: Path) -> tuple[pd.DataFrame, Path]:
         root = Path(data_root) / self.folder
         if not (root / "labels.csv").is_file():
             raise DataError(f"{root}/labels.csv not found: the {self.name} validity sets are built from the "
                             f"{self.folder} folder; pass --data DIR holding it (the shared data folder)")
-        if self.name == "cxr128":
-            table = cxr128_splits.nih_splits(data_root)
-            table["_split"] = table["cxr128_split"]
-        else:
-            import pandas as pd
-
-            table = pd.read_csv(root / "labels.csv")
-            table["_split"] = cxr64_splits.image_splits(table)
-        return table, root
-
-
-PROTOCOL_DATA = {
-    "cxr128": ProtocolData("cxr128", "nih_extra_256px", 128),
-    "cxr64": ProtocolData("cxr64", "nih1000_64px", 64),
-}
+        return self.table(Path(data_root)), root
 
 
 @dataclasses.dataclass
@@ -173,12 +158,10 @@ def progress_ladders(progress_dir: Path) -> dict[str, list[Path]]:
 class SuiteData:
     """The validity sets of one protocol, built on demand: ``reference()`` and ``sets()``."""
 
-    def __init__(self, data_root, *, protocol: str = "cxr128", n: int = DEFAULT_N, seed: int = 0,
+    def __init__(self, data_root, *, protocol: ProtocolData, n: int = DEFAULT_N, seed: int = 0,
                  samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR, skip_missing: bool = False,
                  corruption_names=None):
-        if protocol not in PROTOCOL_DATA:
-            raise UsageError(f"--protocol {protocol}: the validity suite knows {', '.join(PROTOCOL_DATA)}")
-        self.protocol = PROTOCOL_DATA[protocol]
+        self.protocol = protocol
         self.data_root = Path(data_root)
         self.size, self.n, self.seed = self.protocol.size, int(n), int(seed)
         self.samples_dir, self.progress_dir = Path(samples_dir), Path(progress_dir)
@@ -231,8 +214,6 @@ class SuiteData:
                 x = corruptions.apply(name, real, strength, seed=self.seed * 1000 + k)
                 yield ValiditySet(f"{name}:{strength}", c.kind, name, strength, source=src, n=len(x)), x
         if self.kermany is not None:
-            import pandas as pd
-
             t = pd.read_csv(self.kermany / "labels.csv")
             # ValData only: the cxr64 network trained on NonAugmentedTrain
             keep = (t["likely_population"].astype(str).str.startswith("pediatric") & t["near_duplicate_of"].isna()
@@ -363,6 +344,12 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
             out["blob_ranks"][s.name] = {"rank_all": ranked.index(s.name) + 1, "of_all": len(ranked)}
             if s.name in gen_ranked:
                 out["blob_ranks"][s.name].update(rank_generators=gen_ranked.index(s.name) + 1, of_generators=len(gen_ranked))
+    floor = values.get("real")
+    violated = [s.name for s in sets if s.cls == "violated" and s.name in values]
+    if violated and floor and floor > 0:
+        near = min(violated, key=values.get)
+        # how far the anatomy-violated set nearest to the reference stays above the real-vs-real floor
+        out["closest_violated"] = {"set": near, "value": values[near], "x_floor": values[near] / floor}
     if seen_families:
         # the order must hold on the corruption families the network never saw while training
         unseen = [c for c in checks if not any(by_name[n].group in seen_families for n in (c["better"], c["worse"])
@@ -383,7 +370,7 @@ def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalCon
     return feats[name].astype(np.float64)
 
 
-def run_suite(extractor: str, *, data_root, protocol: str = "cxr128", config: EvalConfig | None = None,
+def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: EvalConfig | None = None,
               n: int = DEFAULT_N, seed: int = 0, samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR,
               skip_missing: bool = False, corruption_names=None, log=None) -> dict:
     """Measure every validity set's FID against the protocol's reference through ``extractor``; returns the
@@ -407,7 +394,7 @@ def run_suite(extractor: str, *, data_root, protocol: str = "cxr128", config: Ev
     sets, values = [], {}
     for s, x in data.sets():
         f = _features(x, extractor, nets, config, cache, device, s.name)
-        values[s.name] = fid(f, ref, n_bootstrap=0).value
+        values[s.name] = fid(real=ref, fake=f).value  # point estimate: no bootstrap interval (speed)
         sets.append(s)
         log(f"{s.name:<40} {values[s.name]:12.4g}")
     seen = tuple(getattr(nets[extractor], "training_corruptions", None) or TRAINING_CORRUPTIONS.get(extractor, ()))
@@ -436,7 +423,8 @@ def plot(result: dict, path) -> Path:
 
     colours = {"real": "black", "degraded": "tab:blue", "violated": "tab:red", "population": "tab:purple",
                "generator": "tab:green", "progress": "tab:orange"}
-    sets = sorted(result["sets"], key=lambda s: (CLASSES.index(s["cls"]), s["tier"] or 0, s["name"]))
+    sets = sorted(result["sets"], key=lambda s: (CLASSES.index(s["cls"]), s["group"] if s["cls"] == "progress" else "",
+                                                 s["tier"] or 0, s["name"]))
     fig, ax = plt.subplots(figsize=(max(8, 0.32 * len(sets)), 5))
     for i, s in enumerate(sets):
         v = max(s["value"], 1e-6)
