@@ -314,7 +314,7 @@ def test_submit_of_more_samples_than_the_protocol_count_lists_the_evaluated_ones
         Image.fromarray(a.astype(np.uint8)).save(folder / f"extra_{i:03d}.png")
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
     r = _cli("submit", "--samples", str(folder), "--card", str(ROOT / "examples" / "model.toml"),
-             "--out", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
+             "--protocol", "cxr64", "--entries", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
     assert r.returncode == 0, r.stderr
     (entry,) = (tmp_path / "entries").glob("*.json")
     e = json.loads(entry.read_text())
