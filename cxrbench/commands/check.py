@@ -53,7 +53,7 @@ def _run(args) -> int:
     import sys
 
     from ..publish.compare import Tolerance, format_table
-    from ..publish.leaderboard import load_entry
+    from ..publish.entry import load_entry
     from ..publish.submission import check
     from .submit import local_from_args
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UsageError
+from ..fileio import atomic_write_bytes
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .leaderboard import make_entry, write_public
+from .entry import make_entry
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -161,7 +162,7 @@ def submit(
     from ..results import _json_default
 
     text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
-    write_public(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return path, entry
 
 
