@@ -65,7 +65,8 @@ def board():
         fake_entry("Alpha", {"fid_x": (10.0, False), "precision_x": (0.9, True)}),
         fake_entry("Beta", {"fid_x": (4.0, False), "precision_x": (0.5, True)}),
         fake_entry("Gamma", {"fid_x": (7.0, False), "precision_x": (0.7, True)}),
-        fake_entry("Random", {"fid_x": (0.5, False), "precision_x": (0.99, True), "rc": (1.0, False)}, comparable=False),
+        fake_entry("Random", {"fid_x": (0.5, False), "precision_x": (0.99, True), "rc": (1.0, False)},
+                   comparable=False),
         fake_entry("Next", {"fid_x": (1.0, False), "precision_x": (0.95, True)}, protocol=("default", 2)),
     ]
 
@@ -240,11 +241,13 @@ def test_the_floor_is_one_row_and_each_model_is_also_shown_at_the_floors_sizes(t
     render(es, tmp_path, entries_dir=tmp_path / "entries")
     md = (tmp_path / "README.md").read_text()
     assert "| *floor: real vs real at 4 vs 8 images* | 9.50 |" in md
-    assert "| **1** [Alpha](#card-alpha) | 12.0 [11.4, 12.6] |" in md and "| **2** [Beta](#card-beta) | 20.0 not valid |" in md
+    assert "| **1** [Alpha](#card-alpha) | 12.0 [11.4, 12.6] |" in md
+    assert "| **2** [Beta](#card-beta) | 20.0 not valid |" in md
     assert md.count("9.50") == 2 and "floor 9.5" not in md  # headline and at-the-floor's-sizes tables only
     assert "| **1** [Alpha](#card-alpha) | 15.0 |" in md and "| **2** [Beta](#card-beta) | 26.0 |" in md
     t = Tables((tmp_path / "index.html").read_text()).tables
-    assert t["default-v1-ranked"]["floor"][1:] == ["9.50"] and t["default-v1-ranked-at-floor-n"]["floor"][1:] == ["9.50"]
+    assert t["default-v1-ranked"]["floor"][1:] == ["9.50"]
+    assert t["default-v1-ranked-at-floor-n"]["floor"][1:] == ["9.50"]
     svg = next((tmp_path / "plots").glob("*fid_x.svg")).read_text()
     assert "samples @ the floor" in svg and "real vs real @ its N" in svg
 
@@ -435,7 +438,7 @@ def test_a_learning_curve_round_trips_through_an_entry_file(tmp_path):
     block["checkpoints"][0]["steps"] = 100
     from cxrbench.publish.card import card_from_dict
 
-    again = make_entry(e["result"], card_from_dict(e["card"]), [(f["path"], f["sha256"]) for f in e["samples"]["files"]],
-                       e["weights"], curve=block)
+    files = [(f["path"], f["sha256"]) for f in e["samples"]["files"]]
+    again = make_entry(e["result"], card_from_dict(e["card"]), files, e["weights"], curve=block)
     (tmp_path / "a.json").write_text(json.dumps(again))
     assert load_entries(tmp_path)[0]["learning_curve"] == block

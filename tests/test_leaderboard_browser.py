@@ -64,7 +64,7 @@ def page(tmp_path_factory):
     [
         ("", ["beta", "gamma", "alpha"], None),  # as rendered: ranked by fid_x, lower first
         ("?sort=precision_x", ["alpha", "gamma", "beta"], ("precision_x", "descending")),  # first click: best first
-        ("?sort=precision_x&dir=asc", ["beta", "gamma", "alpha"], ("precision_x", "ascending")),  # second click reverses
+        ("?sort=precision_x&dir=asc", ["beta", "gamma", "alpha"], ("precision_x", "ascending")),  # 2nd click reverses
         ("?sort=fid_x", ["beta", "gamma", "alpha"], ("fid_x", "ascending")),  # lower is better: ascending
         ("?sort=model&dir=desc", ["gamma", "beta", "alpha"], ("model", "descending")),  # text column
     ],

@@ -317,7 +317,8 @@ def _metric_plots(prefix: str, keys: list[str], g: Group, rows_e: list[dict], or
         ks_order = ordered(rows_e, k, g.directions[k]) if ranked else order
         svg = figures.metric_plot_svg(
             k, g.directions[k],
-            [(e["name"] + (" (real)" if is_reference_row(e) else ""), e["result"]["metrics"].get(k)) for _, e in ks_order],
+            [(e["name"] + (" (real)" if is_reference_row(e) else ""), e["result"]["metrics"].get(k))
+             for _, e in ks_order],
             title_suffix="" if ranked else " - not ranked")
         if svg is not None:
             out.append(Picture(f"plots/{prefix}-{k}.svg", svg, k))

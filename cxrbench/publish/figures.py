@@ -81,8 +81,9 @@ def learning_curve_svg(key: str, hib: bool, curves: list[tuple[str, list[dict]]]
         ax = fig.add_subplot()
         for label, pts in curves:
             xs = [p["cpu_minutes"] for p in pts]
+            own_n = "/".join(sorted({str(p["n_samples"]) for p in pts}))
             line, = ax.plot(xs, [p["value"] for p in pts], "o-", ms=4, lw=1.5,
-                            label=label if len(ns) == 1 else f"{label} (N {'/'.join(sorted({str(p['n_samples']) for p in pts}))})")
+                            label=label if len(ns) == 1 else f"{label} (N {own_n})")
             lo = [p["ci"][0] if p["ci"] else p["value"] for p in pts]
             hi = [p["ci"][1] if p["ci"] else p["value"] for p in pts]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)

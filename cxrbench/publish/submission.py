@@ -1,7 +1,7 @@
 """Submitting, verifying and regression-checking samples against leaderboard entries.
 
 ``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
-(``cxrbench.entry/1``, see ``cxrbench.publish.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+(``cxrbench.entry/1``, see ``cxrbench.publish.entry``). ``verify`` re-hashes the samples and recomputes every
 number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
 reports the metrics that got worse than the entry by more than their noise.
 
