@@ -15,6 +15,9 @@ DEFAULT_EXTRACTORS = ("inception", "xrv", "xrv-classifier", "pixels")
 #: what ``evaluate`` runs when given no reference (its reference, network and metrics ship with cxrbench)
 DEFAULT_PROTOCOL = "cxr64"
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: ``protocol`` of an evaluation against the user's own reference, under no registered protocol (the value
+#: results record as the protocol name)
+OWN_REFERENCE = "default"
 
 
 @dataclass
@@ -38,7 +41,7 @@ class EvalConfig:
     train_reference: str | None = None
     moco_checkpoint: str | None = None
     skip_bad: bool = False
-    protocol: str = "default"  # "default", or a registered protocol run after the metrics ("augmentation")
+    protocol: str = OWN_REFERENCE  # OWN_REFERENCE, or a registered protocol ("cxr64", "augmentation")
     augment_task: str | None = None  # protocol augmentation: "A vs B"; labels come from the reference
     augment_n_real: int = 1000
     augment_n_test: int = 300
@@ -54,6 +57,10 @@ class EvalConfig:
     #: overrides of ``cxrbench.metrics.common.MetricSettings`` fields (kid_subset_size, prdc_k, ...);
     #: CLI ``--metric-setting KEY=VALUE``; under a protocol they make the result not comparable
     metric_settings: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def under_protocol(self) -> bool:
+        return self.protocol != OWN_REFERENCE
 
     def resolved(self, **over) -> EvalConfig:
         return dataclasses.replace(self, **over)

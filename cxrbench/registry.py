@@ -182,11 +182,11 @@ GENERATORS = Registry("generator", "cxrbench.generators", base="cxrbench.generat
 REPRESENTATIONS = Registry("representation model", "cxrbench.representations",
                            base="cxrbench.generator:PretrainedMixin")
 
-# protocols share no base class yet: a class with ``name``, ``version`` and the hooks the harness calls when
-# present: ``prepare(config, reference, train_reference)`` and ``after_metrics(ctx, sources)`` (or ``run(ctx)``)
+# the hooks the engine calls are those of ``cxrbench.engine.protocol.Protocol``
 PROTOCOLS = Registry(
     "protocol",
     "cxrbench.protocols",
+    base="cxrbench.engine.protocol:Protocol",
     builtins={
         "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",

@@ -150,7 +150,7 @@ def _submit(w, *extra, samples=None, out="entries"):
     return main(["submit", "--samples", str(samples or w["samples"]), "--card", str(w["root"] / "model.toml"),
                  "--reference", str(w["real"]), "--weights", "random", "--extractors", "random-conv", "--metrics",
                  "fid", "--n-bootstrap", "50", "--num-workers", "0", "--cache-dir", w["cache"], "--quiet",
-                 "--out", str(w["root"] / out), *extra])
+                 "--entries", str(w["root"] / out), *extra])
 
 
 def _verify(entry, w, *extra):

@@ -67,3 +67,46 @@ def test_split_column_of_a_labels_csv_given_with_labels(tmp_path, split_folder):
     call(train_cmd, ["vae", "--data", split_folder, "--labels", tmp_path / "other.csv", "--split", "a",
                      "--image-size", 32, "--out", out, "--steps", 1, "--quiet", "--batch-size", 2])
     assert json.loads((out / "train_info.json").read_text())["n_images"] == 5
+
+
+def _protocol_patient_folder(root):
+    """Synthetic images labelled with patient ids, the first of them a patient of the cxr64 reference set."""
+    from cxrbench.protocols.cxr64 import load_features
+
+    ref_patient = load_features("reference").patient_ids[0]
+    rows = []
+    for i, im in enumerate(synthetic_cxr(6, 16, seed=1)[:, 0].numpy()):
+        Image.fromarray(np.round(im * 255).astype(np.uint8)).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "patient_id": ref_patient if i == 0 else f"9999{i}",
+                     "split": "train" if i < 4 else "test"})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_training_on_the_protocols_reference_patients_is_refused_without_a_split(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    data = _protocol_patient_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["vae", "--data", data, "--image-size", 32, "--steps", 1, "--quiet", "--batch-size", 2]
+    with pytest.raises(UsageError, match=r"1 of the 6 images .*patients in the cxr64 protocol's reference.*"
+                                         r"--split cxr64-disjoint.*--split all"):
+        call(train_cmd, [*args, "--out", out])
+    assert not out.exists()
+    # --split all says it is meant; a split of the folder's own trains with a warning naming the fix
+    call(train_cmd, [*args, "--out", tmp_path / "all", "--split", "all"])
+    assert json.loads((tmp_path / "all" / "train_info.json").read_text())["n_images"] == 6
+    capsys.readouterr()
+    call(train_cmd, [*args, "--out", tmp_path / "own", "--split", "train"])
+    err = capsys.readouterr().err
+    assert "warning: 1 of the 4 images of split 'train'" in err and "--split cxr64-disjoint" in err
+
+
+def test_the_nih_thumbnails_without_a_split_name_the_cxr64_train_split(tmp_path):
+    from .conftest import shared_folder
+
+    nih = shared_folder("nih1000_64px")
+    with pytest.raises(UsageError, match=r"of the 1000 images .* are images of the cxr64 protocol's reference.*"
+                                         r"--split cxr64-train"):
+        call(train_cmd, ["ddpm", "--data", nih, "--image-size", 32, "--steps", 1, "--quiet", "--out",
+                         tmp_path / "run"])
+    assert not (tmp_path / "run").exists()

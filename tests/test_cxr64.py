@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import cxrbench
+from cxrbench.config import EvalConfig
 from cxrbench.data.io import load_image, sha256_file
+from cxrbench.engine.protocol import protocol_samples
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features import cxr64 as feat
-from cxrbench.config import EvalConfig
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.metrics.prdc import prdc
 from cxrbench.protocols import cxr64 as proto
@@ -98,7 +99,7 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"cxr64-train\.npz: .*missing; reinstall"):
         proto.load_features("train")
     with pytest.raises(WeightsError, match=r"cxr64-heldout\.npz: sha256 .*altered"):
-        proto.shipped_samples("cxr64:heldout")  # a reference row's samples are pinned like the reference
+        protocol_samples("cxr64:heldout")  # a reference row's samples are pinned like the reference
     monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
     with pytest.raises(WeightsError, match=r"cxr64-labels\.json: sha256 .*label head"):
         feat.CXR64ClassifierExtractor()
@@ -282,7 +283,7 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
 
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
     r = _cli("submit", "--samples", str(EXAMPLES), "--card", str(ROOT / "examples" / "model.toml"),
-             "--out", str(tmp_path / "entries"), "--quiet", env=env)
+             "--entries", str(tmp_path / "entries"), "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     (entry,) = (tmp_path / "entries").glob("*.json")
     e = json.loads(entry.read_text())

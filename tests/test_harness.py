@@ -218,3 +218,21 @@ def test_stage_timings_nest_inside_the_extraction(synthetic_folders, fast_config
     assert t["preprocess_s"] + sum(t["network_s"].values()) <= t["forward_s"] + 1e-3
     assert parts <= t["extract_s"] + 1e-3 and parts >= 0.8 * t["extract_s"]
     assert t["build_extractors_s"] + t["hash_s"] + t["extract_s"] + t["metrics_s"] <= t["total_s"] + 1e-3
+
+
+def test_evalconfig_fields_as_keywords_beside_config(synthetic_folders, tmp_path):
+    """clean-fid / torch-fidelity style: knobs as keywords; with config= the keyword replaces that field."""
+    a, b = synthetic_folders["real_a"], synthetic_folders["real_b"]
+    kw = {"extractors": ("random-conv",), "metrics": ("fid",), "weights": "random", "progress": False,
+          "num_workers": 0, "cache_dir": str(tmp_path / "c")}
+    only_kw = evaluate(a, b, n_bootstrap=0, batch_size=7, **kw)
+    assert only_kw["config"]["batch_size"] == 7 and only_kw["config"]["n_bootstrap"] == 0
+    assert only_kw["metrics"]["fid_random-conv"]["ci"] is None  # n_bootstrap=0 took effect
+    base = EvalConfig(n_bootstrap=20, batch_size=5, **kw)
+    merged = evaluate(a, b, config=base, batch_size=9)
+    assert merged["config"]["batch_size"] == 9 and merged["config"]["n_bootstrap"] == 20  # keyword wins
+    assert base.batch_size == 5  # the caller's config is not mutated
+    assert merged.value("fid_random-conv") == only_kw.value("fid_random-conv")
+    with pytest.raises(UsageError, match="n_bootstrap.*batch_size|batch_size.*n_bootstrap") as e:
+        evaluate(a, b, config=base, bootstraps=5)
+    assert "bootstraps" in str(e.value)

@@ -1,4 +1,5 @@
-"""The cxrbench package imports as a layered graph: no module reaches back into one that imports it.
+"""The cxrbench package imports as a layered graph: data -> features -> metrics -> engine -> protocols ->
+publish -> commands -> cli, each importing only its own layer and those below, and no cycle.
 
 Function-local imports count too; they hide a cycle from Python but not from a reader (or a refactor).
 """
@@ -94,3 +95,33 @@ def test_graph_sees_function_level_imports():
 def test_package_imports_are_acyclic():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+#: subpackage -> layer; top-level modules (errors, config, registry, results, fileio, generator, ...) are the
+#: foundation every layer may use (layer 0), and the CLI sits on top
+LAYERS = {"data": 1, "features": 2, "metrics": 3, "engine": 4, "protocols": 5, "publish": 6, "commands": 7}
+TOP = {"cxrbench", "cxrbench.cli", "cxrbench.__main__"}
+
+
+def layer(module: str) -> int:
+    if module in TOP:
+        return 8
+    return LAYERS.get(module.split(".")[1], 0)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer(t) > layer(m))
+
+
+def test_layer_check_catches_a_planted_upward_import():
+    graph = import_graph()
+    assert "cxrbench.data.imageset" in graph
+    planted = {**graph, "cxrbench.data.imageset": graph["cxrbench.data.imageset"] | {"cxrbench.metrics.bootstrap"}}
+    assert upward_imports(planted) == ["cxrbench.data.imageset -> cxrbench.metrics.bootstrap"]
+    assert layer("cxrbench.errors") == 0 < layer("cxrbench.data.io") < layer("cxrbench.engine.protocol") \
+        < layer("cxrbench.protocols.cxr64") < layer("cxrbench.commands.evaluate") < layer("cxrbench.cli")
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    up = upward_imports(import_graph())
+    assert not up, "upward imports (function-level ones included):\n" + "\n".join(up)

@@ -81,13 +81,13 @@ def feature_pairs(draw):
 @given(feature_pairs())
 def test_fid_is_finite_symmetric_and_agrees_with_the_direct_formula(pair):
     g, r = pair
-    a, b = F.fid(g, r, n_bootstrap=20), F.fid(r, g, n_bootstrap=0)
+    a, b = F.fid(fake=g, real=r, n_bootstrap=20), F.fid(fake=r, real=g, n_bootstrap=0)
     # round-off scale: the summed squared magnitudes (FD is a difference of such terms)
     mag = float((g**2).sum(1).mean() + (r**2).sum(1).mean()) + 1e-300
     assert np.isfinite(a.value) and a.value >= -1e-9 * mag
     assert abs(a.value - b.value) <= 1e-7 * mag
     assert abs(a.value - _direct_fid(g, r)) <= 1e-7 * mag
-    assert abs(F.fid(g, g, n_bootstrap=0).value) <= 1e-7 * mag
+    assert abs(F.fid(fake=g, real=g, n_bootstrap=0).value) <= 1e-7 * mag
     assert a.ci is None or (np.isfinite(a.ci).all() and a.ci[0] <= a.ci[1])
     assert a.valid == (min(len(g), len(r)) >= F.FD_MIN_ROWS_PER_DIM * g.shape[1]) and (a.valid or a.reason)
 
@@ -96,18 +96,19 @@ def test_fid_is_finite_symmetric_and_agrees_with_the_direct_formula(pair):
 @given(feature_pairs())
 def test_kid_prdc_ks_give_finite_values_or_clear_refusals(pair):
     g, r = pair
-    k = F.kid(g, r, n_bootstrap=20, n_subsets=5)
+    k = F.kid(fake=g, real=r, n_bootstrap=20, n_subsets=5)
     assert np.isfinite(k.value) and k.ci is None or np.isfinite(k.ci).all()
     m = min(len(g), len(r))  # subsets of the whole of both sets: the U-statistic is symmetric in the sets
-    ab, ba = F.kid(g[:m], r[:m], n_bootstrap=0, n_subsets=1), F.kid(r[:m], g[:m], n_bootstrap=0, n_subsets=1)
+    ab = F.kid(fake=g[:m], real=r[:m], n_subsets=1)
+    ba = F.kid(fake=r[:m], real=g[:m], n_subsets=1)
     assert ab.value == pytest.approx(ba.value, rel=1e-9, abs=1e-12)
-    ks = F.ks_features(g, r, n_bootstrap=20)
-    assert 0.0 <= ks.value <= 1.0 and F.ks_features(r, r, n_bootstrap=0).value == 0.0
+    ks = F.ks_features(fake=g, real=r, n_bootstrap=20)
+    assert 0.0 <= ks.value <= 1.0 and F.ks_features(fake=r, real=r, n_bootstrap=0).value == 0.0
     if min(len(g), len(r)) <= 5:
         with pytest.raises(DataError, match="prdc: needs at least 6"):
-            F.prdc(g, r)
+            F.prdc(fake=g, real=r)
     else:
-        out = F.prdc(g, r, n_bootstrap=20)
+        out = F.prdc(fake=g, real=r, n_bootstrap=20)
         assert all(0.0 <= out[key].value <= 1.0 for key in ("precision", "recall", "coverage"))
         assert all(np.isfinite(v.value) and v.ci[0] <= v.ci[1] for v in out.values())
 
@@ -122,16 +123,16 @@ def test_refusals_name_the_problem(bad, match):
     good = np.random.default_rng(0).normal(size=(5, 3))
     for fn in (F.fid, F.kid, F.ks_features):
         with pytest.raises(DataError, match=match):
-            fn(bad, good, n_bootstrap=0)
+            fn(fake=bad, real=good)
 
 
 def test_fd_inf_is_refused_or_flagged_when_subsets_are_too_small():
     rng = np.random.default_rng(0)
     with pytest.raises(DataError, match="at least 10"):
-        F.fd_inf(rng.normal(size=(8, 4)), rng.normal(size=(50, 4)))
-    small = F.fd_inf(rng.normal(size=(40, 16)) + 0.1, rng.normal(size=(40, 16)), n_bootstrap=10)
+        F.fd_inf(fake=rng.normal(size=(8, 4)), real=rng.normal(size=(50, 4)))
+    small = F.fd_inf(fake=rng.normal(size=(40, 16)) + 0.1, real=rng.normal(size=(40, 16)), n_bootstrap=10)
     assert not small.valid and "rows for 16-d" in small.reason and small.ci is None and small.value >= 0
-    big = F.fd_inf(rng.normal(size=(400, 4)) + 0.3, rng.normal(size=(400, 4)), n_bootstrap=10)
+    big = F.fd_inf(fake=rng.normal(size=(400, 4)) + 0.3, real=rng.normal(size=(400, 4)), n_bootstrap=10)
     assert big.valid and big.reason is None and big.ci[0] <= big.value <= big.ci[1]
 
 
@@ -143,6 +144,6 @@ def test_fid_interval_covers_the_population_value_in_simulation():
     for rep in range(40):
         rng = np.random.default_rng(rep)
         g = rng.normal(size=(n, d)) * scale**0.5 + delta
-        res = F.fid(g, rng.normal(size=(n, d)), n_bootstrap=100, seed=rep)
+        res = F.fid(fake=g, real=rng.normal(size=(n, d)), n_bootstrap=100, seed=rep)
         hits += res.ci[0] <= truth <= res.ci[1]
     assert hits >= 34  # nominal 38/40; a binomial(40, 0.95) is below 34 with probability < 0.5%

@@ -72,3 +72,28 @@ def test_metric_reports_all_four_per_extractor(sets):
         assert v.higher_is_better and v.n_gen == len(gen) and v.n_ref == len(real)
         assert 0.0 <= v.ci[0] <= v.value <= v.ci[1]
     assert out["precision_a"].real_vs_real > out["precision_a"].value  # real halves resemble each other more
+
+
+def test_functional_prdc_keywords_map_to_the_prdc_package(sets, capsys):
+    """F.prdc(real=, fake=) is prdc.compute_prdc(real_features, fake_features): ported code cannot swap them."""
+    from cxrbench.metrics import functional as F
+
+    real, gen = sets
+    expected = compute_prdc(real_features=real, fake_features=gen, nearest_k=5)
+    capsys.readouterr()
+    # the sets differ in spread, so precision and recall differ: a swap would show
+    assert abs(expected["precision"] - expected["recall"]) > 0.1
+    got = F.prdc(real=real, fake=gen, k=5)
+    for key, v in expected.items():
+        assert got[key].value == pytest.approx(float(v), abs=2 / len(real)), key
+    with pytest.raises(TypeError):
+        F.prdc(real, gen)  # positional sets are refused rather than read in some order
+
+
+def test_functional_api_is_keyword_only_for_every_two_set_function(sets):
+    from cxrbench.metrics import functional as F
+
+    real, gen = sets
+    for fn in (F.fid, F.kid, F.prdc, F.fd_inf, F.ks_features):
+        with pytest.raises(TypeError):
+            fn(gen, real)

@@ -156,7 +156,7 @@ def world(tmp_path_factory):
                                      'license = "MIT"\n')
     assert main(["submit", "--samples", str(samples), "--card", str(root / "model.toml"), "--reference", str(ref),
                  "--weights", "random", "--extractors", "random-conv", "--metrics", "fid", "--n-bootstrap", "20",
-                 "--num-workers", "0", "--cache-dir", str(root / "cache"), "--quiet", "--out",
+                 "--num-workers", "0", "--cache-dir", str(root / "cache"), "--quiet", "--entries",
                  str(root / "entries")]) == 0
     return {"root": root, "samples": samples, "entry": root / "entries" / "cond-gan.json"}
 

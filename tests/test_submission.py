@@ -51,7 +51,7 @@ def world(tmp_path_factory):
         "cache": str(root / "cache"),
     }
     (root / "model.toml").write_text(CARD)
-    rc = submit(w, "--out", str(root / "entries"))
+    rc = submit(w, "--entries", str(root / "entries"))
     assert rc == 0
     w["entry"] = root / "entries" / "tiny-gan.json"
     return w
@@ -89,12 +89,12 @@ def test_entry_records_hashes_card_and_protocol(world):
 
 def test_submit_refuses_to_overwrite_without_force(world, capsys):
     before = world["entry"].read_bytes()
-    assert submit(world, "--out", str(world["entry"].parent)) == 2
+    assert submit(world, "--entries", str(world["entry"].parent)) == 2
     assert "--force" in capsys.readouterr().err
     assert world["entry"].read_bytes() == before
     forced = world["root"] / "forced"
     shutil.copytree(world["entry"].parent, forced)
-    assert submit(world, "--out", str(forced), "--force") == 0
+    assert submit(world, "--entries", str(forced), "--force") == 0
     new = json.loads((forced / "tiny-gan.json").read_text())
     old = json.loads(before)
     assert new["result"]["metrics"] == old["result"]["metrics"]  # seeded: the same numbers again
@@ -103,7 +103,7 @@ def test_submit_refuses_to_overwrite_without_force(world, capsys):
 def test_submit_rejects_a_bad_card_before_evaluating(world, tmp_path, capsys):
     (tmp_path / "model.toml").write_text(CARD.replace("resolution = 32", "resolution = 0"))
     rc = main(["submit", "--samples", str(world["samples"]), "--card", str(tmp_path / "model.toml"),
-               "--reference", str(world["ref"]), "--out", str(tmp_path / "entries"), "--quiet"])
+               "--reference", str(world["ref"]), "--entries", str(tmp_path / "entries"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "model.toml" in err and "'resolution'" in err and "Traceback" not in err
     assert not (tmp_path / "entries").exists()
@@ -195,3 +195,23 @@ def test_entry_config_is_type_checked_and_machine_fields_are_local(world):
         broken["result"]["config"][field] = bad
         with pytest.raises(DataError, match=f"config.{field}"):
             config_from_entry(broken)
+
+
+def test_check_against_a_result_file_as_well_as_an_entry(world, tmp_path, capsys):
+    """A CI baseline from `evaluate --out`, no card or submit: passes on the same samples, fails on worse ones."""
+    baseline = tmp_path / "baseline.json"
+    assert main(["evaluate", "--samples", str(world["samples"]), "--reference", str(world["ref"]), "--weights",
+                 "random", "--extractors", "random-conv", "--metrics", "fid", "--n-bootstrap", "50",
+                 "--num-workers", "0", "--cache-dir", world["cache"], "--quiet", "--out", str(baseline)]) == 0
+    capsys.readouterr()
+    for against in (baseline, world["entry"]):
+        base = ["check", "--against", str(against), "--num-workers", "0", "--cache-dir", world["cache"], "--quiet"]
+        assert main(base + ["--samples", str(world["samples"])]) == 0, against
+        assert "no regression in 1 metric" in capsys.readouterr().err
+        assert main(base + ["--samples", str(world["blurred"])]) == 1, against
+        assert "fid_random-conv" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something/1"}))
+    assert main(["check", "--samples", str(world["samples"]), "--against", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "cxrbench.entry/1" in err and "cxrbench.result/1" in err

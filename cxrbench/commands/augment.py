@@ -6,6 +6,8 @@ import dataclasses
 import sys
 import time
 
+from ..features.base import is_random_weights
+
 HELP = "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real"
 EPILOG = """examples:
   # offline smoke run with seeded random xrv features and a linear probe (numbers not comparable)
@@ -25,7 +27,7 @@ def _int_or_none(s: str):
 def add_arguments(p) -> None:
     from ..protocols.augmentation import AugmentConfig
     from ..registry import CLASSIFIERS
-    from .options import add_config_flag
+    from .options import add_config_flag, add_moved_flag
 
     d = AugmentConfig()  # the protocol's own knobs; those evaluate --protocol augmentation shares come from EvalConfig
     p.add_argument("--real", required=True, help="folder of real images with labels.csv (or --real-labels)")
@@ -59,7 +61,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--out", help="write the result JSON (cxrbench.result/1) here")
-    p.add_argument("--figure", "--report", dest="figure", help="write a PNG figure of the per-mode scores here")
+    p.add_argument("--figure", metavar="FILE.png", help="write a PNG figure of the per-mode scores here")
+    # --report names an HTML report folder (evaluate --report DIR); the PNG here is --figure
+    add_moved_flag(p, "--report", "is not an augment flag: the PNG figure is --figure FILE.png (--report names an "
+                   "HTML report folder, as in evaluate)")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -85,7 +90,7 @@ def build_result(outcome, config, *, seconds: float):
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
     random_w = [why for k, s in outcome.extractors.items()
                 if (why := EXTRACTORS.get(k).weights_problem(str(s.get("weights", ""))))]
-    if CLASSIFIERS.get(config.classifier).uses_weights and config.weights == "random":
+    if CLASSIFIERS.get(config.classifier).uses_weights and is_random_weights(config.weights):
         random_w.append(f"{config.classifier}: random initialisation")
     return make_result(
         protocol={"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION},

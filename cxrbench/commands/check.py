@@ -1,12 +1,13 @@
-"""``cxrbench check``: CI regression check of a samples folder against a stored entry."""
+"""``cxrbench check``: CI regression check of a samples folder against a stored entry or result file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "exit 1 when new samples are worse than a stored entry by more than noise or a tolerance"
+HELP = "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance"
 EPILOG = """\
-Evaluates --samples with the entry's config (extractors, metrics, seeds, weights, reference) and compares
+--against takes a leaderboard entry (cxrbench submit) or a result file (cxrbench evaluate --out FILE): a CI
+baseline needs no model card. Evaluates --samples with its config (extractors, metrics, seeds, weights, reference) and compares
 every metric, in its own direction (higher_is_better), with the entry. A metric regresses when it is worse
 by more than the allowed amount: --tolerance auto (default) allows the two runs' noise, sqrt(h1^2 + h2^2)
 with h the half-width of each bootstrap 95% CI; a number allows that absolute amount; X% allows X percent
@@ -16,6 +17,8 @@ here: different weights or reference).
 
 examples:
   cxrbench check --samples samples/ --against leaderboard/entries/ddpm-64.json
+  # a baseline from a plain evaluation, no card or submit needed
+  cxrbench evaluate --samples baseline_samples/ --reference real/ --out baseline.json
   cxrbench check --samples samples/ --against baseline.json --metrics fid,precision_xrv --tolerance 5%
   # offline CI job, against an entry made with --weights random
   cxrbench check --samples ci_samples/ --against tests/ci_entry.json --tolerance auto --quiet
@@ -27,7 +30,8 @@ def add_arguments(p) -> None:
     from .submit import add_local_arguments
 
     p.add_argument("--samples", required=True, help="folder (or .npy/.npz array) of new generated images")
-    p.add_argument("--against", required=True, type=Path, help="entry file to compare with")
+    p.add_argument("--against", required=True, type=Path,
+                   help="entry file (cxrbench submit) or result file (cxrbench evaluate --out) to compare with")
     p.add_argument("--metrics", type=_csv, default=None,
                    help="metric keys or names to check, comma-separated (default: all in the entry)")
     p.add_argument("--tolerance", default="auto", help="auto | absolute amount | percentage like 5%% (default auto)")
@@ -53,12 +57,11 @@ def _run(args) -> int:
     import sys
 
     from ..publish.compare import Tolerance, format_table
-    from ..publish.entry import load_entry
-    from ..publish.submission import check
+    from ..publish.submission import check, load_baseline
     from .submit import local_from_args
 
     tolerance = Tolerance.parse(args.tolerance)  # bad flags fail before any work
-    entry = load_entry(args.against)
+    entry = load_baseline(args.against)
     rows, _ = check(
         entry, args.samples, metrics=args.metrics, tolerance=tolerance, reference=args.reference,
         **local_from_args(args),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..config import OWN_REFERENCE
+
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
   # the default protocol cxr64: comparable numbers offline (network, reference and metrics ship with cxrbench)
@@ -91,7 +93,7 @@ def resolve_protocol(args) -> str:
     from ..config import DEFAULT_PROTOCOL
     from ..errors import UsageError
 
-    protocol = args.protocol or ("default" if args.reference is not None else DEFAULT_PROTOCOL)
+    protocol = args.protocol or (OWN_REFERENCE if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol == DEFAULT_PROTOCOL and args.extractors is not None:
         raise UsageError(f"--protocol {protocol} fixes its extractors (cxr64, cxr64-classifier); drop --extractors, "
                          "or pass --reference to evaluate with extractors of your choice")
@@ -159,7 +161,7 @@ def format_table(result) -> str:
     proto = result.get("protocol") or {}
     head = f"samples {s['path']} ({s['n_used']} images) vs reference {result['reference']['path']} " \
            f"({result['reference']['n_used']} images), device {result['device']}"
-    if proto.get("name") not in (None, "default"):
+    if proto.get("name") not in (None, OWN_REFERENCE):
         head = f"protocol {proto['name']} v{proto.get('version')}: {head}"
     tail = []
     if not result["comparable"]:

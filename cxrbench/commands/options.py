@@ -24,3 +24,15 @@ def add_config_flag(p, field: str, flag: str | None = None, *, help: str = "", *
     shown = ",".join(default) if isinstance(default, tuple) else default
     help = f"{help} (default {shown})" if help else f"default {shown}"
     p.add_argument(flag or "--" + field.replace("_", "-"), default=default, help=help, **kwargs)
+
+
+def add_moved_flag(p, old: str, message: str) -> None:
+    """``old``, which meant something else here before, refused at parse time with one line saying what to use:
+    a flag that changed meaning must not be read in its new sense by a command line written for the old one."""
+    import argparse
+
+    class _Moved(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{old} {message}")
+
+    p.add_argument(old, action=_Moved, nargs="?", help=argparse.SUPPRESS)

@@ -182,7 +182,7 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
         s += ["--bit-depth", str(sample["bit_depth"])]
     if args.force:
         s.append("--overwrite")
-    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--out", str(args.entries),
+    u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--entries", str(args.entries),
          "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
     if args.force:
         u.append("--force")
@@ -210,7 +210,6 @@ def training_cost(run_dirs: list[Path]) -> dict:
 def run(args) -> int:
     import shlex
 
-    from ..cli import main as cli_main
     from ..fileio import atomic_write_bytes
 
     recipe = load_recipe(args.recipe)
@@ -226,7 +225,7 @@ def run(args) -> int:
             card = {**recipe["card"], "training": training_cost([Path(a[a.index("--out") + 1])
                                                                   for a in steps if a[0] == "train"])}
             atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
-        rc = cli_main(argv)
+        rc = args.cli_main(argv)  # the CLI hands itself in: a command never imports the CLI above it
         if rc:
             raise UsageError(f"{args.recipe}: `cxrbench {argv[0]}` failed (exit {rc}); fix it and run again: "
                              "training resumes from its checkpoint")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind
 
 HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
 
@@ -169,7 +170,7 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
             raise UsageError(f"classifier {n!r} cannot be built with weights={weights!r}") from None
 
     clf = make(name)
-    if getattr(clf, "kind", "probabilities") != "probabilities":
+    if getattr(clf, "kind", FeatureKind.PROBABILITIES) != FeatureKind.PROBABILITIES:
         raise UsageError(f"--classifier {name!r} gives {clf.kind} features, not class probabilities")
     base_name = getattr(clf, "derived_from", None)
     return ImageClassifier(clf, make(base_name) if base_name else None)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from ..features.base import FeatureKind
+
 HELP = "save a reference set's per-extractor mean/covariance (for FID against it without its images)"
 EPILOG = """examples:
   cxrbench stats --reference nih-cxr14 --reference-split test --out nih-test.npz
   cxrbench evaluate --samples samples/ --reference nih-test.npz
+  # offline: the cxr64 protocol's network ships with cxrbench (evaluate takes the file's extractors)
+  cxrbench stats --reference real/ --extractors cxr64 --out real-cxr64.npz
+  cxrbench evaluate --samples samples/ --reference real-cxr64.npz
 """
 
 
@@ -43,7 +48,7 @@ def default_extractors() -> tuple[str, ...]:
     from .options import config_default
 
     return tuple(e for e in config_default("extractors")
-                 if EXTRACTORS.get(e).kind == "embedding" and getattr(EXTRACTORS.get(e), "derived_from", None) is None)
+                 if EXTRACTORS.get(e).kind == FeatureKind.EMBEDDING and getattr(EXTRACTORS.get(e), "derived_from", None) is None)
 
 
 def config_from_args(args):

@@ -16,7 +16,7 @@ model.toml fields: name, authors (list), training_data, resolution (int or [h, w
 
 examples:
   # under the default protocol cxr64 (no --reference: comparable offline, ranked on the cxr64 board)
-  cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --out leaderboard/entries/
+  cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --entries leaderboard/entries/
   cxrbench submit --samples samples/ddpm/ --card samples/ddpm/model.toml --reference nih-cxr14 \\
       --reference-split test --out leaderboard/entries/
   # offline smoke run (random weights: listed on the leaderboard but never ranked)
@@ -54,7 +54,7 @@ def local_from_args(args) -> dict:
 
 def add_arguments(p) -> None:
     from .evaluate import _csv
-    from .options import add_config_flag
+    from .options import add_config_flag, add_moved_flag
 
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
@@ -73,7 +73,11 @@ def add_arguments(p) -> None:
     add_config_flag(p, "seed", help="seed for bootstrap and subsets")
     add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--out", type=Path, default=Path("leaderboard/entries"), help="entries folder")
+    p.add_argument("--entries", type=Path, default=Path("leaderboard/entries"), metavar="DIR",
+                   help="entries folder; the entry is written as DIR/<card slug>.json (default leaderboard/entries)")
+    # --out names the one file a command writes (evaluate, augment, stats); submit's folder is --entries
+    add_moved_flag(p, "--out", "is not a submit flag: the entries folder is --entries DIR (the entry is written as "
+                   "DIR/<card slug>.json); --out names the file a command writes, as in evaluate")
     p.add_argument("--force", action="store_true", help="replace an existing entry for this model")
     p.add_argument("--augment", metavar="TASK", default=None, help="add the downstream augmentation block "
                    "(aug_* metrics: linear probe on cxr64 features) for this 'A vs B' task; default: added for "
@@ -119,7 +123,7 @@ def run(args) -> int:
         raise UsageError("--augment and --no-augment contradict each other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
     notes: list[str] = []
-    path, entry = submit(args.samples, args.reference, card, args.out, config=config_from_args(args), force=args.force,
+    path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
                          augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,
                          notes=notes)
     print(format_table(entry["result"]))

@@ -20,12 +20,12 @@ losses.csv, train_state.json and train_info.json. A --config TOML file holds ove
 Config fields only, e.g. `beta = 0.1` or `channels = [16, 32, 64]`.
 
 examples:
-  cxrbench train lsgan --data ../shared/data/nih1000_64px --split train --image-size 32 --out runs/lsgan32 \\
+  cxrbench train lsgan --data ../shared/data/nih1000_64px --split cxr64-train --image-size 32 --out runs/lsgan32 \\
       --steps 2000
-  cxrbench train vae --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/vae \\
+  cxrbench train vae --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/vae \\
       --config vae.toml --max-minutes 10 --steps 100000
   cxrbench train fs-gmvae --data imgs/ --labels imgs/labels.csv --image-size 224 --equalize --out runs/fs
-  cxrbench train moco --data ../shared/data/nih1000_64px --split train --image-size 64 --out runs/moco --epochs 5
+  cxrbench train moco --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/moco --epochs 5
   # on the cxr64 protocol's patient-disjoint NIH training split (what the leaderboard's models train on)
   cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
   # the cxr64 protocol's own feature network (its data: NIH cxr64-train + Kermany train + adult sets)
@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="train only on the rows whose labels.csv 'split' column has this value (e.g. train); "
                         "half0/half1: a deterministic patient-wise half; cxr64-train: the cxr64 protocol's NIH split; "
-                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients")
+                        "cxr64-disjoint: any NIH folder without the protocol's reference and held-out patients; "
+                        "all: every image (default: all, refused on a folder holding the cxr64 protocol's "
+                        "reference or held-out images)")
     p.add_argument("--image-size", type=int, default=None, help="train at N x N pixels (sets the Config's image_size)")
     p.add_argument("--out", required=True, help="model folder to write (and resume from)")
     p.add_argument("--config", default=None, help="TOML file of Config overrides")
@@ -112,6 +114,29 @@ def _refuse_other_preprocessing(out: Path, spec) -> None:
         )
 
 
+def _check_protocol_leak(source, args) -> None:
+    """A folder holding the cxr64 protocol's reference or held-out images (``nih1000_64px``, or another NIH
+    folder with their patients): with no --split, refused (every cxr64 number of the model would be measured
+    on its training data); with a split of the folder's own, a warning. ``--split all`` says it is meant."""
+    from ..protocols.cxr64_splits import protocol_overlap
+
+    if args.split == "all":
+        return
+    seen = protocol_overlap(source)
+    n = max(seen["images"], seen["patient_images"])
+    if not n:
+        return
+    use = "--split cxr64-train (the protocol's training split)" if seen["train_split_present"] else \
+        "--split cxr64-disjoint (without the protocol's reference and held-out patients)"
+    which = "images of" if seen["images"] else "images of patients in"
+    what = (f"{n} of the {len(source)} images{'' if args.split is None else f' of split {args.split!r}'} in "
+            f"{args.data} are {which} the cxr64 protocol's reference or held-out set, so the model's cxr64 "
+            "numbers would be measured on its training data")
+    if args.split is None:
+        raise UsageError(f"{what}; pass {use}, or --split all to train on every image anyway")
+    print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
+
+
 def run(args) -> int:
     from ..data import ImageFolder
     from ..data.imageset import select_split
@@ -143,6 +168,7 @@ def run(args) -> int:
             source = select_cxr64_split(source, args.split)
         else:
             source = select_split(source, args.split)
+            _check_protocol_leak(source, args)
         dataset = ImageFolder(source, transform=transform)
     options = TrainOptions(
         steps=args.steps,

@@ -18,6 +18,7 @@ from ..config import PRECISIONS, EvalConfig, resolve_device
 from ..data.imageset import ImageSource
 from ..data.sources import open_source
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind
 from ..features.cache import FeatureCache, chunk_key
 from ..metrics.moments import RunningMoments
 from ..registry import EXTRACTORS
@@ -298,7 +299,7 @@ def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | 
             raise DataError(f"{len(src.unreadable)} unreadable file(s) in {src.name}: {src.unreadable[0][1]}; "
                             "fix or remove them, or pass --skip-bad")
         nets = {k: e for k, e in build_extractors(config.extractors, config, device).items()
-                if e.kind == "embedding" and getattr(e, "derived_from", None) is None}
+                if e.kind == FeatureKind.EMBEDDING and getattr(e, "derived_from", None) is None}
         if not nets:
             raise UsageError("reference statistics need an embedding extractor (inception, xrv, ...)")
         acc = {k: RunningMoments(e.num_features, device=device) for k, e in nets.items()}

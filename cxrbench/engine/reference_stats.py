@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind
 from ..fileio import atomic_write_bytes
 
 SCHEMA = "cxrbench.engine.reference_stats/1"
@@ -60,7 +61,7 @@ def load_reference_stats(path) -> dict:
 def check_specs(path, loaded: dict, specs: dict[str, dict]) -> None:
     """Every embedding extractor of this run must be in the file with an identical spec."""
     for ext, spec in specs.items():
-        if spec.get("kind") != "embedding":
+        if spec.get("kind") != FeatureKind.EMBEDDING:
             continue
         have = loaded["stats"].get(ext)
         if have is None:
@@ -78,8 +79,8 @@ def write_reference_stats(reference, out, *, config) -> Path:
 
     from ..config import resolve_device
     from ..data.sources import open_source
-    from ..features.cache import FeatureCache
     from ..data.splits import real_vs_real_split
+    from ..features.cache import FeatureCache
     from ..metrics.fid import fid_from_features, gaussian_stats
     from .extraction import build_extractors, extract_features
 
@@ -87,7 +88,7 @@ def write_reference_stats(reference, out, *, config) -> Path:
     src = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,
                       index=config.use_cache, cache_dir=config.cache_dir)
     extractors = build_extractors(config.extractors, config, device)
-    emb = {k: e for k, e in extractors.items() if e.kind == "embedding"}
+    emb = {k: e for k, e in extractors.items() if e.kind == FeatureKind.EMBEDDING}
     if not emb:
         raise UsageError("cxrbench stats needs at least one embedding extractor (inception, xrv, moco, ...)")
     feats, bad = extract_features(src, emb, config, FeatureCache(config.cache_dir, enabled=config.use_cache),

@@ -9,17 +9,34 @@ Extractors are eval-only: ``train(True)`` is refused, as torchmetrics' NoTrainIn
 from __future__ import annotations
 
 import itertools
+from enum import StrEnum
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 
+class FeatureKind(StrEnum):
+    """What an extractor's features are, and so which metrics apply (a ``str``: specs and results hold the value)."""
+
+    EMBEDDING = "embedding"  # FID, KID, PRDC, memorization, KS over features
+    PROBABILITIES = "probabilities"  # label metrics
+    STATISTICS = "statistics"  # pixel-intensity KS
+
+
+#: ``--weights random`` and the weights id prefix (``random:<seed>``) of seeded random initialisation
+RANDOM_WEIGHTS = "random"
+
+
+def is_random_weights(weights) -> bool:
+    """Whether a weights setting or a weights id (``random:<seed>``) means seeded random initialisation."""
+    return str(weights).split(":")[0] == RANDOM_WEIGHTS
+
+
 class FeatureExtractor(nn.Module):
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    #: "embedding" (FID/KID/PRDC apply), "probabilities" (label metrics), "statistics" (pixel KS)
-    kind: ClassVar[str] = "embedding"
+    kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     num_features: int = 0
     input_size: int = 0
     resize_filter: str = "none"
@@ -116,7 +133,7 @@ class FeatureExtractor(nn.Module):
         w = str(weights_id)
         if w == "none":
             return None
-        if w.startswith("random"):
+        if is_random_weights(w):
             return f"{cls.name}: {w} weights"
         if len(w) == 64 and any(w.startswith(p) for p in cls.published_sha256):
             return None

@@ -27,7 +27,7 @@ from torch import nn
 from ..data.io import sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import WeightsError
-from .base import FeatureExtractor, bn_recalibrate
+from .base import FeatureExtractor, FeatureKind, bn_recalibrate, is_random_weights
 from .resize import center_crop_xrv
 
 IMAGE_SIZE = 64
@@ -126,7 +126,7 @@ class CXR64Extractor(FeatureExtractor):
     #: weights saw (the label head only calibrated and chose labels there)
     augmentation_splits = ("cxr64-train", "cxr64-heldout,cxr64-reference")
     version = "1"
-    kind = "embedding"
+    kind = FeatureKind.EMBEDDING
     num_features = EMBED_DIM
     input_size = IMAGE_SIZE
     resize_filter = "centre crop (xrv offset) + bilinear-antialias (torch) to 64 px"
@@ -140,7 +140,7 @@ class CXR64Extractor(FeatureExtractor):
         super().__init__()
         if network is not None:
             self.net, self.weights_id = network, "memory"
-        elif weights is not None and str(weights) == "random":
+        elif weights is not None and is_random_weights(weights):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.net = CXR64Net()
@@ -170,7 +170,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
 
     name = "cxr64-classifier"
     version = "1"
-    kind = "probabilities"
+    kind = FeatureKind.PROBABILITIES
     derived_from = "cxr64"
     input_size = IMAGE_SIZE
     resize_filter = CXR64Extractor.resize_filter
@@ -180,7 +180,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
         super().__init__()
         base = CXR64Extractor(weights=weights, seed=seed, device="cpu")
         head_path = shipped_path(HEAD_FILE)
-        if str(weights) == "random" or not head_path.is_file():
+        if is_random_weights(weights) or not head_path.is_file():
             if str(weights) != "random":
                 raise WeightsError(f"{head_path}: the cxr64 label calibration is missing; reinstall cxrbench")
             calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
@@ -209,7 +209,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
 
     def spec(self) -> dict:
         return {**super().spec(), "derived_from": self.derived_from, "labels": list(self.feature_names),
-                "calibration": "platt+op_norm" if not self.weights_id.startswith("random") else "none (random weights)"}
+                "calibration": "platt+op_norm" if not is_random_weights(self.weights_id) else "none (random weights)"}
 
     @torch.no_grad()
     def from_features(self, f: torch.Tensor) -> torch.Tensor:

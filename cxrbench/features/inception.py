@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError, WeightsError
-from .base import FeatureExtractor, bn_recalibrate, fold_conv_batchnorm
+from .base import FeatureExtractor, FeatureKind, bn_recalibrate, fold_conv_batchnorm, is_random_weights
 from .weights import resolve_weights_file, torch_hub_checkpoints, weights_sha256
 
 URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -336,7 +336,7 @@ class FIDInceptionV3(nn.Module):
 class InceptionV3Extractor(FeatureExtractor):
     name = "inception"
     version = "1"
-    kind = "embedding"
+    kind = FeatureKind.EMBEDDING
     num_features = 2048
     input_size = 299
     resize_filter = RESIZES["tf1"]  # the default; an instance names its own
@@ -355,7 +355,7 @@ class InceptionV3Extractor(FeatureExtractor):
             allow_unpublished = os.environ.get(ALLOW_UNPUBLISHED_ENV, "") not in ("", "0")
         self.allow_unpublished = allow_unpublished
         self.net = FIDInceptionV3()
-        if weights == "random":
+        if is_random_weights(weights):
             # Seeded init, then BatchNorm statistics from synthetic radiographs: features O(1), reproducible.
             from ..data.synthetic import synthetic_cxr
 

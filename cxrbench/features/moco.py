@@ -20,13 +20,13 @@ from ..data.io import sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import UsageError, WeightsError
 from ..registry import REPRESENTATIONS
-from .base import FeatureExtractor, bn_recalibrate
+from .base import RANDOM_WEIGHTS, FeatureExtractor, FeatureKind, bn_recalibrate, is_random_weights
 
 
 class MoCoExtractor(FeatureExtractor):
     name = "moco"
     version = "1"
-    kind = "embedding"
+    kind = FeatureKind.EMBEDDING
     resize_filter = "short side + center crop, bilinear-antialias (torch)"
 
     def __init__(self, *, weights: str | os.PathLike | None = None, seed: int = 0,
@@ -37,7 +37,7 @@ class MoCoExtractor(FeatureExtractor):
         cls = REPRESENTATIONS.get("moco")
         if model is not None:
             self.weights_id = "memory:" + _state_sha256(model)
-        elif weights is not None and str(weights) == "random":
+        elif weights is not None and is_random_weights(weights):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = cls(cls.Config())
@@ -58,7 +58,7 @@ class MoCoExtractor(FeatureExtractor):
     @staticmethod
     def weights_from_config(config) -> str:
         """``--moco-checkpoint DIR``, or "random" under ``--weights random``; nothing else names MoCo weights."""
-        weights = config.moco_checkpoint or ("random" if config.weights == "random" else None)
+        weights = config.moco_checkpoint or (RANDOM_WEIGHTS if is_random_weights(config.weights) else None)
         if weights is None:
             raise UsageError("extractor 'moco' needs --moco-checkpoint DIR (a folder saved by `cxrbench train moco`)")
         return weights

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import FeatureExtractor
+from .base import FeatureExtractor, FeatureKind
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 FEATURE_NAMES = ["mean", "std", *(f"p{p}" for p in PERCENTILES), "entropy_equalized"]
@@ -53,7 +53,7 @@ def equalized_entropy(flat: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
 class PixelStatsExtractor(FeatureExtractor):
     name = "pixels"
     version = "1"
-    kind: ClassVar[str] = "statistics"
+    kind: ClassVar[FeatureKind] = FeatureKind.STATISTICS
     num_features = len(FEATURE_NAMES)
     input_size = 0  # native size
     resize_filter = "none"

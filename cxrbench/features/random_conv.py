@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeatureExtractor, bn_recalibrate
+from .base import FeatureExtractor, FeatureKind, bn_recalibrate
 
 
 class RandomConvExtractor(FeatureExtractor):
     name = "random-conv"
     version = "1"
-    kind = "embedding"
+    kind = FeatureKind.EMBEDDING
     num_features = 64
     input_size = 32
     resize_filter = "bilinear-antialias (torch)"

@@ -23,6 +23,11 @@ from ..data.io import sha256_file
 from ..errors import WeightsError
 
 MIRROR_ENV = "CXRBENCH_WEIGHTS_MIRROR"
+#: the advice that works offline: the cxr64 network ships with cxrbench (no download, comparable numbers);
+#: random weights only show that the pipeline runs
+OFFLINE_HINT = ("or, offline, use the network that ships with cxrbench: --extractors cxr64 (the cxr64 protocol's "
+                "network; extractors=(\"cxr64\",) in Python); --weights random only for a smoke test (numbers not "
+                "comparable)")
 
 
 def resolve_weights_file(
@@ -76,7 +81,7 @@ def resolve_weights_file(
         f"{what} weights not found ({reason}). Put {filenames[0]} in {where} "
         f"(or set CXRBENCH_WEIGHTS to its folder, or {MIRROR_ENV} to a URL serving it)"
         f"{' - it is published at ' + url if url else ''}; "
-        "or run with --weights random for an offline smoke test (numbers not comparable)"
+        + OFFLINE_HINT
     )
 
 

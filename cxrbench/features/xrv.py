@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError, WeightsError
-from .base import FeatureExtractor, bn_recalibrate
+from .base import FeatureExtractor, FeatureKind, bn_recalibrate, is_random_weights
 from .legacy_pickle import LegacyPickleError, state_dict_from_file
 from .resize import center_crop_xrv, xrv_resize
 from .weights import resolve_weights_file, weights_sha256
@@ -102,7 +102,7 @@ def build_densenet(weights: str, seed: int):
     xrv = _xrv()
     torch.manual_seed(seed)
     net = xrv.models.DenseNet(weights=None)  # builds without download
-    if weights == "random":
+    if is_random_weights(weights):
         from ..data.synthetic import synthetic_cxr
 
         x = F.interpolate(synthetic_cxr(16, 224, seed=seed), size=224) * 2048 - 1024
@@ -123,7 +123,7 @@ def build_densenet(weights: str, seed: int):
 class XRVDenseNetExtractor(FeatureExtractor):
     name = "xrv"
     version = "2"  # 2: xrv's XRayResizer by default, xrv's centre-crop offset
-    kind = "embedding"
+    kind = FeatureKind.EMBEDDING
     num_features = 1024
     input_size = 224
     resize_filter = RESIZES["xrv"]  # the default; an instance names its own
@@ -192,7 +192,7 @@ class XRVClassifierExtractor(FeatureExtractor):
 
     name = "xrv-classifier"
     version = "2"  # follows xrv's version 2 preprocessing
-    kind = "probabilities"
+    kind = FeatureKind.PROBABILITIES
     num_features = 18
     input_size = 224
     derived_from = "xrv"

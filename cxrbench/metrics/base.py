@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..features.base import FeatureKind
+
 
 @dataclass
 class MetricValue:
@@ -100,7 +102,7 @@ class EvalContext:
     device: str = "cpu"
 
     def embedding_extractors(self) -> list[str]:
-        return [n for n, s in self.extractors.items() if s.get("kind") == "embedding"]
+        return [n for n, s in self.extractors.items() if s.get("kind") == FeatureKind.EMBEDDING]
 
 
 @dataclass

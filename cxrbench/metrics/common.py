@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import EvalConfig
 from ..data.splits import real_vs_real_split
 from ..errors import DataError
+from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
 from .bootstrap import bootstrap_ci
 
@@ -29,8 +31,9 @@ from .bootstrap import bootstrap_ci
 @dataclass(frozen=True)
 class MetricSettings:
     seed: int = 0
-    #: bootstrap replicates for the 95% CIs (200: nominal coverage in tests/benchmarks/coverage.py)
-    n_bootstrap: int = 200
+    #: bootstrap replicates for the 95% CIs: EvalConfig's default (one place for the CLI, the harness and
+    #: ``functional``'s ``ci=True``; 200: nominal coverage in tests/benchmarks/coverage.py)
+    n_bootstrap: int = EvalConfig.n_bootstrap
     alpha: float = 0.05
     #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
     kid_subset_size: int = 1000
@@ -196,7 +199,7 @@ CLASSIFIERS = ("xrv-classifier", "cxr64-classifier")
 
 def classifier_of(ctx: EvalContext) -> str | None:
     """The label classifier (an extractor of kind "probabilities") whose outputs the label metrics read."""
-    ran = [n for n, s in ctx.extractors.items() if s.get("kind") == "probabilities" and n in ctx.gen.features]
+    ran = [n for n, s in ctx.extractors.items() if s.get("kind") == FeatureKind.PROBABILITIES and n in ctx.gen.features]
     ran.sort(key=lambda n: CLASSIFIERS.index(n) if n in CLASSIFIERS else len(CLASSIFIERS))
     return ran[0] if ran else None
 

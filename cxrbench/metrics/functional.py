@@ -1,8 +1,22 @@
 """Metrics as plain functions of two ``(N, D)`` feature arrays, for users with their own embeddings.
 
     from cxrbench.metrics import functional as F
-    r = F.fid(gen_features, ref_features, n_bootstrap=200, seed=0)
+    r = F.fid(real=real_features, fake=generated_features)           # point estimate, ~ms
+    r = F.fid(real=real_features, fake=generated_features, ci=True)  # + 95% interval (N_BOOTSTRAP replicates)
     r.value, r.ci, r.valid, r.reason, r.value_bias_corrected
+
+The two sets are keyword-only, ``real=`` (the reference) and ``fake=`` (the generated set), in every function:
+PRDC's precision and recall swap when the sets do, and the ``prdc`` package takes them positionally as
+``compute_prdc(real_features, fake_features)`` while torchmetrics updates with ``real=True/False``; keywords
+make a port from either explicit, and a positional call fails (``TypeError``) instead of silently swapping.
+``F.prdc(real=x, fake=y)`` equals ``prdc.compute_prdc(x, y)`` (tested). FID, KID, FD_inf and KS take the same
+keywords though their values are symmetric, so there is one convention to remember.
+
+Intervals are on request: by default each function returns the point estimate alone (no bootstrap, ``ci``
+None). ``ci=True`` runs ``N_BOOTSTRAP`` replicates (``EvalConfig.n_bootstrap``'s default, the count the
+coverage benchmark measured; FD_inf: ``MetricSettings.fd_inf_n_bootstrap``), ``n_bootstrap=N`` runs N. The
+cost grows linearly with the replicates: every FID replicate is an eigendecomposition of a D x D matrix,
+every KID replicate re-weights its kernel blocks (README "Functional API" for measured times).
 
 Each function returns a ``MetricValue`` (``prdc`` a dict of four) or raises ``DataError`` for inputs it
 refuses (not 2-d, different D, NaN/inf, too few rows). The registered metrics (``cxrbench evaluate``) call
@@ -22,11 +36,15 @@ import numpy as np
 from ..errors import DataError
 from .base import MetricValue
 from .bootstrap import Interval, interval_from_replicates, two_sample_bootstrap
-from .common import with_interval
+from .common import MetricSettings, with_interval
 
-#: bootstrap replicates by default (as ``EvalConfig.n_bootstrap``): the coverage benchmark reached nominal
-#: coverage with 200; more replicates narrow the Monte Carlo error of the 2.5% quantiles, not their bias
-N_BOOTSTRAP = 200
+#: replicates of ``ci=True``: ``EvalConfig.n_bootstrap``'s default (read through ``MetricSettings``, which
+#: takes it from there), so the CLI, the harness and this API share one default. The coverage benchmark
+#: reached nominal coverage with 200; more replicates narrow the Monte Carlo error of the 2.5% quantiles,
+#: not their bias
+N_BOOTSTRAP = MetricSettings.n_bootstrap
+#: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)
+FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
 #: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
 #: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
 FD_MIN_ROWS_PER_DIM = 2.0
@@ -36,10 +54,20 @@ DENSITY_INFLATE = 1.3
 FD_INF_MIN_ROWS_PER_DIM = 1.0
 
 
+def replicates(n_bootstrap: int | None, ci: bool, default: int = N_BOOTSTRAP) -> int:
+    """Bootstrap replicates to run: ``n_bootstrap`` when given, else ``default`` with ``ci=True``, else 0."""
+    if n_bootstrap is not None:
+        if n_bootstrap < 0:
+            raise DataError(f"n_bootstrap={n_bootstrap}: expected 0 (no interval) or more replicates")
+        return int(n_bootstrap)
+    return default if ci else 0
+
+
 def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np.ndarray, np.ndarray]:
-    """Both sets as float64 ``(N, D)`` arrays with the same D, finite, at least ``min_rows`` rows each."""
+    """Both sets (generated, reference) as float64 ``(N, D)`` arrays with the same D, finite, at least
+    ``min_rows`` rows each; messages name them by their keywords, ``fake`` and ``real``."""
     out = []
-    for name, x in (("generated", gen), ("reference", ref)):
+    for name, x in (("fake (generated)", gen), ("real (reference)", ref)):
         x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
         if x.ndim != 2:
             raise DataError(f"{what}: {name} features must be a 2-d (N, D) array, got shape {x.shape}")
@@ -50,8 +78,8 @@ def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np
                             " drop or fix those rows")
         out.append(x)
     if out[0].shape[1] != out[1].shape[1]:
-        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} (generated) vs {out[1].shape[1]}"
-                        " (reference); use the same extractor for both sets")
+        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} (fake) vs {out[1].shape[1]}"
+                        " (real); use the same extractor for both sets")
     return out[0], out[1]
 
 
@@ -61,14 +89,19 @@ def _fd_validity(n: int, d: int, per_dim: float, what: str, why: str) -> tuple[b
     return True, None
 
 
-def fid(gen, ref=None, *, ref_stats: dict | None = None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-        alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FID with a basic-bootstrap interval over both sets, and the bias-corrected estimate beside it.
+def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_bootstrap: int | None = None,
+        seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
+    """FID; on request a basic-bootstrap interval over both sets, and the bias-corrected estimate beside it.
 
-    ``ref_stats`` (``{"mu", "sigma", "n"}``) stands in for ``ref`` when the reference is only known by its
+    ``real_stats`` (``{"mu", "sigma", "n"}``) stands in for ``real`` when the reference is only known by its
     statistics; the interval then resamples the generated set alone (``ci_method`` says so).
     """
     from .fid import BootstrapFD, TwoSampleFD, _as64, covariance_factor, frechet_distance, gaussian_stats
+
+    gen, ref, ref_stats = fake, real, real_stats
+    n_bootstrap = replicates(n_bootstrap, ci)
+    if (ref is None) == (ref_stats is None):
+        raise DataError("fid: pass exactly one of real= (features) and real_stats= (mu, sigma, n)")
 
     if ref_stats is None:
         g, r = check_pair(gen, ref, what="fid")
@@ -103,21 +136,24 @@ def fid(gen, ref=None, *, ref_stats: dict | None = None, n_bootstrap: int = N_BO
     return with_interval(mv, iv, bias_corrected=True, lower=0.0)
 
 
-def kid(gen, ref, *, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
-        n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """KID (mean unbiased MMD^2 over subsets) with a percentile interval over distinct-pair replicates.
+def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
+        ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
+        device: str = "cpu") -> MetricValue:
+    """KID (mean unbiased MMD^2 over subsets); on request a percentile interval over distinct-pair replicates.
 
     Both sets are resampled when the whole N x N kernels fit (N <= 8192); above, the reference is fixed.
     """
     from .kid import kid as kid_subsets
 
-    g, r = check_pair(gen, ref, what="kid")
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, what="kid")
+    # the kernel blocks are kept only for the replicates to reweight
     res = kid_subsets(g, r, subset_size=subset_size, n_subsets=n_subsets, seed=seed, device=device,
-                      keep=boot_subsets)
+                      keep=boot_subsets if n_bootstrap > 0 else 0)
     m = min(subset_size, len(g), len(r))
     mv = MetricValue(res.mean, False, None, len(g), len(r),
                      extra={"std": res.std, "subset_size": m, "subsets": n_subsets})
-    if res.whole is None and not res.kept:
+    if n_bootstrap <= 0 or (res.whole is None and not res.kept):
         return mv
     both = res.whole is not None
 
@@ -134,10 +170,14 @@ def kid(gen, ref, *, subset_size: int = 1000, n_subsets: int = 100, boot_subsets
     return with_interval(mv, iv, bias_corrected=False)
 
 
-def prdc(gen, ref, *, k: int = 5, boot_candidates: int = 32, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-         alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
+def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
+         seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
          ci_method: str | None = None) -> dict[str, MetricValue]:
-    """Precision, recall, density, coverage (Naeem et al.) with intervals over both sets.
+    """Precision, recall, density, coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
+    Generative Models", 2020); on request intervals over both sets.
+
+    Precision is the share of ``fake`` rows inside some ``real`` row's k-NN ball, recall the converse: the
+    values of ``prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)``.
 
     Centred intervals: a resample holds ~63% distinct rows, which removes balls and pulls every replicate
     down without any bias in the estimator. Density's is widened by ``DENSITY_INFLATE`` (its replicates
@@ -147,7 +187,8 @@ def prdc(gen, ref, *, k: int = 5, boot_candidates: int = 32, n_bootstrap: int = 
     from . import knn
     from .prdc import prdc as prdc_result
 
-    g, r = check_pair(gen, ref, min_rows=k + 1, what="prdc")
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, min_rows=k + 1, what="prdc")
     res = prdc_result(r, g, k=k, boot_candidates=boot_candidates, device=device,
                       budget=budget or knn.DEFAULT_BUDGET)
     vals = res.as_dict()
@@ -171,9 +212,9 @@ def prdc(gen, ref, *, k: int = 5, boot_candidates: int = 32, n_bootstrap: int = 
     return out
 
 
-def fd_inf(gen, ref, *, points: int = 15, min_fraction: float = 0.2, n_bootstrap: int = 50, seed: int = 0,
-           alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FD_inf extrapolated in both set sizes, with a basic-bootstrap interval over both sets.
+def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool = False,
+           n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
+    """FD_inf extrapolated in both set sizes; on request a scaled centred-bootstrap interval over both sets.
 
     Refused (``DataError``) with fewer than 10 rows per set. Flagged (``valid=False``) when the smallest
     fitted subset has fewer than ``FD_INF_MIN_ROWS_PER_DIM`` rows per dimension: the 1/N model does not hold
@@ -181,7 +222,8 @@ def fd_inf(gen, ref, *, points: int = 15, min_fraction: float = 0.2, n_bootstrap
     """
     from .fd_inf import fd_inf_two_sample
 
-    g, r = check_pair(gen, ref, min_rows=10, what="fd_inf")
+    n_bootstrap = replicates(n_bootstrap, ci, FD_INF_N_BOOTSTRAP)
+    g, r = check_pair(fake, real, min_rows=10, what="fd_inf")
     kw = dict(points=points, min_fraction=min_fraction, seed=seed, device=device)
     raw, details = fd_inf_two_sample(g, r, **kw)
     smallest = min(details["sizes"][0], details["ref_sizes"][0])
@@ -211,15 +253,19 @@ def fd_inf(gen, ref, *, points: int = 15, min_fraction: float = 0.2, n_bootstrap
     return with_interval(mv, iv, bias_corrected=False, lower=0.0)
 
 
-def ks_features(gen, ref, *, names: list[str] | None = None, q: float = 0.05, n_bootstrap: int = N_BOOTSTRAP,
-                seed: int = 0, alpha: float = 0.05, device: str = "cpu", ci_method: str = "centred") -> MetricValue:
-    """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``), with a
-    percentile interval over both sets."""
+def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
+                n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
+                ci_method: str = "centred") -> MetricValue:
+    """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
+    centred interval over both sets."""
     from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
 
-    g, r = check_pair(gen, ref, what="ks_features")
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, what="ks_features")
     res = ks_battery(g, r, names, q=q)
     mv = MetricValue(res.fraction, False, None, len(g), len(r), extra=res.extra(q))
+    if n_bootstrap <= 0:
+        return mv
 
     if g.shape[1] * (len(g) + len(r)) <= 2**26:  # position tables of 2 x 512 MB at most
         wks = WeightedKS(g, r, device=device)

@@ -34,8 +34,8 @@ class FID(TwoSampleMetric):
         st = pair.settings
         kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
         if pair.ref is None:  # reference given as statistics (`cxrbench stats`)
-            return F.fid(pair.gen, ref_stats=pair.ref_stats, **kw)
-        return F.fid(pair.gen, pair.ref, **kw)
+            return F.fid(fake=pair.gen, real_stats=pair.ref_stats, **kw)
+        return F.fid(real=pair.ref, fake=pair.gen, **kw)
 
     def point(self, x, y, pair: FeaturePair) -> float:
         return fid_from_features(x, y)
@@ -54,8 +54,8 @@ class KID(TwoSampleMetric):
 
     def estimate(self, pair: FeaturePair) -> MetricValue:
         st = pair.settings
-        return F.kid(pair.gen, pair.ref, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap, alpha=st.alpha,
-                     **self._kw(pair))
+        return F.kid(real=pair.ref, fake=pair.gen, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap,
+                     alpha=st.alpha, **self._kw(pair))
 
     def point(self, x, y, pair: FeaturePair) -> float:
         return kid(x, y, **self._kw(pair)).mean
@@ -79,7 +79,8 @@ class PRDC(TwoSampleMetric):
 
     def estimate(self, pair: FeaturePair) -> dict[str, MetricValue]:
         st = pair.settings
-        return F.prdc(pair.gen, pair.ref, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, **self._kw(pair))
+        return F.prdc(real=pair.ref, fake=pair.gen, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
+                      **self._kw(pair))
 
     def point(self, x, y, pair: FeaturePair) -> dict[str, float]:
         return prdc(y, x, **self._kw(pair)).as_dict()
@@ -102,8 +103,8 @@ class FDInf(TwoSampleMetric):
                     device=float64_device(pair.device))
 
     def estimate(self, pair: FeaturePair) -> MetricValue:
-        return F.fd_inf(pair.gen, pair.ref, n_bootstrap=pair.settings.fd_inf_n_bootstrap, alpha=pair.settings.alpha,
-                        **self._kw(pair))
+        return F.fd_inf(real=pair.ref, fake=pair.gen, n_bootstrap=pair.settings.fd_inf_n_bootstrap,
+                        alpha=pair.settings.alpha, **self._kw(pair))
 
     def point(self, x, y, pair: FeaturePair) -> float:
         return max(0.0, fd_inf_two_sample(x, y, **self._kw(pair))[0])
@@ -125,7 +126,7 @@ class KSFeatures(TwoSampleMetric):
 
     def estimate(self, pair: FeaturePair) -> MetricValue:
         st = pair.settings
-        return F.ks_features(pair.gen, pair.ref, names=pair.names, q=st.ks_q, n_bootstrap=st.n_bootstrap,
+        return F.ks_features(real=pair.ref, fake=pair.gen, names=pair.names, q=st.ks_q, n_bootstrap=st.n_bootstrap,
                              seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
 
     def point(self, x, y, pair: FeaturePair) -> float:

@@ -31,11 +31,13 @@ import numpy as np
 import torch
 
 from ..config import EvalConfig, resolve_device
-from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..data.imageset import ImageSource, _align_table, _read_csv
+from ..data.labels import LABELS, NO_FINDING, canonical_label
 from ..data.sources import open_source
 from ..engine.extraction import build_extractors, decoded_batches, default_workers, extract_features
+from ..engine.protocol import Protocol
 from ..errors import DataError, UsageError
+from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
 from ..metrics.base import MetricValue
 from ..registry import CLASSIFIERS
@@ -162,7 +164,7 @@ def _labeller(extractor: str, task: tuple[str, str]) -> tuple[str, str]:
 
     for name in EXTRACTORS.names():
         cls = EXTRACTORS.get(name)
-        if getattr(cls, "derived_from", None) == extractor and getattr(cls, "kind", "") == "probabilities":
+        if getattr(cls, "derived_from", None) == extractor and cls.kind == FeatureKind.PROBABILITIES:
             try:
                 names = cls().feature_names or []
             except Exception:  # noqa: BLE001 - a head that cannot be built here labels nothing; fall back to xrv
@@ -607,7 +609,7 @@ def augment(real, synthetic, *, config: AugmentConfig | None = None, real_labels
         y_syn = _classifier_labels(f[head], lx[head].feature_names, pos, neg)
         label_source = head
         specs[head] = lx[head].spec()
-        weights_note = " (RANDOM weights: these labels are meaningless)" if cfg.weights == "random" else ""
+        weights_note = " (RANDOM weights: these labels are meaningless)" if is_random_weights(cfg.weights) else ""
         notes.append(f"synthetic labels were not given (no {pos!r}/{neg!r} columns in a manifest.csv); they come "
                      f"from the {head} classifier (probability > 0.5 = present, No Finding = nothing present)"
                      f"{weights_note}")
@@ -741,11 +743,12 @@ def run_augmentation(real, synthetic, *, task: str, config: AugmentConfig | None
     return out.metrics
 
 
-class AugmentationProtocol:
+class AugmentationProtocol(Protocol):
     """Registry entry ``PROTOCOLS["augmentation"]``: metadata plus :func:`run_augmentation`."""
 
     name = PROTOCOL_NAME
     version = PROTOCOL_VERSION
+    adds_metrics = True
     outputs = OUTPUTS
     Config = AugmentConfig
 
@@ -758,7 +761,7 @@ class AugmentationProtocol:
         config = ctx.config
         if not config.augment_task:
             raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
-        emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == "embedding"), None)
+        emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == FeatureKind.EMBEDDING), None)
         if emb is None:
             raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
         return self.run(sources["reference"], sources["samples"], task=config.augment_task,

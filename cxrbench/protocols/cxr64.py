@@ -20,13 +20,12 @@ Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..data.io import sha256_file
+from ..data.precomputed import PrecomputedSet
 from ..errors import UsageError, WeightsError
+from ..engine.protocol import Protocol
 from ..features.cxr64 import shipped_path
 
 NAME = "cxr64"
@@ -43,52 +42,7 @@ FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train"
 #: real-image sets a leaderboard evaluates in place of a generator's samples, to give the board its scale:
 #: held-out NIH images (in no training split and not in the reference: what a perfect generator would score)
 #: and the training images themselves (a perfect memorizer, which memorization_cxr64 must flag)
-SHIPPED_SAMPLES = {"cxr64:heldout": "heldout", "cxr64:train": "train"}
-
-
-@dataclass
-class PrecomputedSet:
-    """An image set known only by its features (shipped with a protocol): no images, no decoding.
-
-    ``features`` holds the base extractor's features; derived extractors (the label head) are computed from
-    them by the harness. ``specs`` are the extractor specs the features were made with: the harness refuses
-    them when the running extractor differs (other weights, version or preprocessing).
-    """
-
-    name: str
-    ids: list[str]
-    hashes: list[str]
-    features: dict[str, np.ndarray]
-    specs: dict[str, dict]
-    labels: object = None  # pandas.DataFrame aligned with ids
-    patient_ids: list[str] | None = None
-    meta: dict = dataclasses.field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, idx) -> PrecomputedSet:
-        idx = [int(i) for i in idx]
-        labels = None if self.labels is None else self.labels.iloc[idx].reset_index(drop=True)
-        return dataclasses.replace(
-            self, ids=[self.ids[i] for i in idx], hashes=[self.hashes[i] for i in idx],
-            features={k: v[idx] for k, v in self.features.items()}, labels=labels,
-            patient_ids=None if self.patient_ids is None else [self.patient_ids[i] for i in idx])
-
-    def canonical(self) -> PrecomputedSet:
-        """Rows in sha256 order, as a samples folder is read (the protocol's first N are then the same N)."""
-        return self.subset(sorted(range(len(self)), key=lambda i: (self.hashes[i], self.ids[i])))
-
-    def describe(self) -> dict:
-        return {"path": self.name, "kind": "features", "split": self.meta.get("split"), "n": len(self),
-                "sha256": self.meta.get("sha256"), **{k: v for k, v in self.meta.items() if k not in ("split",)}}
-
-
-def shipped_samples(spec) -> PrecomputedSet | None:
-    """``"cxr64:heldout"`` / ``"cxr64:train"`` as a samples set (rows in sha256 order); None for anything else."""
-    if isinstance(spec, str) and spec in SHIPPED_SAMPLES:
-        return load_features(SHIPPED_SAMPLES[spec]).canonical()
-    return None
+SHIPPED_SAMPLES = ("heldout", "train")
 
 
 def load_features(which: str) -> PrecomputedSet:
@@ -119,7 +73,7 @@ def load_features(which: str) -> PrecomputedSet:
         )
 
 
-class CXR64Protocol:
+class CXR64Protocol(Protocol):
     """Registry entry ``PROTOCOLS["cxr64"]``: fixes extractors, metrics, sample count and the shipped sets."""
 
     name = NAME
@@ -144,3 +98,7 @@ class CXR64Protocol:
             raise UsageError(f"--protocol {NAME} does not include {sorted(asked)}; its metrics: {', '.join(METRICS)}")
         config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
         return config, load_features("reference"), load_features("train")
+
+    def shipped_samples(self, which: str) -> PrecomputedSet | None:
+        """``cxr64:heldout`` / ``cxr64:train`` as a samples set (rows in sha256 order)."""
+        return load_features(which).canonical() if which in SHIPPED_SAMPLES else None

@@ -86,6 +86,32 @@ def _without_protocol_patients(source, split: str):
         raise UsageError(f"--split {split}: {source.name} has no patient ids (a labels.csv patient_id column or "
                          "a named reference such as nih-cxr14); they decide which images stay out")
     pids = source.patient_ids or source.labels["patient_id"].astype(str).tolist()
-    held = {str(p).lstrip("0") or "0" for w in ("reference", "heldout") for p in load_features(w).patient_ids}
-    keep = [i for i, p in enumerate(pids) if (str(p).lstrip("0") or "0") not in held]
+    held = {_pid(p) for w in ("reference", "heldout") for p in load_features(w).patient_ids}
+    keep = [i for i, p in enumerate(pids) if _pid(p) not in held]
     return source.subset(keep)
+
+
+def protocol_overlap(source) -> dict[str, int]:
+    """How much of ``source`` is the cxr64 protocol's reference or held-out set: images (by sha256, shipped with
+    their features) and further images of their patients (by patient id). Training on either leaks the
+    protocol's evaluation data into the model (``train`` warns or refuses on it)."""
+    from .cxr64 import load_features
+
+    hashes = set(source.hashes)
+    pids = source.patient_ids
+    if pids is None and source.labels is not None and "patient_id" in source.labels.columns:
+        pids = source.labels["patient_id"].astype(str).tolist()
+    out = {"images": 0, "patient_images": 0}
+    held_patients = set()
+    for which in ("reference", "heldout"):
+        pre = load_features(which)
+        out["images"] += len(hashes & set(pre.hashes))
+        held_patients |= {_pid(p) for p in pre.patient_ids}
+    if pids is not None:
+        out["patient_images"] = sum(_pid(p) in held_patients for p in pids)
+    out["train_split_present"] = int(set(load_features("train").hashes) <= hashes)
+    return out
+
+
+def _pid(p) -> str:
+    return str(p).lstrip("0") or "0"

@@ -47,7 +47,7 @@ BLOCK_KEYS = ("protocol", "task", "config", "real", "weights", "metrics", "detai
 def conditional_on(source, task: str) -> bool:
     """Whether the samples carry both labels of ``task`` (a conditional model's manifest.csv)."""
     from ..protocols.augmentation import parse_task
-    from ..protocols.cxr64 import PrecomputedSet
+    from ..data.precomputed import PrecomputedSet
 
     if isinstance(source, PrecomputedSet):
         return False  # a reference row of real images: its labels are findings, not requests to a generator

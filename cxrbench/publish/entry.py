@@ -212,7 +212,7 @@ def load_entries(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Every ``*.json`` directly in ``folder`` (no recursion, no symlinks out), sorted by slug."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --out {folder}`")
+        raise DataError(f"{folder}: no such entries folder; create entries with `cxrbench submit --entries {folder}`")
     root = folder.resolve()
     out = []
     for p in sorted(folder.glob("*.json")):

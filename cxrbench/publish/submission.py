@@ -24,7 +24,8 @@ from ..fileio import atomic_write_bytes
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .entry import make_entry
+from .entry import MAX_ENTRY_BYTES, load_entry, make_entry
+from .entry import SCHEMA as ENTRY_SCHEMA
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -44,11 +45,11 @@ def snapshot(samples: str | os.PathLike) -> Snapshot:
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
-    from ..data.io import sha256_file
     from ..data.imageset import open_folder
-    from ..protocols.cxr64 import shipped_samples
+    from ..data.io import sha256_file
+    from ..engine.protocol import protocol_samples
 
-    pre = shipped_samples(str(samples))
+    pre = protocol_samples(str(samples))
     if pre is not None:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
     root = Path(samples)
@@ -100,6 +101,34 @@ def config_from_entry(entry: dict, **local) -> Any:
     kw["samples_split"] = None  # a submission is the whole folder
     kw.update({k: v for k, v in local.items() if v is not None})
     return EvalConfig(**kw)
+
+
+def load_baseline(path: str | os.PathLike) -> dict:
+    """What ``check --against`` compares with: a leaderboard entry (``cxrbench.entry/1``) as it is, or a result
+    file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
+    baseline needs neither a model card nor ``submit``."""
+    from .. import results
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            raise DataError(f"{path}: larger than {MAX_ENTRY_BYTES >> 20} MiB; not an entry or a result file")
+        schema = json.loads(path.read_bytes().decode("utf-8")).get("schema")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; pass an entry (leaderboard/entries/NAME.json) or a result "
+                        "file (cxrbench evaluate --out FILE)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; pass an entry or a result file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError) as e:
+        raise DataError(f"{path}: not a JSON object ({type(e).__name__}); pass an entry or a result file") from None
+    if schema == ENTRY_SCHEMA:
+        return load_entry(path)
+    if schema != results.SCHEMA:
+        raise DataError(f"{path}: schema is {schema!r}; expected an entry ({ENTRY_SCHEMA!r}) or a result "
+                        f"({results.SCHEMA!r})")
+    result = dict(results.load(path))
+    return {"slug": path.name, "result": result, "weights": weights_of(result),
+            "protocol": {"name": result["protocol"]["name"], "version": result["protocol"]["version"]}}
 
 
 def reference_of(entry: dict) -> str | None:
@@ -168,21 +197,21 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
-    if str(samples) in SHIPPED_SAMPLES:
+    if protocol_samples(str(samples)) is not None:
         return str(samples)
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..protocols.cxr64 import SHIPPED_SAMPLES
+    from ..engine.protocol import protocol_samples
 
     loc = entry["samples"].get("location")
     if loc is None:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
-    if loc in SHIPPED_SAMPLES:
+    if protocol_samples(loc) is not None:
         return loc
     folder = Path(entry_path).parent / loc
     if not folder.is_dir():

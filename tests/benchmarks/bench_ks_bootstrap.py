@@ -62,7 +62,7 @@ def main() -> None:
         for k, cls in (("before", Before), ("after", After)):
             ks.WeightedKS = cls
             t0 = time.perf_counter()
-            v = ks_features(g, r, n_bootstrap=200)
+            v = ks_features(real=r, fake=g, n_bootstrap=200)
             out[k] = (time.perf_counter() - t0, v.ci)
         ks.WeightedKS = After
         print(f"  N={n:7,d}  before {out['before'][0]:6.1f} s  after {out['after'][0]:6.1f} s  "

@@ -28,9 +28,9 @@ from cxrbench.metrics import functional as F
 
 
 def evaluate(gen, ref, boot, seed):
-    out = {"fid": F.fid(gen, ref, n_bootstrap=boot, seed=seed), "kid": F.kid(gen, ref, n_bootstrap=boot, seed=seed)}
-    out.update(F.prdc(gen, ref, n_bootstrap=boot, seed=seed))
-    out["ks_features"] = F.ks_features(gen, ref, n_bootstrap=boot, seed=seed)
+    out = {"fid": F.fid(real=ref, fake=gen, n_bootstrap=boot, seed=seed), "kid": F.kid(real=ref, fake=gen, n_bootstrap=boot, seed=seed)}
+    out.update(F.prdc(real=ref, fake=gen, n_bootstrap=boot, seed=seed))
+    out["ks_features"] = F.ks_features(real=ref, fake=gen, n_bootstrap=boot, seed=seed)
     return {k: v.to_dict() for k, v in out.items()}
 
 

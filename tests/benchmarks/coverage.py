@@ -64,15 +64,15 @@ def one_rep(args):
     kw = dict(n_bootstrap=n_boot, seed=rep)
     t = time.perf_counter()
     if "fid" in metrics:
-        out["fid"] = F.fid(gen, ref, **kw)
+        out["fid"] = F.fid(real=ref, fake=gen, **kw)
     if "kid" in metrics:
-        out["kid"] = F.kid(gen, ref, subset_size=n, **kw)
+        out["kid"] = F.kid(real=ref, fake=gen, subset_size=n, **kw)
     if "prdc" in metrics:
-        out.update(F.prdc(gen, ref, **kw))
+        out.update(F.prdc(real=ref, fake=gen, **kw))
     if "ks_features" in metrics:
-        out["ks_features"] = F.ks_features(gen, ref, **kw)
+        out["ks_features"] = F.ks_features(real=ref, fake=gen, **kw)
     if "fd_inf" in metrics and n >= 20:
-        out["fd_inf"] = F.fd_inf(gen, ref, n_bootstrap=min(n_boot, 100), seed=rep)
+        out["fd_inf"] = F.fd_inf(real=ref, fake=gen, n_bootstrap=min(n_boot, 100), seed=rep)
     rows = {k: (v.value, v.ci, v.valid, v.value_bias_corrected) for k, v in out.items()}
     rows["_seconds"] = time.perf_counter() - t
     return dist, d, n, rows

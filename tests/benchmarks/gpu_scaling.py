@@ -108,10 +108,10 @@ def device_timings(n: int, device: str, n_bootstrap: int) -> dict[str, float]:
 
         out[f"fd_stats_and_distance_{d}d_s"], _ = timed(fd, device)
         out[f"fid_with_{n_bootstrap}_bootstrap_{d}d_s"], _ = timed(
-            lambda: F.fid(g, r, n_bootstrap=n_bootstrap, device=dev64), device)
+            lambda: F.fid(real=r, fake=g, n_bootstrap=n_bootstrap, device=dev64), device)
         out[f"knn_radii_k5_{d}d_s"], _ = timed(lambda: knn.kth_radii(g, 5, device=device), device)
         out[f"prdc_with_{n_bootstrap}_bootstrap_{d}d_s"], _ = timed(
-            lambda: F.prdc(g, r, n_bootstrap=n_bootstrap, device=device), device)
+            lambda: F.prdc(real=r, fake=g, n_bootstrap=n_bootstrap, device=device), device)
         del g, r
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
