@@ -158,7 +158,7 @@ def _verify(entry, w, *extra):
 
 
 def test_entry_holds_the_augmentation_block_with_cis(world):
-    from cxrbench.publish.leaderboard import load_entry
+    from cxrbench.publish.entry import load_entry
 
     e = load_entry(world["entry"])
     b = e["augmentation"]
@@ -279,7 +279,7 @@ def test_augment_on_unconditional_samples_is_one_line_error(world, tmp_path, cap
 
 def test_tampered_block_shape_is_refused_on_load(world, tmp_path):
     from cxrbench.errors import DataError
-    from cxrbench.publish.leaderboard import load_entry
+    from cxrbench.publish.entry import load_entry
 
     e = json.loads(world["entry"].read_text())
     del e["augmentation"]["metrics"]["aug_gain_auroc"]

@@ -313,7 +313,7 @@ def test_submit_of_more_samples_than_the_protocol_count_lists_the_evaluated_ones
         Image.fromarray(a.astype(np.uint8)).save(folder / f"extra_{i:03d}.png")
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache")}
     r = _cli("submit", "--samples", str(folder), "--card", str(ROOT / "examples" / "model.toml"),
-             "--out", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
+             "--entries", str(tmp_path / "entries"), "--quiet", "--no-augment", env=env)
     assert r.returncode == 0, r.stderr
     (entry,) = (tmp_path / "entries").glob("*.json")
     e = json.loads(entry.read_text())
@@ -343,7 +343,7 @@ def test_reference_rows_heldout_scores_near_the_floor_and_the_memorizer_is_flagg
 
 
 def test_leaderboard_ranks_cxr64_by_its_headline_metric():
-    from cxrbench.publish.leaderboard import default_rank_key
+    from cxrbench.publish.ranking import default_rank_key
 
     keys = ["coverage_cxr64", "fd_inf_cxr64", "fid_cxr64", "fid_inception", "kid_cxr64"]
     assert default_rank_key(keys, "cxr64") == proto.CXR64Protocol.headline == "fid_cxr64"
