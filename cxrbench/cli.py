@@ -24,6 +24,7 @@ COMMANDS = {
     "check": "check",
     "leaderboard": "leaderboard",
     "reproduce": "reproduce",
+    "validate": "validate",
 }
 
 

@@ -1,0 +1,119 @@
+"""``cxrbench validate``: does an extractor's FID order image sets the way a person would?"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HELP = "run the validity suite (real < degraded < anatomy violated, eye-ranked generators) on an extractor"
+DESCRIPTION = """Measure FID against a protocol's reference, through one extractor, for sets built deterministically from
+real held-out images: (a) real, (b) degraded but anatomical (blur, noise, JPEG, contrast, low resolution,
+GAN artefacts; mild and moderate), (c) anatomy violated (random fields, blobs, patch shuffles, flips,
+rotations, negatives, splices), (d) pediatric images (another population) and (e) the committed leaderboard
+sample sets and training-progress ladders. Prints every set's value, the expected pairwise orders per rule,
+the violations and Kendall's tau against the expected order; writes validity-NAME.json and validity-NAME.png."""
+EPILOG = """examples:
+  cxrbench validate --extractor cxr64
+  cxrbench validate --extractor random-conv --out validity/
+  cxrbench validate --extractor inception --weights /path/to/weights/
+  cxrbench validate --extractor pixels --data ../shared/data --n 100 --skip-missing
+"""
+
+
+def default_data() -> str:
+    return os.environ.get("CXRBENCH_SHARED_DATA", "../shared/data")
+
+
+def add_arguments(p) -> None:
+    from ..engine.validity import DEFAULT_N, PROGRESS_DIR, SAMPLES_DIR
+    from ..protocols.validity_sets import PROTOCOL_DATA
+    from .options import add_config_flag
+
+    p.add_argument("--extractor", required=True, help="a registered extractor (`cxrbench ls`)")
+    p.add_argument("--protocol", default="cxr128", choices=sorted(PROTOCOL_DATA),
+                   help="whose held-out and reference splits build the sets (default cxr128: nih_extra_256px, 128 px)")
+    p.add_argument("--data", default=None,
+                   help="the shared data folder holding nih_extra_256px/ and kermany_pediatric_covid_skytells/ "
+                        "(default $CXRBENCH_SHARED_DATA or ../shared/data)")
+    add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")
+    p.add_argument("--out", default="validity", help="folder for validity-NAME.json and .png (default validity/)")
+    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"images per set (default {DEFAULT_N}, the leaderboard's "
+                   "sample count: every set at the same N)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the corruptions")
+    p.add_argument("--samples-dir", default=str(SAMPLES_DIR), help=f"leaderboard sample sets (default {SAMPLES_DIR})")
+    p.add_argument("--progress-dir", default=str(PROGRESS_DIR),
+                   help=f"training-progress ladders, GEN/ckpt<k>-*/ (default {PROGRESS_DIR})")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out the sets whose data folder is absent (named in the result) instead of failing")
+    p.add_argument("--all-checks", action="store_true", help="print every pairwise check, not only the violations")
+    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "batch_size")
+    p.add_argument("--cache-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def run(args) -> int:
+    from ..config import EvalConfig
+    from ..engine.validity import plot, run_suite
+    from ..errors import UsageError
+    from ..fileio import atomic_write_bytes
+    from ..protocols.validity_sets import PROTOCOL_DATA
+
+    if args.n < 10:
+        raise UsageError(f"--n {args.n}: the suite needs at least 10 images per set")
+    config = EvalConfig(weights=args.weights, device=args.device, batch_size=args.batch_size,
+                        cache_dir=args.cache_dir, progress=not args.quiet)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    res = run_suite(args.extractor, data_root=Path(args.data or default_data()),
+                    protocol=PROTOCOL_DATA[args.protocol],
+                    config=config, n=args.n, seed=args.seed, samples_dir=args.samples_dir,
+                    progress_dir=args.progress_dir, skip_missing=args.skip_missing, log=log)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"validity-{args.extractor}"
+    import json
+
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(res, indent=2, sort_keys=True) + "\n").encode())
+    fig = plot(res, out / f"{stem}.png")
+
+    e = res["extractor"]
+    print(f"validity of {e['name']}@{e['version']} (weights {str(e['weights'])[:16]}) under {res['protocol']}: "
+          f"FID vs {res['n_reference']} reference images, {res['n_per_set']} images per set")
+    print(f"{'set':<44}{'class':<12}{'FID':>12}{'x floor':>10}")
+    floor = res["floor"] or 0.0
+    for s in res["sets"]:
+        ratio = f"{s['value'] / floor:10.2f}" if floor > 0 else f"{'':10}"
+        print(f"{s['name']:<44}{s['cls']:<12}{s['value']:12.4g}{ratio}")
+    print("expected orders (rule: pairs, violations):")
+    for rule, r in res["rules"].items():
+        print(f"  {rule:<34}{r['pairs']:5d} {r['violations']:5d}")
+    shown = res["checks"] if args.all_checks else res["violations"]
+    print(f"{'checks' if args.all_checks else 'violations'} ({len(res['violations'])} of {len(res['checks'])}):")
+    for c in shown:
+        mark = "ok " if c["ok"] else "BAD"
+        print(f"  {mark} {c['better']} ({c['value_better']:.4g}) < {c['worse']} ({c['value_worse']:.4g})  [{c['rule']}]")
+    print(f"Kendall tau: expected pairwise order {_fmt(res['kendall_tau'])}; generator eye tiers (real + "
+          f"leaderboard sets) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated classes "
+          f"{_fmt(res['kendall_tau_classes'])}")
+    for name, r in res["blob_ranks"].items():
+        extra = f", {r['rank_generators']} of {r['of_generators']} among real + generator sets" if "rank_generators" in r else ""
+        print(f"blob set {name}: rank {r['rank_all']} of {r['of_all']} sets (1 = closest to the reference){extra}")
+    if "closest_violated" in res:
+        c = res["closest_violated"]
+        print(f"closest anatomy-violated set: {c['set']} at {c['x_floor']:.2f} x the real-vs-real floor")
+    if "unseen_families" in res:
+        u = res["unseen_families"]
+        print(f"families unseen in training: {u['violations']} of {u['pairs']} pairs violated, tau {_fmt(u['kendall_tau'])}")
+    d = res["dimensionality"]
+    if d["top1"] is not None:
+        print(f"reference features: {d['dims']}-d; top 1/3/10 principal components hold {d['top1']:.1%} / "
+              f"{d['top3']:.1%} / {d['top10']:.1%} of the variance; participation ratio {d['participation_ratio']:.2f}")
+    for s in res["skipped"]:
+        print(f"skipped: {s}")
+    print(f"wrote {out / (stem + '.json')} and {fig}", file=sys.stderr)
+    return 0

@@ -1,0 +1,454 @@
+"""The validity suite: does an extractor's Frechet distance order image sets the way a person would?
+
+A feature space is fit to rank generators only when its distances put real images first, degraded but
+anatomical images (a radiologist still reads them) next, and images whose anatomy is violated (nobody would
+take them for a radiograph) last; when a generator's later training checkpoints come closer than its earlier
+ones; and when generator sample sets come out in the order a person puts them by eye. ``run_suite`` builds
+the sets deterministically from real images the extractor did not train on (by default the ``cxr128``
+held-out split of ``nih_extra_256px``, scored against its reference split, at 128 px), measures FID of
+each against the reference through the extractor, and checks every expected pairwise order:
+
+- (a) ``real``: held-out real images (its FID is the real-vs-real floor at this N);
+- (b) ``degraded``: ``data.corruptions`` of class degraded at mild and moderate strength;
+- (c) ``violated``: ``data.corruptions`` of class violated;
+- (d) ``population``: pediatric chest X-rays (Kermany et al., its ``ValData`` split), real but another
+  population;
+- (e) ``generator``: the committed leaderboard sample sets, with the eye tiers below, and ``progress``:
+  samples of bundled generators at successive training checkpoints (``leaderboard/progress``).
+
+Expected orders (lower FID first): real < every degraded set; mild < moderate within a family; every
+moderate degraded set < every violated set; real < pediatric < every violated set; real < every generator
+set; generator sets in their eye tiers (no inversion across tiers); every chest-showing generator set < the
+blob sets (the ``blobs`` corruption and the blob generators); later checkpoints < earlier ones. The moderate
+strengths are the ones compared across classes because there the verdict of a reader is unambiguous
+(clearly degraded, still read without effort); mild ones are only required to lie between real and moderate.
+
+The committed leaderboard sample sets (``leaderboard/samples/<name>``) are ranked by eye below, best first,
+written down from ``leaderboard/thumbs/*.png`` and 24 further samples of several sets before any distance was
+measured. Sets in one tier are ones a person cannot rank against each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..config import EvalConfig, resolve_device
+from ..data import corruptions
+from ..data.imageset import array_source
+from ..data.io import load_image
+from ..errors import DataError, UsageError
+from ..features.cache import FeatureCache
+from ..metrics.functional import fid
+from ..registry import EXTRACTORS
+from ..seeding import numpy_rng
+from .extraction import build_extractors, extract_features
+
+#: Tier 0 is the real held-out row. Why each set sits where it does (looked at 2026-12-06, before measuring):
+#: - pggan, lsgan: sharp lung fields, a mediastinum and clavicles in nearly every sample; LSGAN has more
+#:   artefacts (dark borders, a few washed-out samples), PGGAN more repetition: no clear winner between them.
+#: - vae, fs-gmvae, gmvae: every sample a recognisable but blurred "average chest" (lungs, mediastinum,
+#:   shoulders), low contrast, no fine structure; fs-gmvae slightly noisier, gmvae slightly blurrier: one tier.
+#: - ddpm (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
+#: - diffusevae (32 px): faint lung-like dark patches in some samples, blotchy texture, hardly any anatomy.
+#: - ldm: high-contrast dark blobs on white, no anatomy at all (the blob set).
+GENERATOR_EYE_TIERS: dict[str, int] = {
+    "pggan": 1, "lsgan": 1,
+    "vae": 2, "fs-gmvae": 2, "gmvae": 2,
+    "ddpm": 3,
+    "diffusevae": 4,
+    "ldm": 5,
+}
+#: leaderboard sample sets that show no chest: every chest-showing set must rank ahead of them
+BLOB_GENERATORS = ("ldm",)
+
+#: corruption families (``data.corruptions`` names) an extractor's training saw, for extractors that do not
+#: declare them as ``training_corruptions``: the cxr64 network's quality head learned blur, noise, contrast
+#: and JPEG-like quantisation (``baselines/cxr64net.py``)
+TRAINING_CORRUPTIONS = {"cxr64": ("blur", "noise", "contrast", "jpeg"), "cxr64-classifier": ("blur", "noise", "contrast", "jpeg")}
+
+#: the committed sample sets (relative to the repository root) and the progress ladders
+SAMPLES_DIR = Path("leaderboard/samples")
+PROGRESS_DIR = Path("leaderboard/progress")
+KERMANY = "kermany_pediatric_covid_skytells"
+#: every set is compared at this many images (the leaderboard's sample count), so FID's small-sample bias is
+#: the same for all of them
+DEFAULT_N = 200
+CLASSES = ("real", "degraded", "violated", "population", "generator", "progress")
+CLASS_LEVEL = {"real": 0, "degraded": 1, "violated": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolData:
+    """Where a protocol's real images come from: the folder, its split table and the image size (the
+    protocols' own instances are in ``protocols.validity_sets``)."""
+
+    name: str
+    folder: str
+    size: int
+    table: Callable[[Path], pd.DataFrame]  # labels.csv of the folder with a ``_split`` column
+
+    def splits(self, data_root: Path) -> tuple[pd.DataFrame, Path]:
+        root = Path(data_root) / self.folder
+        if not (root / "labels.csv").is_file():
+            raise DataError(f"{root}/labels.csv not found: the {self.name} validity sets are built from the "
+                            f"{self.folder} folder; pass --data DIR holding it (the shared data folder)")
+        return self.table(Path(data_root)), root
+
+
+@dataclasses.dataclass
+class ValiditySet:
+    name: str
+    cls: str  # one of CLASSES
+    group: str  # corruption family, generator or ladder name
+    strength: str | None = None  # mild / moderate for corruptions
+    tier: int | None = None  # eye tier (generator sets) or checkpoint index (progress ladders, 1 = earliest)
+    source: str = ""
+    n: int = 0
+
+
+# --- image sets ------------------------------------------------------------------------------------------
+
+def load_square(paths, size: int) -> torch.Tensor:
+    """Images as (N, 1, size, size): centre-cropped to a square, resized bilinearly with antialiasing."""
+    out = []
+    for p in paths:
+        x = torch.from_numpy(load_image(p))[None, None]
+        h, w = x.shape[-2:]
+        s = min(h, w)
+        x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        if s != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.clamp(0, 1))
+    return torch.cat(out).float()
+
+
+def _pick(items: list, n: int, seed: int) -> list:
+    """A seeded subset of ``n`` items (all of them when there are fewer), in a fixed order."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.sort(numpy_rng(seed).choice(len(items), n, replace=False))
+    return [items[i] for i in idx]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def progress_ladders(progress_dir: Path) -> dict[str, list[Path]]:
+    """``{generator: [checkpoint folders, earliest first]}`` from ``progress_dir/<generator>/ckpt<k>-*``."""
+    out = {}
+    if not Path(progress_dir).is_dir():
+        return out
+    for gen in sorted(p for p in Path(progress_dir).iterdir() if p.is_dir()):
+        steps = [(int(m.group(1)), p) for p in gen.iterdir() if p.is_dir() and (m := re.match(r"ckpt(\d+)", p.name))]
+        if len(steps) >= 2:
+            out[gen.name] = [p for _, p in sorted(steps)]
+    return out
+
+
+class SuiteData:
+    """The validity sets of one protocol, built on demand: ``reference()`` and ``sets()``."""
+
+    def __init__(self, data_root, *, protocol: ProtocolData, n: int = DEFAULT_N, seed: int = 0,
+                 samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR, skip_missing: bool = False,
+                 corruption_names=None):
+        self.protocol = protocol
+        self.data_root = Path(data_root)
+        self.size, self.n, self.seed = self.protocol.size, int(n), int(seed)
+        self.samples_dir, self.progress_dir = Path(samples_dir), Path(progress_dir)
+        self.skip_missing = skip_missing
+        self.skipped: list[str] = []
+        self.corruption_names = list(corruption_names or corruptions.CORRUPTIONS)
+        table, self.root = self.protocol.splits(self.data_root)
+        self.heldout_paths = [self.root / p for p in table.loc[table["_split"] == "heldout", "path"]]
+        self.reference_paths = [self.root / p for p in table.loc[table["_split"] == "reference", "path"]]
+        self._real = None
+        # every optional source is checked before any image is read, so a missing folder fails at once
+        self.kermany = self.data_root / KERMANY
+        if not (self.kermany / "labels.csv").is_file():
+            self._missing("pediatric (another population)", self.kermany, "pass --data DIR holding it")
+            self.kermany = None
+        self.generators = {}
+        for name, tier in GENERATOR_EYE_TIERS.items():
+            folder = self.samples_dir / name
+            files = _image_files(folder) if folder.is_dir() else []
+            if files:
+                self.generators[name] = (tier, folder, files)
+            else:
+                self._missing(f"generator ({name})", folder, "run from the repository root or pass --samples-dir")
+        self.ladders = progress_ladders(self.progress_dir)
+        if not self.ladders:
+            self._missing("progress (training checkpoints)", self.progress_dir,
+                          "run from the repository root or pass --progress-dir")
+
+    def _missing(self, what: str, path: Path, fix: str) -> None:
+        if not self.skip_missing:
+            raise DataError(f"{path} not found: the validity suite's {what} set(s) are built from it; {fix}, "
+                            "or pass --skip-missing to run without them")
+        self.skipped.append(f"{what}: {path} not found")
+
+    def reference(self) -> torch.Tensor:
+        return load_square(self.reference_paths, self.size)
+
+    def real(self) -> torch.Tensor:
+        if self._real is None:
+            self._real = load_square(_pick(self.heldout_paths, self.n, self.seed), self.size)
+        return self._real
+
+    def sets(self):
+        """Yields ``(ValiditySet, images)``, one set at a time (images are not all held at once)."""
+        src = f"{self.protocol.folder} {self.protocol.name} held-out"
+        real = self.real()
+        yield ValiditySet("real", "real", "real", source=src, n=len(real)), real
+        for k, (name, c) in enumerate((k, corruptions.CORRUPTIONS[k]) for k in self.corruption_names):
+            for strength in c.strengths:
+                x = corruptions.apply(name, real, strength, seed=self.seed * 1000 + k)
+                yield ValiditySet(f"{name}:{strength}", c.kind, name, strength, source=src, n=len(x)), x
+        if self.kermany is not None:
+            t = pd.read_csv(self.kermany / "labels.csv")
+            # ValData only: the cxr64 network trained on NonAugmentedTrain
+            keep = (t["likely_population"].astype(str).str.startswith("pediatric") & t["near_duplicate_of"].isna()
+                    & (t["split"] == "ValData"))
+            x = load_square(_pick([self.kermany / p for p in t.loc[keep, "path"]], self.n, self.seed), self.size)
+            yield ValiditySet("pediatric", "population", "kermany", source=KERMANY, n=len(x)), x
+        for name, (tier, folder, files) in self.generators.items():
+            x = load_square(_pick(files, self.n, self.seed), self.size)
+            yield ValiditySet(f"gen:{name}", "generator", name, tier=tier, source=str(folder), n=len(x)), x
+        for gen, folders in self.ladders.items():
+            for k, folder in enumerate(folders, 1):
+                x = load_square(_pick(_image_files(folder), self.n, self.seed), self.size)
+                yield ValiditySet(f"progress:{gen}:{folder.name}", "progress", gen, tier=k, source=str(folder),
+                                  n=len(x)), x
+
+
+# --- expected order, checks, agreement -------------------------------------------------------------------
+
+def expected_pairs(sets: list[ValiditySet]) -> list[tuple[str, str, str]]:
+    """Every ``(better, worse, rule)`` a person would assert of these sets (``better`` should get the lower
+    distance). A pair named by several rules is listed once, under the first."""
+    by = {c: [s for s in sets if s.cls == c] for c in CLASSES}
+    real = by["real"]
+    deg, vio = by["degraded"], by["violated"]
+    moderate = [s for s in deg if s.strength == "moderate"]
+    gens = by["generator"]
+    blob_tier = min((s.tier for s in gens if s.group in BLOB_GENERATORS), default=None)
+    blob_sets = [s for s in vio if s.group == "blobs"] + [s for s in gens if s.group in BLOB_GENERATORS]
+    chest_gens = [s for s in gens if s.group not in BLOB_GENERATORS and (blob_tier is None or s.tier < blob_tier)]
+    pairs: list[tuple[str, str, str]] = []
+    pairs += [(r.name, d.name, "real < degraded") for r in real for d in deg]
+    for d in deg:
+        pairs += [(d.name, e.name, "mild < moderate") for e in deg
+                  if e.group == d.group and d.strength == "mild" and e.strength == "moderate"]
+    pairs += [(r.name, v.name, "real < violated") for r in real for v in vio]
+    pairs += [(d.name, v.name, "degraded (moderate) < violated") for d in moderate for v in vio]
+    for p in by["population"]:
+        pairs += [(r.name, p.name, "real < other population") for r in real]
+        pairs += [(p.name, v.name, "other population < violated") for v in vio]
+    pairs += [(r.name, g.name, "real < generator") for r in real for g in gens]
+    pairs += [(a.name, b.name, "eye tiers") for a in gens for b in gens if a.tier < b.tier]
+    pairs += [(g.name, b.name, "chest-showing < blobs") for g in chest_gens for b in blob_sets]
+    ladders: dict[str, list[ValiditySet]] = {}
+    for s in by["progress"]:
+        ladders.setdefault(s.group, []).append(s)
+    for steps in ladders.values():
+        pairs += [(b.name, a.name, "progress monotone") for a in steps for b in steps if b.tier > a.tier]
+    seen, out = set(), []
+    for a, b, rule in pairs:
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append((a, b, rule))
+    return out
+
+
+def _below(a: float, b: float) -> bool:
+    """``a < b`` beyond float round-off: sets with identical features (a flip seen by per-image pixel
+    statistics) differ in FID only in the last bits, and such a tie must not count as an agreement."""
+    return b - a > 1e-9 * max(abs(a), abs(b), 1e-300)
+
+
+def order_checks(values: dict[str, float], pairs) -> list[dict]:
+    """Each expected pair with its two values and whether the measured order agrees (ties disagree)."""
+    return [{"better": a, "worse": b, "rule": rule, "value_better": values[a], "value_worse": values[b],
+             "ok": _below(values[a], values[b])}
+            for a, b, rule in pairs if a in values and b in values]
+
+
+def pairwise_tau(checks: list[dict]) -> float | None:
+    """Kendall's tau over the expected pairs of a partial order: (agreeing - disagreeing) / pairs. 1 when
+    every expected order holds, -1 when every one is inverted."""
+    if not checks:
+        return None
+    ok = sum(c["ok"] for c in checks)
+    return (ok - (len(checks) - ok)) / len(checks)
+
+
+def tau_b(expected: list[float], measured: list[float]) -> float | None:
+    """Kendall's tau-b between an expected rank (ties allowed: tiers) and measured values."""
+    from scipy.stats import kendalltau
+
+    if len(expected) < 2 or len(set(expected)) < 2:
+        return None
+    t = kendalltau(expected, measured).statistic
+    return None if not np.isfinite(t) else float(t)
+
+
+def effective_dimensionality(features) -> dict:
+    """Variance shares of the top 1 / 3 / 10 principal components and the participation ratio
+    ``(sum l)^2 / sum l^2`` of the covariance eigenvalues ``l`` (1 when one direction holds all variance,
+    D when variance is spread evenly over D)."""
+    x = np.asarray(features, dtype=np.float64)
+    ev = np.clip(np.linalg.eigvalsh(np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])), 0, None)[::-1]
+    total = ev.sum()
+    if total <= 0:
+        return {"dims": int(x.shape[1]), "top1": None, "top3": None, "top10": None, "participation_ratio": 0.0}
+    share = np.cumsum(ev) / total
+    return {"dims": int(x.shape[1]),
+            "top1": float(share[0]), "top3": float(share[min(2, len(share) - 1)]),
+            "top10": float(share[min(9, len(share) - 1)]),
+            "participation_ratio": float(total**2 / (ev**2).sum())}
+
+
+def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_families=()) -> dict:
+    """Checks, violations, Kendall taus, the blob sets' ranks, from per-set values (the testable core)."""
+    checks = order_checks(values, expected_pairs(sets))
+    by_name = {s.name: s for s in sets}
+    gens = [s for s in sets if s.cls in ("real", "generator") and s.name in values]
+    cls_sets = [s for s in sets if (s.cls == "real" or s.strength == "moderate") and s.cls in CLASS_LEVEL
+                and s.name in values]
+    ranked = sorted(values, key=values.get)
+    gen_ranked = sorted((s.name for s in gens), key=values.get)
+    out = {
+        "checks": checks,
+        "violations": [c for c in checks if not c["ok"]],
+        "kendall_tau": pairwise_tau(checks),
+        "kendall_tau_generators": tau_b([0 if s.cls == "real" else s.tier for s in gens], [values[s.name] for s in gens]),
+        "kendall_tau_classes": tau_b([CLASS_LEVEL[s.cls] for s in cls_sets], [values[s.name] for s in cls_sets]),
+        "rules": {},
+        "blob_ranks": {},
+    }
+    for c in checks:
+        r = out["rules"].setdefault(c["rule"], {"pairs": 0, "violations": 0})
+        r["pairs"] += 1
+        r["violations"] += not c["ok"]
+    for s in sets:
+        if s.name in values and (s.group == "blobs" or (s.cls == "generator" and s.group in BLOB_GENERATORS)):
+            out["blob_ranks"][s.name] = {"rank_all": ranked.index(s.name) + 1, "of_all": len(ranked)}
+            if s.name in gen_ranked:
+                out["blob_ranks"][s.name].update(rank_generators=gen_ranked.index(s.name) + 1, of_generators=len(gen_ranked))
+    floor = values.get("real")
+    violated = [s.name for s in sets if s.cls == "violated" and s.name in values]
+    if violated and floor and floor > 0:
+        near = min(violated, key=values.get)
+        # how far the anatomy-violated set nearest to the reference stays above the real-vs-real floor
+        out["closest_violated"] = {"set": near, "value": values[near], "x_floor": values[near] / floor}
+    if seen_families:
+        # the order must hold on the corruption families the network never saw while training
+        unseen = [c for c in checks if not any(by_name[n].group in seen_families for n in (c["better"], c["worse"])
+                                                if by_name[n].cls in ("degraded", "violated"))]
+        out["unseen_families"] = {"seen": sorted(seen_families), "pairs": len(unseen),
+                                  "violations": sum(not c["ok"] for c in unseen), "kendall_tau": pairwise_tau(unseen)}
+    return out
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalConfig, cache: FeatureCache,
+              device: str, desc: str) -> np.ndarray:
+    src = array_source(images[:, 0].numpy().astype(np.float32), name=desc, root=None)
+    feats, bad = extract_features(src, extractors, config, cache, device, desc)
+    if bad:
+        raise DataError(f"validity set {desc}: {bad[0][1]}")
+    return feats[name].astype(np.float64)
+
+
+def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: EvalConfig | None = None,
+              n: int = DEFAULT_N, seed: int = 0, samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR,
+              skip_missing: bool = False, corruption_names=None, log=None) -> dict:
+    """Measure every validity set's FID against the protocol's reference through ``extractor``; returns the
+    result dict (per-set values, checks, violations, Kendall taus, reference dimensionality)."""
+    log = log or (lambda msg: None)
+    config = config or EvalConfig()
+    if extractor not in EXTRACTORS:
+        raise UsageError(f"--extractor {extractor}: not a registered extractor; known: "
+                         f"{', '.join(sorted(EXTRACTORS.names()))}")
+    cls = EXTRACTORS.get(extractor)
+    names = tuple(dict.fromkeys([n_ for n_ in (getattr(cls, "derived_from", None), extractor) if n_]))
+    config = dataclasses.replace(config, extractors=names)
+    device = resolve_device(config.device)
+    nets = build_extractors(names, config, device)  # missing weights fail here, before any data is looked at
+    data = SuiteData(data_root, protocol=protocol, n=n, seed=seed, samples_dir=samples_dir,
+                     progress_dir=progress_dir, skip_missing=skip_missing, corruption_names=corruption_names)
+    cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
+    t0 = time.perf_counter()
+    ref = _features(data.reference(), extractor, nets, config, cache, device, "validity reference")
+    log(f"reference: {len(ref)} images, {ref.shape[1]}-d features")
+    sets, values = [], {}
+    for s, x in data.sets():
+        f = _features(x, extractor, nets, config, cache, device, s.name)
+        values[s.name] = fid(real=ref, fake=f).value  # point estimate: no bootstrap interval (speed)
+        sets.append(s)
+        log(f"{s.name:<40} {values[s.name]:12.4g}")
+    seen = tuple(getattr(nets[extractor], "training_corruptions", None) or TRAINING_CORRUPTIONS.get(extractor, ()))
+    summary = summarize(sets, values, seen_families=seen)
+    e = nets[extractor]
+    return {
+        "suite": "cxrbench-validity", "suite_version": "1",
+        "extractor": e.spec(), "protocol": data.protocol.name, "image_size": data.size,
+        "data_root": str(data.data_root), "n_per_set": data.n, "n_reference": len(ref), "seed": seed,
+        "metric": "fid", "floor": values.get("real"),
+        "sets": [dict(dataclasses.asdict(s), value=values[s.name]) for s in sets],
+        "skipped": data.skipped,
+        "eye_tiers": GENERATOR_EYE_TIERS,
+        "dimensionality": effective_dimensionality(ref),
+        "seconds": round(time.perf_counter() - t0, 1),
+        **summary,
+    }
+
+
+def plot(result: dict, path) -> Path:
+    """Sets on the x axis grouped by class, FID on a log y axis, the real-vs-real floor as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    colours = {"real": "black", "degraded": "tab:blue", "violated": "tab:red", "population": "tab:purple",
+               "generator": "tab:green", "progress": "tab:orange"}
+    sets = sorted(result["sets"], key=lambda s: (CLASSES.index(s["cls"]), s["group"] if s["cls"] == "progress" else "",
+                                                 s["tier"] or 0, s["name"]))
+    fig, ax = plt.subplots(figsize=(max(8, 0.32 * len(sets)), 5))
+    for i, s in enumerate(sets):
+        v = max(s["value"], 1e-6)
+        marker = "o" if s["strength"] != "mild" else "v"
+        ax.scatter(i, v, color=colours[s["cls"]], marker=marker, s=36, zorder=3)
+    if result.get("floor"):
+        ax.axhline(max(result["floor"], 1e-6), color="grey", ls="--", lw=1, label="real-vs-real floor")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sets)))
+    ax.set_xticklabels([s["name"].removeprefix("gen:").removeprefix("progress:") for s in sets], rotation=75,
+                       fontsize=7, ha="right")
+    for c, col in colours.items():
+        if any(s["cls"] == c for s in sets):
+            ax.scatter([], [], color=col, label=c)
+    ax.scatter([], [], color="grey", marker="v", label="mild strength")
+    ax.legend(fontsize=7, loc="upper left")
+    tau = result.get("kendall_tau")
+    ax.set_title(f"validity of {result['extractor']['name']} ({result['protocol']}): FID vs reference; "
+                 f"{len(result['violations'])} of {len(result['checks'])} expected orders violated, "
+                 f"tau {tau:+.2f}" if tau is not None else "", fontsize=9)
+    ax.set_ylabel("FID (log)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
