@@ -353,7 +353,7 @@ def test_leaderboard_ranks_cxr64_by_its_headline_metric():
 
 
 def test_augmentation_labels_synthetic_images_with_the_probe_extractors_own_head():
-    from cxrbench.protocols.augmentation import _labeller
+    from cxrbench.protocols.augmentation.labels import _labeller
 
     assert _labeller("cxr64", ("Effusion", "No Finding")) == ("cxr64", "cxr64-classifier")  # offline
     assert _labeller("cxr64", ("Pneumonia", "No Finding")) == ("xrv", "xrv-classifier")  # not among its labels
