@@ -338,6 +338,209 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Run:
+    """One call of :func:`fit`: what a checkpoint carries (step, epoch position, the clocks of earlier calls,
+    the loss log, progress), this call's clocks and budgets, and the losses not yet logged."""
+
+    def __init__(self, model, optimizers: dict, out: Path, options: TrainOptions, total: float,
+                 log: Callable[[dict], None] | None):
+        self.model, self.optimizers, self.out, self.options, self.total, self.log = (
+            model, optimizers, out, options, total, log)
+        self.cfg = model.config
+        self.ckpt_path = out / CHECKPOINT
+        self.step, self.epoch, self.pos, self.elapsed_before, self.cpu_before, self.progress = 0, 0, 0, 0.0, 0.0, 0.0
+        self.records: list[dict] = []
+        self.acc: dict[str, list[float]] = {}
+
+    def resume(self, dataset, dev: torch.device) -> None:
+        """Continue from ``out/checkpoint.pt`` when there is one (same generator and config only); a fresh run
+        calls the model's ``on_train_start``."""
+        model, ckpt_path = self.model, self.ckpt_path
+        if ckpt_path.is_file():
+            try:
+                ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+            except Exception as e:
+                raise CxrbenchError(
+                    f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart"
+                ) from e
+            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                raise CxrbenchError(f"{ckpt_path}: not a cxrbench training checkpoint; delete it to restart")
+            if ckpt.get("generator") != model.name or ckpt.get("config") != config_to_dict(self.cfg):
+                raise UsageError(
+                    f"{ckpt_path}: holds a checkpoint of {ckpt.get('generator')!r} with a different config; "
+                    "use a new --out folder, or the same config to resume"
+                )
+            model.load_state_dict(ckpt["model"])
+            for k, opt in self.optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][k])
+            self.step, self.epoch, self.pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["pos"])
+            self.elapsed_before = float(ckpt["elapsed_s"])
+            self.cpu_before = float(ckpt.get("cpu_s", self.elapsed_before))
+            self.records = list(ckpt["log"])
+            self.progress = float(ckpt.get("progress", 0.0))
+            _set_rng_state(ckpt["rng"])
+        elif hasattr(model, "on_train_start"):
+            model.on_train_start(dataset)
+
+    def start_clocks(self) -> None:
+        """This call's wall clock and CPU clock, their deadlines, and the progress bar."""
+        options = self.options
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + options.max_minutes * 60 if options.max_minutes is not None else math.inf
+        self.c0 = time.process_time()
+        self.cpu_deadline = (self.c0 + options.cpu_minutes * 60 - self.cpu_before if options.cpu_minutes is not None
+                             else math.inf)
+        self.bar = tqdm(
+            total=None if math.isinf(self.total) else self.total,
+            initial=self.step,
+            desc=f"train {self.model.name}",
+            disable=not options.progress,
+            dynamic_ncols=True,
+        )
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "generator": self.model.name,
+                "config": config_to_dict(self.cfg),
+                "step": self.step,
+                "epoch": self.epoch,
+                "pos": self.pos,
+                "elapsed_s": self.elapsed_before + (time.monotonic() - self.t0),
+                "cpu_s": self.cpu_before + (time.process_time() - self.c0),
+                "model": self.model.state_dict(),
+                "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+                "rng": _rng_state(),
+                "log": self.records,
+                "progress": self.progress,
+            },
+            self.ckpt_path,
+        )
+        _write_log_csv(self.out / "losses.csv", self.records)
+
+    def budget_used(self) -> float:
+        options = self.options
+        used = [self.progress]  # never decreases, also when a resumed call sets a longer budget
+        if not math.isinf(self.total):
+            used.append(self.step / self.total)
+        if options.cpu_minutes is not None:
+            used.append((self.cpu_before + time.process_time() - self.c0) / (options.cpu_minutes * 60))
+        if options.max_minutes is not None:
+            used.append((time.monotonic() - self.t0) / (options.max_minutes * 60))
+        return min(1.0, max(used))
+
+    def out_of_budget(self) -> bool:
+        # the recipe budget is the run's own CPU clock, so calling again after it trains nothing more
+        return time.monotonic() >= self.deadline or time.process_time() >= self.cpu_deadline
+
+    def flush_log(self) -> None:
+        if not self.acc:
+            return
+        rec = {"step": self.step, "epoch": self.epoch,
+               "elapsed_s": round(self.elapsed_before + time.monotonic() - self.t0, 3)}
+        rec.update({k: float(np.mean(v)) for k, v in self.acc.items()})
+        self.acc.clear()
+        self.records.append(rec)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k not in ("step", "epoch", "elapsed_s")})
+        if self.log is not None:
+            self.log(rec)
+
+    def train(self, dataset, dev: torch.device, n: int, batch_size: int, steps_per_epoch: int) -> None:
+        """Steps until ``total`` or a time budget ends, epoch by epoch from the checkpoint's position."""
+        options = self.options
+        out_of_time = False
+        checked_size = False
+        self.model.train(True)
+        while self.step < self.total:
+            if self.out_of_budget():
+                out_of_time = True
+                break
+            order = _epoch_order(n, options.seed, self.epoch)[self.pos * batch_size : steps_per_epoch * batch_size]
+            for images, labels in _loader(dataset, order, batch_size, options):
+                if not checked_size:
+                    checked_size = True
+                    _check_image_size(images, self.model)
+                self.training_step(images, labels, dev)
+                if self.step >= self.total:
+                    break
+                if self.out_of_budget():
+                    out_of_time = True
+                    break
+            if out_of_time:
+                break
+            if self.pos >= steps_per_epoch:
+                self.epoch, self.pos = self.epoch + 1, 0
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, dev: torch.device) -> None:
+        """One step of the model, with ``progress`` set before it; the log and checkpoint when they are due."""
+        self.progress = self.budget_used()
+        self.model.progress = self.progress
+        losses = self.model.training_step(Batch(images.to(dev), labels.to(dev)), self.optimizers, self.step)
+        self.step += 1
+        self.pos += 1
+        for k, v in losses.items():
+            self.acc.setdefault(k, []).append(float(v))
+        if self.step % self.options.log_every == 0 or self.step >= self.total:
+            self.flush_log()
+        self.bar.update(1)
+        if self.step % self.options.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def finish(self, dev: torch.device, n: int, batch_size: int) -> None:
+        """The last log record and checkpoint, the model folder and ``train_state.json``."""
+        model, options = self.model, self.options
+        self.flush_log()  # the steps since the last record (a run stopped by max_minutes)
+        self.bar.close()
+        model.train(False)
+        self.save_checkpoint()
+        model.save_pretrained(self.out)
+        state = {
+            "generator": model.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "stopped_because": (
+                "max_minutes" if self.step < self.total
+                else "steps" if options.steps is not None and self.step >= options.steps
+                else "epochs"
+            ),
+            "elapsed_s": round(self.elapsed_before + time.monotonic() - self.t0, 3),
+            "cpu_s": round(self.cpu_before + time.process_time() - self.c0, 3),
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+            "n_train": n,
+            "images_seen": self.step * batch_size,  # training images drawn (a GAN step is one batch for D and G)
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # EMA copies excluded
+            "options": dataclasses.asdict(options),
+            "config": config_to_dict(self.cfg),
+        }
+        atomic_write_bytes(self.out / "train_state.json", json.dumps(state, indent=2, sort_keys=True).encode())
+
+
+def _loader(dataset, order: torch.Tensor, batch_size: int, options: TrainOptions) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order.tolist(),
+        num_workers=options.num_workers,
+        collate_fn=_collate,
+        drop_last=True,
+        # its own generator: a DataLoader otherwise draws a base seed from the global RNG per epoch,
+        # and a resumed run (one more loader) would then diverge from the uninterrupted one
+        generator=torch_generator(options.seed),
+    )
+
+
+def _check_image_size(images: torch.Tensor, model) -> None:
+    cfg = model.config
+    want = (1, cfg.image_size, cfg.image_size)
+    if tuple(images.shape[1:]) != want:
+        raise DataError(
+            f"training images are {tuple(images.shape[1:])} but {model.name} is configured for "
+            f"{want}; resize them (cxrbench train --image-size {cfg.image_size}) or change image_size"
+        )
+
+
 def fit(
     model,
     dataset,
@@ -354,11 +557,10 @@ def fit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    cfg = model.config
     n = len(dataset)
     if n == 0:
         raise DataError(f"{out}: the training set is empty")
-    batch_size = min(int(cfg.batch_size), n)
+    batch_size = min(int(model.config.batch_size), n)
     steps_per_epoch = n // batch_size
     total = math.inf
     if options.steps is not None:
@@ -367,166 +569,9 @@ def fit(
         total = min(total, math.ceil(options.epochs * steps_per_epoch))
 
     model.to(dev)
-    optimizers = model.configure_optimizers()
-    step, epoch, pos, elapsed_before, cpu_before, progress = 0, 0, 0, 0.0, 0.0, 0.0
-    records: list[dict] = []
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        except Exception as e:
-            raise CxrbenchError(
-                f"{ckpt_path}: unreadable checkpoint ({e.__class__.__name__}); delete it to restart"
-            ) from e
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CxrbenchError(f"{ckpt_path}: not a cxrbench training checkpoint; delete it to restart")
-        if ckpt.get("generator") != model.name or ckpt.get("config") != config_to_dict(cfg):
-            raise UsageError(
-                f"{ckpt_path}: holds a checkpoint of {ckpt.get('generator')!r} with a different config; "
-                "use a new --out folder, or the same config to resume"
-            )
-        model.load_state_dict(ckpt["model"])
-        for k, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][k])
-        step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["pos"])
-        elapsed_before = float(ckpt["elapsed_s"])
-        cpu_before = float(ckpt.get("cpu_s", elapsed_before))
-        records = list(ckpt["log"])
-        progress = float(ckpt.get("progress", 0.0))
-        _set_rng_state(ckpt["rng"])
-    elif hasattr(model, "on_train_start"):
-        model.on_train_start(dataset)
-
-    def save_checkpoint():
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "generator": model.name,
-                "config": config_to_dict(cfg),
-                "step": step,
-                "epoch": epoch,
-                "pos": pos,
-                "elapsed_s": elapsed_before + (time.monotonic() - t0),
-                "cpu_s": cpu_before + (time.process_time() - c0),
-                "model": model.state_dict(),
-                "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
-                "rng": _rng_state(),
-                "log": records,
-                "progress": progress,
-            },
-            ckpt_path,
-        )
-        _write_log_csv(out / "losses.csv", records)
-
-    t0 = time.monotonic()
-    deadline = t0 + options.max_minutes * 60 if options.max_minutes is not None else math.inf
-    c0 = time.process_time()
-    cpu_deadline = c0 + options.cpu_minutes * 60 - cpu_before if options.cpu_minutes is not None else math.inf
-
-    def budget_used() -> float:
-        used = [progress]  # never decreases, also when a resumed call sets a longer budget
-        if not math.isinf(total):
-            used.append(step / total)
-        if options.cpu_minutes is not None:
-            used.append((cpu_before + time.process_time() - c0) / (options.cpu_minutes * 60))
-        if options.max_minutes is not None:
-            used.append((time.monotonic() - t0) / (options.max_minutes * 60))
-        return min(1.0, max(used))
-
-    def out_of_budget() -> bool:
-        # the recipe budget is the run's own CPU clock, so calling again after it trains nothing more
-        return time.monotonic() >= deadline or time.process_time() >= cpu_deadline
-    out_of_time = False
-    acc: dict[str, list[float]] = {}
-    bar = tqdm(
-        total=None if math.isinf(total) else total,
-        initial=step,
-        desc=f"train {model.name}",
-        disable=not options.progress,
-        dynamic_ncols=True,
-    )
-    def flush_log():
-        if not acc:
-            return
-        rec = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3)}
-        rec.update({k: float(np.mean(v)) for k, v in acc.items()})
-        acc.clear()
-        records.append(rec)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k not in ("step", "epoch", "elapsed_s")})
-        if log is not None:
-            log(rec)
-
-    checked_size = False
-    model.train(True)
-    while step < total:
-        if out_of_budget():
-            out_of_time = True
-            break
-        order = _epoch_order(n, options.seed, epoch)[pos * batch_size : steps_per_epoch * batch_size]
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=order.tolist(),
-            num_workers=options.num_workers,
-            collate_fn=_collate,
-            drop_last=True,
-            # its own generator: a DataLoader otherwise draws a base seed from the global RNG per epoch,
-            # and a resumed run (one more loader) would then diverge from the uninterrupted one
-            generator=torch_generator(options.seed),
-        )
-        for images, labels in loader:
-            if not checked_size:
-                checked_size = True
-                want = (1, cfg.image_size, cfg.image_size)
-                if tuple(images.shape[1:]) != want:
-                    raise DataError(
-                        f"training images are {tuple(images.shape[1:])} but {model.name} is configured for "
-                        f"{want}; resize them (cxrbench train --image-size {cfg.image_size}) or change image_size"
-                    )
-            progress = budget_used()
-            model.progress = progress
-            losses = model.training_step(Batch(images.to(dev), labels.to(dev)), optimizers, step)
-            step += 1
-            pos += 1
-            for k, v in losses.items():
-                acc.setdefault(k, []).append(float(v))
-            if step % options.log_every == 0 or step >= total:
-                flush_log()
-            bar.update(1)
-            if step % options.checkpoint_every == 0:
-                save_checkpoint()
-            if step >= total:
-                break
-            if out_of_budget():
-                out_of_time = True
-                break
-        if out_of_time:
-            break
-        if pos >= steps_per_epoch:
-            epoch, pos = epoch + 1, 0
-    flush_log()  # the steps since the last record (a run stopped by max_minutes)
-    bar.close()
-    model.train(False)
-    save_checkpoint()
-    model.save_pretrained(out)
-    state = {
-        "generator": model.name,
-        "step": step,
-        "epoch": epoch,
-        "stopped_because": (
-            "max_minutes" if step < total
-            else "steps" if options.steps is not None and step >= options.steps
-            else "epochs"
-        ),
-        "elapsed_s": round(elapsed_before + time.monotonic() - t0, 3),
-        "cpu_s": round(cpu_before + time.process_time() - c0, 3),
-        "threads": torch.get_num_threads(),
-        "device": str(dev),
-        "n_train": n,
-        "images_seen": step * batch_size,  # training images drawn (a GAN step is one batch for D and G)
-        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # EMA copies excluded
-        "options": dataclasses.asdict(options),
-        "config": config_to_dict(cfg),
-    }
-    atomic_write_bytes(out / "train_state.json", json.dumps(state, indent=2, sort_keys=True).encode())
+    run = _Run(model, model.configure_optimizers(), out, options, total, log)
+    run.resume(dataset, dev)
+    run.start_clocks()
+    run.train(dataset, dev, n, batch_size, steps_per_epoch)
+    run.finish(dev, n, batch_size)
     return model

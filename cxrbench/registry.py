@@ -190,7 +190,7 @@ PROTOCOLS = Registry(
     "cxrbench.protocols",
     base="cxrbench.engine.protocol:Protocol",
     builtins={
-        "augmentation": "cxrbench.protocols.augmentation:AugmentationProtocol",
+        "augmentation": "cxrbench.protocols.augmentation.protocol:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
         "cxr128": "cxrbench.protocols.cxr128:CXR128Protocol",
     },
@@ -200,11 +200,11 @@ PROTOCOLS = Registry(
 CLASSIFIERS = Registry(
     "augmentation classifier",
     "cxrbench.classifiers",
-    base="cxrbench.protocols.augmentation:AugmentClassifier",
+    base="cxrbench.protocols.augmentation.classifiers:AugmentClassifier",
     builtins={
-        "linear": "cxrbench.protocols.augmentation:LinearProbe",
-        "cnn": "cxrbench.protocols.augmentation:CNNClassifier",
-        "densenet": "cxrbench.protocols.augmentation:DenseNetClassifier",
+        "linear": "cxrbench.protocols.augmentation.classifiers:LinearProbe",
+        "cnn": "cxrbench.protocols.augmentation.classifiers:CNNClassifier",
+        "densenet": "cxrbench.protocols.augmentation.classifiers:DenseNetClassifier",
     },
 )
 

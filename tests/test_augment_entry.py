@@ -18,13 +18,9 @@ from cxrbench.cli import main
 from cxrbench.data.sources import open_source
 from cxrbench.engine.evaluate import images_source
 from cxrbench.features.cxr64 import CXR64Extractor
-from cxrbench.protocols.augmentation import (
-    OUTPUTS,
-    AugmentConfig,
-    _default_splits,
-    _test_split,
-    binary_labels,
-)
+from cxrbench.protocols.augmentation.config import OUTPUTS, AugmentConfig
+from cxrbench.protocols.augmentation.labels import binary_labels
+from cxrbench.protocols.augmentation.splits import _default_splits, _test_split
 from cxrbench.protocols.cxr64_splits import image_splits
 from cxrbench.data.synthetic import synthetic_cxr
 
@@ -158,7 +154,7 @@ def _verify(entry, w, *extra):
 
 
 def test_entry_holds_the_augmentation_block_with_cis(world):
-    from cxrbench.publish.leaderboard import load_entry
+    from cxrbench.publish.entry import load_entry
 
     e = load_entry(world["entry"])
     b = e["augmentation"]
@@ -186,7 +182,7 @@ def test_verify_rechecks_the_block_and_fails_on_a_tampered_aug_value(world, tmp_
 
 
 def test_a_rank_statistic_may_move_one_test_pair_as_the_recomputation_states_and_no_more():
-    from cxrbench.protocols.augmentation import resolution_fields
+    from cxrbench.protocols.augmentation.stats import resolution_fields
     from cxrbench.publish.compare import metric_differences
 
     step = 1 / (80 * 80 * 5)  # one test pair of 80 x 80, averaged over 5 seeds
@@ -279,7 +275,7 @@ def test_augment_on_unconditional_samples_is_one_line_error(world, tmp_path, cap
 
 def test_tampered_block_shape_is_refused_on_load(world, tmp_path):
     from cxrbench.errors import DataError
-    from cxrbench.publish.leaderboard import load_entry
+    from cxrbench.publish.entry import load_entry
 
     e = json.loads(world["entry"].read_text())
     del e["augmentation"]["metrics"]["aug_gain_auroc"]
@@ -297,7 +293,7 @@ def test_interval_covers_the_training_draw_variance_that_test_resampling_misses(
     gain on the NIH Effusion pool) + mean per-image noise. Resampling only test images ignores the draws
     and misses the true value often; resampling seeds too covers it near the nominal rate."""
     from cxrbench.metrics.bootstrap import bootstrap_ci
-    from cxrbench.protocols.augmentation import seed_and_test_ci
+    from cxrbench.protocols.augmentation.stats import seed_and_test_ci
 
     rng = np.random.default_rng(0)
     n_test, n_seeds, sims = 80, 5, 120
@@ -321,7 +317,7 @@ def test_interval_covers_the_training_draw_variance_that_test_resampling_misses(
 def test_copies_of_real_training_images_show_no_gain_on_nih(tmp_path):
     """Planted check on the real task: 'synthetic' images that are copies of cxr64-train images (true labels)."""
     from cxrbench.data.labels import LABELS
-    from cxrbench.protocols.augmentation import augment
+    from cxrbench.protocols.augmentation.run import augment
 
     t = pd.read_csv(NIH / "labels.csv")
     t = t[np.array(image_splits(t)) == "train"].sample(200, random_state=0)

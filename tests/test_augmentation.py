@@ -16,15 +16,11 @@ import torch
 
 from cxrbench.errors import DataError, UsageError
 from cxrbench.engine.evaluate import images_source
-from cxrbench.protocols.augmentation import (
-    OUTPUTS,
-    AugmentConfig,
-    _classifier_labels,
-    _test_split,
-    augment,
-    auroc,
-    parse_task,
-)
+from cxrbench.protocols.augmentation.config import OUTPUTS, AugmentConfig
+from cxrbench.protocols.augmentation.labels import _classifier_labels, parse_task
+from cxrbench.protocols.augmentation.run import augment
+from cxrbench.protocols.augmentation.splits import _test_split
+from cxrbench.protocols.augmentation.stats import auroc
 from cxrbench.data.synthetic import synthetic_cxr
 
 from .conftest import write_pngs
@@ -90,7 +86,7 @@ def test_linear_probe_reaches_the_penalised_optimum_found_independently():
     from scipy.special import expit
     from sklearn.preprocessing import StandardScaler
 
-    from cxrbench.protocols.augmentation import LinearProbe
+    from cxrbench.protocols.augmentation.classifiers import LinearProbe
 
     rng = np.random.default_rng(0)
     x, xt = rng.normal(size=(100, 64)), rng.normal(size=(160, 64))
@@ -216,7 +212,7 @@ def test_too_few_images_and_missing_labels_are_clear_errors(cache_dir):
 
 
 def test_small_cnn_learns_and_is_reproducible():
-    from cxrbench.protocols.augmentation import _fit_torch
+    from cxrbench.protocols.augmentation.classifiers import _fit_torch
 
     imgs, y = _task_images(80, seed=60)
     tr, te = np.r_[0:20, 40:60], np.r_[20:40, 60:80]
@@ -367,24 +363,25 @@ def test_augment_and_evaluate_results_carry_the_same_provenance(tmp_path, cache_
 def test_a_registered_classifier_is_used_by_the_protocol(monkeypatch, cache_dir):
     """Classifiers are plug-ins: one registered under a new name runs every mode. Flipping the linear probe's
     scores turns each AUROC a into 1 - a exactly (Mann-Whitney with ties at 1/2)."""
-    from cxrbench.protocols import augmentation as aug
+    from cxrbench.protocols.augmentation import classifiers
+    from cxrbench.protocols.augmentation.config import MODES
     from cxrbench.registry import CLASSIFIERS, Registry
 
-    class Flipped(aug.LinearProbe):
+    class Flipped(classifiers.LinearProbe):
         def fit(self, x_tr, y_tr, x_te, **kw):
             return 1.0 - super().fit(x_tr, y_tr, x_te, **kw)
 
     fresh = Registry("augmentation classifier", "test.group", base=CLASSIFIERS.base,
                      builtins={n: CLASSIFIERS.get(n) for n in CLASSIFIERS.names()})
     fresh.add("flipped", Flipped)
-    monkeypatch.setattr(aug, "CLASSIFIERS", fresh)
+    monkeypatch.setattr(classifiers, "CLASSIFIERS", fresh)
     imgs, y = _task_images(120, seed=30)
     real = _labeled(imgs, y, "real")
     syn_imgs, ys = _task_images(60, seed=31)
     syn = _labeled(syn_imgs, ys, "synthetic")
     a = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10))
     b = augment(real, syn, config=_cfg(cache_dir, n_real=20, n_test=40, seeds=1, n_bootstrap=10, classifier="flipped"))
-    for mode in aug.MODES:
+    for mode in MODES:
         assert b.metrics[f"aug_{mode}_auroc"].value == pytest.approx(1 - a.metrics[f"aug_{mode}_auroc"].value, abs=1e-12)
     with pytest.raises(UsageError, match="expected one of cnn, densenet, flipped, linear"):
         augment(real, syn, config=_cfg(cache_dir, classifier="nope"))

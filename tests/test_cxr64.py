@@ -344,7 +344,7 @@ def test_reference_rows_heldout_scores_near_the_floor_and_the_memorizer_is_flagg
 
 
 def test_leaderboard_ranks_cxr64_by_its_headline_metric():
-    from cxrbench.publish.leaderboard import default_rank_key
+    from cxrbench.publish.ranking import default_rank_key
 
     keys = ["coverage_cxr64", "fd_inf_cxr64", "fid_cxr64", "fid_inception", "kid_cxr64"]
     assert default_rank_key(keys, "cxr64") == proto.CXR64Protocol.headline == "fid_cxr64"
@@ -354,7 +354,7 @@ def test_leaderboard_ranks_cxr64_by_its_headline_metric():
 
 
 def test_augmentation_labels_synthetic_images_with_the_probe_extractors_own_head():
-    from cxrbench.protocols.augmentation import _labeller
+    from cxrbench.protocols.augmentation.labels import _labeller
 
     assert _labeller("cxr64", ("Effusion", "No Finding")) == ("cxr64", "cxr64-classifier")  # offline
     assert _labeller("cxr64", ("Pneumonia", "No Finding")) == ("xrv", "xrv-classifier")  # not among its labels

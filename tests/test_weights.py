@@ -542,7 +542,8 @@ def test_comparable_only_when_every_extractor_has_its_published_weights(tmp_path
 
 
 def test_leaderboard_never_ranks_entries_with_different_extractor_weights_together(tmp_path):
-    from cxrbench.publish.leaderboard import group_entries, render
+    from cxrbench.publish.leaderboard import render
+    from cxrbench.publish.ranking import group_entries
 
     from .leaderboard_helpers import fake_entry
     from .test_leaderboard import Tables

@@ -25,7 +25,7 @@ def _int_or_none(s: str):
 
 
 def add_arguments(p) -> None:
-    from ..protocols.augmentation import AugmentConfig
+    from ..protocols.augmentation.config import AugmentConfig
     from ..registry import CLASSIFIERS
     from .options import add_config_flag, add_moved_flag
 
@@ -70,7 +70,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..protocols.augmentation import AugmentConfig
+    from ..protocols.augmentation.config import AugmentConfig
 
     return AugmentConfig(
         task=args.task, n_real=args.n_real, n_test=args.n_test, n_synthetic=args.n_synthetic, seeds=args.seeds,
@@ -84,7 +84,7 @@ def config_from_args(args):
 def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
     from ..engine.provenance import make_result
-    from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION
+    from ..protocols.augmentation.config import PROTOCOL_NAME, PROTOCOL_VERSION
     from ..registry import CLASSIFIERS, EXTRACTORS
 
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
@@ -149,7 +149,8 @@ def _ci(m, sign="") -> str:
 
 def run(args) -> int:
     from ..fileio import check_writable
-    from ..protocols.augmentation import augment, figure
+    from ..protocols.augmentation.protocol import figure
+    from ..protocols.augmentation.run import augment
 
     cfg = config_from_args(args)
     if args.out:

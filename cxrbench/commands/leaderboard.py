@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..publish.leaderboard import group_entries, load_entries, render
+    from ..publish.entry import load_entries
+    from ..publish.leaderboard import render
+    from ..publish.ranking import group_entries
 
     entries_dir = args.entries if args.entries is not None else args.out / "entries"
     entries = load_entries(entries_dir)

@@ -41,7 +41,7 @@ def run(args) -> int:
 
     from ..errors import UsageError
     from ..publish.compare import format_table
-    from ..publish.leaderboard import load_entry
+    from ..publish.entry import load_entry
     from ..publish.submission import recorded_samples, verify
     from .submit import local_from_args
 

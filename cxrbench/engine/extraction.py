@@ -193,63 +193,19 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
     tc = time.perf_counter()
     dist = dist or DistContext()
     n = len(src)
-    base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
-    derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
-    for k, e in derived.items():
-        if e.derived_from not in base:
-            raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
+    base, derived = _base_and_derived(extractors)
     specs = {k: extractor_spec(e, config) for k, e in extractors.items()}
     feats = {k: np.full((n, e.num_features), np.nan, dtype=np.float32) for k, e in extractors.items()}
     chunks = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
-    todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
     mine = [ci for ci in range(len(chunks)) if dist.owns(ci)]
     hits0, misses0 = cache.hits, cache.misses
-    for ci in mine:
-        s, t = chunks[ci]
-        hashes = src.hashes[s:t]
-        for k in list(base) + list(derived):
-            got = cache.get(chunk_key(hashes, specs[k]))
-            if got is not None and got.shape == (t - s, extractors[k].num_features):
-                feats[k][s:t] = got
-            else:
-                need = k if k in base else extractors[k].derived_from
-                todo.setdefault(ci, [])
-                if need not in todo[ci]:
-                    todo[ci].append(need)
+    todo = _cached_chunks(src, extractors, (base, derived), specs, feats, chunks, mine, cache)
     times["cache_s"] += time.perf_counter() - tc
 
     bad: list[tuple[int, str]] = []
     if todo:
-        batches = []
-        for ci in sorted(todo):
-            s, t = chunks[ci]
-            batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
-        bar = _progress(sum(len(b) for b in batches), desc, config.progress and dist.is_main)
-        chunk_of = lambda i: i // config.chunk_size
-        decoded = decoded_batches(src, batches, device=device, workers=default_workers(config), times=times)
-        for rows, groups, bad_here in decoded:
-            tf = time.perf_counter()
-            bad += bad_here
-            ci = chunk_of(rows[0])
-            for idx, x in groups:
-                for k in todo[ci]:
-                    with precision_scope(config.precision, device):
-                        f = run_extractor(base[k], x, config.precision, times=times, name=k)
-                    feats[k][idx] = f.cpu().numpy()
-                    for dk, de in derived.items():
-                        if de.derived_from == k:
-                            feats[dk][idx] = de.from_features(f).cpu().numpy()
-            bar.update(len(rows))
-            s, t = chunks[ci]
-            tw = time.perf_counter()
-            times["forward_s"] += tw - tf
-            if rows[-1] == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
-                for k in list(base) + list(derived):
-                    src_k = k if k in base else derived[k].derived_from
-                    if src_k in todo[ci]:
-                        cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
-            times["cache_s"] += time.perf_counter() - tw
-        bar.close()
+        bad += _compute_chunks(src, todo, (base, derived), specs, feats, chunks, config, cache, device, desc,
+                               dist.is_main, times)
     if dist.active:  # rank 0 collects every rank's chunks (computed or cached) and failures
         payload = {"chunks": {ci: {k: feats[k][chunks[ci][0]:chunks[ci][1]] for k in extractors} for ci in mine},
                    "bad": bad, "hits": cache.hits - hits0, "misses": cache.misses - misses0}
@@ -266,6 +222,83 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             bad += p["bad"]
             cache.hits += p["hits"]
             cache.misses += p["misses"]
+    _list_failures(src, extractors, feats, bad)
+    return feats, sorted(bad)
+
+
+def _base_and_derived(extractors: dict) -> tuple[dict, dict]:
+    """(networks run on images, heads computed from a base network's features), each checked to have its base."""
+    base = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is None}
+    derived = {k: e for k, e in extractors.items() if getattr(e, "derived_from", None) is not None}
+    for k, e in derived.items():
+        if e.derived_from not in base:
+            raise UsageError(f"extractor {k!r} is computed from {e.derived_from!r}; add it to --extractors")
+    return base, derived
+
+
+def _cached_chunks(src: ImageSource, extractors: dict, nets: tuple[dict, dict], specs: dict, feats: dict,
+                   chunks: list[tuple[int, int]], mine: list[int], cache: FeatureCache) -> dict[int, list[str]]:
+    """Fills ``feats`` from the cache for this rank's chunks; returns chunk index -> base extractors still to
+    run (a derived head missing from the cache runs its base network again)."""
+    base, derived = nets
+    todo: dict[int, list[str]] = {}  # chunk index -> base extractors still to run
+    for ci in mine:
+        s, t = chunks[ci]
+        hashes = src.hashes[s:t]
+        for k in list(base) + list(derived):
+            got = cache.get(chunk_key(hashes, specs[k]))
+            if got is not None and got.shape == (t - s, extractors[k].num_features):
+                feats[k][s:t] = got
+            else:
+                need = k if k in base else extractors[k].derived_from
+                todo.setdefault(ci, [])
+                if need not in todo[ci]:
+                    todo[ci].append(need)
+    return todo
+
+
+def _compute_chunks(src: ImageSource, todo: dict[int, list[str]], nets: tuple[dict, dict], specs: dict,
+                    feats: dict, chunks: list[tuple[int, int]], config: EvalConfig, cache: FeatureCache,
+                    device: str, desc: str, show_progress: bool, times: dict) -> list[tuple[int, str]]:
+    """Runs the chunks of ``todo`` (images decoded once, every base network and its derived heads on each
+    batch), caches each chunk as it completes, and returns the images that failed to decode."""
+    base, derived = nets
+    bad: list[tuple[int, str]] = []
+    batches = []
+    for ci in sorted(todo):
+        s, t = chunks[ci]
+        batches += [list(range(b, min(b + config.batch_size, t))) for b in range(s, t, config.batch_size)]
+    bar = _progress(sum(len(b) for b in batches), desc, config.progress and show_progress)
+    chunk_of = lambda i: i // config.chunk_size
+    decoded = decoded_batches(src, batches, device=device, workers=default_workers(config), times=times)
+    for rows, groups, bad_here in decoded:
+        tf = time.perf_counter()
+        bad += bad_here
+        ci = chunk_of(rows[0])
+        for idx, x in groups:
+            for k in todo[ci]:
+                with precision_scope(config.precision, device):
+                    f = run_extractor(base[k], x, config.precision, times=times, name=k)
+                feats[k][idx] = f.cpu().numpy()
+                for dk, de in derived.items():
+                    if de.derived_from == k:
+                        feats[dk][idx] = de.from_features(f).cpu().numpy()
+        bar.update(len(rows))
+        s, t = chunks[ci]
+        tw = time.perf_counter()
+        times["forward_s"] += tw - tf
+        if rows[-1] == t - 1:  # chunk complete: cache it (bad images stay NaN rows)
+            for k in list(base) + list(derived):
+                src_k = k if k in base else derived[k].derived_from
+                if src_k in todo[ci]:
+                    cache.put(chunk_key(src.hashes[s:t], specs[k]), feats[k][s:t])
+        times["cache_s"] += time.perf_counter() - tw
+    bar.close()
+    return bad
+
+
+def _list_failures(src: ImageSource, extractors: dict, feats: dict, bad: list[tuple[int, str]]) -> None:
+    """Adds to ``bad`` every row with no finite features that is not listed yet."""
     # Images that failed in an earlier (perhaps interrupted) run are NaN rows in cached chunks; they must be
     # listed even when this run found other bad images in the chunks it computed.
     # An extractor that returns NaN/Inf for a decodable image is listed too, rather than poisoning a metric.
@@ -277,7 +310,6 @@ def extract_features(src: ImageSource, extractors: dict, config: EvalConfig, cac
             if int(i) not in known:
                 known.add(int(i))
                 bad.append((int(i), _failure_message(src, int(i), None if failed[i] else k)))
-    return feats, sorted(bad)
 
 
 def reference_statistics(source, *, config: EvalConfig | None = None) -> dict | None:

@@ -46,8 +46,8 @@ BLOCK_KEYS = ("protocol", "task", "config", "real", "weights", "metrics", "detai
 
 def conditional_on(source, task: str) -> bool:
     """Whether the samples carry both labels of ``task`` (a conditional model's manifest.csv)."""
-    from ..protocols.augmentation import parse_task
     from ..data.precomputed import PrecomputedSet
+    from ..protocols.augmentation.labels import parse_task
 
     if isinstance(source, PrecomputedSet):
         return False  # a reference row of real images: its labels are findings, not requests to a generator
@@ -83,7 +83,7 @@ def plan(source, *, task: str | None, real: str | None, protocol: str, enabled: 
 
 def config_for(task: str, stored: dict | None = None, **local):
     """The AugmentConfig: the leaderboard setting (or an entry's stored, type-checked config) plus local fields."""
-    from ..protocols.augmentation import AugmentConfig
+    from ..protocols.augmentation.config import AugmentConfig
 
     fields = {f.name for f in dataclasses.fields(AugmentConfig)}
     defaults = AugmentConfig()
@@ -105,7 +105,8 @@ def config_for(task: str, stored: dict | None = None, **local):
 
 def compute(samples_source, real: Path, task: str, *, stored_config: dict | None = None, **local) -> dict:
     """Run the protocol and return the block (metrics as plain JSON-ready dicts)."""
-    from ..protocols.augmentation import PROTOCOL_NAME, PROTOCOL_VERSION, augment
+    from ..protocols.augmentation.config import PROTOCOL_NAME, PROTOCOL_VERSION
+    from ..protocols.augmentation.run import augment
 
     cfg = config_for(task, stored_config, **local)
     out = augment(str(real), samples_source, config=cfg)
@@ -126,7 +127,7 @@ def compute(samples_source, real: Path, task: str, *, stored_config: dict | None
 
 def validate(block: Any, source: str) -> None:
     """Schema-check an entry's (untrusted) augmentation block."""
-    from ..protocols.augmentation import OUTPUTS
+    from ..protocols.augmentation.config import OUTPUTS
 
     where = f"{source}: augmentation"
     if not isinstance(block, dict) or set(block) != set(BLOCK_KEYS):

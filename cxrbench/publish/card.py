@@ -14,7 +14,7 @@ A card describes the model, never its numbers (cxrbench computes those itself). 
     [training]                                       # optional: the cost, as `cxrbench reproduce` fills it
     steps = 1200
     images_seen = 76800
-    cpu_minutes = 15.0
+    cpu_minutes = 15.0                               # or gpu_hours, for a model trained on a GPU
     wall_minutes = 22.4
     parameters = 3400000
     threads = 1
@@ -36,7 +36,7 @@ from ..errors import DataError, UsageError
 
 CONDITIONING = ("unconditional", "labels", "text", "image")
 KINDS = ("model", "reference")  # a reference row (real images) gives the board its scale; it is not ranked as a model
-TRAINING_KEYS = ("steps", "images_seen", "cpu_minutes", "wall_minutes", "parameters", "threads")
+TRAINING_KEYS = ("steps", "images_seen", "cpu_minutes", "gpu_hours", "wall_minutes", "parameters", "threads")
 # A name becomes a file name (entries/<slug>.json) and an HTML anchor: keep it to a safe alphabet.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,79}$")
 _URL_RE = re.compile(r"^https?://[^\s<>\"']+$")

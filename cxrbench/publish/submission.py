@@ -1,7 +1,7 @@
 """Submitting, verifying and regression-checking samples against leaderboard entries.
 
 ``submit`` evaluates a samples folder itself (self-reported numbers are never accepted) and writes an entry
-(``cxrbench.entry/1``, see ``cxrbench.publish.leaderboard``). ``verify`` re-hashes the samples and recomputes every
+(``cxrbench.entry/1``, see ``cxrbench.publish.entry``). ``verify`` re-hashes the samples and recomputes every
 number with the entry's resolved config. ``check`` evaluates new samples with the entry's config and
 reports the metrics that got worse than the entry by more than their noise.
 
@@ -21,11 +21,13 @@ from typing import Any
 
 from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
+from ..fileio import write_output
 from ..registry import PROTOCOLS
 from . import augment_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .leaderboard import make_entry, samples_folder, write_public
+from .entry import MAX_ENTRY_BYTES, load_entry, make_entry, samples_folder
+from .entry import SCHEMA as ENTRY_SCHEMA
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
 LOCAL_FIELDS = ("device", "num_workers", "cache_dir", "use_cache", "progress")
@@ -122,8 +124,6 @@ def load_baseline(path: str | os.PathLike) -> dict:
     file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
     baseline needs neither a model card nor ``submit``."""
     from .. import results
-    from .leaderboard import MAX_ENTRY_BYTES, load_entry
-    from .leaderboard import SCHEMA as ENTRY_SCHEMA
 
     path = Path(path)
     try:
@@ -207,7 +207,7 @@ def submit(
     from ..results import _json_default
 
     text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
-    write_public(path, text.encode())
+    write_output(path, text.encode())
     return path, entry
 
 
