@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.data.io import load_image
+from cxrbench.data.labels import LABELS
 from cxrbench.errors import DataError
 from cxrbench.features.cxr128 import CXR128Net, to_cxr128
 from cxrbench.generator import PretrainedMixin
-from cxrbench.data.labels import LABELS
 from cxrbench.protocols.cxr128_splits import nih_splits
 
 from .cxr64net import _gauss_blur

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,14 +53,14 @@ def _offline(samples):
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "cxrbench", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
+                          cwd=ROOT, check=False)
 
 
 # --- shipped files ---------------------------------------------------------------------------------------
 
 
 def test_shipped_files_are_the_pinned_ones():
-    net, digest = feat.load_network()
+    _net, digest = feat.load_network()
     assert digest == feat.WEIGHTS_SHA256 == sha256_file(feat.shipped_path(feat.WEIGHTS_FILE))
     ref, train, held = (proto.load_features(w) for w in ("reference", "train", "heldout"))
     assert ref.features["cxr128"].shape == (599, feat.EMBED_DIM) and np.isfinite(ref.features["cxr128"]).all()

@@ -114,8 +114,8 @@ def load_network(path: Path | None = None, *, expected_sha256: str | None = None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net = CXR128Net()
-        net.load_state_dict(state["state_dict"] if "state_dict" in state else state)
-    except Exception as e:  # a wrong file that happens to be named like ours
+        net.load_state_dict(state.get("state_dict", state))
+    except Exception as e:  # noqa: BLE001 - any wrong file that happens to be named like ours
         raise WeightsError(f"{path}: not a cxr128 state dict ({e.__class__.__name__}: {str(e)[:120]})") from None
     return net.eval(), digest
 

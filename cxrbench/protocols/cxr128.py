@@ -29,10 +29,10 @@ import json
 import numpy as np
 
 from ..data.io import sha256_file
-from ..errors import UsageError, WeightsError
-from ..features.cxr128 import shipped_path
 from ..data.precomputed import PrecomputedSet
 from ..engine.protocol import Protocol
+from ..errors import UsageError, WeightsError
+from ..features.cxr128 import shipped_path
 
 NAME = "cxr128"
 VERSION = "1"

@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cxrbench.data.corruptions import CORRUPTIONS, apply  # noqa: E402
-from cxrbench.data.io import load_image  # noqa: E402
-from cxrbench.features.cxr128 import CXR128Extractor, CXR128Net, to_cxr128  # noqa: E402
-from cxrbench.metrics.fid import fid_from_features  # noqa: E402
-from cxrbench.protocols.cxr128_splits import nih_splits  # noqa: E402
+from cxrbench.data.corruptions import CORRUPTIONS, apply
+from cxrbench.data.io import load_image
+from cxrbench.features.cxr128 import CXR128Extractor, CXR128Net, to_cxr128
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.protocols.cxr128_splits import nih_splits
 
 N = 200
 #: eye tiers of the leaderboard sample sets, written down from leaderboard/thumbs before measuring
