@@ -10,11 +10,13 @@ stopped. Metrics are then pure functions of the cached features.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import (
     DEFAULT_EXTRACTORS,
@@ -30,6 +32,7 @@ from ..errors import DataError, UsageError
 from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
+from ..metrics.bootstrap import one_torch_thread
 from ..metrics.common import MetricSettings
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
@@ -292,9 +295,12 @@ def _run_metrics(plan, ctx: EvalContext, proto, s: _Sets, skipped_metrics: dict)
     protocol's own; a metric's skip reason lands in ``skipped_metrics``."""
     metrics: dict[str, dict] = {}
     metric_versions, metric_times = {}, {}
-    with warnings.catch_warnings(record=True) as caught:
+    # the bootstraps take a while on a busy CPU: say which metric runs rather than sit silent
+    bar = tqdm(plan, desc="metrics", unit="metric", disable=not ctx.config.progress, file=sys.stderr, leave=False)
+    with warnings.catch_warnings(record=True) as caught, one_torch_thread(ctx.device):
         warnings.simplefilter("always")
-        for m in plan:
+        for m in bar:
+            bar.set_postfix_str(m.name)
             reason = m.skip_reason(ctx) if hasattr(m, "skip_reason") else None
             if s.ref_stats is not None and not m.accepts_reference_stats:
                 reason = "the reference is saved statistics (mean/covariance); this metric needs its images"
