@@ -35,3 +35,28 @@ def test_nih_splits_are_disjoint_across_both_nih_folders_and_hold_the_protocol_c
     for name in ("reference", "heldout"):  # balanced: each split holds every view x normal/abnormal kind
         part = t[t["cxr128_split"] == name]
         assert part.groupby(["view_position", "No Finding"]).size().min() >= 0.1 * len(part)
+
+
+def test_selecting_a_split_by_name_gives_the_protocol_s_split(tmp_path):
+    """`train --split cxr128-train` on nih_extra_256px trains on exactly the split the protocol's features were
+    made without; `cxr128-reference` / `cxr128-heldout` are the shipped sets' images."""
+    from cxrbench.data.imageset import open_folder
+
+    root = shared_folder("nih_extra_256px")
+    table = splits.nih_splits(root.parent)
+    src = open_folder(root, role="train", index=False)
+    for name in ("train", "reference", "heldout"):
+        got = splits.select_cxr128_split(src, f"cxr128-{name}")
+        want = set(table.loc[table["cxr128_split"] == name, "path"])
+        assert set(got.ids) == want, name
+    with pytest.raises(Exception, match="cxr128-train"):
+        splits.select_cxr128_split(src, "cxr128-test")
+
+
+def test_train_refuses_the_protocol_s_reference_without_a_split(tmp_path, capsys):
+    from cxrbench.cli import main
+
+    root = shared_folder("nih_extra_256px")
+    rc = main(["train", "vae", "--data", str(root), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cxr128 protocol's reference or held-out set" in err and "--split cxr128-train" in err

@@ -21,8 +21,8 @@ def test_missing_weights_name_the_shipped_network_first_and_random_only_as_smoke
         resolve_weights_file("FID Inception-v3", ["inception.pth"], weights=None, library_dirs=[tmp_path],
                              download=offline)
     msg = str(e.value)
-    assert "\n" not in msg and "--extractors cxr64" in msg
-    assert msg.index("--extractors cxr64") < msg.index("--weights random")
+    assert "\n" not in msg and "--extractors cxr128" in msg
+    assert msg.index("--extractors cxr128") < msg.index("--weights random")
     assert "smoke test" in msg[msg.index("--weights random"):]
 
 

@@ -11,7 +11,7 @@ EPILOG = """examples:
   cxrbench stats --reference nih-cxr14 --reference-split test --out nih-test.npz
   cxrbench evaluate --samples samples/ --reference nih-test.npz
   # offline: the cxr64 protocol's network ships with cxrbench (evaluate takes the file's extractors)
-  cxrbench stats --reference real/ --extractors cxr64 --out real-cxr64.npz
+  cxrbench stats --reference real/ --extractors cxr128 --out real-cxr128.npz
   cxrbench evaluate --samples samples/ --reference real-cxr64.npz
 """
 

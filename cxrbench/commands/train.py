@@ -116,26 +116,32 @@ def _refuse_other_preprocessing(out: Path, spec) -> None:
 
 
 def _check_protocol_leak(source, args) -> None:
-    """A folder holding the cxr64 protocol's reference or held-out images (``nih1000_64px``, or another NIH
-    folder with their patients): with no --split, refused (every cxr64 number of the model would be measured
-    on its training data); with a split of the folder's own, a warning. ``--split all`` says it is meant."""
+    """A folder holding a protocol's reference or held-out images (``nih_extra_256px`` for cxr128,
+    ``nih1000_64px`` for cxr64, or another NIH folder with their patients): with no --split, refused (every
+    number of the model under that protocol would be measured on its training data); with a split of the
+    folder's own, a warning. ``--split all`` says it is meant."""
     from ..protocols.cxr64_splits import protocol_overlap
+    from ..protocols.cxr128 import load_features as cxr128_features
 
     if args.split == "all":
         return
-    seen = protocol_overlap(source)
-    n = max(seen["images"], seen["patient_images"])
-    if not n:
-        return
-    use = "--split cxr64-train (the protocol's training split)" if seen["train_split_present"] else \
-        "--split cxr64-disjoint (without the protocol's reference and held-out patients)"
-    which = "images of" if seen["images"] else "images of patients in"
-    what = (f"{n} of the {len(source)} images{'' if args.split is None else f' of split {args.split!r}'} in "
-            f"{args.data} are {which} the cxr64 protocol's reference or held-out set, so the model's cxr64 "
-            "numbers would be measured on its training data")
-    if args.split is None:
-        raise UsageError(f"{what}; pass {use}, or --split all to train on every image anyway")
-    print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
+    for name, features, train, other in (
+            ("cxr128", cxr128_features, "--split cxr128-train (the protocol's training split)",
+             "--split cxr128-train (without the protocol's reference and held-out patients)"),
+            ("cxr64", None, "--split cxr64-train (the protocol's training split)",
+             "--split cxr64-disjoint (without the protocol's reference and held-out patients)")):
+        seen = protocol_overlap(source, features)
+        n = max(seen["images"], seen["patient_images"])
+        if not n:
+            continue
+        use = train if seen["train_split_present"] else other
+        which = "images of" if seen["images"] else "images of patients in"
+        what = (f"{n} of the {len(source)} images{'' if args.split is None else f' of split {args.split!r}'} in "
+                f"{args.data} are {which} the {name} protocol's reference or held-out set, so the model's {name} "
+                "numbers would be measured on its training data")
+        if args.split is None:
+            raise UsageError(f"{what}; pass {use}, or --split all to train on every image anyway")
+        print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -144,6 +150,7 @@ def run(args) -> int:
     from ..data.transforms import CXRTransform
     from ..fileio import atomic_write_bytes
     from ..protocols.cxr64_splits import select_cxr64_split
+    from ..protocols.cxr128_splits import select_cxr128_split
     from ..training import TrainOptions, config_to_dict
 
     if args.threads is not None:
@@ -167,6 +174,8 @@ def run(args) -> int:
         source = ImageFolder(args.data, labels_csv=args.labels).source
         if args.split and args.split.startswith("cxr64-"):
             source = select_cxr64_split(source, args.split)
+        elif args.split and args.split.startswith("cxr128-"):
+            source = select_cxr128_split(source, args.split)
         else:
             source = select_split(source, args.split)
             _check_protocol_leak(source, args)

@@ -23,10 +23,10 @@ from ..data.io import sha256_file
 from ..errors import WeightsError
 
 MIRROR_ENV = "CXRBENCH_WEIGHTS_MIRROR"
-#: the advice that works offline: the cxr64 network ships with cxrbench (no download, comparable numbers);
-#: random weights only show that the pipeline runs
-OFFLINE_HINT = ("or, offline, use the network that ships with cxrbench: --extractors cxr64 (the cxr64 protocol's "
-                "network; extractors=(\"cxr64\",) in Python); --weights random only for a smoke test (numbers not "
+#: the advice that works offline: the default protocol's network ships with cxrbench (no download, comparable
+#: numbers); random weights only show that the pipeline runs
+OFFLINE_HINT = ("or, offline, use the network that ships with cxrbench: --extractors cxr128 (the cxr128 protocol's "
+                "network; extractors=(\"cxr128\",) in Python); --weights random only for a smoke test (numbers not "
                 "comparable)")
 
 

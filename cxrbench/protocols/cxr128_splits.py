@@ -44,9 +44,9 @@ def image_splits(labels, *, other_patients=()) -> list[str]:
 def nih_splits(data_root) -> "object":
     """``labels.csv`` of ``data_root/nih_extra_256px`` with a ``cxr128_split`` column (patients of
     ``data_root/nih1000_64px`` forced to ``train`` where that folder is present)."""
-    import pandas as pd  # heavy; only callers that read the data folder need it
-
     from pathlib import Path
+
+    import pandas as pd  # heavy; only callers that read the data folder need it
 
     root = Path(data_root)
     csv = root / "nih_extra_256px" / "labels.csv"
@@ -61,13 +61,26 @@ def nih_splits(data_root) -> "object":
 
 
 def select_cxr128_split(source, split: str):
-    """``cxr128-train`` / ``cxr128-heldout`` / ``cxr128-reference`` of an NIH folder with the nih_extra layout."""
+    """``cxr128-train`` / ``cxr128-heldout`` / ``cxr128-reference`` of ``nih_extra_256px`` (or any NIH folder).
+
+    Decided by what the protocol ships, not recomputed from this folder's table (which cannot see the patients
+    of the other NIH folder): ``reference`` / ``heldout`` are the images whose sha256 ships with those splits;
+    ``train`` is every image of a patient in neither."""
+    from .cxr128 import load_features
+
     name = split.removeprefix("cxr128-")
-    need = {"patient_id", "view_position", "No Finding"}
     if name not in SPLITS:
         raise UsageError(f"--split {split}: the cxr128 splits are {', '.join('cxr128-' + s for s in SPLITS)}")
-    if source.labels is None or not need <= set(source.labels.columns):
-        raise UsageError(f"--split {split}: {source.name} needs labels.csv columns {sorted(need)} (the NIH "
-                         "nih_extra_256px layout) to apply the cxr128 patient split")
-    keep = [i for i, s in enumerate(image_splits(source.labels)) if s == name]
-    return source.subset(keep)
+    if name != "train":
+        hashes = set(load_features(name).hashes)
+        return source.subset([i for i, h in enumerate(source.hashes) if h in hashes])
+    pids = source.patient_ids
+    if pids is None and source.labels is not None and "patient_id" in source.labels.columns:
+        pids = source.labels["patient_id"].astype(str).tolist()
+    if pids is None:
+        raise UsageError(f"--split {split}: {source.name} has no patient ids (a labels.csv patient_id column); "
+                         "they decide which images stay out of training")
+    held = {_norm(p) for w in ("reference", "heldout") for p in load_features(w).patient_ids}
+    held_hashes = {h for w in ("reference", "heldout") for h in load_features(w).hashes}
+    return source.subset([i for i, (p, h) in enumerate(zip(pids, source.hashes))
+                          if _norm(p) not in held and h not in held_hashes])

@@ -91,11 +91,13 @@ def _without_protocol_patients(source, split: str):
     return source.subset(keep)
 
 
-def protocol_overlap(source) -> dict[str, int]:
-    """How much of ``source`` is the cxr64 protocol's reference or held-out set: images (by sha256, shipped with
-    their features) and further images of their patients (by patient id). Training on either leaks the
-    protocol's evaluation data into the model (``train`` warns or refuses on it)."""
-    from .cxr64 import load_features
+def protocol_overlap(source, load_features=None) -> dict[str, int]:
+    """How much of ``source`` is a protocol's reference or held-out set (``load_features`` of that protocol;
+    cxr64's by default): images (by sha256, shipped with their features) and further images of their patients
+    (by patient id). Training on either leaks the protocol's evaluation data into the model (``train`` warns
+    or refuses on it)."""
+    if load_features is None:
+        from .cxr64 import load_features
 
     hashes = set(source.hashes)
     pids = source.patient_ids
