@@ -385,3 +385,26 @@ def test_every_torch_load_and_np_load_refuses_pickles():
                         (base == "np" and kw.get("allow_pickle") is not False):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_a_named_pipe_in_the_folder_is_listed_as_unreadable_not_read(tmp_path):
+    """Reading a FIFO blocks forever; the folder scan names it instead (it hung `evaluate` before)."""
+    import os
+    import threading
+
+    from cxrbench.data.imageset import open_folder
+
+    from .conftest import write_pngs
+    from cxrbench.data.synthetic import synthetic_cxr
+
+    write_pngs(tmp_path, synthetic_cxr(3, 16, 0.0, seed=0))
+    os.mkfifo(tmp_path / "pipe.png")
+    found = {}
+    t = threading.Thread(target=lambda: found.update(src=open_folder(tmp_path, role="samples", index=False)),
+                         daemon=True)
+    t.start()
+    t.join(30)
+    assert "src" in found, "opening a folder with a named pipe blocked"
+    src = found["src"]
+    assert len(src) == 3 and [rel for rel, _ in src.unreadable] == ["pipe.png"]
+    assert "not a regular file" in src.unreadable[0][1]

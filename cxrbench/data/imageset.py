@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import os
 import re
+import stat
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -227,6 +228,8 @@ def _hash_files(paths: list[Path], workers: int = 8) -> list[str | DataError]:
 
     def one(p: Path) -> str | DataError:
         try:
+            if not stat.S_ISREG(os.stat(p).st_mode):  # a named pipe would block the read forever
+                return DataError(f"{p}: not a regular file (a named pipe, socket or device); remove it from the folder")
             return sha256_file(p)
         except OSError as e:
             return DataError(f"{p}: cannot be read ({e.strerror or e})")

@@ -323,6 +323,11 @@ def _set_notes(s: _Sets, duplicates: dict) -> list[str]:
     notes = []
     for role, src in s.sets.items():
         notes += [f"{role}: {x}" for x in src.notes]
+        skipped = s.skipped_files.get(role) or []
+        if skipped:  # --skip-bad: said where the user looks, not only in the result file
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            notes.append(f"{role}: {len(skipped)} unreadable file(s) skipped (--skip-bad): "
+                         f"{', '.join(skipped[:5])}{more}")
         if duplicates[role]:
             extra = sum(len(g) - 1 for g in duplicates[role])
             notes.append(f"{role}: {extra} image(s) are byte-identical copies of others (e.g. "
