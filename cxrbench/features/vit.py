@@ -134,7 +134,8 @@ class Dinov2Extractor(FeatureExtractor):
     def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu",
                  _config: dict | None = None) -> None:
         super().__init__()
-        config = dict(_config or shipped_config(self.folder))
+        # the architecture: the published config (a reduced one only through for_tests)
+        self.config = config = dict(_config or shipped_config(self.folder))
         self.preprocessor = shipped_preprocessor(self.folder)
         self.num_features = int(config["hidden_size"])
         self.input_size = int(self.preprocessor["crop_size"]["height"])
@@ -147,6 +148,7 @@ class Dinov2Extractor(FeatureExtractor):
             self.weights_id = f"random:{seed}"
         else:
             path = self.resolve_weights(weights)
+            self.check_folder_config(path.parent)  # before building: a ViT-L takes seconds to initialise
             self.net = build_dinov2(config)
             self.load_weights(path)
             self.weights_id = weights_sha256(path)
@@ -192,18 +194,22 @@ class Dinov2Extractor(FeatureExtractor):
             + OFFLINE_HINT
         )
 
+    def check_folder_config(self, folder: Path) -> None:
+        """A saved folder whose config.json describes another architecture is refused, naming what differs
+        (a folder without one, e.g. a mirrored file, is checked by its tensors' names and shapes)."""
+        cfg_file = folder / "config.json"
+        if not cfg_file.is_file():
+            return
+        try:
+            found = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"{cfg_file}: not a readable config.json ({e})") from None
+        diff = config_differences(found, self.config)
+        if diff:
+            raise WeightsError(f"{folder}: not {self.where()}: its config.json has {'; '.join(diff)}")
+
     def load_weights(self, path: Path) -> None:
-        """Load ``path`` (safetensors) into the shipped architecture; a folder whose config.json or tensors
-        describe another architecture is refused, naming what differs."""
-        cfg_file = path.parent / "config.json"
-        if cfg_file.is_file():
-            try:
-                found = json.loads(cfg_file.read_text())
-            except (OSError, ValueError) as e:
-                raise WeightsError(f"{cfg_file}: not a readable config.json ({e})") from None
-            diff = config_differences(found, shipped_config(self.folder))
-            if diff:
-                raise WeightsError(f"{path.parent}: not {self.where()}: config.json has {'; '.join(diff)}")
+        """Load ``path`` (safetensors) into the network; tensors of another architecture are refused, named."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
