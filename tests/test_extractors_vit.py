@@ -19,6 +19,7 @@ from cxrbench.features.vit import (CONFIGS, DINOv2BaseExtractor, DINOv2LargeExtr
 from cxrbench.features.weights import MIRROR_ENV
 from cxrbench.registry import EXTRACTORS
 from tests.conftest import shared_folder
+from tests.test_weights import mirror  # noqa: F401 - the fixture: a static HTTP server on 127.0.0.1
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -123,6 +124,9 @@ def test_saved_folder_round_trip_and_hf_cache(tmp_path, monkeypatch):
     loaded = RadDinoExtractor(weights=str(folder), _config=small)
     assert torch.equal(loaded.extract(x), ref.extract(x))
     assert len(loaded.weights_id) == 64 and loaded.unpublished_weights() is not None  # no published pin
+    # one --weights for a run's extractors: a folder holding rad-dino/
+    save_folder(ref, tmp_path / "all" / "rad-dino", small)
+    assert RadDinoExtractor(weights=str(tmp_path / "all"), _config=small).weights_id == loaded.weights_id
     # the Hugging Face cache layout: refs/<revision> names the snapshot
     hub = tmp_path / "hub" / "models--microsoft--rad-dino"
     save_folder(ref, hub / "snapshots" / "abc123", small)
@@ -131,6 +135,22 @@ def test_saved_folder_round_trip_and_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     cached = RadDinoExtractor(weights="auto", _config=small)
     assert cached.weights_id == loaded.weights_id and torch.equal(cached.extract(x), ref.extract(x))
+
+
+@pytest.mark.usefixtures("no_weights_anywhere")
+def test_mirror_serves_repo_slash_model_safetensors_once(tmp_path, monkeypatch, mirror):  # noqa: F811
+    base, root, requests = mirror
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(MIRROR_ENV, base)
+    small = dict(shipped_config("rad-dino"), **SMALL)
+    ref = RadDinoExtractor(weights="random", seed=5, _config=small)
+    save_folder(ref, root / "weights" / "microsoft" / "rad-dino", small)
+    x = torch.rand(2, 1, 32, 32)
+    for _ in range(2):  # the second run finds the copy in ~/.cache/cxrbench/weights/rad-dino
+        got = RadDinoExtractor(weights="auto", _config=small)
+        assert torch.equal(got.extract(x), ref.extract(x))
+    assert requests == ["/weights/microsoft/rad-dino/model.safetensors"]
+    assert (tmp_path / "home" / ".cache" / "cxrbench" / "weights" / "rad-dino" / "model.safetensors").is_file()
 
 
 def test_wrong_architecture_folder_refused_naming_what_differs(tmp_path):
@@ -148,7 +168,7 @@ def test_wrong_architecture_folder_refused_naming_what_differs(tmp_path):
     (bare / "config.json").unlink()
     with pytest.raises(WeightsError, match=r"wrong shape: .*\(expected \(1, 1, 64\)\)"):
         RadDinoExtractor(weights=str(bare), _config=small)
-    with pytest.raises(WeightsError, match="no model.safetensors"):
+    with pytest.raises(WeightsError, match=r"no model.safetensors there or in rad-dino/"):
         RadDinoExtractor(weights=str(tmp_path))
 
 

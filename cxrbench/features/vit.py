@@ -19,8 +19,9 @@ before) fed the same float images; the PIL processor of transformers 4 on 8-bit 
 resized image to 8 bits and clips bicubic overshoot (differences within 8-bit quantisation).
 
 Weights: the published ``model.safetensors`` of the pinned revision, from ``--weights DIR`` (a saved model
-folder: config.json + model.safetensors), ``$CXRBENCH_WEIGHTS/<model>/``, the Hugging Face cache, or
-``$CXRBENCH_WEIGHTS_MIRROR`` (serving ``<repo>/model.safetensors``). Nothing downloads otherwise. The
+folder: config.json + model.safetensors, or a folder holding ``<model>/``: ``rad-dino/``, ``dinov2-base/``,
+``dinov2-large/``), ``$CXRBENCH_WEIGHTS/<model>/``, the Hugging Face cache, or
+``$CXRBENCH_WEIGHTS_MIRROR`` (serving ``<repo>/model.safetensors``; copied to ``~/.cache/cxrbench/weights/<model>/``). Nothing downloads otherwise. The
 architecture comes from the shipped ``config.json``, so a model builds offline with random weights.
 """
 
@@ -171,20 +172,23 @@ class Dinov2Extractor(FeatureExtractor):
         the mirror; otherwise one line naming the model, its revision and the three ways to supply it."""
         if weights not in (None, "", "auto"):
             p = Path(weights).expanduser()
-            f = p if p.is_file() else p / WEIGHTS_FILE
-            if not f.is_file():
-                raise WeightsError(f"--weights {weights}: no {WEIGHTS_FILE} there; give the saved folder of "
-                                   f"{self.where()} (config.json and {WEIGHTS_FILE})")
-            return f
+            # the model's saved folder, or a folder of them (one --weights serves every extractor of a run)
+            for f in (p, p / WEIGHTS_FILE, p / self.folder / WEIGHTS_FILE):
+                if f.is_file():
+                    return f
+            raise WeightsError(f"--weights {weights}: no {WEIGHTS_FILE} there or in {self.folder}/; give the saved "
+                               f"folder of {self.where()} (config.json and {WEIGHTS_FILE})")
         env = os.environ.get("CXRBENCH_WEIGHTS")
         if env and (Path(env).expanduser() / self.folder / WEIGHTS_FILE).is_file():
             return Path(env).expanduser() / self.folder / WEIGHTS_FILE
         snap = hf_cache_snapshot(self.repo, self.revision)
         if snap is not None:
             return snap / WEIGHTS_FILE
+        dest = Path("~/.cache/cxrbench/weights").expanduser() / self.folder  # where the mirror's copy goes
+        if (dest / WEIGHTS_FILE).is_file():
+            return dest / WEIGHTS_FILE
         mirror = os.environ.get(MIRROR_ENV)
         if mirror:
-            dest = Path("~/.cache/cxrbench/weights").expanduser() / self.folder
             return fetch_from_mirror(mirror.rstrip("/") + "/" + self.repo, WEIGHTS_FILE, dest,
                                      sha256=self.published_sha256[0] if self.published_sha256 else "")
         raise WeightsError(
