@@ -14,8 +14,15 @@ import torch
 
 from cxrbench.data.io import load_image
 from cxrbench.errors import UsageError, WeightsError
-from cxrbench.features.vit import (CONFIGS, DINOv2BaseExtractor, DINOv2LargeExtractor, RadDinoExtractor,
-                                   preprocess_bit, shipped_config, shipped_preprocessor)
+from cxrbench.features.vit import (
+    CONFIGS,
+    DINOv2BaseExtractor,
+    DINOv2LargeExtractor,
+    RadDinoExtractor,
+    preprocess_bit,
+    shipped_config,
+    shipped_preprocessor,
+)
 from cxrbench.features.weights import MIRROR_ENV
 from cxrbench.registry import EXTRACTORS
 from tests.conftest import shared_folder
