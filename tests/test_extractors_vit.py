@@ -5,7 +5,6 @@ runs in test_extractor_contract.py)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,14 +34,16 @@ SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4}
 
 
 def real_images() -> list[torch.Tensor]:
-    """(1, 1, H, W) images of three shapes: 400x300 JPEG (non-square), 256 px PNG, a full-resolution NIH PNG."""
+    """(1, 1, H, W) real radiographs: 400x300 JPEGs (non-square), a 256 px PNG, a full-resolution NIH PNG."""
     picks = [("kermany_pediatric_covid_skytells", 2), ("nih_extra_256px", 1), ("nih_fullres_samples", 1)]
     out = []
     for folder, n in picks:
         root = shared_folder(folder)
         rows = (root / "labels.csv").read_text().splitlines()[1 : n + 1]
         out += [torch.from_numpy(load_image(root / r.split(",")[0]))[None, None] for r in rows]
-    return out
+    # cut to 300x271: the centre crop's margins are then odd (59 and 55 px), where a rounded offset (torchvision's
+    # own center_crop) would sit one pixel off transformers' truncated one
+    return out + [out[0][..., :271]]
 
 
 @pytest.fixture
@@ -188,9 +189,10 @@ def test_transformers_missing_gives_the_install_hint(monkeypatch):
 @pytest.mark.weights
 @pytest.mark.parametrize("cls", [RadDinoExtractor, DINOv2BaseExtractor, DINOv2LargeExtractor])
 def test_published_weights_on_real_images(cls):
-    """With the published weights (--weights via CXRBENCH_WEIGHTS/<model>/ or the Hugging Face cache)."""
-    if not os.environ.get("CXRBENCH_WEIGHTS") and not os.environ.get("HF_HOME"):
-        pytest.skip("no published weights configured")
-    e = cls(weights="auto")
+    """With the published weights (``$CXRBENCH_WEIGHTS/<model>/``, the Hugging Face cache or the mirror)."""
+    try:
+        e = cls(weights="auto")
+    except WeightsError as err:
+        pytest.skip(str(err))
     f = torch.cat([e.extract(x) for x in real_images()])
-    assert f.shape == (4, e.num_features) and torch.isfinite(f).all() and (f - f[0]).abs().max() > 0
+    assert f.shape == (5, e.num_features) and torch.isfinite(f).all() and (f - f[0]).abs().max() > 0
