@@ -273,7 +273,9 @@ def _floor_cell(ms: list[dict]) -> tuple[Cell, tuple | None]:
         return Cell(), None
     ns = {tuple(m["real_vs_real_n"]) for m in ms if m.get("real_vs_real") is not None and m.get("real_vs_real_n")}
     n = next(iter(ns)) if len(ns) == 1 else None
-    text = fmt(vals[0]) if len(vals) == 1 else f"{fmt(vals[0])} to {fmt(vals[-1])}"
+    # the copies agree to round-off (recomputed on other machines); a range only where the printed digits differ
+    lo, hi = fmt(vals[0]), fmt(vals[-1])
+    text = lo if lo == hi else f"{lo} to {hi}"
     return Cell(text, "", _num_sort(vals[0])), n
 
 
