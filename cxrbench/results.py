@@ -87,15 +87,21 @@ def _json_default(o: Any):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def validate(d: dict, source: str = "result") -> None:
-    """Refuse anything that is not a complete ``cxrbench.result/1`` (a clear message, not a KeyError)."""
+def check_header(d, schema: str, required, source: str, hint: str = "") -> None:
+    """An untrusted JSON document is an object of the expected schema with every required key (one clear
+    message each, not a KeyError); ``hint`` is appended to the missing-keys message."""
     if not isinstance(d, dict):
         raise DataError(f"{source}: not a JSON object")
-    if d.get("schema") != SCHEMA:
-        raise DataError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-    missing = [k for k in REQUIRED if k not in d]
+    if d.get("schema") != schema:
+        raise DataError(f"{source}: schema is {d.get('schema')!r}, expected {schema!r}")
+    missing = [k for k in required if k not in d]
     if missing:
-        raise DataError(f"{source}: missing keys {missing}")
+        raise DataError(f"{source}: missing keys {missing}{hint}")
+
+
+def validate(d: dict, source: str = "result") -> None:
+    """Refuse anything that is not a complete ``cxrbench.result/1`` (a clear message, not a KeyError)."""
+    check_header(d, SCHEMA, REQUIRED, source)
     _validate_metrics(d["metrics"], source)
     if "per_condition" in d:
         _validate_per_condition(d["per_condition"], source)

@@ -32,9 +32,9 @@ import numpy as np
 
 from ..data.io import sha256_file
 from ..data.precomputed import PrecomputedSet
-from ..engine.protocol import Protocol
-from ..errors import UsageError, WeightsError
+from ..errors import WeightsError
 from ..features.cxr128 import shipped_path
+from .embedded import EmbeddedProtocol
 
 NAME = "cxr128"
 VERSION = "1"
@@ -48,10 +48,6 @@ HELDOUT_SHA256 = "fe1ce87127cb697e6a03612de0454e859c8e3c7f28ce0bb8762833af006999
 FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
                  "train": ("cxr128-train.npz", TRAIN_SHA256),
                  "heldout": ("cxr128-heldout.npz", HELDOUT_SHA256)}
-#: real-image sets a leaderboard evaluates in place of a generator's samples (``cxr128:heldout``), to give the
-#: board its scale: held-out NIH images (what a perfect generator would score) and the training images (a
-#: perfect memorizer, which memorization_cxr128 must flag)
-SHIPPED_SAMPLES = ("heldout", "train")
 
 
 def load_features(which: str) -> PrecomputedSet:
@@ -79,34 +75,14 @@ def load_features(which: str) -> PrecomputedSet:
         )
 
 
-class CXR128Protocol(Protocol):
+class CXR128Protocol(EmbeddedProtocol):
     """Registry entry ``PROTOCOLS["cxr128"]``: fixes extractors, metrics, sample count and the shipped sets."""
 
     name = NAME
     version = VERSION
     sample_count = SAMPLE_COUNT
     headline = "fid_cxr128"
-
-    def prepare(self, config, reference, train_reference):
-        """The config and the sets an evaluation under this protocol uses; a conflicting request is refused."""
-        if reference is not None:
-            raise UsageError(
-                f"--protocol {NAME} fixes its reference (held-out NIH features shipped with cxrbench); drop "
-                "--reference, or drop --protocol to evaluate against your own reference (numbers then are not "
-                f"comparable with {NAME} ones)")
-        if train_reference is not None:
-            raise UsageError(f"--protocol {NAME} fixes the training reference for memorization (the protocol's "
-                             "NIH training split); drop --train-reference")
-        if config.weights not in ("auto", "random"):
-            raise UsageError(f"--protocol {NAME} uses its own shipped weights; drop --weights {config.weights}")
-        asked = set(config.metrics or ()) - set(METRICS)
-        if asked:
-            raise UsageError(f"--protocol {NAME} does not include {sorted(asked)}; its metrics: {', '.join(METRICS)}"
-                             + (" (FD-infinity is not valid at its N: a fifth of 300 rows for 128-d features)"
-                                if "fd_inf" in asked else ""))
-        config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
-        return config, load_features("reference"), load_features("train")
-
-    def shipped_samples(self, which: str) -> PrecomputedSet | None:
-        """``cxr128:heldout`` / ``cxr128:train`` as a samples set (rows in sha256 order)."""
-        return load_features(which).canonical() if which in SHIPPED_SAMPLES else None
+    extractors = EXTRACTORS
+    metrics = METRICS
+    why_not = {"fd_inf": " (FD-infinity is not valid at its N: a fifth of 300 rows for 128-d features)"}
+    features = staticmethod(load_features)

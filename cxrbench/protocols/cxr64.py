@@ -24,9 +24,9 @@ import numpy as np
 
 from ..data.io import sha256_file
 from ..data.precomputed import PrecomputedSet
-from ..errors import UsageError, WeightsError
-from ..engine.protocol import Protocol
+from ..errors import WeightsError
 from ..features.cxr64 import shipped_path
+from .embedded import EmbeddedProtocol
 
 NAME = "cxr64"
 VERSION = "1"
@@ -39,10 +39,6 @@ TRAIN_SHA256 = "1a5e3082bb9ff67679c07571bd6b692c8c3a50368018e5405d88e5f77e3b1485
 HELDOUT_SHA256 = "6fab0b39e223653062777ddd7502f7640881d6bbe209cb150a058e498a83cb56"
 FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train": ("cxr64-train.npz", TRAIN_SHA256),
                  "heldout": ("cxr64-heldout.npz", HELDOUT_SHA256)}
-#: real-image sets a leaderboard evaluates in place of a generator's samples, to give the board its scale:
-#: held-out NIH images (in no training split and not in the reference: what a perfect generator would score)
-#: and the training images themselves (a perfect memorizer, which memorization_cxr64 must flag)
-SHIPPED_SAMPLES = ("heldout", "train")
 
 
 def load_features(which: str) -> PrecomputedSet:
@@ -73,32 +69,13 @@ def load_features(which: str) -> PrecomputedSet:
         )
 
 
-class CXR64Protocol(Protocol):
+class CXR64Protocol(EmbeddedProtocol):
     """Registry entry ``PROTOCOLS["cxr64"]``: fixes extractors, metrics, sample count and the shipped sets."""
 
     name = NAME
     version = VERSION
     sample_count = SAMPLE_COUNT
     headline = "fid_cxr64"
-
-    def prepare(self, config, reference, train_reference):
-        """The config and the sets an evaluation under this protocol uses; a conflicting request is refused."""
-        if reference is not None:
-            raise UsageError(
-                f"--protocol {NAME} fixes its reference (held-out NIH features shipped with cxrbench); drop "
-                "--reference, or drop --protocol to evaluate against your own reference (numbers then are not "
-                f"comparable with {NAME} ones)")
-        if train_reference is not None:
-            raise UsageError(f"--protocol {NAME} fixes the training reference for memorization (the protocol's "
-                             "NIH training split); drop --train-reference")
-        if config.weights not in ("auto", "random"):
-            raise UsageError(f"--protocol {NAME} uses its own shipped weights; drop --weights {config.weights}")
-        asked = set(config.metrics or ()) - set(METRICS)
-        if asked:
-            raise UsageError(f"--protocol {NAME} does not include {sorted(asked)}; its metrics: {', '.join(METRICS)}")
-        config = config.resolved(extractors=EXTRACTORS, metrics=config.metrics or METRICS)
-        return config, load_features("reference"), load_features("train")
-
-    def shipped_samples(self, which: str) -> PrecomputedSet | None:
-        """``cxr64:heldout`` / ``cxr64:train`` as a samples set (rows in sha256 order)."""
-        return load_features(which).canonical() if which in SHIPPED_SAMPLES else None
+    extractors = EXTRACTORS
+    metrics = METRICS
+    features = staticmethod(load_features)

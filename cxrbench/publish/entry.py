@@ -126,13 +126,7 @@ def samples_folder(e: dict, entries_dir: str | os.PathLike, source: str, hint: s
 
 def validate_entry(d: Any, source: str = "entry") -> None:
     """Schema-check an (untrusted) entry; every message names ``source`` and what is wrong."""
-    if not isinstance(d, dict):
-        raise DataError(f"{source}: not a JSON object")
-    if d.get("schema") != SCHEMA:
-        raise DataError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-    missing = [k for k in ENTRY_KEYS if k not in d]
-    if missing:
-        raise DataError(f"{source}: missing keys {missing}; re-create it with `cxrbench submit`")
+    results.check_header(d, SCHEMA, ENTRY_KEYS, source, "; re-create it with `cxrbench submit`")
     card = card_from_dict(d["card"], f"{source}: card")
     if d["name"] != card.name or d["slug"] != card.slug or not _SLUG.match(str(d["slug"])):
         raise DataError(f"{source}: name/slug {d['name']!r}/{d['slug']!r} do not match the card ({card.name!r})")
