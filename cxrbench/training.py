@@ -28,6 +28,9 @@ class TrainOptions:
     # CPU time of the whole run (resumed calls included), this process's own: a budget that other load on
     # the machine does not shrink, which a recipe states with its thread count
     cpu_minutes: float | None = None
+    # CPU minutes of the run at which the model as it stands is also kept, in ``out_dir/cpu-<m>min/`` (a
+    # learning curve of one run: the same schedule as the full budget, not shorter runs of their own)
+    keep_cpu_minutes: tuple[float, ...] = ()
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10

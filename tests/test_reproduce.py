@@ -122,3 +122,36 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
             cls = GENERATORS.get(name) if name in GENERATORS else REPRESENTATIONS.get(name)
             config_from_overrides(cls.Config, part.get("config", {}), source=str(path))
     assert len({p.stem for p in recipes}) == len(recipes)  # a recipe's name is its samples folder and run
+
+
+def test_train_only_trains_and_passes_the_kept_marks(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "cache"))
+    recipe.write_text(recipe.read_text().replace("steps = 3\n", "steps = 3\nkeep_cpu_minutes = [5, 7.5]\n"))
+    assert _run(recipe, tmp_path, "--train-only", "--dry-run") == 0
+    printed = capsys.readouterr().err
+    assert "--keep-cpu-minutes 5,7.5" in printed and "cxrbench sample" not in printed
+    assert _run(recipe, tmp_path, "--train-only") == 0
+    assert (tmp_path / "runs" / "tiny" / "model.pt").is_file()
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "entries").exists()
+
+
+def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe, tmp_path, monkeypatch):
+    # a fake CPU clock in the trainer passes the marks within a few steps; each kept model is sampled and
+    # evaluated under the protocol, and the entry ends its curve with its own headline value
+    from baselines import trainer
+
+    monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "cache"))
+    clock = iter(range(10**7))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.6 * next(clock))
+    recipe.write_text(recipe.read_text().replace("steps = 3\n", "steps = 8\nkeep_cpu_minutes = [0.05, 0.1]\n"))
+    assert _run(recipe, tmp_path) == 0
+    entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
+    pts = entry["learning_curve"]["checkpoints"]
+    assert [p["metric"] for p in pts] == ["fid_cxr64"] * 3
+    assert [p["steps"] for p in pts] == sorted({p["steps"] for p in pts}) and pts[-1]["steps"] == 8
+    assert pts[0]["cpu_minutes"] >= 0.05 and pts[1]["cpu_minutes"] >= 0.1
+    assert pts[-1]["value"] == entry["result"]["metrics"]["fid_cxr64"]["value"]
+    assert pts[-1]["cpu_minutes"] == entry["card"]["training"]["cpu_minutes"]
+    kept = json.loads((tmp_path / "runs" / "tiny" / "cpu-0.05min" / "train_state.json").read_text())
+    assert pts[0]["steps"] == kept["step"] and pts[0]["n_samples"] == 12
+    assert main(["verify", str(tmp_path / "entries" / "tiny-vae.json"), "--quiet"]) == 0

@@ -120,3 +120,62 @@ def test_device_auto_and_explicit():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_kept_snapshots_are_the_run_as_it_stood_and_do_not_disturb_it(tmp_path, monkeypatch):
+    # a fake CPU clock (0.6 s per reading, several readings per step) passes 0.05 and 0.1 CPU minutes
+    # within a handful of steps; each kept folder must hold exactly the weights of a plain run stopped at its
+    # recorded step, and the run that kept them must end where a run without marks ends
+    from baselines import trainer
+
+    ds = LabelledImages(10, 16, seed=0)
+    opts = dict(checkpoint_every=100, progress=False, log_every=1, seed=3)
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.6 * next(clock))
+    kept = VAE.train(ds, CFG, tmp_path / "kept", options=TrainOptions(steps=8, keep_cpu_minutes=(0.1, 0.05), **opts))
+    monkeypatch.undo()
+    steps = []
+    for m in (0.05, 0.1):
+        folder = tmp_path / "kept" / trainer.snapshot_name(m)
+        state = json.loads((folder / "train_state.json").read_text())
+        assert state["cpu_s"] >= m * 60 and state["stopped_because"] == "keep_cpu_minutes"
+        plain = VAE.train(ds, CFG, tmp_path / f"plain{m}", options=TrainOptions(steps=state["step"], **opts))
+        snap = weights(VAE.from_pretrained(folder))
+        assert all(torch.equal(snap[k], v) for k, v in weights(plain).items())
+        steps.append(state["step"])
+    assert 0 < steps[0] < steps[1] < 8
+    straight = VAE.train(ds, CFG, tmp_path / "straight", options=TrainOptions(steps=8, **opts))
+    assert all(torch.equal(weights(kept)[k], v) for k, v in weights(straight).items())
+    assert trainer.snapshot_name(5.0) == "cpu-5min" and trainer.snapshot_name(7.5) == "cpu-7.5min"
+
+
+def test_a_mark_passed_in_an_earlier_call_is_not_saved_again(tmp_path, monkeypatch):
+    from baselines import trainer
+
+    ds = LabelledImages(10, 16, seed=0)
+    opts = dict(checkpoint_every=1, progress=False, seed=0, keep_cpu_minutes=(0.05,))
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.6 * next(clock))
+    VAE.train(ds, CFG, tmp_path / "r", options=TrainOptions(steps=4, **opts))
+    first = (tmp_path / "r" / "cpu-0.05min" / "model.pt").read_bytes()
+    VAE.train(ds, CFG, tmp_path / "r", options=TrainOptions(steps=6, **opts))  # resumed, past the mark
+    assert (tmp_path / "r" / "cpu-0.05min" / "model.pt").read_bytes() == first
+
+
+def test_image_folder_cache_returns_the_same_tensors_and_reads_each_file_once(tmp_path):
+    from cxrbench.data import ImageFolder
+    from cxrbench.data.synthetic import synthetic_cxr
+    from cxrbench.data.transforms import CXRTransform
+
+    from .conftest import write_pngs
+
+    folder = write_pngs(tmp_path / "imgs", synthetic_cxr(5, 40, seed=1))
+    t = CXRTransform(image_size=16)
+    plain, cached = ImageFolder(folder, transform=t), ImageFolder(folder, transform=t, cache=True)
+    reads = []
+    load = cached.source.load
+    cached.source.load = lambda i: reads.append(i) or load(i)
+    for _ in range(3):
+        for i in range(5):
+            assert torch.equal(plain[i][0], cached[i][0])
+    assert sorted(reads) == list(range(5))

@@ -33,12 +33,20 @@ fine-tune) are ``[[stage]]`` tables, each trained into ``runs/<recipe>-<id>`` be
     name = "diffusevae"
     config = { rep_lambda = 0.1, rep_checkpoint = "{moco}" }
 
+A ``keep_cpu_minutes = [5, 15, 30]`` in ``[train]`` (or a stage's ``train``) keeps the model at those CPU
+minutes of the run; each kept model is sampled (``[curve] n`` images, default ``[sample] n``, seed ``[curve]
+seed``) and evaluated under the recipe's protocol, and its ``[curve] metrics`` (default: the protocol's
+headline) become the entry's learning curve, at the CPU minutes of the whole recipe (earlier stages
+included), with the entry itself as the last point.
+
 Each step is the subcommand a user would type (``train``, ``sample``, ``submit``), so a recipe reproduces
 exactly what those commands do; the commands it runs are printed first.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,10 +60,11 @@ EPILOG = """examples:
 """
 
 TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs", "batch_size", "device",
-              "checkpoint_every"}
+              "checkpoint_every", "keep_cpu_minutes"}
 SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels", "equalize"}, "train": TRAIN_KEYS,
             "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
+            "curve": {"n", "seed", "metrics"},
             "gpu": None, "notes": None}
 
 
@@ -71,6 +80,9 @@ def add_arguments(p) -> None:
                         "records reproduce its weights on a machine of another speed)")
     p.add_argument("--force", action="store_true", help="replace an existing entry and samples")
     p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    p.add_argument("--train-only", action="store_true",
+                   help="run the training stages only (resumable); sample and submit later, e.g. once the protocol "
+                        "the entry is made under is final")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -140,6 +152,8 @@ def _train_command(name: str, data: dict, out: Path, config_file: Path, train: d
         # exactly the steps an entry's card records: the same weights on any machine, whatever its speed
         budget["steps"], budget["cpu_minutes"], budget["max_minutes"] = args.steps, None, None
     for k, v in budget.items():
+        if isinstance(v, list):  # keep_cpu_minutes = [5, 15, 30]
+            v = ",".join(f"{x:g}" for x in v) or None
         if v is not None:
             t += ["--" + k.replace("_", "-"), str(v)]
     if args.quiet:
@@ -166,7 +180,8 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
     run_dir, samples = args.runs / slug, args.samples_dir / slug
     model, data = recipe["model"], recipe["data"]
     train, sample = recipe.get("train", {}), recipe.get("sample", {})
-    files = {"config": run_dir.parent / f"{slug}.config.toml", "card": run_dir.parent / f"{slug}.model.toml"}
+    files = {"config": run_dir.parent / f"{slug}.config.toml", "card": run_dir.parent / f"{slug}.model.toml",
+             "curve": run_dir.parent / f"{slug}.curve.json"}
     argvs, configs, folders = [], {}, {}
     for st in recipe.get("stage", []):
         out = args.runs / f"{slug}-{st['id']}"
@@ -184,6 +199,8 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
         s.append("--overwrite")
     u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--entries", str(args.entries),
          "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
+    if any("keep_cpu_minutes" in t for t in [train, *(st.get("train", {}) for st in recipe.get("stage", []))]):
+        u += ["--learning-curve", str(files["curve"])]
     if args.force:
         u.append("--force")
     if args.quiet:
@@ -207,24 +224,65 @@ def training_cost(run_dirs: list[Path]) -> dict:
     }
 
 
-def run(args) -> int:
-    import shlex
+def snapshot_minutes(folder: Path) -> float:
+    return float(folder.name[len("cpu-"):-len("min")])
 
+
+def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | None:
+    """Sample and evaluate every kept model of the recipe's training runs; ``None`` when none was kept.
+
+    A point's CPU minutes are the whole recipe's: the kept model's own clock plus every earlier stage's."""
+    from ..engine.evaluate import evaluate
+    from ..registry import PROTOCOLS
+
+    sample, curve = recipe.get("sample", {}), recipe.get("curve", {})
+    protocol = recipe.get("submit", {}).get("protocol", "cxr64")
+    metrics = curve.get("metrics") or [PROTOCOLS.get(protocol).headline]
+    n, seed = int(curve.get("n", sample.get("n", 200))), int(curve.get("seed", sample.get("seed", 0)))
+    points, offset = [], 0.0
+    for out in train_outs:
+        for snap in sorted(out.glob("cpu-*min"), key=snapshot_minutes):
+            state = json.loads((snap / "train_state.json").read_text())
+            folder = args.runs / "curve-samples" / out.name / snap.name
+            argv = ["sample", str(snap), "--n", str(n), "--seed", str(seed), "--out", str(folder), "--overwrite"]
+            print("cxrbench " + shlex.join(argv), file=sys.stderr)
+            if args.cli_main(argv):
+                raise UsageError(f"{snap}: sampling the kept model failed; fix it and run again")
+            result = evaluate(str(folder), protocol=protocol, progress=not args.quiet)
+            for metric in metrics:
+                m = result["metrics"][metric]
+                points.append({"cpu_minutes": round(offset + float(state["cpu_s"]) / 60, 2), "n_samples": n,
+                               "metric": metric, "value": m["value"], "ci": m.get("ci"),
+                               "steps": int(state["step"]), "images_seen": int(state["images_seen"])})
+        offset += float(json.loads((out / "train_state.json").read_text())["cpu_s"]) / 60
+    return {"checkpoints": points} if points else None
+
+
+def run(args) -> int:
     from ..fileio import atomic_write_bytes
 
     recipe = load_recipe(args.recipe)
     steps, files, configs = commands(recipe, args)
+    if args.train_only:
+        steps = [a for a in steps if a[0] == "train"]
     for argv in steps:
         print("cxrbench " + shlex.join(argv), file=sys.stderr)
     if args.dry_run:
         return 0
     for path, values in configs.items():
         atomic_write_bytes(path, "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()).encode())
+    train_outs = [Path(a[a.index("--out") + 1]) for a in steps if a[0] == "train"]
+    curve = None
     for argv in steps:
         if argv[0] == "sample":  # the card (with the training cost) is written once every stage has trained
-            card = {**recipe["card"], "training": training_cost([Path(a[a.index("--out") + 1])
-                                                                  for a in steps if a[0] == "train"])}
+            card = {**recipe["card"], "training": training_cost(train_outs)}
             atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
+            curve = learning_curve_block(recipe, train_outs, args)
+            if curve is not None:
+                atomic_write_bytes(files["curve"], json.dumps(curve, indent=2).encode())
+        if argv[0] == "submit" and "--learning-curve" in argv and curve is None:  # no mark was reached
+            i = argv.index("--learning-curve")
+            argv = argv[:i] + argv[i + 2:]
         rc = args.cli_main(argv)  # the CLI hands itself in: a command never imports the CLI above it
         if rc:
             raise UsageError(f"{args.recipe}: `cxrbench {argv[0]}` failed (exit {rc}); fix it and run again: "

@@ -86,6 +86,9 @@ def add_arguments(p) -> None:
     p.add_argument("--augment-real", default=None, help="the NIH thumbnails folder (nih1000_64px) the augmentation "
                    "trains and tests on (default ../shared/data/nih1000_64px)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation block")
+    p.add_argument("--learning-curve", type=Path, default=None, metavar="FILE",
+                   help="a JSON learning_curve block (the metric at training checkpoints, as `cxrbench reproduce` "
+                        "writes it); the entry itself is appended as its last point")
     add_local_arguments(p)
 
 
@@ -124,10 +127,15 @@ def run(args) -> int:
         raise UsageError("--augment and --no-augment contradict each other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
     check_writable(args.entries / f"{card.slug}.json")
+    curve = None
+    if args.learning_curve is not None:
+        from ..fileio import read_json_object
+
+        curve = read_json_object(args.learning_curve)
     notes: list[str] = []
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
                          augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,
-                         notes=notes)
+                         notes=notes, curve=curve)
     print(format_table(entry["result"]))
     if "augmentation" in entry:
         print(format_augmentation(entry["augmentation"]))

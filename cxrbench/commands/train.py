@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-minutes", type=float, default=None,
                    help="stop once the run (resumed calls included) has used this much CPU time: a recipe's budget, "
                         "fair under other load")
+    p.add_argument("--keep-cpu-minutes", type=_minutes_list, default=(), metavar="M[,M...]",
+                   help="also keep the model as it stands at these CPU minutes of the run, in OUT/cpu-<M>min/ "
+                        "(a learning curve of one run; e.g. 5,15,30)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (a recipe's budget is stated per core count)")
     p.add_argument("--batch-size", type=int, default=None, help="override the Config's batch_size")
@@ -144,6 +147,16 @@ def _check_protocol_leak(source, args) -> None:
         print(f"cxrbench train: warning: {what}; {use} avoids that", file=sys.stderr)
 
 
+def _minutes_list(text: str) -> tuple[float, ...]:
+    try:
+        marks = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give CPU minutes separated by commas, e.g. 5,15,30") from None
+    if not marks or any(not m > 0 for m in marks):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive CPU minutes separated by commas, e.g. 5,15,30")
+    return marks
+
+
 def run(args) -> int:
     from ..data import ImageFolder
     from ..data.imageset import select_split
@@ -179,12 +192,13 @@ def run(args) -> int:
         else:
             source = select_split(source, args.split)
             _check_protocol_leak(source, args)
-        dataset = ImageFolder(source, transform=transform)
+        dataset = ImageFolder(source, transform=transform, cache=True)  # CXRTransform is deterministic
     options = TrainOptions(
         steps=args.steps,
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         cpu_minutes=args.cpu_minutes,
+        keep_cpu_minutes=tuple(args.keep_cpu_minutes),
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         num_workers=args.num_workers,

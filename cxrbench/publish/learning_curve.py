@@ -84,6 +84,22 @@ def _check_point(p: Any, metrics: dict, where: str) -> None:
             raise DataError(f"{where}: {k} must be a non-negative integer, got {p[k]!r}")
 
 
+def with_final_point(block: dict, result: dict, training: dict | None, n_samples: int) -> dict:
+    """``block`` (the checkpoints measured before the entry) with the entry itself appended as the last point
+    of each of its metrics, at the card's training CPU minutes: the curve ends at the number the board ranks."""
+    if not training or not training.get("cpu_minutes"):
+        raise DataError("a learning curve needs the card's [training] cpu_minutes for its final point (the entry)")
+    points = list(block.get("checkpoints", []))
+    for metric in dict.fromkeys(p["metric"] for p in points):
+        m = result["metrics"].get(metric)
+        if m is None:
+            raise DataError(f"learning curve: metric {metric!r} is not in the entry's result")
+        points.append({"cpu_minutes": float(training["cpu_minutes"]), "n_samples": int(n_samples), "metric": metric,
+                       "value": m["value"], "ci": m.get("ci"),
+                       **{k: int(training[k]) for k in OPTIONAL if training.get(k) is not None}})
+    return {**block, "checkpoints": points}
+
+
 def checkpoints(entry: dict, metric: str) -> list[dict]:
     """The entry's (validated) checkpoints of ``metric``, in training order; [] without a curve."""
     block = entry.get("learning_curve") or {}

@@ -23,7 +23,7 @@ from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
 from ..fileio import write_output
 from ..registry import PROTOCOLS
-from . import augment_block
+from . import augment_block, learning_curve
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
 from .entry import MAX_ENTRY_BYTES, load_entry, make_entry, samples_folder
@@ -169,12 +169,14 @@ def submit(
     augment_real: str | os.PathLike | None = None,
     augment: bool = True,
     notes: list[str] | None = None,
+    curve: dict | None = None,
 ) -> tuple[Path, dict]:
     """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry).
 
     The augmentation block (``augment_block``) is added when ``augment_task`` asks for it, or by default for
     conditional samples under the cxr64 protocol when the real images are found; why it was not is appended
-    to ``notes``."""
+    to ``notes``. ``curve``: the ``learning_curve`` block of the training checkpoints; the entry itself is
+    appended as its last point."""
     from ..engine.evaluate import evaluate
 
     path = Path(out_dir) / f"{card.slug}.json"
@@ -200,8 +202,10 @@ def submit(
                 raise
             if notes is not None:  # automatic: e.g. too few samples of a class; the entry goes without it
                 notes.append(f"augmentation block not computed: {e}")
+    if curve is not None:
+        curve = learning_curve.with_final_point(curve, result, card.training, len(snap.files))
     entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files,
-                       location=samples_location(samples, path.parent), augmentation=block)
+                       location=samples_location(samples, path.parent), augmentation=block, curve=curve)
     if path.exists() and not force:  # created while we evaluated
         raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
     from ..results import _json_default
