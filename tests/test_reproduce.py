@@ -110,18 +110,27 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
     from cxrbench.training import config_from_overrides
 
     root = Path(__file__).resolve().parents[1] / "leaderboard" / "recipes"
-    recipes = sorted(root.glob("*.toml")) + sorted((root / "gpu").glob("*.toml"))
-    assert len(recipes) >= 17
+    old = sorted(root.glob("*.toml"))  # the cxr64 board's rows, until it is re-made under cxr128
+    recipes = old + sorted((root / "gpu").glob("*.toml")) + sorted((root / "cxr128").glob("*.toml"))
+    assert len(recipes) >= 25 and len(list((root / "cxr128").glob("*.toml"))) == 8
     for path in recipes:
         recipe = load_recipe(path)
         card_from_dict(recipe["card"], str(path))
-        # CPU rows train on the protocol's training split; GPU rows on full NIH without its evaluation patients
-        assert recipe["data"]["split"] == ("cxr64-disjoint" if path.parent.name == "gpu" else "cxr64-train")
+        # every row trains on its protocol's training split (on a full NIH folder: without the protocol's
+        # evaluation patients) and is submitted under that protocol
+        protocol = recipe.get("submit", {}).get("protocol", "cxr64")
+        assert (recipe["data"]["split"], protocol) == (("cxr64-train", "cxr64") if path in old
+                                                       else ("cxr128-train", "cxr128"))
+        if path.parent.name == "cxr128":  # the board's budget: 60 CPU minutes on one thread, all stages counted
+            stages = [*recipe.get("stage", []), {"train": recipe["train"]}]
+            assert sum(st["train"]["cpu_minutes"] for st in stages) == 60
+            assert all(st["train"]["threads"] == 1 for st in stages)
         for part in [*recipe.get("stage", []), recipe["model"]]:  # every Config override exists and is typed
             name = part["name"]
             cls = GENERATORS.get(name) if name in GENERATORS else REPRESENTATIONS.get(name)
             config_from_overrides(cls.Config, part.get("config", {}), source=str(path))
-    assert len({p.stem for p in recipes}) == len(recipes)  # a recipe's name is its samples folder and run
+    for group in (old + sorted((root / "gpu").glob("*.toml")), sorted((root / "cxr128").glob("*.toml"))):
+        assert len({p.stem for p in group}) == len(group)  # a recipe's name is its samples folder and run
 
 
 def test_train_only_trains_and_passes_the_kept_marks(recipe, tmp_path, monkeypatch, capsys):
