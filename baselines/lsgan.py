@@ -8,7 +8,7 @@ Modeling", Stanford), generator and discriminator of Figure 7.
   averaged: the figure gives no pooling);
 - no convolution biases (BatchNorm follows every layer but the classifier and the output, and the seed's
   counts are met exactly without them): with z = 100 the discriminator has 2,795,904 and the generator
-  3,606,976 parameters, as the seed's Table 5 states (tests/test_baselines_classic.py builds and counts);
+  3,606,976 parameters, as the seed's Table 5 states (tests/baselines/test_baselines_classic.py builds and counts);
 - least-squares losses (Mao et al.): D minimises 1/2 E[(D(x) - 1)^2] + 1/2 E[D(G(z))^2], G minimises
   1/2 E[(D(G(z)) - 1)^2]; Adam lr 2e-4, beta1 0.5, batch 64, and 3 generator updates per discriminator
   update ("to help the generator converge faster"). One trainer step is one D update and its G updates.

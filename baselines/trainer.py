@@ -45,6 +45,9 @@ What :func:`fit` does:
   decreasing, kept in the checkpoint), so that a model can lay out a schedule over a time budget whose step
   count nobody knows in advance (PGGAN's growth phases, DiffuseVAE's stages). Under a time budget it depends
   on the machine's speed: ``--steps N`` then gives the schedule's shape over N steps, not the same weights;
+- snapshots: at each of ``keep_cpu_minutes`` (CPU minutes of the whole run) the model as it stands is saved
+  to ``out_dir/cpu-<m>min/`` (a model folder with its own ``train_state.json``), so one run gives its
+  learning curve under one schedule; a mark passed in an earlier call is not saved again;
 - device ``"auto"``: cuda > mps > cpu;
 - progress on stderr (tqdm); the loss log as ``out_dir/losses.csv`` (step, epoch, elapsed_s, one column
   per loss, averaged over ``log_every`` steps) and a summary ``out_dir/train_state.json``;
@@ -451,6 +454,7 @@ class _Run:
         options = self.options
         out_of_time = False
         checked_size = False
+        self.snapshot_args = (dev, n, batch_size)
         self.model.train(True)
         while self.step < self.total:
             if self.out_of_budget():
@@ -486,6 +490,42 @@ class _Run:
         self.bar.update(1)
         if self.step % self.options.checkpoint_every == 0:
             self.save_checkpoint()
+        if self.options.keep_cpu_minutes:
+            self.keep_snapshots(*self.snapshot_args)
+
+    def cpu_used_s(self) -> float:
+        return self.cpu_before + time.process_time() - self.c0
+
+    def keep_snapshots(self, dev: torch.device, n: int, batch_size: int) -> None:
+        """Save the model folder ``cpu-<m>min/`` for each mark of ``keep_cpu_minutes`` the run has passed."""
+        used = self.cpu_used_s()
+        for m in sorted(self.options.keep_cpu_minutes):
+            folder = self.out / snapshot_name(m)
+            if used < m * 60 or (folder / "train_state.json").is_file():
+                continue
+            self.model.train(False)
+            self.model.save_pretrained(folder)
+            self.write_state(folder, dev, n, batch_size, stopped_because="keep_cpu_minutes")
+            self.model.train(True)
+
+    def write_state(self, folder: Path, dev: torch.device, n: int, batch_size: int, *, stopped_because: str) -> None:
+        model, options = self.model, self.options
+        state = {
+            "generator": model.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "stopped_because": stopped_because,
+            "elapsed_s": round(self.elapsed_before + time.monotonic() - self.t0, 3),
+            "cpu_s": round(self.cpu_used_s(), 3),
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+            "n_train": n,
+            "images_seen": self.step * batch_size,  # training images drawn (a GAN step is one batch for D and G)
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # EMA copies excluded
+            "options": dataclasses.asdict(options),
+            "config": config_to_dict(self.cfg),
+        }
+        atomic_write_bytes(folder / "train_state.json", json.dumps(state, indent=2, sort_keys=True).encode())
 
     def finish(self, dev: torch.device, n: int, batch_size: int) -> None:
         """The last log record and checkpoint, the model folder and ``train_state.json``."""
@@ -495,26 +535,15 @@ class _Run:
         model.train(False)
         self.save_checkpoint()
         model.save_pretrained(self.out)
-        state = {
-            "generator": model.name,
-            "step": self.step,
-            "epoch": self.epoch,
-            "stopped_because": (
-                "max_minutes" if self.step < self.total
-                else "steps" if options.steps is not None and self.step >= options.steps
-                else "epochs"
-            ),
-            "elapsed_s": round(self.elapsed_before + time.monotonic() - self.t0, 3),
-            "cpu_s": round(self.cpu_before + time.process_time() - self.c0, 3),
-            "threads": torch.get_num_threads(),
-            "device": str(dev),
-            "n_train": n,
-            "images_seen": self.step * batch_size,  # training images drawn (a GAN step is one batch for D and G)
-            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),  # EMA copies excluded
-            "options": dataclasses.asdict(options),
-            "config": config_to_dict(self.cfg),
-        }
-        atomic_write_bytes(self.out / "train_state.json", json.dumps(state, indent=2, sort_keys=True).encode())
+        self.write_state(self.out, dev, n, batch_size, stopped_because=(
+            "max_minutes" if self.step < self.total
+            else "steps" if options.steps is not None and self.step >= options.steps
+            else "epochs"))
+
+
+def snapshot_name(cpu_minutes: float) -> str:
+    """The folder a ``keep_cpu_minutes`` mark is saved in: ``cpu-5min``, ``cpu-7.5min``."""
+    return f"cpu-{cpu_minutes:g}min"
 
 
 def _loader(dataset, order: torch.Tensor, batch_size: int, options: TrainOptions) -> DataLoader:

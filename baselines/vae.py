@@ -19,7 +19,7 @@ likelihood of a Gaussian decoder with variance 1/2 up to a constant, so ``beta =
 means the same at every image size (``"sum"`` with beta b equals ``"mean"`` with beta b / (H * W), times H * W).
 
 Parameter counts at the report's configuration, computed from the built model, equal its Table 5 exactly
-(tests/test_baselines_classic.py):
+(tests/baselines/test_baselines_classic.py):
 
 - encoder 4,711,648. The OCR'd Figure 4 marks only the 256-channel block "x 2"; the stated total is met
   exactly when *every* block has two convolutions (as in VGG16, which the report took as inspiration), so

@@ -1,0 +1,239 @@
+"""The validity suite: corruptions do what they say, the order checks find inversions, `cxrbench validate` runs."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cxrbench.cli import main
+from cxrbench.data import corruptions as C
+from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.engine.validity import (
+    ValiditySet,
+    effective_dimensionality,
+    expected_pairs,
+    pairwise_tau,
+    summarize,
+)
+
+from ..conftest import REPO, shared_folder, write_pngs
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic_cxr(6, 64, seed=3)
+
+
+def _hf_energy(x: torch.Tensor) -> float:
+    """Energy of the discrete Laplacian: what blur removes first."""
+    lap = 4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]
+    return float((lap**2).mean())
+
+
+@pytest.mark.parametrize("name", list(C.CORRUPTIONS))
+def test_every_corruption_keeps_the_contract_and_is_deterministic(images, name):
+    for strength in C.CORRUPTIONS[name].strengths:
+        a = C.apply(name, images, strength, seed=5)
+        b = C.apply(name, images, strength, seed=5)
+        assert a.shape == images.shape and a.dtype == torch.float32
+        assert float(a.min()) >= 0 and float(a.max()) <= 1 and torch.isfinite(a).all()
+        assert torch.equal(a, b), f"{name}:{strength} is not deterministic in its seed"
+        assert not torch.equal(a, images), f"{name}:{strength} left the images unchanged"
+    assert C.CORRUPTIONS[name].doc, f"{name} has no docstring saying what a radiologist sees"
+
+
+def test_classes_and_strengths_as_the_suite_needs():
+    kinds = {c.kind for c in C.CORRUPTIONS.values()}
+    assert kinds == {"degraded", "violated"}
+    assert all({"mild", "moderate"} <= set(c.strengths) for c in C.CORRUPTIONS.values() if c.kind == "degraded")
+    assert sum(c.kind == "violated" for c in C.CORRUPTIONS.values()) >= 6
+
+
+@pytest.mark.parametrize("name", ["noise", "random-field", "blobs", "patch-shuffle", "splice"])
+def test_random_corruptions_follow_the_seed(images, name):
+    assert not torch.equal(C.apply(name, images, seed=0), C.apply(name, images, seed=1))
+
+
+def test_flip_and_negative_are_involutions_and_four_rotations_the_identity(images):
+    assert torch.equal(C.vertical_flip(C.vertical_flip(images)), images)
+    assert torch.equal(C.vertical_flip(images)[..., 0, :], images[..., -1, :])
+    assert torch.allclose(C.negative(C.negative(images)), images, atol=1e-7)
+    r = images
+    for _ in range(4):
+        r = C.rotate90(r)
+    assert torch.equal(r, images)
+    assert not torch.equal(C.rotate90(images), images)
+
+
+def test_blur_lowers_high_frequency_energy_monotonically(images):
+    energies = [_hf_energy(images)] + [_hf_energy(C.gaussian_blur(images, s)) for s in (0.5, 1, 2, 4)]
+    assert all(a > b for a, b in itertools.pairwise(energies)), energies
+    # the suite's own mild/moderate strengths order the same way, as do low resolution's
+    assert _hf_energy(C.apply("blur", images, "mild")) > _hf_energy(C.apply("blur", images, "moderate"))
+    assert _hf_energy(C.apply("lowres", images, "mild")) > _hf_energy(C.apply("lowres", images, "moderate"))
+
+
+def test_blur_strength_is_in_128px_units(images):
+    # 64 px images: the suite's mild blur (sigma 1 px at 128 px) is sigma 0.5 px
+    assert torch.equal(C.apply("blur", images, "mild"), C.gaussian_blur(images, 0.5))
+
+
+def test_random_field_has_the_source_histogram_and_spectrum_but_not_its_image(images):
+    f = C.random_field(images, seed=2)
+    for a, b in zip(f, images):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)  # identical grey levels
+        corr = np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]
+        assert abs(corr) < 0.5, corr  # the image itself is gone
+    # the radially averaged spectrum (before the rank remap) is the source's: compare the coarse/fine balance
+    low = lambda x: float((C._radial_amplitude(x)[..., :4, :4] ** 2).sum() / (C._radial_amplitude(x) ** 2).sum())
+    assert abs(low(f) - low(images)) < 0.15
+
+
+def test_noise_contrast_and_jpeg_strengths(images):
+    grey = torch.full((4, 1, 64, 64), 0.5)
+    d = C.gaussian_noise(grey, 0.08, seed=0) - grey
+    assert abs(float(d.std()) - 0.08) < 0.005
+    c = C.contrast(images, 0.4)
+    assert torch.allclose(c.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=1e-3)
+    assert torch.allclose(c.std(dim=(2, 3)), 0.4 * images.std(dim=(2, 3)), rtol=0.02)
+    err = {s: float((C.apply("jpeg", images, s) - images).abs().mean()) for s in ("mild", "moderate")}
+    assert 0 < err["mild"] < err["moderate"]
+
+
+def test_gan_artefacts_put_energy_at_the_checkerboard_frequency(images):
+    def nyquist(x):
+        return float(torch.fft.fft2(x)[..., 16, 16].abs().mean())  # period 4 px (2 px cells) in 64 px images
+
+    assert nyquist(images) < nyquist(C.apply("gan-artefacts", images, "mild")) < nyquist(
+        C.apply("gan-artefacts", images, "moderate"))
+
+
+def test_patch_shuffle_and_splice_rearrange_real_pixels(images):
+    s = C.patch_shuffle(images, 4, seed=0)
+    for a, b in zip(s, images):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+    sp = C.splice(images, seed=0)
+    w = images.shape[-1]
+    assert torch.equal(sp[..., : w // 2], images[..., : w // 2])
+    for i in range(len(images)):  # the right half comes from another image, never the same one
+        match = [j for j in range(len(images)) if torch.equal(sp[i, ..., w // 2:], images[j, ..., w // 2:])]
+        assert match and i not in match
+
+
+def test_blobs_are_dark_blobs_on_a_bright_background(images):
+    b = C.blobs(torch.zeros(8, 1, 128, 128), seed=0)
+    dark = float((b < 0.3).float().mean())
+    assert 0.03 < dark < 0.4 and float(b.median()) > 0.7
+
+
+# --- order checks ------------------------------------------------------------------------------------------
+
+def _sets():
+    return [
+        ValiditySet("real", "real", "real"),
+        ValiditySet("blur:mild", "degraded", "blur", "mild"),
+        ValiditySet("blur:moderate", "degraded", "blur", "moderate"),
+        ValiditySet("vflip:moderate", "violated", "vflip", "moderate"),
+        ValiditySet("blobs:moderate", "violated", "blobs", "moderate"),
+        ValiditySet("gen:pggan", "generator", "pggan", tier=1),
+        ValiditySet("gen:vae", "generator", "vae", tier=2),
+        ValiditySet("gen:ldm", "generator", "ldm", tier=5),
+        ValiditySet("progress:vae:ckpt1", "progress", "vae", tier=1),
+        ValiditySet("progress:vae:ckpt2", "progress", "vae", tier=2),
+    ]
+
+
+def test_a_known_inversion_is_reported_and_costs_tau():
+    good = {"real": 1, "blur:mild": 2, "blur:moderate": 3, "vflip:moderate": 10, "blobs:moderate": 20,
+            "gen:pggan": 4, "gen:vae": 5, "gen:ldm": 30, "progress:vae:ckpt1": 9, "progress:vae:ckpt2": 6}
+    s = summarize(_sets(), good)
+    assert s["violations"] == [] and s["kendall_tau"] == 1.0 and s["kendall_tau_generators"] == 1.0
+    n_pairs = len(s["checks"])
+
+    bad = dict(good, **{"vflip:moderate": 2.5, "gen:ldm": 3.5, "progress:vae:ckpt2": 9.5})
+    s = summarize(_sets(), bad)
+    got = {(c["better"], c["worse"]) for c in s["violations"]}
+    assert ("blur:moderate", "vflip:moderate") in got  # a flip closer than a moderate blur
+    assert ("real", "vflip:moderate") not in got  # 2.5 > 1 still holds
+    assert ("gen:pggan", "gen:ldm") in got and ("gen:vae", "gen:ldm") in got  # blobs ahead of chests
+    assert ("progress:vae:ckpt2", "progress:vae:ckpt1") in got  # progress went backwards
+    assert s["kendall_tau"] == pytest.approx((n_pairs - 2 * len(got)) / n_pairs)
+    assert s["kendall_tau_generators"] < 1.0
+    assert s["blob_ranks"]["gen:ldm"]["rank_generators"] == 2  # only real is closer
+    assert s["closest_violated"] == {"set": "vflip:moderate", "value": 2.5, "x_floor": 2.5}
+
+    # identical features give FIDs equal up to round-off: a tie, and a tie is not the expected order
+    tie = dict(good, **{"vflip:moderate": good["real"] * (1 + 1e-15)})
+    assert ("real", "vflip:moderate") in {(c["better"], c["worse"]) for c in summarize(_sets(), tie)["violations"]}
+
+
+def test_expected_pairs_follow_tiers_and_strengths():
+    pairs = {(a, b): r for a, b, r in expected_pairs(_sets())}
+    assert pairs[("blur:mild", "blur:moderate")] == "mild < moderate"
+    assert ("blur:mild", "vflip:moderate") not in pairs  # only moderate strengths are compared across classes
+    assert ("gen:pggan", "gen:vae") in pairs and ("gen:vae", "gen:pggan") not in pairs
+    assert ("gen:vae", "blobs:moderate") in pairs  # every chest-showing set ahead of the blobs
+    assert ("progress:vae:ckpt2", "progress:vae:ckpt1") in pairs
+    assert len(pairs) == len(expected_pairs(_sets()))  # no pair twice
+    assert pairwise_tau([]) is None
+
+
+def test_effective_dimensionality_of_known_spectra():
+    rng = np.random.default_rng(0)
+    iso = effective_dimensionality(rng.standard_normal((4000, 10)))
+    assert iso["participation_ratio"] > 9 and iso["top1"] < 0.15
+    one = effective_dimensionality(rng.standard_normal((4000, 1)) * np.ones((1, 10)) + 1e-3 * rng.standard_normal((4000, 10)))
+    assert one["top1"] > 0.99 and one["participation_ratio"] < 1.05
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
+def test_validate_end_to_end_on_real_images(tmp_path, capsys, monkeypatch):
+    data = shared_folder("nih_extra_256px").parent
+    shared_folder("kermany_pediatric_covid_skytells")
+    progress = tmp_path / "progress"
+    for k, shift in ((1, 2.0), (2, 0.0)):  # a made-up ladder: a worse set first
+        write_pngs(progress / "toy" / f"ckpt{k}-x", synthetic_cxr(10, 64, shift=shift, seed=k))
+    out = tmp_path / "out"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rc = main(["validate", "--extractor", "pixels", "--data", str(data), "--n", "10", "--out", str(out),
+               "--samples-dir", str(REPO / "leaderboard" / "samples"), "--progress-dir", str(progress),
+               "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    res = json.loads((out / "validity-pixels.json").read_text())
+    assert (out / "validity-pixels.png").stat().st_size > 1000
+    classes = {s["cls"] for s in res["sets"]}
+    assert classes == {"real", "degraded", "violated", "population", "generator", "progress"}
+    assert all(s["n"] == 10 for s in res["sets"])
+    assert res["floor"] == next(s["value"] for s in res["sets"] if s["name"] == "real")
+    assert {c["rule"] for c in res["checks"]} >= {"real < degraded", "eye tiers", "progress monotone",
+                                                  "chest-showing < blobs"}
+    assert len(res["violations"]) == sum(not c["ok"] for c in res["checks"])
+    assert -1 <= res["kendall_tau"] <= 1 and res["dimensionality"]["dims"] == 10
+    assert "Kendall tau" in text and "gen:ldm" in text and "participation ratio" in text
+
+
+def test_validate_bad_input_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["validate", "--extractor", "pixels", "--data", str(empty), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1
+    assert "nih_extra_256px" in err and "--data" in err
+    # weights that are not there: the message says where to put which file
+    rc = main(["validate", "--extractor", "xrv", "--weights", str(empty), "--data", str(empty),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and str(empty) in err and ".pt" in err
+
+
+def test_validate_names_a_missing_set_folder(tmp_path, capsys):
+    data = shared_folder("nih_extra_256px").parent
+    rc = main(["validate", "--extractor", "pixels", "--data", str(data), "--out", str(tmp_path / "o"),
+               "--samples-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "nowhere") in err and "--skip-missing" in err

@@ -1,0 +1,50 @@
+"""Memorization: planted copies of training images are found at their rate; none gives the base rate."""
+
+import numpy as np
+import pytest
+
+from cxrbench.metrics.memorization import Memorization
+from cxrbench.data.synthetic import synthetic_cxr
+
+from ..metric_helpers import context, feature_set, thumbnails
+
+
+@pytest.fixture(scope="module")
+def pools():
+    imgs = synthetic_cxr(2400, 32, seed=11)
+    f = thumbnails(imgs, 8)
+    return {"train": f[:800], "heldout": f[800:1600], "fresh": f[1600:]}
+
+
+def run(gen, pools):
+    ctx = context(feature_set("samples", {"thumb": gen}), feature_set("reference", {"thumb": pools["heldout"]}),
+                  feature_set("train", {"thumb": pools["train"]}))
+    return Memorization().compute(ctx)["memorization_thumb"]
+
+
+def test_planted_copies_are_detected_at_their_rate(pools):
+    n = 800
+    copied = np.random.default_rng(0).choice(len(pools["train"]), n // 10, replace=False)
+    gen = np.concatenate([pools["train"][copied], pools["fresh"][: n - len(copied)]])
+    v = run(gen, pools)
+    assert v.extra["exact_copies"] == pytest.approx(0.1)
+    assert v.extra["excess"] == pytest.approx(0.1, abs=0.03)  # (rate - 0.05) / 0.95 estimates the copied share
+    assert v.value == pytest.approx(0.1 + 0.9 * 0.05, abs=0.03)
+    assert v.ci[0] <= v.value <= v.ci[1]
+    # the closest pairs are the planted copies, named by sample and training id
+    top = v.extra["closest_pairs"][0]
+    assert top["distance"] == 0.0 and top["train"] in {f"train[{i}]" for i in copied}
+
+
+def test_no_copies_gives_the_base_rate(pools):
+    v = run(pools["fresh"], pools)
+    assert v.extra["exact_copies"] == 0.0
+    assert v.value == pytest.approx(0.05, abs=0.025)
+    assert abs(v.real_vs_real - 0.05) < 0.025 and v.extra["reference_in_train"] == 0.0
+
+
+def test_skipped_without_a_training_reference(pools):
+    ctx = context(feature_set("samples", {"thumb": pools["fresh"]}),
+                  feature_set("reference", {"thumb": pools["heldout"]}))
+    assert "--train-reference" in Memorization().skip_reason(ctx)
+    assert Memorization().compute(ctx) == {}

@@ -1,0 +1,242 @@
+"""The embedded protocol cxr128 (the default): shipped files pinned, offline and comparable, its sets are its
+splits, and its network orders image sets as a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cxrbench
+from cxrbench.config import DEFAULT_PROTOCOL, EvalConfig
+from cxrbench.data.io import load_image, sha256_file
+from cxrbench.engine.protocol import protocol_samples
+from cxrbench.errors import UsageError, WeightsError
+from cxrbench.features import cxr128 as feat
+from cxrbench.metrics.fid import fid_from_features
+from cxrbench.protocols import cxr128 as proto
+from cxrbench.protocols.cxr128_splits import nih_splits
+
+from ..conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "cxr64-samples"
+NIH = SHARED_DATA / "nih_extra_256px"
+needs_data = pytest.mark.skipif(not NIH.is_dir(), reason="needs ../shared/data/nih_extra_256px")
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return feat.CXR128Extractor()
+
+
+def _features(ext, x: torch.Tensor) -> np.ndarray:
+    return np.concatenate([ext.extract(x[i : i + 100]).numpy().astype(np.float64) for i in range(0, len(x), 100)])
+
+
+def _images(folder: Path, paths) -> torch.Tensor:
+    """``(N, 1, 128, 128)``: each image through the protocol's own crop and resize."""
+    return torch.cat([feat.to_cxr128(torch.from_numpy(load_image(folder / p))[None, None]) for p in paths])
+
+
+def _offline(samples):
+    return cxrbench.evaluate(samples, config=EvalConfig(use_cache=False, progress=False))
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cxrbench", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, check=False)
+
+
+# --- shipped files ---------------------------------------------------------------------------------------
+
+
+def test_shipped_files_are_the_pinned_ones():
+    _net, digest = feat.load_network()
+    assert digest == feat.WEIGHTS_SHA256 == sha256_file(feat.shipped_path(feat.WEIGHTS_FILE))
+    ref, train, held = (proto.load_features(w) for w in ("reference", "train", "heldout"))
+    assert ref.features["cxr128"].shape == (599, feat.EMBED_DIM) and np.isfinite(ref.features["cxr128"]).all()
+    assert held.features["cxr128"].shape == (309, feat.EMBED_DIM) and len(held) >= proto.SAMPLE_COUNT
+    assert train.features["cxr128"].shape == (686, feat.EMBED_DIM)
+    assert ref.specs["cxr128"]["weights"] == held.specs["cxr128"]["weights"] == feat.WEIGHTS_SHA256
+    pids = [set(x.patient_ids) for x in (ref, train, held)]
+    assert not pids[0] & pids[1] and not pids[0] & pids[2] and not pids[1] & pids[2]  # patient-disjoint
+
+
+def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
+    names = (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-train.npz", "cxr128-heldout.npz", feat.HEAD_FILE)
+    for name in names:
+        shutil.copy(feat.shipped_path(name), tmp_path / name)
+    for name in (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-heldout.npz"):
+        data = bytearray((tmp_path / name).read_bytes())
+        data[-100] ^= 1
+        (tmp_path / name).write_bytes(bytes(data))
+    (tmp_path / "cxr128-train.npz").unlink()
+    (tmp_path / feat.HEAD_FILE).write_text((tmp_path / feat.HEAD_FILE).read_text().replace("0.", "0.9", 1))
+    monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
+    monkeypatch.setattr(proto, "shipped_path", lambda name: tmp_path / name)
+    with pytest.raises(WeightsError, match=r"cxr128-net\.pt: sha256 .* not the pinned .*reinstall"):
+        feat.CXR128Extractor()
+    with pytest.raises(WeightsError, match=r"cxr128-reference\.npz: sha256 .*altered"):
+        proto.load_features("reference")
+    with pytest.raises(WeightsError, match=r"cxr128-train\.npz: .*missing; reinstall"):
+        proto.load_features("train")
+    with pytest.raises(WeightsError, match=r"cxr128-heldout\.npz: sha256 .*altered"):
+        protocol_samples("cxr128:heldout")  # a reference row's samples are pinned like the reference
+    monkeypatch.setattr(feat, "WEIGHTS_SHA256", "any")  # past the network: the head file is checked on its own
+    with pytest.raises(WeightsError, match=r"cxr128-labels\.json: sha256 .*label head"):
+        feat.CXR128ClassifierExtractor()
+
+
+def test_label_head_keeps_what_it_tells_apart_on_both_held_out_splits():
+    """The shipped calibration, head and features agree: each kept label's reference AUROC recomputes and is
+    >= 0.65, and so is its recorded held-out AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    clf = feat.CXR128ClassifierExtractor()
+    calib = json.loads(feat.shipped_path(feat.HEAD_FILE).read_text())
+    ref = proto.load_features("reference")
+    probs = clf.from_features(torch.from_numpy(ref.features["cxr128"])).numpy()
+    assert clf.feature_names == calib["labels"] and len(calib["labels"]) >= 1
+    for j, name in enumerate(calib["labels"]):
+        auc = roc_auc_score(ref.labels[name].to_numpy() > 0.5, probs[:, j])
+        assert auc == pytest.approx(calib["per_label"][name]["auroc_reference"], abs=1e-6)
+        assert auc >= 0.65 and calib["per_label"][name]["auroc_heldout"] >= 0.65
+    dropped = [n for n, e in calib["per_label"].items() if n not in calib["labels"]]
+    assert all(min(e["auroc_reference"], e["auroc_heldout"]) < 0.65 or min(e["positives"].values()) < 15
+               for n, e in calib["per_label"].items() if n in dropped)
+
+
+# --- splits and training data ---------------------------------------------------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize("which", ["reference", "heldout", "train"])
+def test_shipped_sets_are_their_splits_and_their_features_recompute(extractor, which):
+    t = nih_splits(SHARED_DATA)
+    shipped = proto.load_features(which)
+    rows = t.set_index("image_index").loc[shipped.ids]
+    assert (rows["cxr128_split"] == which).all() and len(shipped) == int((t["cxr128_split"] == which).sum())
+    assert [sha256_file(NIH / p) for p in rows["path"][:20]] == shipped.hashes[:20]
+    if which != "train":  # the train split's features come from the same pass; two recomputations suffice
+        got = _features(extractor, _images(NIH, rows["path"]))
+        assert np.abs(got - shipped.features["cxr128"]).max() < 1e-4 * np.abs(shipped.features["cxr128"]).max()
+
+
+@needs_data
+def test_network_training_data_holds_no_image_of_a_reference_or_heldout_patient():
+    from baselines.cxr128net import training_tables
+
+    t = nih_splits(SHARED_DATA)
+    protocol_patients = {str(p).lstrip("0") for p in t.loc[t["cxr128_split"] != "train", "patient_id"]}
+    seen = {}
+    for folder, rows in training_tables(SHARED_DATA):
+        seen[folder.name] = len(rows)
+        if "image_index" in rows.columns:  # every NIH folder: patient id = the image name's prefix
+            assert not {i.split("_")[0].lstrip("0") for i in rows["image_index"]} & protocol_patients, folder
+        if folder.name == "kermany_pediatric_covid_skytells":
+            assert set(rows["split"]) == {"NonAugmentedTrain"}  # ValData stays unseen (another population)
+    assert seen["nih_extra_256px"] == int((t["cxr128_split"] == "train").sum())
+    assert seen["adult_covid_extra_256px"] > 600 and seen["nih1000_64px"] == 1000
+
+
+def test_training_the_network_on_a_wrong_data_root_is_one_clear_error(tmp_path):
+    r = _cli("train", "cxr128-net", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 1 and "pass --data the folder that holds them" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- evaluation under the protocol -------------------------------------------------------------------------
+
+
+def test_cxr128_is_the_default_and_runs_offline_on_example_samples(tmp_path):
+    assert DEFAULT_PROTOCOL == "cxr128"
+    env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache"), "CXRBENCH_SHARED_DATA": "/nonexistent"}
+    out = tmp_path / "r.json"
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--out", str(out), "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["protocol"] == {"name": "cxr128", "version": proto.VERSION}
+    assert res["extractors"]["cxr128"]["weights"] == feat.WEIGHTS_SHA256
+    assert "128 px" in res["extractors"]["cxr128"]["resize_filter"]
+    assert res["reference"]["kind"] == "features"
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "memorization", "ks_features"):
+        assert res["metrics"][f"{key}_cxr128"]["value"] is not None, key
+    assert "fd_inf_cxr128" not in res["metrics"]  # not valid at N = 300 for 128-d features: not in the protocol
+    # 202 example samples are fewer than the protocol's 300: numbers, but not comparable, and it says why
+    assert res["comparable"] is False and any("300" in s for s in res["not_comparable_because"])
+
+
+def test_protocol_refuses_a_reference_extractors_or_fd_inf_of_ones_own():
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--reference", str(EXAMPLES), "--protocol", "cxr128")
+    assert r.returncode != 0 and "fixes its reference" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("evaluate", "--samples", str(EXAMPLES), "--extractors", "xrv")
+    assert r.returncode == 2 and "fixes its extractors (cxr128" in r.stderr
+    with pytest.raises(UsageError, match="not valid at its N"):
+        cxrbench.evaluate(EXAMPLES, config=EvalConfig(metrics=("fid", "fd_inf")))
+
+
+def test_reference_rows_heldout_is_comparable_near_the_floor_and_the_memorizer_is_flagged():
+    """The leaderboard's real-image rows run from the shipped features alone, at the protocol's N."""
+    held, mem = _offline("cxr128:heldout"), _offline("cxr128:train")
+    for r in (held, mem):
+        assert r["comparable"] is True, r["not_comparable_because"]
+        assert r["samples"]["n_used"] == proto.SAMPLE_COUNT and r["protocol"]["name"] == "cxr128"
+    assert mem["metrics"]["memorization_cxr128"]["value"] == 1.0
+    assert held["metrics"]["memorization_cxr128"]["value"] < 0.2
+    fid = held["metrics"]["fid_cxr128"]
+    assert fid["value"] < 1.5 * fid["real_vs_real"]
+
+
+def test_any_input_size_is_centre_cropped_and_resized(extractor):
+    x = torch.stack([torch.from_numpy(load_image(p))[None] for p in sorted(EXAMPLES.glob("*.png"))[:32]])
+    big = F.interpolate(x, size=(256, 256), mode="bicubic", align_corners=False).clamp(0, 1)
+    wide = torch.cat([torch.rand(32, 1, 256, 64), big, torch.rand(32, 1, 256, 64)], dim=3)  # 256 x 384
+    f1, f2 = _features(extractor, big), _features(extractor, wide)
+    assert np.abs(f2 - f1).max() <= 1e-5 * np.abs(f1).max()  # the centre crop removes the sides exactly
+    assert np.abs(_features(extractor, feat.to_cxr128(big)) - f1).max() <= 1e-5 * np.abs(f1).max()
+    assert feat.to_cxr128(wide).shape[-2:] == (128, 128)
+
+
+def test_retired_cxr64_entries_still_verify():
+    """The leaderboard's entries were made under cxr64; until they are re-made, verify must still pass."""
+    entry = ROOT / "leaderboard" / "entries" / "lsgan-64-15-cpu-min.json"
+    assert json.loads(entry.read_text())["protocol"]["name"] == "cxr64"
+    r = _cli("verify", str(entry), "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- the network agrees with the eye ---------------------------------------------------------------------
+
+
+@needs_data
+def test_anatomy_violations_score_far_above_chest_showing_sets(extractor):
+    """What the shipped cxr64 network got wrong (it put blobs near real and noise far above them): sets nobody
+    would take for a radiograph (families the network never saw in training) score far above the held-out
+    real row, above strong noise, and above the leaderboard's chest-showing generator sets; the blob
+    generator (ldm) scores above the chest-showing ones."""
+    from cxrbench.data.corruptions import apply
+
+    t = nih_splits(SHARED_DATA).sort_values("path")
+    ref = proto.load_features("reference").features["cxr128"].astype(np.float64)
+    held = _images(NIH, t.loc[t["cxr128_split"] == "heldout", "path"][:200])
+
+    def fid_of(x):
+        return fid_from_features(_features(extractor, x), ref)
+
+    real, noisy = fid_of(held), fid_of(apply("noise", held, "moderate"))
+    violated = {n: fid_of(apply(n, held, "moderate")) for n in ("blobs", "random-field", "patch-shuffle", "negative")}
+    lb = ROOT / "leaderboard" / "samples"
+    gens = {g: fid_of(_images(lb / g, sorted(p.name for p in (lb / g).glob("*.png"))[:200]))
+            for g in ("lsgan", "pggan", "ldm")}
+    chest = max(gens["lsgan"], gens["pggan"])
+    for name, v in violated.items():
+        assert v > 10 * real and v > noisy and v > 3 * chest, (name, v, real, noisy, gens)
+    assert gens["ldm"] > chest, gens
