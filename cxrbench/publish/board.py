@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..registry import METRICS
+from . import claims as claims_mod
 from . import figures, learning_curve
 from .ranking import Group, default_rank_key, group_entries, is_reference_row, ordered
 
@@ -154,6 +155,8 @@ class Board:
     groups: list[GroupView] = field(default_factory=list)
     cards: list[CardView] = field(default_factory=list)
     reference_note: str = REFERENCE_NOTE
+    claims: tuple = ()  # claims.Claim rows, from the claims protocol's ranked entries
+    claims_protocol: str = claims_mod.PROTOCOL
 
     def pictures(self) -> dict[str, bytes]:
         """Every plot and thumbnail the board shows, by path."""
@@ -537,6 +540,9 @@ def build_board(entries: list[dict], *, out_dir: str | os.PathLike, entries_dir:
         weights = ", ".join(f"{name} {wid[:12]}" for name, wid in g.weights) if g.split else ""
         first = i == 0 or groups[i - 1].protocol_slug != g.protocol_slug
         board.groups.append(GroupView(g.protocol, g.version, g.protocol_slug, g.slug, first, weights, tuple(sections)))
+        ranked = [s for s in sections if s.ranked]
+        if g.protocol == claims_mod.PROTOCOL and ranked and not board.claims:
+            board.claims = tuple(claims_mod.claims(g.ranked, ranked[0].rank_key))
     for e in entries:
         link = _rel_link(Path(entries_dir) / e.get("_file", f"{e['slug']}.json"), Path(out_dir))
         thumb = figures.thumbnail_grid(e, entries_dir)
