@@ -54,6 +54,8 @@ class EvalConfig:
     compile: bool = False
     xrv_resize: str = "xrv"  # xrv (torchxrayvision's XRayResizer) | torch-antialias
     inception_resize: str = "tf1"  # tf1 (torch-fidelity / TF1 FID) | clean (clean-fid's PIL bicubic)
+    #: processor (RadDino's image processor) | chexgenbench (CheXGenBench's 299 px PIL squash first)
+    raddino_resize: str = "processor"
     #: overrides of ``cxrbench.metrics.common.MetricSettings`` fields (kid_subset_size, prdc_k, ...);
     #: CLI ``--metric-setting KEY=VALUE``; under a protocol they make the result not comparable
     metric_settings: dict = dataclasses.field(default_factory=dict)

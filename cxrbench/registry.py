@@ -196,6 +196,7 @@ PROTOCOLS = Registry(
         "augmentation": "cxrbench.protocols.augmentation.protocol:AugmentationProtocol",
         "cxr64": "cxrbench.protocols.cxr64:CXR64Protocol",
         "cxr128": "cxrbench.protocols.cxr128:CXR128Protocol",
+        "chexgenbench": "cxrbench.protocols.chexgenbench:CheXGenBenchProtocol",
     },
 )
 

@@ -17,6 +17,8 @@ EPILOG = """examples:
   cxrbench evaluate --samples samples/ --reference nih-cxr14 --reference-split test --out result.json
   # only FID with the XRV extractor, on GPU
   cxrbench evaluate --samples samples.npz --reference real/ --extractors xrv --metrics fid --device cuda
+  # CheXGenBench's RadDino FID, KID and PRDC (torchmetrics, k = 5) beside cxrbench's, against MIMIC-CXR test images
+  cxrbench evaluate --samples synthetic/ --reference mimic-test/ --protocol chexgenbench --weights rad-dino/
   # shard extraction over 4 GPUs (rank 0 gathers the features, computes the metrics and prints)
   torchrun --nproc_per_node 4 -m cxrbench evaluate --samples samples/ --reference nih-cxr14 --out result.json
 """
@@ -35,6 +37,9 @@ def add_resize_arguments(p) -> None:
                    help="xrv extractors' resize: torchxrayvision's XRayResizer (default) or torch bilinear-antialias")
     p.add_argument("--inception-resize", choices=["tf1", "clean"], default=d.inception_resize,
                    help="inception's resize: tf1 (torch-fidelity, default) or clean (clean-fid's PIL bicubic)")
+    p.add_argument("--raddino-resize", choices=["processor", "chexgenbench"], default=d.raddino_resize,
+                   help="raddino's preprocessing: its image processor (default) or chexgenbench (CheXGenBench's "
+                        "8-bit PIL squash to 299 px first; set by --protocol chexgenbench)")
 
 
 def add_arguments(p) -> None:
@@ -74,7 +79,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
     p.add_argument("--protocol", default=None, help="cxr128 (embedded, comparable offline; the default without "
-                   "--reference) | cxr64 (retired: its network ranks blobs above chests) | augmentation (downstream classifier gain) | default (your own --reference)")
+                   "--reference) | cxr64 (retired: its network ranks blobs above chests) | augmentation (downstream classifier gain) | chexgenbench (CheXGenBench's "
+                   "RadDino FID/KID/PRDC, torchmetrics, against your --reference) | default (your own --reference)")
     p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
     p.add_argument("--augment-n-real", type=int, default=d.augment_n_real,
                    help="protocol augmentation: N real training images")
@@ -100,6 +106,9 @@ def resolve_protocol(args) -> str:
     if protocol in ("cxr128", "cxr64") and args.extractors is not None:
         raise UsageError(f"--protocol {protocol} fixes its extractors ({protocol}, {protocol}-classifier); drop --extractors, "
                          "or pass --reference to evaluate with extractors of your choice")
+    if protocol == "chexgenbench" and args.extractors is not None:
+        raise UsageError("--protocol chexgenbench fixes its extractor (raddino, with CheXGenBench's preprocessing); "
+                         "drop --extractors")
     return protocol
 
 
@@ -140,7 +149,7 @@ def config_from_args(args):
         protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
         augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
         fast_kernels=args.fast_kernels, compile=args.compile, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
-        metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])),
+        raddino_resize=args.raddino_resize, metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])),
     )
 
 

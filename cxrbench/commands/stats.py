@@ -58,7 +58,7 @@ def config_from_args(args):
                       moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,
                       seed=args.seed, cache_dir=args.cache_dir, reference_split=args.reference_split,
                       skip_bad=args.skip_bad, progress=not args.quiet, xrv_resize=args.xrv_resize,
-                      inception_resize=args.inception_resize)
+                      inception_resize=args.inception_resize, raddino_resize=args.raddino_resize)
 
 
 def run(args) -> int:

@@ -181,6 +181,8 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
     sections = {} if conditions is None else {"per_condition": conditions}
     if conditions is not None:
         metric_times["per_condition"] = round(time.perf_counter() - tc, 3)
+    if proto is not None:
+        sections.update(proto.sections())
     duplicates = {r: _duplicates(s.sets[r]) for r in s.sets}
     notes += _set_notes(s, duplicates)
     times["metrics_s"] = time.perf_counter() - t2

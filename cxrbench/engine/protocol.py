@@ -41,6 +41,11 @@ class Protocol:
         """Metrics of the protocol's own, on the same sets and features, after the engine's metrics."""
         return {}
 
+    def sections(self) -> dict:
+        """Top-level result blocks of the protocol's own (how its metrics were computed), after
+        ``after_metrics``; none by default."""
+        return {}
+
 
 def protocol_samples(spec) -> PrecomputedSet | None:
     """``"NAME:which"`` of a registered protocol that ships that set (``cxr64:heldout``), else None."""

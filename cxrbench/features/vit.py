@@ -18,6 +18,12 @@ It equals transformers' torch processor (``BitImageProcessor`` in transformers 5
 before) fed the same float images; the PIL processor of transformers 4 on 8-bit images also rounds the
 resized image to 8 bits and clips bicubic overshoot (differences within 8-bit quantisation).
 
+``raddino`` with ``resize="chexgenbench"`` (``--raddino-resize chexgenbench``, set by the ``chexgenbench``
+protocol) instead reproduces the images CheXGenBench (Dutt et al. 2025, ``metrics/fid.py``) hands RadDino: 8-bit,
+squashed to 299 x 299 by PIL's bilinear filter (torchvision ``Resize((299, 299))``, aspect ratio not kept), then the
+PIL ``BitImageProcessor`` of transformers 4 on those 8-bit pixels (bicubic to 518 x 518, rounded to 8 bits,
+rescaled and normalised). It runs in PIL on the CPU, image by image, so the pixels are PIL's own.
+
 Weights: the published ``model.safetensors`` of the pinned revision, from ``--weights DIR`` (a saved model
 folder: config.json + model.safetensors, or a folder holding ``<model>/``: ``rad-dino/``, ``dinov2-base/``,
 ``dinov2-large/``), ``$CXRBENCH_WEIGHTS/<model>/``, the Hugging Face cache, or
@@ -33,6 +39,7 @@ from functools import cache
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +109,46 @@ def preprocess_bit(x: torch.Tensor, pp: dict) -> torch.Tensor:
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
+#: CheXGenBench's first resize (``metrics/fid.py``: ``transforms.Resize((299, 299))`` on the PIL image)
+CHEXGENBENCH_SIZE = 299
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(N, 1, H, W)`` in [0, 1] -> ``(N, H, W)`` uint8: 8-bit files come back as their own pixel values."""
+    return (x[:, 0].detach().cpu().double() * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def preprocess_chexgenbench(x: torch.Tensor, pp: dict) -> torch.Tensor:
+    """Image contract -> the ``pixel_values`` CheXGenBench's RadDino receives, ``(N, 3, crop, crop)``.
+
+    CheXGenBench: ``Image.open(p).convert("RGB")``, ``Resize((299, 299))`` (PIL bilinear), ``ToTensor()``, then
+    ``(batch * 255).to(torch.uint8)`` (in float32 this gives every 8-bit value back, so it changes nothing), then
+    ``AutoImageProcessor`` (transformers 4.50: the PIL ``BitImageProcessor``): PIL bicubic to the shortest edge,
+    8-bit, centre crop, ``/ 255``, normalise. Grey images: the three channels are equal, so one PIL "L" image
+    resamples to the same pixels as the RGB one (tested)."""
+    from PIL import Image
+
+    short = pp["size"]["shortest_edge"]
+    ch, cw = pp["crop_size"]["height"], pp["crop_size"]["width"]
+    top, left = (short - ch) // 2, (short - cw) // 2  # a square 299 image resized to the shortest edge
+    out = []
+    for a in to_uint8(x):
+        im = Image.fromarray(a).resize((CHEXGENBENCH_SIZE, CHEXGENBENCH_SIZE), Image.BILINEAR)
+        im = im.resize((short, short), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im)[top : top + ch, left : left + cw].copy()))
+    y = torch.stack(out)[:, None].to(x.device, torch.float32) / 255.0
+    mean = torch.tensor(pp["image_mean"], dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+    std = torch.tensor(pp["image_std"], dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+    return (y.expand(-1, 3, -1, -1) - mean) / std
+
+
+def describe_chexgenbench(pp: dict) -> str:
+    return (f"CheXGenBench (metrics/fid.py): 8-bit, PIL bilinear squash to {CHEXGENBENCH_SIZE}x{CHEXGENBENCH_SIZE} "
+            f"(aspect not kept), then BitImageProcessor (PIL): bicubic shortest edge {pp['size']['shortest_edge']} "
+            f"rounded to 8 bits, centre crop {pp['crop_size']['height']}, mean {pp['image_mean']} "
+            f"std {pp['image_std']}, grey to RGB")
+
+
 def describe_preprocessing(pp: dict) -> str:
     return (f"BitImageProcessor (torch): bicubic-antialias shortest edge {pp['size']['shortest_edge']}, centre "
             f"crop {pp['crop_size']['height']}, mean {pp['image_mean']} std {pp['image_std']}, grey to RGB")
@@ -131,16 +178,22 @@ class Dinov2Extractor(FeatureExtractor):
     # they are filled in, every result made with these extractors is marked not comparable.
     revision: ClassVar[str] = "main"
     published_sha256: ClassVar[tuple[str, ...]] = ()
+    #: preprocessing conventions: the model's image processor; RadDino also CheXGenBench's
+    resizes: ClassVar[tuple[str, ...]] = ("processor",)
 
-    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu",
+    def __init__(self, *, weights: str = "auto", seed: int = 0, device: str = "cpu", resize: str = "processor",
                  _config: dict | None = None) -> None:
         super().__init__()
+        if resize not in self.resizes:
+            raise UsageError(f"{self.name}: resize {resize!r} is not one of {', '.join(self.resizes)}")
+        self.resize = resize
         # the architecture: the published config (a reduced one only through for_tests)
         self.config = config = dict(_config or shipped_config(self.folder))
         self.preprocessor = shipped_preprocessor(self.folder)
         self.num_features = int(config["hidden_size"])
         self.input_size = int(self.preprocessor["crop_size"]["height"])
-        self.resize_filter = describe_preprocessing(self.preprocessor)
+        self.resize_filter = (describe_chexgenbench if resize == "chexgenbench" else describe_preprocessing)(
+            self.preprocessor)
         if is_random_weights(weights):
             # transformers' own initialisation (truncated normal 0.02, LayerScale 1); the pooler output is
             # layer-normed with unit gain, so features are O(1) whatever the depth
@@ -158,11 +211,11 @@ class Dinov2Extractor(FeatureExtractor):
         self.to(device)
 
     @classmethod
-    def for_tests(cls) -> Dinov2Extractor:
+    def for_tests(cls, **kw) -> Dinov2Extractor:
         """Random weights at a reduced width and depth (the published preprocessing, 2 layers of width 64):
         the contract tests then take seconds on one CPU thread."""
         small = dict(shipped_config(cls.folder), num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
-        return cls(weights="random", seed=0, device="cpu", _config=small)
+        return cls(**{"weights": "random", "seed": 0, "device": "cpu", **kw}, _config=small)
 
     def where(self) -> str:
         return f"{self.title} ({self.repo}, revision {self.revision})"
@@ -234,6 +287,8 @@ class Dinov2Extractor(FeatureExtractor):
         self.net.load_state_dict(state)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize == "chexgenbench":
+            return preprocess_chexgenbench(x, self.preprocessor)
         return preprocess_bit(x, self.preprocessor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,6 +300,8 @@ class RadDinoExtractor(Dinov2Extractor):
     repo = "microsoft/rad-dino"
     folder = "rad-dino"
     title = "RadDino"
+    resizes = ("processor", "chexgenbench")
+    config_kwargs = {"resize": "raddino_resize"}  # constructor argument <- EvalConfig field
 
 
 class DINOv2BaseExtractor(Dinov2Extractor):
