@@ -13,6 +13,9 @@ torchmetrics 1.7.1, prdc 0.2, transformers 4.50.3), and what this protocol does 
   defaults otherwise (100 subsets, degree 3, gamma 1/d, coef 1); mean and std over subsets;
 - PRDC: ``prdc.compute_prdc(real_features, fake_features, nearest_k=5)`` on the same RadDino features.
 
+torchmetrics 1.7.1 and 1.9.0 run the same code for a custom feature module (``image/kid.py`` is unchanged
+between the tags; ``image/fid.py`` only gained an ``antialias`` option for its own Inception resize).
+
 The engine extracts each image's RadDino features once (batched, cached); torchmetrics' classes are fed them
 through a pass-through feature module, which is what they compute from when they call the extractor
 themselves (tested: the same numbers as torchmetrics calling the wrapped extractor on the images).
