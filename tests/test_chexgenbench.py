@@ -10,6 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchmetrics
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from cxrbench.cli import main
 from cxrbench.config import EvalConfig
@@ -26,16 +29,13 @@ from cxrbench.features.vit import (
 )
 from cxrbench.metrics import functional as F
 from cxrbench.metrics.kid import mmd2_unbiased
-from cxrbench.protocols.chexgenbench import KID_SUBSETS, SOURCE, chexgenbench_numbers
+from cxrbench.protocols.chexgenbench import KID_SUBSETS, SOURCE, PassThrough, chexgenbench_numbers
 from cxrbench.registry import EXTRACTORS
 from tests.conftest import shared_folder
 from tests.test_extractors_vit import no_weights_anywhere  # noqa: F401 - the fixture
 
 transformers = pytest.importorskip("transformers")
 compute_prdc = pytest.importorskip("prdc").compute_prdc
-torchmetrics = pytest.importorskip("torchmetrics")
-from torchmetrics.image.fid import FrechetInceptionDistance  # noqa: E402
-from torchmetrics.image.kid import KernelInceptionDistance  # noqa: E402
 
 
 SMALL = dict(shipped_config("rad-dino"), num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
@@ -127,18 +127,20 @@ def test_end_to_end_equals_torchmetrics_calling_the_extractor(tmp_path, sets):
     res = evaluate(str(gen), str(ref), config=config(tmp_path))
     m = res.metrics
     # torchmetrics as CheXGenBench runs it: the extractor as the feature module, fed uint8 RGB images
-    ext = TinyRadDino(weights="random", seed=0, resize="chexgenbench")
-    feature = TorchmetricsFeature(ext)
+    feature = TorchmetricsFeature(TinyRadDino(weights="random", seed=0, resize="chexgenbench"))
     fid = FrechetInceptionDistance(feature=feature)
-    kid = KernelInceptionDistance(feature=feature, subset_size=12)
+    rows = {True: [], False: []}
     for folder, real in ((ref, True), (gen, False)):
         for p in sorted(folder.iterdir()):
             x = (torch.from_numpy(load_image(p)) * 255).round().to(torch.uint8)[None, None].expand(1, 3, -1, -1)
             fid.update(x, real=real)
-            kid.update(x, real=real)
-    # CheXGenBench's PRDC runs on the same module's features (KID keeps them)
-    theirs = compute_prdc(real_features=torch.cat(kid.real_features).numpy(),
-                          fake_features=torch.cat(kid.fake_features).numpy(), nearest_k=5)
+            rows[real].append(fid.inception(x))  # what FID's feature module gives for x
+    # KID and PRDC of those rows (one forward per image keeps the test short)
+    kid = KernelInceptionDistance(feature=PassThrough(SMALL["hidden_size"]), subset_size=12)
+    real_f, fake_f = torch.cat(rows[True]), torch.cat(rows[False])
+    kid.update(real_f, real=True)
+    kid.update(fake_f, real=False)
+    theirs = compute_prdc(real_features=real_f.numpy(), fake_features=fake_f.numpy(), nearest_k=5)
     assert m["chexgenbench_fid_raddino"]["value"] == pytest.approx(float(fid.compute()), rel=1e-4)
     assert m["chexgenbench_kid_raddino"]["value"] == pytest.approx(float(kid.compute()[0]), rel=1e-4, abs=1e-6)
     for k in ("precision", "recall", "density", "coverage"):

@@ -42,6 +42,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, FeatureKind, is_random_weights
@@ -126,8 +127,6 @@ def preprocess_chexgenbench(x: torch.Tensor, pp: dict) -> torch.Tensor:
     ``AutoImageProcessor`` (transformers 4.50: the PIL ``BitImageProcessor``): PIL bicubic to the shortest edge,
     8-bit, centre crop, ``/ 255``, normalise. Grey images: the three channels are equal, so one PIL "L" image
     resamples to the same pixels as the RGB one (tested)."""
-    from PIL import Image
-
     short = pp["size"]["shortest_edge"]
     ch, cw = pp["crop_size"]["height"], pp["crop_size"]["width"]
     top, left = (short - ch) // 2, (short - cw) // 2  # a square 299 image resized to the shortest edge
@@ -211,11 +210,11 @@ class Dinov2Extractor(FeatureExtractor):
         self.to(device)
 
     @classmethod
-    def for_tests(cls, **kw) -> Dinov2Extractor:
+    def for_tests(cls) -> Dinov2Extractor:
         """Random weights at a reduced width and depth (the published preprocessing, 2 layers of width 64):
         the contract tests then take seconds on one CPU thread."""
         small = dict(shipped_config(cls.folder), num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
-        return cls(**{"weights": "random", "seed": 0, "device": "cpu", **kw}, _config=small)
+        return cls(weights="random", seed=0, device="cpu", _config=small)
 
     def where(self) -> str:
         return f"{self.title} ({self.repo}, revision {self.revision})"
@@ -301,7 +300,7 @@ class RadDinoExtractor(Dinov2Extractor):
     folder = "rad-dino"
     title = "RadDino"
     resizes = ("processor", "chexgenbench")
-    config_kwargs = {"resize": "raddino_resize"}  # constructor argument <- EvalConfig field
+    config_kwargs: ClassVar[dict[str, str]] = {"resize": "raddino_resize"}  # constructor argument <- EvalConfig field
 
 
 class DINOv2BaseExtractor(Dinov2Extractor):

@@ -59,15 +59,18 @@ INSTALL_HINT = 'pip install "cxrbench[chexgenbench]"'
 COLUMNS = {"fid": "FID (RadDino)", "kid": "KID (RadDino)", "precision": "Precision", "recall": "Recall",
            "density": "Density", "coverage": "Coverage"}
 DIFFERENCES = (
-    "the numbers are CheXGenBench's only with the published RadDino weights (microsoft/rad-dino) and the same "
-    "real set: the MIMIC-CXR test images of MIMIC_Splits/LLAVARAD_ANNOTATIONS_TEST.csv, one per unique prompt, "
-    "with samples generated from those prompts",
-    "images are read as grey (RGB files as luminance, 16-bit files scaled to 8 bits); CheXGenBench feeds RGB files' "
-    "three channels and PIL clips 16-bit files: identical for 8-bit grey images (MIMIC-CXR-JPG)",
-    "KID subsets are drawn with a generator seeded by --seed; CheXGenBench draws from the global RNG (unseeded at "
-    "that point); when the two sets have the same size every subset is the whole set and the draw does not matter",
-    "CheXGenBench rounds to 3 decimals ('as_published' here); its memory-saving script averages the metrics over 4 "
-    "shards (FID on a quarter of the images is larger): compare with full-set runs",
+    ("the numbers are CheXGenBench's only with the published RadDino weights (microsoft/rad-dino) and the same "
+     "real set: the MIMIC-CXR test images of MIMIC_Splits/LLAVARAD_ANNOTATIONS_TEST.csv, one per unique prompt, "
+     "with samples generated from those prompts"),
+    ("images are read as grey (RGB files as luminance, 16-bit files scaled to 8 bits); CheXGenBench feeds RGB files' "
+     "three channels and PIL clips 16-bit files: identical for 8-bit grey images (MIMIC-CXR-JPG)"),
+    ("KID subsets are drawn from torch's generator seeded by --seed; CheXGenBench's draw comes from the global "
+     "generator as left by everything before compute() (seeded 42 at start): when the two sets have the same size "
+     "every subset is the whole set and the draw does not matter"),
+    ("the features are extracted once (batched, cached) and handed to torchmetrics through a pass-through module; "
+     "CheXGenBench lets torchmetrics call RadDino on each batch: the same rows"),
+    ("CheXGenBench rounds to 3 decimals ('as_published' here); its memory-saving script averages the metrics over 4 "
+     "shards (FID on a quarter of the images is larger): compare with full-set runs"),
     "Inception FID/KID/IS, FRD and image-text alignment of CheXGenBench are not computed here",
 )
 
