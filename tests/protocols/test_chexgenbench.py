@@ -32,7 +32,7 @@ from cxrbench.metrics.kid import mmd2_unbiased
 from cxrbench.protocols.chexgenbench import KID_SUBSETS, SOURCE, PassThrough, chexgenbench_numbers
 from cxrbench.registry import EXTRACTORS
 from tests.conftest import shared_folder
-from tests.test_extractors_vit import no_weights_anywhere  # noqa: F401 - the fixture
+from tests.features.test_extractors_vit import no_weights_anywhere  # noqa: F401 - the fixture
 
 transformers = pytest.importorskip("transformers")
 compute_prdc = pytest.importorskip("prdc").compute_prdc
