@@ -32,7 +32,10 @@ def add_arguments(p) -> None:
     p.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance (default {ATOL:g})")
     p.add_argument("--use-cache", action="store_true", help="reuse cached features instead of recomputing")
     p.add_argument("--augment-real", help="the real images of the entry's augmentation block (default: as recorded, "
-                   "else ../shared/data/nih1000_64px); absent: that block is not rechecked")
+                   "else ../shared/data/nih_extra_256px under cxr128, .../nih1000_64px otherwise); absent: that "
+                   "block is not rechecked")
+    p.add_argument("--augment-samples", help="the augmentation block's own samples folder, when it has one "
+                   "(default: where the block records it, relative to the entry file)")
     add_local_arguments(p)
 
 
@@ -52,7 +55,8 @@ def run(args) -> int:
     notes: list[str] = []
     rows, result = verify(
         entry, samples, reference=args.reference, rtol=args.rtol, atol=args.atol,
-        augment_real=args.augment_real, notes=notes, **local_from_args(args)
+        augment_real=args.augment_real, augment_samples=args.augment_samples, entry_path=args.entry, notes=notes,
+        **local_from_args(args)
     )
     for note in notes:
         print(note)
