@@ -1,4 +1,5 @@
-"""The augmentation block under the ``cxr128`` protocol: Malik & Humair's Edema vs No Finding task on the 256 px
+"""The augmentation block under the ``cxr128`` protocol: the Edema vs No Finding task of Malik & Humair
+("Evaluating the feasibility of using Generative Models to generate Chest X-Ray Data", 2023) on the 256 px
 NIH images' cxr128 splits, with a samples folder of its own (requested per class) that the entry records by
 hash and ``verify`` re-hashes.
 

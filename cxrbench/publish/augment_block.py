@@ -3,8 +3,9 @@
 The augmentation protocol (``cxrbench.protocols.augmentation``) with a linear probe on the entry's protocol
 network, in one of two settings chosen by the entry's protocol:
 
-- ``cxr128`` (the default protocol): Malik & Humair's task ("Generating chest X-rays with Stable Diffusion ...
-  augmentation", 2023, Table I: Edema vs No Finding), real images ``nih_extra_256px``, probe trained on the
+- ``cxr128`` (the default protocol): the task of Malik & Humair ("Evaluating the feasibility of using Generative
+  Models to generate Chest X-Ray Data", 2023, Table I: Edema vs No Finding, 1,000 real against 500 real + 500
+  synthetic), real images ``nih_extra_256px``, probe trained on the
   ``cxr128-train`` split and tested on ``cxr128-heldout`` + ``cxr128-reference`` (patient-disjoint, never seen by
   the generators), N = the most real images per class the training split holds (or ``--augment-n-per-class``,
   capped by it) and the same count of synthetic images per class. Its synthetic images are a samples folder of
