@@ -437,7 +437,7 @@ def _augmentation_table(g_slug: str, task: str, es: list[dict]) -> Table:
     hib = {k: bool(m["higher_is_better"]) for e in es for k, m in e["augmentation"]["metrics"].items()}
     order = sorted(es, key=lambda e: (-(e["augmentation"]["metrics"].get("aug_gain_auroc", {}).get("value")
                                         or -math.inf), e["slug"]))
-    extractor = es[0]["augmentation"]["config"].get("extractor", "frozen")
+    extractor = (es[0]["augmentation"].get("config") or {}).get("extractor", "cxr64")
     note = (f"A linear probe on {extractor} features trained on real images, real plus synthetic, and synthetic only, "
             "tested on held-out real images (patient-disjoint); gain = augmented minus real AUROC. 95% CIs "
             "resample test images and training seeds together. Sorted by aug_gain_auroc.")
