@@ -146,7 +146,7 @@ def test_verify_recomputes_the_block_and_detects_a_tampered_augmentation_sample(
     entry = tree / "entries" / "tiny-cddpm.json"
     assert _verify(entry, "--augment-real", str(world["real"])) == 0
     out = capsys.readouterr().out
-    assert "not rechecked" not in out and "verified" in out
+    assert "not rechecked" not in out and "(and the augmentation block's 32) and weights match" in out
     # one synthetic image of the block replaced by another: the entry's own samples are untouched
     aug = tree / "samples-augment"
     shutil.copy(aug / "img_0000.png", aug / "img_0031.png")
