@@ -217,8 +217,8 @@ def test_nih_256_supplies_43_edema_per_class_to_train_and_136_test_images(tmp_pa
     syn = open_source(_samples(tmp_path / "syn", 50, 50, 60), role="samples")
     resolved = augment_block._resolve_sizes(cfg, src, syn, NIH256, 50, notes)
     assert (resolved.n_real, resolved.n_test) == (86, 136)
-    assert notes == [f"N capped at 43 real images per class (asked 50): cxr128-train of {NIH256} holds 43 Edema and "
-                     "258 No Finding images"]
+    assert notes == [(f"N capped at 43 real images per class (asked 50): cxr128-train of {NIH256} holds 43 Edema "
+                      "and 258 No Finding images")]
 
 
 RECIPE = """

@@ -73,7 +73,8 @@ def run(args) -> int:
     n_with = sum("metrics" in c for c in conds.values())
     per_cond = f" and {n_cond} per-condition values ({n_with} conditions)" if n_cond else ""
     aug_files = ((entry.get("augmentation") or {}).get("samples") or {}).get("n")
-    files = f"{entry['samples']['n']} sample files" + (f" (and the augmentation block's {aug_files})" if aug_files else "")
+    files = f"{entry['samples']['n']} sample files" + (
+        f" (and the augmentation block's {aug_files})" if aug_files else "")
     print(f"{args.entry}: verified: {files} and weights match by sha256; "
           f"{n} metrics{per_cond} recomputed within rtol {args.rtol:g}")
     return 0
