@@ -41,7 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--n-synthetic", type=_int_or_none, default=None, help="K synthetic images added in "
                    "`augmented` (default N)")
     p.add_argument("--test-split", help="draw the test set only from these splits (comma-separated labels.csv "
-                   "split values, or cxr64-train / cxr64-reference / cxr64-heldout); default with --extractor cxr64 "
+                   "split values, cxr64-train / cxr64-reference / cxr64-heldout, or cxr128-train / cxr128-reference / "
+                   "cxr128-heldout of nih_extra_256px); default with --extractor cxr64 "
                    "on NIH labels: cxr64-heldout,cxr64-reference")
     p.add_argument("--train-split", help="draw the real training images only from these splits (as --test-split); "
                    "default with --extractor cxr64 on NIH labels: cxr64-train")

@@ -39,6 +39,11 @@ seed``) and evaluated under the recipe's protocol, and its ``[curve] metrics`` (
 headline) become the entry's learning curve, at the CPU minutes of the whole recipe (earlier stages
 included), with the entry itself as the last point.
 
+An ``[augment]`` section (``task = "Edema vs No Finding"``, ``n_per_class = 43``, ``seed = 0``) adds the
+entry's augmentation block: after training, the model samples ``n_per_class`` images of each class of the task
+(``sample --labels-csv``, one requested class per row) into ``<samples-dir>/<recipe>-augment``, and submit
+passes that folder as ``--augment-samples``.
+
 Each step is the subcommand a user would type (``train``, ``sample``, ``submit``), so a recipe reproduces
 exactly what those commands do; the commands it runs are printed first.
 """
@@ -64,7 +69,7 @@ TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs"
 SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels", "equalize"}, "train": TRAIN_KEYS,
             "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
-            "curve": {"n", "seed", "metrics"},
+            "curve": {"n", "seed", "metrics"}, "augment": {"task", "n_per_class", "seed", "batch_size"},
             "gpu": None, "notes": None}
 
 
@@ -103,6 +108,8 @@ def load_recipe(path: Path) -> dict:
         raise UsageError(f"{path}: [model] needs name and [data] needs path")
     if not isinstance(recipe["data"].get("equalize", False), bool):
         raise UsageError(f"{path}: [data] equalize must be true or false, got {recipe['data']['equalize']!r}")
+    if "augment" in recipe:
+        _check_augment(recipe["augment"], path)
     from ..publish.card import card_from_dict
 
     card_from_dict(recipe["card"], f"{path}: [card]")  # refused now, not at submit after the training
@@ -119,6 +126,26 @@ def load_recipe(path: Path) -> dict:
             raise UsageError(f"{path}: [[stage]] {st['id']} train has unknown keys "
                              f"{sorted(set(st['train']) - TRAIN_KEYS)}")
     return recipe
+
+
+def _check_augment(aug: dict, path: Path) -> None:
+    from ..protocols.augmentation.labels import parse_task
+
+    n = aug.get("n_per_class")
+    if not isinstance(aug.get("task"), str) or not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise UsageError(f"{path}: [augment] needs task = \"A vs B\" and n_per_class = an integer >= 2 (the real and "
+                         "synthetic images per class)")
+    parse_task(aug["task"])
+
+
+def augment_requests(aug: dict) -> bytes:
+    """The ``sample --labels-csv`` file of ``[augment]``: ``n_per_class`` rows requesting each class of the task."""
+    from ..protocols.augmentation.labels import parse_task
+
+    pos, neg = parse_task(aug["task"])
+    n = int(aug["n_per_class"])
+    rows = ["1,0"] * n + ["0,1"] * n
+    return "\n".join([f"{pos},{neg}", *rows, ""]).encode()
 
 
 def _toml_value(v) -> str:
@@ -201,11 +228,20 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
          "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
     if any("keep_cpu_minutes" in t for t in [train, *(st.get("train", {}) for st in recipe.get("stage", []))]):
         u += ["--learning-curve", str(files["curve"])]
+    extra = []
+    if "augment" in recipe:  # the block's own per-class samples (see the module docstring)
+        aug, aug_dir = recipe["augment"], args.samples_dir / f"{slug}-augment"
+        files["augment_requests"] = run_dir.parent / f"{slug}.augment-requests.csv"
+        extra.append(["sample", str(run_dir), "--labels-csv", str(files["augment_requests"]), "--seed",
+                      str(aug.get("seed", 0)), "--out", str(aug_dir), "--batch-size", str(aug.get("batch_size", 64)),
+                      *(["--overwrite"] if args.force else [])])
+        u += ["--augment", aug["task"], "--augment-samples", str(aug_dir), "--augment-n-per-class",
+              str(aug["n_per_class"])]
     if args.force:
         u.append("--force")
     if args.quiet:
         u.append("--quiet")
-    return [*argvs, s, u], files, configs
+    return [*argvs, s, *extra, u], files, configs
 
 
 def training_cost(run_dirs: list[Path]) -> dict:
@@ -271,10 +307,13 @@ def run(args) -> int:
         return 0
     for path, values in configs.items():
         atomic_write_bytes(path, "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()).encode())
+    if "augment_requests" in files:
+        atomic_write_bytes(files["augment_requests"], augment_requests(recipe["augment"]))
     train_outs = [Path(a[a.index("--out") + 1]) for a in steps if a[0] == "train"]
     curve = None
     for argv in steps:
-        if argv[0] == "sample":  # the card (with the training cost) is written once every stage has trained
+        # the card (with the training cost) is written once every stage has trained; [augment]'s sample is later
+        if argv[0] == "sample" and "--labels-csv" not in argv:
             card = {**recipe["card"], "training": training_cost(train_outs)}
             atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
             curve = learning_curve_block(recipe, train_outs, args)

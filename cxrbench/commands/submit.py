@@ -80,11 +80,19 @@ def add_arguments(p) -> None:
                    "DIR/<card slug>.json); --out names the file a command writes, as in evaluate")
     p.add_argument("--force", action="store_true", help="replace an existing entry for this model")
     p.add_argument("--augment", metavar="TASK", default=None, help="add the downstream augmentation block "
-                   "(aug_* metrics: linear probe on cxr64 features) for this 'A vs B' task; default: added for "
-                   "conditional samples under the cxr64 protocol when --augment-real is found, task "
-                   "'Effusion vs No Finding'")
-    p.add_argument("--augment-real", default=None, help="the NIH thumbnails folder (nih1000_64px) the augmentation "
-                   "trains and tests on (default ../shared/data/nih1000_64px)")
+                   "(aug_* metrics: linear probe on the protocol's network) for this 'A vs B' task; default: "
+                   "'Edema vs No Finding' under cxr128 (with --augment-samples), 'Effusion vs No Finding' under "
+                   "cxr64 (added for conditional samples when --augment-real is found)")
+    p.add_argument("--augment-samples", metavar="DIR", default=None,
+                   help="the block's own synthetic images, requested per class of the task (manifest.csv, e.g. "
+                        "`cxrbench sample RUN --labels-csv requests.csv`); recorded in the entry by sha256 and "
+                        "location; adds the block (default: the submitted samples)")
+    p.add_argument("--augment-n-per-class", type=int, default=None, metavar="N",
+                   help="real (and synthetic) images per class; capped by the real training split, which says so "
+                        "(default under cxr128: the most it holds, 43 Edema of nih_extra_256px; cxr64: 25)")
+    p.add_argument("--augment-real", default=None, help="the NIH folder the augmentation trains and tests on "
+                   "(default ../shared/data/nih_extra_256px under cxr128, .../nih1000_64px otherwise; "
+                   "$CXRBENCH_SHARED_DATA replaces ../shared/data)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation block")
     p.add_argument("--learning-curve", type=Path, default=None, metavar="FILE",
                    help="a JSON learning_curve block (the metric at training checkpoints, as `cxrbench reproduce` "
@@ -109,7 +117,8 @@ def format_augmentation(block: dict) -> str:
     """The entry's augmentation block as the `augment` command's table."""
     m = block["metrics"]
     head = (f"augmentation ({block['task']}, {block['config']['classifier']} probe on {block['config']['extractor']}, "
-            f"{block['config']['seeds']} seeds, {block['details']['n_test']} real test images, synthetic labels "
+            f"N = {block['config']['n_real'] // 2} real per class, {block['config']['seeds']} seeds, "
+            f"{block['details']['n_test']} real test images, synthetic labels "
             f"from {block['details']['synthetic_label_source']}):")
     rows = [f"  {k:<26} {m[k]['value']:+.3f}" + (f"  [{m[k]['ci'][0]:+.3f}, {m[k]['ci'][1]:+.3f}]" if m[k]["ci"] else "")
             for k in sorted(m)]
@@ -123,8 +132,9 @@ def run(args) -> int:
     from ..publish.submission import submit
     from .evaluate import format_table
 
-    if args.no_augment and args.augment:
-        raise UsageError("--augment and --no-augment contradict each other; drop one")
+    if args.no_augment and (args.augment or args.augment_samples or args.augment_n_per_class is not None):
+        raise UsageError("--augment / --augment-samples / --augment-n-per-class and --no-augment contradict each "
+                         "other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
     check_writable(args.entries / f"{card.slug}.json")
     curve = None
@@ -135,6 +145,7 @@ def run(args) -> int:
     notes: list[str] = []
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
                          augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,
+                         augment_samples=args.augment_samples, augment_n_per_class=args.augment_n_per_class,
                          notes=notes, curve=curve)
     print(format_table(entry["result"]))
     if "augmentation" in entry:

@@ -32,7 +32,10 @@ def add_arguments(p) -> None:
     p.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance (default {ATOL:g})")
     p.add_argument("--use-cache", action="store_true", help="reuse cached features instead of recomputing")
     p.add_argument("--augment-real", help="the real images of the entry's augmentation block (default: as recorded, "
-                   "else ../shared/data/nih1000_64px); absent: that block is not rechecked")
+                   "else ../shared/data/nih_extra_256px under cxr128, .../nih1000_64px otherwise); absent: that "
+                   "block is not rechecked")
+    p.add_argument("--augment-samples", help="the augmentation block's own samples folder, when it has one "
+                   "(default: where the block records it, relative to the entry file)")
     add_local_arguments(p)
 
 
@@ -52,7 +55,8 @@ def run(args) -> int:
     notes: list[str] = []
     rows, result = verify(
         entry, samples, reference=args.reference, rtol=args.rtol, atol=args.atol,
-        augment_real=args.augment_real, notes=notes, **local_from_args(args)
+        augment_real=args.augment_real, augment_samples=args.augment_samples, entry_path=args.entry, notes=notes,
+        **local_from_args(args)
     )
     for note in notes:
         print(note)
@@ -68,6 +72,9 @@ def run(args) -> int:
     n_cond = sum(len(c.get("metrics") or {}) for c in conds.values())
     n_with = sum("metrics" in c for c in conds.values())
     per_cond = f" and {n_cond} per-condition values ({n_with} conditions)" if n_cond else ""
-    print(f"{args.entry}: verified: {entry['samples']['n']} sample files and weights match by sha256; "
+    aug_files = ((entry.get("augmentation") or {}).get("samples") or {}).get("n")
+    files = f"{entry['samples']['n']} sample files" + (
+        f" (and the augmentation block's {aug_files})" if aug_files else "")
+    print(f"{args.entry}: verified: {files} and weights match by sha256; "
           f"{n} metrics{per_cond} recomputed within rtol {args.rtol:g}")
     return 0

@@ -66,6 +66,12 @@ def select_cxr128_split(source, split: str):
     Decided by what the protocol ships, not recomputed from this folder's table (which cannot see the patients
     of the other NIH folder): ``reference`` / ``heldout`` are the images whose sha256 ships with those splits;
     ``train`` is every image of a patient in neither."""
+    return source.subset([i for i, keep in enumerate(split_mask(source, split)) if keep])
+
+
+def split_mask(source, split: str) -> list[bool]:
+    """For each image of ``source``: whether it is in ``split`` (``cxr128-train`` / ``-heldout`` /
+    ``-reference``), by the rule of :func:`select_cxr128_split`."""
     from .cxr128 import load_features
 
     name = split.removeprefix("cxr128-")
@@ -73,7 +79,7 @@ def select_cxr128_split(source, split: str):
         raise UsageError(f"--split {split}: the cxr128 splits are {', '.join('cxr128-' + s for s in SPLITS)}")
     if name != "train":
         hashes = set(load_features(name).hashes)
-        return source.subset([i for i, h in enumerate(source.hashes) if h in hashes])
+        return [h in hashes for h in source.hashes]
     pids = source.patient_ids
     if pids is None and source.labels is not None and "patient_id" in source.labels.columns:
         pids = source.labels["patient_id"].astype(str).tolist()
@@ -82,5 +88,4 @@ def select_cxr128_split(source, split: str):
                          "they decide which images stay out of training")
     held = {_norm(p) for w in ("reference", "heldout") for p in load_features(w).patient_ids}
     held_hashes = {h for w in ("reference", "heldout") for h in load_features(w).hashes}
-    return source.subset([i for i, (p, h) in enumerate(zip(pids, source.hashes))
-                          if _norm(p) not in held and h not in held_hashes])
+    return [_norm(p) not in held and h not in held_hashes for p, h in zip(pids, source.hashes)]

@@ -440,7 +440,8 @@ def _augmentation_table(g_slug: str, task: str, es: list[dict]) -> Table:
     hib = {k: bool(m["higher_is_better"]) for e in es for k, m in e["augmentation"]["metrics"].items()}
     order = sorted(es, key=lambda e: (-(e["augmentation"]["metrics"].get("aug_gain_auroc", {}).get("value")
                                         or -math.inf), e["slug"]))
-    note = ("A linear probe on cxr64 features trained on real images, real plus synthetic, and synthetic only, "
+    extractor = (es[0]["augmentation"].get("config") or {}).get("extractor", "cxr64")
+    note = (f"A linear probe on {extractor} features trained on real images, real plus synthetic, and synthetic only, "
             "tested on held-out real images (patient-disjoint); gain = augmented minus real AUROC. 95% CIs "
             "resample test images and training seeds together. Sorted by aug_gain_auroc.")
     sizes = es[0]["augmentation"]["details"].get("training_sizes", {})

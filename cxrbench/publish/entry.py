@@ -113,13 +113,19 @@ def samples_folder(e: dict, entries_dir: str | os.PathLike, source: str, hint: s
     none or names a protocol's shipped set (``cxr64:heldout``). An entry is untrusted: a location that resolves
     outside ``samples_root`` (``../../..``, or a link out) is refused, so that verify and the leaderboard never
     read, hash or publish thumbnails of an arbitrary folder on the machine."""
-    loc = e["samples"].get("location")
+    return located_folder(e["samples"].get("location"), entries_dir, source, hint)
+
+
+def located_folder(loc: str | None, entries_dir: str | os.PathLike, source: str, hint: str = "",
+                   what: str = "samples.location") -> Path | None:
+    """The folder an entry's recorded ``loc`` (``samples.location``, ``augmentation.samples.location``) names,
+    refused outside ``samples_root`` (see :func:`samples_folder`)."""
     if not loc or ":" in loc:
         return None
     folder = Path(entries_dir) / loc
     root = samples_root(entries_dir)
     if not folder.resolve().is_relative_to(root):
-        raise DataError(f"{source}: samples.location {loc!r} leads to {folder.resolve()}, outside {root} (the tree "
+        raise DataError(f"{source}: {what} {loc!r} leads to {folder.resolve()}, outside {root} (the tree "
                         f"holding the entry); an entry's samples must be inside it{hint}")
     return folder
 
@@ -141,6 +147,8 @@ def validate_entry(d: Any, source: str = "entry") -> None:
     _check_metrics(d["result"]["metrics"], source)
     if "augmentation" in d:
         augment_block.validate(d["augmentation"], source)
+        if "samples" in d["augmentation"]:
+            check_listing(d["augmentation"]["samples"], source, "augmentation.samples")
     if "learning_curve" in d:
         learning_curve.validate(d["learning_curve"], d["result"]["metrics"], source)
 
@@ -163,34 +171,40 @@ def _check_protocol(d: dict, source: str) -> None:
 
 
 def _check_samples(s: Any, res: dict, source: str) -> None:
+    check_listing(s, source)
+    rs = res.get("samples")
+    if not isinstance(rs, dict) or rs.get("sha256") != s["sha256"]:
+        raise DataError(f"{source}: samples.sha256 differs from the result's")
+
+
+def check_listing(s: Any, source: str, what: str = "samples") -> None:
+    """A sample set by content, ``{n, sha256, files, side_files, location?}`` (an entry's ``samples``, an
+    augmentation block's ``samples``): safe relative paths, well-formed hashes, ``n`` and ``sha256`` its own."""
     if not isinstance(s, dict) or not isinstance(s.get("files"), list) or not isinstance(s.get("side_files"), list):
-        raise DataError(f"{source}: 'samples' must hold 'files' and 'side_files' lists of {{path, sha256}}")
+        raise DataError(f"{source}: '{what}' must hold 'files' and 'side_files' lists of {{path, sha256}}")
     for listing in ("files", "side_files"):
         seen = set()
         for f in s[listing]:
             if not isinstance(f, dict) or set(f) != {"path", "sha256"}:
-                raise DataError(f"{source}: every samples.{listing} item must be {{path, sha256}}, got {f!r}")
+                raise DataError(f"{source}: every {what}.{listing} item must be {{path, sha256}}, got {f!r}")
             safe_relpath(f["path"], source)
             if not isinstance(f["sha256"], str) or not _HEX64.match(f["sha256"]):
                 raise DataError(f"{source}: {f['path']!r} has a malformed sha256 {f['sha256']!r}")
             if f["path"] in seen:
                 raise DataError(f"{source}: sample path {f['path']!r} is listed twice")
             seen.add(f["path"])
-    _check_location(s.get("location"), source)
+    _check_location(s.get("location"), source, what)
     if s.get("n") != len(s["files"]):
-        raise DataError(f"{source}: samples.n = {s.get('n')!r} but {len(s['files'])} files are listed")
+        raise DataError(f"{source}: {what}.n = {s.get('n')!r} but {len(s['files'])} files are listed")
     if s.get("sha256") != set_sha256([f["sha256"] for f in s["files"]]):
-        raise DataError(f"{source}: samples.sha256 does not match its file list (edited by hand?)")
-    rs = res.get("samples")
-    if not isinstance(rs, dict) or rs.get("sha256") != s["sha256"]:
-        raise DataError(f"{source}: samples.sha256 differs from the result's")
+        raise DataError(f"{source}: {what}.sha256 does not match its file list (edited by hand?)")
 
 
-def _check_location(loc: Any, source: str) -> None:
+def _check_location(loc: Any, source: str, what: str = "samples") -> None:
     """``samples.location``: where ``verify`` and the thumbnails read the samples from."""
     if loc is not None and (not isinstance(loc, str) or not loc or "\x00" in loc or "\\" in loc
                             or PurePosixPath(loc).is_absolute()):
-        raise DataError(f"{source}: samples.location must be a relative POSIX path, got {loc!r}")
+        raise DataError(f"{source}: {what}.location must be a relative POSIX path, got {loc!r}")
 
 
 def _check_metrics(metrics: dict, source: str) -> None:

@@ -26,7 +26,7 @@ from ..registry import PROTOCOLS
 from . import augment_block, learning_curve
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
-from .entry import MAX_ENTRY_BYTES, load_entry, make_entry, samples_folder
+from .entry import MAX_ENTRY_BYTES, load_entry, located_folder, make_entry, samples_folder
 from .entry import SCHEMA as ENTRY_SCHEMA
 
 # Fields of a stored config that describe the submitter's machine, not the evaluation: never reused.
@@ -168,15 +168,19 @@ def submit(
     augment_task: str | None = None,
     augment_real: str | os.PathLike | None = None,
     augment: bool = True,
+    augment_samples: str | os.PathLike | None = None,
+    augment_n_per_class: int | None = None,
     notes: list[str] | None = None,
     curve: dict | None = None,
 ) -> tuple[Path, dict]:
     """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry).
 
-    The augmentation block (``augment_block``) is added when ``augment_task`` asks for it, or by default for
-    conditional samples under the cxr64 protocol when the real images are found; why it was not is appended
-    to ``notes``. ``curve``: the ``learning_curve`` block of the training checkpoints; the entry itself is
-    appended as its last point."""
+    The augmentation block (``augment_block``) is added when ``augment_task`` or ``augment_samples`` (its own
+    synthetic images, requested per class; recorded by hash and location like the entry's samples) asks for
+    it, or by default for conditional samples under the cxr64 protocol when the real images are found; why it
+    was not is appended to ``notes``. ``augment_n_per_class``: N real and synthetic images per class, capped by
+    the real training split (default: the setting's). ``curve``: the ``learning_curve`` block of the training
+    checkpoints; the entry itself is appended as its last point."""
     from ..engine.evaluate import evaluate
 
     path = Path(out_dir) / f"{card.slug}.json"
@@ -185,23 +189,39 @@ def submit(
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
     snap = snapshot(samples, sample_count(config.protocol))
-    real, task, note = augment_block.plan(snap.source, task=augment_task, real=augment_real,
-                                          protocol=config.protocol, enabled=augment)
+    aug_snap = None
+    if augment_samples is not None:
+        if not augment:
+            raise UsageError("--augment-samples and --no-augment contradict each other; drop one")
+        if not Path(augment_samples).is_dir():
+            raise UsageError(f"--augment-samples {augment_samples}: no such folder; give the folder of images "
+                             "sampled per class for the augmentation block (with its manifest.csv)")
+        aug_snap = snapshot(augment_samples)
+    real, task, note = augment_block.plan(aug_snap.source if aug_snap else snap.source, task=augment_task,
+                                          real=augment_real, protocol=config.protocol, enabled=augment,
+                                          separate=aug_snap is not None)
     if note and notes is not None:
         notes.append(note)
-    result = evaluate(snap.source, reference, config=config)
     block = None
-    if real is not None:
+    if real is not None:  # before the evaluation: an asked-for block that cannot be made fails in seconds
         try:
             block = augment_block.compute(
-                snap.source, real, task, stored_config={"weights": config.weights, "seed": config.seed,
-                                                        "n_bootstrap": config.n_bootstrap},
-                **{k: getattr(config, k) for k in augment_block.LOCAL_FIELDS})
+                aug_snap.source if aug_snap else snap.source, real, task, protocol=config.protocol,
+                stored_config={"weights": config.weights, "seed": config.seed, "n_bootstrap": config.n_bootstrap},
+                n_per_class=augment_n_per_class, **{k: getattr(config, k) for k in augment_block.LOCAL_FIELDS})
         except DataError as e:
-            if augment_task is not None:  # asked for: its failure is the submission's
+            if augment_task is not None or aug_snap is not None:  # asked for: its failure is the submission's
                 raise
             if notes is not None:  # automatic: e.g. too few samples of a class; the entry goes without it
                 notes.append(f"augmentation block not computed: {e}")
+    if block is not None and aug_snap is not None:
+        block["samples"] = {
+            "n": len(aug_snap.files), "sha256": aug_snap.source.sha256,
+            "files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.files.items())],
+            "side_files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.side_files.items())],
+            "location": samples_location(augment_samples, path.parent),
+        }
+    result = evaluate(snap.source, reference, config=config)
     if curve is not None:
         curve = learning_curve.with_final_point(curve, result, card.training, len(snap.files))
     entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files,
@@ -251,30 +271,53 @@ def verify(
     rtol: float = RTOL,
     atol: float = ATOL,
     augment_real: str | os.PathLike | None = None,
+    augment_samples: str | os.PathLike | None = None,
+    entry_path: str | os.PathLike | None = None,
     notes: list[str] | None = None,
     **local,
 ) -> tuple[list[tuple[str, str, str, str]], dict | None]:
-    """(differences, recomputed result). Sample files are compared first: when any differs, the metrics
-    are not recomputed (they cannot match, and a recomputation can take hours). An augmentation block is
-    recomputed when its real images are found (``augment_real``, as recorded, or the default place); when
-    they are not, ``notes`` says so and the rest is still checked."""
+    """(differences, recomputed result). Sample files are compared first (the augmentation block's own
+    samples too): when any differs, the metrics are not recomputed (they cannot match, and a recomputation can
+    take hours). An augmentation block is recomputed when its real images are found (``augment_real``, as
+    recorded, or the default place); when they are not, ``notes`` says so and the rest is still checked. Its
+    own samples are ``augment_samples``, else where the block records them relative to ``entry_path``."""
     from ..engine.evaluate import evaluate
 
     snap = snapshot(samples, sample_count(entry["protocol"]["name"]))
     stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
     rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
     rows += file_differences(stored_side, snap.side_files)
+    aug_snap = None
+    listing = (entry.get("augmentation") or {}).get("samples")
+    if listing is not None:
+        aug_snap = snapshot(augment_samples or _recorded_augment_samples(entry, entry_path))
+        diff = file_differences({f["path"]: f["sha256"] for f in listing["files"]}, aug_snap.files)
+        diff += file_differences({f["path"]: f["sha256"] for f in listing["side_files"]}, aug_snap.side_files)
+        rows += [(f"augmentation samples {what}", a, b, note) for what, a, b, note in diff]
     if rows:
         return rows, None
     local.setdefault("use_cache", False)  # recompute: a feature cache is not evidence
     config = config_from_entry(entry, **local)
     result = evaluate(snap.source, reference or reference_of(entry), config=config)
     rows = verify_differences(entry, result, snap.files, weights_of(result), rtol=rtol, atol=atol)
-    aug_rows, note = augment_block.recheck(entry, snap.source, real=augment_real, rtol=rtol, atol=atol,
-                                           **dataclasses.asdict(config))
+    aug_rows, note = augment_block.recheck(entry, aug_snap.source if aug_snap else snap.source, real=augment_real,
+                                           rtol=rtol, atol=atol, **dataclasses.asdict(config))
     if note and notes is not None:
         notes.append(note)
     return rows + aug_rows, result
+
+
+def _recorded_augment_samples(entry: dict, entry_path: str | os.PathLike | None) -> Path:
+    """Where the augmentation block's own samples are by its record, relative to the entry file."""
+    loc = entry["augmentation"]["samples"].get("location")
+    hint = "; pass --augment-samples FOLDER"
+    if entry_path is None or not loc:
+        raise UsageError(f"entry {entry['slug']}: its augmentation block has samples of its own{hint}")
+    folder = located_folder(loc, Path(entry_path).parent, str(entry_path), hint, what="augmentation.samples.location")
+    if folder is None or not folder.is_dir():
+        raise UsageError(f"{entry_path}: its augmentation samples folder {folder or loc} is missing; restore it "
+                         f"(git checkout){hint}")
+    return folder
 
 
 def select_keys(metrics: dict, requested: list[str] | None) -> list[str]:

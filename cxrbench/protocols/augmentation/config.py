@@ -31,7 +31,7 @@ class AugmentConfig:
     n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
     seeds: int = 3
     seed: int = 0  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
-    # test / training images only from these splits (comma-separated labels.csv `split` values or cxr64-*);
+    # test / training images only from these splits (comma-separated labels.csv `split` values, cxr64-* or cxr128-*);
     # None with --extractor cxr64 on NIH labels: cxr64-heldout,cxr64-reference / cxr64-train
     test_split: str | None = None
     train_split: str | None = None

@@ -40,15 +40,23 @@ _NIH_COLUMNS = {"patient_id", "view_position", "No Finding"}
 
 
 def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
-    """Images whose split is one of ``spec`` (comma-separated): a labels.csv ``split`` value, or ``cxr64-*``
-    (the cxr64 protocol's patient split of the NIH thumbnails, computed from the labels)."""
+    """Images whose split is one of ``spec`` (comma-separated): a labels.csv ``split`` value, ``cxr64-*`` (the
+    cxr64 protocol's patient split of the NIH thumbnails, computed from the labels) or ``cxr128-*`` (the cxr128
+    protocol's patient split of the 256 px NIH images, decided by the hashes and patients it ships)."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UsageError(f"{flag} {spec!r}: name a split")
     mask = np.zeros(len(src), dtype=bool)
     cxr64 = plain = None
     for name in names:
-        if name.startswith("cxr64-"):
+        if name.startswith("cxr128-"):
+            from ..cxr128_splits import split_mask
+
+            if src.labels is None or "patient_id" not in src.labels.columns:
+                raise UsageError(f"{flag} {name}: {src.name} needs a labels.csv patient_id column (the NIH "
+                                 "nih_extra_256px layout) for the cxr128 patient split")
+            mask |= np.array(split_mask(src, name), dtype=bool)
+        elif name.startswith("cxr64-"):
             from ..cxr64_splits import SPLITS, image_splits
 
             if name.removeprefix("cxr64-") not in SPLITS:
@@ -134,3 +142,17 @@ def _test_split(src: ImageSource, y: np.ndarray, cfg: AugmentConfig,
     pool = np.array([i for i in usable if str(patients[i]) not in test_patients and src.hashes[i] not in test_hashes
                      and not in_test_split[i] and in_train_split[i]], dtype=np.int64)
     return test_arr, pool
+
+
+def capacity(src: ImageSource, y: np.ndarray, cfg: AugmentConfig) -> tuple[int, dict[int, int]]:
+    """(largest balanced test set, images of each class then left in the training pool) that ``src``'s task
+    labels ``y`` supply under ``cfg``'s splits; ``cfg.n_test`` caps the test set."""
+    usable = np.flatnonzero(y >= 0)
+    candidates = usable
+    if cfg.test_split is not None:
+        candidates = usable[_split_mask(src, cfg.test_split, "--test-split")[usable]]
+    n_test = min(cfg.n_test, 2 * min(int((y[candidates] == c).sum()) for c in (0, 1)))
+    if n_test < 2:
+        return n_test, {0: 0, 1: 0}
+    _, pool = _test_split(src, y, dataclasses.replace(cfg, n_test=n_test), ("class 1", "class 0"))
+    return n_test, {c: int((y[pool] == c).sum()) for c in (0, 1)}
