@@ -24,7 +24,7 @@ from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.errors import UsageError
 from cxrbench.publish import augment_block
 
-from .conftest import SHARED_DATA, write_pngs
+from ..conftest import SHARED_DATA, write_pngs
 
 TASK = "Edema vs No Finding"
 NIH256 = SHARED_DATA / "nih_extra_256px"
