@@ -413,6 +413,30 @@ class GMVAE(Trainable, Generator):
         self.train(was_training)
         return x.mean(dim=1, keepdim=True).float().clamp(0, 1)
 
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, *, labels=None, seed: int | None = None) -> torch.Tensor:
+        """Paired mode (``cxrbench sample --reconstruct``): each image -> mean of q(z|x[,y]) -> decoder, the
+        channels averaged back to one as in ``sample``. The posterior mean, not a sample, so ``seed`` (accepted
+        for the common interface) changes nothing. fs-gmvae needs each image's labels (unknown: absent)."""
+        size = self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
+            raise UsageError(f"reconstruct needs (N, 1, {size}, {size}) images, got {tuple(images.shape)}")
+        if self.label_dim and labels is None:
+            raise UsageError(f"{self.name} is conditional: reconstruct needs the images' labels (a labels.csv "
+                             "next to them)")
+        if labels is not None and not self.label_dim:
+            raise UsageError(f"{self.name} is unconditional: reconstruct without labels")
+        dev = next(self.parameters()).device
+        y = None
+        if self.label_dim:  # unknown findings count as absent, as in training
+            y = torch.nan_to_num(torch.as_tensor(labels, dtype=torch.float32)).reshape(len(images), -1).to(dev)
+        was_training = self.training
+        self.eval()
+        qm, _ = self.encoder(images.to(dev, torch.float32), y)
+        x = self.decode(qm, y)
+        self.train(was_training)
+        return x.mean(dim=1, keepdim=True).float().clamp(0, 1)
+
 
 @dataclass
 class FSGMVAEConfig(GMVAEConfig):

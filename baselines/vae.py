@@ -190,3 +190,23 @@ class VAE(Trainable, Generator):
         x = self.decode(z, y)
         self.train(was_training)
         return x.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, *, labels=None, seed: int | None = None) -> torch.Tensor:
+        """Paired mode (``cxrbench sample --reconstruct``): each image -> posterior mean -> decoder.
+
+        The posterior mean, not a sample: a reconstruction is then a function of the image alone (``seed`` is
+        accepted for the common interface and unused), as DiffuseVAE's stage 1 reconstructs."""
+        size = self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
+            raise UsageError(f"reconstruct needs (N, 1, {size}, {size}) images, got {tuple(images.shape)}")
+        if labels is not None and not self.label_dim:
+            raise UsageError("vae is unconditional: reconstruct without labels")
+        dev = next(self.parameters()).device
+        y = None if labels is None else torch.nan_to_num(torch.as_tensor(labels, dtype=torch.float32)).to(dev)
+        was_training = self.training
+        self.eval()
+        mu, _ = self.encode(images.to(dev, torch.float32), y)
+        x = self.decode(mu, y)
+        self.train(was_training)
+        return x.float().clamp(0, 1)

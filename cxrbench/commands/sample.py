@@ -29,6 +29,8 @@ examples:
   cxrbench sample runs/fs --n 500 --out samples/fs-like-test --labels-csv test/labels.csv --bit-depth 16
   cxrbench sample runs/ldm --n 16 --out samples/ldm-effusion --prompt "chest x-ray, effusion, bottom right"
   cxrbench sample runs/diffusevae --reconstruct ../shared/data/nih1000_64px/images/test --out samples/dvae-rec
+  cxrbench sample runs/vae --reconstruct ../shared/data/nih_extra_256px --reconstruct-split cxr128-heldout \
+      --out leaderboard/samples/vae-reconstructions      # the held-out real images submit --reconstructions scores
   cxrbench sample runs/pggan --n 64 --out samples/pneumonia --optimize-toward Pneumonia --weights random
 """
 
@@ -44,9 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='comma-separated labels present in every image, e.g. "Edema,Effusion"')
     g.add_argument("--labels-csv", default=None, help="CSV with one column per label (0/1); row i conditions image i")
     g.add_argument("--reconstruct", metavar="DIR", default=None,
-                   help="paired mode (diffusevae): reconstruct every image of DIR; manifest column source names it")
+                   help="paired mode (vae, gmvae, fs-gmvae, diffusevae): reconstruct every image of DIR; manifest "
+                   "column source names it")
     g.add_argument("--prompt", default=None,
                    help='text prompt for every image (ldm), e.g. "chest x-ray, edema, top left"')
+    p.add_argument("--reconstruct-split", metavar="SPLIT", default=None,
+                   help="with --reconstruct: only this split of DIR (cxr128-heldout: the cxr128 protocol's held-out "
+                   "real images, of patients no bundled model saw; or a labels.csv split, half0, half1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first batch (each batch's seed derives from it)")
     p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth")
@@ -191,6 +197,8 @@ def run(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.n is None and not args.labels_csv and args.reconstruct is None:  # before the model is loaded
         raise UsageError("--n is required: give the number of images (or --labels-csv, whose rows it then is)")
+    if args.reconstruct_split is not None and args.reconstruct is None:
+        raise UsageError("--reconstruct-split selects images of --reconstruct DIR; give --reconstruct DIR too")
     device = resolve_device(args.device)
     model = load_model(args.run, device)
     if args.reconstruct is not None:
@@ -285,6 +293,20 @@ def run(args) -> int:
     return 0
 
 
+def reconstruct_split(source, split: str):
+    """The images of ``source`` in ``split``: a protocol split (``cxr128-heldout``, ``cxr64-...``) or a
+    ``labels.csv`` split / half; ``source`` ids (and so the manifest's ``source`` column) stay relative to DIR."""
+    from ..data.imageset import select_split
+    from ..protocols.cxr64_splits import select_cxr64_split
+    from ..protocols.cxr128_splits import select_cxr128_split
+
+    if split.startswith("cxr128-"):
+        return select_cxr128_split(source, split)
+    if split.startswith("cxr64-"):
+        return select_cxr64_split(source, split)
+    return select_split(source, split)
+
+
 def run_reconstruct(args, model, out: Path) -> int:
     """Paired mode: one reconstruction per source image, manifest columns path, source (relative to DIR), seed."""
     import torch
@@ -296,11 +318,15 @@ def run_reconstruct(args, model, out: Path) -> int:
     from ..generator import batch_seed
 
     if not hasattr(model, "reconstruct"):
-        raise UsageError(f"{model.name} has no paired reconstruction mode (diffusevae has); drop --reconstruct")
+        raise UsageError(f"{model.name} has no paired reconstruction mode (vae, gmvae, fs-gmvae and diffusevae "
+                         "have); drop --reconstruct")
     if args.optimize_toward:
         raise UsageError("--reconstruct and --optimize-toward do not combine")
     size = model.config.image_size
-    src = ImageFolder(args.reconstruct, transform=CXRTransform(image_size=size))
+    source = ImageFolder(args.reconstruct).source
+    if args.reconstruct_split is not None:
+        source = reconstruct_split(source, args.reconstruct_split)
+    src = ImageFolder(source, transform=CXRTransform(image_size=size))
     n = len(src) if args.n is None else min(args.n, len(src))
     if n < 1:
         raise UsageError(f"--reconstruct {args.reconstruct}: no images to reconstruct")
@@ -330,7 +356,7 @@ def run_reconstruct(args, model, out: Path) -> int:
     write_manifest(out, ["path", "source", "seed"], rows)
     info = {"model": model.name, "run": str(Path(args.run).resolve()), "n": n, "seed": args.seed,
             "batch_size": args.batch_size, "bit_depth": args.bit_depth,
-            "reconstruct": str(Path(args.reconstruct).resolve())}
+            "reconstruct": str(Path(args.reconstruct).resolve()), "reconstruct_split": args.reconstruct_split}
     atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
     print(out)
     return 0
