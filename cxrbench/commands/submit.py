@@ -97,6 +97,11 @@ def add_arguments(p) -> None:
     p.add_argument("--learning-curve", type=Path, default=None, metavar="FILE",
                    help="a JSON learning_curve block (the metric at training checkpoints, as `cxrbench reproduce` "
                         "writes it); the entry itself is appended as its last point")
+    p.add_argument("--reconstructions", type=Path, default=None, metavar="DIR",
+                   help="the model's reconstructions of the cxr128 held-out real images (cxrbench sample RUN "
+                   "--reconstruct ../shared/data/nih_extra_256px --reconstruct-split cxr128-heldout --out DIR): "
+                   "adds the reconstruction block (rrs_moco against those images, found under "
+                   "$CXRBENCH_SHARED_DATA or ../shared/data)")
     add_local_arguments(p)
 
 
@@ -125,6 +130,15 @@ def format_augmentation(block: dict) -> str:
     return "\n".join([head, *rows])
 
 
+def format_reconstruction(block: dict) -> str:
+    """The entry's reconstruction block as one line, its note below."""
+    m = block["metrics"][block["metric"]]
+    ci = f"  [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]" if m.get("ci") else ""
+    rvr = f"  real-vs-real {m['real_vs_real']:.4f}" if m.get("real_vs_real") is not None else ""
+    return (f"reconstruction ({block['samples']['n']} of the {block['real']['n']} {block['real']['split']} images): "
+            f"{block['metric']} {m['value']:.4f}{ci}{rvr}\n  {block['note']}")
+
+
 def run(args) -> int:
     from ..errors import UsageError
     from ..fileio import check_writable
@@ -146,8 +160,10 @@ def run(args) -> int:
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
                          augment_task=args.augment, augment_real=args.augment_real, augment=not args.no_augment,
                          augment_samples=args.augment_samples, augment_n_per_class=args.augment_n_per_class,
-                         notes=notes, curve=curve)
+                         notes=notes, curve=curve, reconstructions=args.reconstructions)
     print(format_table(entry["result"]))
+    if "reconstruction" in entry:
+        print(format_reconstruction(entry["reconstruction"]))
     if "augmentation" in entry:
         print(format_augmentation(entry["augmentation"]))
     for note in notes:

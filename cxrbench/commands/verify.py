@@ -58,6 +58,17 @@ def run(args) -> int:
         augment_real=args.augment_real, augment_samples=args.augment_samples, entry_path=args.entry, notes=notes,
         **local_from_args(args)
     )
+    if result is not None:  # the reconstruction block: its own files and score (publish.reconstruction_block)
+        from ..publish import reconstruction_block
+
+        rec_rows, rec_note = reconstruction_block.recheck(entry, args.entry, rtol=args.rtol, atol=args.atol,
+                                                          **local_from_args(args))
+        rows += rec_rows
+        if rec_note:
+            print(rec_note)
+        elif "reconstruction" in entry and not rec_rows:
+            print(f"reconstruction block: {entry['reconstruction']['samples']['n']} reconstructions match by sha256; "
+                  "rrs_moco recomputed")
     for note in notes:
         print(note)
     if rows:

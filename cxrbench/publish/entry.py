@@ -17,6 +17,8 @@ An entry is one JSON file under ``leaderboard/entries/``, written by ``cxrbench 
     augmentation optional: downstream augmentation gain (``aug_*`` metrics) of a conditional model, see
                  ``cxrbench.publish.augment_block``
     learning_curve optional: a metric at training checkpoints, see ``cxrbench.publish.learning_curve``
+    reconstruction optional: rrs_moco of the model's reconstructions of held-out real images, see
+                 ``cxrbench.publish.reconstruction_block``
 
 Entries are untrusted input (anyone may open a pull request with one): everything that reads a path, a
 number or a name from an entry goes through ``validate_entry`` first, and sample paths through
@@ -35,7 +37,7 @@ from typing import Any
 from .. import results
 from ..data.imageset import set_sha256
 from ..errors import DataError, UsageError
-from . import augment_block, learning_curve
+from . import augment_block, learning_curve, reconstruction_block
 from .card import ModelCard, card_from_dict
 
 SCHEMA = "cxrbench.entry/1"
@@ -151,6 +153,8 @@ def validate_entry(d: Any, source: str = "entry") -> None:
             check_listing(d["augmentation"]["samples"], source, "augmentation.samples")
     if "learning_curve" in d:
         learning_curve.validate(d["learning_curve"], d["result"]["metrics"], source)
+    if reconstruction_block.KEY in d:
+        reconstruction_block.validate(d[reconstruction_block.KEY], source)
 
 
 def _check_protocol(d: dict, source: str) -> None:

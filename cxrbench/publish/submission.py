@@ -23,7 +23,7 @@ from ..config import OWN_REFERENCE
 from ..errors import DataError, UsageError
 from ..fileio import write_output
 from ..registry import PROTOCOLS
-from . import augment_block, learning_curve
+from . import augment_block, learning_curve, reconstruction_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
 from .entry import MAX_ENTRY_BYTES, load_entry, located_folder, make_entry, samples_folder
@@ -172,6 +172,7 @@ def submit(
     augment_n_per_class: int | None = None,
     notes: list[str] | None = None,
     curve: dict | None = None,
+    reconstructions: str | os.PathLike | None = None,
 ) -> tuple[Path, dict]:
     """Evaluate ``samples`` and write ``out_dir/<card slug>.json``; returns (path, entry).
 
@@ -180,7 +181,9 @@ def submit(
     it, or by default for conditional samples under the cxr64 protocol when the real images are found; why it
     was not is appended to ``notes``. ``augment_n_per_class``: N real and synthetic images per class, capped by
     the real training split (default: the setting's). ``curve``: the ``learning_curve`` block of the training
-    checkpoints; the entry itself is appended as its last point."""
+    checkpoints; the entry itself is appended as its last point. ``reconstructions``: the model's
+    reconstructions of the held-out real images, scored into the ``reconstruction`` block
+    (``reconstruction_block``)."""
     from ..engine.evaluate import evaluate
 
     path = Path(out_dir) / f"{card.slug}.json"
@@ -226,6 +229,11 @@ def submit(
         curve = learning_curve.with_final_point(curve, result, card.training, len(snap.files))
     entry = make_entry(result, card, sorted(snap.files.items()), weights_of(result), side_files=snap.side_files,
                        location=samples_location(samples, path.parent), augmentation=block, curve=curve)
+    if reconstructions is not None:
+        entry[reconstruction_block.KEY] = reconstruction_block.compute(
+            reconstructions, path.parent, seed=config.seed, n_bootstrap=config.n_bootstrap,
+            **{k: getattr(config, k) for k in reconstruction_block.LOCAL_FIELDS})
+        reconstruction_block.validate(entry[reconstruction_block.KEY], str(path))
     if path.exists() and not force:  # created while we evaluated
         raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
     from ..results import _json_default
