@@ -44,6 +44,14 @@ entry's augmentation block: after training, the model samples ``n_per_class`` im
 (``sample --labels-csv``, one requested class per row) into ``<samples-dir>/<recipe>-augment``, and submit
 passes that folder as ``--augment-samples``.
 
+A model that reconstructs (vae, gmvae, fs-gmvae, diffusevae) gets the entry's reconstruction block from a
+``[reconstruct]`` table: after sampling, ``sample RUN --reconstruct PATH --reconstruct-split SPLIT`` writes its
+reconstructions of those real images to ``<samples-dir>/<recipe>-reconstructions`` and ``submit
+--reconstructions`` scores them (``cxrbench.publish.reconstruction_block``)::
+
+    [reconstruct]
+    split = "cxr128-heldout"         # path: default [data] path
+
 Each step is the subcommand a user would type (``train``, ``sample``, ``submit``), so a recipe reproduces
 exactly what those commands do; the commands it runs are printed first.
 """
@@ -70,6 +78,7 @@ SECTIONS = {"model": {"name", "config"}, "data": {"path", "split", "labels", "eq
             "stage": None,
             "sample": {"n", "seed", "batch_size", "bit_depth"}, "card": None, "submit": {"protocol"},
             "curve": {"n", "seed", "metrics"}, "augment": {"task", "n_per_class", "seed", "batch_size"},
+            "reconstruct": {"split", "path", "seed", "batch_size"},
             "gpu": None, "notes": None}
 
 
@@ -237,11 +246,28 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
                       *(["--overwrite"] if args.force else [])])
         u += ["--augment", aug["task"], "--augment-samples", str(aug_dir), "--augment-n-per-class",
               str(aug["n_per_class"])]
+    r = _reconstruct_command(recipe, run_dir, args)
+    if r is not None:
+        extra.append(r)
+        u += ["--reconstructions", r[r.index("--out") + 1]]
     if args.force:
         u.append("--force")
     if args.quiet:
         u.append("--quiet")
     return [*argvs, s, *extra, u], files, configs
+
+
+def _reconstruct_command(recipe: dict, run_dir: Path, args) -> list[str] | None:
+    """``[reconstruct]``: the trained model's reconstructions of real images it never saw (the reconstruction
+    block's input), into ``<samples-dir>/<recipe>-reconstructions``; None without the table."""
+    rec = recipe.get("reconstruct")
+    if rec is None:
+        return None
+    out = args.samples_dir / f"{args.recipe.stem}-reconstructions"
+    r = ["sample", str(run_dir), "--reconstruct", str(rec.get("path", recipe["data"]["path"])),
+         "--reconstruct-split", str(rec.get("split", "cxr128-heldout")), "--out", str(out),
+         "--seed", str(rec.get("seed", 0)), "--batch-size", str(rec.get("batch_size", 64))]
+    return r + (["--overwrite"] if args.force else [])
 
 
 def training_cost(run_dirs: list[Path]) -> dict:
@@ -312,8 +338,9 @@ def run(args) -> int:
     train_outs = [Path(a[a.index("--out") + 1]) for a in steps if a[0] == "train"]
     curve = None
     for argv in steps:
-        # the card (with the training cost) is written once every stage has trained; [augment]'s sample is later
-        if argv[0] == "sample" and "--labels-csv" not in argv:
+        # the card (with the training cost) is written once every stage has trained; [augment]'s and
+        # [reconstruct]'s samples are later
+        if argv[0] == "sample" and "--labels-csv" not in argv and "--reconstruct" not in argv:
             card = {**recipe["card"], "training": training_cost(train_outs)}
             atomic_write_bytes(files["card"], "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items()).encode())
             curve = learning_curve_block(recipe, train_outs, args)

@@ -164,3 +164,37 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     kept = json.loads((tmp_path / "runs" / "tiny" / "cpu-0.05min" / "train_state.json").read_text())
     assert pts[0]["steps"] == kept["step"] and pts[0]["n_samples"] == 12
     assert main(["verify", str(tmp_path / "entries" / "tiny-vae.json"), "--quiet"]) == 0
+
+
+def test_reconstruct_table_reconstructs_unseen_images_into_the_entrys_block(recipe, tmp_path, monkeypatch):
+    """``[reconstruct]``: after sampling, the model reconstructs the split's real images (never trained on)
+    into <samples-dir>/<recipe>-reconstructions, and submit scores them into the reconstruction block."""
+    import functools
+
+    from baselines import moco
+    from cxrbench.data.imageset import open_folder, select_split
+    from cxrbench.publish import reconstruction_block as rb
+
+    monkeypatch.setenv("CXRBENCH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    # the "held-out" real images: the data folder's test split (the cxr128 one needs ../shared/data), found where
+    # the block looks for them; a tiny random MoCo model (the default is 224 px)
+    monkeypatch.setenv("CXRBENCH_SHARED_DATA", str(tmp_path / "shared"))
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / rb.FOLDER).symlink_to(data)
+    monkeypatch.setattr(rb, "heldout_images", lambda root: select_split(open_folder(root, index=False), "test"))
+    monkeypatch.setattr(moco.MoCoCXR, "Config", functools.partial(moco.Config, image_size=16, width=8))
+    recipe.write_text(recipe.read_text() + '[reconstruct]\nsplit = "test"\n')
+    rec = tmp_path / "samples" / "tiny-reconstructions"
+    assert _run(recipe, tmp_path, "--dry-run") == 0
+    assert _run(recipe, tmp_path) == 0
+    sources = (rec / "manifest.csv").read_text().splitlines()[1:]
+    test_files = {line.split(",")[0] for line in (data / "labels.csv").read_text().splitlines()[1:]
+                  if line.endswith(",test")}
+    assert {s.split(",")[1] for s in sources} == test_files  # the split's 8 images, none the model trained on
+    entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
+    block = entry["reconstruction"]
+    assert block["samples"]["n"] == len(test_files) == 8 and block["metrics"]["rrs_moco"]["mode"] == "paired"
+    assert block["samples"]["location"] == "../samples/tiny-reconstructions"
+    # the card's training cost is written once, from the training run (the reconstruction step is no sampling)
+    assert entry["card"]["training"]["steps"] == 3
