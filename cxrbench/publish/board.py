@@ -11,7 +11,8 @@ Per protocol group (see ``cxrbench.publish.ranking``) a section holds
 - the learning curve of the ranking metric, where entries carry one;
 - the remaining metrics, one compact table per family (with their plots), and each model's values at the
   floor's sample sizes (the only values the floor can be compared with);
-- the conditional models' augmentation and per-condition tables.
+- the conditional models' augmentation and per-condition tables, and the reconstruction table of the models
+  whose entry has a reconstruction block (``rrs_moco`` on held-out real images).
 """
 
 from __future__ import annotations
@@ -472,6 +473,31 @@ def _per_condition_table(g_slug: str, cond: list[dict]) -> Table:
                  first="Model / condition (n)", title="Per condition", note=note)
 
 
+def _reconstruction_table(g_slug: str, es: list[dict]) -> Table:
+    """rrs_moco of each model's reconstructions of the held-out real images (its entry's reconstruction block),
+    best first; the floor row is those images against their nearest held-out image of another patient."""
+    key = "rrs_moco"
+    order = sorted(es, key=lambda e: (e["reconstruction"]["metrics"][key]["value"], e["slug"]))
+    columns = (Column(key, key, False, title="1 - cos(reconstruction, its source) in the MoCo embedding"),
+               Column("n", "reconstructions / held-out", None), Column("moco", "MoCo weights", None),
+               Column("comparable", "comparable", None))
+    rows = [Row(e["name"], (metric_cell(b["metrics"][key]), Cell(f"{b['samples']['n']}/{b['real']['n']}"),
+                            Cell(b["weights"].get("moco", DASH)[:16]), Cell("yes" if b["comparable"] else "no")),
+                slug=e["slug"]) for e in order for b in (e["reconstruction"],)]
+    cell, _ = _floor_cell([e["reconstruction"]["metrics"][key] for e in es])
+    floor = Row("floor: held-out real vs nearest other patient's", (cell, Cell(), Cell(), Cell()), kind="floor")
+    splits = sorted({e["reconstruction"]["real"]["split"] for e in es})
+    note = (f"Each model's reconstructions of the {', '.join(splits)} real images (patients no bundled model trains "
+            "on), scored by the reconstructed-representation score of Selvadeepa et al. (\"Synthetic Chest X-ray "
+            "Image Generator\", Mphasis white paper, 2023): 1 - cos to its own source in the MoCo embedding, lower "
+            "is better.")
+    if any(not e["reconstruction"]["comparable"] for e in es):
+        note += (" MoCo weights random: no MoCo-CXR weights are published and none ship with cxrbench, so these "
+                 "values order the models on one image set but are not on the white paper's scale (0.03-0.045).")
+    return Table(f"{g_slug}-reconstruction", columns, tuple(rows), title="Reconstruction of held-out real images",
+                 note=note, floor=floor)
+
+
 def side_tables(g_slug: str, rows_e: list[dict]) -> list[Table]:
     """The conditional models' own tables under a ranked one: downstream augmentation (``aug_*``, ranked by
     the gain) and per-condition metrics (one row per model and condition, against the reference images
@@ -482,6 +508,9 @@ def side_tables(g_slug: str, rows_e: list[dict]) -> list[Table]:
     cond = [e for e in rows_e if (e["result"].get("per_condition") or {}).get("conditions")]
     if cond:
         out.append(_per_condition_table(g_slug, cond))
+    rec = [e for e in rows_e if e.get("reconstruction")]
+    if rec:
+        out.append(_reconstruction_table(g_slug, rec))
     return out
 
 

@@ -468,3 +468,26 @@ def test_a_learning_curve_round_trips_through_an_entry_file(tmp_path):
     again = make_entry(e["result"], card_from_dict(e["card"]), files, e["weights"], curve=block)
     (tmp_path / "a.json").write_text(json.dumps(again))
     assert load_entries(tmp_path)[0]["learning_curve"] == block
+
+
+def test_entries_with_a_reconstruction_block_get_the_reconstruction_table():
+    from cxrbench.publish.claims import white_paper_rrs
+
+    def entry(name, v, comparable=False):
+        e = fake_entry(name, {"fid_x": (5.0, False)})
+        e["reconstruction"] = {
+            "real": {"split": "cxr128-heldout", "n": 309}, "samples": {"n": 309}, "weights": {"moco": "random:0"},
+            "comparable": comparable,
+            "metrics": {"rrs_moco": {"value": v, "ci": [v - 0.001, v + 0.001], "higher_is_better": False,
+                                     "n_gen": 309, "n_ref": 309, "real_vs_real": 0.0123}}}
+        return e
+
+    a, b = entry("VAE-64", 0.05), entry("GMVAE-64", 0.02)
+    (t,) = side_tables("g", [a, b, fake_entry("LSGAN", {"fid_x": (4.0, False)})])
+    assert t.id == "g-reconstruction" and [r.name for r in t.rows] == ["GMVAE-64", "VAE-64"]  # lower is better
+    assert [c.text for c in t.rows[0].cells] == ["0.0200", "309/309", "random:0", "no"]
+    assert t.floor.cells[0].text == "0.0123" and "not on the white paper's scale" in t.note
+    # the claims row shows the random-weights values without a verdict; comparable ones are judged
+    claim = white_paper_rrs([a, b])
+    assert "random MoCo weights" in claim.evidence and claim.verdict == "no evidence"
+    assert white_paper_rrs([entry("VAE-64", 0.04, comparable=True)]).verdict.startswith("supported")
