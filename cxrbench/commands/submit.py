@@ -151,6 +151,10 @@ def run(args) -> int:
                          "other; drop one")
     card = load_card(args.card)  # a bad card fails before any work
     check_writable(args.entries / f"{card.slug}.json")
+    if args.reconstructions is not None:  # refused before the evaluation, not after it
+        from ..publish.reconstruction_block import preflight
+
+        preflight(args.reconstructions)
     curve = None
     if args.learning_curve is not None:
         from ..fileio import read_json_object

@@ -90,6 +90,27 @@ def _reconstructions(folder: str | os.PathLike):
     return src, dict(zip(src.ids, src.hashes)), side
 
 
+def preflight(reconstructions: str | os.PathLike) -> None:
+    """Refuse, before any evaluation, a reconstructions folder without sources or missing held-out images."""
+    import pandas as pd
+
+    root = Path(reconstructions)
+    manifest = root / "manifest.csv"
+    if not root.is_dir():
+        _reconstructions(root)  # the message that says how to make the folder
+    try:
+        columns = pd.read_csv(manifest, nrows=0).columns if manifest.is_file() else ()
+    except Exception as e:
+        raise DataError(f"{manifest}: cannot be read as CSV ({e.__class__.__name__})") from None
+    if "source" not in columns:
+        raise UsageError(f"{root}: manifest.csv has no `source` column; these are not reconstructions (write them "
+                         "with `cxrbench sample RUN --reconstruct DIR`)")
+    real = default_real()
+    if not (real / "labels.csv").is_file():
+        raise UsageError(f"{real}: the held-out real images are not there; set CXRBENCH_SHARED_DATA to the data "
+                         f"folder that holds {FOLDER}")
+
+
 def _score(samples, real, *, seed: int, n_bootstrap: int, weights: str, **local) -> dict:
     from ..engine.evaluate import evaluate
 

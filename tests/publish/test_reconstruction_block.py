@@ -177,8 +177,17 @@ def test_untrusted_block_is_schema_checked(entry_path):
 def test_submit_refuses_a_folder_without_sources(env, tmp_path, capsys):
     plain = write_pngs(tmp_path / "plain", env["close"])
     assert submit(env, plain, tmp_path / "entries") == 2
-    assert "no `source` column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no `source` column" in err and "fid" not in err.lower()  # refused before evaluating
     assert not (tmp_path / "entries" / "tiny-vae.json").exists()
+
+
+def test_submit_without_the_held_out_images_is_one_line(env, entry_path, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CXRBENCH_SHARED_DATA", str(tmp_path / "nowhere"))
+    folder = entry_path.parent / json.loads(entry_path.read_text())[rb.KEY]["samples"]["location"]
+    assert submit(env, folder, tmp_path / "entries") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CXRBENCH_SHARED_DATA" in err[0]
 
 
 @pytest.mark.skipif(not (Path(os.environ.get("CXRBENCH_SHARED_DATA", "../shared/data")) / rb.FOLDER).is_dir(),
