@@ -166,7 +166,7 @@ def pair_dataset(tables: list[tuple[Path, pd.DataFrame]], config: Config) -> Pai
     for folder, t in tables:
         images.append(_decode(folder, t["path"]))
         pos = same_patient_pairs(t["patient_id"], max_per_patient=config.max_pairs_per_patient, rng=rng)
-        n_self = int(round(len(pos) * config.self_pair_fraction / (1 - config.self_pair_fraction)))
+        n_self = round(len(pos) * config.self_pair_fraction / (1 - config.self_pair_fraction))
         selfp = np.repeat(rng.choice(len(t), n_self, replace=False)[:, None], 2, 1)
         neg = other_patient_pairs(t["patient_id"], len(pos) + n_self, rng)  # balanced, within the folder
         pairs.append(np.concatenate([pos, selfp, neg]) + offset)
@@ -263,8 +263,8 @@ def heldout_auroc(net, data_root: Path, *, seed: int = 0) -> dict:
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     with torch.no_grad():
         p = torch.sigmoid(net.fc_end((e[pairs[:, 0]] - e[pairs[:, 1]]).abs())[:, 0]).numpy()
-    return {"auroc": float(roc_auc_score(y, p)), "n_pos": int(len(pos)), "n_neg": int(len(neg)),
-            "patients": int(t["patient_id"].nunique()), "images": int(len(t)),
+    return {"auroc": float(roc_auc_score(y, p)), "n_pos": len(pos), "n_neg": len(neg),
+            "patients": int(t["patient_id"].nunique()), "images": len(t),
             "tpr_at_0.5": float((p[y == 1] > 0.5).mean()), "fpr_at_0.5": float((p[y == 0] > 0.5).mean())}
 
 
@@ -287,7 +287,7 @@ def calibrate_bias(net: ReidNet, data_root: Path, *, rate: float = 0.05) -> dict
     shift = -float(np.quantile(best, 1 - rate))
     with torch.no_grad():
         net.fc_end.bias += shift
-    return {"bias_shift": shift, "gallery": int(len(t)), "rate": rate}
+    return {"bias_shift": shift, "gallery": len(t), "rate": rate}
 
 
 def build(run_dir: Path, data_root: Path, out: Path | None = None) -> dict:

@@ -22,7 +22,7 @@ def toy():
 
 
 def _ctx(toy, **settings):
-    f = lambda x: {"thumb": x.flatten(1)[:, :4].numpy()}  # noqa: E731 - features are not what reid reads
+    f = lambda x: {"thumb": x.flatten(1)[:, :4].numpy()}
     return context(feature_set("samples", f(toy["gen"]), images=toy["gen"]),
                    feature_set("reference", f(toy["ref"]), images=toy["ref"]),
                    feature_set("train", f(toy["train"]), images=toy["train"]), **settings)
@@ -158,7 +158,7 @@ def test_other_films_of_training_patients_caught_by_reid_missed_by_memorization(
         for i, p in enumerate(fs.patient_ids):
             table[fs.load_images([i])[0].numpy().tobytes()] = str(p)
     monkeypatch.setattr(reid_module, "load_reid_network", lambda *a, **k: (_OracleVerifier(table), "oracle"))
-    ctx = lambda k: context(real[k]["gen"], real["sets"]["reference"], real["sets"]["train"])  # noqa: E731
+    ctx = lambda k: context(real[k]["gen"], real["sets"]["reference"], real["sets"]["train"])
     same, held = ReID().compute(ctx("same_patient"))["reid"], ReID().compute(ctx("heldout"))["reid"]
     # every other film of a training patient is linked to that patient; no image of another patient is
     assert same.value == 1.0 and held.value == 0.0 and same.real_vs_real == 0.0

@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxrbench.features.cxr128 import CXR128Extractor  # noqa: E402
-from cxrbench.metrics.base import EvalContext  # noqa: E402
-from cxrbench.metrics.common import MetricSettings  # noqa: E402
-from cxrbench.metrics.memorization import Memorization  # noqa: E402
-from cxrbench.metrics.reid import ReID  # noqa: E402
-from tests.metric_helpers import shared_data  # noqa: E402
-from tests.reid_sets import NEAR_COPY_KINDS, build_sets, feature_set, near_copies  # noqa: E402
+from cxrbench.features.cxr128 import CXR128Extractor
+from cxrbench.metrics.base import EvalContext
+from cxrbench.metrics.common import MetricSettings
+from cxrbench.metrics.memorization import Memorization
+from cxrbench.metrics.reid import ReID
+from tests.metric_helpers import shared_data
+from tests.reid_sets import NEAR_COPY_KINDS, build_sets, feature_set, near_copies
 
 
 def scores(gen, ref, train, st):
