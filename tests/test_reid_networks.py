@@ -115,6 +115,18 @@ def test_shipped_network_loads_pinned_and_its_file_is_small():
     assert shipped_path(REIDNET_FILE).stat().st_size < 5_000_000
 
 
+def test_an_altered_shipped_network_is_refused(tmp_path, monkeypatch):
+    import cxrbench.features.reid as reid
+
+    torch.save(random_reidnet(1).state_dict(), tmp_path / "reid-net.pt")
+    monkeypatch.setattr(reid, "shipped_path", lambda name: tmp_path / name)
+    with pytest.raises(WeightsError, match="is not the pinned reid-net"):
+        load_reid_network("cxrbench")
+    (tmp_path / "reid-net.pt").unlink()
+    with pytest.raises(WeightsError, match="shipped re-identification network is missing"):
+        load_reid_network("cxrbench")
+
+
 def test_preprocessing_recipes_are_the_published_ones():
     assert PREPROCESSING["chexgenbench"] == {"size": 224, "imagenet_norm": False}
     assert PREPROCESSING["packhaeuser"] == {"size": 256, "imagenet_norm": True}

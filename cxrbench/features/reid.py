@@ -225,7 +225,7 @@ def load_reid_network(weights: str = "cxrbench", *, seed: int = 0,
             raise WeightsError(f"{path}: the shipped re-identification network is missing; reinstall cxrbench, or "
                                "pass reid_weights=FILE (the published Siamese state dict)")
         digest = sha256_file(path)
-        if REIDNET_SHA256 and digest != REIDNET_SHA256:
+        if digest != REIDNET_SHA256:
             raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned reid-net ({REIDNET_SHA256[:16]}...);"
                                " the file was altered: reinstall cxrbench or restore it from git")
         net, _ = load_siamese(path)
