@@ -27,7 +27,7 @@ in its last column.
     python -m baselines.reidnet evaluate --run runs/reid --data ../shared/data
     python -m baselines.reidnet build --run runs/reid --data ../shared/data   # writes cxrbench/protocols/cxr128_data/reid-net.pt
 
-The shipped file is that run: 600 steps of 32 pairs (2,740 pairs: 1,370 same-patient), 4.5 CPU minutes on one
+The shipped file is that run: 600 steps of 32 pairs (of 4,086 pairs, 2,043 same-patient), 4.5 CPU minutes on one
 thread (269 s of process time), then ``build``: the head's positive weights zeroed and the bias calibrated
 (shift -0.075). Held-out verification AUROC 0.836 (229 same-patient and 916 other-patient pairs of 80 and 775
 patients); 0.763 before zeroing the positive head weights. That is far from the published network's (AUROC above
