@@ -116,7 +116,7 @@ def test_shipped_network_loads_pinned_and_its_file_is_small():
 
 
 def test_an_altered_shipped_network_is_refused(tmp_path, monkeypatch):
-    import cxrbench.features.reid as reid
+    from cxrbench.features import reid
 
     torch.save(random_reidnet(1).state_dict(), tmp_path / "reid-net.pt")
     monkeypatch.setattr(reid, "shipped_path", lambda name: tmp_path / name)
