@@ -139,7 +139,7 @@ def test_real_published_checkpoint_loads():
     f = Path(root or "/nonexistent") / "reid" / "ResNet-50_epoch11_data_handling_RPN.pth"
     if not f.is_file():
         pytest.skip(f"{f} absent")
-    net, digest = load_siamese(f)
+    net, _ = load_siamese(f)
     assert isinstance(net, PackhaeuserSiamese) and net.in_channels == 3 and net.n_features == 128
     a, b = _pair(n=2)
     p = torch.sigmoid(net.pair_logits(net.embed(a), net.embed(b)))
