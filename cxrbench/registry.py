@@ -177,6 +177,7 @@ METRICS = Registry(
         "label_adherence": "cxrbench.metrics.labels:LabelAdherence",
         "ms_ssim": "cxrbench.metrics.diversity:MSSSIM",
         "rrs_moco": "cxrbench.metrics.rrs:RRS",
+        "reid": "cxrbench.metrics.reid:ReID",
     },
 )
 

@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
     p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
     p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
                    "chexpert: train, valid | hash-train, hash-valid, hash-test")
-    p.add_argument("--train-reference", help="the generator's training images (for memorization)")
+    p.add_argument("--train-reference", help="the generator's training images (for memorization and re-identification)")
     p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
                    "fixes its own)")
     p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")

@@ -62,7 +62,7 @@ def add_arguments(p) -> None:
                    "none, and the cxr128 protocol runs with its shipped reference)")
     p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
                    "chexpert: train, valid | hash-train, hash-valid, hash-test")
-    p.add_argument("--train-reference", help="the generator's training images (for memorization)")
+    p.add_argument("--train-reference", help="the generator's training images (for memorization and re-identification)")
     p.add_argument("--protocol", default=None, help="cxr128 (the default without --reference) | cxr64 (retired) | default (your own "
                    "--reference) | augmentation")
     add_config_flag(p, "weights", help="auto (published weights) | random (smoke run, never ranked) | a folder "

@@ -57,6 +57,12 @@ class MetricSettings:
     #: (500 pairs at 192 px cost about a fifth of the CPU time of 1000 pairs at 256 px)
     ms_ssim_pairs: int = 500
     ms_ssim_size: int = 192
+    #: re-identification: the verification network ("cxrbench": the shipped one; "random"; or a state dict file of
+    #: the published Siamese ResNet-50), how its inputs are made for a published file ("chexgenbench": 224 px, no
+    #: normalisation; "packhaeuser": 256 px, ImageNet normalisation), and the same-patient decision threshold
+    reid_weights: str = "cxrbench"
+    reid_preprocessing: str = "chexgenbench"
+    reid_threshold: float = 0.5
     #: largest query x reference distance block for kNN, in elements
     knn_budget: int = 2**24
 

@@ -39,7 +39,7 @@ FAMILIES = {
     "ks_features": "Kolmogorov-Smirnov tests", "ks_labels": "Kolmogorov-Smirnov tests",
     "ks_pixels": "Kolmogorov-Smirnov tests",
     "labels": "Label distribution", "label_adherence": "Label distribution",
-    "memorization": "Memorization", "ms_ssim": "Diversity", "rrs_moco": "Reconstruction",
+    "memorization": "Memorization", "reid": "Memorization", "ms_ssim": "Diversity", "rrs_moco": "Reconstruction",
 }
 DASH = "–"
 REFERENCE_NOTE = ("Rows marked reference are real images evaluated exactly as samples are, to give the board its "
