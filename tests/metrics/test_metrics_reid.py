@@ -12,7 +12,7 @@ from cxrbench.features.reid import random_reidnet
 from cxrbench.metrics.memorization import Memorization
 from cxrbench.metrics.reid import ReID
 
-from .metric_helpers import context, feature_set, shared_data
+from ..metric_helpers import context, feature_set, shared_data
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def real():
         pytest.skip("needs ../shared/data/nih_extra_256px")
     from cxrbench.features.cxr128 import CXR128Extractor
 
-    from .reid_sets import build_sets, near_copies
-    from .reid_sets import feature_set as fset
+    from ..reid_sets import build_sets, near_copies
+    from ..reid_sets import feature_set as fset
 
     sets = build_sets(data, n_train_single=40, n_other=80)
     ext = CXR128Extractor()
