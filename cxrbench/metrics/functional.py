@@ -50,8 +50,14 @@ FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
 #: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
 #: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
 FD_MIN_ROWS_PER_DIM = 2.0
-#: PRDC density interval widening (calibrated with tests/benchmarks/coverage.py, see ``prdc``)
-DENSITY_INFLATE = 1.3
+#: PRDC intervals: method and widening about the value per output, for replicates that recompute the kNN
+#: radii (``prdc.PRDCReplicates``); calibrated on real cxr128 features at 300 / 599
+#: (tests/benchmarks/interval_coverage.py, README "Reliability")
+PRDC_INTERVALS = {"precision": ("centred", 1.0), "recall": ("centred", 1.0), "density": ("centred", 1.0),
+                  "coverage": ("centred", 1.0)}
+#: KID's interval from the U-statistic variance up to this many rows per set (three N x N float64 kernels:
+#: 0.5 GB at 4096); above, the bootstrap
+KID_ANALYTIC_MAX_ROWS = 4096
 #: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
 FD_INF_MIN_ROWS_PER_DIM = 1.0
 
@@ -154,21 +160,36 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
 def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
         ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
         device: str = "cpu") -> MetricValue:
-    """KID (mean unbiased MMD^2 over subsets); on request a percentile interval over distinct-pair replicates.
+    """KID (mean unbiased MMD^2 over subsets); on request an interval for the population MMD^2.
 
-    Both sets are resampled when the whole N x N kernels fit (N <= 8192); above, the reference is fixed.
+    Up to ``KID_ANALYTIC_MAX_ROWS`` rows per set the interval is normal with the U-statistic's variance
+    (``kid.mmd2_u_variance``: no replicates, whatever ``n_bootstrap`` > 0 asks); the bootstrap of a nearly
+    degenerate U-statistic (two close distributions) is not consistent, and its percentile intervals were
+    1.3-1.7x too wide on real features there. Above, a percentile interval over distinct-pair replicates
+    (both sets resampled when the whole kernels fit, N <= 8192; else the reference fixed).
     """
+    from scipy.stats import norm
+
     from .kid import kid as kid_subsets
+    from .kid import mmd2_u_variance
 
     n_bootstrap = replicates(n_bootstrap, ci)
     g, r = check_pair(fake, real, what="kid")
+    analytic = max(len(g), len(r)) <= KID_ANALYTIC_MAX_ROWS
     # the kernel blocks are kept only for the replicates to reweight
     res = kid_subsets(g, r, subset_size=subset_size, n_subsets=n_subsets, seed=seed, device=device,
-                      keep=boot_subsets if n_bootstrap > 0 else 0)
+                      keep=boot_subsets if n_bootstrap > 0 and not analytic else 0)
     m = min(subset_size, len(g), len(r))
     mv = MetricValue(res.mean, False, None, len(g), len(r),
                      extra={"std": res.std, "subset_size": m, "subsets": n_subsets})
-    if n_bootstrap <= 0 or (res.whole is None and not res.kept):
+    if n_bootstrap <= 0:
+        return mv
+    if analytic:
+        _, var = mmd2_u_variance(g, r, device=device)
+        half = float(norm.ppf(1 - alpha / 2)) * var**0.5
+        iv = Interval(res.mean - half, res.mean + half, "normal, U-statistic variance (both sets)", 0.0, 0)
+        return with_interval(mv, iv, bias_corrected=False)
+    if res.whole is None and not res.kept:
         return mv
     both = res.whole is not None
 
@@ -201,6 +222,7 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     and coverage 0.91-1.0. ``ci_method`` forces one method for all four, without widening.
     """
     from . import knn
+    from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
     from .prdc import prdc as prdc_result
 
     n_bootstrap = replicates(n_bootstrap, ci)
@@ -211,19 +233,19 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     out = {key: MetricValue(v, True, None, len(g), len(r), extra={"k": k}) for key, v in vals.items()}
     if n_bootstrap <= 0:
         return out
-    # one pass of replicates serves all four values
+    # one pass of replicates serves all four values; every replicate recomputes the kNN radii of both
+    # resampled sets (``PRDCReplicates``) where the dense distances fit, else keeps them fixed
     rng = np.random.default_rng(seed)
+    dense = max(len(g), len(r)) <= RECOMPUTE_MAX_ROWS
+    one = PRDCReplicates(r, g, k=k) if dense else (lambda ig, ir: res.resampled(ig, ir))
     reps = {key: [] for key in vals}
     for _ in range(n_bootstrap):
-        one = res.resampled(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r)))
-        for key, v in one.items():
+        for key, v in one(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))).items():
             reps[key].append(v)
     for key, mv in out.items():
-        method = ci_method or "centred"
-        # density's replicates keep the reference's kNN radii fixed and so miss their variance: plain
-        # intervals covered 0.86-0.92 at N/D = 2-10 (coverage benchmark); widened by DENSITY_INFLATE
-        inflate = DENSITY_INFLATE if key == "density" and ci_method is None else 1.0
-        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate)
+        method, inflate = (ci_method, 1.0) if ci_method else PRDC_INTERVALS[key] if dense else ("centred", 1.0)
+        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate,
+                                      what="both sets, kNN radii recomputed" if dense else "both sets, radii fixed")
         with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=None if key == "density" else 1.0)
     return out
 
