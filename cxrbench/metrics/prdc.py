@@ -17,8 +17,10 @@ Bootstrap over both sets (the reference is a sample too): every value is a mean 
 set of "is it in a ball of a present point of the other set"; the ``boot_candidates`` deepest balls of
 every point are stored once and a replicate checks which are present (exact unless all of them are absent,
 probability about e^-K; density counts are exact up to ``boot_candidates`` balls per point) and averages
-with the resample's multiplicities. Radii stay at their full-set values: resampling with replacement would
-put copies at distance 0 and collapse them.
+with the resample's multiplicities, radii at their full-set values (``PRDCResult.resampled``): the route for
+sets too large for dense distances. Up to ``RECOMPUTE_MAX_ROWS`` rows, ``PRDCReplicates`` recomputes every
+radius in each replicate instead, counting neighbours with their multiplicities (a copy at distance 0 is not
+a neighbour of itself).
 """
 
 from __future__ import annotations
