@@ -188,7 +188,10 @@ def ci_text(m: dict) -> str:
     if m.get("valid") is False:
         return "not valid"
     ci = m.get("ci")
-    return "" if not ci or ci[0] is None or ci[1] is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    cov = m.get("ci_coverage")  # measured coverage outside 95 +/- 3% (as results.ci_text prints it)
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" + ("" if not cov else f" covers {cov['measured']:.1%} (measured), not 95%")
 
 
 def _num_sort(v) -> str:
