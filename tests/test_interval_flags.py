@@ -50,3 +50,28 @@ def test_the_shipped_table_is_the_benchmarks_and_covers_the_protocols_interval_m
         assert f"{key}_cxr128" in t["metrics"], key
     for key, m in t["metrics"].items():
         assert m["ok"] == (abs(m["worst_coverage"] - t["nominal"]) <= t["tolerance"] + 1e-12), key
+
+
+def test_an_evaluation_under_the_protocol_carries_the_flag_into_its_result_and_table(tmp_path, monkeypatch):
+    """The engine reads the table: a flagged interval's result holds ``ci_coverage``, the CLI table prints it."""
+    from pathlib import Path
+
+    import cxrbench
+    from cxrbench.commands.evaluate import format_table
+    from cxrbench.config import EvalConfig
+
+    table = {**TABLE, "metrics": {"kid_cxr128": {"worst_coverage": 0.91, "worst_population": "nih_pa", "reps": 200,
+                                                 "ok": False}}}
+    path = tmp_path / "interval_coverage.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(coverage_table, "TABLE", path)
+    coverage_table.table.cache_clear()
+    try:
+        samples = Path(__file__).resolve().parents[1] / "examples" / "cxr128-samples"
+        res = cxrbench.evaluate(samples, config=EvalConfig(metrics=("kid",), use_cache=False, progress=False))
+    finally:
+        coverage_table.table.cache_clear()
+    m = res["metrics"]["kid_cxr128"]
+    assert (m["n_gen"], m["n_ref"]) == (300, 599)
+    assert m["ci_coverage"]["measured"] == 0.91 and m["ci_coverage"]["population"] == "nih_pa"
+    assert "covers 91.0% (measured), not 95%" in format_table(res)
