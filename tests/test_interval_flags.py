@@ -5,7 +5,6 @@ The table is ``cxrbench/metrics/interval_coverage.json``, written by ``tests/ben
 
 import json
 
-import numpy as np
 import pytest
 
 from cxrbench.metrics import coverage_table

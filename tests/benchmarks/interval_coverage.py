@@ -30,6 +30,7 @@ an interval that misses 95 +/- 3% (``cxrbench.metrics.coverage_table``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -42,14 +43,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cxrbench.config import EvalConfig  # noqa: E402
-from cxrbench.engine.metric_runner import run_metric  # noqa: E402
-from cxrbench.metrics.base import EvalContext, FeaturePair, FeatureSet  # noqa: E402
-from cxrbench.metrics.common import MetricSettings  # noqa: E402
-from cxrbench.metrics.fid import frechet_distance  # noqa: E402
-from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives  # noqa: E402
-from cxrbench.metrics.registered import FID, KID, PRDC, KSFeatures, KSLabels  # noqa: E402
-from cxrbench.protocols.cxr128 import SAMPLE_COUNT  # noqa: E402
+from cxrbench.config import EvalConfig
+from cxrbench.engine.metric_runner import run_metric
+from cxrbench.metrics.base import EvalContext, FeaturePair, FeatureSet
+from cxrbench.metrics.common import MetricSettings
+from cxrbench.metrics.fid import frechet_distance
+from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
+from cxrbench.metrics.registered import FID, KID, PRDC, KSFeatures, KSLabels
+from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599
 PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan")
@@ -77,25 +78,24 @@ def populations(feat_dir: Path) -> dict[str, np.ndarray]:
     return f
 
 
+@functools.lru_cache(maxsize=1)
+def classifier():
+    from cxrbench.features.cxr128 import CXR128ClassifierExtractor
+
+    return CXR128ClassifierExtractor()
+
+
 def probabilities(x: np.ndarray) -> np.ndarray:
     """The protocol's label head (``cxr128-classifier``) on cxr128 features, as the engine derives it."""
     import torch
 
-    from cxrbench.features.cxr128 import CXR128ClassifierExtractor
-
-    clf = _CLF.setdefault("clf", CXR128ClassifierExtractor())
-    return clf.from_features(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
-
-
-_CLF: dict = {}
+    return classifier().from_features(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
 
 
 def context(g, r, seed: int) -> EvalContext:
     """What the engine hands a metric under the protocol: both extractors' outputs of both sets."""
-    from cxrbench.features.cxr128 import CXR128ClassifierExtractor
-
     specs = {"cxr128": {"kind": "embedding"},
-             "cxr128-classifier": {"kind": "probabilities", "feature_names": CXR128ClassifierExtractor().feature_names}}
+             "cxr128-classifier": {"kind": "probabilities", "feature_names": classifier().feature_names}}
     sets = [FeatureSet(name, [f"{name}{i}" for i in range(len(x))], [""] * len(x),
                        {"cxr128": x.astype(np.float32), "cxr128-classifier": probabilities(x)})
             for name, x in (("samples", g), ("reference", r))]
@@ -266,9 +266,9 @@ def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
                 cpu.setdefault(k[:-6], []).extend(r[k] for r in rec["reps"])
     keys = [k for m in METRICS for k in KEYS[m] if any(k in s for s in summ.values())]
     pairs = [p for p in PAIRS if p in summ]
-    lines = [f"Coverage of the nominal 95% intervals of protocol cxr128 on real-feature populations "
-             f"({N_GEN} generated vs {N_REF} reference, draws: {mode}); cell: coverage +/- MC error "
-             f"(misses low/high), width / (2 x 1.96 x sd of the estimate). Reference population: NIH.", "",
+    lines = [(f"Coverage of the nominal 95% intervals of protocol cxr128 on real-feature populations "
+              f"({N_GEN} generated vs {N_REF} reference, draws: {mode}); cell: coverage +/- MC error "
+              f"(misses low/high), width / (2 x 1.96 x sd of the estimate). Reference population: NIH."), "",
              "| metric (interval for) | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
     for k in keys:
         cells = []
