@@ -198,7 +198,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--features", type=Path, default=Path(os.environ.get("CXRBENCH_COVERAGE_FEATURES", "/work/scratch/cov")))
     ap.add_argument("--reps", type=int, default=200)
-    ap.add_argument("--truth-draws", type=int, default=400)
+    ap.add_argument("--truth-draws", type=int, default=200,
+                    help="further draws (point estimates only) for the N-dependent metrics' expectation")
+    ap.add_argument("--rep-start", type=int, default=0, help="first repetition (runs split across processes merge)")
     ap.add_argument("--pairs", default=",".join(PAIRS))
     ap.add_argument("--metrics", default=",".join(METRICS))
     ap.add_argument("--draw", choices=("iid", "wor"), default="iid")
@@ -206,35 +208,49 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=None, help="folder for the per-repetition records (JSON)")
     ap.add_argument("--tag", default="", help="label of this run in the raw file names (e.g. before / after)")
     ap.add_argument("--write", action="store_true", help="write the results table and the shipped coverage JSON")
+    ap.add_argument("--only-write", action="store_true", help="only write the tables from the raw records there")
     a = ap.parse_args()
     pairs, metrics = a.pairs.split(","), a.metrics.split(",")
     raw_dir = a.raw or a.features / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     pops = populations(a.features)
+    if a.only_write:
+        write_tables(raw_dir, a.tag, a.draw)
+        return
     pool = ProcessPoolExecutor(a.workers) if a.workers > 1 else None
     run = (lambda f, it: list(pool.map(f, it, chunksize=4))) if pool else (lambda f, it: [f(x) for x in it])
     for pair in pairs:
         t0 = time.time()
         truth = population_truth(pops, pair, a.draw)
-        reps = run(one_rep, [(str(a.features), pair, metrics, a.draw, i) for i in range(a.reps)])
+        reps = run(one_rep, [(str(a.features), pair, metrics, a.draw, i)
+                             for i in range(a.rep_start, a.rep_start + a.reps)])
         n_dep = [m for m in metrics if m in ("prdc", "ks_features", "ks_labels")]
-        if n_dep:
-            # the repetitions' own values are draws too: the target's Monte Carlo estimate pools both
-            pts = run(point_draw, [(str(a.features), pair, n_dep, a.draw, j) for j in range(a.truth_draws)])
-            pts += [{k: r[k]["value"] for k in pts[0]} for r in reps]
-            for key in {k for p in pts for k in p}:
-                v = np.array([p[key] for p in pts])
-                truth[key], truth[f"{key}:se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
-        rec = {"pair": pair, "draw": a.draw, "reps": reps, "truth": truth, "n_gen": N_GEN, "n_ref": N_REF}
-        (raw_dir / f"{a.tag}{pair}-{a.draw}-{'+'.join(metrics)}.json").write_text(json.dumps(rec))
+        pts = run(point_draw, [(str(a.features), pair, n_dep, a.draw, j) for j in range(a.truth_draws)]) if n_dep else []
+        rec = {"pair": pair, "draw": a.draw, "reps": reps, "truth": truth, "points": pts, "n_gen": N_GEN,
+               "n_ref": N_REF, "metrics": metrics}
+        (raw_dir / f"{a.tag}{pair}-{a.draw}-{'+'.join(metrics)}-r{a.rep_start}.json").write_text(json.dumps(rec))
         print(f"{pair}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    if a.write:
+    if a.write or a.only_write:
         write_tables(raw_dir, a.tag, a.draw)
+
+
+def merged(recs: list[dict]) -> dict:
+    """One record of a pair from runs split by repetition: their repetitions and point draws pooled, and the
+    N-dependent metrics' target re-estimated over all of them (every repetition's value is a draw too)."""
+    rec = {**recs[0], "reps": [r for x in recs for r in x["reps"]], "points": [p for x in recs for p in x["points"]]}
+    truth = dict(recs[0]["truth"])
+    for key in ("precision", "recall", "density", "coverage", "ks_features", "ks_labels"):
+        if key in rec["reps"][0]:
+            v = np.array([p[key] for p in rec["points"]] + [r[key]["value"] for r in rec["reps"]])
+            truth[key], truth[f"{key}:se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+    rec["truth"] = truth
+    return rec
 
 
 def summarise(rec: dict) -> dict[str, dict]:
     out = {}
     keys = [k for k in rec["reps"][0] if ":" not in k]
+    keys = [k for k in keys if k in rec["truth"]]
     for key in keys:
         t = rec["truth"][key]
         rows = [r[key] for r in rec["reps"] if r[key]["ci"] is not None and r[key]["valid"]]
@@ -256,11 +272,15 @@ def summarise(rec: dict) -> dict[str, dict]:
 def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
     summ: dict[str, dict[str, dict]] = {}
     cpu: dict[str, list] = {}
+    groups: dict[tuple, list[dict]] = {}
     for f in sorted(raw_dir.glob(f"{tag}*-{mode}-*.json")):
-        rec = json.loads(f.read_text())
         if tag == "" and f.name.split("-")[0] not in PAIRS:
             continue
-        summ.setdefault(rec["pair"], {}).update(summarise(rec))
+        rec = json.loads(f.read_text())
+        groups.setdefault((rec["pair"], "+".join(rec["metrics"])), []).append(rec)
+    for (pair, _), recs in groups.items():
+        rec = merged(recs)
+        summ.setdefault(pair, {}).update(summarise(rec))
         for k in rec["reps"][0]:
             if k.endswith(":cpu_s"):
                 cpu.setdefault(k[:-6], []).extend(r[k] for r in rec["reps"])
