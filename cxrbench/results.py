@@ -43,7 +43,10 @@ def ci_text(m: dict) -> str:
         return "-"
     cov = m.get("ci_coverage")
     # an interval whose measured coverage misses 95 +/- 3% is shown with that coverage, not as a 95% interval
-    level = "" if not cov else f" covers {cov['measured']:.1%} (measured), not 95%"
+    span = cov and cov.get("range")
+    measured = "" if not cov else (f"{span[0]:.1%}-{span[1]:.1%}" if span and span[0] != span[1]
+                                   else f"{cov['measured']:.1%}")
+    level = "" if not cov else f" covers {measured} (measured), not 95%"
     return f"[{_g(ci[0])}, {_g(ci[1])}]{level}"
 
 

@@ -39,6 +39,8 @@ def test_a_missed_interval_is_flagged_with_its_measured_coverage_and_printed_so(
     assert "88.5%" in ci_text(d) and "not 95%" in ci_text(d)  # the CLI table, report.md and report.html use ci_text
     assert "88.5%" in str(mv) and "95% CI" not in str(mv)
     assert ci_text({**d, "ci_coverage": None}) == "[30, 50]"
+    ranged = {**d, "ci_coverage": {**flag, "range": [0.885, 1.0]}}
+    assert "covers 88.5%-100.0% (measured), not 95%" in ci_text(ranged)  # errs both ways across populations
 
 
 def test_the_shipped_table_is_the_benchmarks_and_covers_the_protocols_interval_metrics():

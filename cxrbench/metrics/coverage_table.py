@@ -35,5 +35,8 @@ def flag(protocol: str | None, key: str, n_gen: int, n_ref: int) -> dict | None:
     m = t.get("metrics", {}).get(key)
     if m is None or m.get("ok"):
         return None
-    return {"measured": m["worst_coverage"], "nominal": t["nominal"], "population": m["worst_population"],
-            "repetitions": m["reps"], "benchmark": t["benchmark"]}
+    out = {"measured": m["worst_coverage"], "nominal": t["nominal"], "population": m["worst_population"],
+           "repetitions": m["reps"], "benchmark": t["benchmark"]}
+    if "coverage_min" in m:  # over every population measured: a reader sees whether it errs both ways
+        out["range"] = [m["coverage_min"], m["coverage_max"]]
+    return out

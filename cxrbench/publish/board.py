@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..registry import METRICS
+from ..results import ci_text as results_ci_text
 from . import figures, learning_curve
 from .ranking import Group, default_rank_key, group_entries, is_reference_row, ordered
 
@@ -190,8 +191,9 @@ def ci_text(m: dict) -> str:
     ci = m.get("ci")
     if not ci or ci[0] is None or ci[1] is None:
         return ""
-    cov = m.get("ci_coverage")  # measured coverage outside 95 +/- 3% (as results.ci_text prints it)
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" + ("" if not cov else f" covers {cov['measured']:.1%} (measured), not 95%")
+    if m.get("ci_coverage"):  # measured coverage outside 95 +/- 3%: printed as results.ci_text prints it
+        return results_ci_text(m)
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def _num_sort(v) -> str:
