@@ -33,11 +33,21 @@ def _g(x) -> str:
 
 
 def ci_text(m: dict) -> str:
-    """A metric's interval as every table shows it: ``[lo, hi]``, ``not valid`` (flagged, no interval) or ``-``."""
+    """A metric's interval as every table shows it: ``[lo, hi]``, ``not valid`` (flagged, no interval) or ``-``;
+    with the measured coverage where it misses 95 +/- 3% (``ci_coverage``: ``[lo, hi] covers 88.5% (measured),
+    not 95%``)."""
     if m.get("valid") is False:
         return "not valid"
     ci = m.get("ci")
-    return "-" if not ci or ci[0] is None or ci[1] is None else f"[{_g(ci[0])}, {_g(ci[1])}]"
+    if not ci or ci[0] is None or ci[1] is None:
+        return "-"
+    cov = m.get("ci_coverage")
+    # an interval whose measured coverage misses 95 +/- 3% is shown with that coverage, not as a 95% interval
+    span = cov and cov.get("range")
+    measured = "" if not cov else (f"{span[0]:.1%}-{span[1]:.1%}" if span and span[0] != span[1]
+                                   else f"{cov['measured']:.1%}")
+    level = "" if not cov else f" covers {measured} (measured), not 95%"
+    return f"[{_g(ci[0])}, {_g(ci[1])}]{level}"
 
 
 def floor_text(m: dict) -> str:

@@ -31,6 +31,7 @@ from ..data.sources import open_source
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
+from ..metrics import coverage_table
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.bootstrap import one_torch_thread
 from ..metrics.common import MetricSettings
@@ -314,6 +315,8 @@ def _run_metrics(plan, ctx: EvalContext, proto, s: _Sets, skipped_metrics: dict)
             metric_times[m.name] = round(time.perf_counter() - tm, 3)
             metric_versions[m.name] = m.version
             for key, v in values.items():
+                if proto is not None and v.ci is not None:
+                    v.ci_coverage = coverage_table.flag(proto.name, key, v.n_gen, v.n_ref)
                 metrics[key] = v.to_dict()
         if proto is not None and proto.adds_metrics:
             _run_protocol(proto, ctx, s.sets, s.keep, metrics, metric_versions)

@@ -45,6 +45,9 @@ class MetricValue:
     #: False where the metric flags itself as unreliable (interval not expected to cover; see ``reason``)
     valid: bool = True
     reason: str | None = None
+    #: set where the interval's coverage, measured on real features (``coverage_table``), misses 95 +/- 3%:
+    #: ``{"measured", "nominal", "population", "repetitions", "benchmark"}``; tables print the measured coverage
+    ci_coverage: dict | None = None
 
     def __float__(self) -> float:
         """The value, as ``float(torchmetrics_fid.compute())`` or clean-fid's number is used."""
@@ -64,7 +67,8 @@ class MetricValue:
             return f"{at}; not valid: {self.reason}"
         if self.ci is None:
             return at
-        ci = f"95% CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}] ({self.ci_method})"
+        level = "95%" if self.ci_coverage is None else f"{self.ci_coverage['measured']:.1%}-coverage (measured; not 95%)"
+        ci = f"{level} CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}] ({self.ci_method})"
         if self.value_bias_corrected is None:
             return f"{at}, {ci}"
         return f"{at}; population estimate {self.value_bias_corrected:.4g} (bias-corrected), {ci}"
@@ -85,6 +89,8 @@ class MetricValue:
             d["ci_method"] = self.ci_method
         if self.value_bias_corrected is not None:
             d["value_bias_corrected"] = _num(self.value_bias_corrected)
+        if self.ci_coverage is not None and self.ci is not None:
+            d["ci_coverage"] = dict(self.ci_coverage)
         d.update(self.extra)
         return d
 

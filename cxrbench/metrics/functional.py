@@ -22,10 +22,12 @@ Each function returns a ``MetricValue`` (``prdc`` a dict of four) or raises ``Da
 refuses (not 2-d, different D, NaN/inf, too few rows). The registered metrics (``cxrbench evaluate``) call
 these same functions. Intervals resample both sets (the reference is a sample too) with the method the
 coverage benchmark (``tests/benchmarks/coverage.py``) found to reach nominal coverage for that metric:
-basic bootstrap for the biased distances (FID, label distances); percentile for KID (unbiased,
-distinct-pair replicates) and PRDC density; a scaled distinct-row interval for FD_inf; centred percentile
-for precision, recall, coverage and KS (whose replicates are pulled down by the resamples' duplicated
-rows, not by estimator bias). Where the benchmark found no method that covers (FID and FD_inf with too
+basic bootstrap for the biased distances (FID, label distances); for KID a normal interval with the
+U-statistic variance (no replicates); a scaled distinct-row interval for FD_inf; centred percentile for
+precision, recall, density, coverage (replicates recompute the kNN radii of both resampled sets) and KS
+(whose replicates are pulled down by the resamples' duplicated rows, not by estimator bias). The coverage
+on real features at the default protocol's sizes is measured by ``tests/benchmarks/interval_coverage.py``;
+an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 """
 
@@ -50,8 +52,12 @@ FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
 #: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
 #: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
 FD_MIN_ROWS_PER_DIM = 2.0
-#: PRDC density interval widening (calibrated with tests/benchmarks/coverage.py, see ``prdc``)
+#: PRDC density interval widening where the replicates keep the full-set kNN radii (sets above
+#: ``prdc.RECOMPUTE_MAX_ROWS``; calibrated with tests/benchmarks/coverage.py)
 DENSITY_INFLATE = 1.3
+#: KID's interval from the U-statistic variance up to this many rows per set (three N x N float64 kernels:
+#: 0.5 GB at 4096); above, the bootstrap
+KID_ANALYTIC_MAX_ROWS = 4096
 #: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
 FD_INF_MIN_ROWS_PER_DIM = 1.0
 
@@ -154,21 +160,36 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
 def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
         ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
         device: str = "cpu") -> MetricValue:
-    """KID (mean unbiased MMD^2 over subsets); on request a percentile interval over distinct-pair replicates.
+    """KID (mean unbiased MMD^2 over subsets); on request an interval for the population MMD^2.
 
-    Both sets are resampled when the whole N x N kernels fit (N <= 8192); above, the reference is fixed.
+    Up to ``KID_ANALYTIC_MAX_ROWS`` rows per set the interval is normal with the U-statistic's variance
+    (``kid.mmd2_u_variance``: no replicates, whatever ``n_bootstrap`` > 0 asks); the bootstrap of a nearly
+    degenerate U-statistic (two close distributions) is not consistent, and its percentile intervals were
+    1.3-1.7x too wide on real features there. Above, a percentile interval over distinct-pair replicates
+    (both sets resampled when the whole kernels fit, N <= 8192; else the reference fixed).
     """
+    from scipy.stats import norm
+
     from .kid import kid as kid_subsets
+    from .kid import mmd2_u_variance
 
     n_bootstrap = replicates(n_bootstrap, ci)
     g, r = check_pair(fake, real, what="kid")
+    analytic = max(len(g), len(r)) <= KID_ANALYTIC_MAX_ROWS
     # the kernel blocks are kept only for the replicates to reweight
     res = kid_subsets(g, r, subset_size=subset_size, n_subsets=n_subsets, seed=seed, device=device,
-                      keep=boot_subsets if n_bootstrap > 0 else 0)
+                      keep=boot_subsets if n_bootstrap > 0 and not analytic else 0)
     m = min(subset_size, len(g), len(r))
     mv = MetricValue(res.mean, False, None, len(g), len(r),
                      extra={"std": res.std, "subset_size": m, "subsets": n_subsets})
-    if n_bootstrap <= 0 or (res.whole is None and not res.kept):
+    if n_bootstrap <= 0:
+        return mv
+    if analytic:
+        _, var = mmd2_u_variance(g, r, device=device)
+        half = float(norm.ppf(1 - alpha / 2)) * var**0.5
+        iv = Interval(res.mean - half, res.mean + half, "normal, U-statistic variance (both sets)", 0.0, 0)
+        return with_interval(mv, iv, bias_corrected=False)
+    if res.whole is None and not res.kept:
         return mv
     both = res.whole is not None
 
@@ -196,11 +217,13 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     values of ``prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)``.
 
     Centred intervals: a resample holds ~63% distinct rows, which removes balls and pulls every replicate
-    down without any bias in the estimator. Density's is widened by ``DENSITY_INFLATE`` (its replicates
-    keep the kNN radii fixed). Measured coverage (tests/benchmarks/coverage.py, README): precision, recall
-    and coverage 0.91-1.0. ``ci_method`` forces one method for all four, without widening.
+    down without any bias in the estimator. Each replicate recomputes both sets' kNN radii with the
+    resample's multiplicities (``prdc.PRDCReplicates``; sets above ``RECOMPUTE_MAX_ROWS`` keep the full-set
+    radii). Measured coverage on real features: tests/benchmarks/interval_coverage.py (README
+    "Reliability"). ``ci_method`` forces one method for all four.
     """
     from . import knn
+    from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
     from .prdc import prdc as prdc_result
 
     n_bootstrap = replicates(n_bootstrap, ci)
@@ -211,19 +234,21 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     out = {key: MetricValue(v, True, None, len(g), len(r), extra={"k": k}) for key, v in vals.items()}
     if n_bootstrap <= 0:
         return out
-    # one pass of replicates serves all four values
+    # one pass of replicates serves all four values; every replicate recomputes the kNN radii of both
+    # resampled sets (``PRDCReplicates``) where the dense distances fit, else keeps them fixed
     rng = np.random.default_rng(seed)
+    dense = max(len(g), len(r)) <= RECOMPUTE_MAX_ROWS
+    one = PRDCReplicates(r, g, k=k) if dense else (lambda ig, ir: res.resampled(ig, ir))
     reps = {key: [] for key in vals}
     for _ in range(n_bootstrap):
-        one = res.resampled(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r)))
-        for key, v in one.items():
+        for key, v in one(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))).items():
             reps[key].append(v)
     for key, mv in out.items():
         method = ci_method or "centred"
-        # density's replicates keep the reference's kNN radii fixed and so miss their variance: plain
-        # intervals covered 0.86-0.92 at N/D = 2-10 (coverage benchmark); widened by DENSITY_INFLATE
-        inflate = DENSITY_INFLATE if key == "density" and ci_method is None else 1.0
-        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate)
+        # fixed radii miss their own variance: density's interval is widened there (plain: 0.86-0.92 coverage)
+        inflate = DENSITY_INFLATE if key == "density" and not dense and ci_method is None else 1.0
+        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate,
+                                      what="both sets, kNN radii recomputed" if dense else "both sets, radii fixed")
         with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=None if key == "density" else 1.0)
     return out
 

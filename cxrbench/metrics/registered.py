@@ -43,7 +43,7 @@ class FID(TwoSampleMetric):
 
 class KID(TwoSampleMetric):
     name = "kid"
-    version = "1"
+    version = "2"  # 2: interval normal with the U-statistic variance (was a percentile bootstrap)
     outputs: ClassVar[dict[str, bool]] = {"kid": False}
 
     @staticmethod
@@ -63,7 +63,7 @@ class KID(TwoSampleMetric):
 
 class PRDC(TwoSampleMetric):
     name = "prdc"
-    version = "1"
+    version = "2"  # 2: bootstrap replicates recompute the kNN radii of both resampled sets; density not widened
     outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
 
     def skip_reason(self, ctx: EvalContext) -> str | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..registry import METRICS
+from ..results import ci_text as results_ci_text
 from . import claims as claims_mod
 from . import figures, learning_curve
 from .ranking import Group, default_rank_key, group_entries, is_reference_row, ordered
@@ -192,7 +193,11 @@ def ci_text(m: dict) -> str:
     if m.get("valid") is False:
         return "not valid"
     ci = m.get("ci")
-    return "" if not ci or ci[0] is None or ci[1] is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    if m.get("ci_coverage"):  # measured coverage outside 95 +/- 3%: printed as results.ci_text prints it
+        return results_ci_text(m)
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def _num_sort(v) -> str:
