@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import EvalConfig
 from ..data.splits import real_vs_real_split
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
 from .bootstrap import bootstrap_ci
@@ -79,8 +79,6 @@ class MetricSettings:
     @classmethod
     def check_overrides(cls, overrides: dict) -> dict:
         """Overrides typed as the fields' defaults; an unknown key or a wrong type is one clear error."""
-        from ..errors import UsageError
-
         fields = {f.name: f for f in dataclasses.fields(cls)}
         out = {}
         for key, value in overrides.items():
