@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ..config import OWN_REFERENCE
+from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig
+from ..engine.evaluate import evaluate
+from ..errors import UsageError
+from ..fileio import check_writable
+from ..metrics.common import MetricSettings
+from ..publish.report import condition_caption, condition_rows, write_report
+from ..results import ci_text, floor_text
 
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
@@ -30,8 +36,6 @@ def _csv(s: str) -> tuple[str, ...]:
 
 def add_resize_arguments(p) -> None:
     """The peers' resize conventions (named in each extractor's spec, so they key the cache)."""
-    from ..config import EvalConfig
-
     d = EvalConfig()
     p.add_argument("--xrv-resize", choices=["xrv", "torch-antialias"], default=d.xrv_resize,
                    help="xrv extractors' resize: torchxrayvision's XRayResizer (default) or torch bilinear-antialias")
@@ -43,8 +47,6 @@ def add_resize_arguments(p) -> None:
 
 
 def add_arguments(p) -> None:
-    from ..config import EvalConfig
-
     d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
     p.add_argument("--reference", default=None, help="folder, .npz array, statistics .npz, or a name: nih-cxr14, "
@@ -99,9 +101,6 @@ def add_arguments(p) -> None:
 
 def resolve_protocol(args) -> str:
     """``--protocol``, or the default: cxr128 without ``--reference``, your own reference otherwise."""
-    from ..config import DEFAULT_PROTOCOL
-    from ..errors import UsageError
-
     protocol = args.protocol or (OWN_REFERENCE if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol in ("cxr128", "cxr64") and args.extractors is not None:
         raise UsageError(f"--protocol {protocol} fixes its extractors ({protocol}, {protocol}-classifier); drop --extractors, "
@@ -115,9 +114,6 @@ def resolve_protocol(args) -> str:
 def parse_metric_settings(items: list[str]) -> dict:
     """``["prdc_k=3", "alpha=0.1"]`` -> typed overrides (checked against MetricSettings)."""
     import dataclasses
-
-    from ..errors import UsageError
-    from ..metrics.common import MetricSettings
 
     defaults = {f.name: f.default for f in dataclasses.fields(MetricSettings)}
     raw = {}
@@ -137,8 +133,6 @@ def parse_metric_settings(items: list[str]) -> dict:
 
 
 def config_from_args(args):
-    from ..config import EvalConfig
-
     return EvalConfig(
         **({"extractors": args.extractors} if args.extractors is not None else {}), metrics=args.metrics, weights=args.weights, device=args.device,
         batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
@@ -154,9 +148,6 @@ def config_from_args(args):
 
 
 def format_table(result) -> str:
-    from ..config import OWN_REFERENCE
-    from ..results import ci_text, floor_text
-
     # a biased distance's interval is for the population value, not for the value at these N: the table shows
     # the estimate the interval belongs to beside it, so that no value sits next to an interval it is not in
     rows = [("metric", "value @N", "estimate [95% CI]", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
@@ -207,8 +198,6 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 def _condition_table(result) -> list[str]:
     """The per-condition table (conditional samples only; nothing otherwise)."""
-    from ..publish.report import condition_caption, condition_rows
-
     rows, skipped = condition_rows(result)
     if not rows and not skipped:
         return []
@@ -222,9 +211,6 @@ def _condition_table(result) -> list[str]:
 
 
 def run(args) -> int:
-    from ..engine.evaluate import evaluate
-    from ..fileio import check_writable
-
     config = config_from_args(args)
     for path in ([args.out] if args.out else []) + ([f"{args.report}/report.html"] if args.report else []):
         check_writable(path)  # before the work, not after it
@@ -238,8 +224,6 @@ def run(args) -> int:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.report:
-        from ..publish.report import write_report
-
         paths = write_report(result, args.report)
         print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)
     print(result.to_json() if args.json else format_table(result))

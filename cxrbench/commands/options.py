@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..config import EvalConfig
+
 
 def config_default(name: str):
     """The default of ``EvalConfig.<name>``."""
-    from ..config import EvalConfig
-
     fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
     if name not in fields:
         raise KeyError(f"EvalConfig has no field {name!r}")

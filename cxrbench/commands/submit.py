@@ -5,6 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config import EvalConfig
+from ..errors import UsageError
+from ..fileio import check_writable, read_json_object
+from ..publish.card import load_card
+from ..publish.submission import submit
+from .evaluate import _csv, format_table, resolve_protocol
+from .options import add_config_flag, add_moved_flag, config_default
+
 HELP = "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)"
 EPILOG = """\
 cxrbench computes every number itself; the entry records the model card, the result, the sha256 of every
@@ -27,8 +35,6 @@ examples:
 
 def add_local_arguments(p) -> None:
     """Flags that describe this machine, shared by submit, verify and check."""
-    from .options import config_default
-
     # None: the entry's value (check, verify) or EvalConfig's (submit)
     p.add_argument("--device", default=None,
                    help=f"auto | cpu | cuda | cuda:N | mps (default {config_default('device')})")
@@ -53,9 +59,6 @@ def local_from_args(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    from .evaluate import _csv
-    from .options import add_config_flag, add_moved_flag
-
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
@@ -106,9 +109,6 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..config import EvalConfig
-    from .evaluate import resolve_protocol
-
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
     return EvalConfig(
         **({"extractors": args.extractors} if args.extractors is not None else {}),
@@ -140,12 +140,6 @@ def format_reconstruction(block: dict) -> str:
 
 
 def run(args) -> int:
-    from ..errors import UsageError
-    from ..fileio import check_writable
-    from ..publish.card import load_card
-    from ..publish.submission import submit
-    from .evaluate import format_table
-
     if args.no_augment and (args.augment or args.augment_samples or args.augment_n_per_class is not None):
         raise UsageError("--augment / --augment-samples / --augment-n-per-class and --no-augment contradict each "
                          "other; drop one")
@@ -157,8 +151,6 @@ def run(args) -> int:
         preflight(args.reconstructions)
     curve = None
     if args.learning_curve is not None:
-        from ..fileio import read_json_object
-
         curve = read_json_object(args.learning_curve)
     notes: list[str] = []
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,
