@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import CxrbenchError
 from ..publish.compare import Tolerance, format_table
 from ..publish.submission import check, load_baseline
-from .evaluate import _csv
+from .options import csv_list
 from .submit import add_local_arguments, local_from_args
 
 HELP = "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance"
@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", required=True, help="folder (or .npy/.npz array) of new generated images")
     p.add_argument("--against", required=True, type=Path,
                    help="entry file (cxrbench submit) or result file (cxrbench evaluate --out) to compare with")
-    p.add_argument("--metrics", type=_csv, default=None,
+    p.add_argument("--metrics", type=csv_list, default=None,
                    help="metric keys or names to check, comma-separated (default: all in the entry)")
     p.add_argument("--tolerance", default="auto", help="auto | absolute amount | percentage like 5%% (default auto)")
     p.add_argument("--reference", help="where the entry's reference is on this machine (default: as recorded)")

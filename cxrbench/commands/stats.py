@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from ..config import EvalConfig
+from ..config import EvalConfig, config_default
 from ..engine.reference_stats import write_reference_stats
 from ..errors import UsageError
 from ..features.base import FeatureKind
 from ..fileio import check_writable
 from ..registry import EXTRACTORS
 from .evaluate import add_resize_arguments
-from .options import add_config_flag, config_default
+from .options import add_config_flag, csv_list
 
 HELP = "save a reference set's per-extractor mean/covariance (for FID against it without its images)"
 EPILOG = """examples:
@@ -23,16 +23,12 @@ EPILOG = """examples:
 """
 
 
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
-
-
 def add_arguments(p) -> None:
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
     p.add_argument("--reference-split", help="half0 | half1 | nih-cxr14: test, train_val | chexpert: "
                    "train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--out", required=True, help="the .npz file to write (atomically)")
-    p.add_argument("--extractors", type=_csv, default=None,
+    p.add_argument("--extractors", type=csv_list, default=None,
                    help="default: the embedding extractors of evaluate's default --extractors (what FID against "
                         "the file needs)")
     add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import EvalConfig
+from ..config import EvalConfig, config_default
 from ..errors import UsageError
 from ..fileio import check_writable, read_json_object
 from ..publish.card import load_card
 from ..publish.submission import submit
-from .evaluate import _csv, format_table, resolve_protocol
-from .options import add_config_flag, add_moved_flag, config_default
+from .evaluate import format_table, resolve_protocol
+from .options import add_config_flag, add_moved_flag, csv_list
 
 HELP = "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)"
 EPILOG = """\
@@ -70,9 +70,9 @@ def add_arguments(p) -> None:
                    "--reference) | augmentation")
     add_config_flag(p, "weights", help="auto (published weights) | random (smoke run, never ranked) | a folder "
                     "holding the weights files")
-    p.add_argument("--extractors", type=_csv, default=None, help="default: the protocol's, or "
+    p.add_argument("--extractors", type=csv_list, default=None, help="default: the protocol's, or "
                    "inception,xrv,xrv-classifier,pixels with --reference")
-    p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
+    p.add_argument("--metrics", type=csv_list, default=None, help="default: every metric whose inputs exist")
     add_config_flag(p, "seed", help="seed for bootstrap and subsets")
     add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
