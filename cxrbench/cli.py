@@ -10,8 +10,8 @@ import warnings
 from .errors import CxrbenchError
 from .version import __version__
 
-# subcommand name -> module under cxrbench.commands; a command module imports the library at its top, so
-# `cxrbench NAME ...` imports only NAME's module (`cxrbench --help` and `build_parser()` import them all)
+# subcommand name -> module under cxrbench.commands; `cxrbench NAME ...` imports only NAME's module
+# (`cxrbench --help` and `build_parser()` import them all; the evaluation engine loads only when a command runs)
 COMMANDS = {
     "augment": "augment",
     "evaluate": "evaluate",

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..errors import CxrbenchError
 from ..publish.compare import Tolerance, format_table
-from ..publish.submission import check, load_baseline
 from .options import csv_list
 from .submit import add_local_arguments, local_from_args
 
@@ -56,6 +55,9 @@ def run(args) -> int:
 
 def _run(args) -> int:
     import sys
+
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
+    from ..publish.submission import check, load_baseline
 
     tolerance = Tolerance.parse(args.tolerance)  # bad flags fail before any work
     entry = load_baseline(args.against)

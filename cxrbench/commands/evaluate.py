@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig
-from ..engine.evaluate import evaluate
 from ..errors import UsageError
 from ..fileio import check_writable
 from ..metrics.common import MetricSettings
@@ -151,6 +150,9 @@ def _condition_table(result) -> list[str]:
 
 
 def run(args) -> int:
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
+    from ..engine.evaluate import evaluate
+
     config = config_from_args(args)
     for path in ([args.out] if args.out else []) + ([f"{args.report}/report.html"] if args.report else []):
         check_writable(path)  # before the work, not after it

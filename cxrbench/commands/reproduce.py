@@ -63,7 +63,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..engine.evaluate import evaluate
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, read_toml
 from ..protocols.augmentation.labels import parse_task
@@ -292,6 +291,9 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
     """Sample and evaluate every kept model of the recipe's training runs; ``None`` when none was kept.
 
     A point's CPU minutes are the whole recipe's: the kept model's own clock plus every earlier stage's."""
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
+    from ..engine.evaluate import evaluate
+
     sample, curve = recipe.get("sample", {}), recipe.get("curve", {})
     protocol = recipe.get("submit", {}).get("protocol", "cxr64")
     metrics = curve.get("metrics") or [PROTOCOLS.get(protocol).headline]

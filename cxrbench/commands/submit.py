@@ -9,7 +9,6 @@ from ..config import EvalConfig, config_default
 from ..errors import UsageError
 from ..fileio import check_writable, read_json_object
 from ..publish.card import load_card
-from ..publish.submission import submit
 from .evaluate import format_table, resolve_protocol
 from .options import add_config_flag, add_moved_flag, csv_list
 
@@ -140,6 +139,9 @@ def format_reconstruction(block: dict) -> str:
 
 
 def run(args) -> int:
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
+    from ..publish.submission import submit
+
     if args.no_augment and (args.augment or args.augment_samples or args.augment_n_per_class is not None):
         raise UsageError("--augment / --augment-samples / --augment-n-per-class and --no-augment contradict each "
                          "other; drop one")

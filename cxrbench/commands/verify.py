@@ -7,7 +7,6 @@ from pathlib import Path
 from ..errors import UsageError
 from ..publish.compare import ATOL, RTOL, format_table
 from ..publish.entry import load_entry
-from ..publish.submission import recorded_samples, verify
 from .submit import add_local_arguments, local_from_args
 
 HELP = "re-check a leaderboard entry against its samples folder (hashes and recomputed metrics)"
@@ -44,6 +43,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import sys
+
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
+    from ..publish.submission import recorded_samples, verify
 
     if not (args.rtol >= 0 and args.atol >= 0):
         raise UsageError("--rtol and --atol must be >= 0")
