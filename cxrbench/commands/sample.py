@@ -13,12 +13,15 @@ import numpy as np
 
 from ..config import resolve_device
 from ..data import ImageFolder
+from ..data.imageset import select_split
 from ..data.labels import LABELS, canonical_label
 from ..data.transforms import CXRTransform
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
 from ..fileio import atomic_write_bytes, read_json_object
 from ..generator import batch_seed, iter_samples
+from ..protocols.cxr64_splits import select_cxr64_split
+from ..protocols.cxr128_splits import select_cxr128_split
 from ..registry import EXTRACTORS, GENERATORS
 
 HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
@@ -287,10 +290,6 @@ def run(args) -> int:
 def reconstruct_split(source, split: str):
     """The images of ``source`` in ``split``: a protocol split (``cxr128-heldout``, ``cxr64-...``) or a
     ``labels.csv`` split / half; ``source`` ids (and so the manifest's ``source`` column) stay relative to DIR."""
-    from ..data.imageset import select_split
-    from ..protocols.cxr64_splits import select_cxr64_split
-    from ..protocols.cxr128_splits import select_cxr128_split
-
     if split.startswith("cxr128-"):
         return select_cxr128_split(source, split)
     if split.startswith("cxr64-"):

@@ -148,7 +148,7 @@ def run(args) -> int:
     card = load_card(args.card)  # a bad card fails before any work
     check_writable(args.entries / f"{card.slug}.json")
     if args.reconstructions is not None:  # refused before the evaluation, not after it
-        from ..publish.reconstruction_block import preflight
+        from ..publish.reconstruction_block import preflight  # why: it loads the engine (see run's import above)
 
         preflight(args.reconstructions)
     curve = None

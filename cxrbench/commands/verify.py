@@ -58,7 +58,7 @@ def run(args) -> int:
         **local_from_args(args)
     )
     if result is not None:  # the reconstruction block: its own files and score (publish.reconstruction_block)
-        from ..publish import reconstruction_block
+        from ..publish import reconstruction_block  # why: it loads the engine (see run's import above)
 
         rec_rows, rec_note = reconstruction_block.recheck(entry, args.entry, rtol=args.rtol, atol=args.atol,
                                                           **local_from_args(args))
