@@ -4,8 +4,8 @@ from .version import __version__  # noqa: F401
 
 
 def __getattr__(name):
-    # Lazy so that `import cxrbench` (and `cxrbench ls`) does not import torch models.
     if name in ("evaluate", "evaluate_generator", "EvalConfig"):
+        # why: lazy, so that `import cxrbench` (run by every `import cxrbench.X`) does not import torch models
         from .engine import evaluate as harness
 
         return getattr(harness, name)

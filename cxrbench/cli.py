@@ -10,7 +10,8 @@ import warnings
 from .errors import CxrbenchError
 from .version import __version__
 
-# subcommand name -> module under cxrbench.commands (imported only when used, so `--help` is fast)
+# subcommand name -> module under cxrbench.commands; `cxrbench NAME ...` imports only NAME's module
+# (`cxrbench --help` and `build_parser()` import them all; the evaluation engine loads only when a command runs)
 COMMANDS = {
     "augment": "augment",
     "evaluate": "evaluate",
@@ -47,11 +48,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with ``only`` (a subcommand name) that subcommand alone."""
     parser = _Parser(prog="cxrbench", description="Evaluate generative chest X-ray models.")
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(f".commands.{module}", __package__)
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            epilog=getattr(mod, "EPILOG", None), formatter_class=_HelpFormatter)
@@ -61,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the subcommand is the first word (the top level takes no option with a value): its parser alone will do
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)

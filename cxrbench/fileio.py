@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import CxrbenchError
+from .errors import CxrbenchError, UsageError
 
 
 def _umask() -> int:
@@ -94,8 +94,6 @@ def read_json_object(path: str | os.PathLike) -> dict:
 def read_toml(path: str | os.PathLike, what: str = "file") -> dict:
     """A TOML file as a dict; a missing or malformed file is one ``UsageError`` naming it."""
     import tomllib
-
-    from .errors import UsageError
 
     path = Path(path)
     try:

@@ -125,3 +125,37 @@ def test_layer_check_catches_a_planted_upward_import():
 def test_no_module_imports_a_layer_above_its_own():
     up = upward_imports(import_graph())
     assert not up, "upward imports (function-level ones included):\n" + "\n".join(up)
+
+
+def unexplained_local_imports(source: str, module: str) -> list[str]:
+    """Imports of cxrbench modules inside a function without a comment saying why (on the line above or the
+    same line): the design allows one only for a reason (a heavy optional dependency imported on use, the
+    package's lazy top level), and the comment keeps the reason from going stale unnoticed."""
+    lines = source.splitlines()
+    package = module.split(".")[0]
+    out = []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            internal = (isinstance(child, ast.ImportFrom) and (child.level or (child.module or "").split(".")[0] == package)
+                        or isinstance(child, ast.Import) and any(a.name.split(".")[0] == package for a in child.names))
+            if in_function and internal:
+                above = lines[child.lineno - 2].strip() if child.lineno > 1 else ""
+                if "#" not in lines[child.lineno - 1] and not above.startswith("#"):
+                    out.append(f"{module}:{child.lineno}: {lines[child.lineno - 1].strip()}")
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    walk(ast.parse(source), False)
+    return out
+
+
+def test_local_import_check_catches_an_unexplained_one():
+    planted = "import os\n\n\ndef f():\n    from .io import load_image\n\n    # why: a reason\n    from . import x\n" \
+              "    from cxrbench import y  # why: another\n    import json\n"
+    assert unexplained_local_imports(planted, "cxrbench.data.m") == ["cxrbench.data.m:5: from .io import load_image"]
+
+
+def test_no_function_local_import_of_cxrbench_without_a_reason():
+    found = [hit for module, path in _modules().items()
+             for hit in unexplained_local_imports(path.read_text(encoding="utf-8"), module)]
+    assert not found, "function-local cxrbench imports with no comment saying why (hoist them):\n" + "\n".join(found)

@@ -6,7 +6,14 @@ import dataclasses
 import sys
 import time
 
+from ..engine.provenance import make_result
 from ..features.base import is_random_weights
+from ..fileio import check_writable
+from ..protocols.augmentation.config import PROTOCOL_NAME, PROTOCOL_VERSION, AugmentConfig
+from ..protocols.augmentation.protocol import figure
+from ..protocols.augmentation.run import augment
+from ..registry import CLASSIFIERS, EXTRACTORS
+from .options import add_config_flag, add_moved_flag
 
 HELP = "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real"
 EPILOG = """examples:
@@ -25,10 +32,6 @@ def _int_or_none(s: str):
 
 
 def add_arguments(p) -> None:
-    from ..protocols.augmentation.config import AugmentConfig
-    from ..registry import CLASSIFIERS
-    from .options import add_config_flag, add_moved_flag
-
     d = AugmentConfig()  # the protocol's own knobs; those evaluate --protocol augmentation shares come from EvalConfig
     p.add_argument("--real", required=True, help="folder of real images with labels.csv (or --real-labels)")
     p.add_argument("--real-labels", help="labels CSV for --real (first column: path relative to the folder)")
@@ -71,8 +74,6 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..protocols.augmentation.config import AugmentConfig
-
     return AugmentConfig(
         task=args.task, n_real=args.n_real, n_test=args.n_test, n_synthetic=args.n_synthetic, seeds=args.seeds,
         seed=args.seed, test_split=args.test_split, train_split=args.train_split, classifier=args.classifier, extractor=args.extractor,
@@ -84,10 +85,6 @@ def config_from_args(args):
 
 def build_result(outcome, config, *, seconds: float):
     """A ``cxrbench.result/1`` with the harness's top-level keys; protocol ``augmentation``."""
-    from ..engine.provenance import make_result
-    from ..protocols.augmentation.config import PROTOCOL_NAME, PROTOCOL_VERSION
-    from ..registry import CLASSIFIERS, EXTRACTORS
-
     # each extractor class judges its recorded weights (published sha256 pins), as in `cxrbench evaluate`
     random_w = [why for k, s in outcome.extractors.items()
                 if (why := EXTRACTORS.get(k).weights_problem(str(s.get("weights", ""))))]
@@ -149,10 +146,6 @@ def _ci(m, sign="") -> str:
 
 
 def run(args) -> int:
-    from ..fileio import check_writable
-    from ..protocols.augmentation.protocol import figure
-    from ..protocols.augmentation.run import augment
-
     cfg = config_from_args(args)
     if args.out:
         check_writable(args.out)  # before the work, not after it

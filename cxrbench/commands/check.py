@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CxrbenchError
+from ..publish.compare import Tolerance, format_table
+from .options import csv_list
+from .submit import add_local_arguments, local_from_args
+
 HELP = "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance"
 EPILOG = """\
 --against takes a leaderboard entry (cxrbench submit) or a result file (cxrbench evaluate --out FILE): a CI
@@ -26,13 +31,10 @@ examples:
 
 
 def add_arguments(p) -> None:
-    from .evaluate import _csv
-    from .submit import add_local_arguments
-
     p.add_argument("--samples", required=True, help="folder (or .npy/.npz array) of new generated images")
     p.add_argument("--against", required=True, type=Path,
                    help="entry file (cxrbench submit) or result file (cxrbench evaluate --out) to compare with")
-    p.add_argument("--metrics", type=_csv, default=None,
+    p.add_argument("--metrics", type=csv_list, default=None,
                    help="metric keys or names to check, comma-separated (default: all in the entry)")
     p.add_argument("--tolerance", default="auto", help="auto | absolute amount | percentage like 5%% (default auto)")
     p.add_argument("--reference", help="where the entry's reference is on this machine (default: as recorded)")
@@ -42,8 +44,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..errors import CxrbenchError
-
     try:
         return _run(args)
     except CxrbenchError as e:
@@ -56,9 +56,8 @@ def run(args) -> int:
 def _run(args) -> int:
     import sys
 
-    from ..publish.compare import Tolerance, format_table
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..publish.submission import check, load_baseline
-    from .submit import local_from_args
 
     tolerance = Tolerance.parse(args.tolerance)  # bad flags fail before any work
     entry = load_baseline(args.against)

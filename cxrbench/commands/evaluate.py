@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ..config import OWN_REFERENCE
+from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig
+from ..errors import UsageError
+from ..fileio import check_writable
+from ..metrics.common import MetricSettings
+from ..publish.report import condition_caption, condition_rows, write_report
+from ..results import ci_text, floor_text
+from .options import add_config_flags, config_values
 
 HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
@@ -24,84 +30,26 @@ EPILOG = """examples:
 """
 
 
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
-
-
 def add_resize_arguments(p) -> None:
     """The peers' resize conventions (named in each extractor's spec, so they key the cache)."""
-    from ..config import EvalConfig
-
-    d = EvalConfig()
-    p.add_argument("--xrv-resize", choices=["xrv", "torch-antialias"], default=d.xrv_resize,
-                   help="xrv extractors' resize: torchxrayvision's XRayResizer (default) or torch bilinear-antialias")
-    p.add_argument("--inception-resize", choices=["tf1", "clean"], default=d.inception_resize,
-                   help="inception's resize: tf1 (torch-fidelity, default) or clean (clean-fid's PIL bicubic)")
-    p.add_argument("--raddino-resize", choices=["processor", "chexgenbench"], default=d.raddino_resize,
-                   help="raddino's preprocessing: its image processor (default) or chexgenbench (CheXGenBench's "
-                        "8-bit PIL squash to 299 px first; set by --protocol chexgenbench)")
+    add_config_flags(p, only=("xrv_resize", "inception_resize", "raddino_resize"))
 
 
 def add_arguments(p) -> None:
-    from ..config import EvalConfig
-
-    d = EvalConfig()
     p.add_argument("--samples", required=True, help="folder of images, or a .npy/.npz array of images")
     p.add_argument("--reference", default=None, help="folder, .npz array, statistics .npz, or a name: nih-cxr14, "
                    "chexpert (default: none, and the cxr128 protocol runs with its shipped reference)")
-    p.add_argument("--samples-split", help="half0 | half1 | a value of labels.csv's split column")
-    p.add_argument("--reference-split", help="half0 | half1 | a labels.csv split | nih-cxr14: test, train_val | "
-                   "chexpert: train, valid | hash-train, hash-valid, hash-test")
-    p.add_argument("--train-reference", help="the generator's training images (for memorization and re-identification)")
-    p.add_argument("--extractors", type=_csv, default=None, help=f"default {','.join(d.extractors)} (a protocol "
-                   "fixes its own)")
-    p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
-    p.add_argument("--weights", default=d.weights, help="auto (published weights) | random (offline smoke "
-                   "test, not comparable) | a folder holding the weights files")
-    p.add_argument("--moco-checkpoint", help="folder saved by `cxrbench train moco` (extractor moco)")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per forward pass")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=d.precision,
-                   help="extractor forward precision; anything but fp32 marks the result not comparable")
-    p.add_argument("--plain-kernels", dest="fast_kernels", action="store_false",
-                   help="run the networks as published (no BatchNorm folding, no channels_last): ~1.5x slower on "
-                        "CPU, features differ from the default by ~1e-6 relative")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile every network (features within ~1e-6 relative; recorded in the spec). "
-                        "For GPUs: on CPU it compiles for minutes and was not faster")
-    add_resize_arguments(p)
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
-                   help="images per cached feature chunk: an interrupted run redoes at most one chunk per set")
-    p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for bootstrap, splits and subsets")
-    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help="bootstrap replicates for CIs")
-    p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--skip-bad", action="store_true", help="evaluate without unreadable images (listed in result)")
-    p.add_argument("--protocol", default=None, help="cxr128 (embedded, comparable offline; the default without "
-                   "--reference) | cxr64 (retired: its network ranks blobs above chests) | augmentation (downstream classifier gain) | chexgenbench (CheXGenBench's "
-                   "RadDino FID/KID/PRDC, torchmetrics, against your --reference) | default (your own --reference)")
-    p.add_argument("--augment-task", help='protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"')
-    p.add_argument("--augment-n-real", type=int, default=d.augment_n_real,
-                   help="protocol augmentation: N real training images")
-    p.add_argument("--augment-n-test", type=int, default=d.augment_n_test,
-                   help="protocol augmentation: held-out real test images")
-    p.add_argument("--augment-seeds", type=int, default=d.augment_seeds,
-                   help="protocol augmentation: training seeds (use >= 3)")
+    add_config_flags(p)  # every EvalConfig field with a help text in its metadata
     p.add_argument("--metric-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="override a metric setting, e.g. prdc_k=3 or kid_subset_size=500 (repeatable; "
                         "cxrbench.metrics.common.MetricSettings lists them)")
     p.add_argument("--out", help="write the result JSON here (atomically)")
     p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def resolve_protocol(args) -> str:
     """``--protocol``, or the default: cxr128 without ``--reference``, your own reference otherwise."""
-    from ..config import DEFAULT_PROTOCOL
-    from ..errors import UsageError
-
     protocol = args.protocol or (OWN_REFERENCE if args.reference is not None else DEFAULT_PROTOCOL)
     if protocol in ("cxr128", "cxr64") and args.extractors is not None:
         raise UsageError(f"--protocol {protocol} fixes its extractors ({protocol}, {protocol}-classifier); drop --extractors, "
@@ -115,9 +63,6 @@ def resolve_protocol(args) -> str:
 def parse_metric_settings(items: list[str]) -> dict:
     """``["prdc_k=3", "alpha=0.1"]`` -> typed overrides (checked against MetricSettings)."""
     import dataclasses
-
-    from ..errors import UsageError
-    from ..metrics.common import MetricSettings
 
     defaults = {f.name: f.default for f in dataclasses.fields(MetricSettings)}
     raw = {}
@@ -137,26 +82,11 @@ def parse_metric_settings(items: list[str]) -> dict:
 
 
 def config_from_args(args):
-    from ..config import EvalConfig
-
-    return EvalConfig(
-        **({"extractors": args.extractors} if args.extractors is not None else {}), metrics=args.metrics, weights=args.weights, device=args.device,
-        batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers, seed=args.seed,
-        n_bootstrap=args.n_bootstrap,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, samples_split=args.samples_split,
-        reference_split=args.reference_split, train_reference=args.train_reference,
-        moco_checkpoint=args.moco_checkpoint, skip_bad=args.skip_bad, progress=not args.quiet,
-        protocol=resolve_protocol(args), augment_task=args.augment_task, augment_n_real=args.augment_n_real,
-        augment_n_test=args.augment_n_test, augment_seeds=args.augment_seeds, precision=args.precision,
-        fast_kernels=args.fast_kernels, compile=args.compile, xrv_resize=args.xrv_resize, inception_resize=args.inception_resize,
-        raddino_resize=args.raddino_resize, metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])),
-    )
+    return EvalConfig(**config_values(args), protocol=resolve_protocol(args),
+                      metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])))
 
 
 def format_table(result) -> str:
-    from ..config import OWN_REFERENCE
-    from ..results import ci_text, floor_text
-
     # a biased distance's interval is for the population value, not for the value at these N: the table shows
     # the estimate the interval belongs to beside it, so that no value sits next to an interval it is not in
     rows = [("metric", "value @N", "estimate [95% CI]", "real-vs-real @N (samples @N)", "better", "n gen/ref")]
@@ -207,8 +137,6 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 def _condition_table(result) -> list[str]:
     """The per-condition table (conditional samples only; nothing otherwise)."""
-    from ..publish.report import condition_caption, condition_rows
-
     rows, skipped = condition_rows(result)
     if not rows and not skipped:
         return []
@@ -222,13 +150,13 @@ def _condition_table(result) -> list[str]:
 
 
 def run(args) -> int:
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..engine.evaluate import evaluate
-    from ..fileio import check_writable
 
     config = config_from_args(args)
     for path in ([args.out] if args.out else []) + ([f"{args.report}/report.html"] if args.report else []):
         check_writable(path)  # before the work, not after it
-    if args.protocol is None and args.reference is None and not args.quiet:
+    if args.protocol is None and args.reference is None and args.progress:
         print(f"no --reference: evaluating under the default protocol {config.protocol} (shipped network, reference "
               "and metrics; comparable offline)", file=sys.stderr)
     result = evaluate(args.samples, args.reference, config=config)
@@ -238,8 +166,6 @@ def run(args) -> int:
         result.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.report:
-        from ..publish.report import write_report
-
         paths = write_report(result, args.report)
         print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)
     print(result.to_json() if args.json else format_table(result))

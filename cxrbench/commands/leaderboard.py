@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import UsageError
+from ..publish.entry import load_entries
+from ..publish.leaderboard import render
+from ..publish.ranking import group_entries
+
 HELP = "render leaderboard/README.md and leaderboard/index.html from the entries in leaderboard/entries/"
 
 EPILOG = """\
@@ -32,11 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from ..publish.entry import load_entries
-    from ..publish.leaderboard import render
-    from ..publish.ranking import group_entries
-
     entries_dir = args.entries if args.entries is not None else args.out / "entries"
     entries = load_entries(entries_dir)
     if args.rank_by is not None:

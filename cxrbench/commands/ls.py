@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REFERENCES, REPRESENTATIONS
+
 HELP = "list registered feature extractors, metrics, generators, protocols, downstream classifiers and named references"
 EPILOG = "example:\n  cxrbench ls\n"
 
@@ -12,8 +14,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REFERENCES, REPRESENTATIONS
-
     regs = {"extractors": EXTRACTORS, "metrics": METRICS, "generators": GENERATORS,
             "representations": REPRESENTATIONS, "protocols": PROTOCOLS, "classifiers": CLASSIFIERS, "references": REFERENCES}
     for name, reg in regs.items():

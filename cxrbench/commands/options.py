@@ -4,16 +4,48 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..config import EvalConfig, config_default
 
-def config_default(name: str):
-    """The default of ``EvalConfig.<name>``."""
-    from ..config import EvalConfig
 
-    fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
-    if name not in fields:
-        raise KeyError(f"EvalConfig has no field {name!r}")
-    f = fields[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+def csv_list(s: str) -> tuple[str, ...]:
+    """A comma-separated flag value as a tuple (empty items dropped)."""
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _shown(default) -> str:
+    return ",".join(default) if isinstance(default, tuple) else str(default)
+
+
+def add_config_flags(p, only: tuple[str, ...] | None = None) -> None:
+    """One flag per ``EvalConfig`` field whose metadata has a help text (or per field in ``only``), its default
+    and help read from the field: an int field parses ints, a tuple field a comma-separated list, a bool field is
+    a switch (``flag`` names the one that turns a True default off), and the help shows the field's default."""
+    for f in dataclasses.fields(EvalConfig):
+        if "help" not in f.metadata or (only is not None and f.name not in only):
+            continue
+        meta, default = f.metadata, config_default(f.name)
+        kwargs = {"dest": f.name, "help": meta["help"]}
+        if isinstance(default, bool):
+            kwargs.update(action="store_false" if default else "store_true", default=default)
+        else:
+            kwargs["default"] = meta.get("cli_default", default)
+            if "tuple[" in str(f.type):
+                kwargs["type"] = csv_list
+            elif str(f.type).split(" |")[0] in ("int", "float"):
+                kwargs["type"] = int if str(f.type).startswith("int") else float
+            if "choices" in meta:
+                kwargs["choices"] = list(meta["choices"])
+            # a default resolved later is None to argparse: the help names the field's (unless it says how)
+            if kwargs["default"] is None and default is not None and "default" not in kwargs["help"].lower():
+                kwargs["help"] += f" (default: {_shown(default)})"
+        p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
+
+
+def config_values(args) -> dict:
+    """The ``EvalConfig`` fields that ``add_config_flags`` made flags of, as parsed (a None standing for a
+    default resolved later is left out, so EvalConfig's applies)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)
+            if "help" in f.metadata and not (getattr(args, f.name) is None and "cli_default" in f.metadata)}
 
 
 def add_config_flag(p, field: str, flag: str | None = None, *, help: str = "", **kwargs) -> None:

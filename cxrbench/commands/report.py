@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..publish.report import load_and_write
+
 HELP = "write an HTML and Markdown report with figures for a result JSON"
 EPILOG = """examples:
   # report.html (self-contained, open it from disk) and report.md + PNGs in report/
@@ -20,8 +22,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..publish.report import load_and_write
-
     paths = load_and_write(args.result, args.out, seed=args.seed)
     print(f"wrote {paths['html']} and {paths['md']}", file=sys.stderr)
     print(paths["html"])

@@ -64,6 +64,10 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from ..fileio import atomic_write_bytes, read_toml
+from ..protocols.augmentation.labels import parse_task
+from ..publish.card import card_from_dict
+from ..registry import PROTOCOLS
 
 HELP = "train, sample and submit one leaderboard recipe (leaderboard/recipes/NAME.toml)"
 EPILOG = """examples:
@@ -101,8 +105,6 @@ def add_arguments(p) -> None:
 
 
 def load_recipe(path: Path) -> dict:
-    from ..fileio import read_toml
-
     recipe = read_toml(path, "recipe file")
     for section, value in recipe.items():
         if section not in SECTIONS:
@@ -119,7 +121,6 @@ def load_recipe(path: Path) -> dict:
         raise UsageError(f"{path}: [data] equalize must be true or false, got {recipe['data']['equalize']!r}")
     if "augment" in recipe:
         _check_augment(recipe["augment"], path)
-    from ..publish.card import card_from_dict
 
     card_from_dict(recipe["card"], f"{path}: [card]")  # refused now, not at submit after the training
     stages = recipe.get("stage", [])
@@ -138,8 +139,6 @@ def load_recipe(path: Path) -> dict:
 
 
 def _check_augment(aug: dict, path: Path) -> None:
-    from ..protocols.augmentation.labels import parse_task
-
     n = aug.get("n_per_class")
     if not isinstance(aug.get("task"), str) or not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise UsageError(f"{path}: [augment] needs task = \"A vs B\" and n_per_class = an integer >= 2 (the real and "
@@ -149,8 +148,6 @@ def _check_augment(aug: dict, path: Path) -> None:
 
 def augment_requests(aug: dict) -> bytes:
     """The ``sample --labels-csv`` file of ``[augment]``: ``n_per_class`` rows requesting each class of the task."""
-    from ..protocols.augmentation.labels import parse_task
-
     pos, neg = parse_task(aug["task"])
     n = int(aug["n_per_class"])
     rows = ["1,0"] * n + ["0,1"] * n
@@ -294,8 +291,8 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
     """Sample and evaluate every kept model of the recipe's training runs; ``None`` when none was kept.
 
     A point's CPU minutes are the whole recipe's: the kept model's own clock plus every earlier stage's."""
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..engine.evaluate import evaluate
-    from ..registry import PROTOCOLS
 
     sample, curve = recipe.get("sample", {}), recipe.get("curve", {})
     protocol = recipe.get("submit", {}).get("protocol", "cxr64")
@@ -321,8 +318,6 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
 
 
 def run(args) -> int:
-    from ..fileio import atomic_write_bytes
-
     recipe = load_recipe(args.recipe)
     steps, files, configs = commands(recipe, args)
     if args.train_only:

@@ -11,8 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import resolve_device
+from ..data import ImageFolder
+from ..data.imageset import select_split
+from ..data.labels import LABELS, canonical_label
+from ..data.transforms import CXRTransform
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
+from ..fileio import atomic_write_bytes, read_json_object
+from ..generator import batch_seed, iter_samples
+from ..protocols.cxr64_splits import select_cxr64_split
+from ..protocols.cxr128_splits import select_cxr128_split
+from ..registry import EXTRACTORS, GENERATORS
 
 HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
 
@@ -68,9 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(run_dir: str | Path, device):
-    from ..fileio import read_json_object
-    from ..registry import GENERATORS
-
     run_dir = Path(run_dir)
     cfg = run_dir / "config.json"
     if not cfg.is_file():
@@ -83,8 +90,6 @@ def load_model(run_dir: str | Path, device):
 
 
 def parse_label_names(text: str) -> list[str]:
-    from ..data.labels import LABELS, canonical_label
-
     names = []
     for raw in text.split(","):
         if not raw.strip():
@@ -99,8 +104,6 @@ def parse_label_names(text: str) -> list[str]:
 def read_label_csv(path: str | Path):
     """Label vectors (rows, 15) from a CSV whose label columns use LABELS names (NaN/empty -> 0)."""
     import pandas as pd
-
-    from ..data.labels import LABELS, canonical_label
 
     path = Path(path)
     try:
@@ -139,8 +142,6 @@ def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
 
 
 def write_manifest(out: Path, columns: list[str], rows: list[dict]) -> None:
-    from ..fileio import atomic_write_bytes
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
@@ -166,8 +167,6 @@ class ImageClassifier:
 
 
 def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
-    from ..registry import EXTRACTORS
-
     def make(n):
         cls = EXTRACTORS.get(n)
         try:
@@ -184,11 +183,6 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
 
 def run(args) -> int:
     from tqdm.auto import tqdm
-
-    from ..config import resolve_device
-    from ..data.labels import LABELS
-    from ..fileio import atomic_write_bytes
-    from ..generator import iter_samples
 
     out = Path(args.out)
     if (out / "manifest.csv").exists() and not args.overwrite:
@@ -296,10 +290,6 @@ def run(args) -> int:
 def reconstruct_split(source, split: str):
     """The images of ``source`` in ``split``: a protocol split (``cxr128-heldout``, ``cxr64-...``) or a
     ``labels.csv`` split / half; ``source`` ids (and so the manifest's ``source`` column) stay relative to DIR."""
-    from ..data.imageset import select_split
-    from ..protocols.cxr64_splits import select_cxr64_split
-    from ..protocols.cxr128_splits import select_cxr128_split
-
     if split.startswith("cxr128-"):
         return select_cxr128_split(source, split)
     if split.startswith("cxr64-"):
@@ -311,11 +301,6 @@ def run_reconstruct(args, model, out: Path) -> int:
     """Paired mode: one reconstruction per source image, manifest columns path, source (relative to DIR), seed."""
     import torch
     from tqdm.auto import tqdm
-
-    from ..data import ImageFolder
-    from ..data.transforms import CXRTransform
-    from ..fileio import atomic_write_bytes
-    from ..generator import batch_seed
 
     if not hasattr(model, "reconstruct"):
         raise UsageError(f"{model.name} has no paired reconstruction mode (vae, gmvae, fs-gmvae and diffusevae "

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from ..config import EvalConfig, config_default
+from ..engine.reference_stats import write_reference_stats
+from ..errors import UsageError
 from ..features.base import FeatureKind
+from ..fileio import check_writable
+from ..registry import EXTRACTORS
+from .evaluate import add_resize_arguments
+from .options import add_config_flag, csv_list
 
 HELP = "save a reference set's per-extractor mean/covariance (for FID against it without its images)"
 EPILOG = """examples:
@@ -16,19 +23,12 @@ EPILOG = """examples:
 """
 
 
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
-
-
 def add_arguments(p) -> None:
-    from .evaluate import add_resize_arguments
-    from .options import add_config_flag
-
     p.add_argument("--reference", required=True, help="folder, .npy/.npz array of images, or a named reference")
     p.add_argument("--reference-split", help="half0 | half1 | nih-cxr14: test, train_val | chexpert: "
                    "train, valid | hash-train, hash-valid, hash-test")
     p.add_argument("--out", required=True, help="the .npz file to write (atomically)")
-    p.add_argument("--extractors", type=_csv, default=None,
+    p.add_argument("--extractors", type=csv_list, default=None,
                    help="default: the embedding extractors of evaluate's default --extractors (what FID against "
                         "the file needs)")
     add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")
@@ -44,16 +44,11 @@ def add_arguments(p) -> None:
 
 def default_extractors() -> tuple[str, ...]:
     """``EvalConfig``'s default extractors that statistics are made of (embeddings computed from images)."""
-    from ..registry import EXTRACTORS
-    from .options import config_default
-
     return tuple(e for e in config_default("extractors")
                  if EXTRACTORS.get(e).kind == FeatureKind.EMBEDDING and getattr(EXTRACTORS.get(e), "derived_from", None) is None)
 
 
 def config_from_args(args):
-    from ..config import EvalConfig
-
     return EvalConfig(extractors=args.extractors or default_extractors(), weights=args.weights,
                       moco_checkpoint=args.moco_checkpoint, device=args.device, batch_size=args.batch_size,
                       seed=args.seed, cache_dir=args.cache_dir, reference_split=args.reference_split,
@@ -62,10 +57,6 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..engine.reference_stats import write_reference_stats
-    from ..errors import UsageError
-    from ..fileio import check_writable
-
     if not args.out.endswith(".npz"):
         raise UsageError(f"--out {args.out}: reference statistics are saved as a .npz file")
     check_writable(args.out)

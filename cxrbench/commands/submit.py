@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config import EvalConfig, config_default
+from ..errors import UsageError
+from ..fileio import check_writable, read_json_object
+from ..publish.card import load_card
+from .evaluate import format_table, resolve_protocol
+from .options import add_config_flag, add_moved_flag, csv_list
+
 HELP = "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)"
 EPILOG = """\
 cxrbench computes every number itself; the entry records the model card, the result, the sha256 of every
@@ -27,8 +34,6 @@ examples:
 
 def add_local_arguments(p) -> None:
     """Flags that describe this machine, shared by submit, verify and check."""
-    from .options import config_default
-
     # None: the entry's value (check, verify) or EvalConfig's (submit)
     p.add_argument("--device", default=None,
                    help=f"auto | cpu | cuda | cuda:N | mps (default {config_default('device')})")
@@ -53,9 +58,6 @@ def local_from_args(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    from .evaluate import _csv
-    from .options import add_config_flag, add_moved_flag
-
     p.add_argument("--samples", required=True, help="folder of generated images (the whole folder is the submission)")
     p.add_argument("--card", required=True, type=Path, help="model card, model.toml")
     p.add_argument("--reference", default=None, help="folder, .npz array, or a name: nih-cxr14, chexpert (default: "
@@ -67,9 +69,9 @@ def add_arguments(p) -> None:
                    "--reference) | augmentation")
     add_config_flag(p, "weights", help="auto (published weights) | random (smoke run, never ranked) | a folder "
                     "holding the weights files")
-    p.add_argument("--extractors", type=_csv, default=None, help="default: the protocol's, or "
+    p.add_argument("--extractors", type=csv_list, default=None, help="default: the protocol's, or "
                    "inception,xrv,xrv-classifier,pixels with --reference")
-    p.add_argument("--metrics", type=_csv, default=None, help="default: every metric whose inputs exist")
+    p.add_argument("--metrics", type=csv_list, default=None, help="default: every metric whose inputs exist")
     add_config_flag(p, "seed", help="seed for bootstrap and subsets")
     add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
@@ -106,9 +108,6 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from ..config import EvalConfig
-    from .evaluate import resolve_protocol
-
     local = {k: v for k, v in local_from_args(args).items() if v is not None}
     return EvalConfig(
         **({"extractors": args.extractors} if args.extractors is not None else {}),
@@ -140,11 +139,8 @@ def format_reconstruction(block: dict) -> str:
 
 
 def run(args) -> int:
-    from ..errors import UsageError
-    from ..fileio import check_writable
-    from ..publish.card import load_card
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..publish.submission import submit
-    from .evaluate import format_table
 
     if args.no_augment and (args.augment or args.augment_samples or args.augment_n_per_class is not None):
         raise UsageError("--augment / --augment-samples / --augment-n-per-class and --no-augment contradict each "
@@ -152,13 +148,11 @@ def run(args) -> int:
     card = load_card(args.card)  # a bad card fails before any work
     check_writable(args.entries / f"{card.slug}.json")
     if args.reconstructions is not None:  # refused before the evaluation, not after it
-        from ..publish.reconstruction_block import preflight
+        from ..publish.reconstruction_block import preflight  # why: it loads the engine (see run's import above)
 
         preflight(args.reconstructions)
     curve = None
     if args.learning_curve is not None:
-        from ..fileio import read_json_object
-
         curve = read_json_object(args.learning_curve)
     notes: list[str] = []
     path, entry = submit(args.samples, args.reference, card, args.entries, config=config_from_args(args), force=args.force,

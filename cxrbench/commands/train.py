@@ -9,7 +9,16 @@ import json
 import sys
 from pathlib import Path
 
+from ..data import ImageFolder
+from ..data.imageset import select_split
+from ..data.transforms import CXRTransform
 from ..errors import UsageError
+from ..fileio import atomic_write_bytes
+from ..protocols.cxr64_splits import protocol_overlap, select_cxr64_split
+from ..protocols.cxr128 import load_features as cxr128_features
+from ..protocols.cxr128_splits import select_cxr128_split
+from ..registry import GENERATORS, REPRESENTATIONS
+from ..training import TrainOptions, config_from_overrides, config_to_dict, load_config_file
 
 HELP = "train a reference generator (vae, gmvae, fs-gmvae, lsgan, pggan, ...) on a folder of images"
 
@@ -73,8 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_model(name: str):
     """``name`` in GENERATORS, else in REPRESENTATIONS (``cxrbench train moco``)."""
-    from ..registry import GENERATORS, REPRESENTATIONS
-
     for registry in (GENERATORS, REPRESENTATIONS):
         if name in registry:
             return registry.get(name)
@@ -85,8 +92,6 @@ def resolve_model(name: str):
 
 
 def build_config(cls, args) -> object:
-    from ..training import config_from_overrides, load_config_file
-
     config = load_config_file(args.config, cls.Config) if args.config else cls.Config()
     flags = {}
     names = {f.name for f in dataclasses.fields(cls.Config)}
@@ -123,9 +128,6 @@ def _check_protocol_leak(source, args) -> None:
     ``nih1000_64px`` for cxr64, or another NIH folder with their patients): with no --split, refused (every
     number of the model under that protocol would be measured on its training data); with a split of the
     folder's own, a warning. ``--split all`` says it is meant."""
-    from ..protocols.cxr64_splits import protocol_overlap
-    from ..protocols.cxr128 import load_features as cxr128_features
-
     if args.split == "all":
         return
     for name, features, train, other in (
@@ -158,14 +160,6 @@ def _minutes_list(text: str) -> tuple[float, ...]:
 
 
 def run(args) -> int:
-    from ..data import ImageFolder
-    from ..data.imageset import select_split
-    from ..data.transforms import CXRTransform
-    from ..fileio import atomic_write_bytes
-    from ..protocols.cxr64_splits import select_cxr64_split
-    from ..protocols.cxr128_splits import select_cxr128_split
-    from ..training import TrainOptions, config_to_dict
-
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads}: give 1 or more")

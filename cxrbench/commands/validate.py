@@ -6,6 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+from ..config import EvalConfig
+from ..engine.validity import DEFAULT_N, PROGRESS_DIR, SAMPLES_DIR, plot, run_suite
+from ..errors import UsageError
+from ..fileio import atomic_write_bytes
+from ..protocols.validity_sets import PROTOCOL_DATA
+from .options import add_config_flag
+
 HELP = "run the validity suite (real < degraded < anatomy violated, eye-ranked generators) on an extractor"
 DESCRIPTION = """Measure FID against a protocol's reference, through one extractor, for sets built deterministically from
 real held-out images: (a) real, (b) degraded but anatomical (blur, noise, JPEG, contrast, low resolution,
@@ -26,10 +33,6 @@ def default_data() -> str:
 
 
 def add_arguments(p) -> None:
-    from ..engine.validity import DEFAULT_N, PROGRESS_DIR, SAMPLES_DIR
-    from ..protocols.validity_sets import PROTOCOL_DATA
-    from .options import add_config_flag
-
     p.add_argument("--extractor", required=True, help="a registered extractor (`cxrbench ls`)")
     p.add_argument("--protocol", default="cxr128", choices=sorted(PROTOCOL_DATA),
                    help="whose held-out and reference splits build the sets (default cxr128: nih_extra_256px, 128 px)")
@@ -58,12 +61,6 @@ def _fmt(v) -> str:
 
 
 def run(args) -> int:
-    from ..config import EvalConfig
-    from ..engine.validity import plot, run_suite
-    from ..errors import UsageError
-    from ..fileio import atomic_write_bytes
-    from ..protocols.validity_sets import PROTOCOL_DATA
-
     if args.n < 10:
         raise UsageError(f"--n {args.n}: the suite needs at least 10 images per set")
     config = EvalConfig(weights=args.weights, device=args.device, batch_size=args.batch_size,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UsageError
+from ..publish.compare import ATOL, RTOL, format_table
+from ..publish.entry import load_entry
+from .submit import add_local_arguments, local_from_args
+
 HELP = "re-check a leaderboard entry against its samples folder (hashes and recomputed metrics)"
 EPILOG = """\
 Fails (exit 1, with a table of differences) when any sample file was added, removed or changed (named by
@@ -20,9 +25,6 @@ examples:
 
 
 def add_arguments(p) -> None:
-    from ..publish.compare import ATOL, RTOL
-    from .submit import add_local_arguments
-
     p.add_argument("entry", type=Path, help="entry file, leaderboard/entries/NAME.json")
     p.add_argument("--samples", help="the submitted samples folder (default: where the entry records it, relative "
                    "to the entry file)")
@@ -42,11 +44,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from ..errors import UsageError
-    from ..publish.compare import format_table
-    from ..publish.entry import load_entry
+    # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..publish.submission import recorded_samples, verify
-    from .submit import local_from_args
 
     if not (args.rtol >= 0 and args.atol >= 0):
         raise UsageError("--rtol and --atol must be >= 0")
@@ -59,7 +58,7 @@ def run(args) -> int:
         **local_from_args(args)
     )
     if result is not None:  # the reconstruction block: its own files and score (publish.reconstruction_block)
-        from ..publish import reconstruction_block
+        from ..publish import reconstruction_block  # why: it loads the engine (see run's import above)
 
         rec_rows, rec_note = reconstruction_block.recheck(entry, args.entry, rtol=args.rtol, atol=args.atol,
                                                           **local_from_args(args))

@@ -7,7 +7,7 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from .imageset import ImageSource
+from .imageset import ImageSource, _align_table, _read_csv
 from .sources import open_source
 
 
@@ -24,8 +24,6 @@ class ImageFolder(Dataset):
                  transform=None, cache: bool = False):
         src = open_source(path, split=split, role="data")
         if labels_csv is not None:
-            from .imageset import _align_table, _read_csv
-
             src.labels = _align_table(_read_csv(labels_csv), src.ids, labels_csv, src.root)
             if "patient_id" in src.labels.columns and src.labels["patient_id"].notna().all():
                 src.patient_ids = [str(p) for p in src.labels["patient_id"]]

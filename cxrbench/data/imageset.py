@@ -23,6 +23,7 @@ from ..errors import DataError, UsageError
 from . import index as _index
 from .io import IMAGE_SUFFIXES, load_array_file, load_image, sha256_bytes, sha256_file
 from .labels import LABEL_LIST_COLUMNS, LABELS, MANIFEST_METADATA, canonical_label, unknown_label
+from .splits import real_vs_real_split
 
 SIDE_FILES = {"labels.csv", "manifest.csv", "sha256sums"}
 #: smallest short side of an image in a set: smaller is no radiograph (a broken generator output), and upsampled
@@ -334,8 +335,6 @@ def select_split(src: ImageSource, split: str | None, *, seed: int = 0) -> Image
     if split in (None, "", "all"):
         return src
     if split in ("half0", "half1"):
-        from .splits import real_vs_real_split
-
         a, b = real_vs_real_split(len(src), seed, src.patient_ids)
         out = src.subset(a if split == "half0" else b)
     else:

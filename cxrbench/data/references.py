@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..registry import REFERENCES as ADAPTERS
 from .imageset import ImageSource, _read_csv, hash_folder_files, scan_folder, select_split
 from .labels import LABELS, NIH14, NO_FINDING
 
@@ -84,8 +85,6 @@ def _split_rows(name: str, table, split: str, folder: Path, defined: set[str], o
 
 
 def _missing(name: str, folder: Path) -> DataError:
-    from ..registry import REFERENCES as ADAPTERS
-
     env = os.environ.get("CXRBENCH_DATA")
     what = REFERENCES.get(name) or ADAPTERS.get(name).description or name
     return DataError(
@@ -182,8 +181,6 @@ class CheXpert(NamedReference):
 
 def open_reference(name: str, *, split: str | None = None, seed: int = 0, index: bool = True,
                    cache_dir=None, dist=None) -> ImageSource:
-    from ..registry import REFERENCES as ADAPTERS
-
     adapter = ADAPTERS.get(name)()
     folder = data_root() / name
     if not folder.is_dir():

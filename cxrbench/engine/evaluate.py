@@ -25,12 +25,14 @@ from ..config import (
     EvalConfig,
     resolve_device,
 )
-from ..data.imageset import ImageSource, set_sha256
+from ..data.imageset import ImageSource, array_source, set_sha256
+from ..data.io import array_to_images
 from ..data.precomputed import PrecomputedSet
 from ..data.sources import open_source
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind, is_random_weights
 from ..features.cache import FeatureCache
+from ..generator import sample_images
 from ..metrics import coverage_table
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.bootstrap import one_torch_thread
@@ -443,9 +445,6 @@ def _duplicates(src: ImageSource) -> list[list[str]]:
 
 def images_source(images, name: str = "generator") -> ImageSource:
     """An in-memory image set from a tensor/array of images (any layout ``array_to_images`` accepts)."""
-    from ..data.imageset import array_source
-    from ..data.io import array_to_images
-
     arr = array_to_images(images.detach().cpu().numpy() if torch.is_tensor(images) else images, name)
     return array_source(arr, name=name, root=None)
 
@@ -461,8 +460,6 @@ def evaluate_generator(generator, n: int, reference, *, config: EvalConfig | Non
     For use inside a training loop: nothing is written to disk except the feature cache. The images are
     those ``cxrbench sample --seed SEED --batch-size BATCH_SIZE`` writes (``generator.sample_images``).
     """
-    from ..generator import sample_images
-
     config = config_with(config, knobs, "evaluate_generator")  # a typo fails before the sampling
     imgs = sample_images(generator, n, labels=labels, seed=seed, batch_size=batch_size)
     return evaluate(images_source(imgs, name=f"{type(generator).__name__} samples"), reference, config=config)

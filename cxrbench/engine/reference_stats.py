@@ -16,9 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import resolve_device
+from ..data.sources import open_source
+from ..data.splits import real_vs_real_split
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
+from ..features.cache import FeatureCache
 from ..fileio import write_output
+from ..metrics.fid import fid_from_features, gaussian_stats
+from .extraction import build_extractors, extract_features
 
 SCHEMA = "cxrbench.engine.reference_stats/1"
 
@@ -76,13 +82,6 @@ def check_specs(path, loaded: dict, specs: dict[str, dict]) -> None:
 def write_reference_stats(reference, out, *, config) -> Path:
     """Extract the reference once and save its statistics (see module docstring)."""
     import torch
-
-    from ..config import resolve_device
-    from ..data.sources import open_source
-    from ..data.splits import real_vs_real_split
-    from ..features.cache import FeatureCache
-    from ..metrics.fid import fid_from_features, gaussian_stats
-    from .extraction import build_extractors, extract_features
 
     device = resolve_device(config.device)
     src = open_source(reference, split=config.reference_split, role="reference", seed=config.seed,

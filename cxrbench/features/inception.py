@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.synthetic import synthetic_cxr
 from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, FeatureKind, bn_recalibrate, fold_conv_batchnorm, is_random_weights
 from .weights import resolve_weights_file, torch_hub_checkpoints, weights_sha256
@@ -357,8 +358,6 @@ class InceptionV3Extractor(FeatureExtractor):
         self.net = FIDInceptionV3()
         if is_random_weights(weights):
             # Seeded init, then BatchNorm statistics from synthetic radiographs: features O(1), reproducible.
-            from ..data.synthetic import synthetic_cxr
-
             torch.manual_seed(seed)
             self.net = FIDInceptionV3()
             self.net.requires_grad_(False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..registry import EXTRACTORS
 from .base import FeatureExtractor
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as data/io.py converts RGB files
@@ -49,8 +50,6 @@ def torchmetrics_feature(name: str, *, weights: str = "auto", seed: int = 0, dev
                          fast_kernels: bool = True, **options) -> TorchmetricsFeature:
     """The registered extractor ``name`` (``inception``, ``xrv``, ``xrv-classifier``, ``random-conv``, ...)
     wrapped for torchmetrics; ``options`` go to its constructor (e.g. ``resize="torch-antialias"``)."""
-    from ..registry import EXTRACTORS
-
     def build(n):
         e = EXTRACTORS.get(n)(weights=weights, seed=seed, device=device, **options)
         return e.prepare_inference() if fast_kernels else e

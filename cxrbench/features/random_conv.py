@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.synthetic import synthetic_cxr
 from .base import FeatureExtractor, FeatureKind, bn_recalibrate
 
 
@@ -26,8 +27,6 @@ class RandomConvExtractor(FeatureExtractor):
             nn.Conv2d(32, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         )
-        from ..data.synthetic import synthetic_cxr
-
         bn_recalibrate(self.net, self.preprocess(synthetic_cxr(32, 32, seed=seed)))
         self.net.requires_grad_(False)
         self.weights_id = f"random:{seed}"

@@ -9,15 +9,14 @@ file and the folder to put it in.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 from ..data.io import sha256_file
 from ..errors import WeightsError
@@ -86,43 +85,29 @@ def resolve_weights_file(
 
 
 def fetch_from_mirror(base: str, name: str, dest_dir: Path, *, sha256: str = "", progress: bool = True) -> Path:
-    """Download ``<base>/<name>`` into ``dest_dir/name``: to a temporary file beside it, hash-checked against
-    ``sha256`` (full or prefix), then renamed, so a failed or wrong download never leaves a file behind."""
-    from tqdm.auto import tqdm
-
+    """Download ``<base>/<name>`` into ``dest_dir/name`` through ``torch.hub.download_url_to_file``, which writes
+    a temporary file beside it, checks the sha256 against ``sha256`` (the full published digest, or a prefix)
+    and only then moves it into place, so a failed or wrong download never leaves a file behind."""
     url = base.rstrip("/") + "/" + urllib.parse.quote(name)
     fix = f"put the published {name} at {base.rstrip('/')}/ or unset {MIRROR_ENV}"
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.", suffix=".part")
     except OSError as e:
         raise WeightsError(f"{dest_dir}: cannot write the mirrored {name} there ({e.strerror or e})") from None
+    if progress:
+        print(f"{name} from mirror {url}", file=sys.stderr)
     try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{name} from mirror", file=sys.stderr,
-                      disable=not progress, leave=False) as bar:
-                for block in iter(lambda: r.read(1 << 20), b""):
-                    f.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-            f.flush()
-            os.fsync(f.fileno())
-        digest = h.hexdigest()
-        if sha256 and not digest.startswith(sha256.lower()):
-            raise WeightsError(f"{url}: sha256 {digest[:16]}... is not the published {name} (expected sha256 "
-                               f"{sha256[:16]}...); nothing was saved - {fix}")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared weights folder is read by others
-        os.replace(tmp, dest_dir / name)
+        torch.hub.download_url_to_file(url, str(dest_dir / name), hash_prefix=sha256.lower() or None,
+                                       progress=progress)
     except urllib.error.HTTPError as e:
         raise WeightsError(f"{url}: HTTP {e.code} {e.reason} from the weights mirror; {fix}") from None
+    except RuntimeError as e:  # torch.hub's "invalid hash value (expected ..., got ...)"
+        got = str(e).rpartition('got "')[2].rstrip('")')
+        raise WeightsError(f"{url}: sha256 {got[:16]}... is not the published {name} (expected sha256 "
+                           f"{sha256[:16]}...); nothing was saved - {fix}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise WeightsError(f"{url}: weights mirror unreachable ({reason}); {fix}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest_dir / name
 
 
@@ -131,6 +116,4 @@ def weights_sha256(path: Path) -> str:
 
 
 def torch_hub_checkpoints() -> Path:
-    import torch
-
     return Path(torch.hub.get_dir()) / "checkpoints"

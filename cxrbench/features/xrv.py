@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.synthetic import synthetic_cxr
 from ..errors import UsageError, WeightsError
 from .base import FeatureExtractor, FeatureKind, bn_recalibrate, is_random_weights
 from .legacy_pickle import LegacyPickleError, state_dict_from_file
@@ -103,8 +104,6 @@ def build_densenet(weights: str, seed: int):
     torch.manual_seed(seed)
     net = xrv.models.DenseNet(weights=None)  # builds without download
     if is_random_weights(weights):
-        from ..data.synthetic import synthetic_cxr
-
         x = F.interpolate(synthetic_cxr(16, 224, seed=seed), size=224) * 2048 - 1024
         bn_recalibrate(net.features, x)
         return net, f"random:{seed}", None

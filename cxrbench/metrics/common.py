@@ -6,10 +6,11 @@ statistics of two samples (FID, KID, PRDC, KS, label distances) resample both se
 ``bootstrap.two_sample_bootstrap``, with the method the coverage benchmark chose (``functional.py``).
 ``matched_floor`` gives every metric its real-vs-real floor and its own value at the floor's sizes.
 
-``MetricSettings.from_config(ctx.config)`` takes every field that the run's config also has under the
-same name (``EvalConfig.seed``, ``EvalConfig.n_bootstrap``, ...), then ``EvalConfig.metric_settings`` (a dict
-of overrides: ``--metric-setting prdc_k=3`` on the CLI, ``metric_settings={"prdc_k": 3}`` in the API), and the
-defaults below for the rest, so every setting is reachable through the one config object.
+``MetricSettings.from_config(ctx.config)`` takes the settings that are ``EvalConfig`` fields from the run's
+config (``seed``, ``n_bootstrap``: their defaults are read from ``EvalConfig`` too), then
+``EvalConfig.metric_settings`` (a dict of overrides: ``--metric-setting prdc_k=3`` on the CLI,
+``metric_settings={"prdc_k": 3}`` in the API), and the defaults below for the rest, so every setting is
+reachable through the one config object.
 """
 
 from __future__ import annotations
@@ -20,20 +21,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import EvalConfig
+from ..config import config_default
 from ..data.splits import real_vs_real_split
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
 from .bootstrap import bootstrap_ci
 
 
+def _from_eval_config(name: str):
+    """A setting that is an ``EvalConfig`` field: its default is read from there, and ``from_config`` takes the
+    run's value (the one place for the CLI, the harness and ``functional``'s ``ci=True``)."""
+    return dataclasses.field(default=config_default(name), metadata={"eval_config": True})
+
+
 @dataclass(frozen=True)
 class MetricSettings:
-    seed: int = 0
-    #: bootstrap replicates for the 95% CIs: EvalConfig's default (one place for the CLI, the harness and
-    #: ``functional``'s ``ci=True``; 200: nominal coverage in tests/benchmarks/coverage.py)
-    n_bootstrap: int = EvalConfig.n_bootstrap
+    seed: int = _from_eval_config("seed")
+    #: bootstrap replicates for the 95% CIs (200: nominal coverage in tests/benchmarks/coverage.py)
+    n_bootstrap: int = _from_eval_config("n_bootstrap")
     alpha: float = 0.05
     #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
     kid_subset_size: int = 1000
@@ -72,15 +78,13 @@ class MetricSettings:
             return config
         if config is None:
             return cls()
-        found = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)}
+        found = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.metadata.get("eval_config")}
         found.update(cls.check_overrides(getattr(config, "metric_settings", None) or {}))
         return cls(**found)
 
     @classmethod
     def check_overrides(cls, overrides: dict) -> dict:
         """Overrides typed as the fields' defaults; an unknown key or a wrong type is one clear error."""
-        from ..errors import UsageError
-
         fields = {f.name: f for f in dataclasses.fields(cls)}
         out = {}
         for key, value in overrides.items():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..seeding import numpy_rng
-from .fid import BootstrapFD, covariance_factor, frechet_distance
+from .fid import BootstrapFD, TwoSampleFD, covariance_factor, frechet_distance
 
 
 def nested_stats(x: torch.Tensor, sizes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,8 +87,6 @@ def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, 
     removes both terms (the generated-only fit leaves the reference's). Each point is one ``TwoSampleFD``
     evaluation on index prefixes (a small Gram eigenproblem when N < D).
     """
-    from .fid import TwoSampleFD
-
     n_g, n_r = len(gen), len(ref)
     fractions = np.unique(np.linspace(min_fraction, 1.0, points))
     sizes = [(max(2, round(t * n_g)), max(2, round(t * n_r))) for t in fractions]

@@ -36,11 +36,20 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy.stats import norm
 
 from ..errors import DataError
+from . import knn
 from .base import MetricValue
 from .bootstrap import Interval, interval_from_replicates, one_torch_thread, two_sample_bootstrap
 from .common import MetricSettings, with_interval
+from .fd_inf import fd_inf_two_sample
+from .fid import BootstrapFD, TwoSampleFD, _as64, covariance_factor, frechet_distance, gaussian_stats
+from .kid import kid as kid_subsets
+from .kid import mmd2_u_variance
+from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
+from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
+from .prdc import prdc as prdc_result
 
 #: replicates of ``ci=True``: ``EvalConfig.n_bootstrap``'s default (read through ``MetricSettings``, which
 #: takes it from there), so the CLI, the harness and this API share one default. The coverage benchmark
@@ -116,8 +125,6 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
     ``real_stats`` (``{"mu", "sigma", "n"}``) stands in for ``real`` when the reference is only known by its
     statistics; the interval then resamples the generated set alone (``ci_method`` says so).
     """
-    from .fid import BootstrapFD, TwoSampleFD, _as64, covariance_factor, frechet_distance, gaussian_stats
-
     gen, ref, ref_stats = fake, real, real_stats
     n_bootstrap = replicates(n_bootstrap, ci)
     if (ref is None) == (ref_stats is None):
@@ -168,11 +175,6 @@ def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subse
     1.3-1.7x too wide on real features there. Above, a percentile interval over distinct-pair replicates
     (both sets resampled when the whole kernels fit, N <= 8192; else the reference fixed).
     """
-    from scipy.stats import norm
-
-    from .kid import kid as kid_subsets
-    from .kid import mmd2_u_variance
-
     n_bootstrap = replicates(n_bootstrap, ci)
     g, r = check_pair(fake, real, what="kid")
     analytic = max(len(g), len(r)) <= KID_ANALYTIC_MAX_ROWS
@@ -222,10 +224,6 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     radii). Measured coverage on real features: tests/benchmarks/interval_coverage.py (README
     "Reliability"). ``ci_method`` forces one method for all four.
     """
-    from . import knn
-    from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
-    from .prdc import prdc as prdc_result
-
     n_bootstrap = replicates(n_bootstrap, ci)
     g, r = check_pair(fake, real, min_rows=k + 1, what="prdc")
     res = prdc_result(r, g, k=k, boot_candidates=boot_candidates, device=device,
@@ -262,8 +260,6 @@ def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool 
     fitted subset has fewer than ``FD_INF_MIN_ROWS_PER_DIM`` rows per dimension: the 1/N model does not hold
     there. A negative intercept is never reported as the estimate: the value is clipped at 0 and flagged.
     """
-    from .fd_inf import fd_inf_two_sample
-
     n_bootstrap = replicates(n_bootstrap, ci, FD_INF_N_BOOTSTRAP)
     g, r = check_pair(fake, real, min_rows=10, what="fd_inf")
     kw = dict(points=points, min_fraction=min_fraction, seed=seed, device=device)
@@ -301,8 +297,6 @@ def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, 
                 ci_method: str = "centred") -> MetricValue:
     """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
     centred interval over both sets."""
-    from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
-
     n_bootstrap = replicates(n_bootstrap, ci)
     g, r = check_pair(fake, real, what="ks_features")
     res = ks_battery(g, r, names, q=q)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..fileio import atomic_write_bytes
 
 
 class RunningMoments:
@@ -84,8 +85,6 @@ class RunningMoments:
 
     def save(self, path) -> None:
         import io
-
-        from ..fileio import atomic_write_bytes
 
         mu, sigma = self.stats()
         buf = io.BytesIO()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .cxr64_splits import patient_splits
+from .cxr128 import load_features
 
 SPLITS = {"train": 0.43, "reference": 0.376, "heldout": 0.194}
 SALT = "cxr128"
@@ -72,8 +73,6 @@ def select_cxr128_split(source, split: str):
 def split_mask(source, split: str) -> list[bool]:
     """For each image of ``source``: whether it is in ``split`` (``cxr128-train`` / ``-heldout`` /
     ``-reference``), by the rule of :func:`select_cxr128_split`."""
-    from .cxr128 import load_features
-
     name = split.removeprefix("cxr128-")
     if name not in SPLITS:
         raise UsageError(f"--split {split}: the cxr128 splits are {', '.join('cxr128-' + s for s in SPLITS)}")

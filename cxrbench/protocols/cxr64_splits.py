@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 
 from ..errors import UsageError
+from .cxr64 import load_features as cxr64_features
 
 SPLITS = {"train": 0.45, "reference": 0.35, "heldout": 0.20}
 
@@ -80,13 +81,11 @@ def select_cxr64_split(source, split: str):
 
 
 def _without_protocol_patients(source, split: str):
-    from .cxr64 import load_features
-
     if source.patient_ids is None and (source.labels is None or "patient_id" not in source.labels.columns):
         raise UsageError(f"--split {split}: {source.name} has no patient ids (a labels.csv patient_id column or "
                          "a named reference such as nih-cxr14); they decide which images stay out")
     pids = source.patient_ids or source.labels["patient_id"].astype(str).tolist()
-    held = {_pid(p) for w in ("reference", "heldout") for p in load_features(w).patient_ids}
+    held = {_pid(p) for w in ("reference", "heldout") for p in cxr64_features(w).patient_ids}
     keep = [i for i, p in enumerate(pids) if _pid(p) not in held]
     return source.subset(keep)
 
@@ -97,7 +96,7 @@ def protocol_overlap(source, load_features=None) -> dict[str, int]:
     (by patient id). Training on either leaks the protocol's evaluation data into the model (``train`` warns
     or refuses on it)."""
     if load_features is None:
-        from .cxr64 import load_features
+        load_features = cxr64_features
 
     hashes = set(source.hashes)
     pids = source.patient_ids

@@ -38,7 +38,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..data.labels import LABELS
+from ..data.precomputed import PrecomputedSet
+from ..data.sources import open_source
 from ..errors import DataError, UsageError
+from ..protocols.augmentation.config import OUTPUTS, PROTOCOL_NAME, PROTOCOL_VERSION, AugmentConfig
+from ..protocols.augmentation.labels import binary_labels, parse_task
+from ..protocols.augmentation.run import augment
+from ..protocols.augmentation.splits import capacity
+from .compare import metric_differences
 
 KEY = "augmentation"
 DEFAULT_TASK = "Effusion vs No Finding"
@@ -78,9 +86,6 @@ def default_real(protocol: str = "cxr64") -> Path:
 
 def conditional_on(source, task: str) -> bool:
     """Whether the samples carry both labels of ``task`` (a conditional model's manifest.csv)."""
-    from ..data.precomputed import PrecomputedSet
-    from ..protocols.augmentation.labels import parse_task
-
     if isinstance(source, PrecomputedSet):
         return False  # a reference row of real images: its labels are findings, not requests to a generator
     return source.labels is not None and all(lab in source.labels.columns for lab in parse_task(task))
@@ -88,8 +93,6 @@ def conditional_on(source, task: str) -> bool:
 
 def requested(source, task: str) -> tuple[int, int]:
     """(positive, negative): how many samples were requested as each class of ``task`` (one label, not both)."""
-    from ..protocols.augmentation.labels import binary_labels, parse_task
-
     y = binary_labels(source.label_matrix(), *parse_task(task))
     return int((y == 1).sum()), int((y == 0).sum())
 
@@ -109,8 +112,6 @@ def plan(source, *, task: str | None, real: str | None, protocol: str, enabled: 
     Otherwise automatic: cxr64 protocol, conditional samples, real folder found; anything missing is a note,
     not an error.
     """
-    from ..protocols.augmentation.labels import parse_task
-
     _, default_task, folder = setting_for(protocol)
     asked = task is not None or separate
     task = task or default_task
@@ -141,8 +142,6 @@ def plan(source, *, task: str | None, real: str | None, protocol: str, enabled: 
 def config_for(task: str, stored: dict | None = None, *, setting: dict | None = None, **local):
     """The AugmentConfig: the block's setting (default cxr64's; or an entry's stored, type-checked config) plus
     local fields. ``n_real`` / ``n_test`` stay None where the setting leaves them to the data."""
-    from ..protocols.augmentation.config import AugmentConfig
-
     fields = {f.name for f in dataclasses.fields(AugmentConfig)}
     defaults = AugmentConfig()
     kw: dict[str, Any] = {"task": task, **(SETTING if setting is None else setting), "progress": False}
@@ -165,10 +164,6 @@ def _resolve_sizes(cfg, real_src, samples_source, real: Path, n_per_class: int |
     """``cfg`` with ``n_real`` / ``n_test`` decided by the data: the largest balanced test set of the test
     splits, and N per class the most the training split holds (``n_per_class``, when asked, capped by it, and
     said so); refused when the synthetic images request fewer than N of a class."""
-    from ..data.labels import LABELS
-    from ..protocols.augmentation.labels import binary_labels, parse_task
-    from ..protocols.augmentation.splits import capacity
-
     pos, neg = parse_task(cfg.task)
     if real_src.labels is None or not {pos, neg} <= set(real_src.labels.columns):
         have = [] if real_src.labels is None else [c for c in real_src.labels.columns if c in LABELS]
@@ -201,10 +196,6 @@ def compute(samples_source, real: Path, task: str, *, protocol: str = "cxr64", s
 
     ``n_per_class``: N real (and synthetic) images per class, capped by what the real training split holds;
     None: the setting's (cxr128: the most there is)."""
-    from ..data.sources import open_source
-    from ..protocols.augmentation.config import PROTOCOL_NAME, PROTOCOL_VERSION
-    from ..protocols.augmentation.run import augment
-
     setting = setting_for(protocol)[0]
     cfg = config_for(task, stored_config, setting=setting, **local)
     if n_per_class is not None:
@@ -237,8 +228,6 @@ def compute(samples_source, real: Path, task: str, *, protocol: str = "cxr64", s
 
 def validate(block: Any, source: str) -> None:
     """Schema-check an entry's (untrusted) augmentation block."""
-    from ..protocols.augmentation.config import OUTPUTS
-
     where = f"{source}: augmentation"
     if not isinstance(block, dict) or not set(BLOCK_KEYS) <= set(block) <= set(BLOCK_KEYS + OPTIONAL_KEYS):
         got = sorted(block) if isinstance(block, dict) else type(block).__name__
@@ -267,8 +256,6 @@ def _num(x) -> bool:
 def recheck(entry: dict, samples_source, *, real: str | os.PathLike | None = None, rtol: float, atol: float,
             **local) -> tuple[list[tuple[str, str, str, str]], str | None]:
     """(differences, note): recompute the entry's block; without the real images, no rows and a note."""
-    from .compare import metric_differences
-
     block = entry.get(KEY)
     if block is None:
         return [], None

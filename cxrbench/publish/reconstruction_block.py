@@ -36,7 +36,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..config import OWN_REFERENCE
+from ..data.imageset import open_folder, set_sha256
+from ..data.io import sha256_file
+from ..engine.evaluate import evaluate
 from ..errors import DataError, UsageError
+from ..protocols.cxr128_splits import select_cxr128_split
+from .compare import file_differences, metric_differences
 
 KEY = "reconstruction"
 PROTOCOL = {"name": "rrs", "version": "1"}
@@ -59,9 +64,6 @@ def default_real() -> Path:
 
 def heldout_images(root: str | os.PathLike):
     """The cxr128 protocol's held-out real images in ``root`` (an ImageSource; ids relative to ``root``)."""
-    from ..data.imageset import open_folder
-    from ..protocols.cxr128_splits import select_cxr128_split
-
     root = Path(root)
     if not (root / "labels.csv").is_file():
         raise UsageError(f"{root}: no labels.csv; the held-out real images are the {SPLIT} split of {FOLDER} "
@@ -75,9 +77,6 @@ def heldout_images(root: str | os.PathLike):
 
 def _reconstructions(folder: str | os.PathLike):
     """(source, files, side files) of a reconstructions folder; refused unless its manifest names sources."""
-    from ..data.imageset import open_folder
-    from ..data.io import sha256_file
-
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"{root}: no such reconstructions folder; make it with `cxrbench sample RUN --reconstruct "
@@ -112,8 +111,6 @@ def preflight(reconstructions: str | os.PathLike) -> None:
 
 
 def _score(samples, real, *, seed: int, n_bootstrap: int, weights: str, **local) -> dict:
-    from ..engine.evaluate import evaluate
-
     kw = {k: v for k, v in local.items() if k in LOCAL_FIELDS and v is not None}
     result = evaluate(samples, real, extractors=(SETTING["extractor"],), metrics=(METRIC,), weights=weights,
                       seed=seed, n_bootstrap=n_bootstrap, protocol=OWN_REFERENCE, **kw)
@@ -126,8 +123,6 @@ def compute(reconstructions: str | os.PathLike, entry_dir: str | os.PathLike, *,
             seed: int = 0, n_bootstrap: int = 200, **local) -> dict:
     """The block for ``reconstructions`` (a folder written by ``sample --reconstruct`` from the held-out images),
     its location recorded relative to ``entry_dir``."""
-    from ..data.imageset import set_sha256
-
     samples, files, side = _reconstructions(reconstructions)
     real_root = Path(real) if real else default_real()
     held = heldout_images(real_root)
@@ -214,8 +209,6 @@ def recheck(entry: dict, entry_path: str | os.PathLike, *, rtol: float, atol: fl
             **local) -> tuple[list[tuple[str, str, str, str]], str | None]:
     """(differences, note): re-hash the entry's reconstructions and recompute ``rrs_moco``; without the held-out
     real images, only the hashes are checked and the note says so."""
-    from .compare import file_differences, metric_differences
-
     block = entry.get(KEY)
     if block is None:
         return [], None

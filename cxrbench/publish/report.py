@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.imageset import scan_folder
+from ..data.io import ARRAY_SUFFIXES, load_array_file, load_image
 from ..errors import DataError
+from ..fileio import write_output
 from ..metrics.base import FigureSpec
 from ..registry import METRICS
-from ..results import ci_text, floor_text, validate
+from ..results import ci_text, floor_text, load, validate
 
 GRID_IMAGES = 16  # images per grid (4 x 4)
 N_PAIRS = 6  # memorization pairs shown
@@ -140,9 +143,6 @@ def _resolve(path: str | None, base: Path | None) -> Path | None:
 
 def _pick_images(desc: dict | None, base: Path | None, k: int, seed: int) -> tuple[list[np.ndarray], str | None]:
     """Up to ``k`` seeded-random images of a set, or ([], why not)."""
-    from ..data.io import ARRAY_SUFFIXES, load_array_file, load_image
-    from ..data.imageset import scan_folder
-
     if not desc:
         return [], "not part of this result"
     p = _resolve(desc.get("path"), base)
@@ -264,8 +264,6 @@ def _fd_figure(key: str, m: dict) -> bytes:
 
 
 def _pairs_figure(key: str, pairs: list[dict], gen_root: Path, train_root: Path) -> bytes:
-    from ..data.io import load_image
-
     plt = _plt()
     fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs), 4.0), squeeze=False)
     for j, p in enumerate(pairs):
@@ -502,8 +500,6 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
 
     ``base_dir``: where relative image paths in the result are also looked for (the result file's folder).
     """
-    from ..fileio import write_output
-
     validate(result, "result")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -524,8 +520,6 @@ def write_report(result: dict, out_dir: str | os.PathLike, *, base_dir: str | os
 
 
 def load_and_write(path: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0) -> dict[str, Path]:
-    from ..results import load
-
     path = Path(path)
     return write_report(load(path), out_dir, base_dir=path.resolve().parent, seed=seed)
 

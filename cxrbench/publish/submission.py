@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import OWN_REFERENCE
+from .. import results
+from ..config import OWN_REFERENCE, EvalConfig
+from ..data.imageset import open_folder
+from ..data.io import sha256_file
+from ..engine.evaluate import evaluate
+from ..engine.protocol import protocol_samples
 from ..errors import DataError, UsageError
 from ..fileio import write_output
 from ..registry import PROTOCOLS
+from ..results import _json_default
 from . import augment_block, learning_curve, reconstruction_block
 from .card import ModelCard
 from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
@@ -56,10 +62,6 @@ def snapshot(samples: str | os.PathLike, limit: int | None = None) -> Snapshot:
 
     A protocol's shipped real-image set (``cxr64:heldout``, ``cxr64:train``: the leaderboard's reference rows)
     is its features, pinned by sha256, with the hashes of the images they were computed from."""
-    from ..data.imageset import open_folder
-    from ..data.io import sha256_file
-    from ..engine.protocol import protocol_samples
-
     pre = protocol_samples(str(samples))
     if pre is not None:
         return Snapshot(pre, dict(zip(pre.ids, pre.hashes)), {})
@@ -83,8 +85,6 @@ def weights_of(result: dict) -> dict[str, str]:
 
 def config_from_entry(entry: dict, **local) -> Any:
     """The entry's resolved ``EvalConfig``, type-checked, with the machine-local fields from ``local``."""
-    from ..config import EvalConfig
-
     stored = entry["result"]["config"]
     if not isinstance(stored, dict):
         raise DataError(f"entry {entry['slug']}: result.config must be an object")
@@ -123,8 +123,6 @@ def load_baseline(path: str | os.PathLike) -> dict:
     """What ``check --against`` compares with: a leaderboard entry (``cxrbench.entry/1``) as it is, or a result
     file (``cxrbench.result/1``, from ``cxrbench evaluate --out``) in the shape of an entry, so that a CI
     baseline needs neither a model card nor ``submit``."""
-    from .. import results
-
     path = Path(path)
     try:
         if path.stat().st_size > MAX_ENTRY_BYTES:
@@ -184,8 +182,6 @@ def submit(
     checkpoints; the entry itself is appended as its last point. ``reconstructions``: the model's
     reconstructions of the held-out real images, scored into the ``reconstruction`` block
     (``reconstruction_block``)."""
-    from ..engine.evaluate import evaluate
-
     path = Path(out_dir) / f"{card.slug}.json"
     if path.exists() and not force:
         raise UsageError(f"{path}: an entry for {card.name!r} exists; pass --force to replace it")
@@ -236,7 +232,6 @@ def submit(
         reconstruction_block.validate(entry[reconstruction_block.KEY], str(path))
     if path.exists() and not force:  # created while we evaluated
         raise UsageError(f"{path}: an entry for {card.name!r} appeared meanwhile; pass --force to replace it")
-    from ..results import _json_default
 
     text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
     write_output(path, text.encode())
@@ -245,8 +240,6 @@ def submit(
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     """The samples as the entry records them: a shipped set's name, or the folder relative to the entry."""
-    from ..engine.protocol import protocol_samples
-
     if protocol_samples(str(samples)) is not None:
         return str(samples)
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
@@ -254,8 +247,6 @@ def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
 
 def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
     """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
-    from ..engine.protocol import protocol_samples
-
     loc = entry["samples"].get("location")
     if loc is None:
         raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
@@ -289,8 +280,6 @@ def verify(
     take hours). An augmentation block is recomputed when its real images are found (``augment_real``, as
     recorded, or the default place); when they are not, ``notes`` says so and the rest is still checked. Its
     own samples are ``augment_samples``, else where the block records them relative to ``entry_path``."""
-    from ..engine.evaluate import evaluate
-
     snap = snapshot(samples, sample_count(entry["protocol"]["name"]))
     stored_side = {f["path"]: f["sha256"] for f in entry["samples"]["side_files"]}
     rows = file_differences({f["path"]: f["sha256"] for f in entry["samples"]["files"]}, snap.files)
@@ -352,8 +341,6 @@ def check(
     **local,
 ) -> tuple[list[CheckRow], dict]:
     """Evaluate ``samples`` with the entry's config; one ``CheckRow`` per selected metric key."""
-    from ..engine.evaluate import evaluate
-
     tolerance = tolerance or Tolerance("auto")
     keys = select_keys(entry["result"]["metrics"], metrics)
     config = config_from_entry(entry, **local)

@@ -94,3 +94,46 @@ def test_sample_n_is_documented_as_required_and_missing_it_is_a_usage_error(tmp_
     # refused before the model folder is even read
     assert main(["sample", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "s")]) == 2
     assert "--n is required" in capsys.readouterr().err
+
+
+def _evaluate_actions() -> dict[str, argparse.Action]:
+    return {a.dest: a for a in subparsers()["evaluate"]._actions}
+
+
+def _shown(value) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def test_every_evalconfig_flag_of_evaluate_shows_the_dataclass_default_in_its_help():
+    p, actions = subparsers()["evaluate"], _evaluate_actions()
+    formatter = p._get_formatter()
+    flagged = {f.name for f in dataclasses.fields(EvalConfig) if "help" in f.metadata}
+    # a new field decides: a flag (help text in its metadata), or listed here as not one
+    assert {f.name for f in dataclasses.fields(EvalConfig)} - flagged == {"weights_seed", "metric_settings"}
+    for f in dataclasses.fields(EvalConfig):
+        if f.name not in flagged:
+            continue
+        a, default = actions[f.name], getattr(DEFAULTS, f.name)
+        text = formatter._expand_help(a)
+        assert text.startswith(f.metadata["help"]), f.name  # the help text is the field's
+        if isinstance(default, bool):  # a switch: giving it flips the default
+            flipped = build_parser().parse_args(["evaluate", "--samples", "s", a.option_strings[0]])
+            assert a.default is default and getattr(flipped, f.name) is (not default), f.name
+        elif f.metadata.get("cli_default", default) is None and default is not None \
+                and "default" in f.metadata["help"]:
+            assert f.name == "protocol"  # resolved from --reference, as its help says
+        elif default is not None:
+            assert f"(default: {_shown(default)})" in text, (f.name, text)
+
+
+@pytest.mark.parametrize("name,value,flag", [("batch_size", 7, "--batch-size"), ("n_bootstrap", 13, "--n-bootstrap"),
+                                             ("precision", "bf16", "--precision"), ("xrv_resize", "torch-antialias",
+                                                                                    "--xrv-resize")])
+def test_changing_a_default_in_evalconfig_changes_the_cli(monkeypatch, name, value, flag):
+    field = next(f for f in dataclasses.fields(EvalConfig) if f.name == name)
+    monkeypatch.setattr(field, "default", value)
+    args = parse("evaluate", "--samples", "s", "--reference", "r")
+    assert getattr(args, name) == value and getattr(evaluate.config_from_args(args), name) == value
+    action = _evaluate_actions()[name]
+    assert action.option_strings == [flag]
+    assert f"(default: {value})" in subparsers()["evaluate"]._get_formatter()._expand_help(action)

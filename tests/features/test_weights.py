@@ -446,6 +446,38 @@ def test_mirror_404_names_the_url_and_the_fix(mirror, tmp_path, monkeypatch):
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_mirror_download_goes_through_torch_hub_with_the_full_published_sha256(tmp_path, monkeypatch):
+    """A file:// mirror (no network): the download is torch.hub's, checked against the whole published digest,
+    so a copy that differs anywhere is refused and leaves nothing; the right copy lands with that digest."""
+    from cxrbench.features.weights import resolve_weights_file
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    blob = os.urandom(1 << 16)
+    digest = hashlib.sha256(blob).hexdigest()
+    calls = []
+    real = torch.hub.download_url_to_file
+
+    def spy(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        return real(url, dst, hash_prefix=hash_prefix, progress=progress)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", spy)
+    monkeypatch.setenv("CXRBENCH_WEIGHTS_MIRROR", served.as_uri())
+    monkeypatch.delenv("CXRBENCH_WEIGHTS", raising=False)
+    cache = tmp_path / "cache"
+    kw = dict(weights="auto", library_dirs=[cache], url="https://example.org/net-1234.pth", sha256=digest)
+
+    (served / "net-1234.pth").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # one bit off, at the very end
+    with pytest.raises(WeightsError, match=f"expected sha256 {digest[:16]}"):
+        resolve_weights_file("Net", ["net-1234.pth"], **kw)
+    assert list(cache.iterdir()) == []
+    (served / "net-1234.pth").write_bytes(blob)
+    got = resolve_weights_file("Net", ["net-1234.pth"], **kw)
+    assert got == cache / "net-1234.pth" and hashlib.sha256(got.read_bytes()).hexdigest() == digest
+    assert calls == [(f"{served.as_uri()}/net-1234.pth", digest)] * 2
+
+
 def test_xrv_through_the_mirror_requires_the_published_file(mirror, tmp_path, monkeypatch):
     """The extractor asks the mirror for torchxrayvision's published file name; a copy that is not the
     published file (here a self-made one) is refused with the expected hash named."""

@@ -46,3 +46,18 @@ def test_settings_under_a_protocol_make_the_result_not_comparable(tmp_path):
                      metric_settings={"n_bootstrap": 20})
     r = evaluate(ex, config=cfg)
     assert r["comparable"] is False and any("metric settings" in w for w in r["not_comparable_because"])
+
+
+def test_settings_that_are_evalconfig_fields_take_its_defaults_and_its_values():
+    import dataclasses
+
+    from cxrbench.config import EvalConfig
+
+    shared = {f.name for f in dataclasses.fields(MetricSettings) if f.metadata.get("eval_config")}
+    assert shared == {"seed", "n_bootstrap"}
+    # no other setting shadows an EvalConfig field by name (it would be silently ignored, or silently taken)
+    others = {f.name for f in dataclasses.fields(MetricSettings)} - shared
+    assert not others & {f.name for f in dataclasses.fields(EvalConfig)}
+    assert {n: getattr(MetricSettings(), n) for n in shared} == {n: getattr(EvalConfig(), n) for n in shared}
+    st = MetricSettings.from_config(EvalConfig(seed=5, n_bootstrap=7, metric_settings={"prdc_k": 3}))
+    assert (st.seed, st.n_bootstrap, st.prdc_k) == (5, 7, 3)

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from ...features.xrv import build_densenet
 from ...registry import CLASSIFIERS
+from ...seeding import torch_generator
 from .config import AugmentConfig
 
 
@@ -70,7 +72,6 @@ class _XRVBinary(torch.nn.Module):
 
     def __init__(self, weights: str, seed: int):
         super().__init__()
-        from ...features.xrv import build_densenet
 
         self.net, self.weights_id, _ = build_densenet(weights, seed)
         torch.manual_seed(seed)
@@ -126,8 +127,6 @@ def _fit_torch(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, *, seed
 
 def _train_torch(clf: TorchClassifier, x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, *, seed: int,
                  cfg: AugmentConfig, device: str) -> np.ndarray:
-    from ...seeding import torch_generator
-
     epochs = cfg.epochs if cfg.epochs is not None else clf.epochs
     lr = cfg.lr if cfg.lr is not None else clf.lr
     torch.manual_seed(seed)

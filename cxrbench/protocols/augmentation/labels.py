@@ -9,6 +9,7 @@ from ...data.imageset import ImageSource, _align_table, _read_csv
 from ...data.labels import LABELS, NO_FINDING, canonical_label
 from ...errors import UsageError
 from ...features.base import FeatureKind
+from ...registry import EXTRACTORS
 
 
 def parse_task(task: str) -> tuple[str, str]:
@@ -57,8 +58,6 @@ def _has_task_columns(src: ImageSource, pos: str, neg: str) -> bool:
 def _labeller(extractor: str, task: tuple[str, str]) -> tuple[str, str]:
     """(base, head) extractors that label synthetic images: ``extractor``'s own registered label head when it
     predicts every label of ``task`` (No Finding = none present), else the XRV classifier."""
-    from ...registry import EXTRACTORS
-
     for name in EXTRACTORS.names():
         cls = EXTRACTORS.get(name)
         if getattr(cls, "derived_from", None) == extractor and cls.kind == FeatureKind.PROBABILITIES:

@@ -22,6 +22,7 @@ from ...engine.extraction import build_extractors, decoded_batches, default_work
 from ...errors import DataError, UsageError
 from ...features.base import is_random_weights
 from ...features.cache import FeatureCache
+from ...features.resize import center_crop_xrv
 from ...metrics.base import MetricValue
 from .classifiers import AugmentClassifier, _classifier
 from .config import MODES, AugmentConfig, AugmentOutcome
@@ -203,8 +204,6 @@ def _load_images(src: ImageSource, idx: np.ndarray, size: int, *, batch_size: in
     """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize; decoded by the
     engine's one decode loop."""
     import torch.nn.functional as F
-
-    from ...features.resize import center_crop_xrv
 
     out = torch.empty(len(idx), 1, size, size)
     pos = {int(i): k for k, i in enumerate(idx)}

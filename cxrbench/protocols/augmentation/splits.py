@@ -10,6 +10,9 @@ import numpy as np
 
 from ...data.imageset import ImageSource
 from ...errors import DataError, UsageError
+from ...registry import EXTRACTORS
+from ..cxr64_splits import SPLITS, image_splits
+from ..cxr128_splits import split_mask
 from .config import AugmentConfig
 
 
@@ -50,15 +53,11 @@ def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
     cxr64 = plain = None
     for name in names:
         if name.startswith("cxr128-"):
-            from ..cxr128_splits import split_mask
-
             if src.labels is None or "patient_id" not in src.labels.columns:
                 raise UsageError(f"{flag} {name}: {src.name} needs a labels.csv patient_id column (the NIH "
                                  "nih_extra_256px layout) for the cxr128 patient split")
             mask |= np.array(split_mask(src, name), dtype=bool)
         elif name.startswith("cxr64-"):
-            from ..cxr64_splits import SPLITS, image_splits
-
             if name.removeprefix("cxr64-") not in SPLITS:
                 raise UsageError(f"{flag} {name}: the cxr64 splits are {', '.join('cxr64-' + s for s in SPLITS)}")
             if src.labels is None or not _NIH_COLUMNS <= set(src.labels.columns):
@@ -81,8 +80,6 @@ def _split_mask(src: ImageSource, spec: str, flag: str) -> np.ndarray:
 def _default_splits(cfg: AugmentConfig, src: ImageSource) -> AugmentConfig:
     """No split given, NIH-layout labels, and an extractor whose weights were trained on named splits
     (``augmentation_splits``: cxr64): train the probe on its training split, test on the splits it never saw."""
-    from ...registry import EXTRACTORS
-
     splits = getattr(EXTRACTORS.get(cfg.extractor), "augmentation_splits", None)
     if (splits and cfg.test_split is None and cfg.train_split is None and src.labels is not None
             and _NIH_COLUMNS <= set(src.labels.columns)):
