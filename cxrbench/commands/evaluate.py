@@ -82,7 +82,8 @@ def parse_metric_settings(items: list[str]) -> dict:
 
 
 def config_from_args(args):
-    return EvalConfig(**config_values(args), protocol=resolve_protocol(args),
+    # --protocol is a field flag too: the resolved protocol (its default depends on --reference) replaces it
+    return EvalConfig(**{**config_values(args), "protocol": resolve_protocol(args)},
                       metric_settings=parse_metric_settings(getattr(args, "metric_setting", [])))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, WeightsError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -40,6 +40,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_pinned(path: Path, expected: str, what: str, missing_fix: str) -> str:
+    """The sha256 of a file cxrbench ships, refused in one line when it is missing (``missing_fix`` says what
+    to do) or differs from the pinned ``expected``; ``what`` names it in the message."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: the {what} {'are' if what.endswith('features') else 'is'} missing; {missing_fix}")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned {what} ({expected[:16]}...); "
+                           "the file was altered: reinstall cxrbench or restore it from git")
+    return digest
 
 
 def _is_dicom(path: Path, head: bytes) -> bool:

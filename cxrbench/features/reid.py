@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet50
 
-from ..data.io import sha256_file
+from ..data.io import check_pinned, sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import WeightsError
 from .base import bn_recalibrate
@@ -221,13 +221,8 @@ def load_reid_network(weights: str = "cxrbench", *, seed: int = 0,
         return random_reidnet(seed), f"random:{seed}"
     if w in ("cxrbench", "auto", ""):
         path = shipped_path(REIDNET_FILE)
-        if not path.is_file():
-            raise WeightsError(f"{path}: the shipped re-identification network is missing; reinstall cxrbench, or "
-                               "pass reid_weights=FILE (the published Siamese state dict)")
-        digest = sha256_file(path)
-        if digest != REIDNET_SHA256:
-            raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned reid-net ({REIDNET_SHA256[:16]}...);"
-                               " the file was altered: reinstall cxrbench or restore it from git")
+        digest = check_pinned(path, REIDNET_SHA256, "reid-net (the shipped re-identification network)",
+                              "reinstall cxrbench, or pass reid_weights=FILE (the published Siamese state dict)")
         net, _ = load_siamese(path)
         return net, digest
     return load_siamese(w, preprocessing=preprocessing)

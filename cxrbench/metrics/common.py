@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..config import config_default
 from ..data.splits import real_vs_real_split
@@ -232,3 +233,14 @@ def missing_features(ctx: EvalContext, extractors, sets=("gen", "ref")) -> str |
             if e not in fs.features:
                 return f"{fs.name} has no {e!r} features"
     return None
+
+
+def gray_image_4d(im, fs: FeatureSet) -> torch.Tensor:
+    """One image from ``fs.load_images`` as a float32 ``(1, 1, H, W)`` tensor; anything but one grey channel is
+    a DataError naming the set (a metric that reads pixels, e.g. MS-SSIM or re-identification, needs them)."""
+    im = torch.as_tensor(im, dtype=torch.float32)
+    while im.ndim < 4:
+        im = im.unsqueeze(0)
+    if im.shape[:2] != (1, 1):
+        raise DataError(f"{fs.name}: load_images must give (1, H, W) grayscale images, got {tuple(im.shape)}")
+    return im

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
-from ..errors import DataError
 from ..seeding import numpy_rng
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval
+from .common import MetricSettings, bootstrap_interval, gray_image_4d
 
 #: pairs decoded at a time (bounds memory when images are full-resolution radiographs)
 PAIR_CHUNK = 32
@@ -58,12 +57,7 @@ def _load(fs: FeatureSet, idx: list[int], size: int, device) -> torch.Tensor:
         imgs = list(imgs)
     out = []
     for im in imgs:
-        im = torch.as_tensor(im, dtype=torch.float32)
-        while im.ndim < 4:
-            im = im.unsqueeze(0)
-        if im.shape[:2] != (1, 1):
-            raise DataError(f"{fs.name}: load_images must give (1, H, W) grayscale images, got {tuple(im.shape)}")
-        out.append(to_square(im.to(device), size))
+        out.append(to_square(gray_image_4d(im, fs).to(device), size))
     return torch.cat(out)
 
 

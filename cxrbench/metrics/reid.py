@@ -36,10 +36,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import DataError
 from ..features.reid import load_reid_network
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval
+from .common import MetricSettings, bootstrap_interval, gray_image_4d
 
 #: images decoded and embedded at a time
 EMBED_BATCH = 32
@@ -56,12 +55,7 @@ def embed_set(net, fs: FeatureSet, device="cpu") -> torch.Tensor:
         imgs = fs.load_images(list(range(s, min(s + EMBED_BATCH, len(fs)))))
         batch = []
         for im in imgs:
-            im = torch.as_tensor(im, dtype=torch.float32)
-            while im.ndim < 4:
-                im = im.unsqueeze(0)
-            if im.shape[:2] != (1, 1):
-                raise DataError(f"{fs.name}: load_images must give (1, H, W) grayscale images, got {tuple(im.shape)}")
-            batch.append(net.preprocess(im.to(device)))
+            batch.append(net.preprocess(gray_image_4d(im, fs).to(device)))
         out.append(net.forward_once(torch.cat(batch)).float())
     return torch.cat(out) if out else torch.zeros(0, 0)
 

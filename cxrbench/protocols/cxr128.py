@@ -30,9 +30,8 @@ import json
 
 import numpy as np
 
-from ..data.io import sha256_file
+from ..data.io import check_pinned
 from ..data.precomputed import PrecomputedSet
-from ..errors import WeightsError
 from ..features.cxr128 import shipped_path
 from .embedded import EmbeddedProtocol
 
@@ -57,13 +56,8 @@ def load_features(which: str) -> PrecomputedSet:
 
     fname, expected = FEATURE_FILES[which]
     path = shipped_path(fname)
-    if not path.is_file():
-        raise WeightsError(f"{path}: the cxr128 {which} features are missing; reinstall cxrbench "
-                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
-    digest = sha256_file(path)
-    if digest != expected:
-        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 {which} features "
-                           f"({expected[:16]}...); the file was altered: reinstall cxrbench or restore it from git")
+    digest = check_pinned(path, expected, f"cxr128 {which} features",
+                          "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository")
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})

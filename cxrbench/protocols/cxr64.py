@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.io import sha256_file
+from ..data.io import check_pinned
 from ..data.precomputed import PrecomputedSet
-from ..errors import WeightsError
 from ..features.cxr64 import shipped_path
 from .embedded import EmbeddedProtocol
 
@@ -50,13 +49,8 @@ def load_features(which: str) -> PrecomputedSet:
 
     fname, expected = FEATURE_FILES[which]
     path = shipped_path(fname)
-    if not path.is_file():
-        raise WeightsError(f"{path}: the cxr64 {which} features are missing; reinstall cxrbench "
-                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
-    digest = sha256_file(path)
-    if digest != expected:
-        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr64 {which} features "
-                           f"({expected[:16]}...); the file was altered: reinstall cxrbench or restore it from git")
+    digest = check_pinned(path, expected, f"cxr64 {which} features",
+                          "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository")
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         ids = [str(x) for x in z["ids"]]

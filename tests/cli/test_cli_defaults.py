@@ -137,3 +137,14 @@ def test_changing_a_default_in_evalconfig_changes_the_cli(monkeypatch, name, val
     action = _evaluate_actions()[name]
     assert action.option_strings == [flag]
     assert f"(default: {value})" in subparsers()["evaluate"]._get_formatter()._expand_help(action)
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--protocol", "cxr128"], "cxr128"), (["--protocol", "chexgenbench", "--reference", "r"], "chexgenbench"),
+    ([], "cxr128"), (["--reference", "r"], "default"),
+])
+def test_an_explicit_protocol_flag_reaches_the_config_once(argv, want):
+    # --protocol is a field flag and is also resolved from --reference: given explicitly it must not be passed
+    # twice (EvalConfig() got multiple values for 'protocol')
+    args = build_parser().parse_args(["evaluate", "--samples", "s", *argv])
+    assert evaluate.config_from_args(args).protocol == want
