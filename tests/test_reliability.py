@@ -106,7 +106,7 @@ def test_manifest_metadata_columns_pass_and_tiny_images_are_skippable(tiny, tmp_
 def test_dicom_files_without_an_extension_are_evaluated(tiny, tmp_path, capsys):
     """PACS exports name files by UID, with no extension (or the UID's last digits as one): such a DICOM is
     one of the images, not an ignored file."""
-    from .test_io import _dicom
+    from .data.test_io import _dicom
 
     gen, ref = tiny
     rc, before, _ = _cli(gen, ref, tmp_path, capsys)

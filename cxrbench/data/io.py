@@ -42,14 +42,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def check_pinned(path: Path, expected: str, what: str, missing_fix: str) -> str:
+def check_pinned(path: Path, expected: str, what: str, missing_fix: str, pinned_as: str | None = None) -> str:
     """The sha256 of a file cxrbench ships, refused in one line when it is missing (``missing_fix`` says what
-    to do) or differs from the pinned ``expected``; ``what`` names it in the message."""
+    to do) or differs from the pinned ``expected``; ``what`` (``pinned_as`` in the second message) names it."""
     if not path.is_file():
         raise WeightsError(f"{path}: the {what} {'are' if what.endswith('features') else 'is'} missing; {missing_fix}")
     digest = sha256_file(path)
     if digest != expected:
-        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned {what} ({expected[:16]}...); "
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned {pinned_as or what} ({expected[:16]}...); "
                            "the file was altered: reinstall cxrbench or restore it from git")
     return digest
 

@@ -221,8 +221,9 @@ def load_reid_network(weights: str = "cxrbench", *, seed: int = 0,
         return random_reidnet(seed), f"random:{seed}"
     if w in ("cxrbench", "auto", ""):
         path = shipped_path(REIDNET_FILE)
-        digest = check_pinned(path, REIDNET_SHA256, "reid-net (the shipped re-identification network)",
-                              "reinstall cxrbench, or pass reid_weights=FILE (the published Siamese state dict)")
+        digest = check_pinned(path, REIDNET_SHA256, "shipped re-identification network",
+                              "reinstall cxrbench, or pass reid_weights=FILE (the published Siamese state dict)",
+                              pinned_as="reid-net")
         net, _ = load_siamese(path)
         return net, digest
     return load_siamese(w, preprocessing=preprocessing)
