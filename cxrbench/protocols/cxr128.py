@@ -26,14 +26,9 @@ Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong 
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-
-from ..data.io import check_pinned
 from ..data.precomputed import PrecomputedSet
 from ..features.cxr128 import shipped_path
-from .embedded import EmbeddedProtocol
+from .embedded import EmbeddedProtocol, load_shipped_set
 
 NAME = "cxr128"
 VERSION = "1"
@@ -52,21 +47,8 @@ FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
 def load_features(which: str) -> PrecomputedSet:
     """The shipped ``reference``, ``train`` or ``heldout`` set; a missing or altered file is refused, naming the
     fix."""
-    import pandas as pd
-
     fname, expected = FEATURE_FILES[which]
-    path = shipped_path(fname)
-    digest = check_pinned(path, expected, f"cxr128 {which} features",
-                          "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository")
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})
-        return PrecomputedSet(
-            name=meta["name"], ids=[str(x) for x in z["ids"]], hashes=[str(x) for x in z["hashes"]],
-            features={"cxr128": z["features"].astype(np.float32)}, specs={"cxr128": meta["spec"]},
-            labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
-            meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": f"{NAME}/{VERSION}"},
-        )
+    return load_shipped_set(shipped_path(fname), expected, "cxr128", which, f"{NAME}/{VERSION}")
 
 
 class CXR128Protocol(EmbeddedProtocol):

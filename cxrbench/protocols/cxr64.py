@@ -20,12 +20,9 @@ Metrics that need the reference's images (MS-SSIM, pixel KS, RRS) do not belong 
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..data.io import check_pinned
 from ..data.precomputed import PrecomputedSet
 from ..features.cxr64 import shipped_path
-from .embedded import EmbeddedProtocol
+from .embedded import EmbeddedProtocol, load_shipped_set
 
 NAME = "cxr64"
 VERSION = "1"
@@ -43,24 +40,8 @@ FEATURE_FILES = {"reference": ("cxr64-reference.npz", REFERENCE_SHA256), "train"
 def load_features(which: str) -> PrecomputedSet:
     """The shipped ``reference``, ``train`` or ``heldout`` set; a missing or altered file is refused, naming the
     fix."""
-    import json
-
-    import pandas as pd
-
     fname, expected = FEATURE_FILES[which]
-    path = shipped_path(fname)
-    digest = check_pinned(path, expected, f"cxr64 {which} features",
-                          "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository")
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        ids = [str(x) for x in z["ids"]]
-        labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})
-        return PrecomputedSet(
-            name=meta["name"], ids=ids, hashes=[str(x) for x in z["hashes"]],
-            features={"cxr64": z["features"].astype(np.float32)}, specs={"cxr64": meta["spec"]},
-            labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
-            meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": f"{NAME}/{VERSION}"},
-        )
+    return load_shipped_set(shipped_path(fname), expected, "cxr64", which, f"{NAME}/{VERSION}")
 
 
 class CXR64Protocol(EmbeddedProtocol):

@@ -4,9 +4,15 @@ comparable."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+import pandas as pd
+
+from ..data.io import check_pinned
 from ..data.precomputed import PrecomputedSet
 from ..engine.protocol import Protocol
 from ..errors import UsageError
@@ -14,6 +20,22 @@ from ..errors import UsageError
 #: the real-image sets a leaderboard evaluates in place of a generator's samples (``NAME:heldout``: what a
 #: perfect generator would score; ``NAME:train``: a perfect memorizer, which memorization must flag)
 SHIPPED_SAMPLES = ("heldout", "train")
+
+
+def load_shipped_set(path: Path, expected: str, extractor: str, which: str, protocol_id: str) -> PrecomputedSet:
+    """A protocol's shipped ``reference`` / ``train`` / ``heldout`` feature file (``extractor`` features, labels,
+    patients, hashes), refused in one line when missing or not the pinned ``expected`` sha256."""
+    digest = check_pinned(path, expected, f"{extractor} {which} features",
+                          "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        labels = pd.DataFrame({c: z[f"label:{c}"] for c in meta["label_columns"]})
+        return PrecomputedSet(
+            name=meta["name"], ids=[str(x) for x in z["ids"]], hashes=[str(x) for x in z["hashes"]],
+            features={extractor: z["features"].astype(np.float32)}, specs={extractor: meta["spec"]},
+            labels=labels, patient_ids=[str(x) for x in z["patient_ids"]],
+            meta={"split": which, "sha256": digest, "source": meta["source"], "protocol": protocol_id},
+        )
 
 
 class EmbeddedProtocol(Protocol):
