@@ -195,9 +195,13 @@ def ci_text(m: dict) -> str:
     ci = m.get("ci")
     if not ci or ci[0] is None or ci[1] is None:
         return ""
+    # a biased metric's interval is for its bias-corrected estimate, not for the value at N the table ranks by:
+    # the estimate goes in front of the brackets (with the CLI's asterisk) so both name the same quantity
+    bc = m.get("value_bias_corrected")
+    est = "" if bc is None else f"{fmt(bc)}* "
     if m.get("ci_coverage"):  # measured coverage outside 95 +/- 3%: printed as results.ci_text prints it
-        return results_ci_text(m)
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+        return est + results_ci_text(m)
+    return f"{est}[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def _num_sort(v) -> str:

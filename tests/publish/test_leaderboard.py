@@ -33,7 +33,9 @@ class Tables(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "table":
+        if tag == "table" and "id" not in a:  # the claims table: prose, not a sortable metric table
+            self._cur = None
+        elif tag == "table":
             self._cur = self.tables.setdefault(a["id"], {"keys": [], "rows": [], "sorted": None, "floor": None,
                                                          "ranks": []})
         elif tag == "th" and self._cur is not None:
@@ -491,3 +493,13 @@ def test_entries_with_a_reconstruction_block_get_the_reconstruction_table():
     claim = white_paper_rrs([a, b])
     assert "random MoCo weights" in claim.evidence and claim.verdict == "no evidence"
     assert white_paper_rrs([entry("VAE-64", 0.04, comparable=True)]).verdict.startswith("supported")
+
+
+def test_a_biased_metrics_interval_is_shown_with_the_estimate_it_is_for():
+    from cxrbench.publish.board import ci_text, metric_cell
+
+    # FID @N is biased upward; its interval is for the bias-corrected estimate, which must be printed with it
+    fid = {"value": 5.60, "value_bias_corrected": 4.55, "ci": [1.41, 7.11], "higher_is_better": False}
+    cell = metric_cell(fid)
+    assert cell.text == "5.60" and cell.sub == "4.55* [1.41, 7.11]"
+    assert ci_text({"value": 0.9, "ci": [0.8, 0.95]}) == "[0.800, 0.950]"  # unbiased: the interval alone
