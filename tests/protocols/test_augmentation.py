@@ -385,3 +385,28 @@ def test_a_registered_classifier_is_used_by_the_protocol(monkeypatch, cache_dir)
         assert b.metrics[f"aug_{mode}_auroc"].value == pytest.approx(1 - a.metrics[f"aug_{mode}_auroc"].value, abs=1e-12)
     with pytest.raises(UsageError, match="expected one of cnn, densenet, flipped, linear"):
         augment(real, syn, config=_cfg(cache_dir, classifier="nope"))
+
+
+def test_augment_config_takes_its_shared_defaults_from_eval_config():
+    """One source of defaults: every AugmentConfig knob that EvalConfig also holds (augment_* or the same name)
+    reads EvalConfig's default instead of repeating a literal that could drift."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from cxrbench.config import EvalConfig
+    from cxrbench.protocols.augmentation import config as aug_config
+
+    eval_defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+    tree = ast.parse(inspect.getsource(aug_config.AugmentConfig))
+    defaults = {n.target.id: n.value for n in tree.body[0].body if isinstance(n, ast.AnnAssign) and n.value}
+    shared = 0
+    for f in dataclasses.fields(aug_config.AugmentConfig):
+        name = f"augment_{f.name}" if f"augment_{f.name}" in eval_defaults else f.name
+        if name not in eval_defaults or f.name == "task":  # task: EvalConfig's None means "no augmentation block"
+            continue
+        shared += 1
+        assert f.default == eval_defaults[name], f.name
+        node = defaults[f.name]
+        assert isinstance(node, ast.Call) and node.func.id == "_shared", f"{f.name} repeats a literal default"
+    assert shared >= 10

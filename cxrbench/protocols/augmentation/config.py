@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import EvalConfig
 from ...data.imageset import ImageSource
 from ...metrics.base import MetricValue
 
@@ -21,35 +22,41 @@ OUTPUTS = {
 }
 
 
+def _shared(name: str):
+    """``EvalConfig``'s default for a knob both configs hold: one source of defaults, so ``cxrbench augment`` and
+    ``cxrbench evaluate --protocol augmentation`` cannot drift apart."""
+    return EvalConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class AugmentConfig:
     """Every knob of the protocol; ``cxrbench augment`` flags mirror these fields."""
 
     task: str = "Edema vs No Finding"
-    n_real: int = 1000
-    n_test: int = 300
+    n_real: int = _shared("augment_n_real")
+    n_test: int = _shared("augment_n_test")
     n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
-    seeds: int = 3
-    seed: int = 0  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
+    seeds: int = _shared("augment_seeds")
+    seed: int = _shared("seed")  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
     # test / training images only from these splits (comma-separated labels.csv `split` values, cxr64-* or cxr128-*);
     # None with --extractor cxr64 on NIH labels: cxr64-heldout,cxr64-reference / cxr64-train
     test_split: str | None = None
     train_split: str | None = None
     classifier: str = "linear"
     extractor: str = "xrv"  # frozen features for `linear`
-    weights: str = "auto"  # auto | random | a folder of weights files (extractor, and densenet init)
-    weights_seed: int = 0
-    device: str = "auto"
-    batch_size: int = 32
-    num_workers: int | None = None
-    cache_dir: str | None = None
-    use_cache: bool = True
-    n_bootstrap: int = 200
+    weights: str = _shared("weights")  # auto | random | a folder of weights files (extractor, and densenet init)
+    weights_seed: int = _shared("weights_seed")
+    device: str = _shared("device")
+    batch_size: int = _shared("batch_size")
+    num_workers: int | None = _shared("num_workers")
+    cache_dir: str | None = _shared("cache_dir")
+    use_cache: bool = _shared("use_cache")
+    n_bootstrap: int = _shared("n_bootstrap")
     c: float = 1.0  # inverse L2 strength of the linear probe (features are standardised first)
     epochs: int | None = None  # cnn / densenet; None: 15 (cnn), 5 (densenet)
     lr: float | None = None  # None: 1e-3 (cnn), 1e-4 (densenet)
     image_size: int | None = None  # None: 64 (cnn), 224 (densenet)
-    progress: bool = True
+    progress: bool = _shared("progress")
 
     @classmethod
     def from_eval(cls, config, *, extractor: str, device: str) -> AugmentConfig:
