@@ -10,22 +10,23 @@ import warnings
 from .errors import CxrbenchError
 from .version import __version__
 
-# subcommand name -> module under cxrbench.commands; `cxrbench NAME ...` imports only NAME's module
-# (`cxrbench --help` and `build_parser()` import them all; the evaluation engine loads only when a command runs)
+# subcommand name (= its module under cxrbench.commands) -> its one-line help. `cxrbench NAME ...` imports only
+# NAME's module and `cxrbench --help` none (the list needs only these lines): the engine, torch and sklearn load
+# only when a command runs
 COMMANDS = {
-    "augment": "augment",
-    "evaluate": "evaluate",
-    "ls": "ls",
-    "stats": "stats",
-    "report": "report",
-    "train": "train",
-    "sample": "sample",
-    "submit": "submit",
-    "verify": "verify",
-    "check": "check",
-    "leaderboard": "leaderboard",
-    "reproduce": "reproduce",
-    "validate": "validate",
+    "augment": "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real",
+    "evaluate": "evaluate generated images against a reference set",
+    "ls": "list registered feature extractors, metrics, generators, protocols, downstream classifiers and named references",
+    "stats": "save a reference set's per-extractor mean/covariance (for FID against it without its images)",
+    "report": "write an HTML and Markdown report with figures for a result JSON",
+    "train": "train a reference generator (vae, gmvae, fs-gmvae, lsgan, pggan, ...) on a folder of images",
+    "sample": "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)",
+    "submit": "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)",
+    "verify": "re-check a leaderboard entry against its samples folder (hashes and recomputed metrics)",
+    "check": "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance",
+    "leaderboard": "render leaderboard/README.md and leaderboard/index.html from the entries in leaderboard/entries/",
+    "reproduce": "train, sample and submit one leaderboard recipe (leaderboard/recipes/NAME.toml)",
+    "validate": "run the validity suite (real < degraded < anatomy violated, eye-ranked generators) on an extractor",
 }
 
 
@@ -49,15 +50,18 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole CLI, or with ``only`` (a subcommand name) that subcommand alone."""
+    """The whole CLI; with ``only`` (a subcommand name) that subcommand alone; with ``only=""`` every command
+    listed by its help line, none of their modules imported (the top-level ``--help``)."""
     parser = _Parser(prog="cxrbench", description="Evaluate generative chest X-ray models.")
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         if only is not None and name != only:
+            if only == "":  # the top-level --help: each command listed by its line, its module not imported
+                sub.add_parser(name, help=help_text)
             continue
-        mod = importlib.import_module(f".commands.{module}", __package__)
-        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+        mod = importlib.import_module(f".commands.{name}", __package__)
+        p = sub.add_parser(name, help=help_text, description=getattr(mod, "DESCRIPTION", help_text),
                            epilog=getattr(mod, "EPILOG", None), formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run, cli_main=main)  # `reproduce` runs its stages as CLI commands
@@ -67,7 +71,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the subcommand is the first word (the top level takes no option with a value): its parser alone will do
-    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    # no subcommand (`cxrbench`, `--help`, `--version`): the list of commands alone, no command module imported
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "" if not argv or argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)

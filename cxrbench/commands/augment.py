@@ -15,7 +15,6 @@ from ..protocols.augmentation.run import augment
 from ..registry import CLASSIFIERS, EXTRACTORS
 from .options import add_config_flag, add_moved_flag
 
-HELP = "train a classifier on real, real+synthetic and synthetic images; report the gain on held-out real"
 EPILOG = """examples:
   # offline smoke run with seeded random xrv features and a linear probe (numbers not comparable)
   cxrbench augment --real ../shared/data/kermany_pediatric_covid_skytells --synthetic samples/ \\

@@ -9,7 +9,6 @@ from ..publish.compare import Tolerance, format_table
 from .options import csv_list
 from .submit import add_local_arguments, local_from_args
 
-HELP = "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance"
 EPILOG = """\
 --against takes a leaderboard entry (cxrbench submit) or a result file (cxrbench evaluate --out FILE): a CI
 baseline needs no model card. Evaluates --samples with its config (extractors, metrics, seeds, weights, reference) and compares

@@ -12,7 +12,6 @@ from ..publish.report import condition_caption, condition_rows, write_report
 from ..results import ci_text, floor_text
 from .options import add_config_flags, config_values
 
-HELP = "evaluate generated images against a reference set"
 EPILOG = """examples:
   # the default protocol cxr128: comparable numbers offline (network, reference and metrics ship with cxrbench)
   cxrbench evaluate --samples samples/

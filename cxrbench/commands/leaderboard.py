@@ -11,7 +11,6 @@ from ..publish.entry import load_entries
 from ..publish.leaderboard import render
 from ..publish.ranking import group_entries
 
-HELP = "render leaderboard/README.md and leaderboard/index.html from the entries in leaderboard/entries/"
 
 EPILOG = """\
 Entries are grouped by protocol name and version and by extractor weights (two versions, or two sets of

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..registry import CLASSIFIERS, EXTRACTORS, GENERATORS, METRICS, PROTOCOLS, REFERENCES, REPRESENTATIONS
 
-HELP = "list registered feature extractors, metrics, generators, protocols, downstream classifiers and named references"
 EPILOG = "example:\n  cxrbench ls\n"
 
 

@@ -6,7 +6,6 @@ import sys
 
 from ..publish.report import load_and_write
 
-HELP = "write an HTML and Markdown report with figures for a result JSON"
 EPILOG = """examples:
   # report.html (self-contained, open it from disk) and report.md + PNGs in report/
   cxrbench report result.json --out report/

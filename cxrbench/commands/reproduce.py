@@ -69,7 +69,6 @@ from ..protocols.augmentation.labels import parse_task
 from ..publish.card import card_from_dict
 from ..registry import PROTOCOLS
 
-HELP = "train, sample and submit one leaderboard recipe (leaderboard/recipes/NAME.toml)"
 EPILOG = """examples:
   cxrbench reproduce leaderboard/recipes/lsgan.toml                 # runs/lsgan, samples, entry
   cxrbench reproduce leaderboard/recipes/ddpm.toml --dry-run        # print the commands only

@@ -24,7 +24,6 @@ from ..protocols.cxr64_splits import select_cxr64_split
 from ..protocols.cxr128_splits import select_cxr128_split
 from ..registry import EXTRACTORS, GENERATORS
 
-HELP = "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)"
 
 EPILOG = """\
 OUT receives 00000.png, 00001.png, ... and manifest.csv with columns path, one 0/1 column per label the

@@ -13,7 +13,6 @@ from ..registry import EXTRACTORS
 from .evaluate import add_resize_arguments
 from .options import add_config_flag, csv_list
 
-HELP = "save a reference set's per-extractor mean/covariance (for FID against it without its images)"
 EPILOG = """examples:
   cxrbench stats --reference nih-cxr14 --reference-split test --out nih-test.npz
   cxrbench evaluate --samples samples/ --reference nih-test.npz

@@ -12,7 +12,6 @@ from ..publish.card import load_card
 from .evaluate import format_table, resolve_protocol
 from .options import add_config_flag, add_moved_flag, csv_list
 
-HELP = "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)"
 EPILOG = """\
 cxrbench computes every number itself; the entry records the model card, the result, the sha256 of every
 sample file and of every extractor's weights, and the protocol name and version. The file is named after

@@ -20,7 +20,6 @@ from ..protocols.cxr128_splits import select_cxr128_split
 from ..registry import GENERATORS, REPRESENTATIONS
 from ..training import TrainOptions, config_from_overrides, config_to_dict, load_config_file
 
-HELP = "train a reference generator (vae, gmvae, fs-gmvae, lsgan, pggan, ...) on a folder of images"
 
 EPILOG = """\
 The model folder (--out) ends up holding config.json + model.pt (sample it with `cxrbench sample`),

@@ -13,7 +13,6 @@ from ..fileio import atomic_write_bytes
 from ..protocols.validity_sets import PROTOCOL_DATA
 from .options import add_config_flag
 
-HELP = "run the validity suite (real < degraded < anatomy violated, eye-ranked generators) on an extractor"
 DESCRIPTION = """Measure FID against a protocol's reference, through one extractor, for sets built deterministically from
 real held-out images: (a) real, (b) degraded but anatomical (blur, noise, JPEG, contrast, low resolution,
 GAN artefacts; mild and moderate), (c) anatomy violated (random fields, blobs, patch shuffles, flips,

@@ -9,7 +9,6 @@ from ..publish.compare import ATOL, RTOL, format_table
 from ..publish.entry import load_entry
 from .submit import add_local_arguments, local_from_args
 
-HELP = "re-check a leaderboard entry against its samples folder (hashes and recomputed metrics)"
 EPILOG = """\
 Fails (exit 1, with a table of differences) when any sample file was added, removed or changed (named by
 path), when the reference or any extractor's weights hash differs, or when any recomputed number (value,
