@@ -21,6 +21,11 @@ sets against a person's order (real < degraded < anatomy violated), not by probe
   representation learning by predicting image rotations", ICLR 2018). Those two corruption families are
   then seen in training; the validity suite's other anatomy violations (patch shuffles, negatives, random
   fields, blobs, splices) are not.
+- ``lambda_anatomy > 0`` (with either): a binary head, "is this an intact chest radiograph?", trained with BCE
+  on half the batch: positives are normal views, negatives the same views under an anatomy-destroying
+  transform from families the validity suite does not use (``elastic_warp``, ``tiny_crop``, ``kaleidoscope``).
+  Positive and negative of a pair are both brought to the same resolution (128, 64 or 32 px and back), so
+  that a thumbnail blown up still counts as a chest and resolution tells the head nothing.
 
 There is no degradation head: the ``cxr64`` network's (its second view degraded, a head predicting type and
 strength) made sharpness and noise the main axes of its embedding.
@@ -89,13 +94,17 @@ class Config:
     noise_std: float = 0.02
     lowres_prob: float = 0.0  # downsampled by a factor U(1, lowres_factor) (area), upsampled back (bilinear)
     lowres_factor: float = 4.0
+    lambda_anatomy: float = 0.0  # weight of the intact-chest head (0: off)
+    anatomy_fraction: float = 0.5  # share of the batch whose views (and their corrupted copies) it sees
 
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
         if self.objective not in ("contrastive", "both"):
             raise ValueError(f"objective {self.objective!r}: expected contrastive or both")
-        if self.lambda_orientation < 0 or self.batch_size < 4:
-            raise ValueError("lambda_orientation >= 0 and batch_size >= 4 are needed")
+        if self.lambda_orientation < 0 or self.lambda_anatomy < 0 or self.batch_size < 4:
+            raise ValueError("lambda_orientation >= 0, lambda_anatomy >= 0 and batch_size >= 4 are needed")
+        if not 0 < self.anatomy_fraction <= 1:
+            raise ValueError(f"anatomy_fraction {self.anatomy_fraction}: expected a share in (0, 1]")
 
     def seen_families(self) -> list[str]:
         """The corruption families this configuration shows the network during training (for the note)."""
@@ -104,6 +113,8 @@ class Config:
         seen += ["Gaussian noise (mild, as invariance)"] * (self.noise_prob > 0)
         seen += ["low resolution (as invariance)"] * (self.lowres_prob > 0)
         seen += ["rotation 90/180/270, vertical flip (pretext)"] * (self.lambda_orientation > 0)
+        if self.lambda_anatomy > 0:
+            seen += ["low resolution 32/64 px (as intact chest)", *(f"{f} (anatomy pretext)" for f in ANATOMY_FAMILIES)]
         return seen
 
 
@@ -174,6 +185,79 @@ def _lowres(x: torch.Tensor, factor: float) -> torch.Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def elastic_warp(x: torch.Tensor, amplitude: tuple[float, float] = (0.15, 0.25), grid: int = 5) -> torch.Tensor:
+    """Each image resampled through a strong smooth random displacement field.
+
+    Ribs, heart and diaphragm bend into swirls while local texture and grey levels stay those of a radiograph,
+    so only the layout tells a warped image from a real one. The field is random noise on a ``grid`` x ``grid``
+    lattice, upsampled bicubically (smooth, as a Gaussian-smoothed field), scaled so that its largest
+    displacement is ``amplitude`` (drawn per image) of the image size; borders reflect.
+    """
+    n, _, h, w = x.shape
+    d = F.interpolate(torch.randn(n, 2, grid, grid, device=x.device), size=(h, w), mode="bicubic",
+                      align_corners=True)
+    amp = amplitude[0] + (amplitude[1] - amplitude[0]) * torch.rand(n, 1, 1, 1, device=x.device)
+    d = d / d.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6) * amp * 2  # grid coordinates span 2
+    ident = F.affine_grid(torch.eye(2, 3, device=x.device).expand(n, 2, 3), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, ident + d.permute(0, 2, 3, 1), mode="bilinear", padding_mode="reflection",
+                        align_corners=False)
+    return out.clamp(0, 1)
+
+
+def tiny_crop(x: torch.Tensor, area: tuple[float, float] = (0.03, 0.08)) -> torch.Tensor:
+    """A random square of ``area`` (drawn per image) of each image, blown up to full size.
+
+    What remains is radiograph texture (a rib edge, lung grey, a little noise) without the chest's layout:
+    a network that calls it a chest has learned texture, not anatomy.
+    """
+    n = x.shape[0]
+    s = (area[0] + (area[1] - area[0]) * torch.rand(n, device=x.device)).sqrt()
+    t = (1 - s)[:, None] * (2 * torch.rand(n, 2, device=x.device) - 1)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = s, s, t
+    g = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=False).clamp(0, 1)
+
+
+def kaleidoscope(x: torch.Tensor) -> torch.Tensor:
+    """One random quadrant of each image mirrored into all four (mirror axes through the centre).
+
+    Every local structure is a real one, but the picture has two lungs on each side or two diaphragms, which
+    no chest has; the whole quadrant is kept at its scale, unlike ``tiny_crop``.
+    """
+    n, _, h, w = x.shape
+    h2, w2 = h // 2, w // 2
+    out = x.clone()
+    q = torch.randint(0, 4, (n,))
+    for i in range(n):
+        r, c = divmod(int(q[i]), 2)
+        t = x[i, :, r * h2 : (r + 1) * h2, c * w2 : (c + 1) * w2]
+        # turned so that the corner at the image centre is the tile's bottom-right: the mirrors meet there
+        t = t.flip(-1) if c else t
+        t = t.flip(-2) if r else t
+        top = torch.cat([t, t.flip(-1)], dim=-1)
+        out[i, :, : 2 * h2, : 2 * w2] = torch.cat([top, top.flip(-2)], dim=-2)
+    return out
+
+
+#: the anatomy pretext's negatives (none is a family of ``cxrbench.data.corruptions``' validity suite)
+ANATOMY_FAMILIES = {"elastic warp": elastic_warp, "tiny crop": tiny_crop, "kaleidoscope": kaleidoscope}
+#: the resolutions a positive and its negative are brought to (then back to 128 px)
+ANATOMY_SIZES = (128, 64, 32)
+
+
+def destroy_anatomy(x: torch.Tensor) -> torch.Tensor:
+    """Each image under one anatomy-destroying family of ``ANATOMY_FAMILIES``, drawn per image."""
+    fams = list(ANATOMY_FAMILIES.values())
+    k = torch.randint(0, len(fams), (x.shape[0],))
+    out = x.clone()
+    for j, f in enumerate(fams):
+        m = k == j
+        if m.any():
+            out[m] = f(x[m])
+    return out
+
+
 def orient(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Each image turned by its class ``k`` (index into ORIENTATIONS)."""
     out = x.clone()
@@ -200,6 +284,8 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         d = self.net.embed.out_features
         self.proj = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 128))
         self.orientation = nn.Linear(d, len(ORIENTATIONS))
+        if config.lambda_anatomy > 0:  # only then: the shipped configuration's initialisation stays as it was
+            self.anatomy = nn.Linear(d, 1)
 
     @classmethod
     def training_dataset(cls, data_root, config: Config, *, split: str | None = None) -> _Images:
@@ -239,6 +325,15 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
             m = n // 2
             k = torch.randint(0, len(ORIENTATIONS), (m,), device=images.device)
             views.append(orient(self.view(images[:m]), k))
+        if c.lambda_anatomy > 0:  # intact views and the same views with their anatomy destroyed, paired
+            a = max(1, round(n * c.anatomy_fraction))
+            pos = self.view(images[:a])
+            neg = destroy_anatomy(pos)
+            size = torch.tensor(ANATOMY_SIZES)[torch.randint(0, len(ANATOMY_SIZES), (a,))]
+            for i in range(a):  # a pair shares its resolution: low resolution is no cue either way
+                f = images.shape[-1] / float(size[i])
+                pos[i : i + 1], neg[i : i + 1] = _lowres(pos[i : i + 1], f), _lowres(neg[i : i + 1], f)
+            views += [pos, neg]
         f = self.net.features(torch.cat(views) * 2 - 1)
         out = {}
         z = F.normalize(self.proj(f[: 2 * n]), dim=1)
@@ -254,8 +349,12 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
             out["bce"] = F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
             total = total + c.lambda_bce * out["bce"]
         if c.lambda_orientation > 0:
-            out["orient"] = F.cross_entropy(self.orientation(f[2 * n :]), k)
+            out["orient"] = F.cross_entropy(self.orientation(f[2 * n : 2 * n + m]), k)
             total = total + c.lambda_orientation * out["orient"]
+        if c.lambda_anatomy > 0:
+            y = torch.cat([torch.ones(a), torch.zeros(a)]).to(f)
+            out["anatomy"] = F.binary_cross_entropy_with_logits(self.anatomy(f[-2 * a :])[:, 0], y)
+            total = total + c.lambda_anatomy * out["anatomy"]
         out["loss"] = total
         return out
 

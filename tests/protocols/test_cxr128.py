@@ -153,6 +153,56 @@ def test_training_the_network_on_a_wrong_data_root_is_one_clear_error(tmp_path):
     assert r.returncode == 1 and "pass --data the folder that holds them" in r.stderr and "Traceback" not in r.stderr
 
 
+def _smooth_asymmetric(n: int = 4) -> torch.Tensor:
+    """Smooth, left-right and top-bottom asymmetric images in [0, 1] (a ramp plus low-frequency waves)."""
+    g = torch.linspace(0, 1, 128)
+    yy, xx = torch.meshgrid(g, g, indexing="ij")
+    base = [0.6 * xx * yy + 0.2 * torch.sin(3 * xx + 5 * yy + k) + 0.2 for k in range(n)]
+    return torch.stack(base)[:, None].clamp(0, 1)
+
+
+@pytest.mark.parametrize("family", ["elastic warp", "tiny crop", "kaleidoscope"])
+def test_each_anatomy_negative_keeps_shape_and_range_and_changes_the_image(family):
+    from baselines.cxr128net import ANATOMY_FAMILIES, destroy_anatomy
+
+    torch.manual_seed(0)
+    x = _smooth_asymmetric()
+    y = ANATOMY_FAMILIES[family](x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    # every image is changed, and by a large amount (a layout change, not a nudge)
+    assert bool(((y - x).abs().mean(dim=(1, 2, 3)) > 0.03).all()), family
+    assert destroy_anatomy(x).shape == x.shape
+
+
+def test_anatomy_head_loss_is_computed_and_trains_the_network():
+    from baselines.cxr128net import Config, CXR128NetTrainer
+
+    torch.manual_seed(0)
+    x, labels = _smooth_asymmetric(8), torch.full((8, 14), float("nan"))
+    model = CXR128NetTrainer(Config(batch_size=8, lambda_orientation=0.5, lambda_anatomy=0.5))
+    out = model.losses(x, labels)
+    assert torch.isfinite(out["anatomy"]) and float(out["anatomy"]) > 0
+    assert torch.allclose(out["loss"], out["nce"] + 0.5 * out["orient"] + 0.5 * out["anatomy"])
+    out["anatomy"].backward()
+    assert float(model.anatomy.weight.grad.abs().sum()) > 0
+    assert float(model.net.embed.weight.grad.abs().sum()) > 0  # the pretext reaches the embedding
+    off = CXR128NetTrainer(Config(batch_size=8, lambda_orientation=0.5))
+    assert "anatomy" not in off.losses(x, labels) and not hasattr(off, "anatomy")
+
+
+def test_seen_families_name_the_anatomy_pretext_and_none_is_a_validity_suite_violation():
+    from baselines.cxr128net import ANATOMY_FAMILIES, Config
+    from cxrbench.data.corruptions import CORRUPTIONS
+
+    seen = Config(lambda_anatomy=0.5).seen_families()
+    for family in ANATOMY_FAMILIES:
+        assert any(s.startswith(family) for s in seen), family
+    assert not any(s.startswith(f) for s in Config().seen_families() for f in ANATOMY_FAMILIES)
+    violated = {c.name.replace("-", " ") for c in CORRUPTIONS.values() if c.kind == "violated"}
+    assert not violated & {f.replace("-", " ") for f in ANATOMY_FAMILIES}
+
+
 # --- evaluation under the protocol -------------------------------------------------------------------------
 
 
