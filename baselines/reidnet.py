@@ -23,7 +23,7 @@ noise): a verification network must not need the pixels to line up. The trainer 
 a model ``(images, labels)`` batches; here ``labels`` carries the pair's second image (flattened) and the target
 in its last column.
 
-    python -m baselines.reidnet train --data ../shared/data --out runs/reid --seed 0 --steps 600 --threads 1
+    python -m baselines.reidnet train --data ../shared/data --out runs/reid --seed=0 --steps 600 --threads 1
     python -m baselines.reidnet evaluate --run runs/reid --data ../shared/data
     python -m baselines.reidnet build --run runs/reid --data ../shared/data   # writes cxrbench/protocols/cxr128_data/reid-net.pt
 

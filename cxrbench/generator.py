@@ -96,7 +96,7 @@ def batch_seed(seed: int, b: int) -> int:
     """The seed of batch ``b`` of a draw seeded ``seed``.
 
     Distinct over (seed, batch) pairs while b < 1,000,003, so draws with neighbouring seeds share no batch
-    (``seed + b`` would: batch 1 of seed 0 is batch 0 of seed 1); each batch is reproducible on its own.
+    (``seed + b`` would: for any seed s, batch 1 is seed s+1, batch 0); each batch is reproducible on its own.
     """
     return seed * 1_000_003 + b
 

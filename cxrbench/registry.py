@@ -165,9 +165,9 @@ METRICS = Registry(
     "cxrbench.metrics",
     base="cxrbench.metrics.base:Metric",
     builtins={
-        "fid": "cxrbench.metrics.registered:FID",
+        "fid": "cxrbench.metrics.fid:FID",
         "fd_inf": "cxrbench.metrics.registered:FDInf",
-        "kid": "cxrbench.metrics.registered:KID",
+        "kid": "cxrbench.metrics.kid:KID",
         "prdc": "cxrbench.metrics.registered:PRDC",
         "memorization": "cxrbench.metrics.memorization:Memorization",
         "ks_features": "cxrbench.metrics.registered:KSFeatures",

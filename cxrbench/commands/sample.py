@@ -180,25 +180,22 @@ def build_classifier(name: str, weights: str | None, device) -> ImageClassifier:
     return ImageClassifier(clf, make(base_name) if base_name else None)
 
 
-def run(args) -> int:
-    from tqdm.auto import tqdm
-
-    out = Path(args.out)
+def _check_args(args, out: Path) -> None:
+    """The flag mistakes caught before the model is loaded."""
     if (out / "manifest.csv").exists() and not args.overwrite:
         raise UsageError(f"{out}: already holds samples (manifest.csv); choose a new --out or pass --overwrite")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if args.n is None and not args.labels_csv and args.reconstruct is None:  # before the model is loaded
+    if args.n is None and not args.labels_csv and args.reconstruct is None:
         raise UsageError("--n is required: give the number of images (or --labels-csv, whose rows it then is)")
     if args.reconstruct_split is not None and args.reconstruct is None:
         raise UsageError("--reconstruct-split selects images of --reconstruct DIR; give --reconstruct DIR too")
-    device = resolve_device(args.device)
-    model = load_model(args.run, device)
-    if args.reconstruct is not None:
-        return run_reconstruct(args, model, out)
-    conditional = bool(getattr(model, "conditional", False))
 
-    # the label vector of each image, or None (unconditional; a conditional model draws its own)
+
+def requested_labels(args) -> tuple[np.ndarray | None, int]:
+    """(the label vector of each image or None, the number of images) from --labels-csv, --n and --labels.
+
+    None: unconditional, or a conditional model draws its own."""
     labels = None
     if args.labels_csv:
         labels = read_label_csv(args.labels_csv)
@@ -213,30 +210,35 @@ def run(args) -> int:
         for lab in parse_label_names(args.labels):
             vec[LABELS.index(lab)] = 1.0
         labels = np.tile(vec, (n, 1))
-    if args.prompt is not None and not hasattr(model, "parse_prompt"):
-        raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
-    sample_fn, log_p = None, []
-    if args.optimize_toward:
-        if labels is not None and not conditional:
-            raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
-        if not hasattr(model, "optimize_toward"):
-            raise UsageError(f"{model.name} does not support --optimize-toward (pggan does)")
-        target = parse_label_names(args.optimize_toward)
-        if len(target) != 1:
-            raise UsageError("--optimize-toward: give exactly one label")
-        classifier = build_classifier(args.classifier, args.weights, device)
+    return labels, n
 
-        def sample_fn(m, *, labels, seed):
-            imgs, info = model.optimize_toward(target[0], m, classifier=classifier, steps=args.opt_steps,
-                                               lr=args.opt_lr, seed=seed, labels=labels)
-            log_p.append((m, info["log_p_start"], info["log_p_end"]))
-            return imgs
+
+def guided_sampler(args, model, labels, conditional: bool, device):
+    """(sample_fn, log_p, target label) for --optimize-toward; sample_fn appends (m, log p before, after) of
+    each batch to log_p."""
     if labels is not None and not conditional:
-        raise UsageError(
-            f"{model.name} is unconditional: drop --labels/--labels-csv"
-            + (" (or use --optimize-toward LABEL)" if hasattr(model, "optimize_toward") else "")
-        )
-    label_columns = list(LABELS) if conditional or labels is not None or args.prompt is not None else []
+        raise UsageError("--labels/--labels-csv need a conditional model; drop them with --optimize-toward")
+    if not hasattr(model, "optimize_toward"):
+        raise UsageError(f"{model.name} does not support --optimize-toward (pggan does)")
+    target = parse_label_names(args.optimize_toward)
+    if len(target) != 1:
+        raise UsageError("--optimize-toward: give exactly one label")
+    classifier = build_classifier(args.classifier, args.weights, device)
+    log_p = []
+
+    def sample_fn(m, *, labels, seed):
+        imgs, info = model.optimize_toward(target[0], m, classifier=classifier, steps=args.opt_steps,
+                                           lr=args.opt_lr, seed=seed, labels=labels)
+        log_p.append((m, info["log_p_start"], info["log_p_end"]))
+        return imgs
+
+    return sample_fn, log_p, target[0]
+
+
+def write_samples(args, model, out: Path, n: int, labels, label_columns: list[str], sample_fn,
+                  target: str | None) -> list[dict]:
+    """Draw and write the N PNGs; returns the manifest rows."""
+    from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(n - 1)))
@@ -251,22 +253,19 @@ def run(args) -> int:
             row = {"path": rel}
             if batch.labels is not None:
                 row.update({c: int(v) for c, v in zip(label_columns, batch.labels[i].tolist())})
-            if args.optimize_toward:
-                row[target[0]] = 1  # requested of the classifier-guided sample
+            if target is not None:
+                row[target] = 1  # requested of the classifier-guided sample
             if args.prompt is not None:
                 row["prompt"] = args.prompt
             row["seed"] = batch.seed
             rows.append(row)
         bar.update(len(arr))
     bar.close()
+    return rows
 
-    columns = ["path"] + label_columns
-    if args.optimize_toward and target[0] not in columns:
-        columns.append(target[0])
-    if args.prompt is not None:
-        columns.append("prompt")
-    columns.append("seed")
-    write_manifest(out, columns, rows)
+
+def sample_info(args, model, n: int, target: str | None, log_p: list) -> dict:
+    """What ``sample_info.json`` records of the draw."""
     info = {
         "model": model.name,
         "run": str(Path(args.run).resolve()),
@@ -274,13 +273,46 @@ def run(args) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "bit_depth": args.bit_depth,
-        "optimize_toward": target[0] if args.optimize_toward else None,
-        "classifier": args.classifier if args.optimize_toward else None,
+        "optimize_toward": target,
+        "classifier": args.classifier if target is not None else None,
     }
     if log_p:  # mean log p(target | image) over the images, before and after optimising the latents
         total = sum(k for k, _, _ in log_p)
         info["log_p_start"] = sum(k * a for k, a, _ in log_p) / total
         info["log_p_end"] = sum(k * b for k, _, b in log_p) / total
+    return info
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    _check_args(args, out)  # before the model is loaded
+    device = resolve_device(args.device)
+    model = load_model(args.run, device)
+    if args.reconstruct is not None:
+        return run_reconstruct(args, model, out)
+    conditional = bool(getattr(model, "conditional", False))
+    labels, n = requested_labels(args)
+    if args.prompt is not None and not hasattr(model, "parse_prompt"):
+        raise UsageError(f"{model.name} takes no text prompt (ldm does); use --labels")
+    sample_fn, log_p, target = None, [], None
+    if args.optimize_toward:
+        sample_fn, log_p, target = guided_sampler(args, model, labels, conditional, device)
+    if labels is not None and not conditional:
+        raise UsageError(
+            f"{model.name} is unconditional: drop --labels/--labels-csv"
+            + (" (or use --optimize-toward LABEL)" if hasattr(model, "optimize_toward") else "")
+        )
+    label_columns = list(LABELS) if conditional or labels is not None or args.prompt is not None else []
+    rows = write_samples(args, model, out, n, labels, label_columns, sample_fn, target)
+
+    columns = ["path"] + label_columns
+    if target is not None and target not in columns:
+        columns.append(target)
+    if args.prompt is not None:
+        columns.append("prompt")
+    columns.append("seed")
+    write_manifest(out, columns, rows)
+    info = sample_info(args, model, n, target, log_p)
     atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
     print(out)
     return 0

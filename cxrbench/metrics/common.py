@@ -5,6 +5,8 @@ metric's range, for statistics that are means of per-sample values (memorization
 statistics of two samples (FID, KID, PRDC, KS, label distances) resample both sets through
 ``bootstrap.two_sample_bootstrap``, with the method the coverage benchmark chose (``functional.py``).
 ``matched_floor`` gives every metric its real-vs-real floor and its own value at the floor's sizes.
+``check_pair``, ``replicates``, ``one_thread`` and ``fd_validity`` are the functional entries' shared argument
+handling.
 
 ``MetricSettings.from_config(ctx.config)`` takes the settings that are ``EvalConfig`` fields from the run's
 config (``seed``, ``n_bootstrap``: their defaults are read from ``EvalConfig`` too), then
@@ -16,6 +18,7 @@ reachable through the one config object.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +30,7 @@ from ..data.splits import real_vs_real_split
 from ..errors import DataError, UsageError
 from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
-from .bootstrap import bootstrap_ci
+from .bootstrap import bootstrap_ci, one_torch_thread
 
 
 def _from_eval_config(name: str):
@@ -244,3 +247,52 @@ def gray_image_4d(im, fs: FeatureSet) -> torch.Tensor:
     if im.shape[:2] != (1, 1):
         raise DataError(f"{fs.name}: load_images must give (1, H, W) grayscale images, got {tuple(im.shape)}")
     return im
+
+
+# the functional entries' shared argument handling (``functional.py`` and the metric modules)
+
+
+def one_thread(fn):
+    """Run a metric with torch on one CPU thread (``bootstrap.one_torch_thread``: replicate loops ~10x faster)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with one_torch_thread(kwargs.get("device", "cpu")):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def replicates(n_bootstrap: int | None, ci: bool, default: int = MetricSettings.n_bootstrap) -> int:
+    """Bootstrap replicates to run: ``n_bootstrap`` when given, else ``default`` with ``ci=True``, else 0."""
+    if n_bootstrap is not None:
+        if n_bootstrap < 0:
+            raise DataError(f"n_bootstrap={n_bootstrap}: expected 0 (no interval) or more replicates")
+        return int(n_bootstrap)
+    return default if ci else 0
+
+
+def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np.ndarray, np.ndarray]:
+    """Both sets (generated, reference) as float64 ``(N, D)`` arrays with the same D, finite, at least
+    ``min_rows`` rows each; messages name them by their keywords, ``fake`` and ``real``."""
+    out = []
+    for name, x in (("fake (generated)", gen), ("real (reference)", ref)):
+        x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+        if x.ndim != 2:
+            raise DataError(f"{what}: {name} features must be a 2-d (N, D) array, got shape {x.shape}")
+        if len(x) < min_rows:
+            raise DataError(f"{what}: needs at least {min_rows} {name} rows, got {len(x)}")
+        if not np.isfinite(x).all():
+            raise DataError(f"{what}: {name} features contain NaN or inf (row {int(np.argmin(np.isfinite(x).all(1)))});"
+                            " drop or fix those rows")
+        out.append(x)
+    if out[0].shape[1] != out[1].shape[1]:
+        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} (fake) vs {out[1].shape[1]}"
+                        " (real); use the same extractor for both sets")
+    return out[0], out[1]
+
+
+def fd_validity(n: int, d: int, per_dim: float, what: str, why: str) -> tuple[bool, str | None]:
+    if n < per_dim * d:
+        return False, f"{what}: {n} rows for {d}-d features (below {per_dim:g} per dimension): {why}"
+    return True, None

@@ -1,4 +1,5 @@
-"""Frechet distance between Gaussians fitted to features, and the registered ``fid`` metric.
+"""FID in one file: the Frechet distance between Gaussians fitted to features, its functional entry
+``fid(real=, fake=)`` (re-exported by ``functional``) and the registered ``fid`` metric (``FID``).
 
 The trace term ``Tr((S1 S2)^1/2)`` is computed from the eigenvalues of the symmetric product ``A^T S2 A``
 (``A A^T = S1``, a Cholesky factor when ``S1`` is positive definite) with ``eigvalsh``, in float64: no complex
@@ -12,6 +13,13 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .base import FeaturePair, MetricValue, TwoSampleMetric
+from .bootstrap import two_sample_bootstrap
+from .common import check_pair, fd_validity, float64_device, one_thread, replicates, with_interval
+
+#: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
+#: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
+FD_MIN_ROWS_PER_DIM = 2.0
 
 
 def _as64(x, device=None) -> torch.Tensor:
@@ -233,3 +241,72 @@ def fid_from_features(f1, f2) -> float:
     mu1, s1 = gaussian_stats(f1)
     mu2, s2 = gaussian_stats(f2)
     return frechet_distance(mu1, s1, mu2, s2, factor1=covariance_factor(s1, f1))
+
+
+# the functional entry (``functional.fid``)
+
+
+@one_thread
+def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_bootstrap: int | None = None,
+        seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
+    """FID; on request a basic-bootstrap interval over both sets, and the bias-corrected estimate beside it.
+
+    ``real_stats`` (``{"mu", "sigma", "n"}``) stands in for ``real`` when the reference is only known by its
+    statistics; the interval then resamples the generated set alone (``ci_method`` says so).
+    """
+    gen, ref, ref_stats = fake, real, real_stats
+    n_bootstrap = replicates(n_bootstrap, ci)
+    if (ref is None) == (ref_stats is None):
+        raise DataError("fid: pass exactly one of real= (features) and real_stats= (mu, sigma, n)")
+
+    if ref_stats is None:
+        g, r = check_pair(gen, ref, what="fid")
+        n_ref = len(r)
+        mu_r, s_r = gaussian_stats(r, device=device)
+        factor_r = covariance_factor(s_r, r)
+    else:
+        g, _ = check_pair(gen, gen, what="fid")
+        mu_r, s_r = _as64(ref_stats["mu"], device), _as64(ref_stats["sigma"], device)
+        if mu_r.shape[0] != g.shape[1]:
+            raise DataError(f"fid: reference statistics are {mu_r.shape[0]}-d, generated features {g.shape[1]}-d")
+        n_ref, factor_r = int(ref_stats["n"]), covariance_factor(s_r)
+    mu_g, s_g = gaussian_stats(g, device=device)
+    value = frechet_distance(mu_r, s_r, mu_g, s_g, factor1=factor_r)
+    valid, reason = fd_validity(min(len(g), n_ref), g.shape[1], FD_MIN_ROWS_PER_DIM, "fid",
+                                 "the rank-deficiency bias dominates and no bootstrap interval reaches 95% "
+                                 "coverage; compare only at equal N")
+    mv = MetricValue(value, False, None, len(g), n_ref, valid=valid, reason=reason)
+    if ref_stats is None:
+        stat, n_r = TwoSampleFD(g, r, device=device), n_ref
+    else:
+        one = BootstrapFD(_as64(g, device), mu_r, s_r, factor_r)
+        stat, n_r = (lambda ig, ir: one(ig)), None
+    iv = two_sample_bootstrap(stat, len(g), n_r, value, n_boot=n_bootstrap, seed=seed, alpha=alpha,
+                              method="basic" if valid else "centred")
+    if not valid:
+        # no interval for the population FID (none covers); the replicates' spread about the value still
+        # measures the noise of FID at this N, which is what comparisons at equal N (`cxrbench check`) need
+        if iv is not None:
+            mv.extra["ci_equal_n"] = [max(iv.lo, 0.0), iv.hi]
+        return mv
+    return with_interval(mv, iv, bias_corrected=True, lower=0.0)
+
+
+# the registered metric (``cxrbench evaluate``)
+
+
+class FID(TwoSampleMetric):
+    name = "fid"
+    version = "1"
+    outputs = {"fid": False}
+    accepts_reference_stats = True
+
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        st = pair.settings
+        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
+        if pair.ref is None:  # reference given as statistics (`cxrbench stats`)
+            return fid(fake=pair.gen, real_stats=pair.ref_stats, **kw)
+        return fid(real=pair.ref, fake=pair.gen, **kw)
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return fid_from_features(x, y)

@@ -33,23 +33,35 @@ few samples per feature dimension), the result has ``valid = False``, a ``reason
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-from scipy.stats import norm
 
-from ..errors import DataError
 from . import knn
 from .base import MetricValue
-from .bootstrap import Interval, interval_from_replicates, one_torch_thread, two_sample_bootstrap
-from .common import MetricSettings, with_interval
+from .bootstrap import Interval, interval_from_replicates, two_sample_bootstrap
+from .common import MetricSettings, check_pair, fd_validity, one_thread, replicates, with_interval
 from .fd_inf import fd_inf_two_sample
-from .fid import BootstrapFD, TwoSampleFD, _as64, covariance_factor, frechet_distance, gaussian_stats
-from .kid import kid as kid_subsets
-from .kid import mmd2_u_variance
+from .fid import FD_MIN_ROWS_PER_DIM, fid
+from .kid import KID_ANALYTIC_MAX_ROWS, kid
 from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
 from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
 from .prdc import prdc as prdc_result
+
+# fid and kid live with their estimators (one metric, one file) and are re-exported here
+__all__ = [
+    "DENSITY_INFLATE",
+    "FD_INF_MIN_ROWS_PER_DIM",
+    "FD_INF_N_BOOTSTRAP",
+    "FD_MIN_ROWS_PER_DIM",
+    "KID_ANALYTIC_MAX_ROWS",
+    "N_BOOTSTRAP",
+    "check_pair",
+    "fd_inf",
+    "fid",
+    "kid",
+    "ks_features",
+    "prdc",
+    "replicates",
+]
 
 #: replicates of ``ci=True``: ``EvalConfig.n_bootstrap``'s default (read through ``MetricSettings``, which
 #: takes it from there), so the CLI, the harness and this API share one default. The coverage benchmark
@@ -58,157 +70,14 @@ from .prdc import prdc as prdc_result
 N_BOOTSTRAP = MetricSettings.n_bootstrap
 #: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)
 FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
-#: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
-#: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
-FD_MIN_ROWS_PER_DIM = 2.0
 #: PRDC density interval widening where the replicates keep the full-set kNN radii (sets above
 #: ``prdc.RECOMPUTE_MAX_ROWS``; calibrated with tests/benchmarks/coverage.py)
 DENSITY_INFLATE = 1.3
-#: KID's interval from the U-statistic variance up to this many rows per set (three N x N float64 kernels:
-#: 0.5 GB at 4096); above, the bootstrap
-KID_ANALYTIC_MAX_ROWS = 4096
 #: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
 FD_INF_MIN_ROWS_PER_DIM = 1.0
 
 
-def _one_thread(fn):
-    """Run a metric with torch on one CPU thread (``bootstrap.one_torch_thread``: replicate loops ~10x faster)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with one_torch_thread(kwargs.get("device", "cpu")):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def replicates(n_bootstrap: int | None, ci: bool, default: int = N_BOOTSTRAP) -> int:
-    """Bootstrap replicates to run: ``n_bootstrap`` when given, else ``default`` with ``ci=True``, else 0."""
-    if n_bootstrap is not None:
-        if n_bootstrap < 0:
-            raise DataError(f"n_bootstrap={n_bootstrap}: expected 0 (no interval) or more replicates")
-        return int(n_bootstrap)
-    return default if ci else 0
-
-
-def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np.ndarray, np.ndarray]:
-    """Both sets (generated, reference) as float64 ``(N, D)`` arrays with the same D, finite, at least
-    ``min_rows`` rows each; messages name them by their keywords, ``fake`` and ``real``."""
-    out = []
-    for name, x in (("fake (generated)", gen), ("real (reference)", ref)):
-        x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-        if x.ndim != 2:
-            raise DataError(f"{what}: {name} features must be a 2-d (N, D) array, got shape {x.shape}")
-        if len(x) < min_rows:
-            raise DataError(f"{what}: needs at least {min_rows} {name} rows, got {len(x)}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{what}: {name} features contain NaN or inf (row {int(np.argmin(np.isfinite(x).all(1)))});"
-                            " drop or fix those rows")
-        out.append(x)
-    if out[0].shape[1] != out[1].shape[1]:
-        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} (fake) vs {out[1].shape[1]}"
-                        " (real); use the same extractor for both sets")
-    return out[0], out[1]
-
-
-def _fd_validity(n: int, d: int, per_dim: float, what: str, why: str) -> tuple[bool, str | None]:
-    if n < per_dim * d:
-        return False, f"{what}: {n} rows for {d}-d features (below {per_dim:g} per dimension): {why}"
-    return True, None
-
-
-@_one_thread
-def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_bootstrap: int | None = None,
-        seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FID; on request a basic-bootstrap interval over both sets, and the bias-corrected estimate beside it.
-
-    ``real_stats`` (``{"mu", "sigma", "n"}``) stands in for ``real`` when the reference is only known by its
-    statistics; the interval then resamples the generated set alone (``ci_method`` says so).
-    """
-    gen, ref, ref_stats = fake, real, real_stats
-    n_bootstrap = replicates(n_bootstrap, ci)
-    if (ref is None) == (ref_stats is None):
-        raise DataError("fid: pass exactly one of real= (features) and real_stats= (mu, sigma, n)")
-
-    if ref_stats is None:
-        g, r = check_pair(gen, ref, what="fid")
-        n_ref = len(r)
-        mu_r, s_r = gaussian_stats(r, device=device)
-        factor_r = covariance_factor(s_r, r)
-    else:
-        g, _ = check_pair(gen, gen, what="fid")
-        mu_r, s_r = _as64(ref_stats["mu"], device), _as64(ref_stats["sigma"], device)
-        if mu_r.shape[0] != g.shape[1]:
-            raise DataError(f"fid: reference statistics are {mu_r.shape[0]}-d, generated features {g.shape[1]}-d")
-        n_ref, factor_r = int(ref_stats["n"]), covariance_factor(s_r)
-    mu_g, s_g = gaussian_stats(g, device=device)
-    value = frechet_distance(mu_r, s_r, mu_g, s_g, factor1=factor_r)
-    valid, reason = _fd_validity(min(len(g), n_ref), g.shape[1], FD_MIN_ROWS_PER_DIM, "fid",
-                                 "the rank-deficiency bias dominates and no bootstrap interval reaches 95% "
-                                 "coverage; compare only at equal N")
-    mv = MetricValue(value, False, None, len(g), n_ref, valid=valid, reason=reason)
-    if ref_stats is None:
-        stat, n_r = TwoSampleFD(g, r, device=device), n_ref
-    else:
-        one = BootstrapFD(_as64(g, device), mu_r, s_r, factor_r)
-        stat, n_r = (lambda ig, ir: one(ig)), None
-    iv = two_sample_bootstrap(stat, len(g), n_r, value, n_boot=n_bootstrap, seed=seed, alpha=alpha,
-                              method="basic" if valid else "centred")
-    if not valid:
-        # no interval for the population FID (none covers); the replicates' spread about the value still
-        # measures the noise of FID at this N, which is what comparisons at equal N (`cxrbench check`) need
-        if iv is not None:
-            mv.extra["ci_equal_n"] = [max(iv.lo, 0.0), iv.hi]
-        return mv
-    return with_interval(mv, iv, bias_corrected=True, lower=0.0)
-
-
-@_one_thread
-def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
-        ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
-        device: str = "cpu") -> MetricValue:
-    """KID (mean unbiased MMD^2 over subsets); on request an interval for the population MMD^2.
-
-    Up to ``KID_ANALYTIC_MAX_ROWS`` rows per set the interval is normal with the U-statistic's variance
-    (``kid.mmd2_u_variance``: no replicates, whatever ``n_bootstrap`` > 0 asks); the bootstrap of a nearly
-    degenerate U-statistic (two close distributions) is not consistent, and its percentile intervals were
-    1.3-1.7x too wide on real features there. Above, a percentile interval over distinct-pair replicates
-    (both sets resampled when the whole kernels fit, N <= 8192; else the reference fixed).
-    """
-    n_bootstrap = replicates(n_bootstrap, ci)
-    g, r = check_pair(fake, real, what="kid")
-    analytic = max(len(g), len(r)) <= KID_ANALYTIC_MAX_ROWS
-    # the kernel blocks are kept only for the replicates to reweight
-    res = kid_subsets(g, r, subset_size=subset_size, n_subsets=n_subsets, seed=seed, device=device,
-                      keep=boot_subsets if n_bootstrap > 0 and not analytic else 0)
-    m = min(subset_size, len(g), len(r))
-    mv = MetricValue(res.mean, False, None, len(g), len(r),
-                     extra={"std": res.std, "subset_size": m, "subsets": n_subsets})
-    if n_bootstrap <= 0:
-        return mv
-    if analytic:
-        _, var = mmd2_u_variance(g, r, device=device)
-        half = float(norm.ppf(1 - alpha / 2)) * var**0.5
-        iv = Interval(res.mean - half, res.mean + half, "normal, U-statistic variance (both sets)", 0.0, 0)
-        return with_interval(mv, iv, bias_corrected=False)
-    if res.whole is None and not res.kept:
-        return mv
-    both = res.whole is not None
-
-    def stat(ig, ir):
-        cr = np.bincount(ir, minlength=len(r)) if both else None
-        return res.reweighted(np.bincount(ig, minlength=len(g)), cr)
-
-    stat.many = lambda igs, irs: res.reweighted_many(
-        [np.bincount(i, minlength=len(g)) for i in igs],
-        [np.bincount(i, minlength=len(r)) for i in irs] if both else None)
-
-    iv = two_sample_bootstrap(stat, len(g), len(r) if both else None, res.mean, n_boot=n_bootstrap, seed=seed,
-                              alpha=alpha, method="percentile")
-    return with_interval(mv, iv, bias_corrected=False)
-
-
-@_one_thread
+@one_thread
 def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
          seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
          ci_method: str | None = None) -> dict[str, MetricValue]:
@@ -251,7 +120,7 @@ def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False,
     return out
 
 
-@_one_thread
+@one_thread
 def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool = False,
            n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
     """FD_inf extrapolated in both set sizes; on request a scaled centred-bootstrap interval over both sets.
@@ -265,7 +134,7 @@ def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool 
     kw = dict(points=points, min_fraction=min_fraction, seed=seed, device=device)
     raw, details = fd_inf_two_sample(g, r, **kw)
     smallest = min(details["sizes"][0], details["ref_sizes"][0])
-    valid, reason = _fd_validity(smallest, g.shape[1], FD_INF_MIN_ROWS_PER_DIM, "fd_inf smallest fitted subset",
+    valid, reason = fd_validity(smallest, g.shape[1], FD_INF_MIN_ROWS_PER_DIM, "fd_inf smallest fitted subset",
                                  "the 1/N model of the extrapolation does not hold (measured: at N/D = 1 it "
                                  "overshoots the population FD ~9x)")
     if valid and raw < 0:
@@ -291,7 +160,7 @@ def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool 
     return with_interval(mv, iv, bias_corrected=False, lower=0.0)
 
 
-@_one_thread
+@one_thread
 def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
                 n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
                 ci_method: str = "centred") -> MetricValue:

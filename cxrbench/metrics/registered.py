@@ -1,9 +1,9 @@
-"""The registered feature-distribution metrics (``fid``, ``fd_inf``, ``kid``, ``prdc``, ``ks_*``): each is its two
-value functions over the functional API (``estimate``: value and interval; ``point``: the bare estimate the
-real-vs-real floor uses). The engine (``engine/metric_runner.py``) runs them per extractor, adds the floor,
-the key suffix and the direction.
+"""The registered feature-distribution metrics ``fd_inf``, ``prdc`` and ``ks_*`` (``fid`` and ``kid`` live in
+``fid.py`` and ``kid.py``, beside their estimators): each is its two value functions over the functional API
+(``estimate``: value and interval; ``point``: the bare estimate the real-vs-real floor uses). The engine
+(``engine/metric_runner.py``) runs them per extractor, adds the floor, the key suffix and the direction.
 
-They sit above ``functional`` (which builds on the estimators in ``fid.py``, ``kid.py``, ...), so no estimator
+They sit above ``functional`` (which builds on the estimators in ``prdc.py``, ``ks.py``, ...), so no estimator
 module imports the functional API back.
 """
 
@@ -18,47 +18,8 @@ from . import functional as F
 from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
 from .common import MetricSettings, classifier_of, float64_device, missing_classifier, missing_features
 from .fd_inf import fd_inf_two_sample
-from .fid import fid_from_features
-from .kid import kid
 from .ks import ks_battery
 from .prdc import prdc
-
-
-class FID(TwoSampleMetric):
-    name = "fid"
-    version = "1"
-    outputs = {"fid": False}
-    accepts_reference_stats = True
-
-    def estimate(self, pair: FeaturePair) -> MetricValue:
-        st = pair.settings
-        kw = dict(n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
-        if pair.ref is None:  # reference given as statistics (`cxrbench stats`)
-            return F.fid(fake=pair.gen, real_stats=pair.ref_stats, **kw)
-        return F.fid(real=pair.ref, fake=pair.gen, **kw)
-
-    def point(self, x, y, pair: FeaturePair) -> float:
-        return fid_from_features(x, y)
-
-
-class KID(TwoSampleMetric):
-    name = "kid"
-    version = "2"  # 2: interval normal with the U-statistic variance (was a percentile bootstrap)
-    outputs: ClassVar[dict[str, bool]] = {"kid": False}
-
-    @staticmethod
-    def _kw(pair: FeaturePair) -> dict:
-        st = pair.settings
-        return dict(subset_size=st.kid_subset_size, n_subsets=st.kid_subsets, seed=st.seed,
-                    device=float64_device(pair.device))
-
-    def estimate(self, pair: FeaturePair) -> MetricValue:
-        st = pair.settings
-        return F.kid(real=pair.ref, fake=pair.gen, boot_subsets=st.kid_boot_subsets, n_bootstrap=st.n_bootstrap,
-                     alpha=st.alpha, **self._kw(pair))
-
-    def point(self, x, y, pair: FeaturePair) -> float:
-        return kid(x, y, **self._kw(pair)).mean
 
 
 class PRDC(TwoSampleMetric):

@@ -79,12 +79,22 @@ def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
 
 
-def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
-    """Validate a parsed card; every error names ``source`` and the field."""
+def _field_error(source: str, field: str, why: str) -> DataError:
+    return DataError(f"{source}: field {field!r} {why}")
 
-    def fail(field: str, why: str) -> DataError:
-        return DataError(f"{source}: field {field!r} {why}")
 
+def _text(d: dict, field: str, source: str) -> str:
+    """A one-line, non-empty string field, stripped."""
+    v = d[field]
+    if not isinstance(v, str) or not v.strip():
+        raise _field_error(source, field, f"must be a non-empty string, got {v!r}")
+    if len(v) > _MAX_TEXT or any(ord(c) < 32 for c in v):
+        raise _field_error(source, field, f"must be one line of at most {_MAX_TEXT} characters")
+    return v.strip()
+
+
+def _check_keys(d: Any, source: str) -> None:
+    """A table holding every required field and no unknown one."""
     if not isinstance(d, dict):
         raise DataError(f"{source}: a model card must be a TOML table of fields, got {type(d).__name__}")
     unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
@@ -96,27 +106,20 @@ def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
     if missing:
         raise DataError(f"{source}: missing required field(s) {missing}; see `cxrbench submit --help`")
 
-    def text(field: str) -> str:
-        v = d[field]
-        if not isinstance(v, str) or not v.strip():
-            raise fail(field, f"must be a non-empty string, got {v!r}")
-        if len(v) > _MAX_TEXT or any(ord(c) < 32 for c in v):
-            raise fail(field, f"must be one line of at most {_MAX_TEXT} characters")
-        return v.strip()
 
-    name = text("name")
-    if not _NAME_RE.match(name):
-        raise fail(
-            "name", f"= {name!r}: use 1-80 letters, digits, spaces and ._+()- , starting with a letter or digit"
-        )
+def _authors(d: dict, source: str) -> tuple[str, ...]:
     authors = d["authors"]
     if isinstance(authors, str):
-        raise fail("authors", f'must be a list of strings, e.g. authors = ["{authors}"]')
+        raise _field_error(source, "authors", f'must be a list of strings, e.g. authors = ["{authors}"]')
     if not isinstance(authors, list) or not authors:
-        raise fail("authors", f"must be a non-empty list of strings, got {authors!r}")
+        raise _field_error(source, "authors", f"must be a non-empty list of strings, got {authors!r}")
     for a in authors:
         if not isinstance(a, str) or not a.strip() or len(a) > _MAX_TEXT or any(ord(c) < 32 for c in a):
-            raise fail("authors", f"holds {a!r}; every author must be a non-empty one-line string")
+            raise _field_error(source, "authors", f"holds {a!r}; every author must be a non-empty one-line string")
+    return tuple(a.strip() for a in authors)
+
+
+def _resolution(d: dict, source: str) -> tuple[int, int]:
     res = d["resolution"]
     if isinstance(res, int) and not isinstance(res, bool):
         res = [res, res]
@@ -125,37 +128,65 @@ def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
         or len(res) != 2
         or not all(isinstance(r, int) and not isinstance(r, bool) and 0 < r <= 65536 for r in res)
     ):
-        raise fail("resolution", f"must be a positive integer or [height, width], got {d['resolution']!r}")
-    conditioning = text("conditioning")
-    if conditioning not in CONDITIONING:
-        raise fail("conditioning", f"= {conditioning!r}: choose one of {', '.join(CONDITIONING)}")
-    kind = text("kind") if "kind" in d else "model"
-    if kind not in KINDS:
-        raise fail("kind", f"= {kind!r}: choose one of {', '.join(KINDS)}")
+        raise _field_error(source, "resolution",
+                           f"must be a positive integer or [height, width], got {d['resolution']!r}")
+    return (res[0], res[1])
+
+
+def _training(d: dict, source: str) -> dict | None:
+    """The optional training-cost table, its keys in TRAINING_KEYS order."""
     training = d.get("training")
-    if training is not None:
-        if not isinstance(training, dict) or set(training) - set(TRAINING_KEYS):
-            raise fail("training", f"must be a table with keys among {', '.join(TRAINING_KEYS)}, got {training!r}")
-        for k, v in training.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e15:
-                raise fail("training", f"{k} = {v!r} must be a non-negative number")
-        training = {k: training[k] for k in TRAINING_KEYS if k in training}
+    if training is None:
+        return None
+    if not isinstance(training, dict) or set(training) - set(TRAINING_KEYS):
+        raise _field_error(source, "training",
+                           f"must be a table with keys among {', '.join(TRAINING_KEYS)}, got {training!r}")
+    for k, v in training.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e15:
+            raise _field_error(source, "training", f"{k} = {v!r} must be a non-negative number")
+    return {k: training[k] for k in TRAINING_KEYS if k in training}
+
+
+def _links(d: dict, source: str) -> dict[str, str | None]:
+    """Each of LINKS: an http(s) link, or None where absent."""
     links: dict[str, str | None] = {}
     for field in LINKS:
         if field not in d:
             links[field] = None
             continue
-        v = text(field)
+        v = _text(d, field, source)
         if not _URL_RE.match(v):
-            raise fail(field, f"= {v!r}: must be an http:// or https:// link")
+            raise _field_error(source, field, f"= {v!r}: must be an http:// or https:// link")
         links[field] = v
+    return links
+
+
+def card_from_dict(d: Any, source: str = "model card") -> ModelCard:
+    """Validate a parsed card; every error names ``source`` and the field."""
+    _check_keys(d, source)
+    name = _text(d, "name", source)
+    if not _NAME_RE.match(name):
+        raise _field_error(
+            source, "name",
+            f"= {name!r}: use 1-80 letters, digits, spaces and ._+()- , starting with a letter or digit",
+        )
+    authors = _authors(d, source)
+    resolution = _resolution(d, source)
+    conditioning = _text(d, "conditioning", source)
+    if conditioning not in CONDITIONING:
+        raise _field_error(source, "conditioning", f"= {conditioning!r}: choose one of {', '.join(CONDITIONING)}")
+    kind = _text(d, "kind", source) if "kind" in d else "model"
+    if kind not in KINDS:
+        raise _field_error(source, "kind", f"= {kind!r}: choose one of {', '.join(KINDS)}")
+    training = _training(d, source)
+    links = _links(d, source)
     return ModelCard(
         name=name,
-        authors=tuple(a.strip() for a in authors),
-        training_data=text("training_data"),
-        resolution=(res[0], res[1]),
+        authors=authors,
+        training_data=_text(d, "training_data", source),
+        resolution=resolution,
         conditioning=conditioning,
-        license=text("license"),
+        license=_text(d, "license", source),
         url=links["url"],
         paper=links["paper"],
         kind=kind,

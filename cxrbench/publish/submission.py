@@ -155,6 +155,46 @@ def reference_of(entry: dict) -> str | None:
     return ref["path"]
 
 
+def _augmentation(snap, path: Path, *, config: Any, augment: bool, augment_task: str | None,
+                  augment_real: str | os.PathLike | None, augment_samples: str | os.PathLike | None,
+                  augment_n_per_class: int | None, notes: list[str] | None) -> dict | None:
+    """The entry's augmentation block, or None (why is appended to ``notes``); computed before the evaluation,
+    so that an asked-for block that cannot be made fails in seconds."""
+    aug_snap = None
+    if augment_samples is not None:
+        if not augment:
+            raise UsageError("--augment-samples and --no-augment contradict each other; drop one")
+        if not Path(augment_samples).is_dir():
+            raise UsageError(f"--augment-samples {augment_samples}: no such folder; give the folder of images "
+                             "sampled per class for the augmentation block (with its manifest.csv)")
+        aug_snap = snapshot(augment_samples)
+    real, task, note = augment_block.plan(aug_snap.source if aug_snap else snap.source, task=augment_task,
+                                          real=augment_real, protocol=config.protocol, enabled=augment,
+                                          separate=aug_snap is not None)
+    if note and notes is not None:
+        notes.append(note)
+    block = None
+    if real is not None:
+        try:
+            block = augment_block.compute(
+                aug_snap.source if aug_snap else snap.source, real, task, protocol=config.protocol,
+                stored_config={"weights": config.weights, "seed": config.seed, "n_bootstrap": config.n_bootstrap},
+                n_per_class=augment_n_per_class, **{k: getattr(config, k) for k in augment_block.LOCAL_FIELDS})
+        except DataError as e:
+            if augment_task is not None or aug_snap is not None:  # asked for: its failure is the submission's
+                raise
+            if notes is not None:  # automatic: e.g. too few samples of a class; the entry goes without it
+                notes.append(f"augmentation block not computed: {e}")
+    if block is not None and aug_snap is not None:
+        block["samples"] = {
+            "n": len(aug_snap.files), "sha256": aug_snap.source.sha256,
+            "files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.files.items())],
+            "side_files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.side_files.items())],
+            "location": samples_location(augment_samples, path.parent),
+        }
+    return block
+
+
 def submit(
     samples: str | os.PathLike,
     reference: str | None,
@@ -188,38 +228,9 @@ def submit(
     if config.samples_split:
         raise UsageError("a submission is a whole samples folder; drop --samples-split")
     snap = snapshot(samples, sample_count(config.protocol))
-    aug_snap = None
-    if augment_samples is not None:
-        if not augment:
-            raise UsageError("--augment-samples and --no-augment contradict each other; drop one")
-        if not Path(augment_samples).is_dir():
-            raise UsageError(f"--augment-samples {augment_samples}: no such folder; give the folder of images "
-                             "sampled per class for the augmentation block (with its manifest.csv)")
-        aug_snap = snapshot(augment_samples)
-    real, task, note = augment_block.plan(aug_snap.source if aug_snap else snap.source, task=augment_task,
-                                          real=augment_real, protocol=config.protocol, enabled=augment,
-                                          separate=aug_snap is not None)
-    if note and notes is not None:
-        notes.append(note)
-    block = None
-    if real is not None:  # before the evaluation: an asked-for block that cannot be made fails in seconds
-        try:
-            block = augment_block.compute(
-                aug_snap.source if aug_snap else snap.source, real, task, protocol=config.protocol,
-                stored_config={"weights": config.weights, "seed": config.seed, "n_bootstrap": config.n_bootstrap},
-                n_per_class=augment_n_per_class, **{k: getattr(config, k) for k in augment_block.LOCAL_FIELDS})
-        except DataError as e:
-            if augment_task is not None or aug_snap is not None:  # asked for: its failure is the submission's
-                raise
-            if notes is not None:  # automatic: e.g. too few samples of a class; the entry goes without it
-                notes.append(f"augmentation block not computed: {e}")
-    if block is not None and aug_snap is not None:
-        block["samples"] = {
-            "n": len(aug_snap.files), "sha256": aug_snap.source.sha256,
-            "files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.files.items())],
-            "side_files": [{"path": p, "sha256": h} for p, h in sorted(aug_snap.side_files.items())],
-            "location": samples_location(augment_samples, path.parent),
-        }
+    block = _augmentation(snap, path, config=config, augment=augment, augment_task=augment_task,
+                          augment_real=augment_real, augment_samples=augment_samples,
+                          augment_n_per_class=augment_n_per_class, notes=notes)
     result = evaluate(snap.source, reference, config=config)
     if curve is not None:
         curve = learning_curve.with_final_point(curve, result, card.training, len(snap.files))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ..conftest import REPO, write_pngs
 
@@ -29,6 +30,7 @@ def _cache_entries(root):
     return {p.name: np.load(p)["features"] for p in (root / "features").rglob("*.npz")}
 
 
+@pytest.mark.slow  # two full CLI evaluations end to end, one of them under torchrun with 2 ranks
 def test_torchrun_two_ranks_match_one_process(tmp_path):
     from cxrbench.data.synthetic import synthetic_cxr
 

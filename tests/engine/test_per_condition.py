@@ -17,7 +17,9 @@ from cxrbench.cli import main
 from cxrbench.data.labels import LABELS
 from cxrbench.engine.per_condition import MIN_REFERENCE, MIN_SAMPLES, per_condition
 from cxrbench.errors import DataError
-from cxrbench.metrics.registered import FID, KID, PRDC
+from cxrbench.metrics.fid import FID
+from cxrbench.metrics.kid import KID
+from cxrbench.metrics.registered import PRDC
 from cxrbench.publish.report import condition_rows, render_markdown
 from cxrbench.results import validate
 

@@ -6,8 +6,7 @@ import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from cxrbench.engine.metric_runner import run_metric
-from cxrbench.metrics.kid import kid, mmd2_unbiased
-from cxrbench.metrics.registered import KID
+from cxrbench.metrics.kid import KID, kid_subsets, mmd2_unbiased
 
 from ..metric_helpers import context, feature_set
 
@@ -32,13 +31,13 @@ def test_whole_set_agrees_with_torchmetrics(feats):
     a, b = feats
     expected, _ = torchmetrics_kid(a, b, subset_size=len(a), subsets=1)
     assert mmd2_unbiased(torch.as_tensor(b), torch.as_tensor(a)) == pytest.approx(expected, rel=1e-9)
-    res = kid(b, a, subset_size=len(a), n_subsets=3)
+    res = kid_subsets(b, a, subset_size=len(a), n_subsets=3)
     assert res.mean == pytest.approx(expected, rel=1e-9) and res.std == pytest.approx(0.0, abs=1e-12)
 
 
 def test_subset_average_agrees_with_torchmetrics(feats):
     a, b = feats
-    ours = kid(b, a, subset_size=40, n_subsets=200, seed=1)
+    ours = kid_subsets(b, a, subset_size=40, n_subsets=200, seed=1)
     theirs, std = torchmetrics_kid(a, b, subset_size=40, subsets=200)
     # two independent averages of 200 subset estimates of the same expectation
     assert abs(ours.mean - theirs) < 4 * np.hypot(ours.std, std) / np.sqrt(200)
@@ -47,14 +46,14 @@ def test_subset_average_agrees_with_torchmetrics(feats):
 
 def test_identical_distribution_gives_about_zero(feats):
     a, b = feats
-    same = kid(a[:60], a[60:], subset_size=60, n_subsets=20)
-    diff = kid(b, a, subset_size=60, n_subsets=20)
+    same = kid_subsets(a[:60], a[60:], subset_size=60, n_subsets=20)
+    diff = kid_subsets(b, a, subset_size=60, n_subsets=20)
     assert abs(same.mean) < 0.1 * diff.mean
 
 
 def test_reweighting_is_the_distinct_pair_u_statistic_of_the_resampled_multiset(feats):
     a, b = feats
-    res = kid(b, a, subset_size=len(a), n_subsets=1, keep=1, route="subsets")
+    res = kid_subsets(b, a, subset_size=len(a), n_subsets=1, keep=1, route="subsets")
     assert res.reweighted(np.ones(len(b))) == pytest.approx(res.mean, rel=1e-6)
     counts = np.random.default_rng(2).multinomial(len(b), np.full(len(b), 1 / len(b)))
     sub = res.kept[0]
@@ -77,8 +76,8 @@ def test_reweighting_is_the_distinct_pair_u_statistic_of_the_resampled_multiset(
 def test_whole_kernel_route_equals_the_subset_route(feats, subset_size):
     """Reading every subset's sums off the N x N kernels gives the per-subset blocks' values, and reweights alike."""
     a, b = feats
-    whole = kid(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="whole", blocks="no")
-    subsets = kid(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="subsets")
+    whole = kid_subsets(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="whole", blocks="no")
+    subsets = kid_subsets(b[:100], a, subset_size=subset_size, n_subsets=7, seed=3, keep=7, route="subsets")
     np.testing.assert_allclose(whole.values, subsets.values, rtol=1e-10, atol=1e-12)
     assert whole.reweighted(np.ones(100)) == pytest.approx(whole.mean, rel=1e-10)
     counts = np.random.default_rng(5).multinomial(100, np.full(100, 0.01))
@@ -90,9 +89,9 @@ def test_block_bootstrap_equals_whole_kernel_reweighting(feats):
     both sets resampled, up to the float32 blocks' round-off; and hold k m^2, not N^2, kernel entries."""
     a, b = feats
     kw = dict(subset_size=30, n_subsets=9, seed=4, keep=9, route="whole")
-    old, new = kid(b[:100], a, blocks="no", **kw), kid(b[:100], a, blocks="yes", **kw)
+    old, new = kid_subsets(b[:100], a, blocks="no", **kw), kid_subsets(b[:100], a, blocks="yes", **kw)
     assert type(new.whole).__name__ == "_SubsetBlocks" and new.whole.b_gg.shape == (9, 30, 30)
-    assert kid(b[:100], a, **kw).whole.b_gg.shape == (9, 30, 30)  # auto: sets above m rows
+    assert kid_subsets(b[:100], a, **kw).whole.b_gg.shape == (9, 30, 30)  # auto: sets above m rows
     rng = np.random.default_rng(6)
     for _ in range(5):
         cg = np.bincount(rng.integers(0, 100, 100), minlength=100)
@@ -129,7 +128,7 @@ def test_batched_replicates_on_kept_subsets_equal_one_at_a_time(feats):
     """The subset route (reference fixed) reweights its kept blocks for a batch of replicates at once: the
     values of one-at-a-time reweighting, including a replicate that leaves a subset under two rows (NaN)."""
     a, b = feats
-    res = kid(b, a, subset_size=25, n_subsets=6, seed=8, keep=6, route="subsets")
+    res = kid_subsets(b, a, subset_size=25, n_subsets=6, seed=8, keep=6, route="subsets")
     rng = np.random.default_rng(9)
     counts = [np.bincount(rng.integers(0, len(b), len(b)), minlength=len(b)) for _ in range(7)]
     sparse = np.zeros(len(b), dtype=np.int64)

@@ -170,6 +170,9 @@ def _cli(*args, env=None):
                           cwd=ROOT)
 
 
+# cxr128's test_cxr128_is_the_default_and_runs_offline_on_example_samples runs the same embedded-protocol code,
+# and its test_retired_cxr64_entries_still_verify recomputes a cxr64 evaluation through verify
+@pytest.mark.slow
 def test_evaluate_under_cxr64_runs_offline_and_comparable(tmp_path):
     """Retired from the default (cxr128 replaced it), cxr64 still runs when named: its entries verify."""
     env = {**os.environ, "CXRBENCH_CACHE": str(tmp_path / "cache"), "CXRBENCH_SHARED_DATA": "/nonexistent"}
@@ -187,6 +190,7 @@ def test_evaluate_under_cxr64_runs_offline_and_comparable(tmp_path):
     assert "protocol cxr64" in r.stdout
 
 
+@pytest.mark.slow  # the refusals are shared code (protocols/embedded.py, commands/evaluate.py): test_cxr128 runs them
 def test_protocol_refuses_a_reference_or_extractors_of_ones_own():
     r = _cli("evaluate", "--samples", str(EXAMPLES), "--protocol", "cxr64", "--reference", str(EXAMPLES))
     assert r.returncode != 0 and "fixes its reference" in r.stderr and "Traceback" not in r.stderr
@@ -275,6 +279,9 @@ def test_train_split_cxr64_train_is_the_protocol_split():
     assert set(_protocol_split(open_source(NIH, role="data"), "cxr64-disjoint").ids) == want
 
 
+# five CLI runs end to end; submit, verify and check are tested in process (tests/publish/test_submission.py) and a
+# cxr64 entry's verify by test_cxr128::test_retired_cxr64_entries_still_verify
+@pytest.mark.slow
 def test_submit_verify_and_check_under_cxr64(tmp_path):
     """An entry made offline under the protocol verifies, passes its own check, and a noisier set regresses
     (blur would not do: these LSGAN samples are noisy, and blurring them brings them nearer the reference)."""
@@ -298,6 +305,7 @@ def test_submit_verify_and_check_under_cxr64(tmp_path):
     assert r.returncode == 1 and "fid_cxr64" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # submit and verify end to end, as two CLI runs under the retired protocol
 def test_submit_of_more_samples_than_the_protocol_count_lists_the_evaluated_ones_and_verifies(tmp_path):
     """228 images under a 200-sample protocol: the entry is the 200 the protocol evaluated (first in sha256
     order), not the whole folder, and verify of the same folder picks the same 200."""

@@ -192,7 +192,7 @@ def test_figures_come_from_the_registered_metric_that_made_the_key(result_all, t
 
 def test_a_figure_kind_the_report_does_not_draw_is_a_note(result_all, tmp_path, monkeypatch):
     from cxrbench.metrics.base import FigureSpec
-    from cxrbench.metrics.registered import FID
+    from cxrbench.metrics.fid import FID
 
     monkeypatch.setattr(FID, "figures", lambda self, key, value: [FigureSpec("violin", key, f"violin_{key}", "v")])
     html = write_report(result_all, tmp_path / "rep")["html"].read_text()
