@@ -26,6 +26,12 @@ sets against a person's order (real < degraded < anatomy violated), not by probe
   transform from families the validity suite does not use (``elastic_warp``, ``tiny_crop``, ``kaleidoscope``).
   Positive and negative of a pair are both brought to the same resolution (128, 64 or 32 px and back), so
   that a thumbnail blown up still counts as a chest and resolution tells the head nothing.
+  ``anatomy_loss = "far"`` replaces that head by a distance objective on the same pairs, in the embedding FD
+  uses (Ruff et al., "Deep semi-supervised anomaly detection", ICLR 2020; Hendrycks et al., "Deep anomaly
+  detection with outlier exposure", ICLR 2019): each negative's squared distance from the positives' mean,
+  in units of the positives' mean squared spread, is pushed above ``anatomy_margin``. A linear head needs
+  only a small margin along one direction, which FD barely sees; a mode-collapsed set's FID is at least
+  about tr(Sigma_real), so blobs rank behind it only if their mean sits farther out than the real spread.
 
 There is no degradation head: the ``cxr64`` network's (its second view degraded, a head predicting type and
 strength) made sharpness and noise the main axes of its embedding.
@@ -96,6 +102,8 @@ class Config:
     lowres_factor: float = 4.0
     lambda_anatomy: float = 0.0  # weight of the intact-chest head (0: off)
     anatomy_fraction: float = 0.5  # share of the batch whose views (and their corrupted copies) it sees
+    anatomy_loss: str = "bce"  # bce (linear intact-chest head) | far (negatives pushed from the positives' cloud)
+    anatomy_margin: float = 9.0  # "far": least squared distance of a negative, in positives' mean sq. spreads
 
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
@@ -105,6 +113,10 @@ class Config:
             raise ValueError("lambda_orientation >= 0, lambda_anatomy >= 0 and batch_size >= 4 are needed")
         if not 0 < self.anatomy_fraction <= 1:
             raise ValueError(f"anatomy_fraction {self.anatomy_fraction}: expected a share in (0, 1]")
+        if self.anatomy_loss not in ("bce", "far"):
+            raise ValueError(f"anatomy_loss {self.anatomy_loss!r}: expected bce or far")
+        if not self.anatomy_margin > 0:
+            raise ValueError(f"anatomy_margin {self.anatomy_margin}: expected a positive number")
 
     def seen_families(self) -> list[str]:
         """The corruption families this configuration shows the network during training (for the note)."""
@@ -258,6 +270,17 @@ def destroy_anatomy(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def far_loss(f_pos: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge on each negative's squared distance from the positives' mean, in positives' mean squared spreads.
+
+    Centre and spread are detached: the negatives are pushed out, the real cloud is not inflated (nor shrunk)
+    to cheat the ratio; its spread stays the contrastive term's.
+    """
+    c = f_pos.detach().mean(0)
+    s = ((f_pos.detach() - c) ** 2).sum(1).mean().clamp_min(1e-8)
+    return F.relu(margin - ((f_neg - c) ** 2).sum(1) / s).mean()
+
+
 def orient(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Each image turned by its class ``k`` (index into ORIENTATIONS)."""
     out = x.clone()
@@ -284,7 +307,7 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         d = self.net.embed.out_features
         self.proj = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 128))
         self.orientation = nn.Linear(d, len(ORIENTATIONS))
-        if config.lambda_anatomy > 0:  # only then: the shipped configuration's initialisation stays as it was
+        if config.lambda_anatomy > 0 and config.anatomy_loss == "bce":  # only then: shipped init stays as it was
             self.anatomy = nn.Linear(d, 1)
 
     @classmethod
@@ -352,8 +375,11 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
             out["orient"] = F.cross_entropy(self.orientation(f[2 * n : 2 * n + m]), k)
             total = total + c.lambda_orientation * out["orient"]
         if c.lambda_anatomy > 0:
-            y = torch.cat([torch.ones(a), torch.zeros(a)]).to(f)
-            out["anatomy"] = F.binary_cross_entropy_with_logits(self.anatomy(f[-2 * a :])[:, 0], y)
+            if c.anatomy_loss == "far":
+                out["anatomy"] = far_loss(f[-2 * a : -a], f[-a:], c.anatomy_margin)
+            else:
+                y = torch.cat([torch.ones(a), torch.zeros(a)]).to(f)
+                out["anatomy"] = F.binary_cross_entropy_with_logits(self.anatomy(f[-2 * a :])[:, 0], y)
             total = total + c.lambda_anatomy * out["anatomy"]
         out["loss"] = total
         return out

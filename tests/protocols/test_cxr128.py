@@ -191,6 +191,50 @@ def test_anatomy_head_loss_is_computed_and_trains_the_network():
     assert "anatomy" not in off.losses(x, labels) and not hasattr(off, "anatomy")
 
 
+def test_far_anatomy_loss_is_zero_past_the_margin_and_pushes_near_negatives_out():
+    from baselines.cxr128net import far_loss
+
+    torch.manual_seed(0)
+    pos = torch.randn(16, 128)
+    spread = float(((pos - pos.mean(0)) ** 2).sum(1).mean())
+    direction = F.normalize(torch.randn(4, 128), dim=1)
+    # negatives 4 spreads away in distance (16 in squared distance) clear a margin of 9: no loss, no push
+    far = (pos.mean(0) + 4 * spread**0.5 * direction).requires_grad_()
+    assert float(far_loss(pos, far, 9.0)) == 0
+    # negatives at the positives' mean are penalised, and the gradient moves them away from it
+    near = (pos.mean(0) + 0.1 * direction).requires_grad_()
+    loss = far_loss(pos, near, 9.0)
+    assert 8 < float(loss) <= 9
+    loss.backward()
+    assert float((near.grad * direction).sum(1).max()) < 0  # descent (-grad) points outward
+    # the positives' cloud gets no gradient: it cannot inflate or shrink to cheat the ratio
+    pos, near = pos.clone().requires_grad_(), near.detach().clone().requires_grad_()
+    far_loss(pos, near, 9.0).backward()
+    assert float(near.grad.abs().sum()) > 0 and (pos.grad is None or float(pos.grad.abs().sum()) == 0)
+
+
+def test_far_anatomy_loss_trains_the_embedding_without_a_head():
+    from baselines.cxr128net import Config, CXR128NetTrainer
+
+    torch.manual_seed(0)
+    x, labels = _smooth_asymmetric(8), torch.full((8, 14), float("nan"))
+    model = CXR128NetTrainer(Config(batch_size=8, lambda_orientation=0.5, lambda_anatomy=0.5, anatomy_loss="far"))
+    assert not hasattr(model, "anatomy")
+    out = model.losses(x, labels)
+    assert torch.isfinite(out["anatomy"]) and float(out["anatomy"]) > 0  # untrained: blobs sit near the cloud
+    assert torch.allclose(out["loss"], out["nce"] + 0.5 * out["orient"] + 0.5 * out["anatomy"])
+    out["anatomy"].backward()
+    assert float(model.net.embed.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("bad", [{"anatomy_loss": "hinge"}, {"anatomy_margin": 0.0}])
+def test_config_rejects_an_unknown_anatomy_loss(bad):
+    from baselines.cxr128net import Config
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Config(lambda_anatomy=0.5, **bad)
+
+
 def test_seen_families_name_the_anatomy_pretext_and_none_is_a_validity_suite_violation():
     from baselines.cxr128net import ANATOMY_FAMILIES, Config
     from cxrbench.data.corruptions import CORRUPTIONS
