@@ -41,7 +41,7 @@ from torch import nn
 from ..data.io import sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import WeightsError
-from .base import FeatureExtractor, bn_recalibrate
+from .base import FeatureExtractor, bn_recalibrate, is_random_weights
 from .cxr64 import _Block
 from .resize import center_crop_xrv
 
@@ -142,7 +142,7 @@ class CXR128Extractor(FeatureExtractor):
         super().__init__()
         if network is not None:
             self.net, self.weights_id = network, "memory"
-        elif weights is not None and str(weights) == "random":
+        elif weights is not None and is_random_weights(weights):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.net = CXR128Net()
@@ -186,8 +186,8 @@ class CXR128ClassifierExtractor(FeatureExtractor):
         super().__init__()
         base = CXR128Extractor(weights=weights, seed=seed, device="cpu")
         head_path = shipped_path(HEAD_FILE)
-        if str(weights) == "random" or not head_path.is_file():
-            if str(weights) != "random":
+        if is_random_weights(weights) or not head_path.is_file():
+            if not is_random_weights(weights):
                 raise WeightsError(f"{head_path}: the cxr128 label calibration is missing; reinstall cxrbench")
             calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
         else:

@@ -181,7 +181,7 @@ class CXR64ClassifierExtractor(FeatureExtractor):
         base = CXR64Extractor(weights=weights, seed=seed, device="cpu")
         head_path = shipped_path(HEAD_FILE)
         if is_random_weights(weights) or not head_path.is_file():
-            if str(weights) != "random":
+            if not is_random_weights(weights):
                 raise WeightsError(f"{head_path}: the cxr64 label calibration is missing; reinstall cxrbench")
             calib = {"labels": ["Effusion", "No Finding"], "index": [2, 14], "a": [1.0, 1.0], "b": [0.0, 0.0]}
         else:

@@ -40,7 +40,7 @@ from torchvision.models import resnet50
 from ..data.io import check_pinned, sha256_file
 from ..data.synthetic import synthetic_cxr
 from ..errors import WeightsError
-from .base import bn_recalibrate
+from .base import bn_recalibrate, is_random_weights
 from .cxr128 import CXR128Net, shipped_path, to_cxr128
 
 N_FEATURES = 128
@@ -217,7 +217,7 @@ def load_reid_network(weights: str = "cxrbench", *, seed: int = 0,
     """The verification network a run asked for and its weights id: ``"cxrbench"`` (the shipped ``ReidNet``,
     pinned by sha256), ``"random"`` (seeded, ``random:<seed>``) or a state dict file (``load_siamese``)."""
     w = str(weights)
-    if w == "random":
+    if is_random_weights(w):
         return random_reidnet(seed), f"random:{seed}"
     if w in ("cxrbench", "auto", ""):
         path = shipped_path(REIDNET_FILE)

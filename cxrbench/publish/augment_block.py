@@ -69,6 +69,8 @@ SETTINGS = {"cxr64": (SETTING, DEFAULT_TASK, "nih1000_64px"),
 LOCAL_FIELDS = ("device", "batch_size", "num_workers", "cache_dir", "use_cache", "progress")
 BLOCK_KEYS = ("protocol", "task", "config", "real", "weights", "metrics", "details", "notes")
 OPTIONAL_KEYS = ("samples",)
+#: protocols whose conditional entries get the block without --augment (cxr128's recipes ask for it each)
+AUTOMATIC = frozenset({"cxr64"})
 
 
 def setting_for(protocol: str) -> tuple[dict, str, str]:
@@ -131,7 +133,7 @@ def plan(source, *, task: str | None, real: str | None, protocol: str, enabled: 
             raise UsageError(f"--augment {task!r}: {source.name}'s manifest.csv requests {n_pos} {pos} and {n_neg} "
                              f"{neg} images; the block needs both classes: {_sample_hint(pos, neg)}")
         return root, task, None
-    if protocol != "cxr64" or not conditional_on(source, task):
+    if protocol not in AUTOMATIC or not conditional_on(source, task):
         return None, task, None
     if not (root / "labels.csv").is_file():
         return None, task, (f"augmentation block not computed: real images {root} not found "
