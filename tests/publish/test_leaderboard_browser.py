@@ -151,11 +151,14 @@ def test_the_committed_board_in_chromium_every_ranked_row_one_floor_row_sticky_n
     work.mkdir()
     shutil.copy(board / "index.html", work / "index.html")
     tables = Tables(chromium(tmp_path, "--dump-dom", (work / "index.html").as_uri())).tables
-    head = tables["cxr64-v1-ranked"]
-    models = sorted(e["slug"] for e in entries if e["card"].get("kind") != "reference" and e["comparable"])
-    assert sorted(s for s, r in zip(head["rows"], head["ranks"]) if r not in ("ref", "")) == models
-    assert sorted(r for r in head["ranks"] if r != "ref") == sorted(str(i) for i in range(1, len(models) + 1))
-    assert head["floor"][0].startswith("floor: real vs real")
+    groups = {(e["protocol"]["name"], e["protocol"]["version"]) for e in entries}
+    for name, version in sorted(groups):  # one ranked headline table per protocol (cxr128 beside retired cxr64)
+        head = tables[f"{name}-v{version}-ranked"]
+        models = sorted(e["slug"] for e in entries if e["card"].get("kind") != "reference" and e["comparable"]
+                        and e["protocol"]["name"] == name)
+        assert sorted(s for s, r in zip(head["rows"], head["ranks"]) if r not in ("ref", "")) == models
+        assert sorted(r for r in head["ranks"] if r != "ref") == sorted(str(i) for i in range(1, len(models) + 1))
+        assert head["floor"][0].startswith("floor: real vs real")
     check = probe(tmp_path, work / "index.html", width=700)
     assert check["position"] == "sticky" and abs(check["name_moved"]) < 1 and check["next_moved"] < -50
     assert check["shown"] >= len(entries)  # the headline rows are laid out (family tables are folded)
