@@ -168,7 +168,7 @@ METRICS = Registry(
         "fid": "cxrbench.metrics.fid:FID",
         "fd_inf": "cxrbench.metrics.registered:FDInf",
         "kid": "cxrbench.metrics.kid:KID",
-        "prdc": "cxrbench.metrics.registered:PRDC",
+        "prdc": "cxrbench.metrics.prdc:PRDC",
         "memorization": "cxrbench.metrics.memorization:Memorization",
         "ks_features": "cxrbench.metrics.registered:KSFeatures",
         "ks_labels": "cxrbench.metrics.registered:KSLabels",

@@ -35,18 +35,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import knn
 from .base import MetricValue
-from .bootstrap import Interval, interval_from_replicates, two_sample_bootstrap
+from .bootstrap import Interval, two_sample_bootstrap
 from .common import MetricSettings, check_pair, fd_validity, one_thread, replicates, with_interval
 from .fd_inf import fd_inf_two_sample
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
 from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
-from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
-from .prdc import prdc as prdc_result
+from .prdc import DENSITY_INFLATE, prdc
 
-# fid and kid live with their estimators (one metric, one file) and are re-exported here
+# fid, kid and prdc live with their estimators (one metric, one file) and are re-exported here
 __all__ = [
     "DENSITY_INFLATE",
     "FD_INF_MIN_ROWS_PER_DIM",
@@ -70,54 +68,8 @@ __all__ = [
 N_BOOTSTRAP = MetricSettings.n_bootstrap
 #: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)
 FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
-#: PRDC density interval widening where the replicates keep the full-set kNN radii (sets above
-#: ``prdc.RECOMPUTE_MAX_ROWS``; calibrated with tests/benchmarks/coverage.py)
-DENSITY_INFLATE = 1.3
 #: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
 FD_INF_MIN_ROWS_PER_DIM = 1.0
-
-
-@one_thread
-def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
-         seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
-         ci_method: str | None = None) -> dict[str, MetricValue]:
-    """Precision, recall, density, coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
-    Generative Models", 2020); on request intervals over both sets.
-
-    Precision is the share of ``fake`` rows inside some ``real`` row's k-NN ball, recall the converse: the
-    values of ``prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)``.
-
-    Centred intervals: a resample holds ~63% distinct rows, which removes balls and pulls every replicate
-    down without any bias in the estimator. Each replicate recomputes both sets' kNN radii with the
-    resample's multiplicities (``prdc.PRDCReplicates``; sets above ``RECOMPUTE_MAX_ROWS`` keep the full-set
-    radii). Measured coverage on real features: tests/benchmarks/interval_coverage.py (README
-    "Reliability"). ``ci_method`` forces one method for all four.
-    """
-    n_bootstrap = replicates(n_bootstrap, ci)
-    g, r = check_pair(fake, real, min_rows=k + 1, what="prdc")
-    res = prdc_result(r, g, k=k, boot_candidates=boot_candidates, device=device,
-                      budget=budget or knn.DEFAULT_BUDGET)
-    vals = res.as_dict()
-    out = {key: MetricValue(v, True, None, len(g), len(r), extra={"k": k}) for key, v in vals.items()}
-    if n_bootstrap <= 0:
-        return out
-    # one pass of replicates serves all four values; every replicate recomputes the kNN radii of both
-    # resampled sets (``PRDCReplicates``) where the dense distances fit, else keeps them fixed
-    rng = np.random.default_rng(seed)
-    dense = max(len(g), len(r)) <= RECOMPUTE_MAX_ROWS
-    one = PRDCReplicates(r, g, k=k) if dense else (lambda ig, ir: res.resampled(ig, ir))
-    reps = {key: [] for key in vals}
-    for _ in range(n_bootstrap):
-        for key, v in one(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))).items():
-            reps[key].append(v)
-    for key, mv in out.items():
-        method = ci_method or "centred"
-        # fixed radii miss their own variance: density's interval is widened there (plain: 0.86-0.92 coverage)
-        inflate = DENSITY_INFLATE if key == "density" and not dense and ci_method is None else 1.0
-        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate,
-                                      what="both sets, kNN radii recomputed" if dense else "both sets, radii fixed")
-        with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=None if key == "density" else 1.0)
-    return out
 
 
 @one_thread

@@ -1,9 +1,9 @@
-"""The registered feature-distribution metrics ``fd_inf``, ``prdc`` and ``ks_*`` (``fid`` and ``kid`` live in
-``fid.py`` and ``kid.py``, beside their estimators): each is its two value functions over the functional API
+"""The registered feature-distribution metrics ``fd_inf`` and ``ks_*`` (``fid``, ``kid`` and ``prdc`` live in
+``fid.py``, ``kid.py`` and ``prdc.py``, beside their estimators): each is its two value functions over the functional API
 (``estimate``: value and interval; ``point``: the bare estimate the real-vs-real floor uses). The engine
 (``engine/metric_runner.py``) runs them per extractor, adds the floor, the key suffix and the direction.
 
-They sit above ``functional`` (which builds on the estimators in ``prdc.py``, ``ks.py``, ...), so no estimator
+They sit above ``functional`` (which builds on the estimators in ``fd_inf.py`` and ``ks.py``), so no estimator
 module imports the functional API back.
 """
 
@@ -16,35 +16,9 @@ import numpy as np
 
 from . import functional as F
 from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
-from .common import MetricSettings, classifier_of, float64_device, missing_classifier, missing_features
+from .common import classifier_of, float64_device, missing_classifier, missing_features
 from .fd_inf import fd_inf_two_sample
 from .ks import ks_battery
-from .prdc import prdc
-
-
-class PRDC(TwoSampleMetric):
-    name = "prdc"
-    version = "2"  # 2: bootstrap replicates recompute the kNN radii of both resampled sets; density not widened
-    outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        k = MetricSettings.from_config(ctx.config).prdc_k
-        if len(ctx.gen) <= k or len(ctx.ref) <= 2 * k + 1:
-            return f"PRDC with k={k} needs more than {k} generated and {2 * k + 1} reference images"
-        return None
-
-    @staticmethod
-    def _kw(pair: FeaturePair) -> dict:
-        st = pair.settings
-        return dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=pair.device, budget=st.knn_budget)
-
-    def estimate(self, pair: FeaturePair) -> dict[str, MetricValue]:
-        st = pair.settings
-        return F.prdc(real=pair.ref, fake=pair.gen, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
-                      **self._kw(pair))
-
-    def point(self, x, y, pair: FeaturePair) -> dict[str, float]:
-        return prdc(y, x, **self._kw(pair)).as_dict()
 
 
 class FDInf(TwoSampleMetric):

@@ -51,7 +51,8 @@ from cxrbench.metrics.fid import frechet_distance
 from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
 from cxrbench.metrics.fid import FID
 from cxrbench.metrics.kid import KID
-from cxrbench.metrics.registered import PRDC, KSFeatures, KSLabels
+from cxrbench.metrics.prdc import PRDC
+from cxrbench.metrics.registered import KSFeatures, KSLabels
 from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599
