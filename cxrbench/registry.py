@@ -166,7 +166,7 @@ METRICS = Registry(
     base="cxrbench.metrics.base:Metric",
     builtins={
         "fid": "cxrbench.metrics.fid:FID",
-        "fd_inf": "cxrbench.metrics.registered:FDInf",
+        "fd_inf": "cxrbench.metrics.fd_inf:FDInf",
         "kid": "cxrbench.metrics.kid:KID",
         "prdc": "cxrbench.metrics.prdc:PRDC",
         "memorization": "cxrbench.metrics.memorization:Memorization",

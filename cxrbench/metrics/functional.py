@@ -36,15 +36,15 @@ from __future__ import annotations
 import numpy as np
 
 from .base import MetricValue
-from .bootstrap import Interval, two_sample_bootstrap
-from .common import MetricSettings, check_pair, fd_validity, one_thread, replicates, with_interval
-from .fd_inf import fd_inf_two_sample
+from .bootstrap import two_sample_bootstrap
+from .common import MetricSettings, check_pair, one_thread, replicates, with_interval
+from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
 from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
 from .prdc import DENSITY_INFLATE, prdc
 
-# fid, kid and prdc live with their estimators (one metric, one file) and are re-exported here
+# fid, kid, prdc and fd_inf live with their estimators (one metric, one file) and are re-exported here
 __all__ = [
     "DENSITY_INFLATE",
     "FD_INF_MIN_ROWS_PER_DIM",
@@ -66,50 +66,6 @@ __all__ = [
 #: reached nominal coverage with 200; more replicates narrow the Monte Carlo error of the 2.5% quantiles,
 #: not their bias
 N_BOOTSTRAP = MetricSettings.n_bootstrap
-#: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)
-FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
-#: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
-FD_INF_MIN_ROWS_PER_DIM = 1.0
-
-
-@one_thread
-def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool = False,
-           n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FD_inf extrapolated in both set sizes; on request a scaled centred-bootstrap interval over both sets.
-
-    Refused (``DataError``) with fewer than 10 rows per set. Flagged (``valid=False``) when the smallest
-    fitted subset has fewer than ``FD_INF_MIN_ROWS_PER_DIM`` rows per dimension: the 1/N model does not hold
-    there. A negative intercept is never reported as the estimate: the value is clipped at 0 and flagged.
-    """
-    n_bootstrap = replicates(n_bootstrap, ci, FD_INF_N_BOOTSTRAP)
-    g, r = check_pair(fake, real, min_rows=10, what="fd_inf")
-    kw = dict(points=points, min_fraction=min_fraction, seed=seed, device=device)
-    raw, details = fd_inf_two_sample(g, r, **kw)
-    smallest = min(details["sizes"][0], details["ref_sizes"][0])
-    valid, reason = fd_validity(smallest, g.shape[1], FD_INF_MIN_ROWS_PER_DIM, "fd_inf smallest fitted subset",
-                                 "the 1/N model of the extrapolation does not hold (measured: at N/D = 1 it "
-                                 "overshoots the population FD ~9x)")
-    if valid and raw < 0:
-        valid, reason = False, "fd_inf: the 1/N fit extrapolated below 0 (noise exceeds the distance); clipped to 0"
-    details["fit_intercept"] = raw
-    mv = MetricValue(max(raw, 0.0), False, None, len(g), len(r), extra=details, valid=valid, reason=reason)
-    if smallest < FD_INF_MIN_ROWS_PER_DIM * g.shape[1]:  # the model does not hold: no interval
-        return mv
-
-    if n_bootstrap <= 0:
-        return mv
-    # replicates on the distinct rows of both resamples (duplicated rows would bias the covariances the fit
-    # extrapolates); ~63% of the rows make each replicate's spread 1/sqrt(0.632) too wide, so the
-    # median-centred interval is scaled back by sqrt(0.632) (without it: coverage 1.00, width 4x the truth)
-    rng = np.random.default_rng(seed)
-    reps = np.array([fd_inf_two_sample(g[np.unique(rng.integers(0, len(g), len(g)))],
-                                       r[np.unique(rng.integers(0, len(r), len(r)))], **kw)[0]
-                     for _ in range(n_bootstrap)])
-    q_lo, med, q_hi = np.quantile(reps, [alpha / 2, 0.5, 1 - alpha / 2])
-    shrink = (1 - np.exp(-1.0)) ** 0.5
-    iv = Interval(raw + shrink * (q_lo - med), raw + shrink * (q_hi - med),
-                  "centred bootstrap on distinct rows, scaled by sqrt(0.632) (both sets)", 0.0, n_bootstrap)
-    return with_interval(mv, iv, bias_corrected=False, lower=0.0)
 
 
 @one_thread

@@ -1,9 +1,9 @@
-"""The registered feature-distribution metrics ``fd_inf`` and ``ks_*`` (``fid``, ``kid`` and ``prdc`` live in
-``fid.py``, ``kid.py`` and ``prdc.py``, beside their estimators): each is its two value functions over the functional API
+"""The registered feature-distribution metrics ``ks_*`` (``fid``, ``kid``, ``prdc`` and ``fd_inf`` live in
+``fid.py``, ``kid.py``, ``prdc.py`` and ``fd_inf.py``, beside their estimators): each is its two value functions over the functional API
 (``estimate``: value and interval; ``point``: the bare estimate the real-vs-real floor uses). The engine
 (``engine/metric_runner.py``) runs them per extractor, adds the floor, the key suffix and the direction.
 
-They sit above ``functional`` (which builds on the estimators in ``fd_inf.py`` and ``ks.py``), so no estimator
+They sit above ``functional`` (which builds on the estimators in ``ks.py``), so no estimator
 module imports the functional API back.
 """
 
@@ -17,39 +17,7 @@ import numpy as np
 from . import functional as F
 from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
 from .common import classifier_of, float64_device, missing_classifier, missing_features
-from .fd_inf import fd_inf_two_sample
 from .ks import ks_battery
-
-
-class FDInf(TwoSampleMetric):
-    name = "fd_inf"
-    version = "2"  # 2: extrapolates both set sizes; clipped at 0; flagged below 1 row per dim
-    outputs: ClassVar[dict[str, bool]] = {"fd_inf": False}
-
-    def skip_reason(self, ctx: EvalContext) -> str | None:
-        if len(ctx.gen) < 10 or len(ctx.ref) < 20:
-            return f"FD_inf needs at least 10 generated and 20 reference images, got {len(ctx.gen)}, {len(ctx.ref)}"
-        return None
-
-    @staticmethod
-    def _kw(pair: FeaturePair) -> dict:
-        st = pair.settings
-        return dict(points=st.fd_inf_points, min_fraction=st.fd_inf_min_fraction, seed=st.seed,
-                    device=float64_device(pair.device))
-
-    def estimate(self, pair: FeaturePair) -> MetricValue:
-        return F.fd_inf(real=pair.ref, fake=pair.gen, n_bootstrap=pair.settings.fd_inf_n_bootstrap,
-                        alpha=pair.settings.alpha, **self._kw(pair))
-
-    def point(self, x, y, pair: FeaturePair) -> float:
-        return max(0.0, fd_inf_two_sample(x, y, **self._kw(pair))[0])
-
-    def figures(self, key: str, value: dict) -> list[FigureSpec]:
-        sizes, fd = value.get("sizes"), value.get("fd")
-        if not (sizes and fd and len(sizes) == len(fd)):
-            return []
-        return [FigureSpec("fd_against_1_over_n", key, f"fd_{key}", f"{key}: FD against 1/N",
-                           "the intercept at 1/N = 0 is FD_inf", value)]
 
 
 class KSFeatures(TwoSampleMetric):

@@ -199,19 +199,19 @@ def child(a) -> None:
     fd_calls = {"n": 0}
     fd_orig = fdi.fd_inf_two_sample
 
-    def fd_counted(*x, **kw):  # functional.fd_inf: the first call is the estimate, the rest are replicates
+    def fd_counted(*x, **kw):  # fd_inf.fd_inf: the first call is the estimate, the rest are replicates
         fd_calls["n"] += 1
         return fd_orig(*x, **kw) if fd_calls["n"] == 1 else fd_boot(*x, **kw)
 
     fd_boot = st.sub("boot_s", fd_orig)
     fdi.fd_inf_two_sample = fd_counted
-    f_fd = functional.fd_inf
+    f_fd = fdi.fd_inf
 
     def fd_inf_reset(*x, **kw):
         fd_calls["n"] = 0
         return f_fd(*x, **kw)
 
-    functional.fd_inf = fd_inf_reset
+    fdi.fd_inf = fd_inf_reset
     for mod in (runner, mem_mod, labels_mod, rrs_mod, common):
         if hasattr(mod, "matched_floor"):
             mod.matched_floor = st.sub("floor_s", mod.matched_floor)
