@@ -29,22 +29,21 @@ precision, recall, density, coverage (replicates recompute the kNN radii of both
 on real features at the default protocol's sizes is measured by ``tests/benchmarks/interval_coverage.py``;
 an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
+
+Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``) beside the
+estimator and the registered class; this module only re-exports them.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from .base import MetricValue
-from .bootstrap import two_sample_bootstrap
-from .common import MetricSettings, check_pair, one_thread, replicates, with_interval
+from .common import MetricSettings, check_pair, replicates
 from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
-from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
+from .ks import ks_features
 from .prdc import DENSITY_INFLATE, prdc
 
-# fid, kid, prdc and fd_inf live with their estimators (one metric, one file) and are re-exported here
+# every metric lives with its estimator (one metric, one file) and is re-exported here
 __all__ = [
     "DENSITY_INFLATE",
     "FD_INF_MIN_ROWS_PER_DIM",
@@ -66,32 +65,3 @@ __all__ = [
 #: reached nominal coverage with 200; more replicates narrow the Monte Carlo error of the 2.5% quantiles,
 #: not their bias
 N_BOOTSTRAP = MetricSettings.n_bootstrap
-
-
-@one_thread
-def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
-                n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
-                ci_method: str = "centred") -> MetricValue:
-    """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
-    centred interval over both sets."""
-    n_bootstrap = replicates(n_bootstrap, ci)
-    g, r = check_pair(fake, real, what="ks_features")
-    res = ks_battery(g, r, names, q=q)
-    mv = MetricValue(res.fraction, False, None, len(g), len(r), extra=res.extra(q))
-    if n_bootstrap <= 0:
-        return mv
-
-    if g.shape[1] * (len(g) + len(r)) <= 2**26:  # position tables of 2 x 512 MB at most
-        wks = WeightedKS(g, r, device=device)
-
-        def stat(ig, ir):
-            d = wks(np.bincount(ig, minlength=len(g)), np.bincount(ir, minlength=len(r)))
-            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
-    else:
-        def stat(ig, ir):
-            d = ks_statistics(g[ig], r[ir], device=device)
-            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
-
-    iv = two_sample_bootstrap(stat, len(g), len(r), res.fraction, n_boot=n_bootstrap, seed=seed, alpha=alpha,
-                              method=ci_method)
-    return with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=1.0)

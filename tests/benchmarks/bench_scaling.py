@@ -174,7 +174,9 @@ def child(a) -> None:
     import cxrbench.engine.evaluate as ev
     import cxrbench.engine.metric_runner as runner
     import cxrbench.metrics.common as common
-    import cxrbench.metrics.functional as functional
+    import cxrbench.metrics.fid as fid_mod
+    import cxrbench.metrics.kid as kid_mod
+    import cxrbench.metrics.ks as ks_mod
     import cxrbench.metrics.labels as labels_mod
     import cxrbench.metrics.memorization as mem_mod
     import cxrbench.metrics.prdc as prdc_mod
@@ -189,7 +191,7 @@ def child(a) -> None:
     run = ev.run_metric  # every metric runs through the engine's run_metric: one stage per metric name
     ev.run_metric = lambda m, ctx: st.wrap(m.name, run)(m, ctx)
     # bootstrap replicates: the shared drivers, PRDC's replicate loop, FD_inf's replicate refits
-    for mod in (functional, labels_mod):
+    for mod in (fid_mod, kid_mod, ks_mod, labels_mod):  # the metric modules that hold a functional entry
         mod.two_sample_bootstrap = st.sub("boot_s", mod.two_sample_bootstrap)
     for mod in (common, rrs_mod):
         mod.bootstrap_ci = st.sub("boot_s", mod.bootstrap_ci)
