@@ -30,7 +30,7 @@ on real features at the default protocol's sizes is measured by ``tests/benchmar
 an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 
-Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``) beside the
+Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``, ``memorization``) beside the
 estimator and the registered class; this module only re-exports them.
 """
 
@@ -41,6 +41,7 @@ from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
 from .ks import ks_features
+from .memorization import memorization
 from .prdc import DENSITY_INFLATE, prdc
 
 # every metric lives with its estimator (one metric, one file) and is re-exported here
@@ -56,6 +57,7 @@ __all__ = [
     "fid",
     "kid",
     "ks_features",
+    "memorization",
     "prdc",
     "replicates",
 ]
