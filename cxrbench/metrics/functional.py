@@ -30,8 +30,10 @@ on real features at the default protocol's sizes is measured by ``tests/benchmar
 an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 
-Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``, ``memorization``) beside the
-estimator and the registered class; this module only re-exports them.
+Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``,
+``memorization``) beside the estimator and the registered class; this module only re-exports them.
+(The registered memorization metric calls its estimator and the same interval directly, for the nearest
+pairs and the floor it adds.)
 """
 
 from __future__ import annotations
