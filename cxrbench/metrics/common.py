@@ -272,11 +272,12 @@ def replicates(n_bootstrap: int | None, ci: bool, default: int = MetricSettings.
     return default if ci else 0
 
 
-def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np.ndarray, np.ndarray]:
+def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric",
+               names: tuple[str, str] = ("fake (generated)", "real (reference)")) -> tuple[np.ndarray, np.ndarray]:
     """Both sets (generated, reference) as float64 ``(N, D)`` arrays with the same D, finite, at least
-    ``min_rows`` rows each; messages name them by their keywords, ``fake`` and ``real``."""
+    ``min_rows`` rows each; messages name them by their keywords (``names``: ``fake`` and ``real``)."""
     out = []
-    for name, x in (("fake (generated)", gen), ("real (reference)", ref)):
+    for name, x in zip(names, (gen, ref)):
         x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
         if x.ndim != 2:
             raise DataError(f"{what}: {name} features must be a 2-d (N, D) array, got shape {x.shape}")
@@ -287,8 +288,8 @@ def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric") -> tuple[np
                             " drop or fix those rows")
         out.append(x)
     if out[0].shape[1] != out[1].shape[1]:
-        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} (fake) vs {out[1].shape[1]}"
-                        " (real); use the same extractor for both sets")
+        raise DataError(f"{what}: feature dimensions differ: {out[0].shape[1]} ({names[0].split()[0]}) vs "
+                        f"{out[1].shape[1]} ({names[1].split()[0]}); use the same extractor for both sets")
     return out[0], out[1]
 
 

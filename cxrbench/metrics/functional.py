@@ -29,24 +29,24 @@ precision, recall, density, coverage (replicates recompute the kNN radii of both
 on real features at the default protocol's sizes is measured by ``tests/benchmarks/interval_coverage.py``;
 an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
+
+Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``,
+``memorization``) beside the estimator and the registered class; this module only re-exports them.
+(The registered memorization metric calls its estimator and the same interval directly, for the nearest
+pairs and the floor it adds.)
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from . import knn
-from .base import MetricValue
-from .bootstrap import Interval, interval_from_replicates, two_sample_bootstrap
-from .common import MetricSettings, check_pair, fd_validity, one_thread, replicates, with_interval
-from .fd_inf import fd_inf_two_sample
+from .common import MetricSettings, check_pair, replicates
+from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
-from .ks import WeightedKS, benjamini_hochberg, ks_battery, ks_pvalues_fast, ks_statistics
-from .prdc import RECOMPUTE_MAX_ROWS, PRDCReplicates
-from .prdc import prdc as prdc_result
+from .ks import ks_features
+from .memorization import memorization
+from .prdc import DENSITY_INFLATE, prdc
 
-# fid and kid live with their estimators (one metric, one file) and are re-exported here
+# every metric lives with its estimator (one metric, one file) and is re-exported here
 __all__ = [
     "DENSITY_INFLATE",
     "FD_INF_MIN_ROWS_PER_DIM",
@@ -59,6 +59,7 @@ __all__ = [
     "fid",
     "kid",
     "ks_features",
+    "memorization",
     "prdc",
     "replicates",
 ]
@@ -68,122 +69,3 @@ __all__ = [
 #: reached nominal coverage with 200; more replicates narrow the Monte Carlo error of the 2.5% quantiles,
 #: not their bias
 N_BOOTSTRAP = MetricSettings.n_bootstrap
-#: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)
-FD_INF_N_BOOTSTRAP = MetricSettings.fd_inf_n_bootstrap
-#: PRDC density interval widening where the replicates keep the full-set kNN radii (sets above
-#: ``prdc.RECOMPUTE_MAX_ROWS``; calibrated with tests/benchmarks/coverage.py)
-DENSITY_INFLATE = 1.3
-#: FD_inf's 1/N model needs its smallest subsets well above D (Chong & Forsyth fit 5k-50k at D = 2048)
-FD_INF_MIN_ROWS_PER_DIM = 1.0
-
-
-@one_thread
-def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
-         seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
-         ci_method: str | None = None) -> dict[str, MetricValue]:
-    """Precision, recall, density, coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
-    Generative Models", 2020); on request intervals over both sets.
-
-    Precision is the share of ``fake`` rows inside some ``real`` row's k-NN ball, recall the converse: the
-    values of ``prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)``.
-
-    Centred intervals: a resample holds ~63% distinct rows, which removes balls and pulls every replicate
-    down without any bias in the estimator. Each replicate recomputes both sets' kNN radii with the
-    resample's multiplicities (``prdc.PRDCReplicates``; sets above ``RECOMPUTE_MAX_ROWS`` keep the full-set
-    radii). Measured coverage on real features: tests/benchmarks/interval_coverage.py (README
-    "Reliability"). ``ci_method`` forces one method for all four.
-    """
-    n_bootstrap = replicates(n_bootstrap, ci)
-    g, r = check_pair(fake, real, min_rows=k + 1, what="prdc")
-    res = prdc_result(r, g, k=k, boot_candidates=boot_candidates, device=device,
-                      budget=budget or knn.DEFAULT_BUDGET)
-    vals = res.as_dict()
-    out = {key: MetricValue(v, True, None, len(g), len(r), extra={"k": k}) for key, v in vals.items()}
-    if n_bootstrap <= 0:
-        return out
-    # one pass of replicates serves all four values; every replicate recomputes the kNN radii of both
-    # resampled sets (``PRDCReplicates``) where the dense distances fit, else keeps them fixed
-    rng = np.random.default_rng(seed)
-    dense = max(len(g), len(r)) <= RECOMPUTE_MAX_ROWS
-    one = PRDCReplicates(r, g, k=k) if dense else (lambda ig, ir: res.resampled(ig, ir))
-    reps = {key: [] for key in vals}
-    for _ in range(n_bootstrap):
-        for key, v in one(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))).items():
-            reps[key].append(v)
-    for key, mv in out.items():
-        method = ci_method or "centred"
-        # fixed radii miss their own variance: density's interval is widened there (plain: 0.86-0.92 coverage)
-        inflate = DENSITY_INFLATE if key == "density" and not dense and ci_method is None else 1.0
-        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate,
-                                      what="both sets, kNN radii recomputed" if dense else "both sets, radii fixed")
-        with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=None if key == "density" else 1.0)
-    return out
-
-
-@one_thread
-def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool = False,
-           n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FD_inf extrapolated in both set sizes; on request a scaled centred-bootstrap interval over both sets.
-
-    Refused (``DataError``) with fewer than 10 rows per set. Flagged (``valid=False``) when the smallest
-    fitted subset has fewer than ``FD_INF_MIN_ROWS_PER_DIM`` rows per dimension: the 1/N model does not hold
-    there. A negative intercept is never reported as the estimate: the value is clipped at 0 and flagged.
-    """
-    n_bootstrap = replicates(n_bootstrap, ci, FD_INF_N_BOOTSTRAP)
-    g, r = check_pair(fake, real, min_rows=10, what="fd_inf")
-    kw = dict(points=points, min_fraction=min_fraction, seed=seed, device=device)
-    raw, details = fd_inf_two_sample(g, r, **kw)
-    smallest = min(details["sizes"][0], details["ref_sizes"][0])
-    valid, reason = fd_validity(smallest, g.shape[1], FD_INF_MIN_ROWS_PER_DIM, "fd_inf smallest fitted subset",
-                                 "the 1/N model of the extrapolation does not hold (measured: at N/D = 1 it "
-                                 "overshoots the population FD ~9x)")
-    if valid and raw < 0:
-        valid, reason = False, "fd_inf: the 1/N fit extrapolated below 0 (noise exceeds the distance); clipped to 0"
-    details["fit_intercept"] = raw
-    mv = MetricValue(max(raw, 0.0), False, None, len(g), len(r), extra=details, valid=valid, reason=reason)
-    if smallest < FD_INF_MIN_ROWS_PER_DIM * g.shape[1]:  # the model does not hold: no interval
-        return mv
-
-    if n_bootstrap <= 0:
-        return mv
-    # replicates on the distinct rows of both resamples (duplicated rows would bias the covariances the fit
-    # extrapolates); ~63% of the rows make each replicate's spread 1/sqrt(0.632) too wide, so the
-    # median-centred interval is scaled back by sqrt(0.632) (without it: coverage 1.00, width 4x the truth)
-    rng = np.random.default_rng(seed)
-    reps = np.array([fd_inf_two_sample(g[np.unique(rng.integers(0, len(g), len(g)))],
-                                       r[np.unique(rng.integers(0, len(r), len(r)))], **kw)[0]
-                     for _ in range(n_bootstrap)])
-    q_lo, med, q_hi = np.quantile(reps, [alpha / 2, 0.5, 1 - alpha / 2])
-    shrink = (1 - np.exp(-1.0)) ** 0.5
-    iv = Interval(raw + shrink * (q_lo - med), raw + shrink * (q_hi - med),
-                  "centred bootstrap on distinct rows, scaled by sqrt(0.632) (both sets)", 0.0, n_bootstrap)
-    return with_interval(mv, iv, bias_corrected=False, lower=0.0)
-
-
-@one_thread
-def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
-                n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
-                ci_method: str = "centred") -> MetricValue:
-    """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
-    centred interval over both sets."""
-    n_bootstrap = replicates(n_bootstrap, ci)
-    g, r = check_pair(fake, real, what="ks_features")
-    res = ks_battery(g, r, names, q=q)
-    mv = MetricValue(res.fraction, False, None, len(g), len(r), extra=res.extra(q))
-    if n_bootstrap <= 0:
-        return mv
-
-    if g.shape[1] * (len(g) + len(r)) <= 2**26:  # position tables of 2 x 512 MB at most
-        wks = WeightedKS(g, r, device=device)
-
-        def stat(ig, ir):
-            d = wks(np.bincount(ig, minlength=len(g)), np.bincount(ir, minlength=len(r)))
-            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
-    else:
-        def stat(ig, ir):
-            d = ks_statistics(g[ig], r[ir], device=device)
-            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
-
-    iv = two_sample_bootstrap(stat, len(g), len(r), res.fraction, n_boot=n_bootstrap, seed=seed, alpha=alpha,
-                              method=ci_method)
-    return with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=1.0)

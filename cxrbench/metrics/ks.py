@@ -1,6 +1,10 @@
 """Two-sample Kolmogorov-Smirnov batteries with Benjamini-Hochberg control (the "future work" of
 Kumar & Triana, "Generating Synthetic Chest X-Rays with Generative Modeling", Stanford, 2023).
 
+One file: the battery ``ks_battery``, the functional entry ``ks_features(real=, fake=)`` (re-exported by
+``functional``) and the registered ``ks_features``, ``ks_labels`` and ``ks_pixels`` metrics (``KSFeatures``,
+``KSLabels``, ``KSPixels``).
+
 One KS test per dimension (scipy ``ks_2samp``, two-sided; exact p for small sets, asymptotic for large),
 then Benjamini-Hochberg at false-discovery rate ``q`` (0.05) across the dimensions. Three batteries:
 
@@ -12,7 +16,7 @@ The value is the fraction of dimensions rejected (lower is better; 0 means no di
 apart); ``extra`` holds the median and maximum D, the dimension with the largest D by name and, for
 batteries of at most 64 dimensions, every dimension's D, p and decision.
 
-Bootstrap replicates (both sets resampled, ``functional.ks_features``) recompute every D with a vectorised KS statistic
+Bootstrap replicates (both sets resampled, ``ks_features``) recompute every D with a vectorised KS statistic
 (the same ECDF comparison as scipy, checked against it in the tests) and take p from the closed-form
 Kolmogorov limit with Stephens' correction (``ks_pvalues_fast``; scipy's own asymptotic p costs
 milliseconds per value), so 100 replicates of a 2048-dimensional battery stay cheap.
@@ -20,11 +24,26 @@ milliseconds per value), so 100 replicates of a 2048-dimensional battery stay ch
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy import stats
+
+from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
+from .bootstrap import two_sample_bootstrap
+from .common import (
+    check_pair,
+    classifier_of,
+    float64_device,
+    missing_classifier,
+    missing_features,
+    one_thread,
+    replicates,
+    with_interval,
+)
 
 #: batteries up to this many dimensions list every dimension in ``extra["dims"]``
 MAX_LISTED_DIMS = 64
@@ -155,3 +174,103 @@ def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> 
     d, p = np.atleast_1d(r.statistic), np.atleast_1d(r.pvalue)
     names = names or [f"dim_{i}" for i in range(gen.shape[1])]
     return KSResult(d, p, benjamini_hochberg(p, q), list(names))
+
+
+# the functional entry (``functional.ks_features``)
+
+
+@one_thread
+def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
+                n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
+                ci_method: str = "centred") -> MetricValue:
+    """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
+    centred interval over both sets."""
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, what="ks_features")
+    res = ks_battery(g, r, names, q=q)
+    mv = MetricValue(res.fraction, False, None, len(g), len(r), extra=res.extra(q))
+    if n_bootstrap <= 0:
+        return mv
+
+    if g.shape[1] * (len(g) + len(r)) <= 2**26:  # position tables of 2 x 512 MB at most
+        wks = WeightedKS(g, r, device=device)
+
+        def stat(ig, ir):
+            d = wks(np.bincount(ig, minlength=len(g)), np.bincount(ir, minlength=len(r)))
+            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
+    else:
+        def stat(ig, ir):
+            d = ks_statistics(g[ig], r[ir], device=device)
+            return float(benjamini_hochberg(ks_pvalues_fast(d, len(ig), len(ir)), q).mean())
+
+    iv = two_sample_bootstrap(stat, len(g), len(r), res.fraction, n_boot=n_bootstrap, seed=seed, alpha=alpha,
+                              method=ci_method)
+    return with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=1.0)
+
+
+# the registered metrics (``cxrbench evaluate``)
+
+
+class KSFeatures(TwoSampleMetric):
+    """The KS battery over every dimension of an embedding (Benjamini-Hochberg at ``ks_q``)."""
+
+    name = "ks_features"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_features": False}
+
+    def estimate(self, pair: FeaturePair) -> MetricValue:
+        st = pair.settings
+        return ks_features(real=pair.ref, fake=pair.gen, names=pair.names, q=st.ks_q, n_bootstrap=st.n_bootstrap,
+                           seed=st.seed, alpha=st.alpha, device=float64_device(pair.device))
+
+    def point(self, x, y, pair: FeaturePair) -> float:
+        return ks_battery(x, y, pair.names, q=pair.settings.ks_q).fraction
+
+    def figures(self, key: str, value: dict) -> list[FigureSpec]:
+        if isinstance(value.get("dims"), dict) and value["dims"]:
+            return [FigureSpec("ks_histogram", key, f"ks_{key}", f"{key}: KS D histogram",
+                               "two-sample KS statistic of every dimension; red: rejected after Benjamini-Hochberg",
+                               value)]
+        if value.get("max_d") is not None:  # the battery had too many dimensions to store each one
+            return [FigureSpec("note", key, f"ks_{key}", caption=(
+                f"{key}: per-dimension D not stored in the result (too many dimensions); median D "
+                f"{value['median_d']:.4g}, max D {value['max_d']:.4g} ({value.get('worst')})."))]
+        return []
+
+
+class _KSOne(KSFeatures):
+    """A battery over one non-embedding extractor's named outputs; its key has no extractor suffix."""
+
+    per_extractor = False
+    extractor: ClassVar[str] = ""
+
+    def extractors_of(self, ctx: EvalContext) -> list[str]:
+        return [self.extractor]
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        return missing_features(ctx, [self.extractor])
+
+    def prepare(self, pair: FeaturePair) -> FeaturePair:
+        keep = ~(np.isnan(pair.gen).any(0) | np.isnan(pair.ref).any(0))  # e.g. a pathology the head does not predict
+        return dataclasses.replace(pair, gen=pair.gen[:, keep], ref=pair.ref[:, keep],
+                                   names=[n for n, k in zip(pair.names, keep) if k])
+
+
+class KSLabels(_KSOne):
+    name = "ks_labels"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_labels": False}
+
+    def extractors_of(self, ctx: EvalContext) -> list[str]:
+        return [classifier_of(ctx)]
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        return missing_classifier(ctx)
+
+
+class KSPixels(_KSOne):
+    name = "ks_pixels"
+    version = "1"
+    outputs: ClassVar[dict[str, bool]] = {"ks_pixels": False}
+    requires_extractors = ("pixels",)
+    extractor = "pixels"

@@ -10,6 +10,9 @@ themselves are below their own 5th percentile 5% of the time. A set in which a f
 of training images and the rest behave like unseen real images gives ``c + (1 - c) * 0.05``, so
 ``extra["excess"] = (rate - 0.05) / 0.95`` estimates the copied fraction ``c`` directly. The noise floor
 (``real_vs_real``) takes the threshold from one half of the reference and the rate from the other.
+
+One file: the estimator ``memorization_result``, the functional entry ``memorization(real=, fake=, train=)``
+(re-exported by ``functional``) and the registered ``memorization`` metric (``Memorization``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 from ..data.splits import real_vs_real_split
 from . import knn
 from .base import EvalContext, FigureSpec, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval, features_of
+from .bootstrap import bootstrap_ci
+from .common import MetricSettings, bootstrap_interval, check_pair, features_of, one_thread, replicates
 
 
 @dataclass
@@ -37,7 +41,7 @@ class MemorizationResult:
     base_rate: float
 
 
-def memorization(
+def memorization_result(
     gen,
     heldout,
     train,
@@ -54,6 +58,36 @@ def memorization(
     rate = float((d_gen < threshold).mean())
     base = percentile / 100.0
     return MemorizationResult(rate, (rate - base) / (1 - base), threshold, d_gen, i_gen, d_held, base)
+
+
+# the functional entry (``functional.memorization``)
+
+
+@one_thread
+def memorization(*, real, fake, train, percentile: float = 5.0, ci: bool = False, n_bootstrap: int | None = None,
+                 seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None) -> MetricValue:
+    """Fraction of ``fake`` rows nearer to their nearest ``train`` row than the ``percentile``-th percentile of
+    the held-out ``real`` rows' distances to ``train`` (the base rate ``percentile / 100`` when nothing is
+    copied); ``extra`` holds ``excess``, the estimated copied fraction, ``base_rate`` and ``threshold``.
+
+    ``real`` must not overlap ``train``. On request a percentile-bootstrap interval over the generated rows
+    with the threshold held fixed: the interval the registered metric reports.
+    """
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, what="memorization")
+    t, _ = check_pair(train, r, what="memorization", names=("train (training set)", "real (reference)"))
+    res = memorization_result(g, r, t, percentile=percentile, device=device, budget=budget or knn.DEFAULT_BUDGET)
+    mv = MetricValue(res.rate, False, None, len(g), len(r),
+                     extra={"excess": res.excess, "base_rate": res.base_rate, "threshold": res.threshold})
+    below = res.gen_dist < res.threshold
+    iv = bootstrap_ci(lambda idx: float(below[idx].mean()), len(g), n_boot=n_bootstrap, seed=seed, alpha=alpha)
+    if iv is not None:
+        mv.ci = (min(max(iv[0], 0.0), 1.0), min(max(iv[1], 0.0), 1.0))
+        mv.ci_method = "percentile bootstrap (generated rows, threshold fixed)"
+    return mv
+
+
+# the registered metric (``cxrbench evaluate``)
 
 
 class Memorization(Metric):
@@ -78,7 +112,7 @@ class Memorization(Metric):
         out = {}
         for e in ctx.embedding_extractors():
             gen, ref, train = (features_of(s, e) for s in (ctx.gen, ctx.ref, ctx.train))
-            res = memorization(gen, ref, train, percentile=st.memorization_percentile, device=ctx.device,
+            res = memorization_result(gen, ref, train, percentile=st.memorization_percentile, device=ctx.device,
                                budget=st.knn_budget)
             below = res.gen_dist < res.threshold
             ci = bootstrap_interval(lambda idx: float(below[idx].mean()), len(gen), res.rate, st, lower=0.0, upper=1.0)

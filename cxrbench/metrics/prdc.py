@@ -1,5 +1,8 @@
 """Precision, recall, density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics").
 
+One file: the estimator ``prdc_result``, the functional entry ``prdc(real=, fake=)`` (re-exported by
+``functional``) and the registered ``prdc`` metric (``PRDC``).
+
 With ``r_real(i)`` the distance from real point i to its k-th nearest other real point, and ``r_gen(j)``
 the same within the generated set (k = 5):
 
@@ -26,11 +29,15 @@ a neighbour of itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from . import knn
+from .base import EvalContext, FeaturePair, MetricValue, TwoSampleMetric
+from .bootstrap import interval_from_replicates
+from .common import MetricSettings, check_pair, one_thread, replicates, with_interval
 
 
 @dataclass
@@ -76,7 +83,7 @@ class PRDCResult:
         }
 
 
-def prdc(
+def prdc_result(
     real,
     gen,
     *,
@@ -114,6 +121,9 @@ def prdc(
 #: largest set (rows) whose dense distance matrices the radius-recomputing bootstrap holds (3 float32
 #: matrices of at most this squared: 200 MB at 4096); larger sets fall back to ``PRDCResult.resampled``
 RECOMPUTE_MAX_ROWS = 4096
+#: PRDC density interval widening where the replicates keep the full-set kNN radii (sets above
+#: ``RECOMPUTE_MAX_ROWS``; calibrated with tests/benchmarks/coverage.py)
+DENSITY_INFLATE = 1.3
 #: neighbours per point searched for the multiplicity-weighted k-th neighbour (the k-th copy is within the
 #: first ``NEIGHBOURS`` distinct rows unless a resample drew fewer than k of them: probability ~e^-40 at k = 5)
 NEIGHBOURS = 48
@@ -175,3 +185,77 @@ class PRDCReplicates:
         tg, tr = float(wg.sum()), float(wr.sum())
         return {"precision": float(wg @ (counts > 0)) / tg, "density": float(wg @ counts) / (self.k * tg),
                 "recall": float(wr @ in_gen.any(0)) / tr, "coverage": float(wr @ covered) / tr}
+
+
+# the functional entry (``functional.prdc``)
+
+
+@one_thread
+def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
+         seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
+         ci_method: str | None = None) -> dict[str, MetricValue]:
+    """Precision, recall, density, coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
+    Generative Models", 2020); on request intervals over both sets.
+
+    Precision is the share of ``fake`` rows inside some ``real`` row's k-NN ball, recall the converse: the
+    values of ``prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)``.
+
+    Centred intervals: a resample holds ~63% distinct rows, which removes balls and pulls every replicate
+    down without any bias in the estimator. Each replicate recomputes both sets' kNN radii with the
+    resample's multiplicities (``PRDCReplicates``; sets above ``RECOMPUTE_MAX_ROWS`` keep the full-set
+    radii). Measured coverage on real features: tests/benchmarks/interval_coverage.py (README
+    "Reliability"). ``ci_method`` forces one method for all four.
+    """
+    n_bootstrap = replicates(n_bootstrap, ci)
+    g, r = check_pair(fake, real, min_rows=k + 1, what="prdc")
+    res = prdc_result(r, g, k=k, boot_candidates=boot_candidates, device=device,
+                      budget=budget or knn.DEFAULT_BUDGET)
+    vals = res.as_dict()
+    out = {key: MetricValue(v, True, None, len(g), len(r), extra={"k": k}) for key, v in vals.items()}
+    if n_bootstrap <= 0:
+        return out
+    # one pass of replicates serves all four values; every replicate recomputes the kNN radii of both
+    # resampled sets (``PRDCReplicates``) where the dense distances fit, else keeps them fixed
+    rng = np.random.default_rng(seed)
+    dense = max(len(g), len(r)) <= RECOMPUTE_MAX_ROWS
+    one = PRDCReplicates(r, g, k=k) if dense else (lambda ig, ir: res.resampled(ig, ir))
+    reps = {key: [] for key in vals}
+    for _ in range(n_bootstrap):
+        for key, v in one(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))).items():
+            reps[key].append(v)
+    for key, mv in out.items():
+        method = ci_method or "centred"
+        # fixed radii miss their own variance: density's interval is widened there (plain: 0.86-0.92 coverage)
+        inflate = DENSITY_INFLATE if key == "density" and not dense and ci_method is None else 1.0
+        iv = interval_from_replicates(reps[key], vals[key], alpha=alpha, method=method, inflate=inflate,
+                                      what="both sets, kNN radii recomputed" if dense else "both sets, radii fixed")
+        with_interval(mv, iv, bias_corrected=False, lower=0.0, upper=None if key == "density" else 1.0)
+    return out
+
+
+# the registered metric (``cxrbench evaluate``)
+
+
+class PRDC(TwoSampleMetric):
+    name = "prdc"
+    version = "2"  # 2: bootstrap replicates recompute the kNN radii of both resampled sets; density not widened
+    outputs: ClassVar[dict[str, bool]] = {"precision": True, "recall": True, "density": True, "coverage": True}
+
+    def skip_reason(self, ctx: EvalContext) -> str | None:
+        k = MetricSettings.from_config(ctx.config).prdc_k
+        if len(ctx.gen) <= k or len(ctx.ref) <= 2 * k + 1:
+            return f"PRDC with k={k} needs more than {k} generated and {2 * k + 1} reference images"
+        return None
+
+    @staticmethod
+    def _kw(pair: FeaturePair) -> dict:
+        st = pair.settings
+        return dict(k=st.prdc_k, boot_candidates=st.prdc_boot_candidates, device=pair.device, budget=st.knn_budget)
+
+    def estimate(self, pair: FeaturePair) -> dict[str, MetricValue]:
+        st = pair.settings
+        return prdc(real=pair.ref, fake=pair.gen, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha,
+                    **self._kw(pair))
+
+    def point(self, x, y, pair: FeaturePair) -> dict[str, float]:
+        return prdc_result(y, x, **self._kw(pair)).as_dict()

@@ -174,7 +174,9 @@ def child(a) -> None:
     import cxrbench.engine.evaluate as ev
     import cxrbench.engine.metric_runner as runner
     import cxrbench.metrics.common as common
-    import cxrbench.metrics.functional as functional
+    import cxrbench.metrics.fid as fid_mod
+    import cxrbench.metrics.kid as kid_mod
+    import cxrbench.metrics.ks as ks_mod
     import cxrbench.metrics.labels as labels_mod
     import cxrbench.metrics.memorization as mem_mod
     import cxrbench.metrics.prdc as prdc_mod
@@ -189,7 +191,7 @@ def child(a) -> None:
     run = ev.run_metric  # every metric runs through the engine's run_metric: one stage per metric name
     ev.run_metric = lambda m, ctx: st.wrap(m.name, run)(m, ctx)
     # bootstrap replicates: the shared drivers, PRDC's replicate loop, FD_inf's replicate refits
-    for mod in (functional, labels_mod):
+    for mod in (fid_mod, kid_mod, ks_mod, labels_mod):  # the metric modules that hold a functional entry
         mod.two_sample_bootstrap = st.sub("boot_s", mod.two_sample_bootstrap)
     for mod in (common, rrs_mod):
         mod.bootstrap_ci = st.sub("boot_s", mod.bootstrap_ci)
@@ -199,19 +201,19 @@ def child(a) -> None:
     fd_calls = {"n": 0}
     fd_orig = fdi.fd_inf_two_sample
 
-    def fd_counted(*x, **kw):  # functional.fd_inf: the first call is the estimate, the rest are replicates
+    def fd_counted(*x, **kw):  # fd_inf.fd_inf: the first call is the estimate, the rest are replicates
         fd_calls["n"] += 1
         return fd_orig(*x, **kw) if fd_calls["n"] == 1 else fd_boot(*x, **kw)
 
     fd_boot = st.sub("boot_s", fd_orig)
     fdi.fd_inf_two_sample = fd_counted
-    f_fd = functional.fd_inf
+    f_fd = fdi.fd_inf
 
     def fd_inf_reset(*x, **kw):
         fd_calls["n"] = 0
         return f_fd(*x, **kw)
 
-    functional.fd_inf = fd_inf_reset
+    fdi.fd_inf = fd_inf_reset
     for mod in (runner, mem_mod, labels_mod, rrs_mod, common):
         if hasattr(mod, "matched_floor"):
             mod.matched_floor = st.sub("floor_s", mod.matched_floor)

@@ -288,7 +288,7 @@ def route_knn(a) -> dict:
     gen = (rng.standard_normal((a.knn_n, a.knn_dim), dtype=np.float32) * 1.1 + 0.1).astype(np.float32)
     import prdc
 
-    from cxrbench.metrics.prdc import prdc as cx_prdc
+    from cxrbench.metrics.prdc import prdc_result as cx_prdc
 
     base = _maxrss_mb()  # after the imports: the figure is the call's own working memory
     t = time.perf_counter()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from cxrbench.data.io import load_image
 from cxrbench.features.cxr64 import CXR64Extractor, to_cxr64
 from cxrbench.metrics.fid import fid_from_features
-from cxrbench.metrics.prdc import prdc
+from cxrbench.metrics.prdc import prdc_result
 from cxrbench.protocols.cxr64 import SAMPLE_COUNT, load_features
 from cxrbench.protocols.cxr64_splits import image_splits
 
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         f = f_held.copy()
         idx = rng.permutation(n)[: int(frac * n)]
         f[idx] = f_held[rng.choice(5, size=len(idx))]
-        r = prdc(fr, f, k=5).as_dict()
+        r = prdc_result(fr, f, k=5).as_dict()
         print(f"   {frac:8.2f} {fid_from_features(f, fr):8.3f} {r['precision']:9.3f} {r['recall']:7.3f} "
               f"{r['density']:8.3f} {r['coverage']:8.3f}")
 

@@ -47,11 +47,11 @@ from cxrbench.config import EvalConfig
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics.base import EvalContext, FeaturePair, FeatureSet
 from cxrbench.metrics.common import MetricSettings
-from cxrbench.metrics.fid import frechet_distance
-from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
-from cxrbench.metrics.fid import FID
+from cxrbench.metrics.fid import FID, frechet_distance
 from cxrbench.metrics.kid import KID
-from cxrbench.metrics.registered import PRDC, KSFeatures, KSLabels
+from cxrbench.metrics.ks import KSFeatures, KSLabels
+from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
+from cxrbench.metrics.prdc import PRDC
 from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599

@@ -19,7 +19,7 @@ from cxrbench.engine.per_condition import MIN_REFERENCE, MIN_SAMPLES, per_condit
 from cxrbench.errors import DataError
 from cxrbench.metrics.fid import FID
 from cxrbench.metrics.kid import KID
-from cxrbench.metrics.registered import PRDC
+from cxrbench.metrics.prdc import PRDC
 from cxrbench.publish.report import condition_rows, render_markdown
 from cxrbench.results import validate
 

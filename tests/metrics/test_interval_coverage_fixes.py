@@ -67,12 +67,12 @@ def test_prdc_replicates_recompute_both_sets_radii_with_multiplicities():
     """A replicate is PRDC of the two resampled multisets with every kNN radius recomputed (the previous
     replicates kept the full-set radii, which missed their variance: precision's interval was too low on
     real features); unit weights give the headline values."""
-    from cxrbench.metrics.prdc import PRDCReplicates, prdc
+    from cxrbench.metrics.prdc import PRDCReplicates, prdc_result
 
     rng = np.random.default_rng(3)
     real, gen = rng.standard_normal((40, 4)), rng.standard_normal((30, 4)) + 0.4
     rep = PRDCReplicates(real, gen, k=3)
-    full = prdc(real, gen, k=3, dtype=torch.float64).as_dict()
+    full = prdc_result(real, gen, k=3, dtype=torch.float64).as_dict()
     assert rep(np.arange(30), np.arange(40)) == pytest.approx(full, abs=1e-12)
     for s in range(3):
         ig, ir = rng.integers(0, 30, 30), rng.integers(0, 40, 40)

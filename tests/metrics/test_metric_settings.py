@@ -8,7 +8,7 @@ from cxrbench.commands.evaluate import parse_metric_settings
 from cxrbench.errors import UsageError
 from cxrbench.engine.evaluate import evaluate
 from cxrbench.metrics.common import MetricSettings
-from cxrbench.metrics.prdc import prdc
+from cxrbench.metrics.prdc import prdc_result
 
 
 def test_a_setting_reaches_the_metric_and_the_result(synthetic_folders, fast_config, tmp_path):
@@ -22,7 +22,7 @@ def test_a_setting_reaches_the_metric_and_the_result(synthetic_folders, fast_con
     assert st.prdc_k == 3 and st.n_bootstrap == cfg.n_bootstrap  # config fields and overrides together
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(60, 8)), rng.normal(size=(50, 8)) + 0.3
-    assert prdc(a, b, k=3) != prdc(a, b, k=5)  # the knob is a real one
+    assert prdc_result(a, b, k=3) != prdc_result(a, b, k=5)  # the knob is a real one
 
 
 def test_cli_parses_and_refuses_settings(synthetic_folders, tmp_path, capsys):

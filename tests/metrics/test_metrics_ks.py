@@ -7,13 +7,15 @@ from scipy import stats
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.features.pixels import FEATURE_NAMES
 from cxrbench.metrics.ks import (
+    KSFeatures,
+    KSLabels,
+    KSPixels,
     benjamini_hochberg,
     ks_battery,
     ks_pvalues_fast,
     ks_statistics,
     sorted_columns,
 )
-from cxrbench.metrics.registered import KSFeatures, KSLabels, KSPixels
 
 from ..metric_helpers import context, feature_set
 

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from cxrbench.metrics.memorization import Memorization
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.errors import DataError
+from cxrbench.metrics import functional as F
+from cxrbench.metrics.memorization import Memorization
 
 from ..metric_helpers import context, feature_set, thumbnails
 
@@ -48,3 +50,18 @@ def test_skipped_without_a_training_reference(pools):
                   feature_set("reference", {"thumb": pools["heldout"]}))
     assert "--train-reference" in Memorization().skip_reason(ctx)
     assert Memorization().compute(ctx) == {}
+
+
+def test_functional_entry_is_the_registered_metric(pools):
+    """F.memorization(real=, fake=, train=) gives the registered metric's value, interval and threshold."""
+    gen = np.concatenate([pools["train"][:40], pools["fresh"][:360]])
+    v = run(gen, pools)  # 20 replicates, seed 0, alpha 0.05 (metric_helpers.context)
+    f = F.memorization(real=pools["heldout"], fake=gen, train=pools["train"], n_bootstrap=20)
+    assert f.value == v.value and f.ci == v.ci and f.ci[0] < f.ci[1]
+    assert f.extra["threshold"] == pytest.approx(v.extra["threshold"])
+    assert f.extra["excess"] == pytest.approx(v.extra["excess"]) and f.extra["excess"] > 0.05
+    assert F.memorization(real=pools["heldout"], fake=gen, train=pools["train"]).ci is None  # no interval unasked
+    with pytest.raises(DataError, match=r"10 \(train\) vs 64 \(real\)"):
+        F.memorization(real=pools["heldout"], fake=gen, train=pools["train"][:, :10])
+    with pytest.raises(TypeError):
+        F.memorization(pools["heldout"], gen, pools["train"])  # positional sets are refused

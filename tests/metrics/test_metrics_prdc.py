@@ -7,8 +7,7 @@ from prdc import compute_prdc
 
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics import knn
-from cxrbench.metrics.prdc import prdc
-from cxrbench.metrics.registered import PRDC
+from cxrbench.metrics.prdc import PRDC, prdc_result
 
 from ..metric_helpers import context, feature_set
 
@@ -25,8 +24,8 @@ def test_agrees_with_prdc_package(sets, capsys):
     real, gen = sets
     expected = compute_prdc(real, gen, nearest_k=5)
     capsys.readouterr()  # prdc prints its set sizes
-    exact = prdc(real, gen, k=5, dtype=torch.float64).as_dict()
-    fast = prdc(real, gen, k=5).as_dict()  # float32 blocks
+    exact = prdc_result(real, gen, k=5, dtype=torch.float64).as_dict()
+    fast = prdc_result(real, gen, k=5).as_dict()  # float32 blocks
     for key, v in expected.items():
         assert exact[key] == pytest.approx(float(v), abs=1e-12), key
         assert fast[key] == pytest.approx(float(v), abs=2 / len(real)), key  # at most a boundary tie apart
@@ -34,20 +33,20 @@ def test_agrees_with_prdc_package(sets, capsys):
 
 def test_identical_sets_are_perfect(sets):
     real = sets[0]
-    res = prdc(real, real.copy(), k=5)
+    res = prdc_result(real, real.copy(), k=5)
     assert res.precision == res.recall == res.coverage == 1.0
     assert res.density == pytest.approx(1.0, abs=0.25)
 
 
 def test_disjoint_sets_score_zero(sets):
     real = sets[0]
-    res = prdc(real, real + 100.0, k=5)
+    res = prdc_result(real, real + 100.0, k=5)
     assert res.precision == res.recall == res.density == res.coverage == 0.0
 
 
 def test_bootstrap_replicates_are_exact(sets):
     real, gen = sets
-    res = prdc(real, gen, k=5)
+    res = prdc_result(real, gen, k=5)
     assert res.resampled(np.arange(len(gen))) == pytest.approx(res.as_dict())
     idx = np.random.default_rng(1).integers(0, len(gen), len(gen))
     got = res.resampled(idx)

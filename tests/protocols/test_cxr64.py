@@ -22,7 +22,7 @@ from cxrbench.engine.protocol import protocol_samples
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features import cxr64 as feat
 from cxrbench.metrics.fid import fid_from_features
-from cxrbench.metrics.prdc import prdc
+from cxrbench.metrics.prdc import prdc_result
 from cxrbench.protocols import cxr64 as proto
 from cxrbench.protocols.cxr64_splits import SPLITS, image_splits, patient_splits
 
@@ -233,7 +233,7 @@ def test_mode_collapse_lowers_recall_and_coverage(extractor, heldout):
         g = f.copy()
         idx = rng.permutation(len(g))[: int(frac * len(g))]
         g[idx] = f[rng.choice(5, size=len(idx))]
-        out.append(prdc(ref, g, k=5).as_dict())
+        out.append(prdc_result(ref, g, k=5).as_dict())
     assert out[0]["coverage"] > out[1]["coverage"] > out[2]["coverage"], out
     # recall (k-NN balls of the samples) sees only heavy collapse: copies shrink their own balls to 0, but the
     # few distinct samples left get wider ones (Naeem et al.'s reason to prefer coverage)
