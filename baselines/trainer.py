@@ -507,6 +507,10 @@ class _Run:
             self.model.save_pretrained(folder)
             self.write_state(folder, dev, n, batch_size, stopped_because="keep_cpu_minutes")
             self.model.train(True)
+            # and a checkpoint: a run stopped after a mark resumes from it, not from the last checkpoint_every
+            # step (a 60-CPU-minute VAE-128 first reaches step 500 near minute 48), so the kept folders and the
+            # rest of the run stay one schedule
+            self.save_checkpoint()
 
     def write_state(self, folder: Path, dev: torch.device, n: int, batch_size: int, *, stopped_because: str) -> None:
         model, options = self.model, self.options

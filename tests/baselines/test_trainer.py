@@ -179,3 +179,32 @@ def test_image_folder_cache_returns_the_same_tensors_and_reads_each_file_once(tm
         for i in range(5):
             assert torch.equal(plain[i][0], cached[i][0])
     assert sorted(reads) == list(range(5))
+
+
+def test_a_kept_mark_is_also_a_checkpoint_the_run_resumes_from(tmp_path, monkeypatch):
+    # a run killed after passing a mark, long before its next checkpoint_every step, resumes from the mark and
+    # ends with the weights of a run that was never stopped
+    from baselines import trainer
+
+    ds = LabelledImages(10, 16, seed=0)
+    opts = dict(checkpoint_every=100, progress=False, seed=0, keep_cpu_minutes=(0.05,))
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.6 * next(clock))
+    step = VAE.training_step
+
+    def killed_at_6(self, batch, optimizers, i):
+        if i == 6:
+            raise KeyboardInterrupt  # the machine going away
+        return step(self, batch, optimizers, i)
+
+    monkeypatch.setattr(VAE, "training_step", killed_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        VAE.train(ds, CFG, tmp_path / "r", options=TrainOptions(steps=8, **opts))
+    monkeypatch.setattr(VAE, "training_step", step)
+    kept = json.loads((tmp_path / "r" / "cpu-0.05min" / "train_state.json").read_text())["step"]
+    assert 0 < kept < 6
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == kept
+    resumed = VAE.train(ds, CFG, tmp_path / "r", options=TrainOptions(steps=8, **opts))
+    monkeypatch.undo()
+    straight = VAE.train(ds, CFG, tmp_path / "straight", options=TrainOptions(steps=8, **opts))
+    assert all(torch.equal(weights(resumed)[k], v) for k, v in weights(straight).items())
