@@ -59,6 +59,7 @@ exactly what those commands do; the commands it runs are printed first.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -287,7 +288,9 @@ def snapshot_minutes(folder: Path) -> float:
 
 
 def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | None:
-    """Sample and evaluate every kept model of the recipe's training runs; ``None`` when none was kept.
+    """Sample and evaluate every kept model of the recipe's training runs; ``None`` when none was kept. The
+    samples go to ``<samples-dir>/curves/<run>/cpu-<M>min`` and each point records them (location relative to
+    the entries folder, sha256), so that ``verify`` recomputes the point.
 
     A point's CPU minutes are the whole recipe's: the kept model's own clock plus every earlier stage's."""
     # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
@@ -301,7 +304,8 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
     for out in train_outs:
         for snap in sorted(out.glob("cpu-*min"), key=snapshot_minutes):
             state = json.loads((snap / "train_state.json").read_text())
-            folder = args.runs / "curve-samples" / out.name / snap.name
+            # beside the entry's own samples, so that the entry can record them and verify recompute the point
+            folder = args.samples_dir / "curves" / out.name / snap.name
             argv = ["sample", str(snap), "--n", str(n), "--seed", str(seed), "--out", str(folder), "--overwrite"]
             print("cxrbench " + shlex.join(argv), file=sys.stderr)
             if args.cli_main(argv):
@@ -311,7 +315,9 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
                 m = result["metrics"][metric]
                 points.append({"cpu_minutes": round(offset + float(state["cpu_s"]) / 60, 2), "n_samples": n,
                                "metric": metric, "value": m["value"], "ci": m.get("ci"),
-                               "steps": int(state["step"]), "images_seen": int(state["images_seen"])})
+                               "steps": int(state["step"]), "images_seen": int(state["images_seen"]),
+                               "samples": {"location": Path(os.path.relpath(folder, args.entries)).as_posix(),
+                                           "sha256": result["samples"]["sha256"]}})
         offset += float(json.loads((out / "train_state.json").read_text())["cpu_s"]) / 60
     return {"checkpoints": points} if points else None
 

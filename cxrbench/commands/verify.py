@@ -44,7 +44,7 @@ def run(args) -> int:
     import sys
 
     # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
-    from ..publish.submission import recorded_samples, verify
+    from ..publish.submission import recorded_samples, verify, verify_curve
 
     if not (args.rtol >= 0 and args.atol >= 0):
         raise UsageError("--rtol and --atol must be >= 0")
@@ -67,7 +67,16 @@ def run(args) -> int:
         elif "reconstruction" in entry and not rec_rows:
             print(f"reconstruction block: {entry['reconstruction']['samples']['n']} reconstructions match by sha256; "
                   "rrs_moco recomputed")
-    for note in notes:
+    curve_note = None
+    if result is not None and not rows:  # the learning curve's checkpoints that record their samples
+        curve_rows, n_curve = verify_curve(entry, args.entry, rtol=args.rtol, atol=args.atol, **local_from_args(args))
+        rows += curve_rows
+        total = len((entry.get("learning_curve") or {}).get("checkpoints", []))
+        if total:
+            curve_note = (f"learning curve: {n_curve} of {total} points rechecked (checkpoints recomputed from their "
+                          "recorded samples, the final point against the entry)"
+                          + ("" if n_curve == total else "; the others record no samples (the trainer's word)"))
+    for note in notes + ([curve_note] if curve_note and not rows else []):
         print(note)
     if rows:
         print(format_table(["what", "entry", "recomputed", "note"], [list(r) for r in rows]))

@@ -1,13 +1,16 @@
 """The ``learning_curve`` block of an entry: a metric measured at training checkpoints.
 
-Written by whoever trained the model (the checkpoints' samples are not part of the entry, so ``verify``
-cannot recompute these points; the final point of a curve is the entry itself, which it does verify)::
+Written by whoever trained the model. A point may record its checkpoint's samples (``samples``: the folder,
+relative to the entry's, and the set's sha256); ``cxrbench verify`` then re-hashes them and recomputes the
+point (``publish.submission.verify_curve``). A point without them is the trainer's word. The final point of a
+curve is the entry itself, which verify always recomputes::
 
     "learning_curve": {
       "checkpoints": [
         {"cpu_minutes": 5.0,  "n_samples": 100, "metric": "fid_cxr64", "value": 61.2, "ci": [55.0, 68.1],
          "steps": 205},
-        {"cpu_minutes": 15.0, "n_samples": 100, "metric": "fid_cxr64", "value": 40.3, "ci": [36.2, 44.9]}
+        {"cpu_minutes": 15.0, "n_samples": 100, "metric": "fid_cxr64", "value": 40.3, "ci": [36.2, 44.9],
+         "samples": {"location": "../samples/curves/vae/cpu-15min", "sha256": "9f7b..."}}
       ]
     }
 
@@ -16,6 +19,8 @@ cannot recompute these points; the final point of a curve is the entry itself, w
     metric       a metric key of the entry's result (its direction comes from there)
     value, ci    the metric and its 95% interval ([lo, hi] or null)
     steps, images_seen  optional: training steps / images seen at the checkpoint
+    samples      optional: {location, sha256} of the checkpoint's samples (location relative to the entry's
+                 folder, inside the tree that holds the entry; sha256 over the files' sorted sha256s)
 
 The block is untrusted input like the rest of an entry: ``validate`` checks every field and names the
 entry, the checkpoint and the field in its message.
@@ -31,6 +36,8 @@ from ..errors import DataError
 
 REQUIRED = ("cpu_minutes", "n_samples", "metric", "value", "ci")
 OPTIONAL = ("steps", "images_seen")
+SAMPLES = "samples"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_CHECKPOINTS = 1000
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 
@@ -64,10 +71,10 @@ def _check_point(p: Any, metrics: dict, where: str) -> None:
     if not isinstance(p, dict):
         raise DataError(f"{where} must be an object with {', '.join(REQUIRED)}")
     missing = [k for k in REQUIRED if k not in p]
-    unknown = sorted(set(p) - set(REQUIRED) - set(OPTIONAL))
+    unknown = sorted(set(p) - set(REQUIRED) - set(OPTIONAL) - {SAMPLES})
     if missing or unknown:
         raise DataError(f"{where}: missing {missing} / unknown {unknown}; a checkpoint has "
-                        f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}")
+                        f"{', '.join(REQUIRED)} and optionally {', '.join((*OPTIONAL, SAMPLES))}")
     if not _finite(p["cpu_minutes"]) or p["cpu_minutes"] <= 0:
         raise DataError(f"{where}: cpu_minutes must be a positive number, got {p['cpu_minutes']!r}")
     if not _count(p["n_samples"], 1):
@@ -82,6 +89,14 @@ def _check_point(p: Any, metrics: dict, where: str) -> None:
     for k in OPTIONAL:
         if k in p and not _count(p[k], 0):
             raise DataError(f"{where}: {k} must be a non-negative integer, got {p[k]!r}")
+    if SAMPLES in p:
+        s = p[SAMPLES]
+        loc = s.get("location") if isinstance(s, dict) else None
+        if not (isinstance(s, dict) and set(s) == {"location", "sha256"} and isinstance(loc, str) and loc
+                and "\\" not in loc and "\x00" not in loc and not loc.startswith("/")
+                and isinstance(s["sha256"], str) and _SHA256.match(s["sha256"])):
+            raise DataError(f"{where}: samples must be {{location: a relative POSIX path, sha256: 64 hex digits}}, "
+                            f"got {s!r}")
 
 
 def with_final_point(block: dict, result: dict, training: dict | None, n_samples: int) -> dict:
@@ -104,3 +119,17 @@ def checkpoints(entry: dict, metric: str) -> list[dict]:
     """The entry's (validated) checkpoints of ``metric``, in training order; [] without a curve."""
     block = entry.get("learning_curve") or {}
     return sorted((p for p in block.get("checkpoints", []) if p["metric"] == metric), key=lambda p: p["cpu_minutes"])
+
+
+def recorded(entry: dict) -> list[tuple[str, str, list[dict]]]:
+    """``[(location, sha256, points)]``: the checkpoints whose samples the entry records, grouped by folder (a
+    folder's points share one evaluation); a folder recorded with two different hashes is refused."""
+    groups: dict[str, tuple[str, list[dict]]] = {}
+    for p in (entry.get("learning_curve") or {}).get("checkpoints", []):
+        if SAMPLES not in p:
+            continue
+        loc, sha = p[SAMPLES]["location"], p[SAMPLES]["sha256"]
+        if loc in groups and groups[loc][0] != sha:
+            raise DataError(f"entry {entry.get('slug')}: learning_curve records {loc} with two different sha256s")
+        groups.setdefault(loc, (sha, []))[1].append(p)
+    return [(loc, sha, pts) for loc, (sha, pts) in groups.items()]

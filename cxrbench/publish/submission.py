@@ -31,7 +31,8 @@ from ..registry import PROTOCOLS
 from ..results import _json_default
 from . import augment_block, learning_curve, reconstruction_block
 from .card import ModelCard
-from .compare import ATOL, RTOL, CheckRow, Tolerance, file_differences, regressions, verify_differences
+from .compare import (ATOL, RTOL, CheckRow, Tolerance, file_differences, metric_differences, regressions,
+                      verify_differences)
 from .entry import MAX_ENTRY_BYTES, load_entry, located_folder, make_entry, samples_folder
 from .entry import SCHEMA as ENTRY_SCHEMA
 
@@ -313,6 +314,48 @@ def verify(
     if note and notes is not None:
         notes.append(note)
     return rows + aug_rows, result
+
+
+def verify_curve(entry: dict, entry_path: str | os.PathLike, *, rtol: float = RTOL, atol: float = ATOL,
+                 **local) -> tuple[list[tuple[str, str, str, str]], int]:
+    """(differences, points recomputed): each learning-curve checkpoint that records its samples is re-hashed
+    and re-evaluated with the entry's config (only the metrics its points name), its value and interval
+    compared as the entry's own. Points without recorded samples are not checked (the trainer's word)."""
+    groups = learning_curve.recorded(entry)
+    rows, checked = [], 0
+    local.setdefault("use_cache", False)
+    config = config_from_entry(entry, **local)
+    for loc, sha, points in groups:
+        what = f"learning_curve {loc}"
+        folder = located_folder(loc, Path(entry_path).parent, str(entry_path), what="learning_curve samples")
+        if folder is None or not folder.is_dir():
+            rows.append((what, "folder", "missing", "restore it (git checkout)"))
+            continue
+        keys = {p["metric"] for p in points}
+        names = tuple(sorted(n for n in entry["result"].get("metric_versions", {})
+                             if any(k == n or k.startswith(n + "_") for k in keys)))
+        result = evaluate(str(folder), reference_of(entry), config=dataclasses.replace(config, metrics=names or None))
+        if result["samples"]["sha256"] != sha:
+            rows.append((f"{what} sha256", sha[:16], result["samples"]["sha256"][:16], "hash"))
+            continue
+        for p in points:
+            m = result["metrics"].get(p["metric"]) or {}
+            n = m.get("n_gen", p["n_samples"])
+            stored = {p["metric"]: {"value": p["value"], "ci": p["ci"], "n_gen": p["n_samples"]}}
+            fresh = {p["metric"]: {"value": m.get("value"), "ci": m.get("ci"), "n_gen": n}}
+            rows += metric_differences(stored, fresh, rtol, atol, prefix=f"{what}: ")
+            checked += 1
+    # the final point is the entry itself (``learning_curve.with_final_point``): it must state the entry's numbers
+    final = (entry["card"].get("training") or {}).get("cpu_minutes")
+    for p in (entry.get("learning_curve") or {}).get("checkpoints", []):
+        if learning_curve.SAMPLES in p or p["cpu_minutes"] != final or p["metric"] not in entry["result"]["metrics"]:
+            continue
+        m = entry["result"]["metrics"][p["metric"]]
+        rows += metric_differences({p["metric"]: {"value": p["value"], "ci": p["ci"]}},
+                                   {p["metric"]: {"value": m["value"], "ci": m.get("ci")}}, rtol, atol,
+                                   prefix="learning_curve final point (the entry): ")
+        checked += 1
+    return rows, checked
 
 
 def _recorded_augment_samples(entry: dict, entry_path: str | os.PathLike | None) -> Path:

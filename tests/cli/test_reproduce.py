@@ -144,7 +144,7 @@ def test_train_only_trains_and_passes_the_kept_marks(recipe, tmp_path, monkeypat
     assert not (tmp_path / "samples").exists() and not (tmp_path / "entries").exists()
 
 
-def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe, tmp_path, monkeypatch):
+def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe, tmp_path, monkeypatch, capsys):
     # a fake CPU clock in the trainer passes the marks within a few steps; each kept model is sampled and
     # evaluated under the protocol, and the entry ends its curve with its own headline value
     from baselines import trainer
@@ -163,7 +163,33 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert pts[-1]["cpu_minutes"] == entry["card"]["training"]["cpu_minutes"]
     kept = json.loads((tmp_path / "runs" / "tiny" / "cpu-0.05min" / "train_state.json").read_text())
     assert pts[0]["steps"] == kept["step"] and pts[0]["n_samples"] == 12
-    assert main(["verify", str(tmp_path / "entries" / "tiny-vae.json"), "--quiet"]) == 0
+    # the checkpoints' samples are kept beside the entry's and recorded, so verify recomputes every point
+    assert [p["samples"]["location"] for p in pts[:2]] == ["../samples/curves/tiny/cpu-0.05min",
+                                                           "../samples/curves/tiny/cpu-0.1min"]
+    assert "samples" not in pts[-1]  # the entry itself
+    entry_file = tmp_path / "entries" / "tiny-vae.json"
+    capsys.readouterr()
+    assert main(["verify", str(entry_file), "--quiet"]) == 0
+    assert "learning curve: 3 of 3 points rechecked" in capsys.readouterr().out
+
+    def tampered(edit) -> int:
+        e = json.loads(json.dumps(entry))
+        edit(e["learning_curve"]["checkpoints"])
+        bad = tmp_path / "entries" / "tampered.json"
+        bad.write_text(json.dumps(e))
+        return main(["verify", str(bad), "--samples", str(tmp_path / "samples" / "tiny"), "--quiet"])
+
+    assert tampered(lambda c: c[0].update(value=c[0]["value"] * 0.9)) == 1  # an earlier point improved
+    assert tampered(lambda c: c[1].update(ci=[1.0, 2.0])) == 1  # an interval where none was computed (N = 12)
+    assert tampered(lambda c: c[2].update(value=c[2]["value"] * 0.9)) == 1  # the final point is not the entry
+    out = capsys.readouterr().out
+    assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr64.value" in out
+    assert "learning_curve final point (the entry): fid_cxr64.value" in out
+    # a checkpoint's samples changed: the hash no longer matches
+    first = sorted((tmp_path / "samples" / "curves" / "tiny" / "cpu-0.05min").glob("*.png"))[0]
+    first.write_bytes((tmp_path / "samples" / "tiny" / first.name).read_bytes())
+    assert main(["verify", str(entry_file), "--quiet"]) == 1
+    assert "cpu-0.05min sha256" in capsys.readouterr().out
 
 
 def test_reconstruct_table_reconstructs_unseen_images_into_the_entrys_block(recipe, tmp_path, monkeypatch):

@@ -377,7 +377,7 @@ def test_the_committed_boards_headline_table_has_eight_columns_and_one_floor_row
                          "memorization_cxr64", "label_mae", "cost"]
     assert t["floor"] is not None and t["floor"][1] == "16.0"  # fid_cxr64 real vs real at 193/157
     md = files["README.md"].decode()
-    assert md.count("| *floor: real vs real") == sum(1 for tid, x in Tables(files["index.html"].decode()).tables.items()
+    assert md.count("| *floor: ") == sum(1 for tid, x in Tables(files["index.html"].decode()).tables.items()
                                                     if x["floor"] is not None)
 
 
@@ -449,6 +449,12 @@ def test_learning_curves_are_drawn_per_group_and_skipped_without(tmp_path):
         ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0], "value": "NaN"}]}, "finite"),
         ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0], "ci": [4, 2]}]}, "lo <= hi"),
         ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0], "sha": "x"}]}, "unknown"),
+        ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0],
+                           "samples": {"location": "/etc", "sha256": "0" * 64}}]}, "relative POSIX path"),
+        ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0],
+                           "samples": {"location": "../samples/x", "sha256": "0" * 63}}]}, "64 hex"),
+        ({"checkpoints": [{**curve([(5.0, 3.0)])["checkpoints"][0],
+                           "samples": {"location": "../samples/x", "sha256": "0" * 64, "n": 3}}]}, "samples must be"),
     ],
 )
 def test_untrusted_learning_curves_are_refused(tmp_path, block, match):
@@ -464,6 +470,7 @@ def test_a_learning_curve_round_trips_through_an_entry_file(tmp_path):
     e = fake_entry("A", {"fid_x": (1.0, False)})
     block = curve([(5.0, 3.0), (15.0, 2.0)])
     block["checkpoints"][0]["steps"] = 100
+    block["checkpoints"][0]["samples"] = {"location": "../samples/curves/a/cpu-5min", "sha256": "ab" * 32}
     from cxrbench.publish.card import card_from_dict
 
     files = [(f["path"], f["sha256"]) for f in e["samples"]["files"]]
