@@ -13,19 +13,22 @@ each against the reference through the extractor, and checks every expected pair
 - (c) ``violated``: ``data.corruptions`` of class violated;
 - (d) ``population``: pediatric chest X-rays (Kermany et al., its ``ValData`` split), real but another
   population;
-- (e) ``generator``: the committed leaderboard sample sets, with the eye tiers below, and ``progress``:
-  samples of bundled generators at successive training checkpoints (``leaderboard/progress``).
+- (e) ``generator``: the committed leaderboard sample sets of the retired ``cxr64`` board and of the
+  ``cxr128`` board, with the joint eye tiers below, and ``progress``: samples of bundled generators at
+  successive training checkpoints (``leaderboard/progress``, and the ``cxr128`` board's kept checkpoints,
+  ``leaderboard/samples/cxr128/curves``, each ladder ending at the board's own set).
 
 Expected orders (lower FID first): real < every degraded set; mild < moderate within a family; every
 moderate degraded set < every violated set; real < pediatric < every violated set; real < every generator
 set; generator sets in their eye tiers (no inversion across tiers); every chest-showing generator set < the
-blob sets (the ``blobs`` corruption and the blob generators); later checkpoints < earlier ones. The moderate
+blob sets (the ``blobs`` corruption and the blob generators); later checkpoints < earlier ones, except
+consecutive ones a person cannot tell apart (``PROGRESS_EYE_TIES``). The moderate
 strengths are the ones compared across classes because there the verdict of a reader is unambiguous
 (clearly degraded, still read without effort); mild ones are only required to lie between real and moderate.
 
-The committed leaderboard sample sets (``leaderboard/samples/<name>``) are ranked by eye below, best first,
-written down from ``leaderboard/thumbs/*.png`` and 24 further samples of several sets before any distance was
-measured. Sets in one tier are ones a person cannot rank against each other.
+The committed sample sets are ranked by eye below (``GENERATOR_SETS``), best first, written down from samples
+of each set (see there which were ranked before any distance was measured). Sets in one tier are ones a person
+cannot rank against each other.
 """
 
 from __future__ import annotations
@@ -52,23 +55,45 @@ from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
 from .extraction import build_extractors, extract_features
 
-#: Tier 0 is the real held-out row. Why each set sits where it does (looked at 2026-12-06, before measuring):
-#: - pggan, lsgan: sharp lung fields, a mediastinum and clavicles in nearly every sample; LSGAN has more
-#:   artefacts (dark borders, a few washed-out samples), PGGAN more repetition: no clear winner between them.
-#: - vae, fs-gmvae, gmvae: every sample a recognisable but blurred "average chest" (lungs, mediastinum,
-#:   shoulders), low contrast, no fine structure; fs-gmvae slightly noisier, gmvae slightly blurrier: one tier.
-#: - ddpm (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
-#: - diffusevae (32 px): faint lung-like dark patches in some samples, blotchy texture, hardly any anatomy.
-#: - ldm: high-contrast dark blobs on white, no anatomy at all (the blob set).
-GENERATOR_EYE_TIERS: dict[str, int] = {
-    "pggan": 1, "lsgan": 1,
-    "vae": 2, "fs-gmvae": 2, "gmvae": 2,
-    "ddpm": 3,
-    "diffusevae": 4,
-    "ldm": 5,
+#: The generator sample sets (folders relative to ``--samples-dir``) and their eye tiers, one joint ranking
+#: (1 = best; tier 0 is the real held-out row). Sets in one tier are ones a person cannot rank against each
+#: other. Two boards: the retired ``cxr64`` board's sets (``-15min``: 15 CPU minutes on 449 images, tiers
+#: written down 2026-12-06 before any distance was measured on them) and the ``cxr128`` board's (``-60min``:
+#: 60 CPU minutes on 686 images, placed among them by eye after their board values had printed):
+#: - lsgan-60min: sharp, varied chests with lung texture: the best set of both boards.
+#: - pggan-60min (128 px, dark smears and borders), ddpm-60min (32 px: blurred but clean, varied chests),
+#:   lsgan-15min (textured, noisy), pggan-15min (blocky, blurred): chests in nearly every sample, each with
+#:   its own defect; no clear order among them.
+#: - vae-60min, vae-15min, gmvae-15min, fs-gmvae-15min: every sample a recognisable but blurred "average
+#:   chest", nearly identical to each other.
+#: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
+#: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
+#: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
+GENERATOR_SETS: dict[str, tuple[str, int]] = {
+    "lsgan-60min": ("cxr128/lsgan", 1),
+    "pggan-60min": ("cxr128/pggan", 2), "ddpm-60min": ("cxr128/ddpm", 2),
+    "lsgan-15min": ("lsgan", 2), "pggan-15min": ("pggan", 2),
+    "vae-60min": ("cxr128/vae", 3), "vae-15min": ("vae", 3), "gmvae-15min": ("gmvae", 3),
+    "fs-gmvae-15min": ("fs-gmvae", 3),
+    "ddpm-15min": ("ddpm", 4),
+    "diffusevae-15min": ("diffusevae", 5),
+    "ldm-15min": ("ldm", 6),
 }
-#: leaderboard sample sets that show no chest: every chest-showing set must rank ahead of them
-BLOB_GENERATORS = ("ldm",)
+#: the eye tiers by set name (results record them)
+GENERATOR_EYE_TIERS: dict[str, int] = {name: tier for name, (_, tier) in GENERATOR_SETS.items()}
+#: sample sets that show no chest: every chest-showing set must rank ahead of them
+BLOB_GENERATORS = ("ldm-15min",)
+#: the cxr128 board's kept checkpoints (``reproduce`` writes ``curves/<generator>/cpu-<M>min``, relative to
+#: ``--samples-dir``), each ladder ending at the board's own set: training-progress ladders
+BOARD_CURVES = Path("cxr128/curves")
+#: consecutive checkpoints a person cannot tell apart (same eye tier: no order expected between them):
+#: LSGAN's 15 and 30 minutes (chests with corner artefacts, about equal; judged before any cxr128 number),
+#: the VAE's 30 and 60 minutes (the same blurred average chest per sample, the 60-minute set less varied;
+#: judged after its curve had printed)
+PROGRESS_EYE_TIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lsgan-board": (("cpu-15min", "cpu-30min"),),
+    "vae-board": (("cpu-30min", "final"),),
+}
 
 #: corruption families (``data.corruptions`` names) an extractor's training saw, for extractors that do not
 #: declare them as ``training_corruptions``: the cxr64 network's quality head learned blur, noise, contrast
@@ -155,6 +180,23 @@ def progress_ladders(progress_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
+def board_ladders(samples_dir: Path) -> dict[str, list[Path]]:
+    """``{<generator>-board: [checkpoint folders, earliest first, then the board's own set]}`` from the kept
+    checkpoints' samples ``samples_dir/cxr128/curves/<generator>/cpu-<M>min``."""
+    out = {}
+    curves = Path(samples_dir) / BOARD_CURVES
+    if not curves.is_dir():
+        return out
+    for gen in sorted(p for p in curves.iterdir() if p.is_dir()):
+        steps = [(float(m.group(1)), p) for p in gen.iterdir()
+                 if p.is_dir() and (m := re.fullmatch(r"cpu-([0-9.]+)min", p.name))]
+        final = curves.parent / gen.name
+        rungs = [p for _, p in sorted(steps)] + ([final] if final.is_dir() else [])
+        if len(rungs) >= 2:
+            out[f"{gen.name}-board"] = rungs
+    return out
+
+
 class SuiteData:
     """The validity sets of one protocol, built on demand: ``reference()`` and ``sets()``."""
 
@@ -178,14 +220,14 @@ class SuiteData:
             self._missing("pediatric (another population)", self.kermany, "pass --data DIR holding it")
             self.kermany = None
         self.generators = {}
-        for name, tier in GENERATOR_EYE_TIERS.items():
-            folder = self.samples_dir / name
+        for name, (rel, tier) in GENERATOR_SETS.items():
+            folder = self.samples_dir / rel
             files = _image_files(folder) if folder.is_dir() else []
             if files:
                 self.generators[name] = (tier, folder, files)
             else:
                 self._missing(f"generator ({name})", folder, "run from the repository root or pass --samples-dir")
-        self.ladders = progress_ladders(self.progress_dir)
+        self.ladders = {**progress_ladders(self.progress_dir), **board_ladders(self.samples_dir)}
         if not self.ladders:
             self._missing("progress (training checkpoints)", self.progress_dir,
                           "run from the repository root or pass --progress-dir")
@@ -224,10 +266,13 @@ class SuiteData:
             x = load_square(_pick(files, self.n, self.seed), self.size)
             yield ValiditySet(f"gen:{name}", "generator", name, tier=tier, source=str(folder), n=len(x)), x
         for gen, folders in self.ladders.items():
-            for k, folder in enumerate(folders, 1):
+            tier, prev = 0, None
+            for folder in folders:
                 x = load_square(_pick(_image_files(folder), self.n, self.seed), self.size)
-                yield ValiditySet(f"progress:{gen}:{folder.name}", "progress", gen, tier=k, source=str(folder),
-                                  n=len(x)), x
+                rung = folder.name if re.match(r"ckpt\d|cpu-", folder.name) else "final"  # a board ladder's end
+                tier += (prev, rung) not in PROGRESS_EYE_TIES.get(gen, ())  # tied rungs share an eye tier
+                prev = rung
+                yield ValiditySet(f"progress:{gen}:{rung}", "progress", gen, tier=tier, source=str(folder), n=len(x)), x
 
 
 # --- expected order, checks, agreement -------------------------------------------------------------------
@@ -401,13 +446,14 @@ def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: Eval
     summary = summarize(sets, values, seen_families=seen)
     e = nets[extractor]
     return {
-        "suite": "cxrbench-validity", "suite_version": "1",
+        "suite": "cxrbench-validity", "suite_version": "2",
         "extractor": e.spec(), "protocol": data.protocol.name, "image_size": data.size,
         "data_root": str(data.data_root), "n_per_set": data.n, "n_reference": len(ref), "seed": seed,
         "metric": "fid", "floor": values.get("real"),
         "sets": [dict(dataclasses.asdict(s), value=values[s.name]) for s in sets],
         "skipped": data.skipped,
         "eye_tiers": GENERATOR_EYE_TIERS,
+        "progress_eye_ties": {k: [list(t) for t in v] for k, v in PROGRESS_EYE_TIES.items()},
         "dimensionality": effective_dimensionality(ref),
         "seconds": round(time.perf_counter() - t0, 1),
         **summary,

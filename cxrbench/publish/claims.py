@@ -184,15 +184,16 @@ def white_paper_rrs(entries: list[dict]) -> Claim:
         if m is None or family(e) not in ("DiffuseVAE", "VAE", "GMVAE"):
             continue
         if block is not None and m is block["metrics"]["rrs_moco"] and not block["comparable"]:
-            rows.append(f"{e['name']}: rrs_moco {_with_ci(m)} with random MoCo weights (no verdict: not on the "
-                        "paper's scale)")
+            rvr = f", real vs real {m['real_vs_real']:.3g}" if m.get("real_vs_real") is not None else ""
+            rows.append(f"{e['name']}: rrs_moco {_with_ci(m)}{rvr}, with random MoCo weights (no verdict: not on "
+                        "the paper's scale)")
             continue
         ci = m.get("ci") or [m["value"], m["value"]]
         verdicts.append("supported" if lo <= ci[1] and ci[0] <= hi else "contradicted")
         rows.append(f"{e['name']}: rrs_moco {_with_ci(m)}")
     return Claim(f"The reconstructed-representation score lies in {lo}-{hi}", WHITE,
-                 "; ".join(rows) + " (cxrbench's MoCo model, not the paper's: the scale may differ)" if rows
-                 else "needs an entry with rrs_moco", _combine(verdicts).replace("supported", "supported (overlaps)"))
+                 "; ".join(rows) + (" (cxrbench's MoCo model, not the paper's: the scale may differ)" if verdicts
+                                    else "") if rows else "needs an entry with rrs_moco", _combine(verdicts).replace("supported", "supported (overlaps)"))
 
 
 def claims(entries: list[dict], key: str) -> list[Claim]:

@@ -11,6 +11,9 @@ from cxrbench.cli import main
 from cxrbench.data import corruptions as C
 from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.validity import (
+    BLOB_GENERATORS,
+    GENERATOR_SETS,
+    board_ladders,
     ValiditySet,
     effective_dimensionality,
     expected_pairs,
@@ -139,7 +142,7 @@ def _sets():
         ValiditySet("blobs:moderate", "violated", "blobs", "moderate"),
         ValiditySet("gen:pggan", "generator", "pggan", tier=1),
         ValiditySet("gen:vae", "generator", "vae", tier=2),
-        ValiditySet("gen:ldm", "generator", "ldm", tier=5),
+        ValiditySet("gen:ldm", "generator", BLOB_GENERATORS[0], tier=6),
         ValiditySet("progress:vae:ckpt1", "progress", "vae", tier=1),
         ValiditySet("progress:vae:ckpt2", "progress", "vae", tier=2),
     ]
@@ -176,8 +179,32 @@ def test_expected_pairs_follow_tiers_and_strengths():
     assert ("gen:pggan", "gen:vae") in pairs and ("gen:vae", "gen:pggan") not in pairs
     assert ("gen:vae", "blobs:moderate") in pairs  # every chest-showing set ahead of the blobs
     assert ("progress:vae:ckpt2", "progress:vae:ckpt1") in pairs
+    # checkpoints in one eye tier (a person cannot tell them apart): no order expected either way
+    tied = _sets() + [ValiditySet("progress:vae:ckpt3", "progress", "vae", tier=2)]
+    tied_pairs = {(a, b) for a, b, _ in expected_pairs(tied)}
+    assert ("progress:vae:ckpt3", "progress:vae:ckpt1") in tied_pairs
+    assert not {("progress:vae:ckpt3", "progress:vae:ckpt2"), ("progress:vae:ckpt2", "progress:vae:ckpt3")} & tied_pairs
     assert len(pairs) == len(expected_pairs(_sets()))  # no pair twice
     assert pairwise_tau([]) is None
+
+
+def test_board_ladders_run_from_the_kept_checkpoints_to_the_boards_own_set(tmp_path):
+    curves = tmp_path / "cxr128" / "curves"
+    for m in ("30", "5", "15", "7.5"):
+        (curves / "lsgan" / f"cpu-{m}min").mkdir(parents=True)
+    (curves / "lsgan" / "notes").mkdir()  # not a checkpoint
+    (tmp_path / "cxr128" / "lsgan").mkdir()
+    (curves / "vae" / "cpu-5min").mkdir(parents=True)  # one rung and no final set: no ladder
+    ladders = board_ladders(tmp_path)
+    assert list(ladders) == ["lsgan-board"]
+    assert [p.name for p in ladders["lsgan-board"]] == ["cpu-5min", "cpu-7.5min", "cpu-15min", "cpu-30min", "lsgan"]
+    assert board_ladders(tmp_path / "nowhere") == {}
+
+
+def test_every_generator_set_is_committed_and_the_blob_set_is_last():
+    for name, (folder, tier) in GENERATOR_SETS.items():
+        assert any((REPO / "leaderboard" / "samples" / folder).glob("*.png")), name
+    assert all(GENERATOR_SETS[b][1] == max(t for _, t in GENERATOR_SETS.values()) for b in BLOB_GENERATORS)
 
 
 def test_effective_dimensionality_of_known_spectra():

@@ -72,6 +72,13 @@ def test_white_paper_condition_order_and_rrs_range():
     assert claims.white_paper_conditions([dvae((140, 120, 100), 0.04)], "fid").verdict == "contradicted"
     assert claims.white_paper_rrs([dvae((1, 2, 3), 0.04)]).verdict.startswith("supported")
     assert claims.white_paper_rrs([dvae((1, 2, 3), 0.2)]).verdict == "contradicted"
+    # random MoCo weights (no MoCo-CXR weights offline): the value is shown with its real-vs-real level, no verdict
+    rand = m(0.13, 0.128, 0.134)
+    rand["real_vs_real"] = 0.017
+    block = {"metrics": {"rrs_moco": rand}, "comparable": False}
+    c = claims.white_paper_rrs([entry("VAE-128", {}, reconstruction=block)])
+    assert c.verdict == "no evidence" and "real vs real 0.017" in c.evidence and "random MoCo weights" in c.evidence
+    assert "scale may differ" not in c.evidence
 
 
 def test_the_board_renders_claims_only_for_the_claims_protocol(tmp_path):
