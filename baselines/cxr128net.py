@@ -44,6 +44,7 @@ held-out AUROC that chose its labels, and the features of the reference, trainin
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -499,8 +500,6 @@ def calibrate_head(net: CXR128Net, feats: np.ndarray, table: pd.DataFrame, *, mi
 
 
 def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[str], spec: dict, which: str):
-    import io
-
     from cxrbench.fileio import atomic_write_bytes
 
     meta = {"name": f"cxr128 {which}: {len(table)} NIH ChestX-ray14 images (256 px originals at 128 px, "
@@ -541,13 +540,46 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     return {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
 
 
+def fit_whitening(train_features: np.ndarray) -> dict[str, np.ndarray]:
+    """``{mean, whiten, shrinkage}``: ``W = Sigma^-1/2`` (symmetric) of the Ledoit-Wolf covariance of the training
+    split's features (Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices",
+    2004): 686 images for 128 dimensions, whose smallest sample eigenvalues are too noisy to invert as they are."""
+    from sklearn.covariance import LedoitWolf  # why: sklearn loads only for this build step
+
+    x = np.asarray(train_features, dtype=np.float64)
+    lw = LedoitWolf().fit(x)
+    ev, u = np.linalg.eigh(lw.covariance_)
+    return {"mean": x.mean(0), "whiten": (u / np.sqrt(ev)) @ u.T, "shrinkage": np.array(lw.shrinkage_)}
+
+
+def write_whitening(out_dir: Path) -> dict[str, str]:
+    """Fit the whitening on the shipped training-split features (``cxr128-train.npz``) and write
+    ``cxr128-whiten.npz`` beside them; returns its sha256 pin."""
+    from cxrbench.data.io import sha256_file
+    from cxrbench.features.cxr128 import WHITEN_FILE
+    from cxrbench.fileio import atomic_write_bytes
+
+    train = out_dir / "cxr128-train.npz"
+    with np.load(train, allow_pickle=False) as d:
+        w = fit_whitening(d["features"])
+    meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's features, symmetric inverse square root",
+            "source": train.name, "source_sha256": sha256_file(train), "shrinkage": float(w["shrinkage"])}
+    buf = io.BytesIO()
+    np.savez(buf, mean=w["mean"], whiten=w["whiten"], meta=np.array(json.dumps(meta, sort_keys=True)))
+    atomic_write_bytes(out_dir / WHITEN_FILE, buf.getvalue())
+    return {WHITEN_FILE: sha256_file(out_dir / WHITEN_FILE)}
+
+
 def pin_sources(pins: dict[str, str]) -> None:
     """Rewrite the pinned sha256s in ``features/cxr128.py`` and ``protocols/cxr128.py`` (the pins live in code)."""
     import cxrbench.features.cxr128 as feat
     import cxrbench.protocols.cxr128 as proto
 
-    consts = {Path(feat.__file__): {"WEIGHTS_SHA256": pins[feat.WEIGHTS_FILE], "HEAD_SHA256": pins[feat.HEAD_FILE]},
-              Path(proto.__file__): {f"{w.upper()}_SHA256": pins[f] for w, (f, _) in proto.FEATURE_FILES.items()}}
+    feat_pins = {c: pins[f] for c, f in (("WEIGHTS_SHA256", feat.WEIGHTS_FILE), ("HEAD_SHA256", feat.HEAD_FILE),
+                                          ("WHITEN_SHA256", feat.WHITEN_FILE)) if f in pins}
+    consts = {Path(feat.__file__): feat_pins,
+              Path(proto.__file__): {f"{w.upper()}_SHA256": pins[f] for w, (f, _) in proto.FEATURE_FILES.items()
+                                     if f in pins}}
     for path, values in consts.items():
         text = path.read_text()
         for const, digest in values.items():
@@ -563,8 +595,16 @@ def main(argv=None) -> int:
     b.add_argument("--data", default="../shared/data", help="the shared data root (nih_extra_256px inside)")
     b.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "cxrbench/protocols/cxr128_data"))
     b.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
+    w = sub.add_parser("whiten", help="fit the cxr128-whitened extractor's whitening on the shipped training-split "
+                       "features (written by build)")
+    w.add_argument("--out", default=b.get_default("out"))
+    w.add_argument("--pin", action="store_true", help="also write the new sha256 pin into the cxrbench sources")
     args = p.parse_args(argv)
-    pins = build(Path(args.run), Path(args.data), Path(args.out))
+    if args.cmd == "whiten":
+        pins = write_whitening(Path(args.out))
+    else:
+        pins = build(Path(args.run), Path(args.data), Path(args.out))
+        pins.update(write_whitening(Path(args.out)))  # the whitening follows the training-split features
     for name, digest in pins.items():
         print(f"{digest}  {name}")
     if args.pin:

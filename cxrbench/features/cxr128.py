@@ -22,6 +22,13 @@ most like a person (``tests/benchmarks/cxr128_candidates.py``, ``cxrbench valida
 - ``cxr128``: the 128-d embedding (FID, KID, PRDC, memorization, KS over features run in it).
 - ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
   held-out NIH splits (derived from the ``cxr128`` features, so the network runs once).
+- ``cxr128-whitened``: the same embedding whitened by the protocol's training split (``x -> (x - mean) W`` with
+  ``W = Sigma^-1/2``, Sigma the Ledoit-Wolf covariance of the 686 training-split features; shipped as
+  ``cxr128-whiten.npz``, pinned). The raw embedding's variance sits in about four directions (participation
+  ratio 3.9), so FD in it is a distance along those few axes: a mode-collapsed set pays about tr(Sigma_real)
+  whatever it shows, while images that depart along directions real chests never vary in (blobs) pay little.
+  Whitened, every direction counts in units of the real images' own spread. A candidate for the protocol
+  (``cxrbench validate --extractor cxr128-whitened``; ``leaderboard/validity/README.md``).
 
 Preprocessing (the only place size and range change): centre crop to a square (torchxrayvision's offset,
 ``w // 2 - s // 2``), bilinear resize with antialiasing to 128 px when the input is another size, then
@@ -34,6 +41,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +67,9 @@ HEAD_FILE = "cxr128-labels.json"
 WEIGHTS_SHA256 = "a933d5a4b70e7d043fa1f99c52a881682499d41df10bee5b37c89bc344d74348"
 #: sha256 of the shipped label-head calibration (labels kept, Platt parameters, operating points)
 HEAD_SHA256 = "36eba3e95f3df0e966cc175028e638c8e563bce1d2b77960c95b61ad6ccc1274"
+WHITEN_FILE = "cxr128-whiten.npz"
+#: sha256 of the shipped whitening (``python -m baselines.cxr128net whiten``)
+WHITEN_SHA256 = "0b611237fef3779adf75542a6fb161c25dfef74aa2602aa0d0c73e0045971caa"
 
 
 def to_cxr128(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -226,5 +237,66 @@ class CXR128ClassifierExtractor(FeatureExtractor):
 
     def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
         raise RuntimeError("cxr128-classifier is computed from cxr128 features; add cxr128 to the extractors")
+
+    forward = preprocess
+
+
+def load_whitening(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(mean, W, sha256)`` of the shipped (or given) whitening file; a file that is not the pinned one is refused."""
+    path = Path(path) if path is not None else shipped_path(WHITEN_FILE)
+    expected = WHITEN_SHA256 if expected_sha256 is None else expected_sha256
+    if not path.is_file():
+        raise WeightsError(f"{path}: the cxr128 whitening is missing; rebuild it (python -m baselines.cxr128net whiten) "
+                           "or restore the file from the repository")
+    digest = sha256_file(path)
+    if expected != "any" and digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 whitening ({expected[:16]}...); "
+                           "the file was altered: restore it from git or rebuild it")
+    with np.load(path, allow_pickle=False) as d:
+        mean, w = d["mean"].astype(np.float64), d["whiten"].astype(np.float64)
+    if mean.shape != (EMBED_DIM,) or w.shape != (EMBED_DIM, EMBED_DIM) or not np.isfinite(w).all():
+        raise WeightsError(f"{path}: not a cxr128 whitening (mean {mean.shape}, whiten {w.shape})")
+    return mean, w, digest
+
+
+class CXR128WhitenedExtractor(FeatureExtractor):
+    """The ``cxr128`` embedding whitened by the protocol's training split (see the module docstring); computed
+    from ``cxr128`` features, so the network runs once. With random weights the whitening is the identity
+    (there is no training-split covariance of a random network to ship)."""
+
+    name = "cxr128-whitened"
+    version = "1"
+    kind = "embedding"
+    derived_from = "cxr128"
+    num_features = EMBED_DIM
+    input_size = IMAGE_SIZE
+    resize_filter = CXR128Extractor.resize_filter
+    published_sha256 = (WEIGHTS_SHA256,)
+    training_corruptions = TRAINING_CORRUPTIONS
+
+    def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        base = CXR128Extractor(weights=weights, seed=seed, device="cpu")
+        if is_random_weights(weights):
+            mean, w, wid = np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "identity"
+        else:
+            mean, w, wid = load_whitening()
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("w", torch.from_numpy(w))
+        self.weights_id = base.weights_id
+        self.whitening_id = wid
+        self.eval()
+        self.to(device)
+
+    def spec(self) -> dict:
+        return {**super().spec(), "derived_from": self.derived_from, "whitening": self.whitening_id}
+
+    @torch.no_grad()
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        # float64: the whitening amplifies the embedding's small directions, where float32 round-off would show
+        return ((f.to(torch.float64) - self.mean) @ self.w).to(f.dtype)
+
+    def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
+        raise RuntimeError("cxr128-whitened is computed from cxr128 features; add cxr128 to the extractors")
 
     forward = preprocess

@@ -96,6 +96,59 @@ def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
         feat.CXR128ClassifierExtractor()
 
 
+def test_whitened_fd_ignores_the_networks_scale_and_axes_and_counts_every_direction():
+    """FD in the whitened space does not depend on how the network happens to scale or rotate its axes (refit
+    on ``c X Q``, Q orthogonal, the whitened FDs are the same; raw FD scales by c^2), and a departure along a
+    direction the training images hardly vary in counts in units of that small spread."""
+    from baselines.cxr128net import fit_whitening
+
+    rng = np.random.default_rng(0)
+    d = 16
+    train, ref, gen = (rng.standard_normal((n, d)) * np.linspace(3, 0.3, d) for n in (2000, 300, 200))
+    gen[:, -1] += 1.5  # 5 sd of the smallest direction
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a = 7.0 * q
+
+    def whitened_fd(tr, r, g):
+        w = fit_whitening(tr)
+        t = lambda x: (x - w["mean"]) @ w["whiten"]
+        return fid_from_features(t(r), t(g))
+
+    before, after = whitened_fd(train, ref, gen), whitened_fd(train @ a, ref @ a, gen @ a)
+    assert after == pytest.approx(before, rel=1e-6)
+    assert fid_from_features(ref @ a, gen @ a) == pytest.approx(49 * fid_from_features(ref, gen), rel=1e-6)
+    # raw FD barely sees the shift next to the sampling noise of axes of sd 3; whitened, it dominates (less than
+    # (1.5 / 0.3)^2 = 25: the Ledoit-Wolf shrinkage widens the smallest directions a little)
+    assert before > 3 * fid_from_features(ref, gen) and before > 10
+
+
+def test_shipped_whitening_is_pinned_and_whitens_the_training_split(tmp_path, monkeypatch):
+    mean, w, digest = feat.load_whitening()
+    assert digest == feat.WHITEN_SHA256
+    train = proto.load_features("train").features["cxr128"].astype(np.float64)
+    ev = np.linalg.eigvalsh(np.cov((train - mean) @ w, rowvar=False, bias=True))  # ML, as Ledoit-Wolf
+    shrink = float(json.loads(str(np.load(feat.shipped_path(feat.WHITEN_FILE))["meta"]))["shrinkage"])
+    # no direction wider than the training split's own spread; every direction at >= 0.05 of it (the raw
+    # embedding's smallest eigenvalues are 1e-5 of its largest); the smallest stay below 1 where Ledoit-Wolf shrank them
+    assert ev.max() <= 1 / (1 - shrink) + 1e-6 and ev.min() > 0.05 and (ev > 0.5).sum() >= 48
+    # the derived extractor applies exactly this map to the network's features
+    ext = feat.CXR128WhitenedExtractor()
+    f = torch.from_numpy(train[:8].astype(np.float32))
+    assert np.allclose(ext.from_features(f).numpy(), (train[:8] - mean) @ w, rtol=1e-5, atol=1e-4)
+    assert ext.spec()["whitening"] == feat.WHITEN_SHA256 and ext.spec()["derived_from"] == "cxr128"
+    # random weights: identity (no training-split covariance of a random network to ship)
+    rnd = feat.CXR128WhitenedExtractor(weights="random")
+    assert torch.equal(rnd.from_features(f), f) and rnd.spec()["whitening"] == "identity"
+    # an altered file is refused, naming it
+    shutil.copy(feat.shipped_path(feat.WHITEN_FILE), tmp_path / feat.WHITEN_FILE)
+    data = bytearray((tmp_path / feat.WHITEN_FILE).read_bytes())
+    data[-200] ^= 1
+    (tmp_path / feat.WHITEN_FILE).write_bytes(bytes(data))
+    monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
+    with pytest.raises(WeightsError, match=r"cxr128-whiten\.npz: sha256 .*altered"):
+        feat.load_whitening()
+
+
 def test_label_head_keeps_what_it_tells_apart_on_both_held_out_splits():
     """The shipped calibration, head and features agree: each kept label's reference AUROC recomputes and is
     >= 0.65, and so is its recorded held-out AUROC."""
