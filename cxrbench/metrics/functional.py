@@ -31,7 +31,8 @@ an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``covera
 few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 
 Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``,
-``memorization``) beside the estimator and the registered class; this module only re-exports them.
+``memorization``, ``labels``: ``label_distances`` of two label-probability arrays) beside the estimator and the
+registered class; this module only re-exports them.
 (The registered memorization metric calls its estimator and the same interval directly, for the nearest
 pairs and the floor it adds.)
 """
@@ -42,6 +43,7 @@ from .common import MetricSettings, check_pair, replicates
 from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
+from .labels import label_distances
 from .ks import ks_features
 from .memorization import memorization
 from .prdc import DENSITY_INFLATE, prdc
@@ -58,6 +60,7 @@ __all__ = [
     "fd_inf",
     "fid",
     "kid",
+    "label_distances",
     "ks_features",
     "memorization",
     "prdc",

@@ -3,10 +3,12 @@ X-rays using Generative Adversarial Networks", 2020; Malik & Humair, "Evaluating
 Generative Models to Generate Chest X-Ray Data", 2023): does a classifier see the same findings, as often?
 
 A label classifier labels the reference and the samples: the XRV classifier (torchxrayvision DenseNet121,
-18 pathology heads, ``xrv-classifier``) or, under the ``cxr64`` protocol, the ``cxr64-classifier`` head
+18 pathology heads, ``xrv-classifier``) or, under the ``cxr128`` protocol, the ``cxr128-classifier`` head
 (the labels it tells apart on held-out NIH images). Its features (dimension names = the labels) are
-calibrated probabilities (xrv: ``op_threshs`` map each head's operating point to 0.5; cxr64: Platt scaling),
-so a label counts as present when its probability is above 0.5. Heads that return NaN are left out.
+calibrated probabilities (xrv: ``op_threshs`` map each head's operating point to 0.5; cxr128: Platt scaling,
+then the operating point to 0.5), so a label counts as present when its probability is above 0.5. Heads that
+return NaN are left out. ``label_distances(real=, fake=)`` computes the three distances from two probability
+arrays of one's own (``cxrbench.metrics.functional``).
 
 - ``label_mae``: mean over pathologies of |prevalence(samples) - prevalence(reference)|; the per-pathology
   prevalence table is in ``extra["prevalence"]``.
@@ -36,11 +38,13 @@ from .bootstrap import two_sample_bootstrap
 from .common import (
     MetricSettings,
     bootstrap_interval,
+    check_pair,
     classifier_of,
     dimension_names,
     features_of,
     matched_floor,
     missing_classifier,
+    replicates,
     with_floor,
     with_interval,
 )
@@ -73,6 +77,28 @@ def cooccurrence(pos: np.ndarray) -> np.ndarray:
 def label_cooccurrence(pos_a: np.ndarray, pos_b: np.ndarray) -> float:
     iu = np.triu_indices(pos_a.shape[1], k=1)
     return float(np.sqrt(((cooccurrence(pos_a) - cooccurrence(pos_b))[iu] ** 2).sum()))
+
+
+#: the three label distances and their estimators (each a function of two 0/1 "present" arrays)
+DISTANCES = (("label_mae", label_mae), ("label_js", label_js), ("label_cooccurrence", label_cooccurrence))
+
+
+def label_distances(*, real, fake, ci: bool = False, n_bootstrap: int | None = None, seed: int = 0,
+                    alpha: float = 0.05) -> dict[str, MetricValue]:
+    """``label_mae``, ``label_js`` and ``label_cooccurrence`` between two ``(N, L)`` arrays of calibrated label
+    probabilities (a label is present above 0.5), the reference ``real`` and the samples ``fake``; on request a
+    basic-bootstrap interval over both sets with the bias-corrected estimate (the distances between prevalence
+    tables are biased upward at finite N)."""
+    gen, ref = check_pair(fake, real, min_rows=1, what="label_distances")
+    pg, pr = positives(gen), positives(ref)
+    n_boot = replicates(n_bootstrap, ci)
+    out = {}
+    for key, fn in DISTANCES:
+        value = fn(pg, pr)
+        iv = two_sample_bootstrap(lambda ig, ir, fn=fn: fn(pg[ig], pr[ir]), len(pg), len(pr), value,
+                                  n_boot=n_boot, seed=seed, alpha=alpha, method="basic")
+        out[key] = with_interval(MetricValue(value, False, None, len(pg), len(pr)), iv, bias_corrected=True, lower=0.0)
+    return out
 
 
 def _classifier_outputs(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -113,15 +139,10 @@ class LabelDistribution(Metric):
             diff = np.abs(cooccurrence(pg) - cooccurrence(pr))
             i, j = np.unravel_index(np.argmax(np.triu(diff, 1)), diff.shape)
             extras["label_cooccurrence"]["worst_pair"] = [names[i], names[j]]
-        out = {}
-        for key, fn in (("label_mae", label_mae), ("label_js", label_js), ("label_cooccurrence", label_cooccurrence)):
-            value = fn(pg, pr)
-            # distances between prevalence tables are biased upward at finite N: basic bootstrap over both sets
-            iv = two_sample_bootstrap(lambda ig, ir, fn=fn: fn(pg[ig], pr[ir]), len(pg), len(pr), value,
-                                      n_boot=st.n_bootstrap, seed=st.seed, alpha=st.alpha, method="basic")
-            mv = with_interval(MetricValue(value, False, None, len(pg), len(pr), extra=extras[key]), iv,
-                               bias_corrected=True, lower=0.0)
-            out[key] = with_floor(mv, *matched_floor(fn, pg, pr, st, ctx.ref.patient_ids))
+        out = label_distances(real=ref, fake=gen, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha)
+        for key, fn in DISTANCES:
+            out[key].extra.update(extras[key])
+            with_floor(out[key], *matched_floor(fn, pg, pr, st, ctx.ref.patient_ids))
         return out
 
     def figures(self, key: str, value: dict) -> list[FigureSpec]:

@@ -65,6 +65,26 @@ def test_identical_sets_are_zero_and_distance_grows_with_prevalence_shift():
     assert out["label_mae"].real_vs_real < mae[1]  # the real halves agree better than a 0.1 shift
 
 
+def test_functional_label_distances_equal_the_registered_metric_and_refuse_positional_sets():
+    from cxrbench.metrics import functional as F
+    from cxrbench.metrics.common import MetricSettings
+
+    ref = probs_with_prevalence(400, np.linspace(0.05, 0.4, 18), 0)
+    gen = probs_with_prevalence(300, np.linspace(0.4, 0.05, 18), 1)
+    ctx = ctx_for(gen, ref)
+    registered = LabelDistribution().compute(ctx)
+    st = MetricSettings.from_config(ctx.config)
+    fast = F.label_distances(real=ref, fake=gen)  # point estimates, no replicates
+    full = F.label_distances(real=ref, fake=gen, n_bootstrap=st.n_bootstrap, seed=st.seed, alpha=st.alpha)
+    for key in ("label_mae", "label_js", "label_cooccurrence"):
+        assert fast[key].value == registered[key].value and fast[key].ci is None
+        assert full[key].ci == registered[key].ci and full[key].value_bias_corrected == registered[key].value_bias_corrected
+    assert len(F.label_distances(real=ref, fake=gen, ci=True)["label_js"].ci) == 2  # ci=True: the default count
+    # the sets swap roles in a prevalence table's bias correction: keywords only
+    with pytest.raises(TypeError):
+        F.label_distances(ref, gen)
+
+
 def test_nan_heads_are_left_out():
     ref = probs_with_prevalence(300, np.full(18, 0.3), 0)
     gen = probs_with_prevalence(300, np.full(18, 0.3), 1)
