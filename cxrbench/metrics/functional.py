@@ -43,8 +43,8 @@ from .common import MetricSettings, check_pair, replicates
 from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
-from .labels import label_distances
 from .ks import ks_features
+from .labels import label_distances
 from .memorization import memorization
 from .prdc import DENSITY_INFLATE, prdc
 
@@ -60,8 +60,8 @@ __all__ = [
     "fd_inf",
     "fid",
     "kid",
-    "label_distances",
     "ks_features",
+    "label_distances",
     "memorization",
     "prdc",
     "replicates",
