@@ -110,17 +110,15 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
     from cxrbench.training import config_from_overrides
 
     root = Path(__file__).resolve().parents[2] / "leaderboard" / "recipes"
-    old = sorted(root.glob("*.toml"))  # the cxr64 board's rows, until it is re-made under cxr128
-    recipes = old + sorted((root / "gpu").glob("*.toml")) + sorted((root / "cxr128").glob("*.toml"))
-    assert len(recipes) >= 25 and len(list((root / "cxr128").glob("*.toml"))) == 8
+    gpu, cpu = sorted((root / "gpu").glob("*.toml")), sorted((root / "cxr128").glob("*.toml"))
+    recipes = sorted(root.rglob("*.toml"))  # every shipped recipe, wherever it lies
+    assert len(gpu) == 8 and len(cpu) == 8 and len(recipes) >= 16
     for path in recipes:
         recipe = load_recipe(path)
         card_from_dict(recipe["card"], str(path))
-        # every row trains on its protocol's training split (on a full NIH folder: without the protocol's
-        # evaluation patients) and is submitted under that protocol
-        protocol = recipe.get("submit", {}).get("protocol", "cxr64")
-        assert (recipe["data"]["split"], protocol) == (("cxr64-train", "cxr64") if path in old
-                                                       else ("cxr128-train", "cxr128"))
+        # every row trains on the cxr128 protocol's training split (on a full NIH folder: without the
+        # protocol's evaluation patients) and names it for submit, whatever reproduce's default is
+        assert (recipe["data"]["split"], recipe.get("submit", {}).get("protocol")) == ("cxr128-train", "cxr128")
         if path.parent.name == "cxr128":  # the board's budget: 60 CPU minutes on one thread, all stages counted
             stages = [*recipe.get("stage", []), {"train": recipe["train"]}]
             assert sum(st["train"]["cpu_minutes"] for st in stages) == 60
@@ -129,7 +127,7 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
             name = part["name"]
             cls = GENERATORS.get(name) if name in GENERATORS else REPRESENTATIONS.get(name)
             config_from_overrides(cls.Config, part.get("config", {}), source=str(path))
-    for group in (old + sorted((root / "gpu").glob("*.toml")), sorted((root / "cxr128").glob("*.toml"))):
+    for group in (gpu, cpu):
         assert len({p.stem for p in group}) == len(group)  # a recipe's name is its samples folder and run
 
 

@@ -299,14 +299,6 @@ def test_any_input_size_is_centre_cropped_and_resized(extractor):
     assert feat.to_cxr128(wide).shape[-2:] == (128, 128)
 
 
-def test_retired_cxr64_entries_still_verify():
-    """The leaderboard's entries were made under cxr64; until they are re-made, verify must still pass."""
-    entry = ROOT / "leaderboard" / "entries" / "lsgan-64-15-cpu-min.json"
-    assert json.loads(entry.read_text())["protocol"]["name"] == "cxr64"
-    r = _cli("verify", str(entry), "--quiet")
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 # --- the network agrees with the eye ---------------------------------------------------------------------
 
 
