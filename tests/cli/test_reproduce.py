@@ -56,7 +56,7 @@ def test_recipe_trains_samples_and_submits_reproducibly(recipe, tmp_path, monkey
     entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     info = json.loads((tmp_path / "runs" / "tiny" / "train_info.json").read_text())
     assert info["split"] == "train" and info["n_images"] == 16  # the recipe's split, not the whole folder
-    assert entry["samples"]["n"] == 12 and entry["protocol"]["name"] == "cxr64"
+    assert entry["samples"]["n"] == 12 and entry["protocol"]["name"] == "cxr128"  # the default protocol
     state = json.loads((tmp_path / "runs" / "tiny" / "train_state.json").read_text())
     cost = entry["card"]["training"]  # the training cost reaches the card, from the run's own record
     assert cost["steps"] == 3 and cost["images_seen"] == 3 * min(state["config"]["batch_size"], 16)
@@ -67,7 +67,7 @@ def test_recipe_trains_samples_and_submits_reproducibly(recipe, tmp_path, monkey
     assert _run(recipe, tmp_path, "--force") == 0
     again = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     assert again["samples"]["sha256"] == entry["samples"]["sha256"]
-    assert again["result"]["metrics"]["fid_cxr64"]["value"] == entry["result"]["metrics"]["fid_cxr64"]["value"]
+    assert again["result"]["metrics"]["fid_cxr128"]["value"] == entry["result"]["metrics"]["fid_cxr128"]["value"]
 
 
 def test_bad_recipe_is_one_clear_error(tmp_path, capsys):
@@ -154,10 +154,10 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert _run(recipe, tmp_path) == 0
     entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     pts = entry["learning_curve"]["checkpoints"]
-    assert [p["metric"] for p in pts] == ["fid_cxr64"] * 3
+    assert [p["metric"] for p in pts] == ["fid_cxr128"] * 3
     assert [p["steps"] for p in pts] == sorted({p["steps"] for p in pts}) and pts[-1]["steps"] == 8
     assert pts[0]["cpu_minutes"] >= 0.05 and pts[1]["cpu_minutes"] >= 0.1
-    assert pts[-1]["value"] == entry["result"]["metrics"]["fid_cxr64"]["value"]
+    assert pts[-1]["value"] == entry["result"]["metrics"]["fid_cxr128"]["value"]
     assert pts[-1]["cpu_minutes"] == entry["card"]["training"]["cpu_minutes"]
     kept = json.loads((tmp_path / "runs" / "tiny" / "cpu-0.05min" / "train_state.json").read_text())
     assert pts[0]["steps"] == kept["step"] and pts[0]["n_samples"] == 12
@@ -181,8 +181,8 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert tampered(lambda c: c[1].update(ci=[1.0, 2.0])) == 1  # an interval where none was computed (N = 12)
     assert tampered(lambda c: c[2].update(value=c[2]["value"] * 0.9)) == 1  # the final point is not the entry
     out = capsys.readouterr().out
-    assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr64.value" in out
-    assert "learning_curve final point (the entry): fid_cxr64.value" in out
+    assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr128.value" in out
+    assert "learning_curve final point (the entry): fid_cxr128.value" in out
     # a checkpoint's samples changed: the hash no longer matches
     first = sorted((tmp_path / "samples" / "curves" / "tiny" / "cpu-0.05min").glob("*.png"))[0]
     first.write_bytes((tmp_path / "samples" / "tiny" / first.name).read_bytes())
