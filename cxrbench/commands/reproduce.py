@@ -1,21 +1,23 @@
 """``cxrbench reproduce RECIPE.toml``: one leaderboard row end to end (train, sample with a fixed seed, submit).
 
-A recipe is a TOML file (``leaderboard/recipes/NAME.toml``) holding everything that decides the row:
+A recipe is a TOML file (``leaderboard/recipes/cxr128/NAME.toml``) holding everything that decides the row:
 
     [model]                          # a registered generator and overrides of its Config fields
     name = "lsgan"
     config = { image_size = 64 }
-    [data]                           # training images; split: a labels.csv split value or cxr64-train;
-    path = "../shared/data/nih1000_64px"   # equalize = true: histogram equalisation of every training
-    split = "cxr64-train"                  # image (Kumar & Triana's preprocessing; `train --equalize`)
+    [data]                           # training images; split: a labels.csv split value or a protocol's
+    path = "../shared/data/nih_extra_256px"  # (cxr128-train); equalize = true: histogram equalisation of
+    split = "cxr128-train"                   # every training image (Kumar & Triana; `train --equalize`)
     [train]                          # trainer budget: cpu_minutes is the run's own clock (a rerun adds
     seed = 0                         # nothing), threads the torch CPU threads it is stated for
-    cpu_minutes = 15
+    cpu_minutes = 60
     threads = 1
-    steps = 1000000
+    steps = 10000000
     [sample]
-    n = 200
+    n = 300
     seed = 0
+    [submit]                         # the protocol it is submitted under (default cxr128)
+    protocol = "cxr128"
     [card]                           # the model card (model.toml fields)
     name = "LSGAN-64"
     ...
@@ -71,10 +73,13 @@ from ..publish.card import card_from_dict
 from ..registry import PROTOCOLS
 
 EPILOG = """examples:
-  cxrbench reproduce leaderboard/recipes/lsgan.toml                 # runs/lsgan, samples, entry
-  cxrbench reproduce leaderboard/recipes/ddpm.toml --dry-run        # print the commands only
-  cxrbench reproduce leaderboard/recipes/vae.toml --max-minutes 1   # a shorter budget (not the recipe's row)
+  cxrbench reproduce leaderboard/recipes/cxr128/lsgan.toml --samples-dir leaderboard/samples/cxr128  # a board row
+  cxrbench reproduce leaderboard/recipes/cxr128/ddpm.toml --dry-run        # print the commands only
+  cxrbench reproduce leaderboard/recipes/cxr128/vae.toml --max-minutes 1   # a shorter budget (not the recipe's row)
 """
+
+#: the protocol a recipe without ``[submit] protocol`` is submitted under (the default protocol's)
+DEFAULT_PROTOCOL = "cxr128"
 
 TRAIN_KEYS = {"seed", "max_minutes", "cpu_minutes", "threads", "steps", "epochs", "batch_size", "device",
               "checkpoint_every", "keep_cpu_minutes"}
@@ -231,7 +236,7 @@ def commands(recipe: dict, args) -> tuple[list[list[str]], dict[str, Path], dict
     if args.force:
         s.append("--overwrite")
     u = ["submit", "--samples", str(samples), "--card", str(files["card"]), "--entries", str(args.entries),
-         "--protocol", recipe.get("submit", {}).get("protocol", "cxr64")]
+         "--protocol", recipe.get("submit", {}).get("protocol", DEFAULT_PROTOCOL)]
     if any("keep_cpu_minutes" in t for t in [train, *(st.get("train", {}) for st in recipe.get("stage", []))]):
         u += ["--learning-curve", str(files["curve"])]
     extra = []
@@ -297,7 +302,7 @@ def learning_curve_block(recipe: dict, train_outs: list[Path], args) -> dict | N
     from ..engine.evaluate import evaluate
 
     sample, curve = recipe.get("sample", {}), recipe.get("curve", {})
-    protocol = recipe.get("submit", {}).get("protocol", "cxr64")
+    protocol = recipe.get("submit", {}).get("protocol", DEFAULT_PROTOCOL)
     metrics = curve.get("metrics") or [PROTOCOLS.get(protocol).headline]
     n, seed = int(curve.get("n", sample.get("n", 200))), int(curve.get("seed", sample.get("seed", 0)))
     points, offset = [], 0.0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import EvalConfig
-from ..engine.validity import DEFAULT_N, PROGRESS_DIR, SAMPLES_DIR, plot, run_suite
+from ..engine.validity import DEFAULT_N, PROGRESS_DIR, ROOT, plot, run_suite
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
 from ..protocols.validity_sets import PROTOCOL_DATA
@@ -16,9 +16,10 @@ from .options import add_config_flag
 DESCRIPTION = """Measure FID against a protocol's reference, through one extractor, for sets built deterministically from
 real held-out images: (a) real, (b) degraded but anatomical (blur, noise, JPEG, contrast, low resolution,
 GAN artefacts; mild and moderate), (c) anatomy violated (random fields, blobs, patch shuffles, flips,
-rotations, negatives, splices), (d) pediatric images (another population) and (e) the committed leaderboard
-sample sets and training-progress ladders. Prints every set's value, the expected pairwise orders per rule,
-the violations and Kendall's tau against the expected order; writes validity-NAME.json and validity-NAME.png."""
+rotations, negatives, splices), (d) pediatric images (another population) and (e) the committed generator
+sample sets (the cxr128 board's and the retired cxr64 board's) and training-progress ladders. Prints every
+set's value, the expected pairwise orders per rule, the violations and Kendall's tau against the expected
+order; writes validity-NAME.json and validity-NAME.png."""
 EPILOG = """examples:
   cxrbench validate --extractor cxr64
   cxrbench validate --extractor random-conv --out validity/
@@ -43,7 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"images per set (default {DEFAULT_N}, the leaderboard's "
                    "sample count: every set at the same N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the corruptions")
-    p.add_argument("--samples-dir", default=str(SAMPLES_DIR), help=f"leaderboard sample sets (default {SAMPLES_DIR})")
+    p.add_argument("--root", default=str(ROOT),
+                   help="the repository root the generator sample sets are read from (leaderboard/samples/cxr128/ "
+                        "and leaderboard/validity/sets/cxr64-board/; default: the current folder)")
     p.add_argument("--progress-dir", default=str(PROGRESS_DIR),
                    help=f"training-progress ladders, GEN/ckpt<k>-*/ (default {PROGRESS_DIR})")
     p.add_argument("--skip-missing", action="store_true",
@@ -67,7 +70,7 @@ def run(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     res = run_suite(args.extractor, data_root=Path(args.data or default_data()),
                     protocol=PROTOCOL_DATA[args.protocol],
-                    config=config, n=args.n, seed=args.seed, samples_dir=args.samples_dir,
+                    config=config, n=args.n, seed=args.seed, root=args.root,
                     progress_dir=args.progress_dir, skip_missing=args.skip_missing, log=log)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

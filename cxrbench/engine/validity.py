@@ -13,10 +13,11 @@ each against the reference through the extractor, and checks every expected pair
 - (c) ``violated``: ``data.corruptions`` of class violated;
 - (d) ``population``: pediatric chest X-rays (Kermany et al., its ``ValData`` split), real but another
   population;
-- (e) ``generator``: the committed leaderboard sample sets of the retired ``cxr64`` board and of the
-  ``cxr128`` board, with the joint eye tiers below, and ``progress``: samples of bundled generators at
-  successive training checkpoints (``leaderboard/progress``, and the ``cxr128`` board's kept checkpoints,
-  ``leaderboard/samples/cxr128/curves``, each ladder ending at the board's own set).
+- (e) ``generator``: the committed sample sets of the ``cxr128`` board (``leaderboard/samples/cxr128``) and
+  of the retired ``cxr64`` board (kept as evidence in ``leaderboard/validity/sets/cxr64-board``), with the
+  joint eye tiers below, and ``progress``: samples of bundled generators at successive training checkpoints
+  (``leaderboard/progress``, and the ``cxr128`` board's kept checkpoints, ``leaderboard/samples/cxr128/curves``,
+  each ladder ending at the board's own set).
 
 Expected orders (lower FID first): real < every degraded set; mild < moderate within a family; every
 moderate degraded set < every violated set; real < pediatric < every violated set; real < every generator
@@ -55,11 +56,12 @@ from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
 from .extraction import build_extractors, extract_features
 
-#: The generator sample sets (folders relative to ``--samples-dir``) and their eye tiers, one joint ranking
-#: (1 = best; tier 0 is the real held-out row). Sets in one tier are ones a person cannot rank against each
-#: other. Two boards: the retired ``cxr64`` board's sets (``-15min``: 15 CPU minutes on 449 images, tiers
-#: written down 2026-12-06 before any distance was measured on them) and the ``cxr128`` board's (``-60min``:
-#: 60 CPU minutes on 686 images, placed among them by eye after their board values had printed):
+#: The generator sample sets (folders relative to the repository root, ``--root``) and their eye tiers, one
+#: joint ranking (1 = best; tier 0 is the real held-out row). Sets in one tier are ones a person cannot rank
+#: against each other. Two boards: the retired ``cxr64`` board's sets (``-15min``: 15 CPU minutes on 449
+#: images, tiers written down 2026-12-06 before any distance was measured on them; kept in
+#: ``leaderboard/validity/sets/cxr64-board``, see its README) and the ``cxr128`` board's (``-60min``: 60 CPU
+#: minutes on 686 images, placed among them by eye after their board values had printed):
 #: - lsgan-60min: sharp, varied chests with lung texture: the best set of both boards.
 #: - pggan-60min (128 px, dark smears and borders), ddpm-60min (32 px: blurred but clean, varied chests),
 #:   lsgan-15min (textured, noisy), pggan-15min (blocky, blurred): chests in nearly every sample, each with
@@ -69,23 +71,25 @@ from .extraction import build_extractors, extract_features
 #: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
 #: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
 #: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
+_BOARD = "leaderboard/samples/cxr128/"  # the cxr128 board's sample sets
+_RETIRED = "leaderboard/validity/sets/cxr64-board/"  # the retired cxr64 board's, kept as validity evidence
 GENERATOR_SETS: dict[str, tuple[str, int]] = {
-    "lsgan-60min": ("cxr128/lsgan", 1),
-    "pggan-60min": ("cxr128/pggan", 2), "ddpm-60min": ("cxr128/ddpm", 2),
-    "lsgan-15min": ("lsgan", 2), "pggan-15min": ("pggan", 2),
-    "vae-60min": ("cxr128/vae", 3), "vae-15min": ("vae", 3), "gmvae-15min": ("gmvae", 3),
-    "fs-gmvae-15min": ("fs-gmvae", 3),
-    "ddpm-15min": ("ddpm", 4),
-    "diffusevae-15min": ("diffusevae", 5),
-    "ldm-15min": ("ldm", 6),
+    "lsgan-60min": (_BOARD + "lsgan", 1),
+    "pggan-60min": (_BOARD + "pggan", 2), "ddpm-60min": (_BOARD + "ddpm", 2),
+    "lsgan-15min": (_RETIRED + "lsgan", 2), "pggan-15min": (_RETIRED + "pggan", 2),
+    "vae-60min": (_BOARD + "vae", 3), "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
+    "fs-gmvae-15min": (_RETIRED + "fs-gmvae", 3),
+    "ddpm-15min": (_RETIRED + "ddpm", 4),
+    "diffusevae-15min": (_RETIRED + "diffusevae", 5),
+    "ldm-15min": (_RETIRED + "ldm", 6),
 }
 #: the eye tiers by set name (results record them)
 GENERATOR_EYE_TIERS: dict[str, int] = {name: tier for name, (_, tier) in GENERATOR_SETS.items()}
 #: sample sets that show no chest: every chest-showing set must rank ahead of them
 BLOB_GENERATORS = ("ldm-15min",)
-#: the cxr128 board's kept checkpoints (``reproduce`` writes ``curves/<generator>/cpu-<M>min``, relative to
-#: ``--samples-dir``), each ladder ending at the board's own set: training-progress ladders
-BOARD_CURVES = Path("cxr128/curves")
+#: the cxr128 board's kept checkpoints (``reproduce`` writes ``curves/<generator>/cpu-<M>min``; relative to
+#: the repository root), each ladder ending at the board's own set: training-progress ladders
+BOARD_CURVES = Path(_BOARD) / "curves"
 #: consecutive checkpoints a person cannot tell apart (same eye tier: no order expected between them):
 #: LSGAN's 15 and 30 minutes (chests with corner artefacts, about equal; judged before any cxr128 number),
 #: the VAE's 30 and 60 minutes (the same blurred average chest per sample, the 60-minute set less varied;
@@ -100,8 +104,8 @@ PROGRESS_EYE_TIES: dict[str, tuple[tuple[str, str], ...]] = {
 #: and JPEG-like quantisation (``baselines/cxr64net.py``)
 TRAINING_CORRUPTIONS = {"cxr64": ("blur", "noise", "contrast", "jpeg"), "cxr64-classifier": ("blur", "noise", "contrast", "jpeg")}
 
-#: the committed sample sets (relative to the repository root) and the progress ladders
-SAMPLES_DIR = Path("leaderboard/samples")
+#: where the sample sets' folders are resolved (the repository root) and the progress ladders
+ROOT = Path(".")
 PROGRESS_DIR = Path("leaderboard/progress")
 KERMANY = "kermany_pediatric_covid_skytells"
 #: every set is compared at this many images (the leaderboard's sample count), so FID's small-sample bias is
@@ -180,11 +184,11 @@ def progress_ladders(progress_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def board_ladders(samples_dir: Path) -> dict[str, list[Path]]:
+def board_ladders(root: Path) -> dict[str, list[Path]]:
     """``{<generator>-board: [checkpoint folders, earliest first, then the board's own set]}`` from the kept
-    checkpoints' samples ``samples_dir/cxr128/curves/<generator>/cpu-<M>min``."""
+    checkpoints' samples ``root/leaderboard/samples/cxr128/curves/<generator>/cpu-<M>min``."""
     out = {}
-    curves = Path(samples_dir) / BOARD_CURVES
+    curves = Path(root) / BOARD_CURVES
     if not curves.is_dir():
         return out
     for gen in sorted(p for p in curves.iterdir() if p.is_dir()):
@@ -201,12 +205,12 @@ class SuiteData:
     """The validity sets of one protocol, built on demand: ``reference()`` and ``sets()``."""
 
     def __init__(self, data_root, *, protocol: ProtocolData, n: int = DEFAULT_N, seed: int = 0,
-                 samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR, skip_missing: bool = False,
+                 root=ROOT, progress_dir=PROGRESS_DIR, skip_missing: bool = False,
                  corruption_names=None):
         self.protocol = protocol
         self.data_root = Path(data_root)
         self.size, self.n, self.seed = self.protocol.size, int(n), int(seed)
-        self.samples_dir, self.progress_dir = Path(samples_dir), Path(progress_dir)
+        self.sets_root, self.progress_dir = Path(root), Path(progress_dir)
         self.skip_missing = skip_missing
         self.skipped: list[str] = []
         self.corruption_names = list(corruption_names or corruptions.CORRUPTIONS)
@@ -221,13 +225,13 @@ class SuiteData:
             self.kermany = None
         self.generators = {}
         for name, (rel, tier) in GENERATOR_SETS.items():
-            folder = self.samples_dir / rel
+            folder = self.sets_root / rel
             files = _image_files(folder) if folder.is_dir() else []
             if files:
                 self.generators[name] = (tier, folder, files)
             else:
-                self._missing(f"generator ({name})", folder, "run from the repository root or pass --samples-dir")
-        self.ladders = {**progress_ladders(self.progress_dir), **board_ladders(self.samples_dir)}
+                self._missing(f"generator ({name})", folder, "run from the repository root or pass --root")
+        self.ladders = {**progress_ladders(self.progress_dir), **board_ladders(self.sets_root)}
         if not self.ladders:
             self._missing("progress (training checkpoints)", self.progress_dir,
                           "run from the repository root or pass --progress-dir")
@@ -416,7 +420,7 @@ def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalCon
 
 
 def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: EvalConfig | None = None,
-              n: int = DEFAULT_N, seed: int = 0, samples_dir=SAMPLES_DIR, progress_dir=PROGRESS_DIR,
+              n: int = DEFAULT_N, seed: int = 0, root=ROOT, progress_dir=PROGRESS_DIR,
               skip_missing: bool = False, corruption_names=None, log=None) -> dict:
     """Measure every validity set's FID against the protocol's reference through ``extractor``; returns the
     result dict (per-set values, checks, violations, Kendall taus, reference dimensionality)."""
@@ -430,7 +434,7 @@ def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: Eval
     config = dataclasses.replace(config, extractors=names)
     device = resolve_device(config.device)
     nets = build_extractors(names, config, device)  # missing weights fail here, before any data is looked at
-    data = SuiteData(data_root, protocol=protocol, n=n, seed=seed, samples_dir=samples_dir,
+    data = SuiteData(data_root, protocol=protocol, n=n, seed=seed, root=root,
                      progress_dir=progress_dir, skip_missing=skip_missing, corruption_names=corruption_names)
     cache = FeatureCache(config.cache_dir, enabled=config.use_cache)
     t0 = time.perf_counter()

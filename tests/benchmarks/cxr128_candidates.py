@@ -8,7 +8,7 @@ split (599 NIH images) as the reference and N = 200 images in every set:
   components, participation ratio ``(sum l)^2 / sum l^2``);
 - FID of: held-out real NIH; each degraded set (``cxrbench.data.corruptions``, mild and moderate) and each
   anatomy-violated set, made from the same held-out images at 128 px; pediatric Kermany ``ValData``; the
-  leaderboard sample sets (``leaderboard/samples/*``);
+  retired cxr64 leaderboard's sample sets (``leaderboard/validity/sets/cxr64-board/*``);
 - the order checks: real below every degraded set, every moderate degraded set below every violated set
   (violations counted), Kendall tau (tau-b) of FID against the expected tiers (real 0, degraded 1,
   violated 2), Kendall tau of the generator sets against their eye tiers, and whether the blob set (ldm)
@@ -36,7 +36,7 @@ from cxrbench.metrics.fid import fid_from_features
 from cxrbench.protocols.cxr128_splits import nih_splits
 
 N = 200
-#: eye tiers of the leaderboard sample sets, written down from leaderboard/thumbs before measuring
+#: eye tiers of the retired cxr64 leaderboard's sample sets, written down from its thumbnails before measuring
 EYE_TIERS = {"lsgan": 1, "pggan": 1, "gmvae": 2, "fs-gmvae": 2, "vae": 2, "ddpm": 2, "diffusevae": 3, "ldm": 4}
 
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             tier = 2 if c.kind == "violated" else 1
             sets[f"{name} {strength}" if c.kind == "degraded" else name] = (tier, apply(name, x_held, strength, seed=0))
     sets["kermany pediatric"] = (None, x_kid)
-    lb = ROOT / "leaderboard" / "samples"
+    lb = ROOT / "leaderboard" / "validity" / "sets" / "cxr64-board"  # the retired cxr64 board's sample sets
     for name in EYE_TIERS:
         sets[f"gen:{name}"] = (None, images(lb / name, sorted(p.name for p in (lb / name).glob("*.png"))[:N]))
     table, summary = {}, {}

@@ -56,7 +56,7 @@ def test_recipe_trains_samples_and_submits_reproducibly(recipe, tmp_path, monkey
     entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     info = json.loads((tmp_path / "runs" / "tiny" / "train_info.json").read_text())
     assert info["split"] == "train" and info["n_images"] == 16  # the recipe's split, not the whole folder
-    assert entry["samples"]["n"] == 12 and entry["protocol"]["name"] == "cxr64"
+    assert entry["samples"]["n"] == 12 and entry["protocol"]["name"] == "cxr128"  # the default protocol
     state = json.loads((tmp_path / "runs" / "tiny" / "train_state.json").read_text())
     cost = entry["card"]["training"]  # the training cost reaches the card, from the run's own record
     assert cost["steps"] == 3 and cost["images_seen"] == 3 * min(state["config"]["batch_size"], 16)
@@ -67,7 +67,7 @@ def test_recipe_trains_samples_and_submits_reproducibly(recipe, tmp_path, monkey
     assert _run(recipe, tmp_path, "--force") == 0
     again = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     assert again["samples"]["sha256"] == entry["samples"]["sha256"]
-    assert again["result"]["metrics"]["fid_cxr64"]["value"] == entry["result"]["metrics"]["fid_cxr64"]["value"]
+    assert again["result"]["metrics"]["fid_cxr128"]["value"] == entry["result"]["metrics"]["fid_cxr128"]["value"]
 
 
 def test_bad_recipe_is_one_clear_error(tmp_path, capsys):
@@ -110,17 +110,15 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
     from cxrbench.training import config_from_overrides
 
     root = Path(__file__).resolve().parents[2] / "leaderboard" / "recipes"
-    old = sorted(root.glob("*.toml"))  # the cxr64 board's rows, until it is re-made under cxr128
-    recipes = old + sorted((root / "gpu").glob("*.toml")) + sorted((root / "cxr128").glob("*.toml"))
-    assert len(recipes) >= 25 and len(list((root / "cxr128").glob("*.toml"))) == 8
+    gpu, cpu = sorted((root / "gpu").glob("*.toml")), sorted((root / "cxr128").glob("*.toml"))
+    recipes = sorted(root.rglob("*.toml"))  # every shipped recipe, wherever it lies
+    assert len(gpu) == 8 and len(cpu) == 8 and len(recipes) >= 16
     for path in recipes:
         recipe = load_recipe(path)
         card_from_dict(recipe["card"], str(path))
-        # every row trains on its protocol's training split (on a full NIH folder: without the protocol's
-        # evaluation patients) and is submitted under that protocol
-        protocol = recipe.get("submit", {}).get("protocol", "cxr64")
-        assert (recipe["data"]["split"], protocol) == (("cxr64-train", "cxr64") if path in old
-                                                       else ("cxr128-train", "cxr128"))
+        # every row trains on the cxr128 protocol's training split (on a full NIH folder: without the
+        # protocol's evaluation patients) and names it for submit, whatever reproduce's default is
+        assert (recipe["data"]["split"], recipe.get("submit", {}).get("protocol")) == ("cxr128-train", "cxr128")
         if path.parent.name == "cxr128":  # the board's budget: 60 CPU minutes on one thread, all stages counted
             stages = [*recipe.get("stage", []), {"train": recipe["train"]}]
             assert sum(st["train"]["cpu_minutes"] for st in stages) == 60
@@ -129,7 +127,7 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
             name = part["name"]
             cls = GENERATORS.get(name) if name in GENERATORS else REPRESENTATIONS.get(name)
             config_from_overrides(cls.Config, part.get("config", {}), source=str(path))
-    for group in (old + sorted((root / "gpu").glob("*.toml")), sorted((root / "cxr128").glob("*.toml"))):
+    for group in (gpu, cpu):
         assert len({p.stem for p in group}) == len(group)  # a recipe's name is its samples folder and run
 
 
@@ -156,10 +154,10 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert _run(recipe, tmp_path) == 0
     entry = json.loads((tmp_path / "entries" / "tiny-vae.json").read_text())
     pts = entry["learning_curve"]["checkpoints"]
-    assert [p["metric"] for p in pts] == ["fid_cxr64"] * 3
+    assert [p["metric"] for p in pts] == ["fid_cxr128"] * 3
     assert [p["steps"] for p in pts] == sorted({p["steps"] for p in pts}) and pts[-1]["steps"] == 8
     assert pts[0]["cpu_minutes"] >= 0.05 and pts[1]["cpu_minutes"] >= 0.1
-    assert pts[-1]["value"] == entry["result"]["metrics"]["fid_cxr64"]["value"]
+    assert pts[-1]["value"] == entry["result"]["metrics"]["fid_cxr128"]["value"]
     assert pts[-1]["cpu_minutes"] == entry["card"]["training"]["cpu_minutes"]
     kept = json.loads((tmp_path / "runs" / "tiny" / "cpu-0.05min" / "train_state.json").read_text())
     assert pts[0]["steps"] == kept["step"] and pts[0]["n_samples"] == 12
@@ -183,8 +181,8 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert tampered(lambda c: c[1].update(ci=[1.0, 2.0])) == 1  # an interval where none was computed (N = 12)
     assert tampered(lambda c: c[2].update(value=c[2]["value"] * 0.9)) == 1  # the final point is not the entry
     out = capsys.readouterr().out
-    assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr64.value" in out
-    assert "learning_curve final point (the entry): fid_cxr64.value" in out
+    assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr128.value" in out
+    assert "learning_curve final point (the entry): fid_cxr128.value" in out
     # a checkpoint's samples changed: the hash no longer matches
     first = sorted((tmp_path / "samples" / "curves" / "tiny" / "cpu-0.05min").glob("*.png"))[0]
     first.write_bytes((tmp_path / "samples" / "tiny" / first.name).read_bytes())

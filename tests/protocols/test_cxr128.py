@@ -352,14 +352,6 @@ def test_any_input_size_is_centre_cropped_and_resized(extractor):
     assert feat.to_cxr128(wide).shape[-2:] == (128, 128)
 
 
-def test_retired_cxr64_entries_still_verify():
-    """The leaderboard's entries were made under cxr64; until they are re-made, verify must still pass."""
-    entry = ROOT / "leaderboard" / "entries" / "lsgan-64-15-cpu-min.json"
-    assert json.loads(entry.read_text())["protocol"]["name"] == "cxr64"
-    r = _cli("verify", str(entry), "--quiet")
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 # --- the network agrees with the eye ---------------------------------------------------------------------
 
 
@@ -380,7 +372,7 @@ def test_anatomy_violations_score_far_above_chest_showing_sets(extractor):
 
     real, noisy = fid_of(held), fid_of(apply("noise", held, "moderate"))
     violated = {n: fid_of(apply(n, held, "moderate")) for n in ("blobs", "random-field", "patch-shuffle", "negative")}
-    lb = ROOT / "leaderboard" / "samples"
+    lb = ROOT / "leaderboard" / "validity" / "sets" / "cxr64-board"  # the retired cxr64 board's sample sets
     gens = {g: fid_of(_images(lb / g, sorted(p.name for p in (lb / g).glob("*.png"))[:200]))
             for g in ("lsgan", "pggan", "ldm")}
     chest = max(gens["lsgan"], gens["pggan"])

@@ -202,33 +202,36 @@ def test_a_rank_statistic_may_move_one_test_pair_as_the_recomputation_states_and
     assert rows(0.76, claimed=1.0) == ["aug_real_auroc.verify_atol", "aug_real_auroc.value"]
 
 
-@pytest.mark.skipif(not (NIH / "labels.csv").is_file(), reason="NIH thumbnails not available")
+@pytest.mark.skipif(not (SHARED_DATA / "nih_extra_256px" / "labels.csv").is_file(), reason="nih_extra_256px not available")
 def test_shipped_augmentation_block_recomputes_exactly_on_other_cpu_kernels(tmp_path):
-    """The DDPM entry's block recomputed with OpenBLAS forced to its oldest x86 kernel and PyTorch / oneDNN to
-    their baseline ISA (what another CPU runs): every number equal to the stored one. Before the probe was
-    solved to convergence, 7 of its numbers moved there (one or two test pairs per seed)."""
+    """The board's DDPM entry's block (cxr128: Edema vs No Finding on nih_extra_256px, its own per-class
+    samples) recomputed with OpenBLAS forced to its oldest x86 kernel and PyTorch / oneDNN to their baseline
+    ISA (what another CPU runs): every number equal to the stored one. Before the probe was solved to
+    convergence, 7 of the cxr64 board's block's numbers moved there (one or two test pairs per seed)."""
     import os
     import subprocess
     import sys
 
     from ..conftest import REPO
 
-    entry = REPO / "leaderboard" / "entries" / "ddpm-32-15-cpu-min.json"
+    entry = REPO / "leaderboard" / "entries" / "ddpm-32-60-cpu-min.json"
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
         "from cxrbench.publish import augment_block\n"
-        "from cxrbench.publish.submission import recorded_samples, snapshot\n"
-        "e = json.loads(Path(sys.argv[1]).read_text()); b = e['augmentation']\n"
-        "new = augment_block.compute(snapshot(recorded_samples(e, sys.argv[1])).source, Path(sys.argv[2]), b['task'],"
+        "from cxrbench.publish.submission import _recorded_augment_samples, recorded_samples, snapshot\n"
+        "e = json.loads(Path(sys.argv[1]).read_text()); b = e['augmentation']; p = e['protocol']['name']\n"
+        "src = _recorded_augment_samples(e, sys.argv[1]) if b.get('samples') else recorded_samples(e, sys.argv[1])\n"
+        "new = augment_block.compute(snapshot(src).source, augment_block.default_real(p), b['task'], protocol=p,"
         " stored_config=b['config'], use_cache=False)\n"
         "print(json.dumps(new['metrics']))\n"
     )
     env = {**os.environ, "OPENBLAS_CORETYPE": "Prescott", "ATEN_CPU_CAPABILITY": "default",
-           "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script, str(entry), str(NIH)], env=env, cwd=REPO,
+           "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1", "CXRBENCH_SHARED_DATA": str(SHARED_DATA)}
+    out = subprocess.run([sys.executable, "-c", script, str(entry)], env=env, cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     new, stored = json.loads(out.splitlines()[-1]), json.loads(entry.read_text())["augmentation"]["metrics"]
+    assert json.loads(entry.read_text())["protocol"]["name"] == "cxr128"
     for key, m in stored.items():
         assert (new[key]["value"], new[key]["ci"]) == (m["value"], m["ci"]), key
 

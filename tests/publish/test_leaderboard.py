@@ -372,10 +372,10 @@ def committed_board() -> dict[str, bytes]:
 
 def test_the_committed_boards_headline_table_has_eight_columns_and_one_floor_row():
     files = committed_board()
-    t = Tables(files["index.html"].decode()).tables["cxr64-v1-ranked"]
-    assert t["keys"] == ["model", "fid_cxr64", "precision_cxr64", "recall_cxr64", "coverage_cxr64",
-                         "memorization_cxr64", "label_mae", "cost"]
-    assert t["floor"] is not None and t["floor"][1] == "16.0"  # fid_cxr64 real vs real at 193/157
+    t = Tables(files["index.html"].decode()).tables["cxr128-v1-ranked"]
+    assert t["keys"] == ["model", "fid_cxr128", "precision_cxr128", "recall_cxr128", "coverage_cxr128",
+                         "memorization_cxr128", "label_mae", "cost"]
+    assert t["floor"] is not None and t["floor"][1] == "3.76"  # fid_cxr128 real vs real at 300/299
     md = files["README.md"].decode()
     assert md.count("| *floor: ") == sum(1 for tid, x in Tables(files["index.html"].decode()).tables.items()
                                                     if x["floor"] is not None)

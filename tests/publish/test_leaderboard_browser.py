@@ -152,7 +152,7 @@ def test_the_committed_board_in_chromium_every_ranked_row_one_floor_row_sticky_n
     shutil.copy(board / "index.html", work / "index.html")
     tables = Tables(chromium(tmp_path, "--dump-dom", (work / "index.html").as_uri())).tables
     groups = {(e["protocol"]["name"], e["protocol"]["version"]) for e in entries}
-    for name, version in sorted(groups):  # one ranked headline table per protocol (cxr128 beside retired cxr64)
+    for name, version in sorted(groups):  # one ranked headline table per protocol
         head = tables[f"{name}-v{version}-ranked"]
         models = sorted(e["slug"] for e in entries if e["card"].get("kind") != "reference" and e["comparable"]
                         and e["protocol"]["name"] == name)
