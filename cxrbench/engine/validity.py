@@ -194,10 +194,14 @@ def board_ladders(root: Path) -> dict[str, list[Path]]:
     for gen in sorted(p for p in curves.iterdir() if p.is_dir()):
         steps = [(float(m.group(1)), p) for p in gen.iterdir()
                  if p.is_dir() and (m := re.fullmatch(r"cpu-([0-9.]+)min", p.name))]
-        final = curves.parent / gen.name
-        rungs = [p for _, p in sorted(steps)] + ([final] if final.is_dir() else [])
+        # a staged recipe keeps its checkpoints under the stage's run (``diffusevae-base``): the board's set is
+        # the recipe's (``diffusevae``), the longest prefix that names one
+        parts = gen.name.split("-")
+        finals = [curves.parent / "-".join(parts[:k]) for k in range(len(parts), 0, -1)]
+        final = next((f for f in finals if f.is_dir()), None)
+        rungs = [p for _, p in sorted(steps)] + ([final] if final is not None else [])
         if len(rungs) >= 2:
-            out[f"{gen.name}-board"] = rungs
+            out[f"{final.name if final is not None else gen.name}-board"] = rungs
     return out
 
 

@@ -196,8 +196,12 @@ def test_board_ladders_run_from_the_kept_checkpoints_to_the_boards_own_set(tmp_p
     (curves / "lsgan" / "notes").mkdir()  # not a checkpoint
     (curves.parent / "lsgan").mkdir()
     (curves / "vae" / "cpu-5min").mkdir(parents=True)  # one rung and no final set: no ladder
+    for m in ("9", "24"):  # a staged recipe: checkpoints under the stage's run, the board's set under the recipe's
+        (curves / "fs-gmvae-base" / f"cpu-{m}min").mkdir(parents=True)
+    (curves.parent / "fs-gmvae").mkdir()
     ladders = board_ladders(tmp_path)
-    assert list(ladders) == ["lsgan-board"]
+    assert list(ladders) == ["fs-gmvae-board", "lsgan-board"]
+    assert [p.name for p in ladders["fs-gmvae-board"]] == ["cpu-9min", "cpu-24min", "fs-gmvae"]
     assert [p.name for p in ladders["lsgan-board"]] == ["cpu-5min", "cpu-7.5min", "cpu-15min", "cpu-30min", "lsgan"]
     assert board_ladders(tmp_path / "nowhere") == {}
 
