@@ -199,9 +199,35 @@ def ci_text(m: dict) -> str:
     # the estimate goes in front of the brackets (with the CLI's asterisk) so both name the same quantity
     bc = m.get("value_bias_corrected")
     est = "" if bc is None else f"{fmt(bc)}* "
-    if m.get("ci_coverage"):  # measured coverage outside 95 +/- 3%: printed as results.ci_text prints it
-        return est + results_ci_text(m)
-    return f"{est}[{fmt(ci[0])}, {fmt(ci[1])}]"
+    # measured coverage outside 95 +/- 3%: a dagger here, the measured range once per table (``coverage_note``)
+    return f"{est}[{fmt(ci[0])}, {fmt(ci[1])}]" + (COVERAGE_MARK if m.get("ci_coverage") else "")
+
+
+COVERAGE_MARK = "†"
+
+
+def coverage_range(cov: dict) -> str:
+    span = cov.get("range")
+    return f"{span[0]:.1%}-{span[1]:.1%}" if span and span[0] != span[1] else f"{cov['measured']:.1%}"
+
+
+def coverage_note(entries: list[dict], keys: list[str]) -> str:
+    """One line for a table's intervals whose measured coverage misses 95 +/- 3% (marked with a dagger in the
+    cells): the measured range per metric, so that no cell is read as a 95% interval."""
+    seen = {}
+    for k in keys:
+        for e in entries:
+            cov = (e["result"]["metrics"].get(k) or {}).get("ci_coverage")
+            if cov and k not in seen:
+                seen[k] = coverage_range(cov)
+    if not seen:
+        return ""
+    return (f"{COVERAGE_MARK} the interval's coverage measured on real features misses 95% (docs/reliability.md): "
+            + "; ".join(f"{k} {v}" for k, v in seen.items()) + ".")
+
+
+def _joined(*notes: str) -> str:
+    return " ".join(n for n in notes if n)
 
 
 def _num_sort(v) -> str:
@@ -356,7 +382,7 @@ def family_tables(prefix: str, g: Group, rows_e: list[dict], order, ranked: bool
             rows = [entry_row(r, e, [metric_cell(e["result"]["metrics"].get(k)) for k in rest], ranked)
                     for r, e in order]
             table = Table(f"{prefix}-{slugify_key(title)}", tuple(metric_columns([(k, k) for k in rest], g.directions)),
-                          tuple(rows), title=title, floor=floor_row(rows_e, rest))
+                          tuple(rows), title=title, floor=floor_row(rows_e, rest), note=coverage_note(rows_e, rest))
         plots = _metric_plots(prefix, by_family[title], g, rows_e, order, ranked)
         out.append(Family(title, table, tuple(plots)))
     return out
@@ -411,6 +437,7 @@ def headline_table(tid: str, g: Group, rows_e: list[dict], order, ranked: bool, 
     note = ("Not ranked (comparable: false): computed with random or unpublished extractor weights (or below "
             "fp32); these numbers cannot be compared with published ones and are never ranked."
             if not ranked else "")
+    note = _joined(note, coverage_note(rows_e, [k for k, _ in pairs]))
     return Table(tid, tuple(columns), tuple(rows), note=note, floor=floor_row(rows_e, [k for k, _ in pairs], cost),
                  css="sortable" if ranked else "sortable unranked")
 

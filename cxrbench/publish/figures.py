@@ -89,9 +89,14 @@ def learning_curve_svg(key: str, hib: bool, curves: list[tuple[str, list[dict]]]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         if floor is not None:
             ax.axhline(floor, color="#c44e52", ls="--", lw=1, label="real vs real floor")
+        values = [p["value"] for _, pts in curves for p in pts] + ([floor] if floor is not None else [])
+        if min(values) > 0 and max(values) > 20 * min(values):
+            ax.set_yscale("log")  # early checkpoints sit orders of magnitude above the last ones
         ax.set_xlabel("training CPU minutes")
         ax.set_ylabel(f"{key} ({'higher' if hib else 'lower'} is better)")
-        ax.set_title(f"{key} with 95% CI against training CPU minutes; {n_text}")
+        # a biased metric's interval is for its bias-corrected estimate (below the value at N): the band says so
+        ax.set_title(f"{key} at N (points), 95% interval (band; for the bias-corrected estimate where the "
+                     f"metric is biased); {n_text}", fontsize=8)
         ax.grid(color="#dddddd", lw=0.6)
         ax.legend(loc="best", frameon=False, fontsize=7)
         return _svg(fig)

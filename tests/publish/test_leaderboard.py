@@ -510,3 +510,18 @@ def test_a_biased_metrics_interval_is_shown_with_the_estimate_it_is_for():
     cell = metric_cell(fid)
     assert cell.text == "5.60" and cell.sub == "4.55* [1.41, 7.11]"
     assert ci_text({"value": 0.9, "ci": [0.8, 0.95]}) == "[0.800, 0.950]"  # unbiased: the interval alone
+
+
+def test_an_interval_off_its_coverage_is_marked_and_its_measured_range_said_once_per_table(tmp_path):
+    from cxrbench.publish.board import ci_text
+
+    cov = {"measured": 0.905, "range": [0.905, 1.0], "benchmark": "x"}
+    m = {"value": 5.6, "value_bias_corrected": 4.55, "ci": [1.41, 7.11], "ci_coverage": cov}
+    assert ci_text(m) == "4.55* [1.41, 7.11]†"
+    es = [fake_entry(name, {"fid_x": (v, False)}) for name, v in (("A", 2.0), ("B", 3.0))]
+    for e in es:
+        e["result"]["metrics"]["fid_x"].update(ci=[1.0, 4.0], ci_coverage=cov)
+    render(es, tmp_path, entries_dir=tmp_path / "entries")
+    md = (tmp_path / "README.md").read_text()
+    assert md.count("†") == 3  # two cells and the note
+    assert "fid\\_x 90.5%-100.0%" in md and "covers 90.5%" not in md  # the range once, not in every cell
