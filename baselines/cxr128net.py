@@ -44,6 +44,7 @@ held-out AUROC that chose its labels, and the features of the reference, trainin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import re
@@ -59,7 +60,7 @@ from torch import nn
 from cxrbench.data.io import load_image
 from cxrbench.data.labels import LABELS
 from cxrbench.errors import DataError
-from cxrbench.features.cxr128 import CXR128Net, to_cxr128
+from cxrbench.features.cxr128 import CXR128Extractor, CXR128Net, to_cxr128
 from cxrbench.generator import PretrainedMixin
 from cxrbench.protocols.cxr128_splits import nih_splits
 
@@ -443,7 +444,8 @@ def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.
 
     folder = Path(data_root) / NIH
     config = EvalConfig(extractors=("cxr128",), weights=str(weights_file), progress=False, num_workers=0)
-    ext = build_extractors(("cxr128",), config, "cpu")
+    # the raw embedding (the head and the whitening are fitted on it), with the harness's kernels
+    ext = {"cxr128": CXR128Extractor(weights=str(weights_file), whiten=False).prepare_inference()}
     src = open_source(folder, role="reference")
     feats, bad = extract_features(src, ext, config, FeatureCache(None, enabled=False), "cpu", desc="nih")
     if bad:
@@ -553,21 +555,39 @@ def fit_whitening(train_features: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_whitening(out_dir: Path) -> dict[str, str]:
-    """Fit the whitening on the shipped training-split features (``cxr128-train.npz``) and write
-    ``cxr128-whiten.npz`` beside them; returns its sha256 pin."""
+    """Fit the whitening on the training split's raw embeddings (``cxr128-train.npz``), write ``cxr128-whiten.npz``
+    and rewrite the three shipped sets with the whitened features (``features``, what the protocol's metrics
+    read) beside the raw ones (``embedding``, what the next fit reads: running this twice gives the same files).
+    Returns the sha256 pins of the files it wrote."""
     from cxrbench.data.io import sha256_file
     from cxrbench.features.cxr128 import WHITEN_FILE
     from cxrbench.fileio import atomic_write_bytes
 
-    train = out_dir / "cxr128-train.npz"
-    with np.load(train, allow_pickle=False) as d:
-        w = fit_whitening(d["features"])
-    meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's features, symmetric inverse square root",
-            "source": train.name, "source_sha256": sha256_file(train), "shrinkage": float(w["shrinkage"])}
+    sets = {}
+    for which in ("reference", "train", "heldout"):
+        with np.load(out_dir / f"cxr128-{which}.npz", allow_pickle=False) as z:
+            sets[which] = {k: z[k] for k in z.files}
+            sets[which].setdefault("embedding", z["features"])  # a version-1 file: its features are raw
+    raw_train = sets["train"]["embedding"].astype(np.float32)
+    w = fit_whitening(raw_train)
+    meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's raw embeddings, symmetric inverse "
+                      "square root", "source": "cxr128-train.npz: embedding", "shrinkage": float(w["shrinkage"]),
+            "source_sha256": hashlib.sha256(np.ascontiguousarray(raw_train).tobytes()).hexdigest()}
     buf = io.BytesIO()
     np.savez(buf, mean=w["mean"], whiten=w["whiten"], meta=np.array(json.dumps(meta, sort_keys=True)))
     atomic_write_bytes(out_dir / WHITEN_FILE, buf.getvalue())
-    return {WHITEN_FILE: sha256_file(out_dir / WHITEN_FILE)}
+    pins = {WHITEN_FILE: sha256_file(out_dir / WHITEN_FILE)}
+    for which, arrays in sets.items():
+        raw = arrays["embedding"].astype(np.float64)
+        arrays["features"] = ((raw - w["mean"]) @ w["whiten"]).astype(np.float32)
+        m = json.loads(str(arrays["meta"]))
+        m["spec"] = {**m["spec"], "version": CXR128Extractor.version, "whitening": pins[WHITEN_FILE]}
+        arrays["meta"] = np.array(json.dumps(m, sort_keys=True))
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # uncompressed: the bytes (and the pinned sha256) do not depend on zlib
+        atomic_write_bytes(out_dir / f"cxr128-{which}.npz", buf.getvalue())
+        pins[f"cxr128-{which}.npz"] = sha256_file(out_dir / f"cxr128-{which}.npz")
+    return pins
 
 
 def pin_sources(pins: dict[str, str]) -> None:
@@ -595,10 +615,10 @@ def main(argv=None) -> int:
     b.add_argument("--data", default="../shared/data", help="the shared data root (nih_extra_256px inside)")
     b.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "cxrbench/protocols/cxr128_data"))
     b.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
-    w = sub.add_parser("whiten", help="fit the cxr128-whitened extractor's whitening on the shipped training-split "
-                       "features (written by build)")
+    w = sub.add_parser("whiten", help="fit the cxr128 whitening on the shipped training split's raw embeddings "
+                       "and rewrite the shipped sets with whitened features (build runs it too)")
     w.add_argument("--out", default=b.get_default("out"))
-    w.add_argument("--pin", action="store_true", help="also write the new sha256 pin into the cxrbench sources")
+    w.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
     args = p.parse_args(argv)
     if args.cmd == "whiten":
         pins = write_whitening(Path(args.out))

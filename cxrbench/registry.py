@@ -154,7 +154,6 @@ EXTRACTORS = Registry(
         "cxr64-classifier": "cxrbench.features.cxr64:CXR64ClassifierExtractor",
         "cxr128": "cxrbench.features.cxr128:CXR128Extractor",
         "cxr128-classifier": "cxrbench.features.cxr128:CXR128ClassifierExtractor",
-        "cxr128-whitened": "cxrbench.features.cxr128:CXR128WhitenedExtractor",
         "raddino": "cxrbench.features.vit:RadDinoExtractor",
         "dinov2": "cxrbench.features.vit:DINOv2BaseExtractor",
         "dinov2-large": "cxrbench.features.vit:DINOv2LargeExtractor",

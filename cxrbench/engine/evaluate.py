@@ -402,7 +402,7 @@ def _protocol(config: EvalConfig):
 
 def _check_precomputed(role: str, pre: PrecomputedSet, specs: dict) -> None:
     """Shipped features are used only by the extractor (weights, version, preprocessing) that made them."""
-    fields = ("name", "version", "weights", "num_features", "input_size", "resize_filter")
+    fields = ("name", "version", "weights", "whitening", "num_features", "input_size", "resize_filter")
     for k, spec in pre.specs.items():
         if k not in specs:
             raise UsageError(f"{role} {pre.name}: its features are {k!r} features; add {k} to --extractors")

@@ -19,16 +19,17 @@ degrees or flipped upside down), 100 steps of batch 128; its label head is a lin
 fitted on the protocol's NIH training split. Of the candidates measured, its FID ordered the validity sets
 most like a person (``tests/benchmarks/cxr128_candidates.py``, ``cxrbench validate --extractor cxr128``).
 
-- ``cxr128``: the 128-d embedding (FID, KID, PRDC, memorization, KS over features run in it).
+- ``cxr128``: the 128-d embedding whitened by the protocol's training split (FID, KID, PRDC, memorization, KS
+  over features run in it): ``x -> (x - mean) W`` with ``W = Sigma^-1/2``, Sigma the Ledoit-Wolf covariance of
+  the 686 training-split embeddings (``cxr128-whiten.npz``, pinned). The raw embedding's variance sits in about
+  four directions (participation ratio 3.9), so FD in it is a distance along those few axes: a mode-collapsed
+  set pays about tr(Sigma_real) whatever it shows, while images that depart along directions real chests never
+  vary in (blobs) pay little. Whitened, every direction counts in units of the real images' own spread; the
+  validity suite's blob set moved from 9th to last of 13 generator sets (``leaderboard/validity/README.md``).
+  Version 1 was the raw embedding.
 - ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
-  held-out NIH splits (derived from the ``cxr128`` features, so the network runs once).
-- ``cxr128-whitened``: the same embedding whitened by the protocol's training split (``x -> (x - mean) W`` with
-  ``W = Sigma^-1/2``, Sigma the Ledoit-Wolf covariance of the 686 training-split features; shipped as
-  ``cxr128-whiten.npz``, pinned). The raw embedding's variance sits in about four directions (participation
-  ratio 3.9), so FD in it is a distance along those few axes: a mode-collapsed set pays about tr(Sigma_real)
-  whatever it shows, while images that depart along directions real chests never vary in (blobs) pay little.
-  Whitened, every direction counts in units of the real images' own spread. A candidate for the protocol
-  (``cxrbench validate --extractor cxr128-whitened``; ``leaderboard/validity/README.md``).
+  held-out NIH splits (derived from the ``cxr128`` features, so the network runs once; the head reads the raw
+  embedding, recovered exactly from the whitened one).
 
 Preprocessing (the only place size and range change): centre crop to a square (torchxrayvision's offset,
 ``w // 2 - s // 2``), bilinear resize with antialiasing to 128 px when the input is another size, then
@@ -69,7 +70,7 @@ WEIGHTS_SHA256 = "a933d5a4b70e7d043fa1f99c52a881682499d41df10bee5b37c89bc344d743
 HEAD_SHA256 = "36eba3e95f3df0e966cc175028e638c8e563bce1d2b77960c95b61ad6ccc1274"
 WHITEN_FILE = "cxr128-whiten.npz"
 #: sha256 of the shipped whitening (``python -m baselines.cxr128net whiten``)
-WHITEN_SHA256 = "0b611237fef3779adf75542a6fb161c25dfef74aa2602aa0d0c73e0045971caa"
+WHITEN_SHA256 = "b73d5b4d902e293d708a9c508e9cc8b3a978349b4b01bc7323cd22d87cb03fde"
 
 
 def to_cxr128(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -133,7 +134,7 @@ def load_network(path: Path | None = None, *, expected_sha256: str | None = None
 
 class CXR128Extractor(FeatureExtractor):
     name = "cxr128"
-    version = "1"
+    version = "2"
     kind = "embedding"
     num_features = EMBED_DIM
     input_size = IMAGE_SIZE
@@ -145,12 +146,16 @@ class CXR128Extractor(FeatureExtractor):
     training_corruptions = TRAINING_CORRUPTIONS
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
-                 network: CXR128Net | None = None) -> None:
+                 network: CXR128Net | None = None, whiten: bool = True) -> None:
         """``weights``: "auto" (the shipped, pinned file; also for any other value but "random"), "random"
         (seeded init with BatchNorm statistics from synthetic radiographs: tests and smoke runs), or a path to a
         ``cxr128-net.pt`` file or a folder holding one (accepted whatever its hash: for retraining and for
-        validating a candidate network; such results are not comparable)."""
+        validating a candidate network; such results are not comparable). The whitening: the shipped one with
+        the shipped network, a ``cxr128-whiten.npz`` beside a custom weights file, else the identity (random
+        weights, a candidate without one; ``spec()["whitening"]`` says which); ``whiten=False``: the raw
+        embedding (for fitting the head and the whitening)."""
         super().__init__()
+        whitening: tuple | None = None
         if network is not None:
             self.net, self.weights_id = network, "memory"
         elif weights is not None and is_random_weights(weights):
@@ -166,14 +171,31 @@ class CXR128Extractor(FeatureExtractor):
             custom = path is not None and path.is_file()
             self.net, self.weights_id = load_network(path if custom else None,
                                                      expected_sha256="any" if custom else None)
+            if not custom:
+                whitening = load_whitening()
+            elif (path.parent / WHITEN_FILE).is_file():
+                whitening = load_whitening(path.parent / WHITEN_FILE, expected_sha256="any")
+        if not whiten:
+            whitening = (np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "none (raw embedding)")
+        mean, w, self.whitening_id = whitening or (np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "identity")
+        # float64 on the CPU: the whitening multiplies the embedding's smallest directions by up to ~300, where
+        # float32 round-off would show; (N, 128) rows cost nothing to move
+        self.whiten_mean, self.whiten_w = torch.from_numpy(mean), torch.from_numpy(w)
         self.net.eval()
         self.to(device)
+
+    def spec(self) -> dict:
+        return {**super().spec(), "whitening": self.whitening_id}
+
+    def whitened(self, f: torch.Tensor) -> torch.Tensor:
+        """Raw embedding rows -> whitened rows (same device and dtype)."""
+        return ((f.detach().cpu().double() - self.whiten_mean) @ self.whiten_w).to(device=f.device, dtype=f.dtype)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return to_cxr128(x) * 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x)
+        return self.whitened(self.net.features(x))
 
 
 class CXR128ClassifierExtractor(FeatureExtractor):
@@ -185,7 +207,7 @@ class CXR128ClassifierExtractor(FeatureExtractor):
     """
 
     name = "cxr128-classifier"
-    version = "1"
+    version = "2"
     kind = "probabilities"
     derived_from = "cxr128"
     input_size = IMAGE_SIZE
@@ -212,10 +234,14 @@ class CXR128ClassifierExtractor(FeatureExtractor):
                                "(python -m baselines.cxr128net build) from a trained network")
         self.feature_names = list(calib["labels"])
         self.num_features = len(self.feature_names)
-        w, b = base.net.head.weight.detach(), base.net.head.bias.detach()
+        w, b = base.net.head.weight.detach().double(), base.net.head.bias.detach().double()
         idx = torch.tensor(calib["index"], dtype=torch.long)
-        self.register_buffer("w", w[idx].clone())
-        self.register_buffer("b", b[idx].clone())
+        # the head reads the raw embedding x = f W^-1 + mean of the whitened features f: folded into the head,
+        # logits = f (W^-1 head^T) + (mean head^T + b), in float64 (W^-1 undoes a gain of up to ~300)
+        w_inv = torch.linalg.inv(base.whiten_w)
+        self.register_buffer("w", (w[idx] @ w_inv.T).float())
+        self.register_buffer("b", (b[idx] + w[idx] @ base.whiten_mean).float())
+        self.whitening_id = base.whitening_id
         self.register_buffer("a_cal", torch.tensor(calib["a"], dtype=torch.float32))
         self.register_buffer("b_cal", torch.tensor(calib["b"], dtype=torch.float32))
         self.register_buffer("op", torch.tensor(calib.get("op", [0.5] * len(calib["labels"])), dtype=torch.float32))
@@ -225,12 +251,14 @@ class CXR128ClassifierExtractor(FeatureExtractor):
         self.to(device)
 
     def spec(self) -> dict:
-        return {**super().spec(), "derived_from": self.derived_from, "labels": list(self.feature_names),
+        return {**super().spec(), "derived_from": self.derived_from, "whitening": self.whitening_id,
+                "labels": list(self.feature_names),
                 "calibration": "platt+op_norm" if not self.weights_id.startswith("random") else "none (random weights)"}
 
     @torch.no_grad()
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
-        logits = f.to(self.w) @ self.w.T + self.b
+        logits = (f.double().cpu() @ self.w.double().cpu().T + self.b.double().cpu()).to(device=f.device,
+                                                                                          dtype=torch.float32)
         p = torch.sigmoid(self.a_cal * logits + self.b_cal)
         # the operating point to 0.5, piecewise linearly (torchxrayvision's op_norm): "present" = p > 0.5
         return torch.where(p < self.op, p / (2 * self.op), 1 - (1 - p) / (2 * (1 - self.op)))
@@ -257,46 +285,3 @@ def load_whitening(path: Path | None = None, *, expected_sha256: str | None = No
     if mean.shape != (EMBED_DIM,) or w.shape != (EMBED_DIM, EMBED_DIM) or not np.isfinite(w).all():
         raise WeightsError(f"{path}: not a cxr128 whitening (mean {mean.shape}, whiten {w.shape})")
     return mean, w, digest
-
-
-class CXR128WhitenedExtractor(FeatureExtractor):
-    """The ``cxr128`` embedding whitened by the protocol's training split (see the module docstring); computed
-    from ``cxr128`` features, so the network runs once. With random weights the whitening is the identity
-    (there is no training-split covariance of a random network to ship)."""
-
-    name = "cxr128-whitened"
-    version = "1"
-    kind = "embedding"
-    derived_from = "cxr128"
-    num_features = EMBED_DIM
-    input_size = IMAGE_SIZE
-    resize_filter = CXR128Extractor.resize_filter
-    published_sha256 = (WEIGHTS_SHA256,)
-    training_corruptions = TRAINING_CORRUPTIONS
-
-    def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:
-        super().__init__()
-        base = CXR128Extractor(weights=weights, seed=seed, device="cpu")
-        if is_random_weights(weights):
-            mean, w, wid = np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "identity"
-        else:
-            mean, w, wid = load_whitening()
-        self.register_buffer("mean", torch.from_numpy(mean))
-        self.register_buffer("w", torch.from_numpy(w))
-        self.weights_id = base.weights_id
-        self.whitening_id = wid
-        self.eval()
-        self.to(device)
-
-    def spec(self) -> dict:
-        return {**super().spec(), "derived_from": self.derived_from, "whitening": self.whitening_id}
-
-    @torch.no_grad()
-    def from_features(self, f: torch.Tensor) -> torch.Tensor:
-        # float64: the whitening amplifies the embedding's small directions, where float32 round-off would show
-        return ((f.to(torch.float64) - self.mean) @ self.w).to(f.dtype)
-
-    def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
-        raise RuntimeError("cxr128-whitened is computed from cxr128 features; add cxr128 to the extractors")
-
-    forward = preprocess

@@ -31,14 +31,14 @@ from ..features.cxr128 import shipped_path
 from .embedded import EmbeddedProtocol, load_shipped_set
 
 NAME = "cxr128"
-VERSION = "1"
+VERSION = "2"
 SAMPLE_COUNT = 300
 EXTRACTORS = ("cxr128", "cxr128-classifier")
 METRICS = ("fid", "kid", "prdc", "memorization", "ks_features", "ks_labels", "labels", "label_adherence")
 #: sha256 of the shipped feature files; a file with other bytes is refused
-REFERENCE_SHA256 = "599499e75c240b33190779d4b1971ba4a3c511efc2d138c3f0b1023c5cdfbcab"
-TRAIN_SHA256 = "95368e83af1aaf118d688a2f97cc5931fc2f9cf5d0c88dfe57861d5031c49548"
-HELDOUT_SHA256 = "fe1ce87127cb697e6a03612de0454e859c8e3c7f28ce0bb8762833af006999c5"
+REFERENCE_SHA256 = "613e7476c59e3767468b97fde9b642eacdbbb9ab25ff2e03dc0d8922c7132bec"
+TRAIN_SHA256 = "f994b0fd42b30135e14a8469f7d75bcd4a6841ff18dc06a4379acb437af0525a"
+HELDOUT_SHA256 = "9a04ff8809d92204850a06058955c0eae20478283fdd1ab9b7cd0e51604b9313"
 FEATURE_FILES = {"reference": ("cxr128-reference.npz", REFERENCE_SHA256),
                  "train": ("cxr128-train.npz", TRAIN_SHA256),
                  "heldout": ("cxr128-heldout.npz", HELDOUT_SHA256)}

@@ -72,7 +72,8 @@ def test_shipped_files_are_the_pinned_ones():
 
 
 def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
-    names = (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-train.npz", "cxr128-heldout.npz", feat.HEAD_FILE)
+    names = (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-train.npz", "cxr128-heldout.npz", feat.HEAD_FILE,
+             feat.WHITEN_FILE)
     for name in names:
         shutil.copy(feat.shipped_path(name), tmp_path / name)
     for name in (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-heldout.npz"):
@@ -125,20 +126,23 @@ def test_whitened_fd_ignores_the_networks_scale_and_axes_and_counts_every_direct
 def test_shipped_whitening_is_pinned_and_whitens_the_training_split(tmp_path, monkeypatch):
     mean, w, digest = feat.load_whitening()
     assert digest == feat.WHITEN_SHA256
-    train = proto.load_features("train").features["cxr128"].astype(np.float64)
-    ev = np.linalg.eigvalsh(np.cov((train - mean) @ w, rowvar=False, bias=True))  # ML, as Ledoit-Wolf
+    shipped = np.load(feat.shipped_path("cxr128-train.npz"))
+    raw = shipped["embedding"].astype(np.float64)
+    ev = np.linalg.eigvalsh(np.cov((raw - mean) @ w, rowvar=False, bias=True))  # ML, as Ledoit-Wolf
     shrink = float(json.loads(str(np.load(feat.shipped_path(feat.WHITEN_FILE))["meta"]))["shrinkage"])
     # no direction wider than the training split's own spread; every direction at >= 0.05 of it (the raw
     # embedding's smallest eigenvalues are 1e-5 of its largest); the smallest stay below 1 where Ledoit-Wolf shrank them
     assert ev.max() <= 1 / (1 - shrink) + 1e-6 and ev.min() > 0.05 and (ev > 0.5).sum() >= 48
-    # the derived extractor applies exactly this map to the network's features
-    ext = feat.CXR128WhitenedExtractor()
-    f = torch.from_numpy(train[:8].astype(np.float32))
-    assert np.allclose(ext.from_features(f).numpy(), (train[:8] - mean) @ w, rtol=1e-5, atol=1e-4)
-    assert ext.spec()["whitening"] == feat.WHITEN_SHA256 and ext.spec()["derived_from"] == "cxr128"
+    # the shipped features are the whitened embeddings, and the extractor whitens its network's output the same way
+    assert np.allclose(shipped["features"], (raw - mean) @ w, rtol=1e-5, atol=1e-4)
+    ext = feat.CXR128Extractor()
+    f = torch.from_numpy(raw[:8].astype(np.float32))
+    assert np.allclose(ext.whitened(f).numpy(), (raw[:8] - mean) @ w, rtol=1e-5, atol=1e-4)
+    assert ext.spec()["whitening"] == feat.WHITEN_SHA256 and ext.spec()["version"] == "2"
+    assert feat.CXR128Extractor(whiten=False).spec()["whitening"].startswith("none")
     # random weights: identity (no training-split covariance of a random network to ship)
-    rnd = feat.CXR128WhitenedExtractor(weights="random")
-    assert torch.equal(rnd.from_features(f), f) and rnd.spec()["whitening"] == "identity"
+    rnd = feat.CXR128Extractor(weights="random")
+    assert torch.equal(rnd.whitened(f), f) and rnd.spec()["whitening"] == "identity"
     # an altered file is refused, naming it
     shutil.copy(feat.shipped_path(feat.WHITEN_FILE), tmp_path / feat.WHITEN_FILE)
     data = bytearray((tmp_path / feat.WHITEN_FILE).read_bytes())
@@ -147,6 +151,22 @@ def test_shipped_whitening_is_pinned_and_whitens_the_training_split(tmp_path, mo
     monkeypatch.setattr(feat, "shipped_path", lambda name: tmp_path / name)
     with pytest.raises(WeightsError, match=r"cxr128-whiten\.npz: sha256 .*altered"):
         feat.load_whitening()
+
+
+def test_the_label_head_reads_the_raw_embedding_back_from_the_whitened_features():
+    """Whitening must not move the label metrics: the classifier on whitened features equals the head on the
+    raw embedding (the version-1 computation), to float round-off."""
+    clf = feat.CXR128ClassifierExtractor()
+    shipped = np.load(feat.shipped_path("cxr128-reference.npz"))
+    raw, white = torch.from_numpy(shipped["embedding"]), torch.from_numpy(shipped["features"])
+    net = clf_base = feat.CXR128Extractor(whiten=False).net
+    idx = torch.tensor(clf.calibration["index"])
+    logits = raw.double() @ net.head.weight.detach().double()[idx].T + net.head.bias.detach().double()[idx]
+    p = torch.sigmoid(clf.a_cal.double() * logits + clf.b_cal.double())
+    op = clf.op.double()
+    expected = torch.where(p < op, p / (2 * op), 1 - (1 - p) / (2 * (1 - op)))
+    assert torch.allclose(clf.from_features(white).double(), expected, atol=1e-5)
+    assert clf_base is net
 
 
 def test_label_head_keeps_what_it_tells_apart_on_both_held_out_splits():
