@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "train a reference generator (vae, gmvae, fs-gmvae, lsgan, pggan, ...) on a folder of images",
     "sample": "draw N images from a trained model folder into PNGs plus manifest.csv (requested labels)",
     "submit": "evaluate a samples folder and write a leaderboard entry (leaderboard/entries/NAME.json)",
+    "resubmit": "re-make entries from their recorded samples under the current version of their protocol",
     "verify": "re-check a leaderboard entry against its samples folder (hashes and recomputed metrics)",
     "check": "exit 1 when new samples are worse than a stored entry or result by more than noise or a tolerance",
     "leaderboard": "render leaderboard/README.md and leaderboard/index.html from the entries in leaderboard/entries/",

@@ -30,9 +30,17 @@ from ..fileio import write_output
 from ..registry import PROTOCOLS
 from ..results import _json_default
 from . import augment_block, learning_curve, reconstruction_block
-from .card import ModelCard
-from .compare import (ATOL, RTOL, CheckRow, Tolerance, file_differences, metric_differences, regressions,
-                      verify_differences)
+from .card import ModelCard, card_from_dict
+from .compare import (
+    ATOL,
+    RTOL,
+    CheckRow,
+    Tolerance,
+    file_differences,
+    metric_differences,
+    regressions,
+    verify_differences,
+)
 from .entry import MAX_ENTRY_BYTES, load_entry, located_folder, make_entry, samples_folder
 from .entry import SCHEMA as ENTRY_SCHEMA
 
@@ -248,6 +256,57 @@ def submit(
     text = json.dumps(entry, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
     write_output(path, text.encode())
     return path, entry
+
+
+def recomputed_curve(entry: dict, entry_path: str | os.PathLike, config: Any) -> dict | None:
+    """The entry's learning curve with every checkpoint re-evaluated from its recorded samples under ``config``
+    (the current version of the entry's protocol); the final point is left out (``submit`` appends the new
+    entry's own). A checkpoint that records no samples cannot be recomputed: refused, naming it."""
+    block = entry.get("learning_curve")
+    if block is None:
+        return None
+    final = (entry["card"].get("training") or {}).get("cpu_minutes")
+    points, results = [], {}
+    for p in block["checkpoints"]:
+        if learning_curve.SAMPLES not in p:
+            if p["cpu_minutes"] == final:
+                continue  # the entry itself
+            raise UsageError(f"{entry_path}: its learning-curve point at {p['cpu_minutes']} CPU minutes records no "
+                             "samples, so it cannot be recomputed; re-make the entry with `cxrbench reproduce`")
+        loc = p[learning_curve.SAMPLES]["location"]
+        if loc not in results:
+            folder = located_folder(loc, Path(entry_path).parent, str(entry_path), what="learning_curve samples")
+            if folder is None or not folder.is_dir():
+                raise UsageError(f"{entry_path}: its learning-curve samples {loc} are missing; restore them (git "
+                                 "checkout)")
+            results[loc] = evaluate(str(folder), reference_of(entry), config=config)
+        r = results[loc]
+        if r["samples"]["sha256"] != p[learning_curve.SAMPLES]["sha256"]:
+            raise UsageError(f"{entry_path}: the learning-curve samples {loc} changed since the entry was made "
+                             "(sha256 differs); restore them (git checkout)")
+        m = r["metrics"][p["metric"]]
+        points.append({**p, "value": m["value"], "ci": m.get("ci"), "n_samples": int(m.get("n_gen", p["n_samples"]))})
+    return {"checkpoints": points}
+
+
+def resubmit(entry_path: str | os.PathLike, **local) -> tuple[Path, dict]:
+    """Re-make an entry from what it records: its samples, card, learning-curve checkpoints, augmentation samples
+    and reconstructions, evaluated under the current version of its protocol (after a protocol's new version, the
+    board is re-made without training or sampling anything again). The entry file is replaced."""
+    entry = load_entry(entry_path)
+    samples = recorded_samples(entry, entry_path)
+    samples = samples if protocol_samples(samples) is not None else os.path.normpath(samples)  # as a user names it
+    card = card_from_dict(entry["card"], f"{entry_path}: card")
+    config = config_from_entry(entry, **local)
+    curve = recomputed_curve(entry, entry_path, config)
+    aug, kwargs = entry.get("augmentation"), {}
+    if aug is not None:
+        kwargs = {"augment_task": aug["task"], "augment_n_per_class": int(aug["config"]["n_real"]) // 2,
+                  "augment_samples": _recorded_augment_samples(entry, entry_path) if aug.get("samples") else None}
+    rec = entry.get(reconstruction_block.KEY)
+    reconstructions = reconstruction_block.folder_of(rec, entry_path) if rec is not None else None
+    return submit(samples, reference_of(entry), card, Path(entry_path).parent, config=config, force=True, curve=curve, reconstructions=reconstructions,
+                  augment=aug is not None, **kwargs)
 
 
 def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:

@@ -169,6 +169,14 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     capsys.readouterr()
     assert main(["verify", str(entry_file), "--quiet"]) == 0
     assert "learning curve: 3 of 3 points rechecked" in capsys.readouterr().out
+    # resubmit re-makes the entry from what it records (nothing trained or sampled): under the same protocol
+    # version, the same numbers, curve included
+    assert main(["resubmit", str(entry_file), "--quiet"]) == 0
+    again = json.loads(entry_file.read_text())
+    assert again["learning_curve"] == entry["learning_curve"] and again["samples"] == entry["samples"]
+    assert {k: m["value"] for k, m in again["result"]["metrics"].items()} == \
+        {k: m["value"] for k, m in entry["result"]["metrics"].items()}
+    entry_file.write_text(json.dumps(entry))
 
     def tampered(edit) -> int:
         e = json.loads(json.dumps(entry))
@@ -184,10 +192,12 @@ def test_kept_models_become_the_entrys_learning_curve_ending_at_the_entry(recipe
     assert "learning_curve ../samples/curves/tiny/cpu-0.05min: fid_cxr128.value" in out
     assert "learning_curve final point (the entry): fid_cxr128.value" in out
     # a checkpoint's samples changed: the hash no longer matches
-    first = sorted((tmp_path / "samples" / "curves" / "tiny" / "cpu-0.05min").glob("*.png"))[0]
+    first = min((tmp_path / "samples" / "curves" / "tiny" / "cpu-0.05min").glob("*.png"))
     first.write_bytes((tmp_path / "samples" / "tiny" / first.name).read_bytes())
     assert main(["verify", str(entry_file), "--quiet"]) == 1
     assert "cpu-0.05min sha256" in capsys.readouterr().out
+    assert main(["resubmit", str(entry_file), "--quiet"]) == 2  # nor can it be re-made from changed samples
+    assert "cpu-0.05min changed since the entry was made" in capsys.readouterr().err
 
 
 def test_reconstruct_table_reconstructs_unseen_images_into_the_entrys_block(recipe, tmp_path, monkeypatch):
