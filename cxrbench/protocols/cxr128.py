@@ -2,11 +2,12 @@
 
 Everything that makes two numbers comparable is fixed here and shipped inside the package:
 
-- the feature network ``cxr128`` (128-d embedding) and its label head ``cxr128-classifier``, trained by
-  cxrbench on public radiographs and pinned by sha256 (``cxrbench.features.cxr128``), chosen among the
-  candidates by how closely FID in its embedding orders the validity suite's sets as a person does (real <
-  degraded < anatomy violated; 12 of 120 expected orders violated against 51 for cxr64's network; the
-  LDM-64 blob samples still rank ahead of four chest-showing sets, see ``cxrbench validate``);
+- the feature network ``cxr128`` (128-d embedding, whitened by the training split's covariance) and its label
+  head ``cxr128-classifier``, trained by cxrbench on public radiographs and pinned by sha256
+  (``cxrbench.features.cxr128``), chosen among the candidates by how closely FID in its embedding orders the
+  validity suite's sets as a person does (``cxrbench validate``; ``leaderboard/validity/README.md``).
+  Version 2 whitens the embedding: in version 1's raw embedding the blob samples of the retired board ranked
+  ahead of four chest-showing sets; whitened, they rank behind every one;
 - the preprocessing: any input is centre-cropped and resized to 128 px (bilinear, antialiased), as the
   extractor spec in every result says;
 - the reference: features of the 599 NIH ChestX-ray14 images (256 px originals) of the ``reference`` split
