@@ -95,3 +95,10 @@ def test_the_board_renders_claims_only_for_the_claims_protocol(tmp_path):
     assert "LSGAN-64 3.60M, VAE-128 32.67M" in md
     other = [fake_entry(e["name"], {"fid_x": (1.0, False)}, protocol=("cxr64", 1)) for e in rows]
     assert "What the board says" not in build(other, out_dir=tmp_path, entries_dir=tmp_path)["README.md"].decode()
+
+
+def test_a_biased_metrics_evidence_names_the_estimate_its_interval_is_for():
+    gan = entry("LSGAN-64", {"fid": {**m(20.3, 8.42, 13.1), "value_bias_corrected": 10.97}}, 1.8e6)
+    vae = entry("VAE-128", {"fid": {**m(76.7, 67.9, 74.4), "value_bias_corrected": 71.2}}, 32.7e6)
+    c = claims.gans_beat_vaes([gan, vae], "fid")
+    assert "20.3, estimate 11* [8.42, 13.1]" in c.evidence and c.verdict == "supported"
