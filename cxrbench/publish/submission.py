@@ -294,7 +294,8 @@ def resubmit(entry_path: str | os.PathLike, **local) -> tuple[Path, dict]:
     and reconstructions, evaluated under the current version of its protocol (after a protocol's new version, the
     board is re-made without training or sampling anything again). The entry file is replaced."""
     entry = load_entry(entry_path)
-    samples = recorded_samples(entry, entry_path)
+    samples = recorded_samples(entry, entry_path, fix="resubmit the entry file where it was made (its recorded "
+                                                        "samples beside it)")
     samples = samples if protocol_samples(samples) is not None else os.path.normpath(samples)  # as a user names it
     card = card_from_dict(entry["card"], f"{entry_path}: card")
     config = config_from_entry(entry, **local)
@@ -316,20 +317,20 @@ def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
-def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
-    """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
+def recorded_samples(entry: dict, entry_path: str | os.PathLike, fix: str = "pass --samples FOLDER") -> str:
+    """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``); ``fix``
+    ends the message when they are not there."""
     loc = entry["samples"].get("location")
     if loc is None:
-        raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
+        raise UsageError(f"{entry_path}: the entry does not record where its samples are; {fix}")
     if protocol_samples(loc) is not None:
         return loc
-    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
+    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint=f"; {fix}")
     if folder is None:
         raise UsageError(f"{entry_path}: its samples.location {loc!r} names no protocol's shipped sample set "
-                         "(such as cxr64:heldout); pass --samples FOLDER")
+                         f"(such as cxr128:heldout); {fix}")
     if not folder.is_dir():
-        raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
-                         "pass --samples FOLDER")
+        raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or {fix}")
     return str(folder)
 
 
