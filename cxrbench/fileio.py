@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,6 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 def read_toml(path: str | os.PathLike, what: str = "file") -> dict:
     """A TOML file as a dict; a missing or malformed file is one ``UsageError`` naming it."""
-    import tomllib
 
     path = Path(path)
     try:

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import DataError, UsageError
 from .fileio import write_output
 
@@ -84,8 +86,6 @@ class Result(dict):
 
 def _json_default(o: Any):
     try:
-        import numpy as np
-
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):

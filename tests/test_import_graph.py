@@ -5,6 +5,7 @@ Function-local imports count too; they hide a cycle from Python but not from a r
 """
 
 import ast
+import sys
 from pathlib import Path
 
 import cxrbench
@@ -159,3 +160,44 @@ def test_no_function_local_import_of_cxrbench_without_a_reason():
     found = [hit for module, path in _modules().items()
              for hit in unexplained_local_imports(path.read_text(encoding="utf-8"), module)]
     assert not found, "function-local cxrbench imports with no comment saying why (hoist them):\n" + "\n".join(found)
+
+
+#: third-party packages a function may import on use: each costs a noticeable share of a second (or more) to
+#: import, and the paths that skip them (`cxrbench --help`, the light commands, the functional API) should not
+#: pay for them. Anything else (the standard library, PIL, numpy) is imported at the top of the module.
+HEAVY_ON_USE = frozenset({"torch", "pandas", "matplotlib", "scipy", "sklearn", "transformers", "torchxrayvision",
+                          "cleanfid", "safetensors", "prdc", "pydicom", "tqdm"})
+
+
+def misplaced_local_imports(source: str, module: str) -> list[str]:
+    """Function-local imports of anything but a heavy optional dependency, or of one the module already
+    imports at its top (then the local import only hides where the name comes from)."""
+    tree, lines = ast.parse(source), source.splitlines()
+    package = module.split(".")[0]
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
+    out = []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)) and not getattr(child, "level", 0):
+                root = (child.module if isinstance(child, ast.ImportFrom) else child.names[0].name).split(".")[0]
+                if root != package and (root in sys.stdlib_module_names or root not in HEAVY_ON_USE or root in top):
+                    out.append(f"{module}:{child.lineno}: {lines[child.lineno - 1].strip()}")
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    walk(tree, False)
+    return out
+
+
+def test_misplaced_local_import_check_catches_each_kind():
+    planted = ("import torch\n\n\ndef f():\n    import json\n    from PIL import Image\n    import torch.nn\n"
+               "    import pandas as pd\n    from . import x\n")
+    assert misplaced_local_imports(planted, "cxrbench.data.m") == [
+        "cxrbench.data.m:5: import json", "cxrbench.data.m:6: from PIL import Image", "cxrbench.data.m:7: import torch.nn"]
+
+
+def test_function_local_imports_are_only_heavy_dependencies_imported_on_use():
+    found = [hit for module, path in _modules().items()
+             for hit in misplaced_local_imports(path.read_text(encoding="utf-8"), module)]
+    assert not found, "function-local imports to hoist to the module's top:\n" + "\n".join(found)

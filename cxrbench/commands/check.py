@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import CxrbenchError
@@ -53,8 +54,6 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    import sys
-
     # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..publish.submission import check, load_baseline
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig
@@ -61,7 +62,6 @@ def resolve_protocol(args) -> str:
 
 def parse_metric_settings(items: list[str]) -> dict:
     """``["prdc_k=3", "alpha=0.1"]`` -> typed overrides (checked against MetricSettings)."""
-    import dataclasses
 
     defaults = {f.name: f.default for f in dataclasses.fields(MetricSettings)}
     raw = {}

@@ -11,7 +11,6 @@ from ..publish.entry import load_entries
 from ..publish.leaderboard import render
 from ..publish.ranking import group_entries
 
-
 EPILOG = """\
 Entries are grouped by protocol name and version and by extractor weights (two versions, or two sets of
 weights, never share a table); within a group only entries computed with the published weights

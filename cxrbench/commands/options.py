@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from ..config import EvalConfig, config_default
@@ -61,7 +62,6 @@ def add_config_flag(p, field: str, flag: str | None = None, *, help: str = "", *
 def add_moved_flag(p, old: str, message: str) -> None:
     """``old``, which meant something else here before, refused at parse time with one line saying what to use:
     a flag that changed meaning must not be read in its new sense by a command line written for the old one."""
-    import argparse
 
     class _Moved(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):

@@ -1,7 +1,6 @@
 """``cxrbench reproduce RECIPE.toml``: one leaderboard row end to end (train, sample with a fixed seed, submit).
 
 A recipe is a TOML file (``leaderboard/recipes/cxr128/NAME.toml``) holding everything that decides the row:
-
     [model]                          # a registered generator and overrides of its Config fields
     name = "lsgan"
     config = { image_size = 64 }
@@ -25,7 +24,6 @@ A recipe is a TOML file (``leaderboard/recipes/cxr128/NAME.toml``) holding every
 Earlier training stages (the Mphasis white paper: a MoCo encoder, then plain DiffuseVAE, then its representation
 fine-tune) are ``[[stage]]`` tables, each trained into ``runs/<recipe>-<id>`` before ``[model]``; a string
 ``"{id}"`` in a later config is replaced by that stage's folder::
-
     [[stage]]
     id = "moco"
     name = "moco"
@@ -50,7 +48,6 @@ A model that reconstructs (vae, gmvae, fs-gmvae, diffusevae) gets the entry's re
 ``[reconstruct]`` table: after sampling, ``sample RUN --reconstruct PATH --reconstruct-split SPLIT`` writes its
 reconstructions of those real images to ``<samples-dir>/<recipe>-reconstructions`` and ``submit
 --reconstructions`` scores them (``cxrbench.publish.reconstruction_block``)::
-
     [reconstruct]
     split = "cxr128-heldout"         # path: default [data] path
 
@@ -275,7 +272,6 @@ def _reconstruct_command(recipe: dict, run_dir: Path, args) -> list[str] | None:
 def training_cost(run_dirs: list[Path]) -> dict:
     """The card's ``[training]``: steps, images, CPU and wall minutes summed over the stages; the parameters
     and threads of the last (the generator that samples)."""
-    import json
 
     states = [json.loads((d / "train_state.json").read_text()) for d in run_dirs]
     return {

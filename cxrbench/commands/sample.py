@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..config import resolve_device
 from ..data import ImageFolder
@@ -23,7 +24,6 @@ from ..generator import batch_seed, iter_samples
 from ..protocols.cxr64_splits import select_cxr64_split
 from ..protocols.cxr128_splits import select_cxr128_split
 from ..registry import EXTRACTORS, GENERATORS
-
 
 EPILOG = """\
 OUT receives 00000.png, 00001.png, ... and manifest.csv with columns path, one 0/1 column per label the
@@ -129,7 +129,6 @@ def read_label_csv(path: str | Path):
 
 def encode_png(image: np.ndarray, bit_depth: int) -> bytes:
     """One (H, W) float image in [0, 1] -> grayscale PNG bytes (8- or 16-bit), rounded to nearest."""
-    from PIL import Image
 
     if bit_depth == 16:
         pil = Image.fromarray(np.round(image * 65535).astype(np.uint16))

@@ -20,7 +20,6 @@ from ..protocols.cxr128_splits import select_cxr128_split
 from ..registry import GENERATORS, REPRESENTATIONS
 from ..training import TrainOptions, config_from_overrides, config_to_dict, load_config_file
 
-
 EPILOG = """\
 The model folder (--out) ends up holding config.json + model.pt (sample it with `cxrbench sample`),
 checkpoint.pt (run the same command again to resume, or with a larger --steps to train further),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,7 +76,6 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"validity-{args.extractor}"
-    import json
 
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(res, indent=2, sort_keys=True) + "\n").encode())
     fig = plot(res, out / f"{stem}.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -41,8 +42,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     # why: the engine (scipy.stats, sklearn: about 2 s of CPU) loads when the command runs, not for --help
     from ..publish.submission import recorded_samples, verify, verify_curve
 

@@ -1,8 +1,8 @@
 """Image I/O, image sets (folders, arrays, named references) and training datasets."""
 
 from .folder import ImageFolder
-from .io import array_to_images, load_array_file, load_image, sha256_file
 from .imageset import ImageSource, open_folder, select_split
+from .io import array_to_images, load_array_file, load_image, sha256_file
 from .sources import open_source
 
 __all__ = [

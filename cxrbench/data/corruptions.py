@@ -3,7 +3,6 @@
 Every corruption maps the image contract (float32 ``(N, 1, H, W)`` in ``[0, 1]``) to the same contract, is a
 pure function of its input, its strength and its seed, and says in its docstring what a radiologist would say
 of the result. Two classes:
-
 - ``degraded``: the image is worse but still a chest radiograph a radiologist reads (blur, noise, JPEG,
   contrast, low resolution, GAN-like upsampling artefacts). Each has a ``mild`` strength (visible on
   close inspection, diagnostic quality barely touched) and a ``moderate`` one (obviously degraded, fine
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import UsageError
 from ..seeding import torch_generator
@@ -80,7 +80,6 @@ def jpeg(x: torch.Tensor, quality: int, seed: int = 0) -> torch.Tensor:
     Radiologist: "a compressed image pulled from an e-mail or a slide: 8x8 blocking and smeared fine
     detail at quality 10, the anatomy is all there".
     """
-    from PIL import Image
 
     x = _check(x)
     out = torch.empty_like(x)

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, WeightsError
 
@@ -74,8 +75,6 @@ def load_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray
 
 
 def _load_pillow(path: Path, data: bytes) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..errors import UsageError
 
@@ -46,7 +47,6 @@ class DistContext:
         """``obj`` of every rank, in rank order, on rank 0; ``None`` elsewhere."""
         if not self.active:
             return [obj]
-        import torch.distributed as dist
 
         out = [None] * self.world_size if self.is_main else None
         dist.gather_object(obj, out, dst=0, group=self._gather_group)
@@ -56,7 +56,6 @@ class DistContext:
         """``obj`` of every rank, in rank order, on every rank (sharded hashing: every rank needs every hash)."""
         if not self.active:
             return [obj]
-        import torch.distributed as dist
 
         out = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self._gather_group)
@@ -64,8 +63,6 @@ class DistContext:
 
     def close(self) -> None:
         if self.owns_group:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.destroy_process_group()
             self.owns_group = False
@@ -80,7 +77,6 @@ def from_env(device: str) -> tuple[DistContext, str]:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return DistContext(), device
-    import torch.distributed as dist
 
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

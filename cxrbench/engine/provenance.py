@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -25,8 +26,6 @@ def git_hash() -> str | None:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version(), "cxrbench": __version__}
     for pkg in ("torch", "torchvision", "torchxrayvision", "numpy", "scipy"):
         try:

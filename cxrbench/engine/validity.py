@@ -66,8 +66,9 @@ from .extraction import build_extractors, extract_features
 #: - pggan-60min (128 px, dark smears and borders), ddpm-60min (32 px: blurred but clean, varied chests),
 #:   lsgan-15min (textured, noisy), pggan-15min (blocky, blurred): chests in nearly every sample, each with
 #:   its own defect; no clear order among them.
-#: - vae-60min, vae-15min, gmvae-15min, fs-gmvae-15min: every sample a recognisable but blurred "average
-#:   chest", nearly identical to each other.
+#: - vae-60min, gmvae-60min, fs-gmvae-60min, vae-15min, gmvae-15min, fs-gmvae-15min: every sample a
+#:   recognisable but blurred "average chest", nearly identical to each other (fs-gmvae-60min a little more
+#:   varied; gmvae-60min placed after its FID had printed, fs-gmvae-60min before).
 #: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
 #: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
 #: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
@@ -77,7 +78,8 @@ GENERATOR_SETS: dict[str, tuple[str, int]] = {
     "lsgan-60min": (_BOARD + "lsgan", 1),
     "pggan-60min": (_BOARD + "pggan", 2), "ddpm-60min": (_BOARD + "ddpm", 2),
     "lsgan-15min": (_RETIRED + "lsgan", 2), "pggan-15min": (_RETIRED + "pggan", 2),
-    "vae-60min": (_BOARD + "vae", 3), "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
+    "vae-60min": (_BOARD + "vae", 3), "gmvae-60min": (_BOARD + "gmvae", 3), "fs-gmvae-60min": (_BOARD + "fs-gmvae", 3),
+    "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
     "fs-gmvae-15min": (_RETIRED + "fs-gmvae", 3),
     "ddpm-15min": (_RETIRED + "ddpm", 4),
     "diffusevae-15min": (_RETIRED + "diffusevae", 5),
@@ -93,9 +95,12 @@ BOARD_CURVES = Path(_BOARD) / "curves"
 #: consecutive checkpoints a person cannot tell apart (same eye tier: no order expected between them):
 #: LSGAN's 15 and 30 minutes (chests with corner artefacts, about equal; judged before any cxr128 number),
 #: the VAE's 30 and 60 minutes (the same blurred average chest per sample, the 60-minute set less varied;
-#: judged after its curve had printed)
+#: judged after its curve had printed), and GMVAE's and FS-GMVAE's three kept sets (15, 30, 60 minutes of the
+#: whole recipe: the same blurred average chests throughout; judged before their curves printed)
 PROGRESS_EYE_TIES: dict[str, tuple[tuple[str, str], ...]] = {
     "lsgan-board": (("cpu-15min", "cpu-30min"),),
+    "gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
+    "fs-gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
     "vae-board": (("cpu-30min", "final"),),
 }
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class FeatureKind(StrEnum):
@@ -152,7 +153,6 @@ class FeatureExtractor(nn.Module):
 
 def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
     """A Conv2d equal to ``bn(conv(x))`` in eval mode (running statistics folded into weight and bias)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
     fused.requires_grad_(False)

@@ -112,17 +112,24 @@ def shipped_path(name: str) -> Path:
     return Path(str(resources.files("cxrbench.protocols") / "cxr128_data" / name))
 
 
+def _checked(path: Path, expected: str, what: str, missing_fix: str, altered_fix: str) -> str:
+    """The sha256 of a shipped (or given) file, refused in one line when it is missing or, unless ``expected`` is
+    "any", not the pinned one."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: the cxr128 {what} {'are' if what.endswith('s') else 'is'} missing; {missing_fix}")
+    digest = sha256_file(path)
+    if expected != "any" and digest != expected:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 {what} ({expected[:16]}...); "
+                           f"{altered_fix}")
+    return digest
+
+
 def load_network(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[CXR128Net, str]:
     """The shipped (or given) network and the sha256 of its file; a file that is not the pinned one is refused."""
     path = Path(path) if path is not None else shipped_path(WEIGHTS_FILE)
-    expected = WEIGHTS_SHA256 if expected_sha256 is None else expected_sha256
-    if not path.is_file():
-        raise WeightsError(f"{path}: the cxr128 network weights are missing; reinstall cxrbench "
-                           "(pip install --force-reinstall cxrbench) or restore the file from the repository")
-    digest = sha256_file(path)
-    if expected != "any" and digest != expected:
-        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 weights ({expected[:16]}...); "
-                           "the file was altered or truncated: reinstall cxrbench or restore the file from git")
+    digest = _checked(path, WEIGHTS_SHA256 if expected_sha256 is None else expected_sha256, "network weights",
+                      "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository",
+                      "the file was altered or truncated: reinstall cxrbench or restore the file from git")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net = CXR128Net()
@@ -198,7 +205,23 @@ class CXR128Extractor(FeatureExtractor):
         return self.whitened(self.net.features(x))
 
 
-class CXR128ClassifierExtractor(FeatureExtractor):
+class _FromCXR128(FeatureExtractor):
+    """What the extractors computed from ``cxr128`` features share: the network's input and provenance (the
+    harness runs the network once and hands them its features through ``from_features``)."""
+
+    derived_from = "cxr128"
+    input_size = IMAGE_SIZE
+    resize_filter = CXR128Extractor.resize_filter
+    published_sha256 = (WEIGHTS_SHA256,)
+    training_corruptions = TRAINING_CORRUPTIONS
+
+    def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
+        raise RuntimeError(f"{self.name} is computed from cxr128 features; add cxr128 to the extractors")
+
+    forward = preprocess
+
+
+class CXR128ClassifierExtractor(_FromCXR128):
     """Calibrated probabilities of the labels the ``cxr128`` head tells apart, from ``cxr128`` features.
 
     Calibration (Platt: ``sigmoid(a * logit + b)`` per label, then the operating point mapped to 0.5 as
@@ -209,11 +232,6 @@ class CXR128ClassifierExtractor(FeatureExtractor):
     name = "cxr128-classifier"
     version = "2"
     kind = "probabilities"
-    derived_from = "cxr128"
-    input_size = IMAGE_SIZE
-    resize_filter = CXR128Extractor.resize_filter
-    published_sha256 = (WEIGHTS_SHA256,)
-    training_corruptions = TRAINING_CORRUPTIONS
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:
         super().__init__()
@@ -263,23 +281,13 @@ class CXR128ClassifierExtractor(FeatureExtractor):
         # the operating point to 0.5, piecewise linearly (torchxrayvision's op_norm): "present" = p > 0.5
         return torch.where(p < self.op, p / (2 * self.op), 1 - (1 - p) / (2 * (1 - self.op)))
 
-    def preprocess(self, x):  # pragma: no cover - derived: the harness feeds cxr128 features
-        raise RuntimeError("cxr128-classifier is computed from cxr128 features; add cxr128 to the extractors")
-
-    forward = preprocess
-
 
 def load_whitening(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """``(mean, W, sha256)`` of the shipped (or given) whitening file; a file that is not the pinned one is refused."""
     path = Path(path) if path is not None else shipped_path(WHITEN_FILE)
-    expected = WHITEN_SHA256 if expected_sha256 is None else expected_sha256
-    if not path.is_file():
-        raise WeightsError(f"{path}: the cxr128 whitening is missing; rebuild it (python -m baselines.cxr128net whiten) "
-                           "or restore the file from the repository")
-    digest = sha256_file(path)
-    if expected != "any" and digest != expected:
-        raise WeightsError(f"{path}: sha256 {digest[:16]}... is not the pinned cxr128 whitening ({expected[:16]}...); "
-                           "the file was altered: restore it from git or rebuild it")
+    digest = _checked(path, WHITEN_SHA256 if expected_sha256 is None else expected_sha256, "whitening",
+                      "rebuild it (python -m baselines.cxr128net whiten) or restore the file from the repository",
+                      "the file was altered: restore it from git or rebuild it")
     with np.load(path, allow_pickle=False) as d:
         mean, w = d["mean"].astype(np.float64), d["whiten"].astype(np.float64)
     if mean.shape != (EMBED_DIM,) or w.shape != (EMBED_DIM, EMBED_DIM) or not np.isfinite(w).all():

@@ -10,6 +10,7 @@ write the statistics as ``.npz`` (``mu``, ``sigma``, ``n``), the layout pytorch-
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,6 @@ class RunningMoments:
         return self.shift + m, (cov + cov.T) / 2
 
     def save(self, path) -> None:
-        import io
-
         mu, sigma = self.stats()
         buf = io.BytesIO()
         np.savez(buf, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(), n=np.int64(self.n))

@@ -5,7 +5,6 @@ One file: the estimator ``prdc_result``, the functional entry ``prdc(real=, fake
 
 With ``r_real(i)`` the distance from real point i to its k-th nearest other real point, and ``r_gen(j)``
 the same within the generated set (k = 5):
-
 - precision: fraction of generated points inside at least one real ball ``B(real_i, r_real(i))``;
 - recall: fraction of real points inside at least one generated ball ``B(gen_j, r_gen(j))``;
 - density: mean number of real balls containing a generated point, divided by k (1 on identical sets in
@@ -145,8 +144,6 @@ class PRDCReplicates:
     """
 
     def __init__(self, real, gen, *, k: int = 5):
-        import torch
-
         self.k = k
         r = torch.as_tensor(np.asarray(real, dtype=np.float64))
         g = torch.as_tensor(np.asarray(gen, dtype=np.float64))
@@ -158,7 +155,6 @@ class PRDCReplicates:
 
     def _neighbours(self, d):
         """Each row's nearest other rows, ascending: (distances (n, L) float32, indices (n, L))."""
-        import torch
 
         d.fill_diagonal_(float("inf"))
         kk = min(NEIGHBOURS, d.shape[1] - 1)

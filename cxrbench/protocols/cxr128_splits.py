@@ -3,7 +3,6 @@
 The same balanced patient assignment as ``cxr64`` (largest patients first, each to the split whose shortfall
 is largest for the kinds of image it brings: view AP/PA x normal/abnormal), with its own salt and targets
 near 600 / 300 / the rest:
-
 - ``reference`` (~37.6%, ~600 images): the protocol's reference; its features ship, never its images, and
   neither the protocol's network nor a bundled generator sees it;
 - ``heldout`` (~19.4%, >= 300 images): real images in neither; they supply the held-out real row at the
@@ -16,6 +15,8 @@ is put in ``train``, so that no image of a reference or held-out patient is anyw
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..errors import UsageError
 from .cxr64_splits import patient_splits
@@ -45,7 +46,6 @@ def image_splits(labels, *, other_patients=()) -> list[str]:
 def nih_splits(data_root) -> "object":
     """``labels.csv`` of ``data_root/nih_extra_256px`` with a ``cxr128_split`` column (patients of
     ``data_root/nih1000_64px`` forced to ``train`` where that folder is present)."""
-    from pathlib import Path
 
     import pandas as pd  # heavy; only callers that read the data folder need it
 

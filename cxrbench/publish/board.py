@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..registry import METRICS
-from ..results import ci_text as results_ci_text
 from . import claims as claims_mod
 from . import figures, learning_curve
 from .ranking import Group, default_rank_key, group_entries, is_reference_row, ordered

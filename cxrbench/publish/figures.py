@@ -94,9 +94,8 @@ def learning_curve_svg(key: str, hib: bool, curves: list[tuple[str, list[dict]]]
             ax.set_yscale("log")  # early checkpoints sit orders of magnitude above the last ones
         ax.set_xlabel("training CPU minutes")
         ax.set_ylabel(f"{key} ({'higher' if hib else 'lower'} is better)")
-        # a biased metric's interval is for its bias-corrected estimate (below the value at N): the band says so
-        ax.set_title(f"{key} at N (points), 95% interval (band; for the bias-corrected estimate where the "
-                     f"metric is biased); {n_text}", fontsize=8)
+        # a biased metric's interval is for its bias-corrected estimate (below the value at N): the caption says so
+        ax.set_title(f"{key} at N (points) and 95% interval (band); {n_text}", fontsize=8)
         ax.grid(color="#dddddd", lw=0.6)
         ax.legend(loc="best", frameon=False, fontsize=7)
         return _svg(fig)

@@ -258,6 +258,26 @@ def submit(
     return path, entry
 
 
+def _checkpoint_results(entry: dict, entry_path: str | os.PathLike, config: Any):
+    """``(location, sha256, points, result)`` per learning-curve folder the entry records: the folder evaluated
+    with ``config``, only the metrics its points name (``result`` None when the folder is missing)."""
+    for loc, sha, points in learning_curve.recorded(entry):
+        folder = located_folder(loc, Path(entry_path).parent, str(entry_path), what="learning_curve samples")
+        if folder is None or not folder.is_dir():
+            yield loc, sha, points, None
+            continue
+        keys = {p["metric"] for p in points}
+        names = tuple(sorted(n for n in entry["result"].get("metric_versions", {})
+                             if any(k == n or k.startswith(n + "_") for k in keys)))
+        yield loc, sha, points, evaluate(str(folder), reference_of(entry),
+                                         config=dataclasses.replace(config, metrics=names or None))
+
+
+def _is_final(p: dict, entry: dict) -> bool:
+    """The curve's last point is the entry itself (``learning_curve.with_final_point``): no samples of its own."""
+    return learning_curve.SAMPLES not in p and p["cpu_minutes"] == (entry["card"].get("training") or {}).get("cpu_minutes")
+
+
 def recomputed_curve(entry: dict, entry_path: str | os.PathLike, config: Any) -> dict | None:
     """The entry's learning curve with every checkpoint re-evaluated from its recorded samples under ``config``
     (the current version of the entry's protocol); the final point is left out (``submit`` appends the new
@@ -265,28 +285,21 @@ def recomputed_curve(entry: dict, entry_path: str | os.PathLike, config: Any) ->
     block = entry.get("learning_curve")
     if block is None:
         return None
-    final = (entry["card"].get("training") or {}).get("cpu_minutes")
-    points, results = [], {}
     for p in block["checkpoints"]:
-        if learning_curve.SAMPLES not in p:
-            if p["cpu_minutes"] == final:
-                continue  # the entry itself
+        if learning_curve.SAMPLES not in p and not _is_final(p, entry):
             raise UsageError(f"{entry_path}: its learning-curve point at {p['cpu_minutes']} CPU minutes records no "
                              "samples, so it cannot be recomputed; re-make the entry with `cxrbench reproduce`")
-        loc = p[learning_curve.SAMPLES]["location"]
-        if loc not in results:
-            folder = located_folder(loc, Path(entry_path).parent, str(entry_path), what="learning_curve samples")
-            if folder is None or not folder.is_dir():
-                raise UsageError(f"{entry_path}: its learning-curve samples {loc} are missing; restore them (git "
-                                 "checkout)")
-            results[loc] = evaluate(str(folder), reference_of(entry), config=config)
-        r = results[loc]
-        if r["samples"]["sha256"] != p[learning_curve.SAMPLES]["sha256"]:
+    fresh = {}
+    for loc, sha, points, r in _checkpoint_results(entry, entry_path, config):
+        if r is None:
+            raise UsageError(f"{entry_path}: its learning-curve samples {loc} are missing; restore them (git checkout)")
+        if r["samples"]["sha256"] != sha:
             raise UsageError(f"{entry_path}: the learning-curve samples {loc} changed since the entry was made "
                              "(sha256 differs); restore them (git checkout)")
-        m = r["metrics"][p["metric"]]
-        points.append({**p, "value": m["value"], "ci": m.get("ci"), "n_samples": int(m.get("n_gen", p["n_samples"]))})
-    return {"checkpoints": points}
+        for p in points:
+            m = r["metrics"][p["metric"]]
+            fresh[id(p)] = {**p, "value": m["value"], "ci": m.get("ci"), "n_samples": int(m.get("n_gen", p["n_samples"]))}
+    return {"checkpoints": [fresh[id(p)] for p in block["checkpoints"] if id(p) in fresh]}
 
 
 def resubmit(entry_path: str | os.PathLike, **local) -> tuple[Path, dict]:
@@ -294,7 +307,8 @@ def resubmit(entry_path: str | os.PathLike, **local) -> tuple[Path, dict]:
     and reconstructions, evaluated under the current version of its protocol (after a protocol's new version, the
     board is re-made without training or sampling anything again). The entry file is replaced."""
     entry = load_entry(entry_path)
-    samples = recorded_samples(entry, entry_path)
+    samples = recorded_samples(entry, entry_path, fix="resubmit the entry file where it was made (its recorded "
+                                                        "samples beside it)")
     samples = samples if protocol_samples(samples) is not None else os.path.normpath(samples)  # as a user names it
     card = card_from_dict(entry["card"], f"{entry_path}: card")
     config = config_from_entry(entry, **local)
@@ -316,20 +330,20 @@ def samples_location(samples: str | os.PathLike, entry_dir: Path) -> str:
     return Path(os.path.relpath(Path(samples).resolve(), Path(entry_dir).resolve())).as_posix()
 
 
-def recorded_samples(entry: dict, entry_path: str | os.PathLike) -> str:
-    """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``)."""
+def recorded_samples(entry: dict, entry_path: str | os.PathLike, fix: str = "pass --samples FOLDER") -> str:
+    """Where ``entry_path``'s samples are by its own record (``verify ENTRY`` with no ``--samples``); ``fix``
+    ends the message when they are not there."""
     loc = entry["samples"].get("location")
     if loc is None:
-        raise UsageError(f"{entry_path}: the entry does not record where its samples are; pass --samples FOLDER")
+        raise UsageError(f"{entry_path}: the entry does not record where its samples are; {fix}")
     if protocol_samples(loc) is not None:
         return loc
-    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint="; pass --samples FOLDER")
+    folder = samples_folder(entry, Path(entry_path).parent, str(entry_path), hint=f"; {fix}")
     if folder is None:
         raise UsageError(f"{entry_path}: its samples.location {loc!r} names no protocol's shipped sample set "
-                         "(such as cxr64:heldout); pass --samples FOLDER")
+                         f"(such as cxr128:heldout); {fix}")
     if not folder.is_dir():
-        raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or "
-                         "pass --samples FOLDER")
+        raise UsageError(f"{entry_path}: its samples folder {folder} is missing; restore it (git checkout) or {fix}")
     return str(folder)
 
 
@@ -380,34 +394,25 @@ def verify_curve(entry: dict, entry_path: str | os.PathLike, *, rtol: float = RT
     """(differences, points recomputed): each learning-curve checkpoint that records its samples is re-hashed
     and re-evaluated with the entry's config (only the metrics its points name), its value and interval
     compared as the entry's own. Points without recorded samples are not checked (the trainer's word)."""
-    groups = learning_curve.recorded(entry)
     rows, checked = [], 0
     local.setdefault("use_cache", False)
-    config = config_from_entry(entry, **local)
-    for loc, sha, points in groups:
+    for loc, sha, points, result in _checkpoint_results(entry, entry_path, config_from_entry(entry, **local)):
         what = f"learning_curve {loc}"
-        folder = located_folder(loc, Path(entry_path).parent, str(entry_path), what="learning_curve samples")
-        if folder is None or not folder.is_dir():
+        if result is None:
             rows.append((what, "folder", "missing", "restore it (git checkout)"))
             continue
-        keys = {p["metric"] for p in points}
-        names = tuple(sorted(n for n in entry["result"].get("metric_versions", {})
-                             if any(k == n or k.startswith(n + "_") for k in keys)))
-        result = evaluate(str(folder), reference_of(entry), config=dataclasses.replace(config, metrics=names or None))
         if result["samples"]["sha256"] != sha:
             rows.append((f"{what} sha256", sha[:16], result["samples"]["sha256"][:16], "hash"))
             continue
         for p in points:
             m = result["metrics"].get(p["metric"]) or {}
-            n = m.get("n_gen", p["n_samples"])
             stored = {p["metric"]: {"value": p["value"], "ci": p["ci"], "n_gen": p["n_samples"]}}
-            fresh = {p["metric"]: {"value": m.get("value"), "ci": m.get("ci"), "n_gen": n}}
+            fresh = {p["metric"]: {"value": m.get("value"), "ci": m.get("ci"), "n_gen": m.get("n_gen", p["n_samples"])}}
             rows += metric_differences(stored, fresh, rtol, atol, prefix=f"{what}: ")
             checked += 1
-    # the final point is the entry itself (``learning_curve.with_final_point``): it must state the entry's numbers
-    final = (entry["card"].get("training") or {}).get("cpu_minutes")
+    # the final point is the entry itself: it must state the entry's numbers
     for p in (entry.get("learning_curve") or {}).get("checkpoints", []):
-        if learning_curve.SAMPLES in p or p["cpu_minutes"] != final or p["metric"] not in entry["result"]["metrics"]:
+        if not _is_final(p, entry) or p["metric"] not in entry["result"]["metrics"]:
             continue
         m = entry["result"]["metrics"][p["metric"]]
         rows += metric_differences({p["metric"]: {"value": p["value"], "ci": p["ci"]}},

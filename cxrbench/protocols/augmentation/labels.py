@@ -3,6 +3,8 @@ predicted for synthetic images by a label classifier."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ...data.imageset import ImageSource, _align_table, _read_csv
@@ -38,7 +40,6 @@ def binary_labels(matrix: np.ndarray, pos: str, neg: str) -> np.ndarray:
 def _attach_labels(src: ImageSource, csv: str | None, role: str) -> None:
     if csv is None:
         return
-    from pathlib import Path
 
     p = Path(csv)
     if not p.is_file():

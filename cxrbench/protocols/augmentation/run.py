@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...config import EvalConfig, resolve_device
 from ...data.imageset import ImageSource
@@ -203,7 +206,6 @@ def _load_images(src: ImageSource, idx: np.ndarray, size: int, *, batch_size: in
                  workers: int = 0) -> torch.Tensor:
     """(len(idx), 1, size, size) float32 [0, 1]: center-cropped square, antialiased resize; decoded by the
     engine's one decode loop."""
-    import torch.nn.functional as F
 
     out = torch.empty(len(idx), 1, size, size)
     pos = {int(i): k for k, i in enumerate(idx)}
@@ -242,7 +244,6 @@ def _train_every_seed(run: _Run, clf: AugmentClassifier, real: tuple, syn: tuple
                       pool: np.ndarray, syn_usable: np.ndarray, hints: tuple[str, str]):
     """(scores, sizes): every mode trained for every seed and applied to the test images; ``real`` / ``syn``
     are (source, inputs, task labels)."""
-    import sys
 
     from tqdm.auto import tqdm
 
@@ -316,7 +317,6 @@ def run_augmentation(real, synthetic, *, task: str, config: AugmentConfig | None
     ``synthetic_features``). Notes (e.g. labels from the XRV classifier) are emitted as warnings, which the
     harness records in the result.
     """
-    import warnings
 
     cfg = dataclasses.replace(config or AugmentConfig(), task=task)
     out = augment(real, synthetic, config=cfg, **kwargs)
