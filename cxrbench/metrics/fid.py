@@ -9,6 +9,8 @@ covariances.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -20,6 +22,9 @@ from .common import check_pair, fd_validity, float64_device, one_thread, replica
 #: FID's and FD_inf's intervals cover only when each set has at least this many rows per feature dimension
 #: (measured: tests/benchmarks/coverage.py; below it the bias of the rank-deficient covariance dominates)
 FD_MIN_ROWS_PER_DIM = 2.0
+#: pairs of half subsets whose mean FD gives FID's bias at the full sizes (``half_sample_bias``); the Monte
+#: Carlo error of the bias is then about a tenth of the estimate's own spread (measured on cxr128 features)
+HALF_SAMPLES = 50
 
 
 def _as64(x, device=None) -> torch.Tensor:
@@ -249,7 +254,8 @@ def fid_from_features(f1, f2) -> float:
 @one_thread
 def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_bootstrap: int | None = None,
         seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
-    """FID; on request a basic-bootstrap interval over both sets, and the bias-corrected estimate beside it.
+    """FID; on request a basic-bootstrap interval over both sets, centred on the estimate corrected by
+    ``half_sample_bias``, with that estimate beside it.
 
     ``real_stats`` (``{"mu", "sigma", "n"}``) stands in for ``real`` when the reference is only known by its
     statistics; the interval then resamples the generated set alone (``ci_method`` says so).
@@ -283,6 +289,8 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
         stat, n_r = (lambda ig, ir: one(ig)), None
     iv = two_sample_bootstrap(stat, len(g), n_r, value, n_boot=n_bootstrap, seed=seed, alpha=alpha,
                               method="basic" if valid else "centred")
+    if valid and iv is not None:
+        iv = _with_half_sample_bias(iv, half_sample_bias(stat, len(g), n_r, value, seed=seed))
     if not valid:
         # no interval for the population FID (none covers); the replicates' spread about the value still
         # measures the noise of FID at this N, which is what comparisons at equal N (`cxrbench check`) need
@@ -290,6 +298,34 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
             mv.extra["ci_equal_n"] = [max(iv.lo, 0.0), iv.hi]
         return mv
     return with_interval(mv, iv, bias_corrected=True, lower=0.0)
+
+
+def half_sample_bias(stat, n_gen: int, n_ref: int | None, value: float, *, seed: int = 0,
+                     k: int = HALF_SAMPLES) -> float:
+    """FD's bias at the sizes it was computed at, from ``k`` FDs of half subsets drawn without replacement.
+
+    To first order the bias is ``b_g / n_g + b_r / n_r`` (the sampling noise of the two means and covariances),
+    so halving both sizes doubles it: ``mean(FD_half) - FD`` estimates it (a two-point version of the 1/N
+    extrapolation of Chong & Forsyth, "Effectively Unbiased FID and Inception Score and where to find them",
+    2020). The basic bootstrap's own bias estimate (the replicates' mean minus FD) falls short when the
+    features have many effective dimensions: on whitened cxr128 features (about 73) at N = 300 it removed
+    about 80% of the bias, and the intervals missed high near the null. ``n_ref`` None: the reference is
+    fixed (given as statistics); only the generated set is halved and the reference's bias stays.
+    """
+    rng = np.random.default_rng([seed, 1])  # not the bootstrap's stream: adding this leaves its draws alone
+    hg = n_gen // 2
+    hr = None if n_ref is None else n_ref // 2
+    halves = [stat(rng.permutation(n_gen)[:hg], None if hr is None else rng.permutation(n_ref)[:hr])
+              for _ in range(k)]
+    return float(np.mean(halves)) - value
+
+
+def _with_half_sample_bias(iv, bias: float):
+    """The basic interval re-centred: its replicates' spread about their mean, placed on ``FD - bias``
+    instead of on the bootstrap's own bias-corrected value ``FD - iv.bias``."""
+    shift = iv.bias - bias
+    return dataclasses.replace(iv, lo=iv.lo + shift, hi=iv.hi + shift, bias=bias,
+                               method=iv.method + ", half-sample bias")
 
 
 # the registered metric (``cxrbench evaluate``)

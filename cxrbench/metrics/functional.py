@@ -22,7 +22,7 @@ Each function returns a ``MetricValue`` (``prdc`` a dict of four) or raises ``Da
 refuses (not 2-d, different D, NaN/inf, too few rows). The registered metrics (``cxrbench evaluate``) call
 these same functions. Intervals resample both sets (the reference is a sample too) with the method the
 coverage benchmark (``tests/benchmarks/coverage.py``) found to reach nominal coverage for that metric:
-basic bootstrap for the biased distances (FID, label distances); for KID a normal interval with the
+basic bootstrap for the biased distances (FID, label distances; FID's centred on its half-sample bias estimate); for KID a normal interval with the
 U-statistic variance (no replicates); a scaled distinct-row interval for FD_inf; centred percentile for
 precision, recall, density, coverage (replicates recompute the kNN radii of both resampled sets) and KS
 (whose replicates are pulled down by the resamples' duplicated rows, not by estimator bias). The coverage
