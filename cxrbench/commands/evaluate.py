@@ -107,8 +107,8 @@ def format_table(result) -> str:
         ))
     lines = _aligned(rows)
     if corrected:
-        lines.append("* bias-corrected (value minus the bootstrap's bias estimate): the estimate of the population "
-                     "value the interval is for; the value @N is biased upward")
+        lines.append("* bias-corrected (value minus its bias estimate: FID's from half subsets, the others' from the "
+                     "bootstrap): the estimate of the population value the interval is for; the value @N is biased upward")
     lines += _condition_table(result)
     s = result["samples"]
     proto = result.get("protocol") or {}

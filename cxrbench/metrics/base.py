@@ -40,7 +40,7 @@ class MetricValue:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how ``ci`` was made (e.g. "basic bootstrap (both sets)"), None without an interval
     ci_method: str | None = None
-    #: the estimate minus the bootstrap's bias estimate, where the estimator is biased (FID, FD_inf, labels)
+    #: the estimate minus its bias estimate (FID: half subsets; FD_inf, labels: the bootstrap), where it is biased
     value_bias_corrected: float | None = None
     #: False where the metric flags itself as unreliable (interval not expected to cover; see ``reason``)
     valid: bool = True
