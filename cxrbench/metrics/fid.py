@@ -290,7 +290,9 @@ def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_
     iv = two_sample_bootstrap(stat, len(g), n_r, value, n_boot=n_bootstrap, seed=seed, alpha=alpha,
                               method="basic" if valid else "centred")
     if valid and iv is not None:
-        iv = _with_half_sample_bias(iv, half_sample_bias(stat, len(g), n_r, value, seed=seed))
+        bias = half_sample_bias(stat, len(g), n_r, value, seed=seed)
+        if np.isfinite(bias):  # halves of fewer than 2 rows have no covariance: keep the bootstrap's estimate
+            iv = _with_half_sample_bias(iv, bias)
     if not valid:
         # no interval for the population FID (none covers); the replicates' spread about the value still
         # measures the noise of FID at this N, which is what comparisons at equal N (`cxrbench check`) need
@@ -310,11 +312,14 @@ def half_sample_bias(stat, n_gen: int, n_ref: int | None, value: float, *, seed:
     2020). The basic bootstrap's own bias estimate (the replicates' mean minus FD) falls short when the
     features have many effective dimensions: on whitened cxr128 features (about 73) at N = 300 it removed
     about 80% of the bias, and the intervals missed high near the null. ``n_ref`` None: the reference is
-    fixed (given as statistics); only the generated set is halved and the reference's bias stays.
+    fixed (given as statistics); only the generated set is halved and the reference's bias stays. NaN when a
+    half would have fewer than 2 rows.
     """
     rng = np.random.default_rng([seed, 1])  # not the bootstrap's stream: adding this leaves its draws alone
     hg = n_gen // 2
     hr = None if n_ref is None else n_ref // 2
+    if hg < 2 or (hr is not None and hr < 2):
+        return float("nan")
     halves = [stat(rng.permutation(n_gen)[:hg], None if hr is None else rng.permutation(n_ref)[:hr])
               for _ in range(k)]
     return float(np.mean(halves)) - value

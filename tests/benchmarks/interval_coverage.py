@@ -277,6 +277,11 @@ def summarise(rec: dict) -> dict[str, dict]:
     return out
 
 
+def within_band(coverage: float) -> bool:
+    # 0.98 - 0.95 is 0.030000000000000027 in floating point: a coverage on the band's edge is inside it
+    return abs(coverage - 0.95) <= 0.03 + 1e-9
+
+
 def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
     summ: dict[str, dict[str, dict]] = {}
     cpu: dict[str, list] = {}
@@ -306,7 +311,7 @@ def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
                 cells.append("")
                 continue
             w = "" if s["width_ratio"] is None else f", w {s['width_ratio']:.2f}"
-            flag = "" if abs(s["coverage"] - 0.95) <= 0.03 else " **!**"
+            flag = "" if within_band(s["coverage"]) else " **!**"
             cells.append(f"{s['coverage']:.3f} +/- {s['mc_se']:.3f} ({s['miss_low']:.2f}/{s['miss_high']:.2f}){w}{flag}")
         lines.append(f"| {k} ({TARGET[k]}) | " + " | ".join(cells) + " |")
     reps = {s["reps"] for p in summ.values() for s in p.values()}
@@ -324,7 +329,7 @@ def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
                                "coverage_max": max(c["coverage"] for c in cells.values()),
                                "worst_population": worst, "worst_coverage": cells[worst]["coverage"],
                                "reps": cells[worst]["reps"],
-                               "ok": all(abs(c["coverage"] - 0.95) <= 0.03 for c in cells.values())}
+                               "ok": all(within_band(c["coverage"]) for c in cells.values())}
     TABLE.write_text(json.dumps(table, indent=1) + "\n")
 
 
