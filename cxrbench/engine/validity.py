@@ -69,6 +69,8 @@ from .extraction import build_extractors, extract_features
 #: - vae-60min, gmvae-60min, fs-gmvae-60min, vae-15min, gmvae-15min, fs-gmvae-15min: every sample a
 #:   recognisable but blurred "average chest", nearly identical to each other (fs-gmvae-60min a little more
 #:   varied; gmvae-60min placed after its FID had printed, fs-gmvae-60min before).
+#: - diffusevae-60min (32 px, after the MoCo fine-tune): clear, varied chests, blurred, a few noisy samples; like
+#:   ddpm-60min (tier 2; placed before any of its distances was seen).
 #: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
 #: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
 #: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
@@ -77,6 +79,7 @@ _RETIRED = "leaderboard/validity/sets/cxr64-board/"  # the retired cxr64 board's
 GENERATOR_SETS: dict[str, tuple[str, int]] = {
     "lsgan-60min": (_BOARD + "lsgan", 1),
     "pggan-60min": (_BOARD + "pggan", 2), "ddpm-60min": (_BOARD + "ddpm", 2),
+    "diffusevae-60min": (_BOARD + "diffusevae", 2),
     "lsgan-15min": (_RETIRED + "lsgan", 2), "pggan-15min": (_RETIRED + "pggan", 2),
     "vae-60min": (_BOARD + "vae", 3), "gmvae-60min": (_BOARD + "gmvae", 3), "fs-gmvae-60min": (_BOARD + "fs-gmvae", 3),
     "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
@@ -96,8 +99,11 @@ BOARD_CURVES = Path(_BOARD) / "curves"
 #: LSGAN's 15 and 30 minutes (chests with corner artefacts, about equal; judged before any cxr128 number),
 #: the VAE's 30 and 60 minutes (the same blurred average chest per sample, the 60-minute set less varied;
 #: judged after its curve had printed), and GMVAE's and FS-GMVAE's three kept sets (15, 30, 60 minutes of the
-#: whole recipe: the same blurred average chests throughout; judged before their curves printed)
+#: whole recipe: the same blurred average chests throughout; judged before their curves printed), and
+#: DiffuseVAE's base-stage checkpoints (9 and 24 minutes of that stage: blotchy noise, then flat grey noise, no
+#: chest in either; judged before any of its numbers)
 PROGRESS_EYE_TIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "diffusevae-board": (("cpu-9min", "cpu-24min"),),
     "lsgan-board": (("cpu-15min", "cpu-30min"),),
     "gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
     "fs-gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
