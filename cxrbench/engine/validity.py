@@ -72,6 +72,8 @@ from .extraction import build_extractors, extract_features
 #: - diffusevae-60min (32 px, after the MoCo fine-tune): clear, varied chests, blurred, a few noisy samples; like
 #:   ddpm-60min (tier 2; placed before any of its distances was seen).
 #: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
+#: - ldm-60min (64 px): about half the samples a blurred chest (two lungs, a torso outline), the rest bright
+#:   blotches and dark blobs; with ddpm-15min (tier 4; placed before any of its distances was seen).
 #: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
 #: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
 _BOARD = "leaderboard/samples/cxr128/"  # the cxr128 board's sample sets
@@ -84,7 +86,7 @@ GENERATOR_SETS: dict[str, tuple[str, int]] = {
     "vae-60min": (_BOARD + "vae", 3), "gmvae-60min": (_BOARD + "gmvae", 3), "fs-gmvae-60min": (_BOARD + "fs-gmvae", 3),
     "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
     "fs-gmvae-15min": (_RETIRED + "fs-gmvae", 3),
-    "ddpm-15min": (_RETIRED + "ddpm", 4),
+    "ddpm-15min": (_RETIRED + "ddpm", 4), "ldm-60min": (_BOARD + "ldm", 4),
     "diffusevae-15min": (_RETIRED + "diffusevae", 5),
     "ldm-15min": (_RETIRED + "ldm", 6),
 }
@@ -101,9 +103,11 @@ BOARD_CURVES = Path(_BOARD) / "curves"
 #: judged after its curve had printed), and GMVAE's and FS-GMVAE's three kept sets (15, 30, 60 minutes of the
 #: whole recipe: the same blurred average chests throughout; judged before their curves printed), and
 #: DiffuseVAE's base-stage checkpoints (9 and 24 minutes of that stage: blotchy noise, then flat grey noise, no
-#: chest in either; judged before any of its numbers)
+#: chest in either; judged before any of its numbers), LDM's 5 and 15 minutes (blobs, no chest in either) and
+#: its 30 and 60 (about half the samples a chest in both; both judged before any of its numbers)
 PROGRESS_EYE_TIES: dict[str, tuple[tuple[str, str], ...]] = {
     "diffusevae-board": (("cpu-9min", "cpu-24min"),),
+    "ldm-board": (("cpu-5min", "cpu-15min"), ("cpu-30min", "final")),
     "lsgan-board": (("cpu-15min", "cpu-30min"),),
     "gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
     "fs-gmvae-board": (("cpu-9min", "cpu-24min"), ("cpu-24min", "final")),
