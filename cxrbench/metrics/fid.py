@@ -24,7 +24,7 @@ from .common import check_pair, fd_validity, float64_device, one_thread, replica
 FD_MIN_ROWS_PER_DIM = 2.0
 #: pairs of half subsets whose mean FD gives FID's bias at the full sizes (``half_sample_bias``); the Monte
 #: Carlo error of the bias is then about a quarter of the estimate's own spread (whitened cxr128 features, 300
-#: vs 599 at the null: 0.16-0.23 against 0.83), which the interval's width absorbs
+#: vs 599 at the null: 0.16-0.23 against 0.83); the coverage benchmark measures the intervals with it included
 HALF_SAMPLES = 50
 
 
