@@ -25,7 +25,7 @@ most like a person (``tests/benchmarks/cxr128_candidates.py``, ``cxrbench valida
   four directions (participation ratio 3.9), so FD in it is a distance along those few axes: a mode-collapsed
   set pays about tr(Sigma_real) whatever it shows, while images that depart along directions real chests never
   vary in (blobs) pay little. Whitened, every direction counts in units of the real images' own spread; the
-  validity suite's blob set moved from 9th to last of 13 generator sets (``leaderboard/validity/README.md``).
+  validity suite's blob set moved from 11th to last of 15 generator sets (``leaderboard/validity/README.md``).
   Version 1 was the raw embedding.
 - ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
   held-out NIH splits (derived from the ``cxr128`` features, so the network runs once; the head reads the raw
