@@ -26,9 +26,10 @@ basic bootstrap for the biased distances (FID, label distances; FID's centred on
 estimate); for KID a normal interval with the U-statistic variance (no replicates); a scaled distinct-row
 interval for FD_inf; centred percentile for precision, recall, density, coverage (replicates recompute the
 kNN radii of both resampled sets) and KS (whose replicates are pulled down by the resamples' duplicated rows,
-not by estimator bias). The coverage on real features at the default protocol's sizes is measured by ``tests/benchmarks/interval_coverage.py``;
-an interval outside 95 +/- 3% there carries ``ci_coverage`` in results (``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too
-few samples per feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
+not by estimator bias). The coverage on real features at the default protocol's sizes is measured by
+``tests/benchmarks/interval_coverage.py``; an interval outside 95 +/- 3% there carries ``ci_coverage`` in results
+(``coverage_table``). Where the benchmark found no method that covers (FID and FD_inf with too few samples per
+feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 
 Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``,
 ``memorization``, ``labels``: ``label_distances`` of two label-probability arrays) beside the estimator and the
