@@ -5,25 +5,29 @@
 
 The populations are cxr128 features of real radiographs (``interval_coverage_features.py``): NIH ChestX-ray14
 (2,594 images), the same NIH images blurred 0.5 px, at JPEG quality 50 and with GAN-like upsampling artefacts,
-a 50/50 NIH + Kermany (pediatric) mixture, and NIH PA views only (a mode-dropped subset). Every pair takes the
-reference from NIH. A repetition draws the protocol's sizes, 300 generated and 599 reference rows, from the two
-populations (``--draw iid``: independently with replacement, the model a bootstrap assumes; ``--draw wor``:
-without replacement, each set from its own population), and runs each metric's ``estimate`` exactly as
-``cxrbench evaluate`` does (the registered metric class, the protocol's settings: 200 replicates, seed = the
+a 50/50 NIH + Kermany (pediatric) mixture, NIH PA views only (a mode-dropped subset), and a generator that copies
+(``nih_copies``: a fixed "training set" of 686 NIH rows, the size of the cxr128 train split, blurred 0.5 px, among
+the other NIH rows). Every pair takes the reference from NIH; memorization takes it, and its null generator,
+from the NIH rows outside that training set. A repetition draws the protocol's sizes, 300 generated and 599
+reference rows, from the two populations (``--draw iid``: independently with replacement, the model a bootstrap
+assumes; ``--draw wor``: without replacement, each set from its own population), and runs each metric's
+``estimate`` exactly as ``cxrbench evaluate`` does (the registered metric class, the protocol's settings: 200 replicates, seed = the
 repetition). The interval should cover:
 
 - FID: the Frechet distance of the two populations (their full moments), the quantity its bias-corrected
   estimate estimates (not the FID at N, which is biased upward);
 - KID: the population MMD^2, which the unbiased estimator estimates (V-statistic of the populations for i.i.d.
   draws, the off-diagonal U-statistic for draws without replacement);
-- precision, recall, density, coverage, KS fraction: the expectation at the protocol's sizes (300 / 599),
+- precision, recall, density, coverage, KS fraction, memorization: the expectation at the protocol's sizes
+  (300 / 599, and the fixed training set),
   estimated by Monte Carlo over ``--truth-draws`` further draws (its error is printed: ``truth_se``).
 
 Per (pair, metric): coverage over the repetitions with its Monte Carlo error sqrt(p (1 - p) / R), where the
 misses fell (``lo``: the whole interval below the target, ``hi``: above), and width / (2 * 1.96 * sd of the
 estimate over the repetitions) (1.0: the width a normal interval with the true spread would have).
-The table goes to stdout and to ``tests/benchmarks/results/interval_coverage.md``; the per-metric coverage,
-worst over populations, to ``cxrbench/metrics/interval_coverage.json``, which results and reports read to flag
+The table goes to stdout and to ``tests/benchmarks/results/interval_coverage.md`` (``interval_coverage_wor.md``
+for draws without replacement); the per-metric coverage of i.i.d. draws, worst over populations, to
+``cxrbench/metrics/interval_coverage.json``, which results and reports read to flag
 an interval that misses 95 +/- 3% (``cxrbench.metrics.coverage_table``).
 """
 
@@ -51,16 +55,20 @@ from cxrbench.metrics.fid import FID, frechet_distance
 from cxrbench.metrics.kid import KID
 from cxrbench.metrics.ks import KSFeatures, KSLabels
 from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
+from cxrbench.metrics.memorization import Memorization, memorization_result
 from cxrbench.metrics.prdc import PRDC
 from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599
-PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan")
+PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan", "nih_copies")
 METRICS = {"fid": FID, "kid": KID, "prdc": PRDC, "ks_features": KSFeatures, "labels": LabelDistribution,
-           "ks_labels": KSLabels}
+           "ks_labels": KSLabels, "memorization": Memorization}
+#: memorization needs the generator's training set: a fixed draw of NIH rows the size of the cxr128 train split
+#: (it is fixed in the protocol, not resampled); generated and reference rows come from the other NIH rows
+N_TRAIN = 686
 KEYS = {"fid": ("fid",), "kid": ("kid",), "prdc": ("precision", "recall", "density", "coverage"),
         "ks_features": ("ks_features",), "labels": ("label_mae", "label_js", "label_cooccurrence"),
-        "ks_labels": ("ks_labels",)}
+        "ks_labels": ("ks_labels",), "memorization": ("memorization",)}
 #: keys of outputs without an extractor suffix
 PLAIN = {"label_mae", "label_js", "label_cooccurrence", "ks_labels"}
 #: metrics whose population value is >= 0 by definition (a distance, an MMD^2)
@@ -68,7 +76,7 @@ NONNEGATIVE = frozenset({"fid", "kid", "label_mae", "label_js", "label_cooccurre
 #: the target each metric's interval is for (printed in the table)
 TARGET = {"fid": "population FD (bias-corrected estimate)", "kid": "population MMD^2",
           **{k: "expectation at 300/599" for k in ("precision", "recall", "density", "coverage", "ks_features",
-                                                    "ks_labels")},
+                                                    "ks_labels", "memorization")},
           **{k: "population value (bias-corrected estimate)" for k in ("label_mae", "label_js", "label_cooccurrence")}}
 RESULTS = ROOT / "tests" / "benchmarks" / "results"
 TABLE = ROOT / "cxrbench" / "metrics" / "interval_coverage.json"
@@ -79,7 +87,26 @@ def populations(feat_dir: Path) -> dict[str, np.ndarray]:
          ("nih", "nih_blur05", "nih_jpeg50", "nih_gan", "nih_pa", "kermany")}
     rng = np.random.default_rng(0)
     f["mixture"] = np.concatenate([f["nih"], f["kermany"][rng.choice(len(f["kermany"]), len(f["nih"]), replace=False)]])
+    # a generator that copies: the training images themselves, blurred 0.5 px (near-copies, not exact ones),
+    # mixed with unseen NIH images (686 of 2,594 rows: 26% copies); memorization's reference and training
+    # sets (``memorization_sets``) come from the same split of the NIH rows
+    train, unseen = train_split(len(f["nih"]))
+    f["nih_copies"] = np.concatenate([f["nih_blur05"][train], f["nih"][unseen]])
     return f
+
+
+def train_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed training rows of NIH for memorization, and the rest (unseen)."""
+    train = np.sort(np.random.default_rng(1).choice(n, N_TRAIN, replace=False))
+    return train, np.setdiff1d(np.arange(n), train)
+
+
+def memorization_sets(pops, pair: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(generated population, reference population, training set) for memorization: the reference and the null
+    generator are unseen NIH rows, never training rows (the protocol's reference and train split are disjoint)."""
+    train, unseen = train_split(len(pops["nih"]))
+    gen = pops["nih"][unseen] if pair == "nih" else pops[pair]
+    return gen, pops["nih"][unseen], pops["nih"][train]
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,14 +123,16 @@ def probabilities(x: np.ndarray) -> np.ndarray:
     return classifier().from_features(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
 
 
-def context(g, r, seed: int) -> EvalContext:
-    """What the engine hands a metric under the protocol: both extractors' outputs of both sets."""
+def context(g, r, seed: int, train=None) -> EvalContext:
+    """What the engine hands a metric under the protocol: both extractors' outputs of both sets (and of the
+    generator's training set, for memorization)."""
     specs = {"cxr128": {"kind": "embedding"},
              "cxr128-classifier": {"kind": "probabilities", "feature_names": classifier().feature_names}}
-    sets = [FeatureSet(name, [f"{name}{i}" for i in range(len(x))], [""] * len(x),
+    sets = [None if x is None else
+            FeatureSet(name, [f"{name}{i}" for i in range(len(x))], [""] * len(x),
                        {"cxr128": x.astype(np.float32), "cxr128-classifier": probabilities(x)})
-            for name, x in (("samples", g), ("reference", r))]
-    return EvalContext(gen=sets[0], ref=sets[1], train=None, extractors=specs,
+            for name, x in (("samples", g), ("reference", r), ("train", train))]
+    return EvalContext(gen=sets[0], ref=sets[1], train=sets[2], extractors=specs,
                        config=EvalConfig(seed=seed, progress=False, use_cache=False))
 
 
@@ -133,7 +162,13 @@ def one_rep(args):
     ctx = context(g, r, rep) if {"labels", "ks_labels"} & set(metrics) else None
     for m in metrics:
         t0 = time.process_time()
-        if m in ("labels", "ks_labels"):  # through the engine's runner, as `cxrbench evaluate` runs them
+        if m == "memorization":  # its own draws: reference and null generator from the rows outside training
+            mg, mr, mt = memorization_sets(pops, pair)
+            mrng = np.random.default_rng([rep, PAIRS.index(pair), 13])
+            est = {"memorization": run_metric(Memorization(), context(
+                mg[draw(mrng, len(mg), N_GEN, mode)], mr[draw(mrng, len(mr), N_REF, mode)], rep, train=mt)
+            )["memorization_cxr128"]}
+        elif m in ("labels", "ks_labels"):  # through the engine's runner, as `cxrbench evaluate` runs them
             est = {k.removesuffix("_cxr128"): v for k, v in run_metric(METRICS[m](), ctx).items()}
         else:
             est = METRICS[m]().estimate(p)
@@ -157,6 +192,11 @@ def point_draw(args):
         out.update(PRDC().point(g, r, p))
     if "ks_features" in metrics:
         out["ks_features"] = KSFeatures().point(g, r, p)
+    if "memorization" in metrics:
+        mg, mr, mt = memorization_sets(pops, pair)
+        mrng = np.random.default_rng([j, PAIRS.index(pair), 17])
+        out["memorization"] = memorization_result(mg[draw(mrng, len(mg), N_GEN, mode)],
+                                                  mr[draw(mrng, len(mr), N_REF, mode)], mt).rate
     if "ks_labels" in metrics:
         pg, pr = probabilities(g), probabilities(r)
         keep = ~(np.isnan(pg).any(0) | np.isnan(pr).any(0))
@@ -228,7 +268,7 @@ def main() -> None:
         truth = population_truth(pops, pair, a.draw)
         reps = run(one_rep, [(str(a.features), pair, metrics, a.draw, i)
                              for i in range(a.rep_start, a.rep_start + a.reps)])
-        n_dep = [m for m in metrics if m in ("prdc", "ks_features", "ks_labels")]
+        n_dep = [m for m in metrics if m in ("prdc", "ks_features", "ks_labels", "memorization")]
         pts = run(point_draw, [(str(a.features), pair, n_dep, a.draw, j) for j in range(a.truth_draws)]) if n_dep else []
         rec = {"pair": pair, "draw": a.draw, "reps": reps, "truth": truth, "points": pts, "n_gen": N_GEN,
                "n_ref": N_REF, "metrics": metrics}
@@ -243,7 +283,7 @@ def merged(recs: list[dict]) -> dict:
     N-dependent metrics' target re-estimated over all of them (every repetition's value is a draw too)."""
     rec = {**recs[0], "reps": [r for x in recs for r in x["reps"]], "points": [p for x in recs for p in x["points"]]}
     truth = dict(recs[0]["truth"])
-    for key in ("precision", "recall", "density", "coverage", "ks_features", "ks_labels"):
+    for key in ("precision", "recall", "density", "coverage", "ks_features", "ks_labels", "memorization"):
         if key in rec["reps"][0]:
             v = np.array([p[key] for p in rec["points"]] + [r[key]["value"] for r in rec["reps"]])
             truth[key], truth[f"{key}:se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
@@ -319,7 +359,11 @@ def write_tables(raw_dir: Path, tag: str, mode: str) -> None:
               "(one thread, mean): " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in cpu.items())]
     text = "\n".join(lines)
     print(text)
-    (RESULTS / "interval_coverage.md").write_text(text + "\n")
+    # the shipped flags come from i.i.d. draws (the model the bootstrap assumes); draws without replacement get
+    # their own table beside it, for a reader who asks how far that model matters
+    (RESULTS / ("interval_coverage.md" if mode == "iid" else f"interval_coverage_{mode}.md")).write_text(text + "\n")
+    if mode != "iid":
+        return
     table = {"benchmark": "tests/benchmarks/interval_coverage.py", "protocol": "cxr128", "n_gen": N_GEN,
              "n_ref": N_REF, "draws": mode, "nominal": 0.95, "tolerance": 0.03, "metrics": {}}
     for k in keys:
