@@ -439,7 +439,7 @@ def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.
     """Features of every ``nih_extra_256px`` image through the harness's own extraction path (same kernels)."""
     from cxrbench.config import EvalConfig
     from cxrbench.data.sources import open_source
-    from cxrbench.engine.extraction import build_extractors, extract_features, extractor_spec
+    from cxrbench.engine.extraction import extract_features, extractor_spec
     from cxrbench.features.cache import FeatureCache
 
     folder = Path(data_root) / NIH

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.data.io import load_image
+from cxrbench.data.labels import LABELS
 from cxrbench.errors import DataError
 from cxrbench.features.cxr64 import CXR64Net, to_cxr64
 from cxrbench.generator import PretrainedMixin
-from cxrbench.data.labels import LABELS
 from cxrbench.protocols.cxr64_splits import image_splits
 
 from .moco import augment
@@ -267,10 +267,10 @@ def run_network(run_dir: Path) -> CXR64Net:
 
 def nih_features(data_root: Path, weights_file: Path) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
     """Features of every NIH thumbnail through the harness's own extraction path (same kernels, same order)."""
-    from cxrbench.data.sources import open_source
-    from cxrbench.features.cache import FeatureCache
     from cxrbench.config import EvalConfig
+    from cxrbench.data.sources import open_source
     from cxrbench.engine.extraction import build_extractors, extract_features, extractor_spec
+    from cxrbench.features.cache import FeatureCache
 
     folder = Path(data_root) / NIH
     config = EvalConfig(extractors=("cxr64",), weights=str(weights_file), progress=False, num_workers=0)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from cxrbench.generator import Generator
 from cxrbench.data.labels import LABELS
+from cxrbench.generator import Generator
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients, label_matrix

@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.errors import CxrbenchError, UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.data.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers, make_unet
 from .trainer import Batch, LabelBankMixin, Trainable, attach_ema, averaged_weights, clip_gradients, label_matrix

@@ -66,9 +66,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from cxrbench.data.labels import LABELS
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.data.labels import LABELS
 from cxrbench.seeding import torch_generator
 
 from .moco import ARCHS as MOCO_ARCHS

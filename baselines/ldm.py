@@ -53,9 +53,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.generator import Generator
-from cxrbench.data.labels import LABELS, canonical_label
 
 from .ddpm import ddim_loop, denoise_loss, make_schedulers
 from .trainer import (

@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from cxrbench.generator import PretrainedMixin
-from cxrbench.fileio import atomic_write_bytes
 from cxrbench.data.labels import LABELS
+from cxrbench.fileio import atomic_write_bytes
+from cxrbench.generator import PretrainedMixin
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, Trainable, _TrainDescriptor, set_cosine_lr

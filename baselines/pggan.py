@@ -58,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.errors import UsageError
 from cxrbench.generator import Generator
-from cxrbench.data.labels import LABELS, canonical_label
 from cxrbench.seeding import torch_generator
 
 from .trainer import Batch, LabelBankMixin, Trainable, label_matrix

@@ -18,10 +18,10 @@ import json
 import pytest
 import torch
 
-from cxrbench.features.base import FeatureExtractor
-from cxrbench.engine.extraction import run_extractor
-from cxrbench.registry import EXTRACTORS
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.engine.extraction import run_extractor
+from cxrbench.features.base import FeatureExtractor
+from cxrbench.registry import EXTRACTORS
 
 SPEC_KEYS = {"name", "version", "weights", "num_features", "input_size", "resize_filter", "kind"}
 KINDS = {"embedding", "probabilities", "statistics"}

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from baselines.trainer import Batch
-from cxrbench.training import TrainOptions, config_to_dict
+from cxrbench.data.labels import LABELS
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.errors import UsageError
 from cxrbench.generator import Generator
-from cxrbench.data.labels import LABELS
 from cxrbench.registry import GENERATORS
-from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.training import TrainOptions, config_to_dict
 
 
 class LabelledImages(torch.utils.data.Dataset):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
-from cxrbench.publish.card import card_from_dict
 from cxrbench.data.imageset import set_sha256
+from cxrbench.publish.card import card_from_dict
 from cxrbench.publish.entry import make_entry
 from cxrbench.results import SCHEMA
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cxrbench.data.io import array_to_images, load_image
 from cxrbench.data.imageset import _align_table, _read_csv
-from cxrbench.errors import DataError
+from cxrbench.data.io import array_to_images, load_image
 from cxrbench.data.labels import LABELS
+from cxrbench.errors import DataError
 
 # CXRBENCH_FUZZ_EXAMPLES=5000 for a long hunt; the default keeps the suite fast
 FUZZ = settings(max_examples=int(os.environ.get("CXRBENCH_FUZZ_EXAMPLES", 80)), deadline=None,

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from cxrbench import cli
-from cxrbench.errors import CxrbenchError, DataError
 from cxrbench.engine.evaluate import evaluate
+from cxrbench.errors import CxrbenchError, DataError
 
 from .conftest import write_pngs
 
@@ -393,9 +393,9 @@ def test_a_named_pipe_in_the_folder_is_listed_as_unreadable_not_read(tmp_path):
     import threading
 
     from cxrbench.data.imageset import open_folder
+    from cxrbench.data.synthetic import synthetic_cxr
 
     from .conftest import write_pngs
-    from cxrbench.data.synthetic import synthetic_cxr
 
     write_pngs(tmp_path, synthetic_cxr(3, 16, 0.0, seed=0))
     os.mkfifo(tmp_path / "pipe.png")

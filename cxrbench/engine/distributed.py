@@ -78,7 +78,6 @@ def from_env(device: str) -> tuple[DistContext, str]:
     if world <= 1:
         return DistContext(), device
 
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         if local >= torch.cuda.device_count():

@@ -293,6 +293,21 @@ def check_pair(gen, ref, *, min_rows: int = 2, what: str = "metric",
     return out[0], out[1]
 
 
+def image_set(images, name: str) -> FeatureSet:
+    """A set of images given as an array or tensor (``(N, H, W)`` or ``(N, 1, H, W)``, grey, values in [0, 1])
+    as the ``FeatureSet`` the pixel-reading metrics decode from: the functional entries of MS-SSIM and
+    re-identification run the registered metric's own code on it."""
+    x = torch.as_tensor(images.detach().cpu() if hasattr(images, "detach") else np.asarray(images), dtype=torch.float32)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise DataError(f"{name}: images must be a (N, H, W) or (N, 1, H, W) grey array, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError(f"{name}: image values must be finite and in [0, 1] (divide 8-bit images by 255)")
+    return FeatureSet(name, [f"{name}[{i}]" for i in range(len(x))], [""] * len(x), {},
+                      load_images=lambda idx: [x[i] for i in idx])
+
+
 def fd_validity(n: int, d: int, per_dim: float, what: str, why: str) -> tuple[bool, str | None]:
     if n < per_dim * d:
         return False, f"{what}: {n} rows for {d}-d features (below {per_dim:g} per dimension): {why}"

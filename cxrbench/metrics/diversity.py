@@ -11,6 +11,9 @@ Size: 5-scale MS-SSIM with an 11-pixel window needs a side above 160 px. Every i
 antialiased) to ``size``, then a centre crop. Smaller images are therefore *upsampled* (rather than
 compared at fewer scales: the standard scales and weights stay comparable across inputs), and images of
 different native sizes can be paired. The CI resamples the generated pairs.
+
+One file: the pair sampler and ``pair_ms_ssim``, the functional entry ``ms_ssim_diversity(real=, fake=)`` on
+image arrays (``functional.ms_ssim``) and the registered metric ``ms_ssim``, both through ``ms_ssim_sets``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
+from ..errors import DataError
 from ..seeding import numpy_rng
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval, gray_image_4d
+from .common import MetricSettings, bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
 
 #: pairs decoded at a time (bounds memory when images are full-resolution radiographs)
 PAIR_CHUNK = 32
@@ -73,6 +77,42 @@ def pair_ms_ssim(fs: FeatureSet, pairs: np.ndarray, *, size: int = 192, device="
     return np.concatenate(vals)
 
 
+def ms_ssim_sets(gen: FeatureSet, ref: FeatureSet, st: MetricSettings, device="cpu") -> MetricValue:
+    """The registered metric's value (and its CI when ``st.n_bootstrap`` > 0) for two sets of images."""
+    gen_pairs = random_pairs(len(gen), st.ms_ssim_pairs, st.seed)
+    ref_pairs = random_pairs(len(ref), st.ms_ssim_pairs, st.seed + 1)
+    g = pair_ms_ssim(gen, gen_pairs, size=st.ms_ssim_size, device=device)
+    r = pair_ms_ssim(ref, ref_pairs, size=st.ms_ssim_size, device=device)
+    ci = bootstrap_interval(lambda idx: float(g[idx].mean()), len(g), float(g.mean()), st)
+    extra = {"reference": float(r.mean()), "gap": float(g.mean() - r.mean()), "pairs": len(g), "size": st.ms_ssim_size}
+    return MetricValue(float(g.mean()), False, ci, len(gen), len(ref), float(r.mean()), extra)
+
+
+# the functional entry (``functional.ms_ssim``)
+
+
+@one_thread
+def ms_ssim_diversity(*, real, fake, pairs: int = MetricSettings.ms_ssim_pairs, size: int = MetricSettings.ms_ssim_size,
+                      ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
+                      device: str = "cpu") -> MetricValue:
+    """Mean MS-SSIM of ``pairs`` random pairs of ``fake`` images; ``real_vs_real`` the same of ``real`` images.
+
+    Images, not features: ``(N, H, W)`` or ``(N, 1, H, W)`` grey arrays or tensors in [0, 1], any size (each is
+    brought to ``size`` px as the registered ``ms_ssim`` does). On request a percentile-bootstrap interval over
+    the generated pairs. ``functional.ms_ssim`` re-exports it.
+    """
+    st = MetricSettings(seed=seed, n_bootstrap=replicates(n_bootstrap, ci), alpha=alpha, ms_ssim_pairs=pairs,
+                        ms_ssim_size=size)
+    gen, ref = image_set(fake, "fake"), image_set(real, "real")
+    for fs in (gen, ref):
+        if len(fs) < 2:
+            raise DataError(f"ms_ssim: {fs.name} needs at least 2 images, got {len(fs)}")
+    return ms_ssim_sets(gen, ref, st, device)
+
+
+# the registered metric (``cxrbench evaluate``)
+
+
 class MSSSIM(Metric):
     name = "ms_ssim"
     version = "1"
@@ -89,12 +129,4 @@ class MSSSIM(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         if self.skip_reason(ctx):
             return {}
-        st = MetricSettings.from_config(ctx.config)
-        gen_pairs = random_pairs(len(ctx.gen), st.ms_ssim_pairs, st.seed)
-        ref_pairs = random_pairs(len(ctx.ref), st.ms_ssim_pairs, st.seed + 1)
-        g = pair_ms_ssim(ctx.gen, gen_pairs, size=st.ms_ssim_size, device=ctx.device)
-        r = pair_ms_ssim(ctx.ref, ref_pairs, size=st.ms_ssim_size, device=ctx.device)
-        ci = bootstrap_interval(lambda idx: float(g[idx].mean()), len(g), float(g.mean()), st)
-        extra = {"reference": float(r.mean()), "gap": float(g.mean() - r.mean()), "pairs": len(g),
-                 "size": st.ms_ssim_size}
-        return {"ms_ssim": MetricValue(float(g.mean()), False, ci, len(ctx.gen), len(ctx.ref), float(r.mean()), extra)}
+        return {"ms_ssim": ms_ssim_sets(ctx.gen, ctx.ref, MetricSettings.from_config(ctx.config), ctx.device)}

@@ -32,8 +32,9 @@ not by estimator bias). The coverage on real features at the default protocol's 
 feature dimension), the result has ``valid = False``, a ``reason`` and no interval.
 
 Each function lives in its metric's module (``fid``, ``kid``, ``prdc``, ``fd_inf``, ``ks``,
-``memorization``, ``labels``: ``label_distances`` of two label-probability arrays) beside the estimator and the
-registered class; this module only re-exports them.
+``memorization``, ``labels``: ``label_distances`` of two label-probability arrays; ``rrs`` of two embedding
+arrays; ``ms_ssim`` and ``reid`` of image arrays, ``(N, H, W)`` in [0, 1], since they read pixels) beside the
+estimator and the registered class; this module only re-exports them.
 (The registered memorization metric calls its estimator and the same interval directly, for the nearest
 pairs and the floor it adds.)
 """
@@ -41,6 +42,7 @@ pairs and the floor it adds.)
 from __future__ import annotations
 
 from .common import MetricSettings, check_pair, replicates
+from .diversity import ms_ssim_diversity as ms_ssim
 from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid
 from .kid import KID_ANALYTIC_MAX_ROWS, kid
@@ -48,6 +50,8 @@ from .ks import ks_features
 from .labels import label_distances
 from .memorization import memorization
 from .prdc import DENSITY_INFLATE, prdc
+from .reid import reid
+from .rrs import rrs
 
 # every metric lives with its estimator (one metric, one file) and is re-exported here
 __all__ = [
@@ -64,8 +68,11 @@ __all__ = [
     "ks_features",
     "label_distances",
     "memorization",
+    "ms_ssim",
     "prdc",
+    "reid",
     "replicates",
+    "rrs",
 ]
 
 #: replicates of ``ci=True``: ``EvalConfig.n_bootstrap``'s default (read through ``MetricSettings``, which

@@ -27,6 +27,9 @@ The network (``MetricSettings.reid_weights``): ``cxrbench``, the verification ne
 (``cxrbench.features.reid.ReidNet``, 128 px; not the published network, so its numbers are not CheXGenBench's);
 a file, the published Siamese ResNet-50's state dict (CheXGenBench's checkpoint), read by
 ``cxrbench.features.reid.load_siamese`` with the preprocessing ``reid_preprocessing`` names; or ``random``.
+
+One file: the estimator (``reid_scores``, ``reid_sets``), the functional entry ``reid(real=, fake=, train=)`` on
+image arrays (re-exported by ``functional``) and the registered metric ``reid``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..features.reid import load_reid_network
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval, gray_image_4d
+from .common import MetricSettings, bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
 
 #: images decoded and embedded at a time
 EMBED_BATCH = 32
@@ -83,6 +87,68 @@ def reid_scores(net, gen: FeatureSet, ref: FeatureSet, train: FeatureSet, *, dev
     return g, gi, r
 
 
+def reid_sets(gen: FeatureSet, ref: FeatureSet, train: FeatureSet, st: MetricSettings, device="cpu", *,
+              n_closest: int = 10) -> dict[str, MetricValue]:
+    """``reid`` and ``reid_mean`` of three image sets under the settings ``st`` (the registered metric's code)."""
+    net, weights_id = load_reid_network(st.reid_weights, seed=st.seed, preprocessing=st.reid_preprocessing)
+    net = net.to(device)
+    g, gi, r = reid_scores(net, gen, ref, train, device=device)
+    thr = st.reid_threshold
+    above = g > thr
+    n_gen, n_ref = len(g), len(r)
+    top = np.argsort(-g, kind="stable")[:n_closest]
+    extra = {
+        "threshold": thr,
+        "network": net.describe(),
+        "weights": weights_id,
+        "n_train": len(train),
+        "reference_above_threshold": float((r > thr).mean()),
+        "reference_mean": float(r.mean()),
+        "closest_pairs": [{"sample": gen.ids[j], "train": train.ids[gi[j]], "probability": float(g[j])}
+                          for j in top],
+    }
+    if ref.patient_ids is not None and train.patient_ids is not None:
+        known = {str(p) for p in train.patient_ids if p is not None and str(p) not in ("", "nan")}
+        extra["reference_shares_patients"] = float(np.mean([str(p) in known for p in ref.patient_ids]))
+    share = float(above.mean())
+    mean = float(g.mean())
+    ci_share = bootstrap_interval(lambda idx: float(above[idx].mean()), n_gen, share, st, lower=0.0, upper=1.0)
+    ci_mean = bootstrap_interval(lambda idx: float(g[idx].mean()), n_gen, mean, st, lower=0.0, upper=1.0)
+    method = "percentile bootstrap (samples)"
+    return {
+        "reid": MetricValue(share, False, ci_share, n_gen, n_ref, float((r > thr).mean()), extra=extra,
+                            ci_method=method if ci_share else None),
+        "reid_mean": MetricValue(mean, False, ci_mean, n_gen, n_ref, float(r.mean()),
+                                 extra={"threshold": thr, "weights": weights_id},
+                                 ci_method=method if ci_mean else None),
+    }
+
+
+# the functional entry (``functional.reid``)
+
+
+@one_thread
+def reid(*, real, fake, train, weights: str = MetricSettings.reid_weights,
+         preprocessing: str = MetricSettings.reid_preprocessing, threshold: float = MetricSettings.reid_threshold,
+         ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
+         device: str = "cpu") -> dict[str, MetricValue]:
+    """``{"reid", "reid_mean"}`` for image arrays: each ``fake`` image's highest same-patient probability over the
+    ``train`` images (the generator's training set); ``real_vs_real`` the same for ``real`` images of other
+    patients. Images: ``(N, H, W)`` or ``(N, 1, H, W)`` grey arrays or tensors in [0, 1]. ``weights``: as the
+    ``reid_weights`` setting (``cxrbench``, ``random`` or a state dict file of the published network).
+    """
+    st = MetricSettings(seed=seed, n_bootstrap=replicates(n_bootstrap, ci), alpha=alpha, reid_weights=weights,
+                        reid_preprocessing=preprocessing, reid_threshold=threshold)
+    sets = [image_set(x, name) for x, name in ((fake, "fake"), (real, "real"), (train, "train"))]
+    for fs in sets:
+        if len(fs) == 0:
+            raise DataError(f"reid: {fs.name} has no images")
+    return reid_sets(*sets, st, device)
+
+
+# the registered metric (``cxrbench evaluate``)
+
+
 class ReID(Metric):
     name = "reid"
     version = "1"
@@ -103,36 +169,5 @@ class ReID(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, MetricValue]:
         if self.skip_reason(ctx):
             return {}
-        st = MetricSettings.from_config(ctx.config)
-        net, weights_id = load_reid_network(st.reid_weights, seed=st.seed, preprocessing=st.reid_preprocessing)
-        net = net.to(ctx.device)
-        g, gi, r = reid_scores(net, ctx.gen, ctx.ref, ctx.train, device=ctx.device)
-        thr = st.reid_threshold
-        above = g > thr
-        n_gen, n_ref = len(g), len(r)
-        top = np.argsort(-g, kind="stable")[: self.n_closest]
-        extra = {
-            "threshold": thr,
-            "network": net.describe(),
-            "weights": weights_id,
-            "n_train": len(ctx.train),
-            "reference_above_threshold": float((r > thr).mean()),
-            "reference_mean": float(r.mean()),
-            "closest_pairs": [{"sample": ctx.gen.ids[j], "train": ctx.train.ids[gi[j]], "probability": float(g[j])}
-                              for j in top],
-        }
-        if ctx.ref.patient_ids is not None and ctx.train.patient_ids is not None:
-            known = {str(p) for p in ctx.train.patient_ids if p is not None and str(p) not in ("", "nan")}
-            extra["reference_shares_patients"] = float(np.mean([str(p) in known for p in ctx.ref.patient_ids]))
-        share = float(above.mean())
-        mean = float(g.mean())
-        ci_share = bootstrap_interval(lambda idx: float(above[idx].mean()), n_gen, share, st, lower=0.0, upper=1.0)
-        ci_mean = bootstrap_interval(lambda idx: float(g[idx].mean()), n_gen, mean, st, lower=0.0, upper=1.0)
-        method = "percentile bootstrap (samples)"
-        return {
-            "reid": MetricValue(share, False, ci_share, n_gen, n_ref, float((r > thr).mean()), extra=extra,
-                                ci_method=method if ci_share else None),
-            "reid_mean": MetricValue(mean, False, ci_mean, n_gen, n_ref, float(r.mean()),
-                                     extra={"threshold": thr, "weights": weights_id},
-                                     ci_method=method if ci_mean else None),
-        }
+        return reid_sets(ctx.gen, ctx.ref, ctx.train, MetricSettings.from_config(ctx.config), ctx.device,
+                         n_closest=self.n_closest)

@@ -16,6 +16,9 @@ against all M (measured on Kermany ValData in a trained MoCo space: 0.0199 for h
 real images); the halves value stays in ``real_vs_real_halves``. The
 per-image scores go into the result (``per_image``: ids, scores and the matched reference image) up to
 ``PER_IMAGE_MAX`` samples, a histogram beyond that.
+
+One file: the estimator ``rrs_scores``, the functional entry ``rrs(real=, fake=, source=)`` (re-exported by
+``functional``) and the registered metric ``rrs_moco``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..data.splits import real_vs_real_split
 from ..errors import DataError
 from .base import EvalContext, Metric, MetricValue
 from .bootstrap import bootstrap_ci
+from .common import check_pair, one_thread, replicates
 
 PER_IMAGE_MAX = 10_000
 HIST_BINS = 50
@@ -120,6 +124,48 @@ def _sources(ctx: EvalContext) -> list[str] | None:
     return [str(s).strip() for s in col]
 
 
+def rrs_scores(g, r, match=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(scores, matched reference row, mode)``: ``1 - cos`` of each generated row against reference row
+    ``match[i]`` (paired) or, with ``match`` None, against its nearest reference row by cosine (nearest)."""
+    if match is not None:
+        scores, mode = 1.0 - paired_cosine(g, r[match]), "paired"
+    else:
+        sim, match = nearest_cosine(g, r)
+        scores, mode = 1.0 - sim, "nearest"
+    return np.clip(scores, 0.0, 2.0), match, mode  # rounding can leave -1e-16 for identical embeddings
+
+
+# the functional entry (``functional.rrs``)
+
+
+@one_thread
+def rrs(*, real, fake, source=None, patient_ids=None, ci: bool = False, n_bootstrap: int | None = None,
+        seed: int = 0, alpha: float = 0.05) -> MetricValue:
+    """Mean ``1 - cos`` of each ``fake`` row against ``real[source[i]]`` (paired: ``source`` an index array, the
+    reference image each sample was reconstructed from) or against its nearest ``real`` row (``source`` None),
+    in whatever embedding the rows are (the registered ``rrs_moco``: MoCo-CXR features). ``real_vs_real``: each
+    ``real`` row against its nearest other row (another patient's, given ``patient_ids``). On request a
+    percentile-bootstrap interval over the generated rows.
+    """
+    g, r = check_pair(fake, real, min_rows=1, what="rrs")
+    match = None
+    if source is not None:
+        match = np.asarray(source)
+        if match.shape != (len(g),) or not np.issubdtype(match.dtype, np.integer) or match.min() < 0 \
+                or match.max() >= len(r):
+            raise DataError(f"rrs: source must hold one index into real (0..{len(r) - 1}) per fake row "
+                            f"({len(g)}), got shape {match.shape}")
+    scores, _, mode = rrs_scores(g, r, match)
+    value = float(scores.mean())
+    iv = bootstrap_ci(lambda idx: float(scores[idx].mean()), len(scores), n_boot=replicates(n_bootstrap, ci),
+                      seed=seed, alpha=alpha, value=value)
+    return MetricValue(value, False, iv, len(g), len(r), leave_one_out_score(r, patient_ids), extra={"mode": mode},
+                       ci_method="percentile bootstrap (samples)" if iv else None)
+
+
+# the registered metric (``cxrbench evaluate``)
+
+
 class RRS(Metric):
     name = "rrs_moco"
     version = "1"
@@ -137,13 +183,9 @@ class RRS(Metric):
                     f"samples manifest.csv: {int((match < 0).sum())} `source` value(s) name no reference image "
                     f"(e.g. {bad}); write them as paths relative to the reference folder, like {ctx.ref.ids[0]!r}"
                 )
-            scores = 1.0 - paired_cosine(g, r[match])
-            mode = "paired"
         else:
-            sim, match = nearest_cosine(g, r)
-            scores = 1.0 - sim
-            mode = "nearest"
-        scores = np.clip(scores, 0.0, 2.0)  # rounding can leave -1e-16 for identical embeddings
+            match = None
+        scores, match, mode = rrs_scores(g, r, match)
 
         cfg = ctx.config
         seed = cfg.seed

@@ -43,7 +43,7 @@ def image_splits(labels, *, other_patients=()) -> list[str]:
     return [by_patient[p] for p in ids]
 
 
-def nih_splits(data_root) -> "object":
+def nih_splits(data_root) -> object:
     """``labels.csv`` of ``data_root/nih_extra_256px`` with a ``cxr128_split`` column (patients of
     ``data_root/nih1000_64px`` forced to ``train`` where that folder is present)."""
 

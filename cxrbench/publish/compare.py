@@ -83,7 +83,6 @@ def metric_differences(em: dict, rm: dict, rtol: float, atol: float, *, prefix: 
     """(what, stored, recomputed, note) for every metric key missing on one side or differing beyond noise."""
     rows = []
     for key in sorted(set(em) | set(rm)):
-        name = prefix + key
         if key not in rm or key not in em:
             rows.append((prefix + key, "present" if key in em else "-", "present" if key in rm else "-",
                          "metric missing"))

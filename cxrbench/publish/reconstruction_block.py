@@ -35,7 +35,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..config import OWN_REFERENCE
+from ..config import OWN_REFERENCE, config_default
 from ..data.imageset import open_folder, set_sha256
 from ..data.io import sha256_file
 from ..engine.evaluate import evaluate
@@ -120,7 +120,7 @@ def _score(samples, real, *, seed: int, n_bootstrap: int, weights: str, **local)
 
 
 def compute(reconstructions: str | os.PathLike, entry_dir: str | os.PathLike, *, real: str | os.PathLike | None = None,
-            seed: int = 0, n_bootstrap: int = 200, **local) -> dict:
+            seed: int = 0, n_bootstrap: int = config_default("n_bootstrap"), **local) -> dict:
     """The block for ``reconstructions`` (a folder written by ``sample --reconstruct`` from the held-out images),
     its location recorded relative to ``entry_dir``."""
     samples, files, side = _reconstructions(reconstructions)

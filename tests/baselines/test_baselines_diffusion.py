@@ -10,8 +10,8 @@ import torch
 
 from baselines import ddpm, diffusevae, ldm
 from baselines.trainer import Batch
-from cxrbench.errors import DataError, UsageError, WeightsError
 from cxrbench.data.labels import LABELS
+from cxrbench.errors import DataError, UsageError, WeightsError
 
 from ..generator_contract import GeneratorTesterMixin, LabelledImages
 
@@ -132,8 +132,8 @@ def test_ldm_training_uses_positions(tmp_path):
         "img_0002.png": "chest x-ray, edema, center", "img_0003.png": "chest x-ray, bottom right",
     }
     # and LDM.train takes such a folder through the shared trainer
-    from cxrbench.training import TrainOptions
     from cxrbench.data.transforms import CXRTransform
+    from cxrbench.training import TrainOptions
 
     train_set = ImageFolder(tmp_path / "imgs", transform=CXRTransform(image_size=16))
     model = ldm.LDM.train(train_set, tiny_ldm(), tmp_path / "run", options=TrainOptions(steps=1, progress=False))
@@ -301,8 +301,8 @@ def _sample(model, n=2, seed=0):
 def test_ema_is_saved_sampled_and_resumed_exactly(tmp_path, name):
     import copy
 
-    from cxrbench.training import TrainOptions
     from cxrbench.registry import GENERATORS
+    from cxrbench.training import TrainOptions
 
     cls, cfg = GENERATORS.get(name), DIFFUSION[name]()
     ds = LabelledImages(8, 16, seed=0)

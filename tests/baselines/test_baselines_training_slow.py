@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrbench.training import TrainOptions, config_from_overrides
+from cxrbench.config import EvalConfig
 from cxrbench.data import ImageFolder
 from cxrbench.data.transforms import CXRTransform
-from cxrbench.config import EvalConfig
 from cxrbench.engine.evaluate import evaluate_generator, images_source
 from cxrbench.registry import GENERATORS
 from cxrbench.seeding import seed_everything
+from cxrbench.training import TrainOptions, config_from_overrides
 
 from ..conftest import shared_folder
 

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 
 from baselines.moco import Config, MoCoCXR, augment
 from baselines.trainer import Batch
-from cxrbench.training import TrainOptions
 from cxrbench.data.io import sha256_file
+from cxrbench.data.labels import LABELS
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.data.labels import LABELS
 from cxrbench.registry import EXTRACTORS, REPRESENTATIONS
 from cxrbench.seeding import seed_everything, torch_generator
-from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.training import TrainOptions
 
 NAN = float("nan")
 

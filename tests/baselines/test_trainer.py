@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from cxrbench.training import TrainOptions, config_from_overrides, load_config_file
 from baselines.trainer import resolve_device
 from baselines.vae import VAE, VAEConfig
 from cxrbench.errors import DataError, UsageError
+from cxrbench.training import TrainOptions, config_from_overrides, load_config_file
 
 from ..generator_contract import LabelledImages
 

@@ -54,8 +54,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
-    from cxrbench.data.index import index_path
     from cxrbench.data.imageset import open_folder
+    from cxrbench.data.index import index_path
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "imgs", Path(tmp) / "cache"

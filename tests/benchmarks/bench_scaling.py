@@ -173,7 +173,6 @@ def child(a) -> None:
     import cxrbench
     import cxrbench.engine.evaluate as ev
     import cxrbench.engine.metric_runner as runner
-    import cxrbench.metrics.common as common
     import cxrbench.metrics.fid as fid_mod
     import cxrbench.metrics.kid as kid_mod
     import cxrbench.metrics.ks as ks_mod
@@ -182,6 +181,7 @@ def child(a) -> None:
     import cxrbench.metrics.prdc as prdc_mod
     import cxrbench.metrics.rrs as rrs_mod
     from cxrbench.config import EvalConfig
+    from cxrbench.metrics import common
 
     sampler = _Sampler()
     sampler.start()

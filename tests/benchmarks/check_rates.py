@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from cxrbench.publish.compare import Tolerance, regressions
 from cxrbench.metrics import functional as F
+from cxrbench.publish.compare import Tolerance, regressions
 
 
 def evaluate(gen, ref, boot, seed):

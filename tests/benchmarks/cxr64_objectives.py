@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from baselines.cxr64net import run_network
-from cxrbench.features.cxr64 import CXR64Extractor
 from cxrbench.data.labels import LABELS
+from cxrbench.features.cxr64 import CXR64Extractor
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.protocols.cxr64_splits import image_splits
 from tests.benchmarks.cxr64_validity import blur, feats, images_of, probe_auroc

@@ -43,7 +43,7 @@ N_IMAGES = 12
 # the cheapest real evaluation: seeded random weights, one small extractor, one metric, few replicates
 FAST = ["--extractors", "random-conv", "--weights", "random", "--metrics", "fid", "--n-bootstrap", "10",
         "--quiet", "--num-workers", "0"]
-TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.M)
+TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.MULTILINE)
 
 
 # ---------------------------------------------------------------- building inputs
@@ -138,7 +138,7 @@ class Run:
     def warnings(self) -> str:
         """Lines of either stream that warn or list skipped files (the result table prints some)."""
         lines = (self.stderr + "\n" + self.stdout).splitlines()
-        return "\n".join(ln for ln in lines if re.search(r"warn|skip|unreadable|not comparable", ln, re.I))
+        return "\n".join(ln for ln in lines if re.search(r"warn|skip|unreadable|not comparable", ln, re.IGNORECASE))
 
 
 class Ctx:

@@ -43,15 +43,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from baselines.moco import Config, MoCoCXR, augment, to_square
-from cxrbench.training import TrainOptions
+from cxrbench.config import EvalConfig
 from cxrbench.data import ImageFolder
 from cxrbench.features.base import bn_recalibrate
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.config import EvalConfig
 from cxrbench.metrics.base import EvalContext, FeatureSet
 from cxrbench.metrics.fid import fid_from_features
 from cxrbench.metrics.rrs import RRS
 from cxrbench.seeding import seed_everything, torch_generator
+from cxrbench.training import TrainOptions
 
 DEFAULT_DATA = Path(os.environ.get("CXRBENCH_SHARED_DATA", REPO.parent / "shared" / "data")) / \
     "kermany_pediatric_covid_skytells"

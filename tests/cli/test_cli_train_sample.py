@@ -13,11 +13,11 @@ from PIL import Image
 
 from cxrbench.commands import sample as sample_cmd
 from cxrbench.commands import train as train_cmd
+from cxrbench.data.labels import LABELS
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.errors import UsageError
 from cxrbench.features.base import FeatureExtractor
-from cxrbench.data.labels import LABELS
 from cxrbench.registry import EXTRACTORS, GENERATORS
-from cxrbench.data.synthetic import synthetic_cxr
 
 VAE_TOML = "channels = [8, 16]\nz_dim = 8\nbatch_size = 4\n"
 FS_TOML = (
@@ -213,8 +213,8 @@ def test_cli_sample_writes_the_images_evaluate_generator_evaluates(tmp_path, fol
     # (compared as sha256 sets: the harness puts images in hash order)
     import hashlib
 
-    from cxrbench.engine import evaluate as harness
     from cxrbench.cli import main
+    from cxrbench.engine import evaluate as harness
 
     run = train(tmp_path, folder, name, toml, "--steps", 1)
     samples = tmp_path / "s"

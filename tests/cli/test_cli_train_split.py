@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from cxrbench.commands import train as train_cmd
-from cxrbench.errors import UsageError
 from cxrbench.data.labels import LABELS
-from cxrbench.registry import GENERATORS
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.errors import UsageError
+from cxrbench.registry import GENERATORS
 
 from .test_cli_train_sample import FS_TOML, call
 

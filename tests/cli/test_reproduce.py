@@ -105,7 +105,6 @@ def test_every_shipped_recipe_is_valid_with_a_valid_card():
 
     from cxrbench.commands.reproduce import load_recipe
     from cxrbench.publish.card import card_from_dict
-
     from cxrbench.registry import GENERATORS, REPRESENTATIONS
     from cxrbench.training import config_from_overrides
 

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from cxrbench.data import index as folder_index
-from cxrbench.data.io import sha256_file
 from cxrbench.data.imageset import open_folder
+from cxrbench.data.io import sha256_file
 from cxrbench.data.synthetic import synthetic_cxr
 
 from ..conftest import write_pngs
@@ -118,8 +118,8 @@ def test_file_changed_during_its_scan_is_hashed_again(folder, tmp_path, monkeypa
 def test_folder_split_hashes_only_its_images(folder, tmp_path, monkeypatch):
     """labels.csv's split column: opening one split reads only that split's files, with the same result as
     selecting it from the whole set."""
-    from cxrbench.data.sources import open_source
     from cxrbench.data.imageset import select_split
+    from cxrbench.data.sources import open_source
 
     names = sorted(p.name for p in folder.glob("*.png"))
     rows = [f"{n},{'test' if i % 3 == 0 else 'train'}" for i, n in enumerate(names)]

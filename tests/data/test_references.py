@@ -4,8 +4,8 @@ import pytest
 
 from cxrbench.data import index as folder_index
 from cxrbench.data.references import open_reference
-from cxrbench.errors import UsageError
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.errors import UsageError
 
 from ..conftest import write_pngs
 
@@ -120,8 +120,8 @@ def test_a_named_reference_is_a_registered_adapter(tmp_path, monkeypatch):
 
     from cxrbench.data.references import NamedReference
     from cxrbench.data.sources import open_source
-    from cxrbench.registry import REFERENCES, RegistryError
     from cxrbench.data.synthetic import synthetic_cxr
+    from cxrbench.registry import REFERENCES, RegistryError
 
     from ..conftest import write_pngs
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.data.transforms import (
     CXRTransform,
     center_crop,
@@ -14,7 +15,6 @@ from cxrbench.data.transforms import (
     seed_preprocessing,
     to_grayscale,
 )
-from cxrbench.data.synthetic import synthetic_cxr
 
 
 def test_grayscale_matches_pillow_luma():

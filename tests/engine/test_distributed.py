@@ -114,7 +114,7 @@ def test_torchrun_ranks_share_the_hashing(tmp_path):
     assert all(10 <= len(x) <= 72 for x in reads)  # crc32 of the path: roughly half each
     # rank 0 wrote the index: a one-process open now reads nothing
     assert index_path(folder, tmp_path / "c").is_file()
-    import cxrbench.data.imageset as imageset
+    from cxrbench.data import imageset
 
     read_now = []
     plain = imageset._hash_files

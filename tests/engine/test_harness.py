@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cxrbench.cli import main
-from cxrbench.errors import DataError, UsageError
 from cxrbench.config import EvalConfig
 from cxrbench.engine.evaluate import evaluate, evaluate_generator
+from cxrbench.errors import DataError, UsageError
 from cxrbench.results import load, validate
 
 from ..conftest import shared_folder, write_pngs

@@ -9,9 +9,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from cxrbench.data.splits import real_vs_real_split
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics.base import MetricValue, TwoSampleMetric
-from cxrbench.data.splits import real_vs_real_split
 from cxrbench.registry import METRICS
 
 from ..metric_helpers import context, feature_set

@@ -3,8 +3,8 @@
 import pytest
 
 from cxrbench.cli import main
-from cxrbench.errors import UsageError
 from cxrbench.engine.evaluate import evaluate
+from cxrbench.errors import UsageError
 
 
 def test_fid_from_statistics_equals_fid_from_images(synthetic_folders, fast_config, tmp_path, capsys):

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from cxrbench.errors import UsageError
-from cxrbench.features.cache import FeatureCache
 from cxrbench.config import EvalConfig
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.evaluate import evaluate, images_source
 from cxrbench.engine.extraction import extract_features, reference_statistics
+from cxrbench.errors import UsageError
+from cxrbench.features.cache import FeatureCache
 from cxrbench.metrics.fid import gaussian_stats
 from cxrbench.metrics.moments import RunningMoments
-from cxrbench.data.synthetic import synthetic_cxr
 
 
 def _close(a, b, tol=1e-10):

@@ -108,9 +108,9 @@ def test_inference_rewrite_keeps_the_peer_features(inception, tmp_path):
     import torchxrayvision as xrv
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+    from cxrbench.engine.extraction import run_extractor
     from cxrbench.features.inception import InceptionV3Extractor
     from cxrbench.features.xrv import XRVDenseNetExtractor
-    from cxrbench.engine.extraction import run_extractor
 
     path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(inception.net.state_dict(), path)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.features import torchmetrics_feature
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.features import torchmetrics_feature
 
 from ..conftest import write_pngs
 

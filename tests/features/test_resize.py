@@ -120,9 +120,9 @@ def test_resize_option_is_named_and_keys_the_cache(fast_densenet):
 
 
 def test_harness_passes_the_option(fast_densenet):
-    from cxrbench.errors import UsageError
     from cxrbench.config import EvalConfig
     from cxrbench.engine.extraction import build_extractors
+    from cxrbench.errors import UsageError
 
     nets = build_extractors(("xrv", "xrv-classifier"), EvalConfig(weights="random", xrv_resize="torch-antialias"),
                             "cpu")

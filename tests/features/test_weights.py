@@ -18,8 +18,8 @@ import zipfile
 import pytest
 import torch
 
-from cxrbench.errors import WeightsError
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.errors import WeightsError
 
 # --------------------------------------------------------------------------------------------------------
 # Synthetic legacy module pickles
@@ -544,8 +544,8 @@ def test_comparable_only_when_every_extractor_has_its_published_weights(tmp_path
     """Each extractor class pins its own published sha256; the harness asks each one."""
     import dataclasses
 
-    from cxrbench.features.xrv import XRVDenseNetExtractor
     from cxrbench.engine.evaluate import evaluate
+    from cxrbench.features.xrv import XRVDenseNetExtractor
 
     from ..conftest import write_pngs
 

@@ -106,8 +106,8 @@ def test_real_vs_real_split_is_patient_wise_and_deterministic():
 
 
 def test_fid_grows_with_distribution_shift_random_conv():
-    from cxrbench.features.random_conv import RandomConvExtractor
     from cxrbench.data.synthetic import synthetic_cxr
+    from cxrbench.features.random_conv import RandomConvExtractor
 
     ext = RandomConvExtractor(seed=0)
     ref = ext.extract(synthetic_cxr(200, 32, 0.0, seed=10)).numpy()

@@ -5,8 +5,8 @@ import pytest
 
 from cxrbench.cli import main
 from cxrbench.commands.evaluate import parse_metric_settings
-from cxrbench.errors import UsageError
 from cxrbench.engine.evaluate import evaluate
+from cxrbench.errors import UsageError
 from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.prdc import prdc_result
 

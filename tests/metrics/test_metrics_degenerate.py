@@ -26,8 +26,8 @@ def test_fid_of_a_mode_collapsed_set_is_the_direct_formula(n_gen, d):
 def test_evaluate_on_copies_of_one_image_gives_numbers(tmp_path):
     """The commonest GAN failure: 40 copies of one image against 200 real ones (used to crash in dtrmm)."""
     from cxrbench.config import EvalConfig
-    from cxrbench.engine.evaluate import evaluate
     from cxrbench.data.synthetic import synthetic_cxr
+    from cxrbench.engine.evaluate import evaluate
 
     gen = write_pngs(tmp_path / "one", synthetic_cxr(1, 32, 0.0, seed=5).repeat(40, 1, 1, 1))
     ref = write_pngs(tmp_path / "ref", synthetic_cxr(200, 32, 0.0, seed=6))

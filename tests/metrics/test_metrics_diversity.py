@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.metrics.diversity import MSSSIM, pair_ms_ssim, random_pairs, to_square
 from cxrbench.data.synthetic import synthetic_cxr
+from cxrbench.metrics.diversity import MSSSIM, pair_ms_ssim, random_pairs, to_square
 
 from ..metric_helpers import context, feature_set
 
@@ -53,3 +53,18 @@ def test_skipped_without_images():
     x = np.zeros((5, 3))
     ctx = context(feature_set("samples", {"e": x}), feature_set("reference", {"e": x}))
     assert "images" in MSSSIM().skip_reason(ctx) and MSSSIM().compute(ctx) == {}
+
+
+def test_functional_entry_takes_image_arrays_and_is_the_registered_metric():
+    from cxrbench.errors import DataError
+    from cxrbench.metrics import functional as F
+
+    ref, gen = synthetic_cxr(12, 32, seed=1), synthetic_cxr(12, 32, seed=2)
+    reg = MSSSIM().compute(context(images_set("samples", gen), images_set("reference", ref), ms_ssim_pairs=8,
+                                   ms_ssim_size=176, n_bootstrap=30))["ms_ssim"]
+    f = F.ms_ssim(real=ref[:, 0].numpy(), fake=gen, pairs=8, size=176, ci=True, n_bootstrap=30)
+    assert (f.value, f.real_vs_real, f.ci) == (reg.value, reg.real_vs_real, reg.ci)
+    same = synthetic_cxr(1, 32, seed=4).repeat(6, 1, 1, 1)
+    assert F.ms_ssim(real=ref, fake=same, pairs=8, size=176).value == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        F.ms_ssim(real=ref * 255, fake=gen, pairs=8, size=176)

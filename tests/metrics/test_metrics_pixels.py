@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.features.pixels import FEATURE_NAMES, PixelStatsExtractor
 from cxrbench.registry import EXTRACTORS
-from cxrbench.data.synthetic import synthetic_cxr
 
 
 def test_registered_weight_free_statistics_extractor():

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cxrbench.data.splits import real_vs_real_split
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.features.pixels import PixelStatsExtractor
-from cxrbench.data.splits import real_vs_real_split
 from cxrbench.registry import METRICS
 
 from ..metric_helpers import context, feature_set, shared_data

@@ -166,3 +166,15 @@ def test_other_films_of_training_patients_caught_by_reid_missed_by_memorization(
     # benchmark's larger training set): another film is not a near-copy
     mem = real["same_patient"]["mem"]
     assert mem.ci[1] < 0.35
+
+
+def test_functional_entry_takes_image_arrays_and_is_the_registered_metric(toy):
+    from cxrbench.metrics import functional as F
+
+    reg = ReID().compute(_ctx(toy, reid_weights="random", n_bootstrap=30))
+    f = F.reid(real=toy["ref"], fake=toy["gen"][:, 0].numpy(), train=toy["train"], weights="random", ci=True,
+               n_bootstrap=30)
+    for key in ("reid", "reid_mean"):
+        assert f[key].value == pytest.approx(reg[key].value, abs=1e-6)
+        assert f[key].real_vs_real == pytest.approx(reg[key].real_vs_real, abs=1e-6)
+        assert f[key].ci == pytest.approx(reg[key].ci, abs=1e-6)

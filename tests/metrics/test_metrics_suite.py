@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.features.pixels import PixelStatsExtractor
 from cxrbench.metrics.base import Metric
 from cxrbench.registry import METRICS
-from cxrbench.data.synthetic import synthetic_cxr
 
 from ..metric_helpers import context, feature_set, thumbnails
 

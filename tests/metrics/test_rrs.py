@@ -10,14 +10,14 @@ import torch
 
 from baselines.moco import Config, MoCoCXR
 from cxrbench.cli import main
+from cxrbench.config import EvalConfig
+from cxrbench.data.splits import real_vs_real_split
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.errors import DataError
 from cxrbench.features.base import bn_recalibrate
 from cxrbench.features.moco import MoCoExtractor
-from cxrbench.config import EvalConfig
 from cxrbench.metrics import rrs
 from cxrbench.metrics.base import EvalContext, FeatureSet
-from cxrbench.data.splits import real_vs_real_split
-from cxrbench.data.synthetic import synthetic_cxr
 
 from ..conftest import write_pngs
 
@@ -183,3 +183,22 @@ def test_rrs_and_fid_in_moco_space_through_the_cli(tmp_path):
     per = m["rrs_moco"]["per_image"]
     assert [p.replace("s_", "r_") for p in per["ids"]] == per["matched"]
     assert m["rrs_moco"]["value"] < m["rrs_moco"]["real_vs_real"]
+
+
+def test_functional_entry_is_the_registered_metric_and_pairs_by_index():
+    rng = np.random.default_rng(3)
+    g, r = rng.standard_normal((15, 8)), rng.standard_normal((40, 8))
+    ref = feature_set("ref", r)
+    reg = compute(feature_set("gen", g), ref)
+    from cxrbench.metrics import functional as F
+    f = F.rrs(real=r.astype(np.float32), fake=g.astype(np.float32), ci=True, n_bootstrap=50)
+    assert f.value == pytest.approx(reg.value, abs=1e-6) and f.real_vs_real == pytest.approx(reg.real_vs_real, abs=1e-6)
+    assert f.ci == pytest.approx(reg.ci, abs=1e-6)
+    # paired: 1 - cos against the named row, computed here independently
+    src = rng.integers(0, 40, 15)
+    cos = (g * r[src]).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(r[src], axis=1)
+    assert F.rrs(real=r, fake=g, source=src).value == pytest.approx(float((1 - cos).mean()), abs=1e-12)
+    with pytest.raises(DataError, match="source"):
+        F.rrs(real=r, fake=g, source=src[:3])
+    with pytest.raises(TypeError):
+        F.rrs(r, g)  # keyword-only, like every functional entry

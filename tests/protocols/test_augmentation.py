@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrbench.errors import DataError, UsageError
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.evaluate import images_source
+from cxrbench.errors import DataError, UsageError
 from cxrbench.protocols.augmentation.config import OUTPUTS, AugmentConfig
 from cxrbench.protocols.augmentation.labels import _classifier_labels, parse_task
 from cxrbench.protocols.augmentation.run import augment
 from cxrbench.protocols.augmentation.splits import _test_split
 from cxrbench.protocols.augmentation.stats import auroc
-from cxrbench.data.synthetic import synthetic_cxr
 
 from ..conftest import write_pngs
 
@@ -151,9 +151,9 @@ def test_same_seeds_same_numbers_and_seeds_redraw(cache_dir):
     c = augment(real, syn, config=_cfg(cache_dir, seed=7))
     assert c.details["test_ids"] != a.details["test_ids"]
     # features handed in by a caller (the harness path) give the same numbers as extracting them here
-    from cxrbench.features.cache import FeatureCache
     from cxrbench.config import EvalConfig
     from cxrbench.engine.extraction import build_extractors, extract_features
+    from cxrbench.features.cache import FeatureCache
 
     ecfg = EvalConfig(extractors=("random-conv",), weights="random", progress=False, num_workers=0)
     ex = build_extractors(["random-conv"], ecfg, "cpu")

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ..conftest import shared_folder
 from cxrbench.protocols import cxr128_splits as splits
+
+from ..conftest import shared_folder
 
 
 def test_fixed_patients_keep_their_split_and_the_rest_meet_the_targets():

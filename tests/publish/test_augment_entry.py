@@ -16,13 +16,13 @@ import torch
 
 from cxrbench.cli import main
 from cxrbench.data.sources import open_source
+from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.evaluate import images_source
 from cxrbench.features.cxr64 import CXR64Extractor
 from cxrbench.protocols.augmentation.config import OUTPUTS, AugmentConfig
 from cxrbench.protocols.augmentation.labels import binary_labels
 from cxrbench.protocols.augmentation.splits import _default_splits, _test_split
 from cxrbench.protocols.cxr64_splits import image_splits
-from cxrbench.data.synthetic import synthetic_cxr
 
 CXR64_TRAIN_SPLIT, CXR64_TEST_SPLIT = CXR64Extractor.augmentation_splits
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cxrbench.publish.card import card_from_dict, load_card, slugify
 from cxrbench.errors import CxrbenchError, DataError
+from cxrbench.publish.card import card_from_dict, load_card, slugify
 
 GOOD = """\
 name = "DDPM 64 (v2)"

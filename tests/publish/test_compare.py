@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cxrbench.publish.compare import Tolerance, file_differences, regressions, verify_differences
 from cxrbench.errors import UsageError
+from cxrbench.publish.compare import Tolerance, file_differences, regressions, verify_differences
 
 from ..leaderboard_helpers import fake_entry
 
