@@ -71,7 +71,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -179,6 +178,10 @@ class EMA(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         # the live modules, not registered (they are the model's own and saved under their own names)
         object.__setattr__(self, "_live", list(modules.values()))
+        # on use: diffusers takes 3 s to import, and every baseline imports this module (VAE and GAN runs and
+        # `cxrbench train`'s error paths never need it)
+        from diffusers.training_utils import EMAModel
+
         object.__setattr__(self, "_ema", EMAModel([], decay=decay, use_ema_warmup=True, power=power))
         self._swapped = False
 

@@ -166,7 +166,7 @@ def test_no_function_local_import_of_cxrbench_without_a_reason():
 #: import, and the paths that skip them (`cxrbench --help`, the light commands, the functional API) should not
 #: pay for them. Anything else (the standard library, PIL, numpy) is imported at the top of the module.
 HEAVY_ON_USE = frozenset({"torch", "pandas", "matplotlib", "scipy", "sklearn", "transformers", "torchxrayvision",
-                          "cleanfid", "safetensors", "prdc", "pydicom", "tqdm"})
+                          "cleanfid", "safetensors", "prdc", "pydicom", "tqdm", "diffusers"})
 
 
 def misplaced_local_imports(source: str, module: str) -> list[str]:

@@ -54,29 +54,37 @@ from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.fid import FID, frechet_distance
 from cxrbench.metrics.kid import KID
 from cxrbench.metrics.ks import KSFeatures, KSLabels
-from cxrbench.metrics.labels import LabelDistribution, label_cooccurrence, label_js, label_mae, positives
+from cxrbench.metrics.labels import (
+    LabelAdherence,
+    LabelDistribution,
+    label_cooccurrence,
+    label_js,
+    label_mae,
+    positives,
+)
 from cxrbench.metrics.memorization import Memorization, memorization_result
 from cxrbench.metrics.prdc import PRDC
 from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599
-PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan", "nih_copies")
+PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan", "nih_copies", "nih_half_prompts")
 METRICS = {"fid": FID, "kid": KID, "prdc": PRDC, "ks_features": KSFeatures, "labels": LabelDistribution,
-           "ks_labels": KSLabels, "memorization": Memorization}
+           "ks_labels": KSLabels, "memorization": Memorization, "label_adherence": LabelAdherence}
 #: memorization needs the generator's training set: a fixed draw of NIH rows the size of the cxr128 train split
 #: (it is fixed in the protocol, not resampled); generated and reference rows come from the other NIH rows
 N_TRAIN = 686
 KEYS = {"fid": ("fid",), "kid": ("kid",), "prdc": ("precision", "recall", "density", "coverage"),
         "ks_features": ("ks_features",), "labels": ("label_mae", "label_js", "label_cooccurrence"),
-        "ks_labels": ("ks_labels",), "memorization": ("memorization",)}
+        "ks_labels": ("ks_labels",), "memorization": ("memorization",),
+        "label_adherence": ("label_adherence_auroc",)}
 #: keys of outputs without an extractor suffix
-PLAIN = {"label_mae", "label_js", "label_cooccurrence", "ks_labels"}
+PLAIN = {"label_mae", "label_js", "label_cooccurrence", "ks_labels", "label_adherence_auroc"}
 #: metrics whose population value is >= 0 by definition (a distance, an MMD^2)
 NONNEGATIVE = frozenset({"fid", "kid", "label_mae", "label_js", "label_cooccurrence"})
 #: the target each metric's interval is for (printed in the table)
 TARGET = {"fid": "population FD (bias-corrected estimate)", "kid": "population MMD^2",
           **{k: "expectation at 300/599" for k in ("precision", "recall", "density", "coverage", "ks_features",
-                                                    "ks_labels", "memorization")},
+                                                    "ks_labels", "memorization", "label_adherence_auroc")},
           **{k: "population value (bias-corrected estimate)" for k in ("label_mae", "label_js", "label_cooccurrence")}}
 RESULTS = ROOT / "tests" / "benchmarks" / "results"
 TABLE = ROOT / "cxrbench" / "metrics" / "interval_coverage.json"
@@ -92,7 +100,41 @@ def populations(feat_dir: Path) -> dict[str, np.ndarray]:
     # sets (``memorization_sets``) come from the same split of the NIH rows
     train, unseen = train_split(len(f["nih"]))
     f["nih_copies"] = np.concatenate([f["nih_blur05"][train], f["nih"][unseen]])
+    f["nih_half_prompts"] = f["nih"]  # label adherence's half-followed prompts: the images are NIH's own
     return f
+
+
+#: NIH's image folders in the order ``interval_coverage_features.py`` extracted them (rows of nih*.npy)
+NIH_FOLDERS = ("nih_extra_256px", "nih1000_64px")
+#: label adherence: pairs whose generated rows are NIH rows (or a transform of them), each "prompted" with its own
+#: NIH labels; ``nih_half_prompts``: NIH rows, half of them prompted with another row's labels (a generator that
+#: follows its prompt half the time)
+ADHERENCE_ROWS = {"nih": "nih", "nih_blur05": "nih_blur05", "nih_jpeg50": "nih_jpeg50", "nih_gan": "nih_gan",
+                  "nih_half_prompts": "nih"}
+
+
+@functools.lru_cache(maxsize=1)
+def nih_labels() -> tuple[tuple[str, ...], np.ndarray]:
+    """The NIH labels the protocol's head predicts, one 0/1 row per population row (read from ``--data``)."""
+    import pandas as pd
+
+    names = tuple(classifier().feature_names)
+    data = Path(os.environ.get("CXRBENCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    frames = [pd.read_csv(data / f / "labels.csv") for f in NIH_FOLDERS]
+    return names, np.concatenate([f[list(names)].to_numpy(dtype=np.int64) for f in frames])
+
+
+def adherence_draw(pops, pair: str, rng, mode: str) -> tuple[np.ndarray, "object"]:
+    """(generated features, their manifest of requested labels) for label adherence."""
+    import pandas as pd
+
+    names, lab = nih_labels()
+    rows = draw(rng, len(lab), N_GEN, mode)
+    req = lab[rows].copy()
+    if pair == "nih_half_prompts":
+        swap = rng.random(N_GEN) < 0.5
+        req[swap] = lab[rng.integers(0, len(lab), int(swap.sum()))]
+    return pops[ADHERENCE_ROWS[pair]][rows], pd.DataFrame(req, columns=list(names))
 
 
 def train_split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +165,7 @@ def probabilities(x: np.ndarray) -> np.ndarray:
     return classifier().from_features(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
 
 
-def context(g, r, seed: int, train=None) -> EvalContext:
+def context(g, r, seed: int, train=None, manifest=None, n_bootstrap: int | None = None) -> EvalContext:
     """What the engine hands a metric under the protocol: both extractors' outputs of both sets (and of the
     generator's training set, for memorization)."""
     specs = {"cxr128": {"kind": "embedding"},
@@ -132,8 +174,10 @@ def context(g, r, seed: int, train=None) -> EvalContext:
             FeatureSet(name, [f"{name}{i}" for i in range(len(x))], [""] * len(x),
                        {"cxr128": x.astype(np.float32), "cxr128-classifier": probabilities(x)})
             for name, x in (("samples", g), ("reference", r), ("train", train))]
+    sets[0].manifest = manifest
     return EvalContext(gen=sets[0], ref=sets[1], train=sets[2], extractors=specs,
-                       config=EvalConfig(seed=seed, progress=False, use_cache=False))
+                       config=EvalConfig(seed=seed, progress=False, use_cache=False,
+                                         **({} if n_bootstrap is None else {"n_bootstrap": n_bootstrap})))
 
 
 def draw(rng, n_pop: int, n: int, mode: str) -> np.ndarray:
@@ -168,6 +212,9 @@ def one_rep(args):
             est = {"memorization": run_metric(Memorization(), context(
                 mg[draw(mrng, len(mg), N_GEN, mode)], mr[draw(mrng, len(mr), N_REF, mode)], rep, train=mt)
             )["memorization_cxr128"]}
+        elif m == "label_adherence":  # NIH rows prompted with their own labels (no reference needed)
+            ag, man = adherence_draw(pops, pair, np.random.default_rng([rep, PAIRS.index(pair), 19]), mode)
+            est = run_metric(LabelAdherence(), context(ag, r[:20], rep, manifest=man))
         elif m in ("labels", "ks_labels"):  # through the engine's runner, as `cxrbench evaluate` runs them
             est = {k.removesuffix("_cxr128"): v for k, v in run_metric(METRICS[m](), ctx).items()}
         else:
@@ -197,6 +244,10 @@ def point_draw(args):
         mrng = np.random.default_rng([j, PAIRS.index(pair), 17])
         out["memorization"] = memorization_result(mg[draw(mrng, len(mg), N_GEN, mode)],
                                                   mr[draw(mrng, len(mr), N_REF, mode)], mt).rate
+    if "label_adherence" in metrics:
+        ag, man = adherence_draw(pops, pair, np.random.default_rng([j, PAIRS.index(pair), 23]), mode)
+        est = run_metric(LabelAdherence(), context(ag, r[:20], 0, manifest=man, n_bootstrap=0))  # value only
+        out["label_adherence_auroc"] = est["label_adherence_auroc"].value
     if "ks_labels" in metrics:
         pg, pr = probabilities(g), probabilities(r)
         keep = ~(np.isnan(pg).any(0) | np.isnan(pr).any(0))
@@ -268,7 +319,7 @@ def main() -> None:
         truth = population_truth(pops, pair, a.draw)
         reps = run(one_rep, [(str(a.features), pair, metrics, a.draw, i)
                              for i in range(a.rep_start, a.rep_start + a.reps)])
-        n_dep = [m for m in metrics if m in ("prdc", "ks_features", "ks_labels", "memorization")]
+        n_dep = [m for m in metrics if m in ("prdc", "ks_features", "ks_labels", "memorization", "label_adherence")]
         pts = run(point_draw, [(str(a.features), pair, n_dep, a.draw, j) for j in range(a.truth_draws)]) if n_dep else []
         rec = {"pair": pair, "draw": a.draw, "reps": reps, "truth": truth, "points": pts, "n_gen": N_GEN,
                "n_ref": N_REF, "metrics": metrics}
@@ -283,7 +334,8 @@ def merged(recs: list[dict]) -> dict:
     N-dependent metrics' target re-estimated over all of them (every repetition's value is a draw too)."""
     rec = {**recs[0], "reps": [r for x in recs for r in x["reps"]], "points": [p for x in recs for p in x["points"]]}
     truth = dict(recs[0]["truth"])
-    for key in ("precision", "recall", "density", "coverage", "ks_features", "ks_labels", "memorization"):
+    for key in ("precision", "recall", "density", "coverage", "ks_features", "ks_labels", "memorization",
+                "label_adherence_auroc"):
         if key in rec["reps"][0]:
             v = np.array([p[key] for p in rec["points"]] + [r[key]["value"] for r in rec["reps"]])
             truth[key], truth[f"{key}:se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
