@@ -78,7 +78,15 @@ def rate_interval(res: MemorizationResult, *, n_bootstrap: int, seed: int, alpha
                               method="percentile")
     if iv is None:
         return None
-    return min(max(iv.ci[0], 0.0), 1.0), min(max(iv.ci[1], 0.0), 1.0)
+    lo, hi = min(max(iv.ci[0], 0.0), 1.0), min(max(iv.ci[1], 0.0), 1.0)
+    # no sample below the threshold (or every one): every replicate repeats it and the bootstrap gives [0, 0],
+    # certainty it does not have. The exact (Clopper-Pearson) bound for 0 of n is 1 - (alpha / 2) ** (1 / n)
+    n = len(gd)
+    if res.rate == 0.0:
+        hi = max(hi, 1.0 - (alpha / 2) ** (1.0 / n))
+    elif res.rate == 1.0:
+        lo = min(lo, (alpha / 2) ** (1.0 / n))
+    return lo, hi
 
 
 # the functional entry (``functional.memorization``)

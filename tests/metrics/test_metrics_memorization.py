@@ -83,3 +83,15 @@ def test_interval_covers_the_expected_rate_of_a_generator_that_copies_nothing():
     # the expected rate at these sizes is 0.05 up to the percentile's interpolation (checked, not assumed)
     assert abs(np.mean(rates) - 0.05) < 0.002
     assert 0.92 <= hits / reps <= 0.98
+
+
+def test_no_sample_below_the_threshold_is_not_an_interval_of_zero_width(pools):
+    # samples far from every training row: the rate is 0, and every bootstrap replicate repeats it; the interval
+    # keeps the exact upper bound for 0 of n (Clopper-Pearson), 1 - 0.025 ** (1 / n), not [0, 0]
+    far = pools["fresh"][:300] + 100.0
+    v = F.memorization(real=pools["heldout"], fake=far, train=pools["train"], ci=True, n_bootstrap=50)
+    assert v.value == 0.0 and v.ci[0] == 0.0
+    assert v.ci[1] == pytest.approx(1 - 0.025 ** (1 / 300)) and 0.012 < v.ci[1] < 0.013
+    copies = pools["train"][:300]  # every sample a training image: rate 1, the mirror-image bound
+    v = F.memorization(real=pools["heldout"], fake=copies, train=pools["train"], ci=True, n_bootstrap=50)
+    assert v.value == 1.0 and v.ci == pytest.approx((0.025 ** (1 / 300), 1.0))
