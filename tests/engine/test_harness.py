@@ -247,11 +247,16 @@ def test_stage_timings_nest_inside_the_extraction(synthetic_folders, fast_config
 
     cfg = dataclasses.replace(fast_config, extractors=("random-conv", "pixels"), use_cache=False)
     t = evaluate(synthetic_folders["real_a"], synthetic_folders["real_b"], config=cfg)["timings"]
-    parts = t["decode_s"] + t["forward_s"] + t["cache_s"]
+    # every timing is rounded to the millisecond: a sum of k of them may exceed the rounded whole by k / 2 ms
+    # (a CI run failed on 0.014 + 0.021 + 0.035 + 0.008 against a total of 0.077)
+    def fits(*terms, whole):
+        return sum(terms) <= whole + 0.5e-3 * (len(terms) + 1) + 1e-9
+
+    parts = (t["decode_s"], t["forward_s"], t["cache_s"])
     assert set(t["network_s"]) == {"random-conv", "pixels"}
-    assert t["preprocess_s"] + sum(t["network_s"].values()) <= t["forward_s"] + 1e-3
-    assert parts <= t["extract_s"] + 1e-3 and parts >= 0.8 * t["extract_s"]
-    assert t["build_extractors_s"] + t["hash_s"] + t["extract_s"] + t["metrics_s"] <= t["total_s"] + 1e-3
+    assert fits(t["preprocess_s"], *t["network_s"].values(), whole=t["forward_s"])
+    assert fits(*parts, whole=t["extract_s"]) and sum(parts) >= 0.8 * t["extract_s"]
+    assert fits(t["build_extractors_s"], t["hash_s"], t["extract_s"], t["metrics_s"], whole=t["total_s"])
 
 
 def test_evalconfig_fields_as_keywords_beside_config(synthetic_folders, tmp_path):
