@@ -209,6 +209,7 @@ def test_clean_resize_matches_clean_fid_pipeline(inception, tmp_path):
     assert (inception.preprocess(x) - ours.preprocess(x)).abs().max() > 1e-2
 
 
+@pytest.mark.slow  # torch.compile's CPU code generation: 15-20 s, for an opt-in path (--compile)
 def test_compiled_forward_keeps_features_and_is_keyed_apart():
     """``compile=True`` (torch.compile of each network) moves features no more than the BatchNorm fold does,
     and is recorded in the spec, so compiled features never share a cache entry with eager ones."""
