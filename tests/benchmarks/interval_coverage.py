@@ -7,7 +7,8 @@ The populations are cxr128 features of real radiographs (``interval_coverage_fea
 (2,594 images), the same NIH images blurred 0.5 px, at JPEG quality 50 and with GAN-like upsampling artefacts,
 a 50/50 NIH + Kermany (pediatric) mixture, NIH PA views only (a mode-dropped subset), and a generator that copies
 (``nih_copies``: a fixed "training set" of 686 NIH rows, the size of the cxr128 train split, blurred 0.5 px, among
-the other NIH rows). Every pair takes the reference from NIH; memorization takes it, and its null generator,
+the other NIH rows), and where ``lsgan.npy`` is present a bundled generator's own samples (the board's LSGAN-64,
+2,594 samples). Every pair takes the reference from NIH; memorization takes it, and its null generator,
 from the NIH rows outside that training set. A repetition draws the protocol's sizes, 300 generated and 599
 reference rows, from the two populations (``--draw iid``: independently with replacement, the model a bootstrap
 assumes; ``--draw wor``: without replacement, each set from its own population), and runs each metric's
@@ -67,7 +68,8 @@ from cxrbench.metrics.prdc import PRDC
 from cxrbench.protocols.cxr128 import SAMPLE_COUNT
 
 N_GEN, N_REF = SAMPLE_COUNT, 599
-PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan", "nih_copies", "nih_half_prompts")
+PAIRS = ("nih", "nih_blur05", "nih_jpeg50", "mixture", "nih_pa", "nih_gan", "nih_copies", "nih_half_prompts",
+         "lsgan")
 METRICS = {"fid": FID, "kid": KID, "prdc": PRDC, "ks_features": KSFeatures, "labels": LabelDistribution,
            "ks_labels": KSLabels, "memorization": Memorization, "label_adherence": LabelAdherence}
 #: memorization needs the generator's training set: a fixed draw of NIH rows the size of the cxr128 train split
@@ -101,6 +103,8 @@ def populations(feat_dir: Path) -> dict[str, np.ndarray]:
     train, unseen = train_split(len(f["nih"]))
     f["nih_copies"] = np.concatenate([f["nih_blur05"][train], f["nih"][unseen]])
     f["nih_half_prompts"] = f["nih"]  # label adherence's half-followed prompts: the images are NIH's own
+    if (feat_dir / "lsgan.npy").is_file():  # a generator's own samples (interval_coverage_features.py --generator)
+        f["lsgan"] = np.load(feat_dir / "lsgan.npy").astype(np.float64)
     return f
 
 

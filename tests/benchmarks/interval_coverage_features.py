@@ -11,7 +11,9 @@ the corruptions act on the 128 px image, in the units ``cxrbench.data.corruption
 - ``nih_blur05``: the same images blurred with a 0.5 px Gaussian; ``nih_jpeg50``: JPEG at quality 50;
 - ``nih_gan``: the GAN upsampling-artefact corruption (mild), a generator-like set;
 - ``kermany``: the pediatric Kermany set (the mixture draws half its rows from it);
-- ``nih_pa``: the NIH PA views only (a mode-dropped subset: every AP film missing).
+- ``nih_pa``: the NIH PA views only (a mode-dropped subset: every AP film missing);
+- ``lsgan`` (with ``--generator DIR``): a bundled generator's samples, e.g. the board's LSGAN-64 run sampled
+  2,594 times: ``cxrbench sample RUN --n 2594 --seed 7 --out DIR`` (the board's own samples use seed 0).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--generator", type=Path, default=None,
+                    help="a folder of generated PNGs: their features become the `lsgan` population")
     a = ap.parse_args()
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +79,11 @@ def main() -> None:
     k = [feats(load128(paths[i : i + a.batch])) for i in range(0, len(paths), a.batch)]
     np.save(a.out / "kermany.npy", np.concatenate(k))
     info["kermany"] = {"n": len(paths), "images": "kermany_pediatric_covid_skytells (near-duplicates dropped)"}
+    if a.generator is not None:
+        paths = sorted(a.generator.glob("*.png"))
+        g = [feats(load128(paths[i : i + a.batch])) for i in range(0, len(paths), a.batch)]
+        np.save(a.out / "lsgan.npy", np.concatenate(g))
+        info["lsgan"] = {"n": len(paths), "images": f"generated samples from {a.generator}"}
     (a.out / "populations.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
 
