@@ -302,6 +302,8 @@ def image_set(images, name: str) -> FeatureSet:
         x = x.unsqueeze(1)
     if x.ndim != 4 or x.shape[1] != 1:
         raise DataError(f"{name}: images must be a (N, H, W) or (N, 1, H, W) grey array, got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise DataError(f"{name}: no images")
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise DataError(f"{name}: image values must be finite and in [0, 1] (divide 8-bit images by 255)")
     return FeatureSet(name, [f"{name}[{i}]" for i in range(len(x))], [""] * len(x), {},

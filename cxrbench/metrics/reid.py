@@ -39,7 +39,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import DataError
 from ..features.reid import load_reid_network
 from .base import EvalContext, FeatureSet, Metric, MetricValue
 from .common import MetricSettings, bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
@@ -139,10 +138,7 @@ def reid(*, real, fake, train, weights: str = MetricSettings.reid_weights,
     """
     st = MetricSettings(seed=seed, n_bootstrap=replicates(n_bootstrap, ci), alpha=alpha, reid_weights=weights,
                         reid_preprocessing=preprocessing, reid_threshold=threshold)
-    sets = [image_set(x, name) for x, name in ((fake, "fake"), (real, "real"), (train, "train"))]
-    for fs in sets:
-        if len(fs) == 0:
-            raise DataError(f"reid: {fs.name} has no images")
+    sets = [image_set(x, name) for x, name in ((fake, "fake"), (real, "real"), (train, "train"))]  # none empty
     return reid_sets(*sets, st, device)
 
 

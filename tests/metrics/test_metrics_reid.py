@@ -178,3 +178,7 @@ def test_functional_entry_takes_image_arrays_and_is_the_registered_metric(toy):
         assert f[key].value == pytest.approx(reg[key].value, abs=1e-6)
         assert f[key].real_vs_real == pytest.approx(reg[key].real_vs_real, abs=1e-6)
         assert f[key].ci == pytest.approx(reg[key].ci, abs=1e-6)
+    from cxrbench.errors import DataError
+
+    with pytest.raises(DataError, match="train: no images"):
+        F.reid(real=toy["ref"], fake=toy["gen"], train=toy["train"][:0], weights="random")
