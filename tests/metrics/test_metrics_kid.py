@@ -64,7 +64,7 @@ def test_reweighting_is_the_distinct_pair_u_statistic_of_the_resampled_multiset(
     def k(p, q):
         return (p @ q.T / p.shape[1] + 1) ** 3
 
-    w, m = len(x), len(y)
+    m = len(y)
     kxx, kyy = k(x, x), k(y, y)
     distinct = torch.as_tensor(rows[:, None] != rows[None, :])  # copies of one row are not a pair
     direct = (kxx[distinct].mean() + (kyy.sum() - kyy.trace()) / (m * (m - 1))
