@@ -39,7 +39,7 @@ def bootstrap_ci(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap CI over resamples (with replacement) of ``range(n)``.
 
-    For statistics that are means of per-row values (AUROC deltas, memorization rates, MS-SSIM): their
+    For statistics that are means of per-row values (AUROC deltas, MS-SSIM, re-identification): their
     bootstrap distribution is centred on the estimate, and the percentile interval is the standard one.
     Set-level statistics of two samples go through ``two_sample_bootstrap``. ``value`` is accepted for
     backward compatibility and unused. Returns None when ``n_boot`` is 0 or ``n`` < 2.

@@ -1,7 +1,7 @@
 """Knobs of the metric suite in one dataclass, and the small helpers every metric module shares.
 
 ``bootstrap_interval`` is ``bootstrap.bootstrap_ci`` (percentile, over the generated set) clipped to the
-metric's range, for statistics that are means of per-sample values (memorization, MS-SSIM). Set-level
+metric's range, for statistics that are means of per-sample values (MS-SSIM, re-identification). Set-level
 statistics of two samples (FID, KID, PRDC, KS, label distances) resample both sets through
 ``bootstrap.two_sample_bootstrap``, with the method the coverage benchmark chose (``functional.py``).
 ``matched_floor`` gives every metric its real-vs-real floor and its own value at the floor's sizes.
