@@ -1,5 +1,9 @@
 """``EvalConfig``: every knob of an evaluation, with the defaults the CLI flags show, and device resolution.
 
+The metric suite's knobs (``MetricSettings``) and the augmentation protocol's (``AugmentSettings``) are nested in
+it, so every default has this one file as its source: the CLI flags, the functional API, ``AugmentConfig`` and
+the metrics all read them from here.
+
 The bottom layer of the evaluation: imported by the harness, the feature pass, protocols and the commands,
 and importing none of them.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import UsageError
 
@@ -25,6 +30,116 @@ def _flag(help: str, **cli) -> dict:
     its help text, and where needed ``flag`` (a name other than ``--field-name``; a switch that turns a True
     default off), ``choices``, or ``cli_default=None`` (resolved from the other flags; the help says how)."""
     return {"help": help, **cli}
+
+
+#: the evaluation's seed and bootstrap replicates (coverage measured at 200: tests/benchmarks/coverage.py); the
+#: metric suite's are always these two (``MetricSettings.from_config``)
+SEED = 0
+N_BOOTSTRAP = 200
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The metric suite's knobs, nested in ``EvalConfig`` as ``metric_settings``.
+
+    ``seed`` and ``n_bootstrap`` are the evaluation's (``EvalConfig.seed`` / ``n_bootstrap``, ``--seed`` /
+    ``--n-bootstrap``): ``EvalConfig`` copies them in, and ``from_config`` reads them from the run's config. The
+    rest are set by ``--metric-setting KEY=VALUE`` on the CLI or ``metric_settings={"prdc_k": 3}`` in the API
+    (a dict of overrides, checked and typed by ``check_overrides``); results record only those overrides.
+    """
+
+    seed: int = SEED
+    n_bootstrap: int = N_BOOTSTRAP
+    alpha: float = 0.05
+    #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    #: subsets whose kernel blocks the bootstrap reweights (4 MB each at subset size 1000)
+    kid_boot_subsets: int = 100
+    #: FD_inf: FD at fd_inf_points subset sizes from fd_inf_min_fraction * N to N, fit against 1/N
+    fd_inf_points: int = 15
+    fd_inf_min_fraction: float = 0.2
+    #: each FD_inf replicate costs fd_inf_points eigen-decompositions, so it gets fewer replicates
+    fd_inf_n_bootstrap: int = 50
+    #: PRDC neighbourhood size (Naeem et al.)
+    prdc_k: int = 5
+    #: candidate balls kept per reference point for the exact-to-e^-K recall/coverage bootstrap
+    prdc_boot_candidates: int = 32
+    #: memorization: percentile of held-out-real-to-train distances used as the "too close" threshold
+    memorization_percentile: float = 5.0
+    #: Benjamini-Hochberg false discovery rate for the KS batteries
+    ks_q: float = 0.05
+    #: MS-SSIM: random pairs per set and the common side length images are resized to
+    #: (500 pairs at 192 px cost about a fifth of the CPU time of 1000 pairs at 256 px)
+    ms_ssim_pairs: int = 500
+    ms_ssim_size: int = 192
+    #: re-identification: the verification network ("cxrbench": the shipped one; "random"; or a state dict file of
+    #: the published Siamese ResNet-50), how its inputs are made for a published file ("chexgenbench": 224 px, no
+    #: normalisation; "packhaeuser": 256 px, ImageNet normalisation), and the same-patient decision threshold
+    reid_weights: str = "cxrbench"
+    reid_preprocessing: str = "chexgenbench"
+    reid_threshold: float = 0.5
+    #: largest query x reference distance block for kNN, in elements
+    knn_budget: int = 2**24
+
+    #: the settings that are the evaluation's, set through ``EvalConfig``'s fields of the same names
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("seed", "n_bootstrap")
+
+    @classmethod
+    def from_config(cls, config) -> MetricSettings:
+        """The settings a run uses: ``config.metric_settings`` with the run's ``seed`` and ``n_bootstrap``
+        (read from the config itself, so a field changed after construction still reaches the metrics)."""
+        if isinstance(config, cls):
+            return config
+        if config is None:
+            return cls()
+        return dataclasses.replace(config.metric_settings, seed=config.seed, n_bootstrap=config.n_bootstrap)
+
+    @classmethod
+    def check_overrides(cls, overrides: dict) -> dict:
+        """Overrides typed as the fields' defaults; an unknown key, a wrong type or one of the evaluation's own
+        settings is one clear error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in overrides.items():
+            if key in cls.EVAL_FIELDS:
+                raise UsageError(f"metric setting {key} is the evaluation's: set it with --{key.replace('_', '-')} "
+                                 f"(EvalConfig.{key})")
+            if key not in fields:
+                raise UsageError(f"metric setting {key!r} does not exist; settings: {', '.join(sorted(fields))}")
+            default = fields[key].default
+            try:
+                if isinstance(value, bool) or (isinstance(value, str) and type(default) is not str):
+                    raise ValueError
+                out[key] = float(value) if type(default) is float else int(value) if type(default) is int else value
+                if type(default) is int and out[key] != value:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UsageError(f"metric setting {key} = {value!r}: expected a {type(default).__name__} "
+                                 f"(default {default!r})") from None
+        return out
+
+    def overrides(self) -> dict:
+        """The settings that differ from their defaults (the evaluation's own two left out): what a result
+        records, and what makes a result under a protocol not comparable."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in self.EVAL_FIELDS and getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The augmentation protocol's own knobs, nested in ``EvalConfig`` as ``augment`` (``cxrbench evaluate
+    --augment-task ...``); ``AugmentConfig`` reads its defaults from here."""
+
+    task: str | None = field(default=None, metadata=_flag(
+        'protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"'))
+    n_real: int = field(default=1000, metadata=_flag("protocol augmentation: N real training images"))
+    n_test: int = field(default=300, metadata=_flag("protocol augmentation: held-out real test images"))
+    seeds: int = field(default=3, metadata=_flag("protocol augmentation: training seeds (use >= 3)"))
+
+
+#: nested settings that are flags of their own, under this prefix (``augment.n_real`` is ``--augment-n-real``)
+NESTED_FLAGS = {"augment": "augment_"}
 
 
 @dataclass
@@ -45,9 +160,8 @@ class EvalConfig:
         "image decoding processes (default min(4, CPUs); 0 decodes in the main process)"))
     chunk_size: int = field(default=512, metadata=_flag(
         "images per cached feature chunk: an interrupted run redoes at most one chunk per set"))
-    seed: int = field(default=0, metadata=_flag("seed for bootstrap, splits and subsets"))
-    #: coverage measured at 200 replicates (tests/benchmarks/coverage.py)
-    n_bootstrap: int = field(default=200, metadata=_flag("bootstrap replicates for CIs"))
+    seed: int = field(default=SEED, metadata=_flag("seed for bootstrap, splits and subsets"))
+    n_bootstrap: int = field(default=N_BOOTSTRAP, metadata=_flag("bootstrap replicates for CIs"))
     cache_dir: str | None = field(default=None, metadata=_flag(
         "feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)"))
     use_cache: bool = field(default=True, metadata=_flag(
@@ -67,11 +181,8 @@ class EvalConfig:
         "ranks blobs above chests) | augmentation (downstream classifier gain) | chexgenbench (CheXGenBench's "
         "RadDino FID/KID/PRDC, torchmetrics, against your --reference) | default (your own --reference)",
         cli_default=None))
-    augment_task: str | None = field(default=None, metadata=_flag(
-        'protocol augmentation: "A vs B", e.g. "Pneumonia vs No Finding"'))
-    augment_n_real: int = field(default=1000, metadata=_flag("protocol augmentation: N real training images"))
-    augment_n_test: int = field(default=300, metadata=_flag("protocol augmentation: held-out real test images"))
-    augment_seeds: int = field(default=3, metadata=_flag("protocol augmentation: training seeds (use >= 3)"))
+    #: the augmentation protocol's knobs; flags --augment-task, --augment-n-real, --augment-n-test, --augment-seeds
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     progress: bool = field(default=True, metadata=_flag("no progress bars", flag="--quiet"))
     #: extractor forward only; published numbers are fp32
     precision: str = field(default="fp32", metadata=_flag(
@@ -93,9 +204,60 @@ class EvalConfig:
     raddino_resize: str = field(default="processor", metadata=_flag(
         "raddino's preprocessing: processor (its image processor) or chexgenbench (CheXGenBench's 8-bit PIL squash "
         "to 299 px first; set by --protocol chexgenbench)", choices=("processor", "chexgenbench")))
-    #: overrides of ``cxrbench.metrics.common.MetricSettings`` fields (kid_subset_size, prdc_k, ...);
-    #: CLI ``--metric-setting KEY=VALUE``; under a protocol they make the result not comparable
-    metric_settings: dict = field(default_factory=dict)
+    #: the metric suite's knobs (kid_subset_size, prdc_k, ...); a dict of overrides is accepted and checked. CLI
+    #: ``--metric-setting KEY=VALUE``; under a protocol an override makes the result not comparable
+    metric_settings: MetricSettings = field(default_factory=MetricSettings)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            unknown = sorted(set(self.augment) - {f.name for f in dataclasses.fields(AugmentSettings)})
+            if unknown:
+                raise UsageError(f"augment: unknown setting(s) {', '.join(unknown)}; settings: task, n_real, "
+                                 "n_test, seeds")
+            self.augment = AugmentSettings(**self.augment)
+        ms = self.metric_settings
+        if ms is None or isinstance(ms, dict):
+            # ``asdict`` of a config carries the evaluation's own two: taken when they are this config's values,
+            # refused (by check_overrides, naming the flag to use) when they would differ
+            ms = MetricSettings(**MetricSettings.check_overrides(
+                {k: v for k, v in (ms or {}).items() if getattr(self, k, object()) != v
+                 or k not in MetricSettings.EVAL_FIELDS}))
+        elif not isinstance(ms, MetricSettings):
+            raise UsageError(f"metric_settings must be a dict or a MetricSettings, got {type(ms).__name__}")
+        self.metric_settings = dataclasses.replace(ms, seed=self.seed, n_bootstrap=self.n_bootstrap)
+
+    def __setattr__(self, name, value):
+        # the nested settings hold a copy of the evaluation's seed and n_bootstrap: a field set after construction
+        # updates it too, so no copy is ever stale
+        object.__setattr__(self, name, value)
+        if name in MetricSettings.EVAL_FIELDS and isinstance(self.__dict__.get("metric_settings"), MetricSettings):
+            object.__setattr__(self, "metric_settings", dataclasses.replace(self.metric_settings, **{name: value}))
+
+    def record(self) -> dict:
+        """The config as results store it: the ``cxrbench.result/1`` layout, one key per knob, the augmentation
+        settings as ``augment_<name>`` and ``metric_settings`` as its overrides only (so a nested default added
+        later does not change old records)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in NESTED_FLAGS:
+                out.update({NESTED_FLAGS[f.name] + k: v for k, v in dataclasses.asdict(value).items()})
+            elif f.name == "metric_settings":
+                out[f.name] = value.overrides()
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict) -> EvalConfig:
+        """The inverse of ``record``: the flat ``augment_<name>`` keys nested again."""
+        kw = dict(record)
+        for name, prefix in NESTED_FLAGS.items():
+            sub = {f.name: kw.pop(prefix + f.name) for f in dataclasses.fields(cls.__dataclass_fields__[name]
+                                                                                 .default_factory())
+                   if prefix + f.name in kw}
+            kw[name] = sub
+        return cls(**kw)
 
     @property
     def under_protocol(self) -> bool:
@@ -106,12 +268,19 @@ class EvalConfig:
 
 
 def config_default(name: str):
-    """The default of ``EvalConfig.<name>`` (read from the field, so a changed default reaches every reader)."""
+    """The default of ``EvalConfig.<name>``, or of a nested setting by its dotted name (``augment.n_real``,
+    ``metric_settings.prdc_k``), read from the field, so a changed default reaches every reader."""
+    head, _, rest = name.partition(".")
     fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
-    if name not in fields:
-        raise KeyError(f"EvalConfig has no field {name!r}")
-    f = fields[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if head not in fields:
+        raise KeyError(f"EvalConfig has no field {head!r}")
+    f = fields[head]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if rest:
+        if not dataclasses.is_dataclass(value) or rest not in {g.name for g in dataclasses.fields(value)}:
+            raise KeyError(f"EvalConfig has no setting {name!r}")
+        return getattr(value, rest)
+    return value
 
 
 def resolve_device(device: str) -> str:

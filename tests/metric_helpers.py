@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrbench.config import MetricSettings
 from cxrbench.metrics.base import EvalContext, FeatureSet
-from cxrbench.metrics.common import MetricSettings
 
 
 def feature_set(name: str, features: dict[str, np.ndarray], *, images: torch.Tensor | None = None,

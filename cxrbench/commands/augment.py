@@ -38,8 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--synthetic-labels", help="manifest.csv with one column per label (default: the folder's "
                    "manifest.csv; absent: labels from the XRV classifier, noted in the result)")
     p.add_argument("--task", default=d.task, help=f"'A vs B' with label names (default {d.task!r})")
-    add_config_flag(p, "augment_n_real", "--n-real", help="N real training images")
-    add_config_flag(p, "augment_n_test", "--n-test", help="held-out real test images")
+    add_config_flag(p, "augment.n_real", "--n-real", help="N real training images")
+    add_config_flag(p, "augment.n_test", "--n-test", help="held-out real test images")
     p.add_argument("--n-synthetic", type=_int_or_none, default=None, help="K synthetic images added in "
                    "`augmented` (default N)")
     p.add_argument("--test-split", help="draw the test set only from these splits (comma-separated labels.csv "
@@ -48,19 +48,19 @@ def add_arguments(p) -> None:
                    "on NIH labels: cxr64-heldout,cxr64-reference")
     p.add_argument("--train-split", help="draw the real training images only from these splits (as --test-split); "
                    "default with --extractor cxr64 on NIH labels: cxr64-train")
-    add_config_flag(p, "augment_seeds", "--seeds", help="training seeds (use >= 3)")
+    add_config_flag(p, "augment.seeds", "--seeds", help="training seeds (use >= 3)")
     add_config_flag(p, "seed", help="seed of the test draw and the bootstrap")
     p.add_argument("--classifier", choices=CLASSIFIERS.names(), default=d.classifier,
                    help="linear probe on frozen features (CPU default), small CNN (64 px), DenseNet121 fine-tuning")
     p.add_argument("--extractor", default=d.extractor, help=f"frozen features for the linear probe (default {d.extractor})")
-    add_config_flag(p, "weights", help="auto | random (offline, not comparable) | a weights folder")
-    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "weights")
+    add_config_flag(p, "device")
     add_config_flag(p, "batch_size")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="cnn / densenet epochs (default 15 / 5)")
     p.add_argument("--lr", type=float, default=None, help="cnn / densenet learning rate (default 1e-3 / 1e-4)")
     p.add_argument("--image-size", type=int, default=None, help="cnn / densenet input size (default 64 / 224)")
-    add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
+    add_config_flag(p, "n_bootstrap")
     p.add_argument("--cache-dir", help="feature cache (default $CXRBENCH_CACHE or ~/.cache/cxrbench)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--out", help="write the result JSON (cxrbench.result/1) here")

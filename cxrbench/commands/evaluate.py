@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig
+from ..config import DEFAULT_PROTOCOL, OWN_REFERENCE, EvalConfig, MetricSettings
 from ..errors import UsageError
 from ..fileio import check_writable
-from ..metrics.common import MetricSettings
 from ..publish.report import condition_caption, condition_rows, write_report
 from ..results import ci_text, floor_text
 from .options import add_config_flags, config_values
@@ -42,7 +41,7 @@ def add_arguments(p) -> None:
     add_config_flags(p)  # every EvalConfig field with a help text in its metadata
     p.add_argument("--metric-setting", action="append", default=[], metavar="KEY=VALUE",
                    help="override a metric setting, e.g. prdc_k=3 or kid_subset_size=500 (repeatable; "
-                        "cxrbench.metrics.common.MetricSettings lists them)")
+                        "cxrbench.config.MetricSettings lists them)")
     p.add_argument("--out", help="write the result JSON here (atomically)")
     p.add_argument("--report", metavar="DIR", help="also write report.html / report.md with figures here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import EvalConfig, config_default
+from ..config import NESTED_FLAGS, EvalConfig, config_default
 
 
 def csv_list(s: str) -> tuple[str, ...]:
@@ -17,15 +17,26 @@ def _shown(default) -> str:
     return ",".join(default) if isinstance(default, tuple) else str(default)
 
 
+def _flagged_fields():
+    """``(dest, field, default)`` for every field that is a flag: ``EvalConfig``'s own, and the nested settings'
+    under their prefix (``augment.n_real`` is ``--augment-n-real``, dest ``augment_n_real``)."""
+    for f in dataclasses.fields(EvalConfig):
+        if f.name in NESTED_FLAGS:
+            for g in dataclasses.fields(f.default_factory()):
+                yield NESTED_FLAGS[f.name] + g.name, g, config_default(f"{f.name}.{g.name}")
+        elif "help" in f.metadata:
+            yield f.name, f, config_default(f.name)
+
+
 def add_config_flags(p, only: tuple[str, ...] | None = None) -> None:
     """One flag per ``EvalConfig`` field whose metadata has a help text (or per field in ``only``), its default
     and help read from the field: an int field parses ints, a tuple field a comma-separated list, a bool field is
     a switch (``flag`` names the one that turns a True default off), and the help shows the field's default."""
-    for f in dataclasses.fields(EvalConfig):
-        if "help" not in f.metadata or (only is not None and f.name not in only):
+    for dest, f, default in _flagged_fields():
+        if only is not None and dest not in only:
             continue
-        meta, default = f.metadata, config_default(f.name)
-        kwargs = {"dest": f.name, "help": meta["help"]}
+        meta = f.metadata
+        kwargs = {"dest": dest, "help": meta["help"]}
         if isinstance(default, bool):
             kwargs.update(action="store_false" if default else "store_true", default=default)
         else:
@@ -39,19 +50,37 @@ def add_config_flags(p, only: tuple[str, ...] | None = None) -> None:
             # a default resolved later is None to argparse: the help names the field's (unless it says how)
             if kwargs["default"] is None and default is not None and "default" not in kwargs["help"].lower():
                 kwargs["help"] += f" (default: {_shown(default)})"
-        p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
+        p.add_argument(meta.get("flag", "--" + dest.replace("_", "-")), **kwargs)
 
 
 def config_values(args) -> dict:
     """The ``EvalConfig`` fields that ``add_config_flags`` made flags of, as parsed (a None standing for a
-    default resolved later is left out, so EvalConfig's applies)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)
-            if "help" in f.metadata and not (getattr(args, f.name) is None and "cli_default" in f.metadata)}
+    default resolved later is left out, so EvalConfig's applies); nested settings as a dict under their field."""
+    out: dict = {}
+    for dest, f, _ in _flagged_fields():
+        value = getattr(args, dest)
+        if value is None and "cli_default" in f.metadata:
+            continue
+        nest = next((n for n, prefix in NESTED_FLAGS.items() if dest == prefix + f.name), None)
+        if nest:
+            out.setdefault(nest, {})[f.name] = value
+        else:
+            out[dest] = value
+    return out
 
 
-def add_config_flag(p, field: str, flag: str | None = None, *, help: str = "", **kwargs) -> None:
-    """``flag`` (default ``--field-name``) with ``EvalConfig.<field>``'s default, and its type for numbers."""
+def _field(name: str) -> dataclasses.Field:
+    head, _, rest = name.partition(".")
+    f = EvalConfig.__dataclass_fields__[head]
+    return f.default_factory().__dataclass_fields__[rest] if rest else f
+
+
+def add_config_flag(p, field: str, flag: str | None = None, *, help: str | None = None, **kwargs) -> None:
+    """``flag`` (default ``--field-name``) with ``EvalConfig.<field>``'s default (a nested one by its dotted name,
+    ``augment.n_real``), its type for numbers, and the field's help text unless the command gives its own (where
+    the flag means something narrower there, such as stats' ``--seed``)."""
     default = config_default(field)
+    help = _field(field).metadata.get("help", "") if help is None else help
     if type(default) in (int, float) and "type" not in kwargs:
         kwargs["type"] = type(default)
     shown = ",".join(default) if isinstance(default, tuple) else default

@@ -30,9 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--extractors", type=csv_list, default=None,
                    help="default: the embedding extractors of evaluate's default --extractors (what FID against "
                         "the file needs)")
-    add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")
+    add_config_flag(p, "weights")
     p.add_argument("--moco-checkpoint")
-    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "device")
     add_config_flag(p, "batch_size")
     add_config_flag(p, "seed", help="seed of the real-vs-real halves")
     add_resize_arguments(p)

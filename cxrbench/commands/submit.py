@@ -71,8 +71,8 @@ def add_arguments(p) -> None:
     p.add_argument("--extractors", type=csv_list, default=None, help="default: the protocol's, or "
                    "inception,xrv,xrv-classifier,pixels with --reference")
     p.add_argument("--metrics", type=csv_list, default=None, help="default: every metric whose inputs exist")
-    add_config_flag(p, "seed", help="seed for bootstrap and subsets")
-    add_config_flag(p, "n_bootstrap", help="bootstrap replicates for CIs")
+    add_config_flag(p, "seed")
+    add_config_flag(p, "n_bootstrap")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--entries", type=Path, default=Path("leaderboard/entries"), metavar="DIR",
                    help="entries folder; the entry is written as DIR/<card slug>.json (default leaderboard/entries)")

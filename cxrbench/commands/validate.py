@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default=None,
                    help="the shared data folder holding nih_extra_256px/ and kermany_pediatric_covid_skytells/ "
                         "(default $CXRBENCH_SHARED_DATA or ../shared/data)")
-    add_config_flag(p, "weights", help="auto | random | a folder holding the weights files")
+    add_config_flag(p, "weights")
     p.add_argument("--out", default="validity", help="folder for validity-NAME.json and .png (default validity/)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"images per set (default {DEFAULT_N}, the leaderboard's "
                    "sample count: every set at the same N)")
@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out the sets whose data folder is absent (named in the result) instead of failing")
     p.add_argument("--all-checks", action="store_true", help="print every pairwise check, not only the violations")
-    add_config_flag(p, "device", help="auto | cpu | cuda | cuda:N | mps")
+    add_config_flag(p, "device")
     add_config_flag(p, "batch_size")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -36,7 +36,6 @@ from ..generator import sample_images
 from ..metrics import coverage_table
 from ..metrics.base import EvalContext, FeatureSet, MetricValue
 from ..metrics.bootstrap import one_torch_thread
-from ..metrics.common import MetricSettings
 from ..registry import EXTRACTORS, METRICS, PROTOCOLS
 from ..results import Result
 from .distributed import DistContext, from_env
@@ -200,7 +199,7 @@ def _evaluate(samples, reference, config: EvalConfig, train_reference, device: s
         metrics=dict(sorted(metrics.items())),
         metric_versions=metric_versions,
         skipped_metrics=skipped_metrics,
-        config={**dataclasses.asdict(config), "device_resolved": device, "world_size": dist.world_size,
+        config={**config.record(), "device_resolved": device, "world_size": dist.world_size,
                 "distributed_backend": dist.backend},
         timings={"world_size": dist.world_size, **{k: round(v, 3) for k, v in times.items()},
                  "total_s": round(time.perf_counter() - t0, 3), "per_metric_s": metric_times,
@@ -228,7 +227,6 @@ def _checked(config: EvalConfig) -> EvalConfig:
     for e in config.extractors:
         if e not in EXTRACTORS:
             EXTRACTORS.get(e)  # raises: unknown names fail before any work, listing the known ones
-    MetricSettings.check_overrides(config.metric_settings or {})
     return config
 
 
@@ -306,7 +304,7 @@ def _run_metrics(plan, ctx: EvalContext, proto, s: _Sets, skipped_metrics: dict)
         warnings.simplefilter("always")
         for m in bar:
             bar.set_postfix_str(m.name)
-            reason = m.skip_reason(ctx) if hasattr(m, "skip_reason") else None
+            reason = m.skip_reason(ctx)  # the registry admits only Metric subclasses
             if s.ref_stats is not None and not m.accepts_reference_stats:
                 reason = "the reference is saved statistics (mean/covariance); this metric needs its images"
             if reason:
@@ -350,8 +348,8 @@ def _not_comparable(extractors, s: _Sets, proto, config: EvalConfig) -> list[str
         why.append(f"protocol {proto.name} expects {s.expected_n} samples; {s.n_found} given")
     if config.precision != "fp32":
         why.append(f"precision {config.precision}: published numbers are fp32")
-    if config.metric_settings and proto is not None:
-        why.append(f"metric settings {config.metric_settings} differ from protocol {config.protocol}'s")
+    if (changed := config.metric_settings.overrides()) and proto is not None:
+        why.append(f"metric settings {changed} differ from protocol {config.protocol}'s")
     return why
 
 

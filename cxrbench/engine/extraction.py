@@ -162,8 +162,7 @@ def build_extractors(names, config: EvalConfig, device: str) -> dict[str, torch.
         cls = EXTRACTORS.get(name)
         kwargs = {"seed": config.weights_seed, "device": device}
         kwargs.update({k: getattr(config, f) for k, f in getattr(cls, "config_kwargs", {}).items()})
-        # an extractor whose weights come from elsewhere than --weights (moco: --moco-checkpoint) says so itself
-        kwargs["weights"] = cls.weights_from_config(config) if hasattr(cls, "weights_from_config") else config.weights
+        kwargs["weights"] = cls.weights_from_config(config)
         out[name] = cls(**kwargs)
         if config.fast_kernels:
             out[name].prepare_inference()  # BatchNorm folded, channels_last (oneDNN / cuDNN NHWC kernels)

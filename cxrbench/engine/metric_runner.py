@@ -9,8 +9,9 @@ from the metric's ``outputs``. Any other metric computes itself (``metric.comput
 
 from __future__ import annotations
 
+from ..config import MetricSettings
 from ..metrics.base import EvalContext, FeaturePair, Metric, MetricValue, TwoSampleMetric
-from ..metrics.common import MetricSettings, dimension_names, features_of, matched_floor, with_floor
+from ..metrics.common import dimension_names, features_of, matched_floor, with_floor
 
 
 def run_metric(metric: Metric, ctx: EvalContext) -> dict[str, MetricValue]:

@@ -56,7 +56,14 @@ class FeatureExtractor(nn.Module):
         #: set by ``prepare_inference``: the inference rewrites applied (features move by ~1e-6 relative)
         self.inference_kernels: str | None = None
 
+    @staticmethod
+    def weights_from_config(config) -> str:
+        """The weights this extractor loads under ``config``: ``--weights``, unless an extractor whose weights come
+        from elsewhere says so itself (moco: ``--moco-checkpoint``)."""
+        return config.weights
+
     # --- to implement -------------------------------------------------------------------------------
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 

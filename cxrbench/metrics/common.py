@@ -1,4 +1,4 @@
-"""Knobs of the metric suite in one dataclass, and the small helpers every metric module shares.
+"""The small helpers every metric module shares.
 
 ``bootstrap_interval`` is ``bootstrap.bootstrap_ci`` (percentile, over the generated set) clipped to the
 metric's range, for statistics that are means of per-sample values (MS-SSIM, re-identification). Set-level
@@ -8,103 +8,24 @@ statistics of two samples (FID, KID, PRDC, KS, label distances) resample both se
 ``check_pair``, ``replicates``, ``one_thread`` and ``fd_validity`` are the functional entries' shared argument
 handling.
 
-``MetricSettings.from_config(ctx.config)`` takes the settings that are ``EvalConfig`` fields from the run's
-config (``seed``, ``n_bootstrap``: their defaults are read from ``EvalConfig`` too), then
-``EvalConfig.metric_settings`` (a dict of overrides: ``--metric-setting prdc_k=3`` on the CLI,
-``metric_settings={"prdc_k": 3}`` in the API), and the defaults below for the rest, so every setting is
-reachable through the one config object.
+The knobs themselves, ``MetricSettings``, live in ``cxrbench.config`` nested in ``EvalConfig``;
+``MetricSettings.from_config(ctx.config)`` is what every metric reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..config import config_default
+from ..config import MetricSettings
 from ..data.splits import real_vs_real_split
-from ..errors import DataError, UsageError
+from ..errors import DataError
 from ..features.base import FeatureKind
 from .base import EvalContext, FeatureSet
 from .bootstrap import bootstrap_ci, one_torch_thread
-
-
-def _from_eval_config(name: str):
-    """A setting that is an ``EvalConfig`` field: its default is read from there, and ``from_config`` takes the
-    run's value (the one place for the CLI, the harness and ``functional``'s ``ci=True``)."""
-    return dataclasses.field(default=config_default(name), metadata={"eval_config": True})
-
-
-@dataclass(frozen=True)
-class MetricSettings:
-    seed: int = _from_eval_config("seed")
-    #: bootstrap replicates for the 95% CIs (200: nominal coverage in tests/benchmarks/coverage.py)
-    n_bootstrap: int = _from_eval_config("n_bootstrap")
-    alpha: float = 0.05
-    #: KID: subsets of min(kid_subset_size, N_gen, N_ref) rows, kid_subsets of them
-    kid_subset_size: int = 1000
-    kid_subsets: int = 100
-    #: subsets whose kernel blocks the bootstrap reweights (4 MB each at subset size 1000)
-    kid_boot_subsets: int = 100
-    #: FD_inf: FD at fd_inf_points subset sizes from fd_inf_min_fraction * N to N, fit against 1/N
-    fd_inf_points: int = 15
-    fd_inf_min_fraction: float = 0.2
-    #: each FD_inf replicate costs fd_inf_points eigen-decompositions, so it gets fewer replicates
-    fd_inf_n_bootstrap: int = 50
-    #: PRDC neighbourhood size (Naeem et al.)
-    prdc_k: int = 5
-    #: candidate balls kept per reference point for the exact-to-e^-K recall/coverage bootstrap
-    prdc_boot_candidates: int = 32
-    #: memorization: percentile of held-out-real-to-train distances used as the "too close" threshold
-    memorization_percentile: float = 5.0
-    #: Benjamini-Hochberg false discovery rate for the KS batteries
-    ks_q: float = 0.05
-    #: MS-SSIM: random pairs per set and the common side length images are resized to
-    #: (500 pairs at 192 px cost about a fifth of the CPU time of 1000 pairs at 256 px)
-    ms_ssim_pairs: int = 500
-    ms_ssim_size: int = 192
-    #: re-identification: the verification network ("cxrbench": the shipped one; "random"; or a state dict file of
-    #: the published Siamese ResNet-50), how its inputs are made for a published file ("chexgenbench": 224 px, no
-    #: normalisation; "packhaeuser": 256 px, ImageNet normalisation), and the same-patient decision threshold
-    reid_weights: str = "cxrbench"
-    reid_preprocessing: str = "chexgenbench"
-    reid_threshold: float = 0.5
-    #: largest query x reference distance block for kNN, in elements
-    knn_budget: int = 2**24
-
-    @classmethod
-    def from_config(cls, config) -> MetricSettings:
-        if isinstance(config, cls):
-            return config
-        if config is None:
-            return cls()
-        found = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.metadata.get("eval_config")}
-        found.update(cls.check_overrides(getattr(config, "metric_settings", None) or {}))
-        return cls(**found)
-
-    @classmethod
-    def check_overrides(cls, overrides: dict) -> dict:
-        """Overrides typed as the fields' defaults; an unknown key or a wrong type is one clear error."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        out = {}
-        for key, value in overrides.items():
-            if key not in fields:
-                raise UsageError(f"metric setting {key!r} does not exist; settings: {', '.join(sorted(fields))}")
-            default = fields[key].default
-            try:
-                if isinstance(value, bool) or (isinstance(value, str) and type(default) is not str):
-                    raise ValueError
-                out[key] = float(value) if type(default) is float else int(value) if type(default) is int else value
-                if type(default) is int and out[key] != value:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise UsageError(f"metric setting {key} = {value!r}: expected a {type(default).__name__} "
-                                 f"(default {default!r})") from None
-        return out
 
 
 def bootstrap_interval(

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 
+from ..config import MetricSettings
 from ..errors import DataError
 from ..seeding import numpy_rng
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
+from .common import bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
 
 #: pairs decoded at a time (bounds memory when images are full-resolution radiographs)
 PAIR_CHUNK = 32

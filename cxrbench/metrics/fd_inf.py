@@ -28,10 +28,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..config import MetricSettings
 from ..seeding import numpy_rng
 from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
 from .bootstrap import Interval
-from .common import MetricSettings, check_pair, fd_validity, float64_device, one_thread, replicates, with_interval
+from .common import check_pair, fd_validity, float64_device, one_thread, replicates, with_interval
 from .fid import BootstrapFD, TwoSampleFD, covariance_factor, frechet_distance
 
 #: replicates of ``fd_inf(..., ci=True)`` (each costs ``points`` eigendecompositions)

@@ -41,7 +41,8 @@ pairs and the floor it adds.)
 
 from __future__ import annotations
 
-from .common import MetricSettings, check_pair, replicates
+from ..config import MetricSettings
+from .common import check_pair, replicates
 from .diversity import ms_ssim_diversity as ms_ssim
 from .fd_inf import FD_INF_MIN_ROWS_PER_DIM, FD_INF_N_BOOTSTRAP, fd_inf
 from .fid import FD_MIN_ROWS_PER_DIM, fid

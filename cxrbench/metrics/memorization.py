@@ -23,11 +23,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..config import MetricSettings
 from ..data.splits import real_vs_real_split
 from . import knn
 from .base import EvalContext, FigureSpec, Metric, MetricValue
 from .bootstrap import two_sample_bootstrap
-from .common import MetricSettings, check_pair, features_of, one_thread, replicates
+from .common import check_pair, features_of, one_thread, replicates
 
 
 @dataclass

@@ -33,10 +33,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..config import MetricSettings
 from . import knn
 from .base import EvalContext, FeaturePair, MetricValue, TwoSampleMetric
 from .bootstrap import interval_from_replicates
-from .common import MetricSettings, check_pair, one_thread, replicates, with_interval
+from .common import check_pair, one_thread, replicates, with_interval
 
 
 @dataclass

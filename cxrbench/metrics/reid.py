@@ -39,9 +39,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..config import MetricSettings
 from ..features.reid import load_reid_network
 from .base import EvalContext, FeatureSet, Metric, MetricValue
-from .common import MetricSettings, bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
+from .common import bootstrap_interval, gray_image_4d, image_set, one_thread, replicates
 
 #: images decoded and embedded at a time
 EMBED_BATCH = 32

@@ -97,13 +97,12 @@ def config_from_entry(entry: dict, **local) -> Any:
     stored = entry["result"]["config"]
     if not isinstance(stored, dict):
         raise DataError(f"entry {entry['slug']}: result.config must be an object")
-    fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
-    defaults = EvalConfig()
+    defaults = EvalConfig().record()  # the stored layout: nested settings flat, metric_settings as overrides
     kw: dict[str, Any] = {}
     for name, value in stored.items():
-        if name not in fields or name in LOCAL_FIELDS:
+        if name not in defaults or name in LOCAL_FIELDS:
             continue  # device_resolved and the like are records, not knobs
-        default = getattr(defaults, name)
+        default = defaults[name]
         if name in ("extractors", "metrics"):
             if value is None and name == "metrics":
                 kw[name] = None
@@ -125,7 +124,7 @@ def config_from_entry(entry: dict, **local) -> Any:
         kw["weights"] = "auto"  # a folder on the submitter's machine; the weights hashes are compared instead
     kw["samples_split"] = None  # a submission is the whole folder
     kw.update({k: v for k, v in local.items() if v is not None})
-    return EvalConfig(**kw)
+    return EvalConfig.from_record(kw)
 
 
 def load_baseline(path: str | os.PathLike) -> dict:
@@ -383,7 +382,7 @@ def verify(
     result = evaluate(snap.source, reference or reference_of(entry), config=config)
     rows = verify_differences(entry, result, snap.files, weights_of(result), rtol=rtol, atol=atol)
     aug_rows, note = augment_block.recheck(entry, aug_snap.source if aug_snap else snap.source, real=augment_real,
-                                           rtol=rtol, atol=atol, **dataclasses.asdict(config))
+                                           rtol=rtol, atol=atol, **config.record())
     if note and notes is not None:
         notes.append(note)
     return rows + aug_rows, result

@@ -48,10 +48,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cxrbench.config import EvalConfig
+from cxrbench.config import EvalConfig, MetricSettings
 from cxrbench.engine.metric_runner import run_metric
 from cxrbench.metrics.base import EvalContext, FeaturePair, FeatureSet
-from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.fid import FID, frechet_distance
 from cxrbench.metrics.kid import KID
 from cxrbench.metrics.ks import KSFeatures, KSLabels

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from cxrbench.config import MetricSettings
 from cxrbench.features.cxr128 import CXR128Extractor
 from cxrbench.metrics.base import EvalContext
-from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.memorization import Memorization
 from cxrbench.metrics.reid import ReID
 from tests.metric_helpers import shared_data

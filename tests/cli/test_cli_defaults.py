@@ -9,10 +9,12 @@ import pytest
 
 from cxrbench.cli import build_parser
 from cxrbench.commands import evaluate, stats, submit
-from cxrbench.config import EvalConfig
+from cxrbench.config import NESTED_FLAGS, AugmentSettings, EvalConfig
 from cxrbench.registry import EXTRACTORS
 
 DEFAULTS = EvalConfig()
+#: one value per flag-able knob, nested settings flat under their prefix (augment_n_real), as results record them
+FLAT = DEFAULTS.record()
 # commands that build an EvalConfig (or the protocol config it feeds) from their flags
 EVAL_COMMANDS = ("evaluate", "stats", "submit", "check", "verify", "augment")
 # flags whose dest differs from the field they mirror; negated ones store the opposite of the field
@@ -30,16 +32,16 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 @pytest.mark.parametrize("command", EVAL_COMMANDS)
 def test_flags_mirroring_evalconfig_fields_have_their_defaults(command):
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    fields = set(FLAT)
     checked = 0
     for action in subparsers()[command]._actions:
         dest = RENAMED.get(action.dest, action.dest)
         if dest in NEGATED:
-            assert action.default is (not getattr(DEFAULTS, NEGATED[dest])), (command, action.option_strings)
+            assert action.default is (not FLAT[NEGATED[dest]]), (command, action.option_strings)
             checked += 1
         # a None default is resolved later (the entry's value, or EvalConfig's)
         elif dest in fields and action.default is not None and (command, dest) not in DEPARTURES:
-            assert action.default == getattr(DEFAULTS, dest), (command, action.option_strings, action.default)
+            assert action.default == FLAT[dest], (command, action.option_strings, action.default)
             checked += 1
     assert checked >= 1, command
 
@@ -68,7 +70,7 @@ def test_augment_command_matches_evaluate_protocol_augmentation():
     pairs = {"n_real": "augment_n_real", "n_test": "augment_n_test", "seeds": "augment_seeds", "seed": "seed",
              "n_bootstrap": "n_bootstrap", "batch_size": "batch_size", "device": "device", "weights": "weights",
              "num_workers": "num_workers", "use_cache": "use_cache", "progress": "progress"}
-    assert {a: getattr(cfg, a) for a in pairs} == {a: getattr(DEFAULTS, b) for a, b in pairs.items()}
+    assert {a: getattr(cfg, a) for a in pairs} == {a: FLAT[b] for a, b in pairs.items()}
 
 
 @pytest.mark.parametrize("command", sorted(subparsers()))
@@ -104,26 +106,46 @@ def _shown(value) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
+def _flag_fields():
+    """(dest, field, default) of every knob that is a flag: EvalConfig's own and the nested settings'."""
+    for f in dataclasses.fields(EvalConfig):
+        if f.name in NESTED_FLAGS:
+            for g in dataclasses.fields(AugmentSettings):
+                yield NESTED_FLAGS[f.name] + g.name, g, getattr(DEFAULTS.augment, g.name)
+        else:
+            yield f.name, f, getattr(DEFAULTS, f.name)
+
+
 def test_every_evalconfig_flag_of_evaluate_shows_the_dataclass_default_in_its_help():
     p, actions = subparsers()["evaluate"], _evaluate_actions()
     formatter = p._get_formatter()
-    flagged = {f.name for f in dataclasses.fields(EvalConfig) if "help" in f.metadata}
+    flagged = {dest for dest, f, _ in _flag_fields() if "help" in f.metadata}
     # a new field decides: a flag (help text in its metadata), or listed here as not one
-    assert {f.name for f in dataclasses.fields(EvalConfig)} - flagged == {"weights_seed", "metric_settings"}
-    for f in dataclasses.fields(EvalConfig):
-        if f.name not in flagged:
+    assert {dest for dest, _, _ in _flag_fields()} - flagged == {"weights_seed", "metric_settings"}
+    assert {"augment_task", "augment_n_real", "augment_n_test", "augment_seeds"} <= flagged
+    for name, f, default in _flag_fields():
+        if name not in flagged:
             continue
-        a, default = actions[f.name], getattr(DEFAULTS, f.name)
+        a = actions[name]
         text = formatter._expand_help(a)
-        assert text.startswith(f.metadata["help"]), f.name  # the help text is the field's
+        assert text.startswith(f.metadata["help"]), name  # the help text is the field's
         if isinstance(default, bool):  # a switch: giving it flips the default
             flipped = build_parser().parse_args(["evaluate", "--samples", "s", a.option_strings[0]])
-            assert a.default is default and getattr(flipped, f.name) is (not default), f.name
+            assert a.default is default and getattr(flipped, name) is (not default), name
         elif f.metadata.get("cli_default", default) is None and default is not None \
                 and "default" in f.metadata["help"]:
-            assert f.name == "protocol"  # resolved from --reference, as its help says
+            assert name == "protocol"  # resolved from --reference, as its help says
         elif default is not None:
-            assert f"(default: {_shown(default)})" in text, (f.name, text)
+            assert f"(default: {_shown(default)})" in text, (name, text)
+
+
+def test_nested_settings_reach_the_config_from_their_flags():
+    args = parse("evaluate", "--samples", "s", "--reference", "r", "--augment-task", "Edema vs No Finding",
+                 "--augment-n-real", "40", "--metric-setting", "prdc_k=3")
+    cfg = evaluate.config_from_args(args)
+    assert cfg.augment == AugmentSettings(task="Edema vs No Finding", n_real=40)
+    assert cfg.metric_settings.prdc_k == 3 and cfg.record()["metric_settings"] == {"prdc_k": 3}
+    assert EvalConfig.from_record(cfg.record()) == cfg  # what a result stores gives the same config back
 
 
 @pytest.mark.parametrize("name,value,flag", [("batch_size", 7, "--batch-size"), ("n_bootstrap", 13, "--n-bootstrap"),
@@ -148,3 +170,16 @@ def test_an_explicit_protocol_flag_reaches_the_config_once(argv, want):
     # twice (EvalConfig() got multiple values for 'protocol')
     args = build_parser().parse_args(["evaluate", "--samples", "s", *argv])
     assert evaluate.config_from_args(args).protocol == want
+
+
+@pytest.mark.parametrize("command", ["stats", "validate", "augment", "submit"])
+def test_other_commands_take_the_help_text_from_the_field_metadata(command):
+    # one help text per knob: a command that mirrors a field says what the field's metadata says
+    actions = {a.dest: a for a in subparsers()[command]._actions}
+    # submit's --weights says more: a random-weights entry is never ranked
+    shared = [n for n in ("weights", "device", "batch_size", "n_bootstrap")
+              if n in actions and (command, n) != ("submit", "weights")]
+    assert shared
+    for name in shared:
+        help_text = EvalConfig.__dataclass_fields__[name].metadata["help"]
+        assert actions[name].help.startswith(help_text), (command, name, actions[name].help)

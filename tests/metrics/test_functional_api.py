@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from cxrbench.config import EvalConfig
+from cxrbench.config import EvalConfig, MetricSettings
 from cxrbench.metrics import functional as F
-from cxrbench.metrics.common import MetricSettings
 
 
 @pytest.fixture(scope="module")

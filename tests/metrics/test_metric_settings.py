@@ -5,9 +5,9 @@ import pytest
 
 from cxrbench.cli import main
 from cxrbench.commands.evaluate import parse_metric_settings
+from cxrbench.config import MetricSettings
 from cxrbench.engine.evaluate import evaluate
 from cxrbench.errors import UsageError
-from cxrbench.metrics.common import MetricSettings
 from cxrbench.metrics.prdc import prdc_result
 
 
@@ -43,7 +43,7 @@ def test_settings_under_a_protocol_make_the_result_not_comparable(tmp_path):
 
     ex = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "cxr64-samples"
     cfg = EvalConfig(protocol="cxr64", metrics=("fid",), use_cache=False, progress=False,
-                     metric_settings={"n_bootstrap": 20})
+                     metric_settings={"kid_subsets": 20})
     r = evaluate(ex, config=cfg)
     assert r["comparable"] is False and any("metric settings" in w for w in r["not_comparable_because"])
 
@@ -53,11 +53,24 @@ def test_settings_that_are_evalconfig_fields_take_its_defaults_and_its_values():
 
     from cxrbench.config import EvalConfig
 
-    shared = {f.name for f in dataclasses.fields(MetricSettings) if f.metadata.get("eval_config")}
+    shared = set(MetricSettings.EVAL_FIELDS)
     assert shared == {"seed", "n_bootstrap"}
     # no other setting shadows an EvalConfig field by name (it would be silently ignored, or silently taken)
     others = {f.name for f in dataclasses.fields(MetricSettings)} - shared
     assert not others & {f.name for f in dataclasses.fields(EvalConfig)}
     assert {n: getattr(MetricSettings(), n) for n in shared} == {n: getattr(EvalConfig(), n) for n in shared}
-    st = MetricSettings.from_config(EvalConfig(seed=5, n_bootstrap=7, metric_settings={"prdc_k": 3}))
+    cfg = EvalConfig(seed=5, n_bootstrap=7, metric_settings={"prdc_k": 3})
+    assert isinstance(cfg.metric_settings, MetricSettings)  # nested: the dict of overrides is checked and typed
+    st = MetricSettings.from_config(cfg)
     assert (st.seed, st.n_bootstrap, st.prdc_k) == (5, 7, 3)
+    assert MetricSettings.from_config(cfg.resolved(seed=9)).seed == 9  # a changed field reaches the metrics
+    assert EvalConfig(**dataclasses.asdict(cfg)) == cfg  # a full dict round-trips
+    cfg.n_bootstrap = 11  # the config is mutable: the nested copy follows the field
+    assert MetricSettings.from_config(cfg).n_bootstrap == cfg.metric_settings.n_bootstrap == 11
+    with pytest.raises(UsageError, match="--n-bootstrap"):  # the evaluation's own two are not metric settings
+        EvalConfig(metric_settings={"n_bootstrap": 20})
+    with pytest.raises(UsageError, match="prdc_kk"):
+        EvalConfig(metric_settings={"prdc_kk": 3})
+    # a result records the overrides only, and the same config comes back from it
+    assert cfg.record()["metric_settings"] == {"prdc_k": 3}
+    assert EvalConfig.from_record(cfg.record()) == cfg

@@ -66,8 +66,8 @@ def test_identical_sets_are_zero_and_distance_grows_with_prevalence_shift():
 
 
 def test_functional_label_distances_equal_the_registered_metric_and_refuse_positional_sets():
+    from cxrbench.config import MetricSettings
     from cxrbench.metrics import functional as F
-    from cxrbench.metrics.common import MetricSettings
 
     ref = probs_with_prevalence(400, np.linspace(0.05, 0.4, 18), 0)
     gen = probs_with_prevalence(300, np.linspace(0.4, 0.05, 18), 1)

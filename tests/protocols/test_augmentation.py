@@ -323,7 +323,7 @@ def test_evaluate_protocol_augmentation_equals_the_augment_command(tmp_path, cac
     real_dir, syn_dir = _task_folders(tmp_path, seed=80)
     cfg = EvalConfig(extractors=("random-conv",), metrics=("fid",), weights="random", n_bootstrap=50,
                      cache_dir=cache_dir, progress=False, num_workers=0, protocol="augmentation",
-                     augment_task="Pneumonia vs No Finding", augment_n_real=40, augment_n_test=30, augment_seeds=3)
+                     augment={"task": "Pneumonia vs No Finding", "n_real": 40, "n_test": 30, "seeds": 3})
     res = evaluate(syn_dir, real_dir, config=cfg)
     assert res["protocol"]["name"] == "augmentation" and "fid_random-conv" in res["metrics"]
     direct = PROTOCOLS.get("augmentation")().run(

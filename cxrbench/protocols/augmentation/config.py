@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import EvalConfig
+from ...config import config_default
 from ...data.imageset import ImageSource
 from ...metrics.base import MetricValue
 
@@ -23,9 +23,10 @@ OUTPUTS = {
 
 
 def _shared(name: str):
-    """``EvalConfig``'s default for a knob both configs hold: one source of defaults, so ``cxrbench augment`` and
-    ``cxrbench evaluate --protocol augmentation`` cannot drift apart."""
-    return EvalConfig.__dataclass_fields__[name].default
+    """``EvalConfig``'s default for a knob both configs hold (``augment.n_real`` for the protocol's own, nested in
+    it): one source of defaults, so ``cxrbench augment`` and ``cxrbench evaluate --protocol augmentation`` cannot
+    drift apart."""
+    return config_default(name)
 
 
 @dataclass
@@ -33,10 +34,10 @@ class AugmentConfig:
     """Every knob of the protocol; ``cxrbench augment`` flags mirror these fields."""
 
     task: str = "Edema vs No Finding"
-    n_real: int = _shared("augment_n_real")
-    n_test: int = _shared("augment_n_test")
+    n_real: int = _shared("augment.n_real")
+    n_test: int = _shared("augment.n_test")
     n_synthetic: int | None = None  # K added in `augmented`; None: K = n_real
-    seeds: int = _shared("augment_seeds")
+    seeds: int = _shared("augment.seeds")
     seed: int = _shared("seed")  # test-set draw and bootstrap; training seeds are seed+1 .. seed+seeds
     # test / training images only from these splits (comma-separated labels.csv `split` values, cxr64-* or cxr128-*);
     # None with --extractor cxr64 on NIH labels: cxr64-heldout,cxr64-reference / cxr64-train
@@ -60,11 +61,11 @@ class AugmentConfig:
 
     @classmethod
     def from_eval(cls, config, *, extractor: str, device: str) -> AugmentConfig:
-        """The protocol's knobs under ``cxrbench evaluate --protocol augmentation``: the ``augment_*`` fields of
-        an ``EvalConfig`` and the settings the evaluation shares (weights, cache, bootstrap, ...)."""
+        """The protocol's knobs under ``cxrbench evaluate --protocol augmentation``: an ``EvalConfig``'s nested
+        ``augment`` settings and the settings the evaluation shares (weights, cache, bootstrap, ...)."""
+        aug = config.augment
         return cls(
-            task=config.augment_task, n_real=config.augment_n_real, n_test=config.augment_n_test,
-            seeds=config.augment_seeds, seed=config.seed, extractor=extractor, weights=config.weights,
+            task=aug.task, n_real=aug.n_real, n_test=aug.n_test, seeds=aug.seeds, seed=config.seed, extractor=extractor, weights=config.weights,
             weights_seed=config.weights_seed, device=device, batch_size=config.batch_size,
             num_workers=config.num_workers, cache_dir=config.cache_dir, use_cache=config.use_cache,
             n_bootstrap=config.n_bootstrap, progress=config.progress,

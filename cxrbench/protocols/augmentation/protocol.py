@@ -29,12 +29,12 @@ class AugmentationProtocol(Protocol):
         """The harness's hook (``evaluate --protocol augmentation``): the reference is the real set, the samples
         the synthetic one; the linear probe reuses the harness's features of the first embedding extractor."""
         config = ctx.config
-        if not config.augment_task:
+        if not config.augment.task:
             raise UsageError("--protocol augmentation needs --augment-task 'A vs B' (labels come from the reference)")
         emb = next((e for e in config.extractors if ctx.extractors[e].get("kind") == FeatureKind.EMBEDDING), None)
         if emb is None:
             raise UsageError("--protocol augmentation needs an embedding extractor (e.g. xrv) in --extractors")
-        return self.run(sources["reference"], sources["samples"], task=config.augment_task,
+        return self.run(sources["reference"], sources["samples"], task=config.augment.task,
                         config=AugmentConfig.from_eval(config, extractor=emb, device=ctx.device),
                         real_features=ctx.ref.features[emb], synthetic_features=ctx.gen.features[emb])
 
