@@ -154,7 +154,8 @@ def describe_preprocessing(pp: dict) -> str:
 
 
 def hf_cache_snapshot(repo: str, revision: str) -> Path | None:
-    """The Hugging Face cache's snapshot folder of ``repo`` at ``revision`` (a commit or a ref such as main)."""
+    """The Hugging Face cache's snapshot folder of ``repo`` at ``revision`` (a commit or a ref such as main); a
+    snapshot of any other commit is not this revision and is not used."""
     root = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface"))
                 / "hub").expanduser() / f"models--{repo.replace('/', '--')}"
     ref = root / "refs" / revision
@@ -172,10 +173,13 @@ class Dinov2Extractor(FeatureExtractor):
     repo: ClassVar[str] = ""
     folder: ClassVar[str] = ""
     title: ClassVar[str] = ""
-    # The revision is the branch, not a commit, and no file sha256 is pinned: neither could be read offline when
-    # this was written (the hub publishes both: the commit on the model page, the sha256 as the LFS oid). Until
-    # they are filled in, every result made with these extractors is marked not comparable.
-    revision: ClassVar[str] = "main"
+    # Each subclass pins the hub commit and the sha256 of that commit's model.safetensors (the file's LFS oid).
+    # They were not read from the hub here (no network): the DINOv2 commits are the ones the MTEB library's model
+    # registry (embeddings-benchmark/mteb) pins, and every commit and sha256
+    # is the one at least two independent public projects recorded after hashing the downloaded files, with the
+    # same byte counts. The shipped dinov2-base config.json and preprocessor_config.json hash to the values those
+    # projects record for the same commit. A result is comparable only with exactly these files.
+    revision: ClassVar[str] = ""
     published_sha256: ClassVar[tuple[str, ...]] = ()
     #: preprocessing conventions: the model's image processor; RadDino also CheXGenBench's
     resizes: ClassVar[tuple[str, ...]] = ("processor",)
@@ -299,6 +303,8 @@ class RadDinoExtractor(Dinov2Extractor):
     repo = "microsoft/rad-dino"
     folder = "rad-dino"
     title = "RadDino"
+    revision = "110cbc18d5133582e320b43d53bf5c44e410c936"
+    published_sha256 = ("dbfb9f54459c38773505de64a6ab7807bdcb392610fe1e697166342e43fb91ae",)  # 346,345,912 bytes
     resizes = ("processor", "chexgenbench")
     config_kwargs: ClassVar[dict[str, str]] = {"resize": "raddino_resize"}  # constructor argument <- EvalConfig field
 
@@ -308,6 +314,8 @@ class DINOv2BaseExtractor(Dinov2Extractor):
     repo = "facebook/dinov2-base"
     folder = "dinov2-base"
     title = "DINOv2 ViT-B/14"
+    revision = "f9e44c814b77203eaa57a6bdbbd535f21ede1415"
+    published_sha256 = ("d73036b56966966d07975d696bde331762f37297e2f095de8cea0040c3aa0841",)  # 346,345,912 bytes
 
 
 class DINOv2LargeExtractor(Dinov2Extractor):
@@ -315,3 +323,5 @@ class DINOv2LargeExtractor(Dinov2Extractor):
     repo = "facebook/dinov2-large"
     folder = "dinov2-large"
     title = "DINOv2 ViT-L/14"
+    revision = "47b73eefe95e8d44ec3623f8890bd894b6ea2d6c"
+    published_sha256 = ("399fba97a95f22c36834418bc69373364a99af3a1153da1c0fb31db567c92e23",)  # 1,217,522,888 bytes

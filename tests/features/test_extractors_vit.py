@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrbench.data.io import load_image
+from cxrbench.data.io import load_image, sha256_file
 from cxrbench.errors import UsageError, WeightsError
 from cxrbench.features.vit import (
     CONFIGS,
@@ -72,6 +72,26 @@ def test_shipped_configs_are_the_published_architectures():
         assert transformers.Dinov2Config.from_dict(c).hidden_size == width
 
 
+#: sha256 of dinov2-base's config.json and preprocessor_config.json at the pinned commit, as the public projects that
+#: record the weights' sha256 record them: the shipped copies must be the published files, byte for byte
+PUBLISHED_DINOV2_BASE_FILES = {
+    "config.json": "f7ff4cfa73d2f70647dbf6950541ad25d73082d54c2e7e9bded160c7656b2a70",
+    "preprocessor_config.json": "14e780d86fa1861f8751f868d7f45425b5feb55c38ca26f152ca5097ab30f828",
+}
+
+
+def test_pins_are_a_commit_and_a_file_sha256_and_decide_comparability():
+    for cls in (RadDinoExtractor, DINOv2BaseExtractor, DINOv2LargeExtractor):
+        assert len(cls.revision) == 40 and int(cls.revision, 16) >= 0, cls.name  # a commit, not a branch
+        (pin,) = cls.published_sha256
+        assert len(pin) == 64 and pin == pin.lower() and int(pin, 16) >= 0, cls.name
+        assert cls.weights_problem(pin) is None  # the published file: comparable
+        assert "is not the published file" in cls.weights_problem("0" * 64)
+    assert len({c.published_sha256 for c in (RadDinoExtractor, DINOv2BaseExtractor, DINOv2LargeExtractor)}) == 3
+    for name, digest in PUBLISHED_DINOV2_BASE_FILES.items():
+        assert sha256_file(CONFIGS / "dinov2-base" / name) == digest, name
+
+
 def test_full_models_build_offline_from_shipped_configs():
     # on the meta device (no memory, no init): ViT-B/14 ~86.6M parameters, ViT-L/14 ~304M, as published
     sizes = {"rad-dino": (86e6, 87e6), "dinov2-base": (86e6, 87e6), "dinov2-large": (303e6, 305e6)}
@@ -110,8 +130,8 @@ def test_absent_weights_one_line_naming_model_revision_and_the_three_ways():
         RadDinoExtractor(weights="auto")
     msg = str(err.value)
     assert "\n" not in msg
-    for part in ("RadDino", "microsoft/rad-dino", "revision main", "--weights DIR",
-                 "huggingface-cli download microsoft/rad-dino", MIRROR_ENV):
+    for part in ("RadDino", "microsoft/rad-dino", f"revision {RadDinoExtractor.revision}", "--weights DIR",
+                 f"huggingface-cli download microsoft/rad-dino --revision {RadDinoExtractor.revision}", MIRROR_ENV):
         assert part in msg, part
 
 
@@ -131,16 +151,24 @@ def test_saved_folder_round_trip_and_hf_cache(tmp_path, monkeypatch):
     folder = save_folder(ref, tmp_path / "saved", small)
     loaded = RadDinoExtractor(weights=str(folder), _config=small)
     assert torch.equal(loaded.extract(x), ref.extract(x))
-    assert len(loaded.weights_id) == 64 and loaded.unpublished_weights() is not None  # no published pin
+    # not the published file: usable, and every result made with it names both hashes and is not comparable
+    assert len(loaded.weights_id) == 64
+    assert loaded.unpublished_weights() == (f"raddino: weights sha256 {loaded.weights_id[:16]}... is not the "
+                                            f"published file (sha256 {RadDinoExtractor.published_sha256[0][:16]}...)")
     # one --weights for a run's extractors: a folder holding rad-dino/
     save_folder(ref, tmp_path / "all" / "rad-dino", small)
     assert RadDinoExtractor(weights=str(tmp_path / "all"), _config=small).weights_id == loaded.weights_id
-    # the Hugging Face cache layout: refs/<revision> names the snapshot
+    # the Hugging Face cache layout: snapshots/<commit>; only the pinned commit's snapshot is used, whatever
+    # refs/main names (a later commit on the hub is other weights)
     hub = tmp_path / "hub" / "models--microsoft--rad-dino"
-    save_folder(ref, hub / "snapshots" / "abc123", small)
+    other = RadDinoExtractor(weights="random", seed=4, _config=small)
+    save_folder(other, hub / "snapshots" / "abc123", small)
     (hub / "refs").mkdir()
     (hub / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError, match=f"revision {RadDinoExtractor.revision}"):
+        RadDinoExtractor(weights="auto", _config=small)
+    save_folder(ref, hub / "snapshots" / RadDinoExtractor.revision, small)
     cached = RadDinoExtractor(weights="auto", _config=small)
     assert cached.weights_id == loaded.weights_id and torch.equal(cached.extract(x), ref.extract(x))
 
@@ -152,8 +180,14 @@ def test_mirror_serves_repo_slash_model_safetensors_once(tmp_path, monkeypatch, 
     monkeypatch.setenv(MIRROR_ENV, base)
     small = dict(shipped_config("rad-dino"), **SMALL)
     ref = RadDinoExtractor(weights="random", seed=5, _config=small)
-    save_folder(ref, root / "weights" / "microsoft" / "rad-dino", small)
+    served = save_folder(ref, root / "weights" / "microsoft" / "rad-dino", small) / "model.safetensors"
     x = torch.rand(2, 1, 32, 32)
+    # the mirror's file is checked against the pinned sha256: another file is refused and nothing is kept
+    with pytest.raises(WeightsError, match="is not the published model.safetensors"):
+        RadDinoExtractor(weights="auto", _config=small)
+    assert not (tmp_path / "home" / ".cache" / "cxrbench" / "weights" / "rad-dino" / "model.safetensors").exists()
+    requests.clear()
+    monkeypatch.setattr(RadDinoExtractor, "published_sha256", (sha256_file(served),))  # this file stands in
     for _ in range(2):  # the second run finds the copy in ~/.cache/cxrbench/weights/rad-dino
         got = RadDinoExtractor(weights="auto", _config=small)
         assert torch.equal(got.extract(x), ref.extract(x))
