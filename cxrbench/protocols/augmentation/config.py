@@ -33,6 +33,8 @@ def _shared(name: str):
 class AugmentConfig:
     """Every knob of the protocol; ``cxrbench augment`` flags mirror these fields."""
 
+    # the standalone command's task when none is given (the board's); under ``evaluate --protocol augmentation`` the
+    # task comes from ``EvalConfig.augment.task``, which has none: the labels are the user's reference's
     task: str = "Edema vs No Finding"
     n_real: int = _shared("augment.n_real")
     n_test: int = _shared("augment.n_test")
