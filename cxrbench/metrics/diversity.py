@@ -93,8 +93,9 @@ def ms_ssim_sets(gen: FeatureSet, ref: FeatureSet, st: MetricSettings, device="c
 
 
 @one_thread
-def ms_ssim_diversity(*, real, fake, pairs: int = MetricSettings.ms_ssim_pairs, size: int = MetricSettings.ms_ssim_size,
-                      ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
+def ms_ssim_diversity(*, real, fake, pairs: int = MetricSettings.ms_ssim_pairs,
+                      size: int = MetricSettings.ms_ssim_size, ci: bool = False, n_bootstrap: int | None = None,
+                      seed: int = MetricSettings.seed, alpha: float = MetricSettings.alpha,
                       device: str = "cpu") -> MetricValue:
     """Mean MS-SSIM of ``pairs`` random pairs of ``fake`` images; ``real_vs_real`` the same of ``real`` images.
 

@@ -94,7 +94,8 @@ def fd_inf_fixed_ref(
     return float(intercept), {"sizes": sizes.tolist(), "fd": fds.tolist(), "slope": float(slope)}
 
 
-def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, seed: int = 0,
+def fd_inf_two_sample(gen, ref, *, points: int = MetricSettings.fd_inf_points,
+           min_fraction: float = MetricSettings.fd_inf_min_fraction, seed: int = 0,
                       device=None) -> tuple[float, dict]:
     """FD_inf with both sets finite: FD of nested subsets holding the same fraction ``t`` of each set, fitted
     as ``FD_inf + b / t``. FD's bias is ``c_g / N_g + c_r / N_r`` to first order, so a common fraction
@@ -121,8 +122,10 @@ def fd_inf_two_sample(gen, ref, *, points: int = 15, min_fraction: float = 0.2, 
 
 
 @one_thread
-def fd_inf(*, real, fake, points: int = 15, min_fraction: float = 0.2, ci: bool = False,
-           n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
+def fd_inf(*, real, fake, points: int = MetricSettings.fd_inf_points,
+           min_fraction: float = MetricSettings.fd_inf_min_fraction, ci: bool = False,
+           n_bootstrap: int | None = None, seed: int = MetricSettings.seed, alpha: float = MetricSettings.alpha,
+           device: str = "cpu") -> MetricValue:
     """FD_inf extrapolated in both set sizes; on request a scaled centred-bootstrap interval over both sets.
 
     Refused (``DataError``) with fewer than 10 rows per set. Flagged (``valid=False``) when the smallest

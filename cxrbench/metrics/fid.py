@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..config import MetricSettings
 from ..errors import DataError
 from .base import FeaturePair, MetricValue, TwoSampleMetric
 from .bootstrap import two_sample_bootstrap
@@ -254,7 +255,7 @@ def fid_from_features(f1, f2) -> float:
 
 @one_thread
 def fid(*, real=None, fake, real_stats: dict | None = None, ci: bool = False, n_bootstrap: int | None = None,
-        seed: int = 0, alpha: float = 0.05, device: str = "cpu") -> MetricValue:
+        seed: int = MetricSettings.seed, alpha: float = MetricSettings.alpha, device: str = "cpu") -> MetricValue:
     """FID; on request a basic-bootstrap interval over both sets, centred on the estimate corrected by
     ``half_sample_bias``, with that estimate beside it.
 

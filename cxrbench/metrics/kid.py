@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from ..config import MetricSettings
 from ..seeding import numpy_rng
 from .base import FeaturePair, MetricValue, TwoSampleMetric
 from .bootstrap import Interval, two_sample_bootstrap
@@ -361,9 +362,10 @@ def mmd2_u_variance(gen, ref, *, device="cpu") -> tuple[float, float]:
 
 
 @one_thread
-def kid(*, real, fake, subset_size: int = 1000, n_subsets: int = 100, boot_subsets: int = 100,
-        ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
-        device: str = "cpu") -> MetricValue:
+def kid(*, real, fake, subset_size: int = MetricSettings.kid_subset_size,
+        n_subsets: int = MetricSettings.kid_subsets, boot_subsets: int = MetricSettings.kid_boot_subsets,
+        ci: bool = False, n_bootstrap: int | None = None, seed: int = MetricSettings.seed,
+        alpha: float = MetricSettings.alpha, device: str = "cpu") -> MetricValue:
     """KID (mean unbiased MMD^2 over subsets); on request an interval for the population MMD^2.
 
     Up to ``KID_ANALYTIC_MAX_ROWS`` rows per set the interval is normal with the U-statistic's variance

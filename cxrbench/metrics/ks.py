@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ..config import MetricSettings
 from .base import EvalContext, FeaturePair, FigureSpec, MetricValue, TwoSampleMetric
 from .bootstrap import two_sample_bootstrap
 from .common import (
@@ -180,9 +181,9 @@ def ks_battery(gen, ref, names: list[str] | None = None, *, q: float = 0.05) -> 
 
 
 @one_thread
-def ks_features(*, real, fake, names: list[str] | None = None, q: float = 0.05, ci: bool = False,
-                n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05, device: str = "cpu",
-                ci_method: str = "centred") -> MetricValue:
+def ks_features(*, real, fake, names: list[str] | None = None, q: float = MetricSettings.ks_q, ci: bool = False,
+                n_bootstrap: int | None = None, seed: int = MetricSettings.seed,
+                alpha: float = MetricSettings.alpha, device: str = "cpu", ci_method: str = "centred") -> MetricValue:
     """Fraction of dimensions a per-dimension KS test rejects (Benjamini-Hochberg at ``q``); on request a
     centred interval over both sets."""
     n_bootstrap = replicates(n_bootstrap, ci)

@@ -83,8 +83,8 @@ def label_cooccurrence(pos_a: np.ndarray, pos_b: np.ndarray) -> float:
 DISTANCES = (("label_mae", label_mae), ("label_js", label_js), ("label_cooccurrence", label_cooccurrence))
 
 
-def label_distances(*, real, fake, ci: bool = False, n_bootstrap: int | None = None, seed: int = 0,
-                    alpha: float = 0.05) -> dict[str, MetricValue]:
+def label_distances(*, real, fake, ci: bool = False, n_bootstrap: int | None = None,
+                    seed: int = MetricSettings.seed, alpha: float = MetricSettings.alpha) -> dict[str, MetricValue]:
     """``label_mae``, ``label_js`` and ``label_cooccurrence`` between two ``(N, L)`` arrays of calibrated label
     probabilities (a label is present above 0.5), the reference ``real`` and the samples ``fake``; on request a
     basic-bootstrap interval over both sets with the bias-corrected estimate (the distances between prevalence

@@ -95,8 +95,9 @@ def rate_interval(res: MemorizationResult, *, n_bootstrap: int, seed: int, alpha
 
 
 @one_thread
-def memorization(*, real, fake, train, percentile: float = 5.0, ci: bool = False, n_bootstrap: int | None = None,
-                 seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None) -> MetricValue:
+def memorization(*, real, fake, train, percentile: float = MetricSettings.memorization_percentile, ci: bool = False,
+                 n_bootstrap: int | None = None, seed: int = MetricSettings.seed,
+                 alpha: float = MetricSettings.alpha, device: str = "cpu", budget: int | None = None) -> MetricValue:
     """Fraction of ``fake`` rows nearer to their nearest ``train`` row than the ``percentile``-th percentile of
     the held-out ``real`` rows' distances to ``train`` (the base rate ``percentile / 100`` when nothing is
     copied); ``extra`` holds ``excess``, the estimated copied fraction, ``base_rate`` and ``threshold``.

@@ -188,8 +188,9 @@ class PRDCReplicates:
 
 
 @one_thread
-def prdc(*, real, fake, k: int = 5, boot_candidates: int = 32, ci: bool = False, n_bootstrap: int | None = None,
-         seed: int = 0, alpha: float = 0.05, device: str = "cpu", budget: int | None = None,
+def prdc(*, real, fake, k: int = MetricSettings.prdc_k, boot_candidates: int = MetricSettings.prdc_boot_candidates,
+         ci: bool = False, n_bootstrap: int | None = None, seed: int = MetricSettings.seed,
+         alpha: float = MetricSettings.alpha, device: str = "cpu", budget: int | None = None,
          ci_method: str | None = None) -> dict[str, MetricValue]:
     """Precision, recall, density, coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
     Generative Models", 2020); on request intervals over both sets.

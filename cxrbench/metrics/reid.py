@@ -130,8 +130,8 @@ def reid_sets(gen: FeatureSet, ref: FeatureSet, train: FeatureSet, st: MetricSet
 @one_thread
 def reid(*, real, fake, train, weights: str = MetricSettings.reid_weights,
          preprocessing: str = MetricSettings.reid_preprocessing, threshold: float = MetricSettings.reid_threshold,
-         ci: bool = False, n_bootstrap: int | None = None, seed: int = 0, alpha: float = 0.05,
-         device: str = "cpu") -> dict[str, MetricValue]:
+         ci: bool = False, n_bootstrap: int | None = None, seed: int = MetricSettings.seed,
+         alpha: float = MetricSettings.alpha, device: str = "cpu") -> dict[str, MetricValue]:
     """``{"reid", "reid_mean"}`` for image arrays: each ``fake`` image's highest same-patient probability over the
     ``train`` images (the generator's training set); ``real_vs_real`` the same for ``real`` images of other
     patients. Images: ``(N, H, W)`` or ``(N, 1, H, W)`` grey arrays or tensors in [0, 1]. ``weights``: as the

@@ -27,6 +27,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..config import MetricSettings
 from ..data.splits import real_vs_real_split
 from ..errors import DataError
 from .base import EvalContext, Metric, MetricValue
@@ -140,7 +141,7 @@ def rrs_scores(g, r, match=None) -> tuple[np.ndarray, np.ndarray, str]:
 
 @one_thread
 def rrs(*, real, fake, source=None, patient_ids=None, ci: bool = False, n_bootstrap: int | None = None,
-        seed: int = 0, alpha: float = 0.05) -> MetricValue:
+        seed: int = MetricSettings.seed, alpha: float = MetricSettings.alpha) -> MetricValue:
     """Mean ``1 - cos`` of each ``fake`` row against ``real[source[i]]`` (paired: ``source`` an index array, the
     reference image each sample was reconstructed from) or against its nearest ``real`` row (``source`` None),
     in whatever embedding the rows are (the registered ``rrs_moco``: MoCo-CXR features). ``real_vs_real``: each

@@ -34,3 +34,30 @@ def test_default_call_is_a_point_estimate_and_intervals_come_on_request(feats):
 def test_default_count_lives_in_evalconfig():
     assert F.N_BOOTSTRAP == EvalConfig().n_bootstrap == MetricSettings().n_bootstrap
     assert F.FD_INF_N_BOOTSTRAP == MetricSettings().fd_inf_n_bootstrap
+
+
+#: functional keyword -> the MetricSettings field it mirrors (per entry where the name differs)
+FUNCTIONAL_SETTINGS = {
+    "fd_inf": {"points": "fd_inf_points", "min_fraction": "fd_inf_min_fraction"},
+    "kid": {"subset_size": "kid_subset_size", "n_subsets": "kid_subsets", "boot_subsets": "kid_boot_subsets"},
+    "ks_features": {"q": "ks_q"},
+    "memorization": {"percentile": "memorization_percentile"},
+    "ms_ssim": {"pairs": "ms_ssim_pairs", "size": "ms_ssim_size"},
+    "prdc": {"k": "prdc_k", "boot_candidates": "prdc_boot_candidates"},
+    "reid": {"weights": "reid_weights", "preprocessing": "reid_preprocessing", "threshold": "reid_threshold"},
+}
+
+
+@pytest.mark.parametrize("name", ["fid", "kid", "prdc", "fd_inf", "ks_features", "memorization", "label_distances",
+                                  "rrs", "ms_ssim", "reid"])
+def test_functional_defaults_are_the_metric_settings(name):
+    # one source of defaults: every keyword that mirrors a setting defaults to MetricSettings' value, so the
+    # functional API and `cxrbench evaluate` compute the same thing when given nothing
+    import inspect
+
+    params = inspect.signature(getattr(F, name)).parameters
+    mirrored = {"seed": "seed", "alpha": "alpha", **FUNCTIONAL_SETTINGS.get(name, {})}
+    assert set(mirrored) <= set(params), name
+    defaults = MetricSettings()
+    for kw, field in mirrored.items():
+        assert params[kw].default == getattr(defaults, field), (name, kw)
