@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..config import (
     DEFAULT_EXTRACTORS,
     DEFAULT_PROTOCOL,
+    NESTED_FLAGS,
     PRECISIONS,
     EvalConfig,
     resolve_device,
@@ -89,8 +90,11 @@ def config_with(config: EvalConfig | None, knobs: dict, where: str = "evaluate")
     fields = [f.name for f in dataclasses.fields(EvalConfig)]
     unknown = sorted(set(knobs) - set(fields))
     if unknown:
+        # a nested setting given flat, as its CLI flag is spelled (augment_task): say where it lives
+        nested = [f"{k} is {n}={{{k[len(p):]!r}: ...}}" for k in unknown for n, p in NESTED_FLAGS.items()
+                  if k.startswith(p)]
         raise UsageError(f"{where}(): unknown keyword(s) {', '.join(unknown)}; the knobs are EvalConfig's fields: "
-                         f"{', '.join(fields)}")
+                         f"{', '.join(fields)}" + (f" ({'; '.join(nested)})" if nested else ""))
     config = config or EvalConfig()
     return config.resolved(**knobs) if knobs else config
 

@@ -275,3 +275,6 @@ def test_evalconfig_fields_as_keywords_beside_config(synthetic_folders, tmp_path
     with pytest.raises(UsageError, match="n_bootstrap.*batch_size|batch_size.*n_bootstrap") as e:
         evaluate(a, b, config=base, bootstraps=5)
     assert "bootstraps" in str(e.value)
+    # a nested setting spelled as its flag says where it lives now
+    with pytest.raises(UsageError, match=r"augment_task is augment=\{'task': \.\.\.\}"):
+        evaluate(a, b, config=base, augment_task="Edema vs No Finding")
