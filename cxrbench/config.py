@@ -210,10 +210,10 @@ class EvalConfig:
 
     def __post_init__(self):
         if isinstance(self.augment, dict):
-            unknown = sorted(set(self.augment) - {f.name for f in dataclasses.fields(AugmentSettings)})
+            names = [f.name for f in dataclasses.fields(AugmentSettings)]
+            unknown = sorted(set(self.augment) - set(names))
             if unknown:
-                raise UsageError(f"augment: unknown setting(s) {', '.join(unknown)}; settings: task, n_real, "
-                                 "n_test, seeds")
+                raise UsageError(f"augment: unknown setting(s) {', '.join(unknown)}; settings: {', '.join(names)}")
             self.augment = AugmentSettings(**self.augment)
         ms = self.metric_settings
         if ms is None or isinstance(ms, dict):

@@ -10,6 +10,7 @@ import pytest
 from cxrbench.cli import build_parser
 from cxrbench.commands import evaluate, stats, submit
 from cxrbench.config import NESTED_FLAGS, AugmentSettings, EvalConfig
+from cxrbench.errors import UsageError
 from cxrbench.registry import EXTRACTORS
 
 DEFAULTS = EvalConfig()
@@ -146,6 +147,8 @@ def test_nested_settings_reach_the_config_from_their_flags():
     assert cfg.augment == AugmentSettings(task="Edema vs No Finding", n_real=40)
     assert cfg.metric_settings.prdc_k == 3 and cfg.record()["metric_settings"] == {"prdc_k": 3}
     assert EvalConfig.from_record(cfg.record()) == cfg  # what a result stores gives the same config back
+    with pytest.raises(UsageError, match=r"augment: unknown setting\(s\) tsk; settings: task, n_real, n_test, seeds"):
+        EvalConfig(augment={"tsk": "Edema vs No Finding"})
 
 
 @pytest.mark.parametrize("name,value,flag", [("batch_size", 7, "--batch-size"), ("n_bootstrap", 13, "--n-bootstrap"),
