@@ -267,20 +267,27 @@ class EvalConfig:
         return dataclasses.replace(self, **over)
 
 
-def config_default(name: str):
-    """The default of ``EvalConfig.<name>``, or of a nested setting by its dotted name (``augment.n_real``,
-    ``metric_settings.prdc_k``), read from the field, so a changed default reaches every reader."""
+def config_field(name: str) -> dataclasses.Field:
+    """The field of ``EvalConfig.<name>``, or of a nested setting by its dotted name (``augment.n_real``):
+    its default and its CLI metadata (help text, flag name)."""
     head, _, rest = name.partition(".")
     fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
     if head not in fields:
         raise KeyError(f"EvalConfig has no field {head!r}")
-    f = fields[head]
-    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    if rest:
-        if not dataclasses.is_dataclass(value) or rest not in {g.name for g in dataclasses.fields(value)}:
-            raise KeyError(f"EvalConfig has no setting {name!r}")
-        return getattr(value, rest)
-    return value
+    if not rest:
+        return fields[head]
+    nested = fields[head].default_factory
+    inner = {g.name: g for g in dataclasses.fields(nested)} if dataclasses.is_dataclass(nested) else {}
+    if rest not in inner:
+        raise KeyError(f"EvalConfig has no setting {name!r}")
+    return inner[rest]
+
+
+def config_default(name: str):
+    """The default of ``EvalConfig.<name>``, or of a nested setting by its dotted name (``augment.n_real``,
+    ``metric_settings.prdc_k``), read from the field, so a changed default reaches every reader."""
+    f = config_field(name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def resolve_device(device: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import NESTED_FLAGS, EvalConfig, config_default
+from ..config import NESTED_FLAGS, EvalConfig, config_default, config_field
 
 
 def csv_list(s: str) -> tuple[str, ...]:
@@ -18,24 +18,24 @@ def _shown(default) -> str:
 
 
 def _flagged_fields():
-    """``(dest, field, default)`` for every field that is a flag: ``EvalConfig``'s own, and the nested settings'
-    under their prefix (``augment.n_real`` is ``--augment-n-real``, dest ``augment_n_real``)."""
+    """``(dest, field, nest)`` for every field that is a flag: ``EvalConfig``'s own (``nest`` None), and the nested
+    settings' under their prefix (``augment.n_real`` is ``--augment-n-real``, dest ``augment_n_real``)."""
     for f in dataclasses.fields(EvalConfig):
         if f.name in NESTED_FLAGS:
-            for g in dataclasses.fields(f.default_factory()):
-                yield NESTED_FLAGS[f.name] + g.name, g, config_default(f"{f.name}.{g.name}")
+            for g in dataclasses.fields(f.default_factory):
+                yield NESTED_FLAGS[f.name] + g.name, g, f.name
         elif "help" in f.metadata:
-            yield f.name, f, config_default(f.name)
+            yield f.name, f, None
 
 
 def add_config_flags(p, only: tuple[str, ...] | None = None) -> None:
     """One flag per ``EvalConfig`` field whose metadata has a help text (or per field in ``only``), its default
     and help read from the field: an int field parses ints, a tuple field a comma-separated list, a bool field is
     a switch (``flag`` names the one that turns a True default off), and the help shows the field's default."""
-    for dest, f, default in _flagged_fields():
+    for dest, f, nest in _flagged_fields():
         if only is not None and dest not in only:
             continue
-        meta = f.metadata
+        meta, default = f.metadata, config_default(f"{nest}.{f.name}" if nest else f.name)
         kwargs = {"dest": dest, "help": meta["help"]}
         if isinstance(default, bool):
             kwargs.update(action="store_false" if default else "store_true", default=default)
@@ -57,11 +57,10 @@ def config_values(args) -> dict:
     """The ``EvalConfig`` fields that ``add_config_flags`` made flags of, as parsed (a None standing for a
     default resolved later is left out, so EvalConfig's applies); nested settings as a dict under their field."""
     out: dict = {}
-    for dest, f, _ in _flagged_fields():
+    for dest, f, nest in _flagged_fields():
         value = getattr(args, dest)
         if value is None and "cli_default" in f.metadata:
             continue
-        nest = next((n for n, prefix in NESTED_FLAGS.items() if dest == prefix + f.name), None)
         if nest:
             out.setdefault(nest, {})[f.name] = value
         else:
@@ -69,18 +68,12 @@ def config_values(args) -> dict:
     return out
 
 
-def _field(name: str) -> dataclasses.Field:
-    head, _, rest = name.partition(".")
-    f = EvalConfig.__dataclass_fields__[head]
-    return f.default_factory().__dataclass_fields__[rest] if rest else f
-
-
 def add_config_flag(p, field: str, flag: str | None = None, *, help: str | None = None, **kwargs) -> None:
     """``flag`` (default ``--field-name``) with ``EvalConfig.<field>``'s default (a nested one by its dotted name,
     ``augment.n_real``), its type for numbers, and the field's help text unless the command gives its own (where
     the flag means something narrower there, such as stats' ``--seed``)."""
     default = config_default(field)
-    help = _field(field).metadata.get("help", "") if help is None else help
+    help = config_field(field).metadata.get("help", "") if help is None else help
     if type(default) in (int, float) and "type" not in kwargs:
         kwargs["type"] = type(default)
     shown = ",".join(default) if isinstance(default, tuple) else default
