@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import EvalConfig
-from ..engine.validity import DEFAULT_N, PROGRESS_DIR, ROOT, plot, run_suite
+from ..engine.validity import DEFAULT_N, PROGRESS_DIR, ROOT, SuiteData, plot, run_suite, write_panel_grids
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
 from ..protocols.validity_sets import PROTOCOL_DATA
@@ -26,6 +26,7 @@ EPILOG = """examples:
   cxrbench validate --extractor random-conv --out validity/
   cxrbench validate --extractor inception --weights /path/to/weights/
   cxrbench validate --extractor pixels --data ../shared/data --n 100 --skip-missing
+  cxrbench validate --panel-grids panel/     # blinded grids of the generator sets for an eye panel
 """
 
 
@@ -34,7 +35,7 @@ def default_data() -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--extractor", required=True, help="a registered extractor (`cxrbench ls`)")
+    p.add_argument("--extractor", help="a registered extractor (`cxrbench ls`); required unless --panel-grids")
     p.add_argument("--protocol", default="cxr128", choices=sorted(PROTOCOL_DATA),
                    help="whose held-out and reference splits build the sets (default cxr128: nih_extra_256px, 128 px)")
     p.add_argument("--data", default=None,
@@ -57,13 +58,37 @@ def add_arguments(p) -> None:
     add_config_flag(p, "batch_size")
     p.add_argument("--cache-dir")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--panel-grids", metavar="DIR",
+                   help="instead of measuring, write the eye panel's blinded grids: DIR/grids/set_<letter>.png (36 "
+                        "samples of each generator set under a shuffled letter) and DIR/grids/real_reference.png "
+                        "(36 held-out real images), the letters' key in DIR/key.json; show a rater DIR/grids only")
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
+def write_grids(args) -> int:
+    data = SuiteData(Path(args.data or default_data()), protocol=PROTOCOL_DATA[args.protocol], n=args.n,
+                     seed=args.seed, root=args.root, progress_dir=args.progress_dir, skip_missing=True)
+    real, sets = data.panel_files()
+    if not sets:
+        raise UsageError(f"--panel-grids: no generator sample set found under --root {args.root}; run from the "
+                         "repository root or pass --root")
+    key = write_panel_grids(args.panel_grids, real_paths=real, sets=sets,
+                            size=data.size, seed=args.seed)
+    grids = Path(args.panel_grids) / "grids"
+    print(f"wrote {len(key)} blinded grids and real_reference.png to {grids}/ and the key to "
+          f"{Path(args.panel_grids) / 'key.json'}: show a rater {grids}/ only, ask for a tier per letter (1 = closest "
+          "to the real set; sets they cannot order share a tier), then unblind with the key")
+    return 0
+
+
 def run(args) -> int:
+    if args.panel_grids:
+        return write_grids(args)
+    if not args.extractor:
+        raise UsageError("--extractor NAME is required (or --panel-grids DIR)")
     if args.n < 10:
         raise UsageError(f"--n {args.n}: the suite needs at least 10 images per set")
     config = EvalConfig(weights=args.weights, device=args.device, batch_size=args.batch_size,
@@ -97,8 +122,15 @@ def run(args) -> int:
         mark = "ok " if c["ok"] else "BAD"
         print(f"  {mark} {c['better']} ({c['value_better']:.4g}) < {c['worse']} ({c['value_worse']:.4g})  [{c['rule']}]")
     print(f"Kendall tau: expected pairwise order {_fmt(res['kendall_tau'])}; generator eye tiers (real + "
-          f"leaderboard sets) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated classes "
-          f"{_fmt(res['kendall_tau_classes'])}")
+          f"leaderboard sets, mean tier of the panel) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated "
+          f"classes {_fmt(res['kendall_tau_classes'])}")
+    taus = {r: t for r, t in res.get("kendall_tau_raters", {}).items() if t is not None}
+    if taus:
+        inter = [t for t in res["eye_panel"]["inter_rater_tau_b"].values() if t is not None]
+        print("generator sets, tau-b against each rater: " + ", ".join(f"{r} {t:+.3f}" for r, t in taus.items())
+              + f" (mean {sum(taus.values()) / len(taus):+.3f})"
+              + (f"; the raters against each other {min(inter):+.3f} to {max(inter):+.3f} (mean "
+                 f"{sum(inter) / len(inter):+.3f})" if inter else ""))
     for name, r in res["blob_ranks"].items():
         extra = f", {r['rank_generators']} of {r['of_generators']} among real + generator sets" if "rank_generators" in r else ""
         print(f"blob set {name}: rank {r['rank_all']} of {r['of_all']} sets (1 = closest to the reference){extra}")

@@ -21,20 +21,24 @@ each against the reference through the extractor, and checks every expected pair
 
 Expected orders (lower FID first): real < every degraded set; mild < moderate within a family; every
 moderate degraded set < every violated set; real < pediatric < every violated set; real < every generator
-set; generator sets in their eye tiers (no inversion across tiers); every chest-showing generator set < the
+set; generator sets in the eye panel's consensus order (``eye_consensus``); every chest-showing generator set < the
 blob sets (the ``blobs`` corruption and the blob generators); later checkpoints < earlier ones, except
 consecutive ones a person cannot tell apart (``PROGRESS_EYE_TIES``). The moderate
 strengths are the ones compared across classes because there the verdict of a reader is unambiguous
 (clearly degraded, still read without effort); mild ones are only required to lie between real and moderate.
 
-The committed sample sets are ranked by eye below (``GENERATOR_SETS``), best first, written down from samples
-of each set (see there which were ranked before any distance was measured). Sets in one tier are ones a person
-cannot rank against each other.
+The committed sample sets are ranked by eye by four raters (``GENERATOR_SETS``: one who wrote tiers as the sets
+arrived, three who rated blinded grids without names or numbers). A pair of sets is expected in an order only
+where the raters agree on it: a majority puts one ahead and none puts it behind. Human agreement is itself
+measured (``eye_panel``: Kendall's tau-b between every two raters), the ceiling for a metric's agreement with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -44,6 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..config import EvalConfig, resolve_device
 from ..data import corruptions
@@ -51,47 +56,52 @@ from ..data.imageset import array_source
 from ..data.io import load_image
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
+from ..fileio import atomic_write_bytes
 from ..metrics.functional import fid
 from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
 from .extraction import build_extractors, extract_features
 
-#: The generator sample sets (folders relative to the repository root, ``--root``) and their eye tiers, one
-#: joint ranking (1 = best; tier 0 is the real held-out row). Sets in one tier are ones a person cannot rank
-#: against each other. Two boards: the retired ``cxr64`` board's sets (``-15min``: 15 CPU minutes on 449
-#: images, tiers written down 2026-12-06 before any distance was measured on them; kept in
+#: The generator sample sets (folders relative to the repository root, ``--root``) and their eye tiers from
+#: each rater of ``EYE_RATERS`` (1 = best; sets one rater puts in one tier are ones that rater cannot order).
+#: Two boards: the retired ``cxr64`` board's sets (``-15min``: 15 CPU minutes on 449 images; kept in
 #: ``leaderboard/validity/sets/cxr64-board``, see its README) and the ``cxr128`` board's (``-60min``: 60 CPU
-#: minutes on 686 images, placed among them by eye after their board values had printed):
-#: - lsgan-60min: sharp, varied chests with lung texture: the best set of both boards.
-#: - pggan-60min (128 px, dark smears and borders), ddpm-60min (32 px: blurred but clean, varied chests),
-#:   lsgan-15min (textured, noisy), pggan-15min (blocky, blurred): chests in nearly every sample, each with
-#:   its own defect; no clear order among them.
-#: - vae-60min, gmvae-60min, fs-gmvae-60min, vae-15min, gmvae-15min, fs-gmvae-15min: every sample a
-#:   recognisable but blurred "average chest", nearly identical to each other (fs-gmvae-60min a little more
-#:   varied; gmvae-60min placed after its FID had printed, fs-gmvae-60min before).
-#: - diffusevae-60min (32 px, after the MoCo fine-tune): clear, varied chests, blurred, a few noisy samples; like
-#:   ddpm-60min (tier 2; placed before any of its distances was seen).
-#: - ddpm-15min (32 px): about half the samples show lungs and a mediastinum, the rest are mostly noise.
-#: - ldm-60min (64 px): about half the samples a blurred chest (two lungs, a torso outline), the rest bright
-#:   blotches and dark blobs; with ddpm-15min (tier 4; placed before any of its distances was seen).
-#: - diffusevae-15min (32 px): faint lung-like dark patches in some samples, blotchy texture.
-#: - ldm-15min: high-contrast dark blobs on white, no anatomy at all (the blob set).
+#: minutes on 686 images). The raters (``leaderboard/validity/eye-panel/`` holds each one's tiers and notes):
+#: - ``author``: the tiers written into this suite as the sets arrived: the ``-15min`` sets before any distance
+#:   was measured on them (2026-12-06); among the ``-60min`` sets diffusevae-60min, ldm-60min and fs-gmvae-60min
+#:   before any of their distances, the others after their board values had printed.
+#: - ``blind-1`` to ``blind-3`` (2026-12-07): three independent raters, each shown only the grids of
+#:   ``cxrbench validate --panel-grids DIR`` (seed 0: 36 of each set's 200 suite images at 128 px under a shuffled
+#:   letter, beside 36 held-out real images) and asked how closely each set, taken as a whole, resembles the real
+#:   set as stand-ins for real chest radiographs; they saw no set name and no number.
+#: The raters agree with each other at Kendall tau-b +0.49 to +0.80. Where they part is the trade a distribution
+#: metric makes too: the blind raters put the PGGAN and LSGAN-15 sets (varied chests, cartoonish lung blobs and
+#: black edge artefacts) level with or behind the blurred, collapsed VAE family, which ``author`` put behind them.
+#: So a pair of sets is expected in an order only where the panel agrees on it (``eye_consensus``).
+EYE_RATERS = ("author", "blind-1", "blind-2", "blind-3")
 _BOARD = "leaderboard/samples/cxr128/"  # the cxr128 board's sample sets
 _RETIRED = "leaderboard/validity/sets/cxr64-board/"  # the retired cxr64 board's, kept as validity evidence
-GENERATOR_SETS: dict[str, tuple[str, int]] = {
-    "lsgan-60min": (_BOARD + "lsgan", 1),
-    "pggan-60min": (_BOARD + "pggan", 2), "ddpm-60min": (_BOARD + "ddpm", 2),
-    "diffusevae-60min": (_BOARD + "diffusevae", 2),
-    "lsgan-15min": (_RETIRED + "lsgan", 2), "pggan-15min": (_RETIRED + "pggan", 2),
-    "vae-60min": (_BOARD + "vae", 3), "gmvae-60min": (_BOARD + "gmvae", 3), "fs-gmvae-60min": (_BOARD + "fs-gmvae", 3),
-    "vae-15min": (_RETIRED + "vae", 3), "gmvae-15min": (_RETIRED + "gmvae", 3),
-    "fs-gmvae-15min": (_RETIRED + "fs-gmvae", 3),
-    "ddpm-15min": (_RETIRED + "ddpm", 4), "ldm-60min": (_BOARD + "ldm", 4),
-    "diffusevae-15min": (_RETIRED + "diffusevae", 5),
-    "ldm-15min": (_RETIRED + "ldm", 6),
+GENERATOR_SETS: dict[str, tuple[str, tuple[int, ...]]] = {  # name: (folder, tiers in EYE_RATERS order)
+    "lsgan-60min": (_BOARD + "lsgan", (1, 2, 1, 1)),
+    "ddpm-60min": (_BOARD + "ddpm", (2, 1, 2, 2)),
+    "diffusevae-60min": (_BOARD + "diffusevae", (2, 3, 2, 2)),
+    "pggan-60min": (_BOARD + "pggan", (2, 4, 4, 5)),
+    "lsgan-15min": (_RETIRED + "lsgan", (2, 5, 3, 6)),
+    "pggan-15min": (_RETIRED + "pggan", (2, 5, 4, 5)),
+    "ldm-60min": (_BOARD + "ldm", (4, 4, 3, 4)),
+    "vae-60min": (_BOARD + "vae", (3, 5, 5, 3)),
+    "gmvae-60min": (_BOARD + "gmvae", (3, 4, 5, 3)),
+    "fs-gmvae-60min": (_BOARD + "fs-gmvae", (3, 4, 5, 3)),
+    "vae-15min": (_RETIRED + "vae", (3, 6, 5, 4)),
+    "gmvae-15min": (_RETIRED + "gmvae", (3, 6, 5, 3)),
+    "fs-gmvae-15min": (_RETIRED + "fs-gmvae", (3, 7, 6, 4)),
+    "ddpm-15min": (_RETIRED + "ddpm", (4, 7, 7, 7)),
+    "diffusevae-15min": (_RETIRED + "diffusevae", (5, 8, 8, 8)),
+    "ldm-15min": (_RETIRED + "ldm", (6, 9, 9, 9)),
 }
-#: the eye tiers by set name (results record them)
-GENERATOR_EYE_TIERS: dict[str, int] = {name: tier for name, (_, tier) in GENERATOR_SETS.items()}
+#: each rater's eye tiers by set name (results record them)
+GENERATOR_EYE_TIERS: dict[str, dict[str, int]] = {
+    rater: {name: tiers[i] for name, (_, tiers) in GENERATOR_SETS.items()} for i, rater in enumerate(EYE_RATERS)}
 #: sample sets that show no chest: every chest-showing set must rank ahead of them
 BLOB_GENERATORS = ("ldm-15min",)
 #: the cxr128 board's kept checkpoints (``reproduce`` writes ``curves/<generator>/cpu-<M>min``; relative to
@@ -154,7 +164,8 @@ class ValiditySet:
     cls: str  # one of CLASSES
     group: str  # corruption family, generator or ladder name
     strength: str | None = None  # mild / moderate for corruptions
-    tier: int | None = None  # eye tier (generator sets) or checkpoint index (progress ladders, 1 = earliest)
+    tier: float | None = None  # mean eye tier (generator sets) or checkpoint index (progress ladders, 1 = earliest)
+    tiers: tuple[int, ...] | None = None  # generator sets: each rater's eye tier (EYE_RATERS); default (tier,)
     source: str = ""
     n: int = 0
 
@@ -243,11 +254,11 @@ class SuiteData:
             self._missing("pediatric (another population)", self.kermany, "pass --data DIR holding it")
             self.kermany = None
         self.generators = {}
-        for name, (rel, tier) in GENERATOR_SETS.items():
+        for name, (rel, tiers) in GENERATOR_SETS.items():
             folder = self.sets_root / rel
             files = _image_files(folder) if folder.is_dir() else []
             if files:
-                self.generators[name] = (tier, folder, files)
+                self.generators[name] = (tiers, folder, files)
             else:
                 self._missing(f"generator ({name})", folder, "run from the repository root or pass --root")
         self.ladders = {**progress_ladders(self.progress_dir), **board_ladders(self.sets_root)}
@@ -263,6 +274,12 @@ class SuiteData:
 
     def reference(self) -> torch.Tensor:
         return load_square(self.reference_paths, self.size)
+
+    def panel_files(self) -> tuple[list[Path], dict[str, list[Path]]]:
+        """The files an eye panel is shown (``write_panel_grids``): the held-out real images and each generator
+        set's, the same seeded subsets the suite measures."""
+        return (_pick(self.heldout_paths, self.n, self.seed),
+                {name: _pick(files, self.n, self.seed) for name, (_, _, files) in self.generators.items()})
 
     def real(self) -> torch.Tensor:
         if self._real is None:
@@ -285,9 +302,10 @@ class SuiteData:
                     & (t["split"] == "ValData"))
             x = load_square(_pick([self.kermany / p for p in t.loc[keep, "path"]], self.n, self.seed), self.size)
             yield ValiditySet("pediatric", "population", "kermany", source=KERMANY, n=len(x)), x
-        for name, (tier, folder, files) in self.generators.items():
+        for name, (tiers, folder, files) in self.generators.items():
             x = load_square(_pick(files, self.n, self.seed), self.size)
-            yield ValiditySet(f"gen:{name}", "generator", name, tier=tier, source=str(folder), n=len(x)), x
+            yield (ValiditySet(f"gen:{name}", "generator", name, tier=float(np.mean(tiers)), tiers=tuple(tiers),
+                               source=str(folder), n=len(x)), x)
         for gen, folders in self.ladders.items():
             tier, prev = 0, None
             for folder in folders:
@@ -299,6 +317,44 @@ class SuiteData:
 
 
 # --- expected order, checks, agreement -------------------------------------------------------------------
+
+def _tiers(s: ValiditySet) -> tuple[int, ...]:
+    return tuple(s.tiers) if s.tiers is not None else (s.tier,)
+
+
+def eye_consensus(tiers: dict[str, tuple]) -> dict:
+    """The orders a panel of raters agrees on, from ``{set: (tier of rater 1, tier of rater 2, ...)}`` (lower =
+    better): ``pairs``, ``(a, b)`` where more than half the raters put ``a`` strictly ahead of ``b`` and none puts
+    it behind; ``contested``, the pairs some raters order one way and others the other way (no order is
+    expected there: people disagree, so a metric cannot be faulted either way). One rater: their own tiers."""
+    names = list(tiers)
+    if len({len(t) for t in tiers.values()}) > 1:
+        raise ValueError("eye_consensus: every set needs one tier from each rater")
+    pairs, contested = [], []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ahead = sum(x < y for x, y in zip(tiers[a], tiers[b]))
+            behind = sum(x > y for x, y in zip(tiers[a], tiers[b]))
+            if ahead and behind:
+                contested.append((a, b))
+            elif 2 * ahead > len(tiers[a]):
+                pairs.append((a, b))
+            elif 2 * behind > len(tiers[a]):
+                pairs.append((b, a))
+    return {"pairs": pairs, "contested": contested}
+
+
+def eye_panel(raters=EYE_RATERS, sets=GENERATOR_SETS) -> dict:
+    """How well the raters agree with each other: Kendall's tau-b between every two raters' tiers over the
+    sets, and the consensus's size. A metric that agrees with the raters as well as they agree with each other
+    is as good as a person; the inter-rater figures are that ceiling."""
+    tiers = {name: t for name, (_, t) in sets.items()}
+    consensus = eye_consensus(tiers)
+    inter = {f"{raters[i]} vs {raters[j]}": tau_b([t[i] for t in tiers.values()], [t[j] for t in tiers.values()])
+             for i in range(len(raters)) for j in range(i + 1, len(raters))}
+    return {"raters": list(raters), "inter_rater_tau_b": inter, "consensus_pairs": len(consensus["pairs"]),
+            "contested_pairs": len(consensus["contested"])}
+
 
 def expected_pairs(sets: list[ValiditySet]) -> list[tuple[str, str, str]]:
     """Every ``(better, worse, rule)`` a person would assert of these sets (``better`` should get the lower
@@ -322,7 +378,8 @@ def expected_pairs(sets: list[ValiditySet]) -> list[tuple[str, str, str]]:
         pairs += [(r.name, p.name, "real < other population") for r in real]
         pairs += [(p.name, v.name, "other population < violated") for v in vio]
     pairs += [(r.name, g.name, "real < generator") for r in real for g in gens]
-    pairs += [(a.name, b.name, "eye tiers") for a in gens for b in gens if a.tier < b.tier]
+    consensus = eye_consensus({s.name: _tiers(s) for s in gens})
+    pairs += [(a, b, "eye (panel consensus)") for a, b in consensus["pairs"]]
     pairs += [(g.name, b.name, "chest-showing < blobs") for g in chest_gens for b in blob_sets]
     ladders: dict[str, list[ValiditySet]] = {}
     for s in by["progress"]:
@@ -385,7 +442,18 @@ def effective_dimensionality(features) -> dict:
             "participation_ratio": float(total**2 / (ev**2).sum())}
 
 
-def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_families=()) -> dict:
+def _rater_taus(gens: list[ValiditySet], values: dict[str, float], raters) -> dict:
+    """Kendall's tau-b of the measured values against each rater's tiers over the generator sets (as the
+    inter-rater figures of ``eye_panel`` are, so the two compare)."""
+    rated = [s for s in gens if s.cls == "generator"]
+    if not rated:
+        return {}
+    k = len(_tiers(rated[0]))
+    names = list(raters) if len(raters) == k else [f"rater-{i + 1}" for i in range(k)]
+    return {r: tau_b([_tiers(s)[i] for s in rated], [values[s.name] for s in rated]) for i, r in enumerate(names)}
+
+
+def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_families=(), raters=EYE_RATERS) -> dict:
     """Checks, violations, Kendall taus, the blob sets' ranks, from per-set values (the testable core)."""
     checks = order_checks(values, expected_pairs(sets))
     by_name = {s.name: s for s in sets}
@@ -399,6 +467,7 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
         "violations": [c for c in checks if not c["ok"]],
         "kendall_tau": pairwise_tau(checks),
         "kendall_tau_generators": tau_b([0 if s.cls == "real" else s.tier for s in gens], [values[s.name] for s in gens]),
+        "kendall_tau_raters": _rater_taus(gens, values, raters),
         "kendall_tau_classes": tau_b([CLASS_LEVEL[s.cls] for s in cls_sets], [values[s.name] for s in cls_sets]),
         "rules": {},
         "blob_ranks": {},
@@ -469,18 +538,59 @@ def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: Eval
     summary = summarize(sets, values, seen_families=seen)
     e = nets[extractor]
     return {
-        "suite": "cxrbench-validity", "suite_version": "2",
+        "suite": "cxrbench-validity", "suite_version": "3",
         "extractor": e.spec(), "protocol": data.protocol.name, "image_size": data.size,
         "data_root": str(data.data_root), "n_per_set": data.n, "n_reference": len(ref), "seed": seed,
         "metric": "fid", "floor": values.get("real"),
         "sets": [dict(dataclasses.asdict(s), value=values[s.name]) for s in sets],
         "skipped": data.skipped,
         "eye_tiers": GENERATOR_EYE_TIERS,
+        "eye_panel": eye_panel(),
         "progress_eye_ties": {k: [list(t) for t in v] for k, v in PROGRESS_EYE_TIES.items()},
         "dimensionality": effective_dimensionality(ref),
         "seconds": round(time.perf_counter() - t0, 1),
         **summary,
     }
+
+
+#: the letters that name the blinded sets (no I or O, which read as 1 and 0)
+PANEL_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def _grid(images: torch.Tensor, cols: int) -> np.ndarray:
+    rows = [torch.cat(list(images[r * cols:(r + 1) * cols, 0]), dim=1) for r in range(len(images) // cols)]
+    return (torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8)
+
+
+def write_panel_grids(out, *, real_paths: list, sets: dict[str, list], size: int = 128, k: int = 36,
+                      seed: int = 0) -> dict[str, str]:
+    """The blinded grids of an eye panel: ``out/grids/set_<letter>.png``, a ``sqrt(k) x sqrt(k)`` grid of ``k``
+    images drawn (seeded) from each of ``sets`` (``{name: image files}``), the letters shuffled (seeded), and
+    ``out/grids/real_reference.png`` from ``real_paths``; the letters' key goes to ``out/key.json``, outside
+    the folder a rater is shown. Images as the suite reads them (centre square, ``size`` px). Returns the key."""
+    cols = math.isqrt(k)
+    if cols * cols != k:
+        raise UsageError(f"panel grids: {k} images per grid is not a square number")
+    if len(sets) > len(PANEL_LETTERS):
+        raise UsageError(f"panel grids: {len(sets)} sets, at most {len(PANEL_LETTERS)} letters")
+    grids = Path(out) / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    names = list(sets)
+    order = numpy_rng(seed).permutation(len(names))
+    key = {PANEL_LETTERS[i]: names[j] for i, j in enumerate(order)}
+
+    def save(files, path):
+        if len(files) < k:
+            raise DataError(f"panel grids: {path.stem} has {len(files)} images, {k} are needed")
+        buf = io.BytesIO()
+        Image.fromarray(_grid(load_square(_pick(list(files), k, seed), size), cols)).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+
+    for letter, name in key.items():
+        save(sets[name], grids / f"set_{letter}.png")
+    save(real_paths, grids / "real_reference.png")
+    atomic_write_bytes(Path(out) / "key.json", (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
+    return key
 
 
 def plot(result: dict, path) -> Path:

@@ -13,13 +13,17 @@ from cxrbench.data.synthetic import synthetic_cxr
 from cxrbench.engine.validity import (
     BLOB_GENERATORS,
     DEFAULT_N,
+    EYE_RATERS,
     GENERATOR_SETS,
     ValiditySet,
     board_ladders,
     effective_dimensionality,
     expected_pairs,
+    eye_consensus,
+    eye_panel,
     pairwise_tau,
     summarize,
+    write_panel_grids,
 )
 
 from ..conftest import REPO, shared_folder, write_pngs
@@ -207,14 +211,80 @@ def test_board_ladders_run_from_the_kept_checkpoints_to_the_boards_own_set(tmp_p
 
 
 def test_every_generator_set_is_committed_and_the_blob_set_is_last():
-    for name, (folder, tier) in GENERATOR_SETS.items():  # folders relative to the repository root
+    for name, (folder, tiers) in GENERATOR_SETS.items():  # folders relative to the repository root
         assert len(list((REPO / folder).glob("*.png"))) >= DEFAULT_N, name  # every set compared at the same N
     # the retired cxr64 board's eight sets are kept as the suite's evidence, apart from the board's samples
     retired = {n: f for n, (f, _) in GENERATOR_SETS.items() if n.endswith("-15min")}
     assert len(retired) == 8
     assert all(f.startswith("leaderboard/validity/sets/cxr64-board/") for f in retired.values())
     assert (REPO / "leaderboard" / "validity" / "sets" / "README.md").is_file()
-    assert all(GENERATOR_SETS[b][1] == max(t for _, t in GENERATOR_SETS.values()) for b in BLOB_GENERATORS)
+    for i, rater in enumerate(EYE_RATERS):  # every rater puts the blob set last
+        assert all(GENERATOR_SETS[b][1][i] == max(t[i] for _, t in GENERATOR_SETS.values()) for b in BLOB_GENERATORS), rater
+
+
+def test_eye_consensus_keeps_only_the_orders_the_raters_agree_on():
+    tiers = {"a": (1, 1, 1, 2), "b": (2, 2, 2, 2), "c": (1, 3, 3, 2), "d": (4, 4, 4, 4), "e": (4, 1, 4, 4)}
+    got = eye_consensus(tiers)
+    pairs, contested = set(got["pairs"]), set(got["contested"])
+    assert ("a", "b") in pairs  # three ahead, one tie, none behind
+    assert ("b", "d") in pairs and ("a", "d") in pairs
+    assert ("a", "c") not in pairs and ("c", "a") not in pairs  # two ahead, two ties: no majority, no order
+    assert ("a", "c") not in contested
+    assert ("b", "c") in contested and ("c", "e") in contested  # raters order them both ways
+    assert not {("d", "e"), ("e", "d")} & pairs  # one rater ahead, three ties
+    for a, b in pairs:  # no rater puts an expected pair the other way round
+        assert all(x <= y for x, y in zip(tiers[a], tiers[b]))
+    assert not pairs & {(b, a) for a, b in pairs} and not pairs & contested
+    # one rater: exactly their strict orders
+    one = {k: v[:1] for k, v in tiers.items()}
+    assert set(eye_consensus(one)["pairs"]) == {(x, y) for x in one for y in one if one[x] < one[y]}
+    with pytest.raises(ValueError):
+        eye_consensus({"a": (1, 2), "b": (1,)})
+
+
+def test_the_shipped_panel_agrees_with_itself_and_ranks_the_blobs_last_by_consensus():
+    panel = eye_panel()
+    assert panel["raters"] == list(EYE_RATERS) and len(panel["inter_rater_tau_b"]) == 6
+    assert all(-1 <= t <= 1 for t in panel["inter_rater_tau_b"].values())
+    tiers = {n: t for n, (_, t) in GENERATOR_SETS.items()}
+    pairs = set(eye_consensus(tiers)["pairs"])
+    assert {(n, b) for n in tiers for b in BLOB_GENERATORS if n not in BLOB_GENERATORS} <= pairs
+    assert panel["consensus_pairs"] == len(pairs) and panel["consensus_pairs"] + panel["contested_pairs"] < 16 * 15 // 2
+    # the rule in the suite: generator sets with every rater's tiers expect exactly the consensus pairs
+    sets = [ValiditySet(f"gen:{n}", "generator", n, tier=float(np.mean(t)), tiers=t) for n, t in tiers.items()]
+    eye = {(a, b) for a, b, r in expected_pairs(sets) if r == "eye (panel consensus)"}
+    assert eye == {(f"gen:{a}", f"gen:{b}") for a, b in pairs}
+    values = {s.name: float(s.tier) for s in sets}  # a metric that reproduces the mean tier
+    s = summarize(sets, values)
+    assert set(s["kendall_tau_raters"]) == set(EYE_RATERS) and s["kendall_tau_generators"] == pytest.approx(1.0)
+    # a consensus order never contradicts the mean tier: a metric equal to it violates none of them
+    assert [c for c in s["violations"] if c["rule"] == "eye (panel consensus)"] == []
+
+
+def test_panel_grids_are_blinded_and_show_each_sets_own_images(tmp_path):
+    from PIL import Image
+
+    from cxrbench.engine.validity import load_square
+
+    sets = {}
+    for k, name in enumerate(("alpha", "beta", "gamma")):
+        sets[name] = sorted(write_pngs(tmp_path / name, synthetic_cxr(6, 32, seed=k)).glob("*.png"))
+    real = sorted(write_pngs(tmp_path / "real", synthetic_cxr(5, 32, seed=9)).glob("*.png"))
+    key = write_panel_grids(tmp_path / "panel", real_paths=real + real[:1], sets=sets, size=16, k=4, seed=1)
+    assert sorted(key.values()) == sorted(sets) and set(key) <= set("ABCDEFGHJKLMNPQRSTUVWXYZ")
+    assert json.loads((tmp_path / "panel" / "key.json").read_text()) == key
+    shown = sorted(p.name for p in (tmp_path / "panel" / "grids").iterdir())
+    assert shown == ["real_reference.png"] + [f"set_{k}.png" for k in sorted(key)]  # no name, no key
+    for letter, name in key.items():  # each grid's tiles are images of the set its letter names
+        grid = np.asarray(Image.open(tmp_path / "panel" / "grids" / f"set_{letter}.png"), dtype=np.float64) / 255
+        tiles = [grid[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] for r in range(2) for c in range(2)]
+        own = (load_square(sets[name], 16)[:, 0].numpy())
+        for t in tiles:
+            errs = {n: np.abs(load_square(sets[n], 16)[:, 0].numpy() - t).max(axis=(1, 2)).min() for n in sets}
+            assert errs[name] < 1 / 255 + 1e-6 and min(v for n, v in errs.items() if n != name) > 0.01
+        assert own.shape[0] == 6
+    with pytest.raises(Exception, match="images"):
+        write_panel_grids(tmp_path / "p2", real_paths=real[:2], sets=sets, size=16, k=4)
 
 
 def test_effective_dimensionality_of_known_spectra():
@@ -246,11 +316,13 @@ def test_validate_end_to_end_on_real_images(tmp_path, capsys, monkeypatch):
     assert classes == {"real", "degraded", "violated", "population", "generator", "progress"}
     assert all(s["n"] == 10 for s in res["sets"])
     assert res["floor"] == next(s["value"] for s in res["sets"] if s["name"] == "real")
-    assert {c["rule"] for c in res["checks"]} >= {"real < degraded", "eye tiers", "progress monotone",
+    assert {c["rule"] for c in res["checks"]} >= {"real < degraded", "eye (panel consensus)", "progress monotone",
                                                   "chest-showing < blobs"}
     assert len(res["violations"]) == sum(not c["ok"] for c in res["checks"])
     assert -1 <= res["kendall_tau"] <= 1 and res["dimensionality"]["dims"] == 10
     assert "Kendall tau" in text and "gen:ldm" in text and "participation ratio" in text
+    assert set(res["kendall_tau_raters"]) == set(EYE_RATERS) and "tau-b against each rater" in text
+    assert res["suite_version"] == "3" and res["eye_panel"]["raters"] == list(EYE_RATERS)
 
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):
@@ -274,3 +346,27 @@ def test_validate_names_a_missing_set_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and len(err.strip().splitlines()) == 1
     assert str(tmp_path / "nowhere") in err and "--skip-missing" in err and "--root" in err
+
+
+def test_the_shipped_ratings_unblinded_by_their_key_are_the_suites_tiers():
+    folder = REPO / "leaderboard" / "validity" / "eye-panel"
+    key = json.loads((folder / "key.json").read_text())
+    for i, rater in enumerate(EYE_RATERS):
+        if rater == "author":
+            continue
+        rated = json.loads((folder / f"{rater}.json").read_text())
+        assert set(rated["tiers"]) == set(key) and set(rated["notes"]) == set(key)
+        assert {key[letter]: t for letter, t in rated["tiers"].items()} == {n: t[i] for n, (_, t) in GENERATOR_SETS.items()}
+
+
+def test_panel_grids_command_reproduces_the_raters_grids_key(tmp_path, capsys):
+    data = shared_folder("nih_extra_256px").parent
+    out = tmp_path / "panel"
+    assert main(["validate", "--panel-grids", str(out), "--data", str(data), "--root", str(REPO)]) == 0
+    assert json.loads((out / "key.json").read_text()) == json.loads(
+        (REPO / "leaderboard" / "validity" / "eye-panel" / "key.json").read_text())
+    assert len(list((out / "grids").glob("set_*.png"))) == len(GENERATOR_SETS)
+    assert "show a rater" in capsys.readouterr().out
+    assert main(["validate", "--data", str(data)]) != 0  # neither --extractor nor --panel-grids
+    err = capsys.readouterr().err
+    assert "--extractor" in err and len(err.strip().splitlines()) == 1
