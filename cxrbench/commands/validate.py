@@ -131,6 +131,15 @@ def run(args) -> int:
               + f" (mean {sum(taus.values()) / len(taus):+.3f})"
               + (f"; the raters against each other {min(inter):+.3f} to {max(inter):+.3f} (mean "
                  f"{sum(inter) / len(inter):+.3f})" if inter else ""))
+    loo = res.get("eye_leave_one_out") or {}
+    if loo:
+        rows = list(loo.values())
+        wrong = [r["rater_reversed"] for r in rows]
+        metric = [r["metric_wrong"] for r in rows]
+        print(f"eye panel, each rater left out in turn: of the others' consensus ({min(r['pairs'] for r in rows)}-"
+              f"{max(r['pairs'] for r in rows)} pairs) the left-out rater reverses {min(wrong)}-{max(wrong)} (mean "
+              f"{sum(wrong) / len(wrong):.2f}, and ties {sum(r['rater_tied'] for r in rows) / len(rows):.2f}); this "
+              f"metric gets {min(metric)}-{max(metric)} wrong (mean {sum(metric) / len(metric):.2f})")
     for name, r in res["blob_ranks"].items():
         extra = f", {r['rank_generators']} of {r['of_generators']} among real + generator sets" if "rank_generators" in r else ""
         print(f"blob set {name}: rank {r['rank_all']} of {r['of_all']} sets (1 = closest to the reference){extra}")

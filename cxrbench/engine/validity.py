@@ -356,6 +356,26 @@ def eye_panel(raters=EYE_RATERS, sets=GENERATOR_SETS) -> dict:
             "contested_pairs": len(consensus["contested"])}
 
 
+def leave_one_out(tiers: dict[str, tuple], values: dict[str, float] | None = None, raters=EYE_RATERS) -> dict:
+    """The eye rule's human floor: for each rater, the consensus of the others (``eye_consensus``) and how many of
+    its pairs that rater reverses or ties; with ``values`` (lower = better, keyed like ``tiers``), how many a metric
+    gets wrong (a tie counts as wrong, as in the checks). A metric that gets no more wrong than a held-out person
+    disagrees with the panel no more than its own members do."""
+    k = len(next(iter(tiers.values())))
+    if k < 2:
+        return {}
+    names = list(raters) if len(raters) == k else [f"rater-{i + 1}" for i in range(k)]
+    out = {}
+    for i, rater in enumerate(names):
+        pairs = eye_consensus({n: t[:i] + t[i + 1:] for n, t in tiers.items()})["pairs"]
+        row = {"pairs": len(pairs), "rater_reversed": sum(tiers[a][i] > tiers[b][i] for a, b in pairs),
+               "rater_tied": sum(tiers[a][i] == tiers[b][i] for a, b in pairs)}
+        if values is not None:
+            row["metric_wrong"] = sum(not _below(values[a], values[b]) for a, b in pairs)
+        out[rater] = row
+    return out
+
+
 def expected_pairs(sets: list[ValiditySet]) -> list[tuple[str, str, str]]:
     """Every ``(better, worse, rule)`` a person would assert of these sets (``better`` should get the lower
     distance). A pair named by several rules is listed once, under the first."""
@@ -468,6 +488,8 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
         "kendall_tau": pairwise_tau(checks),
         "kendall_tau_generators": tau_b([0 if s.cls == "real" else s.tier for s in gens], [values[s.name] for s in gens]),
         "kendall_tau_raters": _rater_taus(gens, values, raters),
+        "eye_leave_one_out": leave_one_out({s.name: _tiers(s) for s in gens if s.cls == "generator"}, values, raters)
+        if any(s.cls == "generator" for s in gens) else {},
         "kendall_tau_classes": tau_b([CLASS_LEVEL[s.cls] for s in cls_sets], [values[s.name] for s in cls_sets]),
         "rules": {},
         "blob_ranks": {},

@@ -21,6 +21,7 @@ from cxrbench.engine.validity import (
     expected_pairs,
     eye_consensus,
     eye_panel,
+    leave_one_out,
     pairwise_tau,
     summarize,
     write_panel_grids,
@@ -242,6 +243,19 @@ def test_eye_consensus_keeps_only_the_orders_the_raters_agree_on():
         eye_consensus({"a": (1, 2), "b": (1,)})
 
 
+def test_leave_one_out_counts_what_a_held_out_rater_and_a_metric_get_wrong():
+    tiers = {"a": (1, 1, 2), "b": (2, 2, 1), "c": (3, 3, 3)}
+    values = {"a": 1.0, "b": 1.0, "c": 0.0}  # a tie and two inversions
+    got = leave_one_out(tiers, values, raters=("x", "y", "z"))
+    # without z, a < b < c by both others; z puts b ahead of a
+    assert got["z"] == {"pairs": 3, "rater_reversed": 1, "rater_tied": 0, "metric_wrong": 3}
+    # without x, a and b are contested (y: a first, z: b first): only a < c and b < c remain
+    assert got["x"] == {"pairs": 2, "rater_reversed": 0, "rater_tied": 0, "metric_wrong": 2}
+    assert leave_one_out({"a": (1,), "b": (2,)}) == {}
+    right = leave_one_out(tiers, {"a": 0.0, "b": 0.5, "c": 9.0}, raters=("x", "y", "z"))
+    assert [r["metric_wrong"] for r in right.values()] == [0, 0, 0]
+
+
 def test_the_shipped_panel_agrees_with_itself_and_ranks_the_blobs_last_by_consensus():
     panel = eye_panel()
     assert panel["raters"] == list(EYE_RATERS) and len(panel["inter_rater_tau_b"]) == 6
@@ -323,6 +337,7 @@ def test_validate_end_to_end_on_real_images(tmp_path, capsys, monkeypatch):
     assert "Kendall tau" in text and "gen:ldm" in text and "participation ratio" in text
     assert set(res["kendall_tau_raters"]) == set(EYE_RATERS) and "tau-b against each rater" in text
     assert res["suite_version"] == "3" and res["eye_panel"]["raters"] == list(EYE_RATERS)
+    assert set(res["eye_leave_one_out"]) == set(EYE_RATERS) and "each rater left out in turn" in text
 
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):
