@@ -8,7 +8,7 @@ the shipped input). Feature variants, each a linear map fitted on the training s
 shipped whitening), ``raw`` (no map, version 1), ``alphaA`` (``Sigma^-A/2``: partial whitening, A = 1 is ``lw``) and
 ``topK`` (only the top K principal directions, whitened). For each pair it prints what ``cxrbench validate``
 summarizes: violations, Kendall tau, eye-consensus violations, the mean tau-b with the blind raters, the
-leave-one-rater-out count, the class tau-b, violations on families the network never saw, the blob generator's
+leave-one-rater-out count, the mean tau-b with the pilot raters (used by no selection), the class tau-b, violations on families the network never saw, the blob generator's
 rank and the splice's distance over the floor; ``--values`` adds every set's FID.
 
     OMP_NUM_THREADS=1 python tests/benchmarks/cxr128_feature_variants.py --data ../shared/data \
@@ -18,6 +18,7 @@ rank and the splice's distance over the floor; ``--values`` adds every set's FID
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from cxrbench.data.corruptions import gaussian_blur  # noqa: E402
-from cxrbench.engine.validity import EYE_RATERS, SuiteData, load_square, summarize  # noqa: E402
-from cxrbench.features.cxr128 import CXR128Extractor  # noqa: E402
-from cxrbench.metrics.functional import fid  # noqa: E402
-from cxrbench.protocols.validity_sets import PROTOCOL_DATA  # noqa: E402
+from cxrbench.data.corruptions import gaussian_blur
+from cxrbench.engine.validity import EYE_RATERS, SuiteData, load_square, summarize, tau_b
+from cxrbench.features.cxr128 import CXR128Extractor
+from cxrbench.metrics.functional import fid
+from cxrbench.protocols.validity_sets import PROTOCOL_DATA
 
 
 def embeddings(data: SuiteData, sigma: float) -> tuple[dict, list]:
@@ -55,6 +56,13 @@ def embeddings(data: SuiteData, sigma: float) -> tuple[dict, list]:
         feats[s.name] = emb(x)
         sets.append(s)
     return feats, sets
+
+
+def pilot_tiers() -> list[dict[str, int]]:
+    """The pilot raters' tiers by set name (``leaderboard/validity/eye-panel/pilot``: rated, not used by the suite)."""
+    folder = ROOT / "leaderboard" / "validity" / "eye-panel" / "pilot"
+    key = json.loads((folder / "key.json").read_text())
+    return [{key[k]: t for k, t in json.loads(f.read_text())["tiers"].items()} for f in sorted(folder.glob("pilot-*.json"))]
 
 
 def linear_map(name: str, train: np.ndarray):
@@ -86,6 +94,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     data = SuiteData(args.data, protocol=PROTOCOL_DATA["cxr128"], root=ROOT, progress_dir=ROOT / "leaderboard/progress")
     seen = CXR128Extractor.training_corruptions
+    pilots = pilot_tiers()
     for sigma in args.preblur:
         feats, sets = embeddings(data, sigma)
         for v in args.variants:
@@ -96,9 +105,11 @@ def main(argv=None) -> int:
             eye = [c for c in sm["checks"] if c["rule"] == "eye (panel consensus)"]
             blind = np.mean([sm["kendall_tau_raters"][r] for r in EYE_RATERS if r.startswith("blind")])
             loo = np.mean([r["metric_wrong"] for r in sm["eye_leave_one_out"].values()])
+            gens = sorted(pilots[0])
+            pilot = np.mean([tau_b([p[g] for g in gens], [values[f"gen:{g}"] for g in gens]) for p in pilots])
             print(f"preblur {sigma:<4} {v:<9} violations {len(sm['violations']):3d} of {len(sm['checks'])}, tau "
                   f"{sm['kendall_tau']:+.3f}; eye {sum(not c['ok'] for c in eye)} of {len(eye)}, blind raters "
-                  f"{blind:+.3f}, leave-one-out {loo:.2f}; classes {sm['kendall_tau_classes']:+.3f}; unseen "
+                  f"{blind:+.3f}, leave-one-out {loo:.2f}, pilot raters {pilot:+.3f}; classes {sm['kendall_tau_classes']:+.3f}; unseen "
                   f"{sm['unseen_families']['violations']}; blob generator "
                   f"{sm['blob_ranks']['gen:ldm-15min']['rank_generators']} of "
                   f"{sm['blob_ranks']['gen:ldm-15min']['of_generators']}; splice "
