@@ -121,9 +121,9 @@ def run(args) -> int:
     for c in shown:
         mark = "ok " if c["ok"] else "BAD"
         print(f"  {mark} {c['better']} ({c['value_better']:.4g}) < {c['worse']} ({c['value_worse']:.4g})  [{c['rule']}]")
-    print(f"Kendall tau: expected pairwise order {_fmt(res['kendall_tau'])}; generator eye tiers (real + "
-          f"leaderboard sets, mean tier of the panel) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated "
-          f"classes {_fmt(res['kendall_tau_classes'])}")
+    print(f"Kendall tau: expected pairwise order {_fmt(res['kendall_tau'])}; generator sets (real first, then the "
+          f"panel's mean eye tier) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated classes "
+          f"{_fmt(res['kendall_tau_classes'])}")
     taus = {r: t for r, t in res.get("kendall_tau_raters", {}).items() if t is not None}
     if taus:
         inter = [t for t in res["eye_panel"]["inter_rater_tau_b"].values() if t is not None]
