@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import EvalConfig
-from ..engine.validity import DEFAULT_N, PROGRESS_DIR, ROOT, SuiteData, plot, run_suite, write_panel_grids
+from ..engine.validity import DEFAULT_N, NOISE_REPS, PROGRESS_DIR, ROOT, SuiteData, plot, run_suite, write_panel_grids
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
 from ..protocols.validity_sets import PROTOCOL_DATA
@@ -54,6 +54,9 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out the sets whose data folder is absent (named in the result) instead of failing")
     p.add_argument("--all-checks", action="store_true", help="print every pairwise check, not only the violations")
+    p.add_argument("--noise-reps", type=int, default=NOISE_REPS,
+                   help=f"bootstrap replicates telling whether each violation is beyond FID's sampling noise "
+                        f"(default {NOISE_REPS}; 0 skips it)")
     add_config_flag(p, "device")
     add_config_flag(p, "batch_size")
     p.add_argument("--cache-dir")
@@ -89,6 +92,8 @@ def run(args) -> int:
         return write_grids(args)
     if not args.extractor:
         raise UsageError("--extractor NAME is required (or --panel-grids DIR)")
+    if args.noise_reps < 0:
+        raise UsageError(f"--noise-reps {args.noise_reps}: a count of bootstrap replicates, 0 or more")
     if args.n < 10:
         raise UsageError(f"--n {args.n}: the suite needs at least 10 images per set")
     config = EvalConfig(weights=args.weights, device=args.device, batch_size=args.batch_size,
@@ -97,7 +102,8 @@ def run(args) -> int:
     res = run_suite(args.extractor, data_root=Path(args.data or default_data()),
                     protocol=PROTOCOL_DATA[args.protocol],
                     config=config, n=args.n, seed=args.seed, root=args.root,
-                    progress_dir=args.progress_dir, skip_missing=args.skip_missing, log=log)
+                    progress_dir=args.progress_dir, skip_missing=args.skip_missing, log=log,
+                    noise_reps=args.noise_reps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"validity-{args.extractor}"
@@ -105,6 +111,13 @@ def run(args) -> int:
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(res, indent=2, sort_keys=True) + "\n").encode())
     fig = plot(res, out / f"{stem}.png")
 
+    _report(res, args.all_checks)
+    print(f"wrote {out / (stem + '.json')} and {fig}", file=sys.stderr)
+    return 0
+
+
+def _report(res: dict, all_checks: bool) -> None:
+    """The printed table: every set's value, the rules, the violations, the agreement figures."""
     e = res["extractor"]
     print(f"validity of {e['name']}@{e['version']} (weights {str(e['weights'])[:16]}) under {res['protocol']}: "
           f"FID vs {res['n_reference']} reference images, {res['n_per_set']} images per set")
@@ -116,11 +129,18 @@ def run(args) -> int:
     print("expected orders (rule: pairs, violations):")
     for rule, r in res["rules"].items():
         print(f"  {rule:<34}{r['pairs']:5d} {r['violations']:5d}")
-    shown = res["checks"] if args.all_checks else res["violations"]
-    print(f"{'checks' if args.all_checks else 'violations'} ({len(res['violations'])} of {len(res['checks'])}):")
+    shown = res["checks"] if all_checks else res["violations"]
+    print(f"{'checks' if all_checks else 'violations'} ({len(res['violations'])} of {len(res['checks'])}):")
     for c in shown:
         mark = "ok " if c["ok"] else "BAD"
-        print(f"  {mark} {c['better']} ({c['value_better']:.4g}) < {c['worse']} ({c['value_worse']:.4g})  [{c['rule']}]")
+        noise = ""
+        if "difference_interval" in c:
+            lo, hi = c["difference_interval"]
+            noise = f"  difference 95% [{lo:.3g}, {hi:.3g}]: {'beyond' if c['beyond_noise'] else 'within'} sampling noise"
+        print(f"  {mark} {c['better']} ({c['value_better']:.4g}) < {c['worse']} ({c['value_worse']:.4g})  [{c['rule']}]{noise}")
+    if "violations_beyond_noise" in res:
+        print(f"violations beyond FID's sampling noise at n = {res['n_per_set']} (95% bootstrap interval of the "
+              f"difference below zero): {res['violations_beyond_noise']} of {len(res['violations'])}")
     print(f"Kendall tau: expected pairwise order {_fmt(res['kendall_tau'])}; generator sets (real first, then the "
           f"panel's mean eye tier) {_fmt(res['kendall_tau_generators'])}; real/degraded/violated classes "
           f"{_fmt(res['kendall_tau_classes'])}")
@@ -155,5 +175,3 @@ def run(args) -> int:
               f"{d['top3']:.1%} / {d['top10']:.1%} of the variance; participation ratio {d['participation_ratio']:.2f}")
     for s in res["skipped"]:
         print(f"skipped: {s}")
-    print(f"wrote {out / (stem + '.json')} and {fig}", file=sys.stderr)
-    return 0

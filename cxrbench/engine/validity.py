@@ -57,6 +57,7 @@ from ..data.io import load_image
 from ..errors import DataError, UsageError
 from ..features.cache import FeatureCache
 from ..fileio import atomic_write_bytes
+from ..metrics.fid import TwoSampleFD
 from ..metrics.functional import fid
 from ..registry import EXTRACTORS
 from ..seeding import numpy_rng
@@ -136,6 +137,8 @@ KERMANY = "kermany_pediatric_covid_skytells"
 #: every set is compared at this many images (the leaderboard's sample count), so FID's small-sample bias is
 #: the same for all of them
 DEFAULT_N = 200
+#: bootstrap replicates of each violation's sampling noise
+NOISE_REPS = 100
 CLASSES = ("real", "degraded", "violated", "population", "generator", "progress")
 CLASS_LEVEL = {"real": 0, "degraded": 1, "violated": 2}
 
@@ -518,6 +521,34 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
     return out
 
 
+def violation_noise(ref: np.ndarray, feats: dict[str, np.ndarray], violations: list[dict], *,
+                    reps: int = 100, seed: int = 0, alpha: float = 0.05) -> int:
+    """Adds to each violation the basic bootstrap interval of ``d = FID(worse) - FID(better)`` (both sets and the
+    shared reference resampled, the reference draw common to the two, so the comparison is paired) and
+    ``beyond_noise``: the whole interval below zero, an inversion that sampling at this N does not explain.
+    Returns how many are. Basic, not percentile: resampling duplicates rows, which raises each FID by an amount
+    that differs between sets (about 3-4 FID between the board's sets at N = 200, as much as the interval's
+    half-width); ``2 d - quantiles`` takes that shift off to first order, as the FID interval does. A violation
+    within the noise is still counted: the point order is what a user sees."""
+    rng = numpy_rng(seed)
+    stats: dict[str, TwoSampleFD] = {}
+    n_beyond = 0
+    for v in violations:
+        a, b = (stats.setdefault(k, TwoSampleFD(feats[k], ref)) for k in (v["better"], v["worse"]))
+        na, nb = len(feats[v["better"]]), len(feats[v["worse"]])
+        d = []
+        for _ in range(reps):
+            ir = rng.integers(0, len(ref), len(ref))
+            d.append(b(rng.integers(0, nb, nb), ir) - a(rng.integers(0, na, na), ir))
+        q_lo, q_hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+        point = v["value_worse"] - v["value_better"]
+        lo, hi = 2 * point - q_hi, 2 * point - q_lo
+        v["difference_interval"] = [float(lo), float(hi)]
+        v["beyond_noise"] = bool(hi < 0)
+        n_beyond += v["beyond_noise"]
+    return n_beyond
+
+
 # --- the run ---------------------------------------------------------------------------------------------
 
 def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalConfig, cache: FeatureCache,
@@ -531,9 +562,10 @@ def _features(images: torch.Tensor, name: str, extractors: dict, config: EvalCon
 
 def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: EvalConfig | None = None,
               n: int = DEFAULT_N, seed: int = 0, root=ROOT, progress_dir=PROGRESS_DIR,
-              skip_missing: bool = False, corruption_names=None, log=None) -> dict:
+              skip_missing: bool = False, corruption_names=None, log=None, noise_reps: int = NOISE_REPS) -> dict:
     """Measure every validity set's FID against the protocol's reference through ``extractor``; returns the
-    result dict (per-set values, checks, violations, Kendall taus, reference dimensionality)."""
+    result dict (per-set values, checks, violations, Kendall taus, reference dimensionality). ``noise_reps``
+    bootstrap replicates tell each violation's sampling noise (``violation_noise``; 0: not measured)."""
     log = log or (lambda msg: None)
     config = config or EvalConfig()
     if extractor not in EXTRACTORS:
@@ -550,14 +582,18 @@ def run_suite(extractor: str, *, data_root, protocol: ProtocolData, config: Eval
     t0 = time.perf_counter()
     ref = _features(data.reference(), extractor, nets, config, cache, device, "validity reference")
     log(f"reference: {len(ref)} images, {ref.shape[1]}-d features")
-    sets, values = [], {}
+    sets, values, feats = [], {}, {}
     for s, x in data.sets():
-        f = _features(x, extractor, nets, config, cache, device, s.name)
-        values[s.name] = fid(real=ref, fake=f).value  # point estimate: no bootstrap interval (speed)
+        feats[s.name] = _features(x, extractor, nets, config, cache, device, s.name)
+        values[s.name] = fid(real=ref, fake=feats[s.name]).value  # point estimate: no bootstrap interval (speed)
         sets.append(s)
         log(f"{s.name:<40} {values[s.name]:12.4g}")
     seen = tuple(getattr(nets[extractor], "training_corruptions", None) or TRAINING_CORRUPTIONS.get(extractor, ()))
     summary = summarize(sets, values, seen_families=seen)
+    if noise_reps:
+        log(f"sampling noise of the {len(summary['violations'])} violations ({noise_reps} bootstrap replicates)")
+        summary["violations_beyond_noise"] = violation_noise(ref, feats, summary["violations"], reps=noise_reps,
+                                                             seed=seed)
     e = nets[extractor]
     return {
         "suite": "cxrbench-validity", "suite_version": "3",

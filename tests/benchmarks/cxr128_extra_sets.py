@@ -34,7 +34,7 @@ from cxrbench.seeding import torch_generator
 def zoom(x: torch.Tensor, frac: float) -> torch.Tensor:
     """The central ``frac`` of the image blown up to the full size (a tiny crop: no chest outline left)."""
     h = x.shape[-1]
-    k = int(round(h * frac))
+    k = round(h * frac)
     o = (h - k) // 2
     return F.interpolate(x[..., o:o + k, o:o + k], size=(h, h), mode="bilinear", align_corners=False)
 

@@ -338,6 +338,8 @@ def test_validate_end_to_end_on_real_images(tmp_path, capsys, monkeypatch):
     assert set(res["kendall_tau_raters"]) == set(EYE_RATERS) and "tau-b against each rater" in text
     assert res["suite_version"] == "3" and res["eye_panel"]["raters"] == list(EYE_RATERS)
     assert set(res["eye_leave_one_out"]) == set(EYE_RATERS) and "each rater left out in turn" in text
+    assert all(len(v["difference_interval"]) == 2 for v in res["violations"])
+    assert res["violations_beyond_noise"] == sum(v["beyond_noise"] for v in res["violations"])
 
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):
@@ -385,3 +387,27 @@ def test_panel_grids_command_reproduces_the_raters_grids_key(tmp_path, capsys):
     assert main(["validate", "--data", str(data)]) != 0  # neither --extractor nor --panel-grids
     err = capsys.readouterr().err
     assert "--extractor" in err and len(err.strip().splitlines()) == 1
+
+
+def test_violation_noise_flags_real_inversions_and_not_sampling_ones():
+    from cxrbench.engine.validity import violation_noise
+    from cxrbench.metrics.functional import fid
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((300, 6))
+    same = [rng.standard_normal((120, 6)) for _ in range(2)]  # one population: any order between them is noise
+    far = rng.standard_normal((120, 6)) + 1.5  # truly farther from the reference
+    feats = {"a": same[0], "b": same[1], "far": far}
+    values = {k: fid(real=ref, fake=f).value for k, f in feats.items()}
+    better, worse = sorted(("a", "b"), key=values.get, reverse=True)  # orient the pair as a violation
+    violations = [
+        {"better": better, "worse": worse, "value_better": values[better], "value_worse": values[worse]},
+        {"better": "far", "worse": "a", "value_better": values["far"], "value_worse": values["a"]},
+    ]
+    assert violation_noise(ref, feats, violations, reps=60, seed=1) == 1
+    noise, real = violations
+    assert not noise["beyond_noise"] and noise["difference_interval"][0] < 0 < noise["difference_interval"][1]
+    assert real["beyond_noise"] and real["difference_interval"][1] < 0
+    for v in violations:  # the interval holds the point difference
+        lo, hi = v["difference_interval"]
+        assert lo <= v["value_worse"] - v["value_better"] <= hi
