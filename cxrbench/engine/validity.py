@@ -76,9 +76,10 @@ from .extraction import build_extractors, extract_features
 #:   letter, beside 36 held-out real images) and asked how closely each set, taken as a whole, resembles the real
 #:   set as stand-ins for real chest radiographs; they saw no set name and no number.
 #: The raters agree with each other at Kendall tau-b +0.49 to +0.80. Where they part is the trade a distribution
-#: metric makes too: the blind raters put the PGGAN and LSGAN-15 sets (varied chests, cartoonish lung blobs and
-#: black edge artefacts) level with or behind the blurred, collapsed VAE family, which ``author`` put behind them.
-#: So a pair of sets is expected in an order only where the panel agrees on it (``eye_consensus``).
+#: metric makes too: the PGGAN and LSGAN-15 sets (varied chests, cartoonish lung blobs, black edge artefacts)
+#: against the blurred, collapsed VAE family. ``author`` and blind-2 put the first ahead, blind-3 behind, and
+#: blind-1 level with the family's better sets. So a pair of sets is expected in an order only where the panel
+#: agrees on it (``eye_consensus``).
 EYE_RATERS = ("author", "blind-1", "blind-2", "blind-3")
 _BOARD = "leaderboard/samples/cxr128/"  # the cxr128 board's sample sets
 _RETIRED = "leaderboard/validity/sets/cxr64-board/"  # the retired cxr64 board's, kept as validity evidence
