@@ -76,6 +76,10 @@ ADULT_SETS = ("covid_chestxray_ieee8023_2020-03_fork", "actualmed_covid_cxr", "f
               "adult_covid_extra_256px")
 #: the orientation pretext's classes: upright, then turned by 90 / 180 / 270 degrees, then flipped upside down
 ORIENTATIONS = ("upright", "rot90", "rot180", "rot270", "vflip")
+#: classes the pretext can add (``orientation_extra``): a mirrored chest (heart on the right) and two chests'
+#: halves joined at the midline; both keep every local patch real and change only the arrangement, which the
+#: shipped network pools away (a left/right splice scores 1.9x the real row's FID)
+ORIENTATION_EXTRA = {"hflip": "horizontal mirror", "splice": "left/right halves of two images"}
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Config:
     brightness: float = 0.2
     contrast: float = 0.3
     hflip_prob: float = 0.0  # a mirrored chest is not a normal chest (heart on the right)
+    orientation_extra: tuple[str, ...] = ()  # more pretext classes (ORIENTATION_EXTRA): "hflip", "splice"
     blur_prob: float = 0.3  # Gaussian blur, sigma U(0, blur_sigma) px at 128 px
     blur_sigma: float = 1.0
     noise_prob: float = 0.3  # additive Gaussian noise, std U(0, noise_std)
@@ -119,6 +124,10 @@ class Config:
             raise ValueError(f"anatomy_loss {self.anatomy_loss!r}: expected bce or far")
         if not self.anatomy_margin > 0:
             raise ValueError(f"anatomy_margin {self.anatomy_margin}: expected a positive number")
+        self.orientation_extra = tuple(self.orientation_extra)
+        if not set(self.orientation_extra) <= set(ORIENTATION_EXTRA):
+            raise ValueError(f"orientation_extra {list(self.orientation_extra)}: expected classes among "
+                             f"{list(ORIENTATION_EXTRA)}")
 
     def seen_families(self) -> list[str]:
         """The corruption families this configuration shows the network during training (for the note)."""
@@ -127,6 +136,7 @@ class Config:
         seen += ["Gaussian noise (mild, as invariance)"] * (self.noise_prob > 0)
         seen += ["low resolution (as invariance)"] * (self.lowres_prob > 0)
         seen += ["rotation 90/180/270, vertical flip (pretext)"] * (self.lambda_orientation > 0)
+        seen += [f"{ORIENTATION_EXTRA[k]} (pretext)" for k in self.orientation_extra if self.lambda_orientation > 0]
         if self.lambda_anatomy > 0:
             seen += ["low resolution 32/64 px (as intact chest)", *(f"{f} (anatomy pretext)" for f in ANATOMY_FAMILIES)]
         return seen
@@ -283,9 +293,20 @@ def far_loss(f_pos: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.T
     return F.relu(margin - ((f_neg - c) ** 2).sum(1) / s).mean()
 
 
-def orient(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Each image turned by its class ``k`` (index into ORIENTATIONS)."""
+def orient(x: torch.Tensor, k: torch.Tensor, extra: tuple[str, ...] = ()) -> torch.Tensor:
+    """Each image turned by its class ``k`` (index into ORIENTATIONS, then ``extra``)."""
     out = x.clone()
+    w = x.shape[-1]
+    for j, name in enumerate(extra):
+        m = k == len(ORIENTATIONS) + j
+        if m.any():
+            if name == "hflip":
+                out[m] = torch.flip(x[m], dims=(3,))
+            elif name == "splice":  # the right half from the next image of the batch
+                other = torch.roll(x, 1, dims=0)
+                out[m] = torch.cat([x[m][..., : w // 2], other[m][..., w // 2 :]], dim=-1)
+            else:
+                raise ValueError(f"orientation_extra: unknown class {name}")
     for c in range(1, 4):
         m = k == c
         if m.any():
@@ -308,7 +329,7 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         self.net = CXR128Net()
         d = self.net.embed.out_features
         self.proj = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 128))
-        self.orientation = nn.Linear(d, len(ORIENTATIONS))
+        self.orientation = nn.Linear(d, len(ORIENTATIONS) + len(self.config.orientation_extra))
         if config.lambda_anatomy > 0 and config.anatomy_loss == "bce":  # only then: shipped init stays as it was
             self.anatomy = nn.Linear(d, 1)
 
@@ -348,8 +369,8 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         views = [self.view(images), self.view(images)]
         if c.lambda_orientation > 0:  # a third view of half the batch, turned or flipped in 4 of 5 cases
             m = n // 2
-            k = torch.randint(0, len(ORIENTATIONS), (m,), device=images.device)
-            views.append(orient(self.view(images[:m]), k))
+            k = torch.randint(0, len(ORIENTATIONS) + len(c.orientation_extra), (m,), device=images.device)
+            views.append(orient(self.view(images[:m]), k, c.orientation_extra))
         if c.lambda_anatomy > 0:  # intact views and the same views with their anatomy destroyed, paired
             a = max(1, round(n * c.anatomy_fraction))
             pos = self.view(images[:a])

@@ -35,8 +35,8 @@ from cxrbench.metrics.functional import fid
 from cxrbench.protocols.validity_sets import PROTOCOL_DATA
 
 
-def embeddings(data: SuiteData, sigma: float) -> tuple[dict, list]:
-    ext = CXR128Extractor(whiten=False)
+def embeddings(data: SuiteData, sigma: float, weights: str = "auto") -> tuple[dict, list]:
+    ext = CXR128Extractor(weights=weights, whiten=False)
 
     def emb(x: torch.Tensor) -> np.ndarray:
         out = []
@@ -90,13 +90,14 @@ def main(argv=None) -> int:
     p.add_argument("--preblur", type=float, nargs="+", default=[0.0])
     p.add_argument("--variants", nargs="+", default=["lw"])
     p.add_argument("--values", action="store_true", help="print every set's FID too")
+    p.add_argument("--weights", default="auto", help="a candidate network's cxr128-net.pt (default: the shipped one)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = SuiteData(args.data, protocol=PROTOCOL_DATA["cxr128"], root=ROOT, progress_dir=ROOT / "leaderboard/progress")
     seen = CXR128Extractor.training_corruptions
     pilots = pilot_tiers()
     for sigma in args.preblur:
-        feats, sets = embeddings(data, sigma)
+        feats, sets = embeddings(data, sigma, args.weights)
         for v in args.variants:
             t = linear_map(v, feats["__train__"])
             ref = t(feats["__reference__"])

@@ -421,3 +421,25 @@ def test_anatomy_violations_score_far_above_real_and_chest_showing_sets(suite_va
 def test_anatomy_violations_score_above_strong_noise(suite_values):
     v = suite_values
     assert all(x > v["noise"] for x in v["violated"].values()), v
+
+
+def test_arrangement_pretext_classes_mirror_and_splice_and_widen_the_head():
+    from baselines.cxr128net import ORIENTATIONS, Config, CXR128NetTrainer, orient
+
+    torch.manual_seed(0)
+    x = _smooth_asymmetric(4)
+    k = torch.tensor([len(ORIENTATIONS), len(ORIENTATIONS) + 1, 0, 4])
+    y = orient(x, k, ("hflip", "splice"))
+    assert torch.equal(y[0], x[0].flip(-1))  # mirrored left to right
+    w = x.shape[-1] // 2
+    assert torch.equal(y[1][..., :w], x[1][..., :w]) and torch.equal(y[1][..., w:], x[0][..., w:])  # the next image's right half
+    assert not torch.equal(y[1], x[1])
+    assert torch.equal(y[2], x[2]) and torch.equal(y[3], x[3].flip(-2))  # the shipped classes are unchanged
+    assert torch.equal(orient(x[2:], k[2:]), y[2:])  # and without the extra classes, as shipped
+    model = CXR128NetTrainer(Config(batch_size=8, lambda_orientation=0.5, orientation_extra=["hflip", "splice"]))
+    assert model.orientation.out_features == len(ORIENTATIONS) + 2
+    out = model.losses(_smooth_asymmetric(8), torch.full((8, 14), float("nan")))
+    assert torch.isfinite(out["orient"])
+    assert any("mirror" in f for f in model.config.seen_families())
+    with pytest.raises(ValueError, match="orientation_extra"):
+        Config(orientation_extra=["twirl"])
