@@ -18,6 +18,7 @@ rank and the splice's distance over the floor; ``--values`` adds every set's FID
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -28,9 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from baselines.cxr128net import fit_whitening
 from cxrbench.data.corruptions import gaussian_blur
 from cxrbench.engine.validity import EYE_RATERS, SuiteData, load_square, summarize, tau_b
-from cxrbench.features.cxr128 import CXR128Extractor
+from cxrbench.features.cxr128 import WHITEN_FILE, CXR128Extractor
+from cxrbench.fileio import atomic_write_bytes
 from cxrbench.metrics.functional import fid
 from cxrbench.protocols.validity_sets import PROTOCOL_DATA
 
@@ -65,6 +68,16 @@ def pilot_tiers() -> list[dict[str, int]]:
     return [{key[k]: t for k, t in json.loads(f.read_text())["tiers"].items()} for f in sorted(folder.glob("pilot-*.json"))]
 
 
+def write_whitening(train: np.ndarray, path: Path) -> None:
+    w = fit_whitening(train)
+    meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's raw embeddings of this candidate",
+            "shrinkage": float(w["shrinkage"])}
+    buf = io.BytesIO()
+    np.savez(buf, mean=w["mean"], whiten=w["whiten"], meta=np.array(json.dumps(meta, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+    print(f"wrote {path} (shrinkage {float(w['shrinkage']):.4f})")
+
+
 def linear_map(name: str, train: np.ndarray):
     from sklearn.covariance import LedoitWolf
 
@@ -91,6 +104,10 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["lw"])
     p.add_argument("--values", action="store_true", help="print every set's FID too")
     p.add_argument("--weights", default="auto", help="a candidate network's cxr128-net.pt (default: the shipped one)")
+    p.add_argument("--write-whitening", action="store_true",
+                   help="with --weights: write the candidate's Ledoit-Wolf whitening (fitted on the training split's "
+                        "embeddings, no pre-blur) beside it as cxr128-whiten.npz, which `cxrbench validate "
+                        "--extractor cxr128 --weights DIR` then applies")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = SuiteData(args.data, protocol=PROTOCOL_DATA["cxr128"], root=ROOT, progress_dir=ROOT / "leaderboard/progress")
@@ -98,6 +115,8 @@ def main(argv=None) -> int:
     pilots = pilot_tiers()
     for sigma in args.preblur:
         feats, sets = embeddings(data, sigma, args.weights)
+        if args.write_whitening and sigma == 0 and args.weights != "auto":
+            write_whitening(feats["__train__"], Path(args.weights).parent / WHITEN_FILE)
         for v in args.variants:
             t = linear_map(v, feats["__train__"])
             ref = t(feats["__reference__"])
