@@ -322,6 +322,11 @@ class SuiteData:
 
 # --- expected order, checks, agreement -------------------------------------------------------------------
 
+def _rater_names(raters, k: int) -> list[str]:
+    """``raters`` when there is one per tier, else ``rater-1`` ... (a panel other than the shipped one)."""
+    return list(raters) if len(raters) == k else [f"rater-{i + 1}" for i in range(k)]
+
+
 def _tiers(s: ValiditySet) -> tuple[int, ...]:
     return tuple(s.tiers) if s.tiers is not None else (s.tier,)
 
@@ -368,7 +373,7 @@ def leave_one_out(tiers: dict[str, tuple], values: dict[str, float] | None = Non
     k = len(next(iter(tiers.values())))
     if k < 2:
         return {}
-    names = list(raters) if len(raters) == k else [f"rater-{i + 1}" for i in range(k)]
+    names = _rater_names(raters, k)
     out = {}
     for i, rater in enumerate(names):
         pairs = eye_consensus({n: t[:i] + t[i + 1:] for n, t in tiers.items()})["pairs"]
@@ -472,8 +477,7 @@ def _rater_taus(gens: list[ValiditySet], values: dict[str, float], raters) -> di
     rated = [s for s in gens if s.cls == "generator"]
     if not rated:
         return {}
-    k = len(_tiers(rated[0]))
-    names = list(raters) if len(raters) == k else [f"rater-{i + 1}" for i in range(k)]
+    names = _rater_names(raters, len(_tiers(rated[0])))
     return {r: tau_b([_tiers(s)[i] for s in rated], [values[s.name] for s in rated]) for i, r in enumerate(names)}
 
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from cxrbench.config import EvalConfig
 from cxrbench.data import corruptions as C
-from cxrbench.engine.validity import SuiteData, _features, build_extractors
+from cxrbench.engine.extraction import build_extractors
+from cxrbench.engine.validity import SuiteData, _features
 from cxrbench.features.cache import FeatureCache
 from cxrbench.metrics.functional import fid
 from cxrbench.protocols.validity_sets import PROTOCOL_DATA

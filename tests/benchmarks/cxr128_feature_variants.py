@@ -83,11 +83,14 @@ def linear_map(name: str, train: np.ndarray):
 
     if name == "raw":
         return lambda f: f
+    if name == "lw":  # the shipped whitening's own fit (baselines.cxr128net), not a second copy of it
+        w = fit_whitening(train)
+        return lambda f: (f - w["mean"]) @ w["whiten"]
     ev, u = np.linalg.eigh(LedoitWolf().fit(train).covariance_)
     ev, u = ev[::-1], u[:, ::-1]
     mu = train.mean(0)
-    if name == "lw" or name.startswith("alpha"):
-        a = 1.0 if name == "lw" else float(name[5:])
+    if name.startswith("alpha"):
+        a = float(name[5:])
         w = (u * ev ** (-a / 2)) @ u.T
     elif name.startswith("top"):
         k = int(name[3:])
