@@ -79,7 +79,8 @@ ORIENTATIONS = ("upright", "rot90", "rot180", "rot270", "vflip")
 #: classes the pretext can add (``orientation_extra``): a mirrored chest (heart on the right) and two chests'
 #: halves joined at the midline; both keep every local patch real and change only the arrangement, which the
 #: shipped network pools away (a left/right splice scores 1.9x the real row's FID)
-ORIENTATION_EXTRA = {"hflip": "horizontal mirror", "splice": "left/right halves of two images"}
+ORIENTATION_EXTRA = {"hflip": "horizontal mirror", "splice": "left/right halves of two images",
+                     "seam": "two images joined along a random line (any angle, within a quarter of the centre)"}
 
 
 @dataclass
@@ -293,6 +294,17 @@ def far_loss(f_pos: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.T
     return F.relu(margin - ((f_neg - c) ** 2).sum(1) / s).mean()
 
 
+def seam_mask(n: int, size: int, device=None) -> torch.Tensor:
+    """``n`` boolean masks (n, 1, size, size): the side of a line at a uniform angle, offset from the centre by up
+    to a quarter of the size, so both parts keep a sizeable share of the chest."""
+    theta = torch.rand(n, device=device) * torch.pi
+    offset = (torch.rand(n, device=device) - 0.5) * 0.5
+    c = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size - 0.5
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    side = xx * theta.cos()[:, None, None] + yy * theta.sin()[:, None, None] - offset[:, None, None]
+    return (side > 0)[:, None]
+
+
 def orient(x: torch.Tensor, k: torch.Tensor, extra: tuple[str, ...] = ()) -> torch.Tensor:
     """Each image turned by its class ``k`` (index into ORIENTATIONS, then ``extra``)."""
     out = x.clone()
@@ -305,6 +317,9 @@ def orient(x: torch.Tensor, k: torch.Tensor, extra: tuple[str, ...] = ()) -> tor
             elif name == "splice":  # the right half from the next image of the batch
                 other = torch.roll(x, 1, dims=0)
                 out[m] = torch.cat([x[m][..., : w // 2], other[m][..., w // 2 :]], dim=-1)
+            elif name == "seam":  # one side of a random line from the next image: a seam of any direction
+                other = torch.roll(x, 1, dims=0)[m]
+                out[m] = torch.where(seam_mask(int(m.sum()), w, x.device), other, x[m])
             else:
                 raise ValueError(f"orientation_extra: unknown class {name}")
     for c in range(1, 4):

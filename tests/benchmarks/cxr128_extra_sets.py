@@ -58,6 +58,19 @@ def splice_rows(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return out
 
 
+def symmetric(x: torch.Tensor) -> torch.Tensor:
+    """The left half mirrored onto the right: a chest with two hearts' borders (every patch real)."""
+    w = x.shape[-1] // 2
+    return torch.cat([x[..., :w], x[..., :w].flip(-1)], dim=-1)
+
+
+def side_by_side(x: torch.Tensor) -> torch.Tensor:
+    """Each image and the next squeezed to half width, next to each other: two chests in one film."""
+    h, w = x.shape[-2:]
+    half = F.interpolate(x, size=(h, w // 2), mode="area")
+    return torch.cat([half, half.roll(1, dims=0)], dim=-1)
+
+
 def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
     return [
         ("degraded", "blur sigma 1.5 px", C.gaussian_blur(real, 1.5)),
@@ -74,6 +87,9 @@ def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
         ("violated", "patch shuffle 2 x 2", C.patch_shuffle(real, 2, seed=2)),
         ("violated", "patch shuffle 8 x 8", C.patch_shuffle(real, 8, seed=3)),
         ("violated", "top / bottom splice", splice_rows(real, seed=4)),
+        ("violated", "rolled by half the height (the abdomen on top)", real.roll(real.shape[-2] // 2, dims=-2)),
+        ("violated", "left half mirrored onto the right", symmetric(real)),
+        ("violated", "two chests side by side", side_by_side(real)),
         ("violated", "central 25% blown up", zoom(real, 0.25)),
         ("violated", "negative, then blurred 2 px", C.gaussian_blur(1 - real, 2.0)),
         ("violated", "blobs of the suite, blurred 2 px", C.gaussian_blur(C.blobs(real, seed=5), 2.0)),

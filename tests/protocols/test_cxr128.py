@@ -443,3 +443,21 @@ def test_arrangement_pretext_classes_mirror_and_splice_and_widen_the_head():
     assert any("mirror" in f for f in model.config.seen_families())
     with pytest.raises(ValueError, match="orientation_extra"):
         Config(orientation_extra=["twirl"])
+
+
+def test_seam_class_joins_two_images_along_lines_of_every_direction():
+    from baselines.cxr128net import ORIENTATIONS, orient, seam_mask
+
+    torch.manual_seed(0)
+    masks = seam_mask(400, 32)[:, 0]
+    share = masks.float().mean((1, 2))
+    assert 0.2 < share.min() and share.max() < 0.8  # both images keep a sizeable part
+    # the seam's direction: rows and columns both change side, in different proportions across the draws
+    row_cut = (masks[:, :, 1:] != masks[:, :, :-1]).any(2).float().mean(1)  # share of rows the seam crosses
+    assert (row_cut > 0.95).any() and (row_cut < 0.2).any()  # near-vertical and near-horizontal seams occur
+    x = _smooth_asymmetric(4)
+    k = torch.full((4,), len(ORIENTATIONS))
+    y = orient(x, k, ("seam",))
+    for i in range(4):  # every pixel comes from the image itself or from the previous one, both present
+        own, other = y[i] == x[i], y[i] == x[i - 1]
+        assert (own | other).all() and own.any() and other.any()
