@@ -204,3 +204,12 @@ def test_the_property_can_fail(monkeypatch):
     monkeypatch.setattr(io_mod, "_load_pillow", lambda path, data: np.full((2, 2), 2.0, np.float32))
     with pytest.raises(AssertionError):
         _decodes_to_contract_or_refuses("x.png", VALID[".png"])
+
+
+def test_a_first_column_headed_like_a_label_is_read_as_the_path(tmp_path):
+    # found by the property above: "Atelectasis,\tAtelectasis" made the path column and the label clash
+    path = tmp_path / "labels.csv"
+    path.write_text(f"Atelectasis,\tAtelectasis\n{IDS[1]},1\n")
+    df = _align_table(_read_csv(path), IDS, path, tmp_path)
+    assert list(df["path"]) == IDS
+    assert df["Atelectasis"].iloc[1] == 1 and df["Atelectasis"].drop(index=1).isna().all()

@@ -165,7 +165,9 @@ def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str
     df = df.copy()
     if len(df.columns) == 0:
         raise DataError(f"{csv_path}: no columns; the first column must be 'path'")
-    key = "path" if "path" in df.columns else df.columns[0]
+    if "path" not in df.columns:  # the first column is the path whatever its header: named so from here on, or a
+        df = df.rename(columns={df.columns[0]: "path"})  # header that reads as a label would clash with that label
+    key = "path"
     if df[key].isna().any():
         raise DataError(f"{csv_path}: row {int(np.flatnonzero(df[key].isna().to_numpy())[0]) + 2} has no path")
     df[key] = [_relative(str(p), csv_path, "path", root) for p in df[key]]
@@ -191,7 +193,7 @@ def _align_table(df, ids: list[str], csv_path: Path, root: Path, notes: list[str
             notes.append(f"{csv_path.name}: {len(stray)} row(s) name no image in the folder (e.g. {stray[0]}); ignored")
         if unlisted:
             notes.append(f"{csv_path.name}: {unlisted} of {len(ids)} image(s) have no row; their labels are unknown")
-    return df.reindex(ids).reset_index().rename(columns={"index": "path", key: "path"})
+    return df.reindex(ids).reset_index().rename(columns={"index": "path"})
 
 
 def _dicom_magic(path: str) -> bool:
