@@ -76,9 +76,10 @@ ADULT_SETS = ("covid_chestxray_ieee8023_2020-03_fork", "actualmed_covid_cxr", "f
               "adult_covid_extra_256px")
 #: the orientation pretext's classes: upright, then turned by 90 / 180 / 270 degrees, then flipped upside down
 ORIENTATIONS = ("upright", "rot90", "rot180", "rot270", "vflip")
-#: classes the pretext can add (``orientation_extra``): a mirrored chest (heart on the right) and two chests'
-#: halves joined at the midline; both keep every local patch real and change only the arrangement, which the
-#: shipped network pools away (a left/right splice scores 1.9x the real row's FID)
+#: classes the pretext can add (``orientation_extra``): a mirrored chest (heart on the right), two chests' halves
+#: joined at the midline, or two chests joined along a line of any direction (``seam``, the shipped network's);
+#: all keep every local patch real and change only the arrangement, which a pooled embedding barely registers
+#: (a left/right splice scores 1.9x the real row's FID)
 ORIENTATION_EXTRA = {"hflip": "horizontal mirror", "splice": "left/right halves of two images",
                      "seam": "two images joined along a random line (any angle, within a quarter of the centre)"}
 
@@ -101,7 +102,7 @@ class Config:
     brightness: float = 0.2
     contrast: float = 0.3
     hflip_prob: float = 0.0  # a mirrored chest is not a normal chest (heart on the right)
-    orientation_extra: tuple[str, ...] = ()  # more pretext classes (ORIENTATION_EXTRA): "hflip", "splice"
+    orientation_extra: tuple[str, ...] = ()  # more pretext classes (ORIENTATION_EXTRA): "hflip", "splice", "seam"
     blur_prob: float = 0.3  # Gaussian blur, sigma U(0, blur_sigma) px at 128 px
     blur_sigma: float = 1.0
     noise_prob: float = 0.3  # additive Gaussian noise, std U(0, noise_std)

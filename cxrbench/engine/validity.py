@@ -527,7 +527,7 @@ def summarize(sets: list[ValiditySet], values: dict[str, float], *, seen_familie
 
 
 def violation_noise(ref: np.ndarray, feats: dict[str, np.ndarray], violations: list[dict], *,
-                    reps: int = 100, seed: int = 0, alpha: float = 0.05) -> int:
+                    reps: int = NOISE_REPS, seed: int = 0, alpha: float = 0.05) -> int:
     """Adds to each violation the basic bootstrap interval of ``d = FID(worse) - FID(better)`` (both sets and the
     shared reference resampled, the reference draw common to the two, so the comparison is paired) and
     ``beyond_noise``: the whole interval below zero, an inversion that sampling at this N does not explain.
