@@ -158,7 +158,7 @@ class CXR128Extractor(FeatureExtractor):
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
                  network: CXR128Net | None = None, whiten: bool = True) -> None:
-        """``weights``: "auto" (the shipped, pinned file; also for any other value but "random"), "random"
+        """``weights``: "auto" (the shipped, pinned file; also for a folder without ``cxr128-net.pt``), "random"
         (seeded init with BatchNorm statistics from synthetic radiographs: tests and smoke runs), or a path to a
         ``cxr128-net.pt`` file or a folder holding one (accepted whatever its hash: for retraining and for
         validating a candidate network; such results are not comparable). The whitening: the shipped one with
@@ -176,7 +176,10 @@ class CXR128Extractor(FeatureExtractor):
             bn_recalibrate(self.net, to_cxr128(synthetic_cxr(32, IMAGE_SIZE, seed=seed)) * 2 - 1)
             self.weights_id = f"random:{seed}"
         else:
-            path = Path(str(weights)) if weights not in (None, "", "auto") else None
+            path = Path(str(weights)).expanduser() if weights not in (None, "", "auto") else None
+            if path is not None and not path.exists():  # a mistyped candidate path must not measure the shipped net
+                raise WeightsError(f"--weights {weights}: no such folder or file (give a folder holding "
+                                   f"{WEIGHTS_FILE}, or leave --weights out for the shipped network)")
             if path is not None and path.is_dir():
                 path = path / WEIGHTS_FILE
             custom = path is not None and path.is_file()

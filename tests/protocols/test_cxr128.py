@@ -72,6 +72,18 @@ def test_shipped_files_are_the_pinned_ones():
     assert not pids[0] & pids[1] and not pids[0] & pids[2] and not pids[1] & pids[2]  # patient-disjoint
 
 
+def test_a_missing_candidate_weights_path_is_refused_not_replaced_by_the_shipped_network(tmp_path, capsys):
+    """A mistyped --weights path used to measure the shipped network silently; a folder without the file still
+    falls back (one --weights folder serves every extractor)."""
+    with pytest.raises(WeightsError, match=r"--weights .*runs/c8: no such folder or file .*cxr128-net\.pt"):
+        feat.CXR128Extractor(weights=str(tmp_path / "runs/c8"))
+    assert feat.CXR128Extractor(weights=str(tmp_path)).weights_id == feat.CXR128Extractor().weights_id
+    assert main(["validate", "--extractor", "cxr128", "--weights", str(tmp_path / "nowhere"), "--quiet",
+                 "--data", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere: no such folder or file" in err[0], err
+
+
 def test_altered_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
     names = (feat.WEIGHTS_FILE, "cxr128-reference.npz", "cxr128-train.npz", "cxr128-heldout.npz", feat.HEAD_FILE,
              feat.WHITEN_FILE)
