@@ -62,6 +62,7 @@ from cxrbench.data.labels import LABELS
 from cxrbench.errors import DataError
 from cxrbench.features.cxr128 import CXR128Extractor, CXR128Net, to_cxr128
 from cxrbench.generator import PretrainedMixin
+from cxrbench.kernels import portable_cpu_kernels
 from cxrbench.protocols.cxr128_splits import nih_splits
 
 from .cxr64net import _gauss_blur
@@ -113,6 +114,7 @@ class Config:
     anatomy_fraction: float = 0.5  # share of the batch whose views (and their corrupted copies) it sees
     anatomy_loss: str = "bce"  # bce (linear intact-chest head) | far (negatives pushed from the positives' cloud)
     anatomy_margin: float = 9.0  # "far": least squared distance of a negative, in positives' mean sq. spreads
+    anatomy_negatives: str = "destroy"  # destroy (ANATOMY_FAMILIES) | arrangement (the pretext's turns, flips, seams)
 
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
@@ -124,6 +126,8 @@ class Config:
             raise ValueError(f"anatomy_fraction {self.anatomy_fraction}: expected a share in (0, 1]")
         if self.anatomy_loss not in ("bce", "far"):
             raise ValueError(f"anatomy_loss {self.anatomy_loss!r}: expected bce or far")
+        if self.anatomy_negatives not in ("destroy", "arrangement"):
+            raise ValueError(f"anatomy_negatives {self.anatomy_negatives!r}: expected destroy or arrangement")
         if not self.anatomy_margin > 0:
             raise ValueError(f"anatomy_margin {self.anatomy_margin}: expected a positive number")
         self.orientation_extra = tuple(self.orientation_extra)
@@ -139,7 +143,9 @@ class Config:
         seen += ["low resolution (as invariance)"] * (self.lowres_prob > 0)
         seen += ["rotation 90/180/270, vertical flip (pretext)"] * (self.lambda_orientation > 0)
         seen += [f"{ORIENTATION_EXTRA[k]} (pretext)" for k in self.orientation_extra if self.lambda_orientation > 0]
-        if self.lambda_anatomy > 0:
+        if self.lambda_anatomy > 0 and self.anatomy_negatives == "arrangement":
+            seen += ["low resolution 32/64 px (as intact chest)", "the orientation classes (anatomy negatives)"]
+        elif self.lambda_anatomy > 0:
             seen += ["low resolution 32/64 px (as intact chest)", *(f"{f} (anatomy pretext)" for f in ANATOMY_FAMILIES)]
         return seen
 
@@ -284,6 +290,14 @@ def destroy_anatomy(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def arrange_wrongly(x: torch.Tensor, extra: tuple[str, ...] = ()) -> torch.Tensor:
+    """Each image under one of the orientation pretext's classes other than upright, drawn per image: every patch
+    stays real (same texture, sharpness and histogram), only the layout is wrong, so a distance objective on these
+    negatives cannot be met by the sharpness shortcut the destroying families allowed."""
+    k = torch.randint(1, len(ORIENTATIONS) + len(extra), (x.shape[0],), device=x.device)
+    return orient(x, k, extra)
+
+
 def far_loss(f_pos: torch.Tensor, f_neg: torch.Tensor, margin: float) -> torch.Tensor:
     """Hinge on each negative's squared distance from the positives' mean, in positives' mean squared spreads.
 
@@ -390,7 +404,8 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
         if c.lambda_anatomy > 0:  # intact views and the same views with their anatomy destroyed, paired
             a = max(1, round(n * c.anatomy_fraction))
             pos = self.view(images[:a])
-            neg = destroy_anatomy(pos)
+            wrong = c.anatomy_negatives == "arrangement"
+            neg = arrange_wrongly(pos, c.orientation_extra) if wrong else destroy_anatomy(pos)
             size = torch.tensor(ANATOMY_SIZES)[torch.randint(0, len(ANATOMY_SIZES), (a,))]
             for i in range(a):  # a pair shares its resolution: low resolution is no cue either way
                 f = images.shape[-1] / float(size[i])
@@ -645,6 +660,7 @@ def pin_sources(pins: dict[str, str]) -> None:
 
 
 def main(argv=None) -> int:
+    portable_cpu_kernels()  # the shipped files' kernels, before any tensor: build gives their bytes on any x86 CPU
     p = argparse.ArgumentParser(prog="python -m baselines.cxr128net", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="write cxrbench/protocols/cxr128_data from a trained run")

@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from .errors import CxrbenchError
+from .kernels import portable_cpu_kernels
 from .version import __version__
 
 # subcommand name (= its module under cxrbench.commands) -> its one-line help. `cxrbench NAME ...` imports only
@@ -71,6 +72,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    portable_cpu_kernels()  # before any tensor: the same bits on every x86 CPU
     # the subcommand is the first word (the top level takes no option with a value): its parser alone will do
     # no subcommand (`cxrbench`, `--help`, `--version`): the list of commands alone, no command module imported
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "" if not argv or argv[0].startswith("-") else None)

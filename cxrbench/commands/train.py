@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data import ImageFolder
 from ..data.imageset import select_split
 from ..data.transforms import CXRTransform
+from ..engine.provenance import cpu_kernels
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
 from ..protocols.cxr64_splits import protocol_overlap, select_cxr64_split
@@ -208,6 +209,7 @@ def run(args) -> int:
         "n_images": len(dataset),
         "transform": spec,
         "config": config_to_dict(config),
+        "cpu_kernels": cpu_kernels(),  # same seed, same bits only with the same kernels
     }
     atomic_write_bytes(out / "train_info.json", json.dumps(info, indent=2, sort_keys=True).encode())
     # the same call for every model; pass only the keywords its train() takes (an outside model may

@@ -5,11 +5,15 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
+
+from ..kernels import PORTABLE_CPU_KERNELS
 from ..results import SCHEMA, Result
 from ..version import __version__
 
@@ -33,6 +37,13 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def cpu_kernels() -> dict:
+    """The CPU kernels PyTorch dispatches to here (e.g. "AVX2", "AVX512") and the variables that chose them: the
+    same seed trains bit for bit the same weights only with the same kernels."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{k: os.environ.get(k) for k in PORTABLE_CPU_KERNELS}}
 
 
 def make_result(*, protocol: dict, samples: dict, reference: dict, train_reference: dict | None, extractors: dict,

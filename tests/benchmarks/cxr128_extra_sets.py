@@ -64,6 +64,14 @@ def symmetric(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :w], x[..., :w].flip(-1)], dim=-1)
 
 
+def half_mirrored(x: torch.Tensor) -> torch.Tensor:
+    """Every other image mirrored: what a generator trained with random horizontal flips (a common default of
+    image augmentation) samples, half its chests with the heart on the right."""
+    out = x.clone()
+    out[1::2] = x[1::2].flip(-1)
+    return out
+
+
 def side_by_side(x: torch.Tensor) -> torch.Tensor:
     """Each image and the next squeezed to half width, next to each other: two chests in one film."""
     h, w = x.shape[-2:]
@@ -82,6 +90,7 @@ def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
         ("degraded", "low resolution /8", C.low_resolution(real, 8)),
         ("degraded", "GAN grid amplitude 0.06", C.gan_artefacts(real, 0.06)),
         ("violated", "left-right mirror (heart on the right)", real.flip(-1)),
+        ("violated", "every other image mirrored (flip-augmented)", half_mirrored(real)),
         ("violated", "rotated 180 degrees", real.rot90(2, dims=(-2, -1))),
         ("violated", "rotated 45 degrees", rotate(real, 45)),
         ("violated", "patch shuffle 2 x 2", C.patch_shuffle(real, 2, seed=2)),

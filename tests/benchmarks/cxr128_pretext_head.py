@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="../shared/data")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    missing = [f for f in ("config.json", "model.pt") if not (args.run / f).is_file()]
+    if missing:  # a mistyped folder, or a run still training (model.pt is written at the end)
+        p.error(f"--run {args.run}: no {' or '.join(missing)} there; give a finished `cxrbench train cxr128-net` "
+                "output folder")
     model, extra_classes = load_trainer(args.run)
     names = list(ORIENTATIONS) + list(extra_classes)
     real = SuiteData(args.data, protocol=PROTOCOL_DATA["cxr128"], root=ROOT, skip_missing=True).real()

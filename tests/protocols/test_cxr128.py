@@ -472,3 +472,23 @@ def test_seam_class_joins_two_images_along_lines_of_every_direction():
     for i in range(4):  # every pixel comes from the image itself or from the previous one, both present
         own, other = y[i] == x[i], y[i] == x[i - 1]
         assert (own | other).all() and own.any() and other.any()
+
+
+def test_arrangement_negatives_keep_every_pixel_and_change_only_the_layout():
+    from baselines.cxr128net import Config, CXR128NetTrainer, arrange_wrongly
+
+    torch.manual_seed(0)
+    x = _smooth_asymmetric(16)
+    y = arrange_wrongly(x)  # turns and flips only: a permutation of each image's own pixels
+    for i in range(len(x)):
+        assert not torch.equal(y[i], x[i])  # never upright
+        assert torch.equal(y[i].flatten().sort().values, x[i].flatten().sort().values)  # same histogram, texture
+    with_seams = arrange_wrongly(x, ("hflip", "seam"))
+    assert all(not torch.equal(with_seams[i], x[i]) for i in range(len(x)))
+    model = CXR128NetTrainer(Config(batch_size=8, lambda_orientation=0.5, lambda_anatomy=0.5, anatomy_loss="far",
+                                    anatomy_negatives="arrangement", orientation_extra=["hflip", "seam"]))
+    out = model.losses(_smooth_asymmetric(8), torch.full((8, 14), float("nan")))
+    assert torch.isfinite(out["anatomy"])
+    assert "the orientation classes (anatomy negatives)" in model.config.seen_families()
+    with pytest.raises(ValueError, match="anatomy_negatives"):
+        Config(anatomy_negatives="shuffled")
