@@ -47,3 +47,13 @@ def test_the_command_line_pins_the_kernels_and_gives_the_bits_the_shell_variable
 def test_a_users_own_kernel_choice_wins():
     mine = _run({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"})
     assert mine[:2] == ["DEFAULT", "SSE41"]
+
+
+def test_every_result_names_the_kernels_that_computed_it():
+    import torch
+
+    from cxrbench.engine.provenance import versions
+
+    said = versions()["cpu_kernels"]
+    assert said.startswith(torch.backends.cpu.get_cpu_capability() + " (")
+    assert all(f"{k}=" in said for k in PORTABLE_CPU_KERNELS)

@@ -36,6 +36,8 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    k = cpu_kernels()  # the same versions give the same bits only with the same CPU kernels
+    out["cpu_kernels"] = f"{k.pop('cpu_capability')} ({', '.join(f'{n}={v}' for n, v in k.items())})"
     return out
 
 
