@@ -10,7 +10,8 @@ import platform
 #: and ATen's own kernels otherwise take the widest instructions there (AVX-512 on many servers), whose sums run
 #: in another order. Measured on an AVX-512 machine: features differ in the last bits (a recomputed entry value
 #: 2.6e-6 off), and 100 training steps of the cxr128 network drift to other weights (another draw of the recipe);
-#: with these two, both are bit for bit the shipped ones. Costs about a fifth of the CPU extraction speed there.
+#: with these two, both are bit for bit the shipped ones. It costs speed there: extraction 1.3x (cxr128) to 1.5x
+#: (Inception) slower (``tests/benchmarks/cpu_kernels.py``); a user's own values win.
 PORTABLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
