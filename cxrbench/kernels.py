@@ -25,3 +25,12 @@ def portable_cpu_kernels() -> dict[str, str | None]:
         for k, v in PORTABLE_CPU_KERNELS.items():
             os.environ.setdefault(k, v)
     return {k: os.environ.get(k) for k in PORTABLE_CPU_KERNELS}
+
+
+def cpu_kernels() -> dict:
+    """The CPU kernels PyTorch dispatches to here (e.g. "AVX2", "AVX512") and the variables that chose them: the
+    same seed trains bit for bit the same weights only with the same kernels."""
+    import torch  # why: the command line imports this module before anything heavy
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{k: os.environ.get(k) for k in PORTABLE_CPU_KERNELS}}

@@ -12,9 +12,9 @@ from pathlib import Path
 from ..data import ImageFolder
 from ..data.imageset import select_split
 from ..data.transforms import CXRTransform
-from ..engine.provenance import cpu_kernels
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
+from ..kernels import cpu_kernels
 from ..protocols.cxr64_splits import protocol_overlap, select_cxr64_split
 from ..protocols.cxr128 import load_features as cxr128_features
 from ..protocols.cxr128_splits import select_cxr128_split

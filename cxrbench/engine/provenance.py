@@ -5,15 +5,12 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-from ..kernels import PORTABLE_CPU_KERNELS
+from ..kernels import cpu_kernels
 from ..results import SCHEMA, Result
 from ..version import __version__
 
@@ -39,13 +36,6 @@ def versions() -> dict:
     k = cpu_kernels()  # the same versions give the same bits only with the same CPU kernels
     out["cpu_kernels"] = f"{k.pop('cpu_capability')} ({', '.join(f'{n}={v}' for n, v in k.items())})"
     return out
-
-
-def cpu_kernels() -> dict:
-    """The CPU kernels PyTorch dispatches to here (e.g. "AVX2", "AVX512") and the variables that chose them: the
-    same seed trains bit for bit the same weights only with the same kernels."""
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            **{k: os.environ.get(k) for k in PORTABLE_CPU_KERNELS}}
 
 
 def make_result(*, protocol: dict, samples: dict, reference: dict, train_reference: dict | None, extractors: dict,
