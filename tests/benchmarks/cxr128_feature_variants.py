@@ -68,6 +68,19 @@ def pilot_tiers() -> list[dict[str, int]]:
     return [{key[k]: t for k, t in json.loads(f.read_text())["tiers"].items()} for f in sorted(folder.glob("pilot-*.json"))]
 
 
+def panel_figures(sets: list, values: dict, seen, pilots: list[dict[str, int]]) -> dict:
+    """What ``cxrbench validate`` summarizes of one variant's FIDs, plus the eye panel's figures: the suite summary
+    (``summary``), eye-consensus violations and pairs, the blind raters' mean tau-b, the mean leave-one-rater-out
+    count and the pilot raters' mean tau-b (used by no selection)."""
+    sm = summarize(sets, values, seen_families=seen)
+    eye = [c for c in sm["checks"] if c["rule"] == "eye (panel consensus)"]
+    gens = sorted(pilots[0])
+    return {"summary": sm, "eye_violated": sum(not c["ok"] for c in eye), "eye_pairs": len(eye),
+            "blind": np.mean([sm["kendall_tau_raters"][r] for r in EYE_RATERS if r.startswith("blind")]),
+            "loo": np.mean([r["metric_wrong"] for r in sm["eye_leave_one_out"].values()]),
+            "pilot": np.mean([tau_b([p[g] for g in gens], [values[f"gen:{g}"] for g in gens]) for p in pilots])}
+
+
 def write_whitening(train: np.ndarray, path: Path) -> None:
     w = fit_whitening(train)
     meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's raw embeddings of this candidate",
@@ -124,15 +137,12 @@ def main(argv=None) -> int:
             t = linear_map(v, feats["__train__"])
             ref = t(feats["__reference__"])
             values = {s.name: fid(real=ref, fake=t(feats[s.name])).value for s in sets}
-            sm = summarize(sets, values, seen_families=seen)
-            eye = [c for c in sm["checks"] if c["rule"] == "eye (panel consensus)"]
-            blind = np.mean([sm["kendall_tau_raters"][r] for r in EYE_RATERS if r.startswith("blind")])
-            loo = np.mean([r["metric_wrong"] for r in sm["eye_leave_one_out"].values()])
-            gens = sorted(pilots[0])
-            pilot = np.mean([tau_b([p[g] for g in gens], [values[f"gen:{g}"] for g in gens]) for p in pilots])
+            pf = panel_figures(sets, values, seen, pilots)
+            sm = pf["summary"]
             print(f"preblur {sigma:<4} {v:<9} violations {len(sm['violations']):3d} of {len(sm['checks'])}, tau "
-                  f"{sm['kendall_tau']:+.3f}; eye {sum(not c['ok'] for c in eye)} of {len(eye)}, blind raters "
-                  f"{blind:+.3f}, leave-one-out {loo:.2f}, pilot raters {pilot:+.3f}; classes {sm['kendall_tau_classes']:+.3f}; unseen "
+                  f"{sm['kendall_tau']:+.3f}; eye {pf['eye_violated']} of {pf['eye_pairs']}, blind raters "
+                  f"{pf['blind']:+.3f}, leave-one-out {pf['loo']:.2f}, pilot raters {pf['pilot']:+.3f}; classes "
+                  f"{sm['kendall_tau_classes']:+.3f}; unseen "
                   f"{sm['unseen_families']['violations']}; blob generator "
                   f"{sm['blob_ranks']['gen:ldm-15min']['rank_generators']} of "
                   f"{sm['blob_ranks']['gen:ldm-15min']['of_generators']}; splice "

@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cxr128_extra_sets import sets as extra_sets  # sibling scripts: the extra sets and the panel summary
-from cxr128_feature_variants import pilot_tiers
+from cxr128_feature_variants import linear_map, panel_figures, pilot_tiers
 
-from baselines.cxr128net import ORIENTATIONS, fit_whitening, orient
-from cxrbench.engine.validity import EYE_RATERS, SuiteData, load_square, summarize, tau_b
+from baselines.cxr128net import ORIENTATIONS, orient
+from cxrbench.engine.validity import SuiteData, load_square
 from cxrbench.features.cxr128 import CXR128Extractor
 from cxrbench.metrics.functional import fid
 from cxrbench.protocols.validity_sets import PROTOCOL_DATA
@@ -92,11 +92,6 @@ def fit_probe(ext: CXR128Extractor, train: torch.Tensor, real: torch.Tensor, c: 
     return (lambda m: clf.decision_function(sc.transform(m))), acc
 
 
-def whiten(train: np.ndarray):
-    w = fit_whitening(train)
-    return lambda f: (f - w["mean"]) @ w["whiten"]
-
-
 def pca_whiten(train: np.ndarray, k: int):
     mu = train.mean(0)
     _, s, vt = np.linalg.svd(train - mu, full_matrices=False)
@@ -111,26 +106,20 @@ def readout(name: str, train: dict, probe=None):
             "e+probe": lambda d: np.concatenate([d["e"], probe(d["m4"])], 1)}
     if name == "m4-loc":  # one whitening per map position: (N, 128 channels, 16 positions)
         pos = lambda d, j: d["m4"].reshape(len(d["m4"]), -1, 16)[:, :, j]
-        ts = [whiten(pos(train, j)) for j in range(16)]
+        ts = [linear_map("lw", pos(train, j)) for j in range(16)]
         return lambda d, ref: float(np.mean([fid(real=ts[j](pos(ref, j)), fake=ts[j](pos(d, j))).value
                                              for j in range(16)]))
     row = rows[name]
-    t = pca_whiten(row(train), 256) if name == "m4-pca256" else whiten(row(train))
+    t = pca_whiten(row(train), 256) if name == "m4-pca256" else linear_map("lw", row(train))
     return lambda d, ref: fid(real=t(row(ref)), fake=t(row(d))).value
 
 
 def report(name: str, suite: list, values: dict, extra: dict) -> None:
-    sm = summarize(suite, values, seen_families=CXR128Extractor.training_corruptions)
-    eye = [c for c in sm["checks"] if c["rule"] == "eye (panel consensus)"]
-    blind = np.mean([sm["kendall_tau_raters"][r] for r in EYE_RATERS if r.startswith("blind")])
-    loo = np.mean([r["metric_wrong"] for r in sm["eye_leave_one_out"].values()])
-    pilots = pilot_tiers()
-    gens = sorted(pilots[0])
-    pilot = np.mean([tau_b([p[g] for g in gens], [values[f"gen:{g}"] for g in gens]) for p in pilots])
-    fl = values["real"]
-    print(f"{name:<10} violations {len(sm['violations']):3d} of {len(sm['checks'])}, eye {sum(not c['ok'] for c in eye)} "
-          f"of {len(eye)}, blind raters {blind:+.3f}, leave-one-out {loo:.2f}, pilot raters {pilot:+.3f}, unseen "
-          f"{sm['unseen_families']['violations']}")
+    pf = panel_figures(suite, values, CXR128Extractor.training_corruptions, pilot_tiers())
+    sm, fl = pf["summary"], values["real"]
+    print(f"{name:<10} violations {len(sm['violations']):3d} of {len(sm['checks'])}, eye {pf['eye_violated']} "
+          f"of {pf['eye_pairs']}, blind raters {pf['blind']:+.3f}, leave-one-out {pf['loo']:.2f}, pilot raters "
+          f"{pf['pilot']:+.3f}, unseen {sm['unseen_families']['violations']}")
     print(f"{'':<10} x floor: splice (suite) {values['splice:moderate'] / fl:.2f}, "
           + ", ".join(f"{n.split(' (')[0]} {extra[n] / fl:.2f}" for n in ARRANGEMENT)
           + f"; noise {values['noise:moderate'] / fl:.2f}, contrast {values['contrast:moderate'] / fl:.2f}, "
