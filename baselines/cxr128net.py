@@ -453,9 +453,10 @@ class CXR128NetTrainer(Trainable, PretrainedMixin, nn.Module):
 
 
 def run_network(run_dir: Path) -> CXR128Net:
-    """The feature network of a trained run (its ``net.*`` weights; the training heads are left behind)."""
+    """The feature network of a trained run (its ``net.*`` weights; the training heads are left behind), of
+    ``cxr128-net`` (15 label logits) or ``cxr128-layout`` (8 layout logits)."""
     state = torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)
-    net = CXR128Net()
+    net = CXR128Net(num_labels=state["net.head.weight"].shape[0])
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()
 
@@ -569,10 +570,11 @@ def _write_set(path: Path, table: pd.DataFrame, feats: np.ndarray, hashes: list[
     atomic_write_bytes(path, buf.getvalue())
 
 
-def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
-    """Write the protocol's package data from a trained run and return the sha256 pins to put in the code."""
+def build(run_dir: Path, data_root: Path, out_dir: Path, layout_run: Path | None = None) -> dict:
+    """Write the protocol's package data from a trained run (and a ``cxr128-layout`` run) and return the sha256
+    pins to put in the code."""
     from cxrbench.data.io import sha256_file
-    from cxrbench.features.cxr128 import HEAD_FILE, WEIGHTS_FILE
+    from cxrbench.features.cxr128 import EMBED_DIM, HEAD_FILE, LAYOUT_FILE, WEIGHTS_FILE
     from cxrbench.fileio import atomic_torch_save, atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -580,12 +582,18 @@ def build(run_dir: Path, data_root: Path, out_dir: Path) -> dict:
     config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     weights = out_dir / WEIGHTS_FILE
     atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+    if layout_run is not None:  # beside the weights, where the extractor finds a candidate's layout network
+        layout = run_network(layout_run)
+        atomic_torch_save({k: v.contiguous() for k, v in layout.state_dict().items()}, out_dir / LAYOUT_FILE)
+    elif (out_dir / LAYOUT_FILE).is_file():  # an earlier build's: these files are the embedding's alone
+        (out_dir / LAYOUT_FILE).unlink()
     table, feats, hashes, spec = nih_features(data_root, weights)
+    emb = feats[:, :EMBED_DIM]  # the label head reads the embedding, not the layout logits after it
     if config.get("objective", "contrastive") == "contrastive":  # no label term: the head is a linear probe
-        fit_label_head(net, feats, table)  # the embedding does not change: the features above stay valid
+        fit_label_head(net, emb, table)  # the embedding does not change: the features above stay valid
         atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
         spec = {**spec, "weights": sha256_file(weights)}
-    calib = calibrate_head(net, feats, table)
+    calib = calibrate_head(net, emb, table)
     atomic_write_bytes(out_dir / HEAD_FILE, json.dumps(calib, indent=1, sort_keys=True).encode())
     for which in ("reference", "train", "heldout"):
         m = (table["cxr128_split"] == which).to_numpy()
@@ -606,13 +614,14 @@ def fit_whitening(train_features: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": x.mean(0), "whiten": (u / np.sqrt(ev)) @ u.T, "shrinkage": np.array(lw.shrinkage_)}
 
 
-def write_whitening(out_dir: Path) -> dict[str, str]:
+def write_whitening(out_dir: Path, layout_gain: float | None = None) -> dict[str, str]:
     """Fit the whitening on the training split's raw embeddings (``cxr128-train.npz``), write ``cxr128-whiten.npz``
     and rewrite the three shipped sets with the whitened features (``features``, what the protocol's metrics
     read) beside the raw ones (``embedding``, what the next fit reads: running this twice gives the same files).
-    Returns the sha256 pins of the files it wrote."""
+    Layout logits after the embedding are whitened on their own and weighted by ``layout_gain`` (default the
+    shipped ``LAYOUT_GAIN``). Returns the sha256 pins of the files it wrote."""
     from cxrbench.data.io import sha256_file
-    from cxrbench.features.cxr128 import WHITEN_FILE
+    from cxrbench.features.cxr128 import EMBED_DIM, LAYOUT_GAIN, WHITEN_FILE
     from cxrbench.fileio import atomic_write_bytes
 
     sets = {}
@@ -621,10 +630,19 @@ def write_whitening(out_dir: Path) -> dict[str, str]:
             sets[which] = {k: z[k] for k in z.files}
             sets[which].setdefault("embedding", z["features"])  # a version-1 file: its features are raw
     raw_train = sets["train"]["embedding"].astype(np.float32)
-    w = fit_whitening(raw_train)
+    w = fit_whitening(raw_train[:, :EMBED_DIM])
     meta = {"method": "Ledoit-Wolf covariance of the cxr128 training split's raw embeddings, symmetric inverse "
                       "square root", "source": "cxr128-train.npz: embedding", "shrinkage": float(w["shrinkage"]),
             "source_sha256": hashlib.sha256(np.ascontiguousarray(raw_train).tobytes()).hexdigest()}
+    if raw_train.shape[1] > EMBED_DIM:  # the layout logits: whitened on their own, then weighted by the gain
+        gain = LAYOUT_GAIN if layout_gain is None else float(layout_gain)
+        lw = fit_whitening(raw_train[:, EMBED_DIM:])
+        k = raw_train.shape[1]
+        whiten = np.zeros((k, k))
+        whiten[:EMBED_DIM, :EMBED_DIM], whiten[EMBED_DIM:, EMBED_DIM:] = w["whiten"], gain * lw["whiten"]
+        w = {"mean": np.concatenate([w["mean"], lw["mean"]]), "whiten": whiten}
+        meta.update(method=meta["method"] + "; the layout logits after it the same on their own (block diagonal), "
+                    "times the layout gain", layout_gain=gain, layout_shrinkage=float(lw["shrinkage"]))
     buf = io.BytesIO()
     np.savez(buf, mean=w["mean"], whiten=w["whiten"], meta=np.array(json.dumps(meta, sort_keys=True)))
     atomic_write_bytes(out_dir / WHITEN_FILE, buf.getvalue())
@@ -648,7 +666,8 @@ def pin_sources(pins: dict[str, str]) -> None:
     import cxrbench.protocols.cxr128 as proto
 
     feat_pins = {c: pins[f] for c, f in (("WEIGHTS_SHA256", feat.WEIGHTS_FILE), ("HEAD_SHA256", feat.HEAD_FILE),
-                                          ("WHITEN_SHA256", feat.WHITEN_FILE)) if f in pins}
+                                          ("WHITEN_SHA256", feat.WHITEN_FILE), ("LAYOUT_SHA256", feat.LAYOUT_FILE))
+                 if f in pins}
     consts = {Path(feat.__file__): feat_pins,
               Path(proto.__file__): {f"{w.upper()}_SHA256": pins[f] for w, (f, _) in proto.FEATURE_FILES.items()
                                      if f in pins}}
@@ -665,6 +684,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="write cxrbench/protocols/cxr128_data from a trained run")
     b.add_argument("--run", required=True, help="folder written by `cxrbench train cxr128-net`")
+    b.add_argument("--layout-run", default=None, help="folder written by `cxrbench train cxr128-layout` (the "
+                   "layout network whose logits follow the embedding; without it, the embedding alone)")
     b.add_argument("--data", default="../shared/data", help="the shared data root (nih_extra_256px inside)")
     b.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "cxrbench/protocols/cxr128_data"))
     b.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
@@ -672,12 +693,16 @@ def main(argv=None) -> int:
                        "and rewrite the shipped sets with whitened features (build runs it too)")
     w.add_argument("--out", default=b.get_default("out"))
     w.add_argument("--pin", action="store_true", help="also write the new sha256 pins into the cxrbench sources")
+    for q in (b, w):
+        q.add_argument("--layout-gain", type=float, default=None, help="weight of the whitened layout logits "
+                       "(default: the shipped LAYOUT_GAIN; other values make a candidate, not the protocol)")
     args = p.parse_args(argv)
     if args.cmd == "whiten":
-        pins = write_whitening(Path(args.out))
+        pins = write_whitening(Path(args.out), args.layout_gain)
     else:
-        pins = build(Path(args.run), Path(args.data), Path(args.out))
-        pins.update(write_whitening(Path(args.out)))  # the whitening follows the training-split features
+        pins = build(Path(args.run), Path(args.data), Path(args.out),
+                     Path(args.layout_run) if args.layout_run else None)
+        pins.update(write_whitening(Path(args.out), args.layout_gain))  # the whitening follows the training split
     for name, digest in pins.items():
         print(f"{digest}  {name}")
     if args.pin:

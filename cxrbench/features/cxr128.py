@@ -29,6 +29,13 @@ most like a person (``tests/benchmarks/cxr128_candidates.py``, ``cxrbench valida
   validity suite's blob set moved from 11th to last of 15 generator sets (``leaderboard/validity/README.md``).
   Version 1 was the raw embedding; version 3 adds the mirror and seam classes to the pretext (its FID orders
   the validity suite's sets and the eye panel's generator pairs more like people: 7 violations of 217, not 13).
+- a layout network (``cxr128-layout.pt``, ``baselines/cxr128layout.py``; a candidate, not shipped): the same
+  architecture reading a 64 px thumbnail, a classifier of upright / turned / upside down / mirrored / two chests
+  joined along a line or at the midline, trained on views degraded at random after their class was applied, so
+  that quality tells it nothing. A candidate folder holding one beside ``cxr128-net.pt`` gets its 8 logits
+  appended to the embedding, whitened on their own and weighted by ``LAYOUT_GAIN`` (136 features). The embedding
+  alone puts a mirrored chest at 1.6x and a spliced one at 1.9x the real row's FID; with the layout block they
+  score beyond moderate noise (``leaderboard/validity/README.md``, candidate 17).
 - ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
   held-out NIH splits (derived from the ``cxr128`` features, so the network runs once; the head reads the raw
   embedding, recovered exactly from the whitened one).
@@ -74,6 +81,17 @@ HEAD_SHA256 = "1dacf1f5655ea777152cd4f5a4c0f764ec531564af8b2e84ca717e0deab2da28"
 WHITEN_FILE = "cxr128-whiten.npz"
 #: sha256 of the shipped whitening (``python -m baselines.cxr128net whiten``)
 WHITEN_SHA256 = "4530bb5799b699d4d81063b9d6d8f91e2379175f76d1e9833aa08bfa912073f4"
+#: a layout network (``baselines/cxr128layout.py``): one logit per class, read from a 64 px thumbnail
+LAYOUT_FILE = "cxr128-layout.pt"
+#: sha256 of the shipped layout network; empty: none ships (version 3 is the embedding alone), candidates may
+#: hold one
+LAYOUT_SHA256 = ""
+LAYOUT_CLASSES = ("upright", "rot90", "rot180", "rot270", "vflip", "hflip", "seam", "splice")
+LAYOUT_SIZE = 64
+#: the layout block's weight after whitening: FD counts each of its directions LAYOUT_GAIN^2 times one of the
+#: embedding's (unweighted, a mirrored set moves few directions and scores 4x the real row); of 1, 2 and 3, 2 gave
+#: the fewest validity-suite violations over two trained draws (``leaderboard/validity/README.md``, candidate 17)
+LAYOUT_GAIN = 2.0
 
 
 def to_cxr128(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -127,26 +145,44 @@ def _checked(path: Path, expected: str, what: str, missing_fix: str, altered_fix
     return digest
 
 
+def _load_state(path: Path, num_labels: int, what: str) -> CXR128Net:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = CXR128Net(num_labels=num_labels)
+        net.load_state_dict(state.get("state_dict", state))
+    except Exception as e:  # noqa: BLE001 - any wrong file that happens to be named like ours
+        raise WeightsError(f"{path}: not a {what} state dict ({e.__class__.__name__}: {str(e)[:120]})") from None
+    return net.eval()
+
+
 def load_network(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[CXR128Net, str]:
     """The shipped (or given) network and the sha256 of its file; a file that is not the pinned one is refused."""
     path = Path(path) if path is not None else shipped_path(WEIGHTS_FILE)
     digest = _checked(path, WEIGHTS_SHA256 if expected_sha256 is None else expected_sha256, "network weights",
                       "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository",
                       "the file was altered or truncated: reinstall cxrbench or restore the file from git")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = CXR128Net()
-        net.load_state_dict(state.get("state_dict", state))
-    except Exception as e:  # noqa: BLE001 - any wrong file that happens to be named like ours
-        raise WeightsError(f"{path}: not a cxr128 state dict ({e.__class__.__name__}: {str(e)[:120]})") from None
-    return net.eval(), digest
+    return _load_state(path, 15, "cxr128"), digest
+
+
+def load_layout(path: Path | None = None, *, expected_sha256: str | None = None) -> tuple[CXR128Net, str]:
+    """The shipped (or given) layout network and the sha256 of its file, refused as ``load_network`` refuses."""
+    path = Path(path) if path is not None else shipped_path(LAYOUT_FILE)
+    digest = _checked(path, LAYOUT_SHA256 if expected_sha256 is None else expected_sha256, "layout network",
+                      "reinstall cxrbench (pip install --force-reinstall cxrbench) or restore the file from the repository",
+                      "the file was altered or truncated: reinstall cxrbench or restore the file from git")
+    return _load_state(path, len(LAYOUT_CLASSES), "cxr128 layout"), digest
+
+
+def layout_thumbnail(x: torch.Tensor) -> torch.Tensor:
+    """The network's 128 px input in [-1, 1] -> the layout network's 64 px input (area average)."""
+    return F.interpolate(x, size=(LAYOUT_SIZE, LAYOUT_SIZE), mode="area")
 
 
 class CXR128Extractor(FeatureExtractor):
     name = "cxr128"
     version = "3"
     kind = "embedding"
-    num_features = EMBED_DIM
+    num_features = EMBED_DIM + (len(LAYOUT_CLASSES) if LAYOUT_SHA256 else 0)  # shipped; an instance sets its own
     input_size = IMAGE_SIZE
     resize_filter = "centre crop (xrv offset) + bilinear-antialias (torch) to 128 px"
     published_sha256 = (WEIGHTS_SHA256,)  # the shipped file: results with it are comparable
@@ -167,14 +203,21 @@ class CXR128Extractor(FeatureExtractor):
         embedding (for fitting the head and the whitening)."""
         super().__init__()
         whitening: tuple | None = None
+        self.layout, self.layout_id = None, None
         if network is not None:
             self.net, self.weights_id = network, "memory"
         elif weights is not None and is_random_weights(weights):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.net = CXR128Net()
-            bn_recalibrate(self.net, to_cxr128(synthetic_cxr(32, IMAGE_SIZE, seed=seed)) * 2 - 1)
+                if LAYOUT_SHA256:  # shaped as the shipped extractor is
+                    self.layout = CXR128Net(num_labels=len(LAYOUT_CLASSES))
+            x = to_cxr128(synthetic_cxr(32, IMAGE_SIZE, seed=seed)) * 2 - 1
+            bn_recalibrate(self.net, x)
+            if self.layout is not None:
+                bn_recalibrate(self.layout, layout_thumbnail(x))
             self.weights_id = f"random:{seed}"
+            self.layout_id = self.weights_id if self.layout is not None else None
         else:
             path = Path(str(weights)).expanduser() if weights not in (None, "", "auto") else None
             if path is not None and not path.exists():  # a mistyped candidate path must not measure the shipped net
@@ -187,19 +230,32 @@ class CXR128Extractor(FeatureExtractor):
                                                      expected_sha256="any" if custom else None)
             if not custom:
                 whitening = load_whitening()
-            elif (path.parent / WHITEN_FILE).is_file():
-                whitening = load_whitening(path.parent / WHITEN_FILE, expected_sha256="any")
+                if LAYOUT_SHA256:
+                    self.layout, self.layout_id = load_layout()
+            else:  # a candidate: its folder's layout network and whitening where it has them
+                if (path.parent / LAYOUT_FILE).is_file():
+                    self.layout, self.layout_id = load_layout(path.parent / LAYOUT_FILE, expected_sha256="any")
+                if (path.parent / WHITEN_FILE).is_file():
+                    whitening = load_whitening(path.parent / WHITEN_FILE, expected_sha256="any")
+        self.num_features = EMBED_DIM + (len(LAYOUT_CLASSES) if self.layout is not None else 0)
+        d = self.num_features
         if not whiten:
-            whitening = (np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "none (raw embedding)")
-        mean, w, self.whitening_id = whitening or (np.zeros(EMBED_DIM), np.eye(EMBED_DIM), "identity")
+            whitening = (np.zeros(d), np.eye(d), "none (raw embedding)")
+        if whitening is not None and whitening[0].shape != (d,):
+            raise WeightsError(f"whitening {whitening[2][:16]}...: fitted on {whitening[0].shape[0]} features, but the "
+                               f"network gives {d} (the embedding{' and the layout logits' if self.layout else ''}); "
+                               "refit it beside the weights (python -m baselines.cxr128net whiten --out DIR)")
+        mean, w, self.whitening_id = whitening or (np.zeros(d), np.eye(d), "identity")
         # float64 on the CPU: the whitening multiplies the embedding's smallest directions by up to ~300, where
-        # float32 round-off would show; (N, 128) rows cost nothing to move
+        # float32 round-off would show; (N, 136) rows cost nothing to move
         self.whiten_mean, self.whiten_w = torch.from_numpy(mean), torch.from_numpy(w)
         self.net.eval()
+        if self.layout is not None:
+            self.layout.eval()
         self.to(device)
 
     def spec(self) -> dict:
-        return {**super().spec(), "whitening": self.whitening_id}
+        return {**super().spec(), "whitening": self.whitening_id, "layout": self.layout_id or "none"}
 
     def whitened(self, f: torch.Tensor) -> torch.Tensor:
         """Raw embedding rows -> whitened rows (same device and dtype)."""
@@ -208,8 +264,13 @@ class CXR128Extractor(FeatureExtractor):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return to_cxr128(x) * 2 - 1
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images -> the embedding, then the layout logits where the extractor has a layout network."""
+        f = self.net.features(x)
+        return f if self.layout is None else torch.cat([f, self.layout(layout_thumbnail(x))], 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.whitened(self.net.features(x))
+        return self.whitened(self.raw(x))
 
 
 class _FromCXR128(FeatureExtractor):
@@ -260,6 +321,7 @@ class CXR128ClassifierExtractor(_FromCXR128):
         self.feature_names = list(calib["labels"])
         self.num_features = len(self.feature_names)
         w, b = base.net.head.weight.detach().double(), base.net.head.bias.detach().double()
+        w = F.pad(w, (0, base.num_features - EMBED_DIM))  # the head reads the embedding, not the layout logits
         idx = torch.tensor(calib["index"], dtype=torch.long)
         # the head reads the raw embedding x = f W^-1 + mean of the whitened features f: folded into the head,
         # logits = f (W^-1 head^T) + (mean head^T + b), in float64 (W^-1 undoes a gain of up to ~300)
@@ -297,6 +359,6 @@ def load_whitening(path: Path | None = None, *, expected_sha256: str | None = No
                       "the file was altered: restore it from git or rebuild it")
     with np.load(path, allow_pickle=False) as d:
         mean, w = d["mean"].astype(np.float64), d["whiten"].astype(np.float64)
-    if mean.shape != (EMBED_DIM,) or w.shape != (EMBED_DIM, EMBED_DIM) or not np.isfinite(w).all():
+    if mean.ndim != 1 or w.shape != (len(mean), len(mean)) or len(mean) < EMBED_DIM or not np.isfinite(w).all():
         raise WeightsError(f"{path}: not a cxr128 whitening (mean {mean.shape}, whiten {w.shape})")
     return mean, w, digest

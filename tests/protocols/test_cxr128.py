@@ -64,9 +64,10 @@ def test_shipped_files_are_the_pinned_ones():
     _net, digest = feat.load_network()
     assert digest == feat.WEIGHTS_SHA256 == sha256_file(feat.shipped_path(feat.WEIGHTS_FILE))
     ref, train, held = (proto.load_features(w) for w in ("reference", "train", "heldout"))
-    assert ref.features["cxr128"].shape == (599, feat.EMBED_DIM) and np.isfinite(ref.features["cxr128"]).all()
-    assert held.features["cxr128"].shape == (309, feat.EMBED_DIM) and len(held) >= proto.SAMPLE_COUNT
-    assert train.features["cxr128"].shape == (686, feat.EMBED_DIM)
+    d = feat.CXR128Extractor.num_features  # the embedding (and layout logits, where a layout network ships)
+    assert ref.features["cxr128"].shape == (599, d) and np.isfinite(ref.features["cxr128"]).all()
+    assert held.features["cxr128"].shape == (309, d) and len(held) >= proto.SAMPLE_COUNT
+    assert train.features["cxr128"].shape == (686, d)
     assert ref.specs["cxr128"]["weights"] == held.specs["cxr128"]["weights"] == feat.WEIGHTS_SHA256
     pids = [set(x.patient_ids) for x in (ref, train, held)]
     assert not pids[0] & pids[1] and not pids[0] & pids[2] and not pids[1] & pids[2]  # patient-disjoint
@@ -141,7 +142,8 @@ def test_shipped_whitening_is_pinned_and_whitens_the_training_split(tmp_path, mo
     assert digest == feat.WHITEN_SHA256
     shipped = np.load(feat.shipped_path("cxr128-train.npz"))
     raw = shipped["embedding"].astype(np.float64)
-    ev = np.linalg.eigvalsh(np.cov((raw - mean) @ w, rowvar=False, bias=True))  # ML, as Ledoit-Wolf
+    e = feat.EMBED_DIM  # the embedding's block (the layout block is weighted by LAYOUT_GAIN: its own test)
+    ev = np.linalg.eigvalsh(np.cov((raw[:, :e] - mean[:e]) @ w[:e, :e], rowvar=False, bias=True))  # ML, as Ledoit-Wolf
     shrink = float(json.loads(str(np.load(feat.shipped_path(feat.WHITEN_FILE))["meta"]))["shrinkage"])
     # no direction wider than the training split's own spread; every direction at >= 0.05 of it (the raw
     # embedding's smallest eigenvalues are 1e-5 of its largest); the smallest stay below 1 where Ledoit-Wolf shrank them
@@ -174,7 +176,8 @@ def test_the_label_head_reads_the_raw_embedding_back_from_the_whitened_features(
     raw, white = torch.from_numpy(shipped["embedding"]), torch.from_numpy(shipped["features"])
     net = clf_base = feat.CXR128Extractor(whiten=False).net
     idx = torch.tensor(clf.calibration["index"])
-    logits = raw.double() @ net.head.weight.detach().double()[idx].T + net.head.bias.detach().double()[idx]
+    emb = raw[:, :feat.EMBED_DIM].double()  # the head reads the embedding, not the layout logits after it
+    logits = emb @ net.head.weight.detach().double()[idx].T + net.head.bias.detach().double()[idx]
     p = torch.sigmoid(clf.a_cal.double() * logits + clf.b_cal.double())
     op = clf.op.double()
     expected = torch.where(p < op, p / (2 * op), 1 - (1 - p) / (2 * (1 - op)))
@@ -411,6 +414,7 @@ def suite_values(extractor):
         "real": fid_of(held), "noise": fid_of(apply("noise", held, "moderate")),
         "violated": {n: fid_of(apply(n, held, "moderate")) for n in ("blobs", "random-field", "patch-shuffle",
                                                                         "negative")},
+        "arrangement": {"mirror": fid_of(held.flip(-1)), "splice": fid_of(apply("splice", held, "moderate"))},
         "gens": {g: fid_of(_images(lb / g, sorted(p.name for p in (lb / g).glob("*.png"))[:200]))
                  for g in ("lsgan", "pggan", "ldm")},
     }
@@ -432,6 +436,16 @@ def test_anatomy_violations_score_above_strong_noise(suite_values):
     arrangement pretext keeps every unseen anatomy violation beyond it."""
     v = suite_values
     assert all(x > v["noise"] for x in v["violated"].values()), v
+
+
+@pytest.mark.xfail(strict=True, reason="version 3 puts two chests' halves spliced at 1.9x the real row and a "
+                   "mirrored chest at 1.6x, below moderate noise; the layout candidate (leaderboard/validity/README.md, "
+                   "candidate 17) moves both beyond it but did not pass its shipping rule")
+def test_arrangement_violations_score_above_strong_noise(suite_values):
+    """Every patch of a spliced or mirrored chest stays real, and FD sums the few directions that move with all the
+    others: a ruler people can trust puts both beyond moderate noise and far from real."""
+    v = suite_values
+    assert all(x > v["noise"] and x > 3 * v["real"] for x in v["arrangement"].values()), v
 
 
 def test_arrangement_pretext_classes_mirror_and_splice_and_widen_the_head():
