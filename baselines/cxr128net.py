@@ -183,7 +183,7 @@ def training_tables(data_root: Path) -> list[tuple[Path, pd.DataFrame]]:
     data_root = Path(data_root)
     missing = [n for n in (NIH, NIH_SMALL, KERMANY, *ADULT_SETS) if not (data_root / n / "labels.csv").is_file()]
     if missing:
-        raise DataError(f"{data_root}: cxr128-net trains on the shared data root's {', '.join(missing)} folders "
+        raise DataError(f"{data_root}: cxr128-net and cxr128-layout train on the shared data root's {', '.join(missing)} folders "
                         "(each with labels.csv); pass --data the folder that holds them (e.g. ../shared/data)")
     nih = nih_splits(data_root)
     protocol_patients = {_patient(i) for i in nih.loc[nih["cxr128_split"] != "train", "image_index"]}
@@ -697,6 +697,13 @@ def main(argv=None) -> int:
         q.add_argument("--layout-gain", type=float, default=None, help="weight of the whitened layout logits "
                        "(default: the shipped LAYOUT_GAIN; other values make a candidate, not the protocol)")
     args = p.parse_args(argv)
+    runs = {} if args.cmd == "whiten" else {"--run": args.run, "--layout-run": args.layout_run}
+    for flag, run in runs.items():  # a mistyped folder: one line, not a traceback
+        if run is not None and not (Path(run) / "model.pt").is_file():
+            p.error(f"{flag} {run}: no model.pt there; give the folder a `cxrbench train "
+                    f"{'cxr128-layout' if flag == '--layout-run' else 'cxr128-net'}` run wrote")
+    if args.cmd == "whiten" and not (Path(args.out) / "cxr128-train.npz").is_file():
+        p.error(f"--out {args.out}: no cxr128-train.npz there; whiten refits the files build wrote (run build first)")
     if args.cmd == "whiten":
         pins = write_whitening(Path(args.out), args.layout_gain)
     else:

@@ -143,3 +143,23 @@ def test_whitening_of_layout_logits_is_a_separate_block_weighted_by_the_gain(tmp
     # the layout block of the training rows has covariance gain^2 (Ledoit-Wolf shrinks a little below it)
     cov = np.cov((train[:, e:] - mean[e:]) @ w[e:, e:], rowvar=False)
     assert 0.8 * 9 < np.linalg.eigvalsh(cov).mean() < 1.05 * 9
+
+
+def test_build_and_whiten_name_a_mistyped_folder_in_one_line(tmp_path, capsys, monkeypatch):
+    import baselines.cxr128net as build
+
+    monkeypatch.setattr(build, "portable_cpu_kernels", lambda: None)  # leave this process's kernels alone
+    build_main = build.main
+
+    for argv, flag in ((["build", "--run", str(tmp_path / "nope"), "--out", str(tmp_path)], "--run"),
+                       (["build", "--run", str(tmp_path), "--layout-run", str(tmp_path / "nope"), "--out", str(tmp_path)],
+                        "--run"),
+                       (["whiten", "--out", str(tmp_path / "nope")], "--out")):
+        with pytest.raises(SystemExit) as e:
+            build_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: {flag} " in err and "Traceback" not in err, err
+    (tmp_path / "model.pt").write_bytes(b"")  # --run passes; the layout run is the mistyped one
+    with pytest.raises(SystemExit):
+        build_main(["build", "--run", str(tmp_path), "--layout-run", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert "error: --layout-run " in capsys.readouterr().err
