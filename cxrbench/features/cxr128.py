@@ -255,7 +255,10 @@ class CXR128Extractor(FeatureExtractor):
         self.to(device)
 
     def spec(self) -> dict:
-        return {**super().spec(), "whitening": self.whitening_id, "layout": self.layout_id or "none"}
+        spec = {**super().spec(), "whitening": self.whitening_id}
+        if self.layout_id is not None:  # only then: version 3's results and cache keys stay as they were
+            spec["layout"] = self.layout_id
+        return spec
 
     def whitened(self, f: torch.Tensor) -> torch.Tensor:
         """Raw embedding rows -> whitened rows (same device and dtype)."""
