@@ -24,17 +24,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cxrbench.features.cxr128 import CXR128Net
+from cxrbench.features.cxr128 import LAYOUT_CLASSES, LAYOUT_SIZE, CXR128Net
 from cxrbench.generator import PretrainedMixin
 
 from .cxr64net import _gauss_blur
-from .cxr128net import ORIENTATIONS, CXR128NetTrainer, _lowres, orient
+from .cxr128net import ORIENTATION_EXTRA, ORIENTATIONS, CXR128NetTrainer, _lowres, orient
 from .moco import augment
 from .trainer import Batch, Trainable, set_cosine_lr
 
-#: the layout classes after ``ORIENTATIONS`` (``baselines.cxr128net.ORIENTATION_EXTRA``)
-LAYOUT_EXTRA = ("hflip", "seam", "splice")
-LAYOUT_SIZE = 64
+#: the layout classes after ``ORIENTATIONS`` (``baselines.cxr128net.ORIENTATION_EXTRA``), as the extractor names them
+LAYOUT_EXTRA = LAYOUT_CLASSES[len(ORIENTATIONS):]
 
 
 @dataclass
@@ -67,9 +66,9 @@ class Config:
     def __post_init__(self):
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
         self.classes_extra = tuple(self.classes_extra)
-        unknown = set(self.classes_extra) - {"hflip", "seam", "splice"}
+        unknown = set(self.classes_extra) - set(ORIENTATION_EXTRA)
         if unknown:
-            raise ValueError(f"classes_extra {sorted(unknown)}: expected among hflip, seam, splice")
+            raise ValueError(f"classes_extra {sorted(unknown)}: expected among {', '.join(ORIENTATION_EXTRA)}")
 
 
 def degrade(x: torch.Tensor, c: Config) -> torch.Tensor:
