@@ -9,7 +9,8 @@ a line of any direction, two chests' halves joined at the midline.
 Why a second network. ``cxr128``'s FD is blind to arrangement: a mirrored chest or two spliced ones keep every
 local patch real, and its embedding, though its pretext was shown both, puts such sets at 1.6-1.9x the real row
 (``leaderboard/validity/README.md``). A layout class is one direction among the embedding's many, and FD sums them
-all, so a linear probe that names 88% of mirrored chests adds about 5 to FD against a floor of 17. This network
+all, so a linear probe that names 88% of mirrored chests adds about 5 to FD against a floor of 17. Since
+``cxr128`` version 4 its 8 logits follow the embedding (whitened, weighted by ``LAYOUT_GAIN``). This network
 exists to name them confidently whatever the image quality: each view is degraded at random *after* its class
 is applied (low resolution, blur, contrast, gamma, noise, each often strong), so quality carries no information
 about the class and the logits read layout, not sharpness. It reads 64 px, because layout is coarse and what a

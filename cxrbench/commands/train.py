@@ -38,8 +38,8 @@ examples:
   cxrbench train ddpm --data ../shared/data/nih1000_64px --split cxr64-train --image-size 64 --out runs/ddpm
   # the cxr128 protocol's own feature network (every public radiograph but its reference / held-out patients)
   cxrbench train cxr128-net --data ../shared/data --out runs/cxr128 --config cxr128.toml --steps 400 --threads 1
-  # a layout network for cxr128 candidates (same data; python -m baselines.cxr128net build --layout-run uses it)
-  cxrbench train cxr128-layout --data ../shared/data --out runs/cxr128-layout --steps 4000 --threads 1
+  # the cxr128 layout network (version 4: its logits follow the embedding; python -m baselines.cxr128net build --layout-run)
+  cxrbench train cxr128-layout --data ../shared/data --out runs/cxr128-layout --steps 4000 --seed 0 --threads 1
   # the retired cxr64 protocol's network (its data: NIH cxr64-train + Kermany train + adult sets)
   cxrbench train cxr64-net --data ../shared/data --out runs/cxr64 --epochs 30
 """

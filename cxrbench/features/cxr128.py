@@ -28,14 +28,16 @@ most like a person (``tests/benchmarks/cxr128_candidates.py``, ``cxrbench valida
   vary in (blobs) pay little. Whitened, every direction counts in units of the real images' own spread; the
   validity suite's blob set moved from 11th to last of 15 generator sets (``leaderboard/validity/README.md``).
   Version 1 was the raw embedding; version 3 adds the mirror and seam classes to the pretext (its FID orders
-  the validity suite's sets and the eye panel's generator pairs more like people: 7 violations of 217, not 13).
-- a layout network (``cxr128-layout.pt``, ``baselines/cxr128layout.py``; a candidate, not shipped): the same
+  the validity suite's sets and the eye panel's generator pairs more like people: 7 violations of 217, not 13);
+  version 4 appends the layout network's logits (below).
+- the layout network (``cxr128-layout.pt``, ``baselines/cxr128layout.py``; since version 4): the same
   architecture reading a 64 px thumbnail, a classifier of upright / turned / upside down / mirrored / two chests
   joined along a line or at the midline, trained on views degraded at random after their class was applied, so
-  that quality tells it nothing. A candidate folder holding one beside ``cxr128-net.pt`` gets its 8 logits
-  appended to the embedding, whitened on their own and weighted by ``LAYOUT_GAIN`` (136 features). The embedding
-  alone puts a mirrored chest at 1.6x and a spliced one at 1.9x the real row's FID; with the layout block they
-  score beyond moderate noise (``leaderboard/validity/README.md``, candidate 17).
+  that quality tells it nothing. Its 8 logits follow the embedding, whitened on their own and weighted by
+  ``LAYOUT_GAIN`` (136 features). The embedding alone (version 3) put a mirrored chest at 1.6x and a spliced one
+  at 1.9x the real row's FID, below moderate noise; with the layout block they score 9x and 36x
+  (``leaderboard/validity/README.md``, version 4). A candidate folder holding its own ``cxr128-layout.pt`` beside
+  ``cxr128-net.pt`` gets that one; a folder without gets the embedding alone (128 features).
 - ``cxr128-classifier``: the network's label head, Platt-calibrated, for the labels it tells apart on both
   held-out NIH splits (derived from the ``cxr128`` features, so the network runs once; the head reads the raw
   embedding, recovered exactly from the whitened one).
@@ -69,28 +71,28 @@ WIDTHS = (16, 32, 64, 128)
 #: the last 4 x 4 map is pooled to 2 x 2 and flattened, not averaged to 1 x 1: a chest has a fixed layout
 #: (apices up, heart left of centre), and a global average would discard where things are
 POOL = 2
-#: what the shipped network's training showed it (``baselines/cxr128net.py``, the chosen configuration); its
-#: seam pretext class includes the validity suite's left/right splice as one of its lines
-TRAINING_CORRUPTIONS = ("blur", "noise", "contrast", "vflip", "rot90", "splice")
+#: what the shipped networks' training showed them (``baselines/cxr128net.py``, the chosen configuration, and the
+#: layout network, ``baselines/cxr128layout.py``): the seam pretext class includes the validity suite's left/right
+#: splice as one of its lines; the layout network's views are degraded at random (low resolution among them)
+TRAINING_CORRUPTIONS = ("blur", "noise", "contrast", "lowres", "vflip", "rot90", "splice")
 WEIGHTS_FILE = "cxr128-net.pt"
 HEAD_FILE = "cxr128-labels.json"
 #: sha256 of the shipped weights file; a file with other bytes is refused
 WEIGHTS_SHA256 = "075d1832b8dd3149050815ec775549a79087bfbf17a82a34b0f2abcbe5d81216"
 #: sha256 of the shipped label-head calibration (labels kept, Platt parameters, operating points)
-HEAD_SHA256 = "1dacf1f5655ea777152cd4f5a4c0f764ec531564af8b2e84ca717e0deab2da28"
+HEAD_SHA256 = "41b11925e336afbb9c2ec0429084437f7cb064671ee8658fc7c433af4244813f"
 WHITEN_FILE = "cxr128-whiten.npz"
 #: sha256 of the shipped whitening (``python -m baselines.cxr128net whiten``)
-WHITEN_SHA256 = "4530bb5799b699d4d81063b9d6d8f91e2379175f76d1e9833aa08bfa912073f4"
+WHITEN_SHA256 = "1a2677ef40007de151bea38e059deba031925ce5fdf4ae12545804295ef4a574"
 #: a layout network (``baselines/cxr128layout.py``): one logit per class, read from a 64 px thumbnail
 LAYOUT_FILE = "cxr128-layout.pt"
-#: sha256 of the shipped layout network; empty: none ships (version 3 is the embedding alone), candidates may
-#: hold one
-LAYOUT_SHA256 = ""
+#: sha256 of the shipped layout network (since version 4: versions 1-3 were the embedding alone)
+LAYOUT_SHA256 = "55f4a613230ed436ed2b550fb92b12b01a66b3c76f32011bb75645b04ea9bfc1"
 LAYOUT_CLASSES = ("upright", "rot90", "rot180", "rot270", "vflip", "hflip", "seam", "splice")
 LAYOUT_SIZE = 64
 #: the layout block's weight after whitening: FD counts each of its directions LAYOUT_GAIN^2 times one of the
 #: embedding's (unweighted, a mirrored set moves few directions and scores 4x the real row); of 1, 2 and 3, 2 gave
-#: the fewest validity-suite violations over two trained draws (``leaderboard/validity/README.md``, candidate 17)
+#: the fewest validity-suite violations over two trained draws (``leaderboard/validity/README.md``, version 4)
 LAYOUT_GAIN = 2.0
 
 
@@ -105,7 +107,7 @@ def to_cxr128(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
 class CXR128Net(nn.Module):
     """128 px, 1 channel -> 128-d embedding (``embed``) and 15 label logits (``head``, NIH-14 + No Finding).
 
-    A stride-2 stem and four stride-2 stages (64 to 4 px), 24 to 192 channels (~1.6M parameters, ~90M
+    A stride-2 stem and four stride-2 stages (64 to 4 px), 16 to 128 channels (~0.77M parameters, ~36M
     multiply-adds an image: trainable on a CPU in minutes).
     """
 
@@ -180,16 +182,16 @@ def layout_thumbnail(x: torch.Tensor) -> torch.Tensor:
 
 class CXR128Extractor(FeatureExtractor):
     name = "cxr128"
-    version = "3"
+    version = "4"
     kind = "embedding"
     num_features = EMBED_DIM + (len(LAYOUT_CLASSES) if LAYOUT_SHA256 else 0)  # shipped; an instance sets its own
     input_size = IMAGE_SIZE
     resize_filter = "centre crop (xrv offset) + bilinear-antialias (torch) to 128 px"
     published_sha256 = (WEIGHTS_SHA256,)  # the shipped file: results with it are comparable
-    #: corruption families (``cxrbench.data.corruptions`` names) the shipped network saw while training: mild
+    #: corruption families (``cxrbench.data.corruptions`` names) the shipped networks saw while training: mild
     #: blur and noise and brightness/contrast as view augmentations, 90-degree turns, vertical flips, mirrors and
-    #: two images joined along a line in the orientation pretext; the validity suite's order must also hold on
-    #: the families it never saw
+    #: two images joined along a line in the orientation pretext and as layout classes, low resolution among the
+    #: layout network's degradations; the validity suite's order must also hold on the families they never saw
     training_corruptions = TRAINING_CORRUPTIONS
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
@@ -256,9 +258,21 @@ class CXR128Extractor(FeatureExtractor):
 
     def spec(self) -> dict:
         spec = {**super().spec(), "whitening": self.whitening_id}
-        if self.layout_id is not None:  # only then: version 3's results and cache keys stay as they were
+        if self.layout_id is not None:  # only then: an embedding-only candidate's spec has no layout key
             spec["layout"] = self.layout_id
         return spec
+
+    def unpublished_weights(self) -> str | None:
+        # the shipped embedding network with another layout network or whitening gives other numbers: all three
+        # files must be the pinned ones for a comparable result
+        why = super().unpublished_weights()
+        if why is None:  # the published embedding network
+            if self.layout_id != (LAYOUT_SHA256 or None):
+                return (f"cxr128: layout network {str(self.layout_id)[:16]}... is not the published one "
+                        f"({LAYOUT_SHA256[:16] or 'none'}...)")
+            if self.whitening_id != WHITEN_SHA256:
+                return f"cxr128: whitening {self.whitening_id[:16]}... is not the published one ({WHITEN_SHA256[:16]}...)"
+        return why
 
     def whitened(self, f: torch.Tensor) -> torch.Tensor:
         """Raw embedding rows -> whitened rows (same device and dtype)."""
@@ -301,7 +315,7 @@ class CXR128ClassifierExtractor(_FromCXR128):
     """
 
     name = "cxr128-classifier"
-    version = "3"
+    version = "4"
     kind = "probabilities"
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu") -> None:

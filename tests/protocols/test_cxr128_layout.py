@@ -1,6 +1,6 @@
-"""A layout network for cxr128 (a candidate): trained on degraded views so that quality says nothing about the
-layout class, and what a candidate folder holding one adds to the features: its logits after the embedding,
-whitened on their own and weighted by the gain."""
+"""cxr128's layout network (shipped since version 4): trained on degraded views so that quality says nothing
+about the layout class, and what it adds to the features: its logits after the embedding, whitened on their own
+and weighted by the gain."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def _candidate(folder, *, layout: bool = True):
 
     from cxrbench.features.cxr128 import CXR128Net
 
+    folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(feat.shipped_path(feat.WEIGHTS_FILE), folder / feat.WEIGHTS_FILE)
     if layout:
         torch.manual_seed(0)
@@ -87,19 +88,41 @@ def _candidate(folder, *, layout: bool = True):
 
 def test_a_candidate_with_a_layout_network_appends_its_logits_after_the_embedding(tmp_path):
     """The first 128 features are the embedding network's, bit for bit; the 8 after them are the layout network's
-    logits of the 64 px thumbnail; the spec names the layout file."""
+    logits of the 64 px thumbnail; the spec names the layout file. A folder without a layout network gives the
+    embedding alone, as version 3 did."""
     from cxrbench.data.io import sha256_file
 
-    ext = feat.CXR128Extractor(weights=str(_candidate(tmp_path)), whiten=False)
-    alone = feat.CXR128Extractor(whiten=False)
+    ext = feat.CXR128Extractor(weights=str(_candidate(tmp_path / "with")), whiten=False)
+    alone = feat.CXR128Extractor(weights=str(_candidate(tmp_path / "without", layout=False)), whiten=False)
     x = ext.preprocess(_chests(4))
     with torch.no_grad():
         f = ext(x)
         assert f.shape == (4, feat.EMBED_DIM + len(feat.LAYOUT_CLASSES))
         assert torch.equal(f[:, :feat.EMBED_DIM], alone(x))
         assert torch.allclose(f[:, feat.EMBED_DIM:], ext.layout(feat.layout_thumbnail(x)))
-    assert ext.spec()["layout"] == sha256_file(tmp_path / feat.LAYOUT_FILE) and "layout" not in alone.spec()
-    assert feat.CXR128Extractor.num_features == alone.num_features == feat.EMBED_DIM  # version 3 ships none
+    assert ext.spec()["layout"] == sha256_file(tmp_path / "with" / feat.LAYOUT_FILE) and "layout" not in alone.spec()
+    assert alone.num_features == feat.EMBED_DIM
+    # version 4 ships one: the shipped extractor, and its random-weights twin, are 136 wide
+    shipped = feat.CXR128Extractor()
+    assert feat.CXR128Extractor.num_features == shipped.num_features == feat.EMBED_DIM + len(feat.LAYOUT_CLASSES)
+    assert feat.CXR128Extractor(weights="random").num_features == shipped.num_features
+    assert shipped.spec()["layout"] == feat.LAYOUT_SHA256 and shipped.unpublished_weights() is None
+
+
+def test_only_the_three_pinned_files_together_make_a_comparable_result(tmp_path):
+    """The shipped embedding network beside another layout network, without one, or with another whitening gives
+    other numbers: such a result is not comparable, and the reason names the file that differs."""
+    import shutil
+
+    with_other_layout = feat.CXR128Extractor(weights=str(_candidate(tmp_path / "a")))
+    assert "layout network" in with_other_layout.unpublished_weights()
+    without = feat.CXR128Extractor(weights=str(_candidate(tmp_path / "b", layout=False)))
+    assert "layout network" in without.unpublished_weights()
+    folder = _candidate(tmp_path / "c", layout=False)
+    shutil.copy(feat.shipped_path(feat.LAYOUT_FILE), folder / feat.LAYOUT_FILE)
+    assert "whitening" in feat.CXR128Extractor(weights=str(folder)).unpublished_weights()  # identity, not the pin
+    shutil.copy(feat.shipped_path(feat.WHITEN_FILE), folder / feat.WHITEN_FILE)
+    assert feat.CXR128Extractor(weights=str(folder)).unpublished_weights() is None  # the shipped three, copied
 
 
 def test_a_whitening_of_another_width_is_refused_naming_the_fix(tmp_path):
