@@ -6,7 +6,7 @@ through an extractor (default the shipped ``cxr128``) against the ``cxr128`` ref
 real row, with the class a reader would give it: degraded (other strengths and families than the suite's) or
 anatomy violated (other kinds). The order a reader expects: real < degraded < violated.
 
-    OMP_NUM_THREADS=1 python tests/benchmarks/cxr128_extra_sets.py --data ../shared/data [--extractor NAME]
+    OMP_NUM_THREADS=1 python tests/benchmarks/cxr128_extra_sets.py --data ../shared/data [--extractor NAME] [--weights DIR]
 """
 
 from __future__ import annotations
@@ -79,6 +79,47 @@ def side_by_side(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([half, half.roll(1, dims=0)], dim=-1)
 
 
+def tiled(x: torch.Tensor) -> torch.Tensor:
+    """Four chests (this image and the next three) at half size in a 2 x 2 grid: a contact sheet, not a film."""
+    h, w = x.shape[-2:]
+    q = F.interpolate(x, size=(h // 2, w // 2), mode="area")
+    top = torch.cat([q, q.roll(1, dims=0)], dim=-1)
+    return torch.cat([top, torch.cat([q.roll(2, dims=0), q.roll(3, dims=0)], dim=-1)], dim=-2)
+
+
+def elastic(x: torch.Tensor, amplitude: float, seed: int = 0) -> torch.Tensor:
+    """A smooth random displacement field (a 4 x 4 grid of offsets up to ``amplitude`` of the side, upsampled
+    bicubically): ribs, heart and diaphragm bent into shapes no body has, every patch still radiograph texture."""
+    g = torch_generator(seed)
+    n = len(x)
+    coarse = (torch.rand(n, 2, 4, 4, generator=g) * 2 - 1) * 2 * amplitude
+    flow = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    base = F.affine_grid(torch.eye(2, 3)[None].expand(n, 2, 3), x.shape, align_corners=False)
+    return F.grid_sample(x, base + flow, align_corners=False, padding_mode="border")
+
+
+def occluded(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """The central ``frac`` of the side (heart and both hila) filled with each image's mean intensity."""
+    h = x.shape[-1]
+    k = round(h * frac)
+    o = (h - k) // 2
+    out = x.clone()
+    out[..., o:o + k, o:o + k] = x.mean(dim=(-2, -1), keepdim=True)
+    return out
+
+
+def motion_blur(x: torch.Tensor, length: int) -> torch.Tensor:
+    """A horizontal box blur ``length`` px long (the patient moved during the exposure)."""
+    k = torch.full((1, 1, 1, length), 1.0 / length)
+    return F.conv2d(F.pad(x, (length // 2, length - 1 - length // 2, 0, 0), mode="replicate"), k)
+
+
+def salt_pepper(x: torch.Tensor, frac: float, seed: int = 0) -> torch.Tensor:
+    g = torch_generator(seed)
+    u = torch.rand(x.shape, generator=g)
+    return torch.where(u < frac / 2, torch.zeros_like(x), torch.where(u > 1 - frac / 2, torch.ones_like(x), x))
+
+
 def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
     return [
         ("degraded", "blur sigma 1.5 px", C.gaussian_blur(real, 1.5)),
@@ -89,6 +130,8 @@ def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
         ("degraded", "gamma 2 (darker)", real.clamp(0, 1) ** 2),
         ("degraded", "low resolution /8", C.low_resolution(real, 8)),
         ("degraded", "GAN grid amplitude 0.06", C.gan_artefacts(real, 0.06)),
+        ("degraded", "motion blur 9 px", motion_blur(real, 9)),
+        ("degraded", "salt and pepper 2%", salt_pepper(real, 0.02, seed=6)),
         ("violated", "left-right mirror (heart on the right)", real.flip(-1)),
         ("violated", "every other image mirrored (flip-augmented)", half_mirrored(real)),
         ("violated", "rotated 180 degrees", real.rot90(2, dims=(-2, -1))),
@@ -102,6 +145,9 @@ def sets(real: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
         ("violated", "central 25% blown up", zoom(real, 0.25)),
         ("violated", "negative, then blurred 2 px", C.gaussian_blur(1 - real, 2.0)),
         ("violated", "blobs of the suite, blurred 2 px", C.gaussian_blur(C.blobs(real, seed=5), 2.0)),
+        ("violated", "four chests tiled 2 x 2", tiled(real)),
+        ("violated", "elastic warp, 8% of the side", elastic(real, 0.08, seed=7)),
+        ("violated", "centre 40% filled with the mean", occluded(real, 0.4)),
     ]
 
 
