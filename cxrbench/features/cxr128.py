@@ -196,7 +196,8 @@ class CXR128Extractor(FeatureExtractor):
 
     def __init__(self, *, weights: str | None = "auto", seed: int = 0, device: str | torch.device = "cpu",
                  network: CXR128Net | None = None, whiten: bool = True) -> None:
-        """``weights``: "auto" (the shipped, pinned file; also for a folder without ``cxr128-net.pt``), "random"
+        """``weights``: "auto" (the shipped, pinned file; also for a folder without ``cxr128-net.pt``, unless it
+        holds a layout network or a whitening, which is refused), "random"
         (seeded init with BatchNorm statistics from synthetic radiographs: tests and smoke runs), or a path to a
         ``cxr128-net.pt`` file or a folder holding one (accepted whatever its hash: for retraining and for
         validating a candidate network; such results are not comparable). The whitening: the shipped one with
@@ -226,6 +227,11 @@ class CXR128Extractor(FeatureExtractor):
                 raise WeightsError(f"--weights {weights}: no such folder or file (give a folder holding "
                                    f"{WEIGHTS_FILE}, or leave --weights out for the shipped network)")
             if path is not None and path.is_dir():
+                stray = [f for f in (LAYOUT_FILE, WHITEN_FILE) if (path / f).is_file()]
+                if stray and not (path / WEIGHTS_FILE).is_file():  # else the shipped files would silently replace them
+                    raise WeightsError(f"--weights {weights}: holds {' and '.join(stray)} but no {WEIGHTS_FILE}; put "
+                                       f"the embedding network beside them (the shipped one is "
+                                       f"{shipped_path(WEIGHTS_FILE)})")
                 path = path / WEIGHTS_FILE
             custom = path is not None and path.is_file()
             self.net, self.weights_id = load_network(path if custom else None,

@@ -109,6 +109,17 @@ def test_a_candidate_with_a_layout_network_appends_its_logits_after_the_embeddin
     assert shipped.spec()["layout"] == feat.LAYOUT_SHA256 and shipped.unpublished_weights() is None
 
 
+def test_a_folder_with_a_layout_network_but_no_embedding_network_is_refused(tmp_path):
+    """Without ``cxr128-net.pt`` a folder means the shipped files; one that holds a layout network or a whitening
+    would have them silently replaced by the shipped ones, so it is refused, naming the missing file."""
+    folder = _candidate(tmp_path / "c")
+    (folder / feat.WEIGHTS_FILE).unlink()
+    with pytest.raises(WeightsError, match=r"holds cxr128-layout\.pt but no cxr128-net\.pt"):
+        feat.CXR128Extractor(weights=str(folder))
+    (folder / feat.LAYOUT_FILE).unlink()  # nothing of cxr128's: the shipped files, as before
+    assert feat.CXR128Extractor(weights=str(folder)).unpublished_weights() is None
+
+
 def test_only_the_three_pinned_files_together_make_a_comparable_result(tmp_path):
     """The shipped embedding network beside another layout network, without one, or with another whitening gives
     other numbers: such a result is not comparable, and the reason names the file that differs."""
